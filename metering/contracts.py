@@ -1,0 +1,123 @@
+"""The records metering publishes, as other programs read them (spec FORMATS.md §5, §6).
+
+Standard library only: billing imports this module and nothing else from metering.
+
+* :class:`UsageWindow` — one record per changed hourly window key *and shard* on
+  ``streamtoll.usage-windows.v1``, carrying the full totals so far. ``version`` only grows for a
+  given (key, shard); a consumer upserts by (key, shard) and ignores a record whose version is
+  not newer, then adds the shards of a key up. Replays and reordering can never lower or double
+  a total.
+* :class:`UsageMinute` — a partial sum of one batch for one (key, minute) on
+  ``streamtoll.usage-minutes.v1`` for the live views; ``(shard, offset)`` makes folding it
+  idempotent.
+* :func:`dlq_record` — what a rejected input becomes on ``streamtoll.dlq.v1``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["SOURCES", "UsageMinute", "UsageWindow", "dlq_record", "iso_ms"]
+
+SOURCES = ("proxy", "broker_metrics", "audit_log")
+
+
+def iso_ms(ms: int) -> str:
+    """Epoch milliseconds → RFC 3339 UTC with a ``Z``."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+@dataclass(frozen=True)
+class UsageWindow:
+    window_start: str
+    window_end: str
+    source: str
+    account: str | None
+    principal: str
+    client_id: str
+    virtual_cluster: str
+    topic: str
+    direction: str
+    bytes: int
+    records: int
+    requests: int
+    denied_requests: int
+    version: int
+    shard: str
+
+    def key(self) -> tuple[str, ...]:
+        """Identity of the row a consumer upserts: window key + start + shard."""
+        return (
+            self.source,
+            self.principal,
+            self.client_id,
+            self.virtual_cluster,
+            self.topic,
+            self.direction,
+            self.window_start,
+            self.shard,
+        )
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> UsageWindow:
+        doc = json.loads(raw)
+        return cls(**{k: doc[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class UsageMinute:
+    minute_start: str
+    source: str
+    principal: str
+    client_id: str
+    virtual_cluster: str
+    topic: str
+    direction: str
+    bytes: int
+    records: int
+    requests: int
+    denied_requests: int
+    shard: str
+    offset: int
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> UsageMinute:
+        doc = json.loads(raw)
+        return cls(**{k: doc[k] for k in cls.__dataclass_fields__})
+
+
+def dlq_record(
+    reason: str,
+    detail: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp_ms: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, bytes]] | None,
+    received_at: str,
+) -> dict[str, Any]:
+    def b64(b: bytes | None) -> str | None:
+        return None if b is None else base64.b64encode(b).decode("ascii")
+
+    return {
+        "reason": reason,
+        "detail": detail,
+        "source": {"topic": topic, "partition": partition, "offset": offset, "timestamp": timestamp_ms},
+        "key_b64": b64(key),
+        "value_b64": b64(value),
+        "headers": [[name, b64(v)] for name, v in (headers or [])],
+        "received_at": received_at,
+    }

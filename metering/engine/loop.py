@@ -1,0 +1,344 @@
+"""The transactional read-process-write loop (see the package docstring for the guarantees)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from metering.contracts import dlq_record, iso_ms
+from metering.decoders.common import Limits
+from metering.domain.shard import HOUR_MS, BatchResult, InRecord, ShardConfig, ShardState
+from metering.errors import EngineError
+from metering.settings import MeteringSettings
+
+__all__ = ["Engine", "Stats", "ensure_topics"]
+
+log = logging.getLogger("streamtoll.metering")
+
+
+def ensure_topics(settings: MeteringSettings, input_partitions: int = 4, timeout: float = 15.0) -> None:
+    """Create the topics metering reads and writes when they do not exist yet."""
+    admin = AdminClient(settings.kafka_config())
+    wanted = {
+        **{t: input_partitions for t in settings.input_topics},
+        settings.topic_dlq: input_partitions,
+        settings.topic_usage_windows: input_partitions,
+        settings.topic_usage_minutes: input_partitions,
+        settings.topic_state: settings.state_partitions,
+    }
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise EngineError(f"The Kafka cluster at {settings.kafka_bootstrap} is unreachable ({exc}).") from exc
+    missing = [NewTopic(t, n, 1) for t, n in wanted.items() if t not in existing]
+    if not missing:
+        return
+    for topic, fut in admin.create_topics(missing, operation_timeout=timeout).items():
+        try:
+            fut.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise EngineError(f"Could not create topic {topic}: {exc}") from exc
+
+
+class Stats(Counter[str]):
+    """Running counts (events in by source, DLQ by reason, dedup hits …) for logs and /metrics."""
+
+
+def _state_partition(shard: str, n: int) -> int:
+    return zlib.crc32(shard.encode()) % n
+
+
+class Engine:
+    """Runs the loop until :meth:`stop`; restarts itself from committed state after an error."""
+
+    def __init__(
+        self,
+        settings: MeteringSettings,
+        clock: Callable[[], float] = time.time,
+        on_batch: Callable[[BatchResult], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.on_batch = on_batch
+        self.stats = Stats()
+        self.shards: dict[tuple[str, int], ShardState] = {}
+        self._stop = threading.Event()
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._last_snapshot: dict[tuple[str, int], float] = {}
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            try:
+                self._start()
+                backoff = 1.0
+                while not self._stop.is_set():
+                    self._step()
+            except (KafkaException, EngineError) as exc:
+                log.error("metering loop failed; restarting from committed state", extra={"error": str(exc)})
+                self._close(graceful=False)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+            else:
+                self._close(graceful=True)
+
+    def _start(self) -> None:
+        s = self.settings
+        base = s.kafka_config()
+        ensure_topics(s)
+        producer = Producer(
+            {
+                **base,
+                "transactional.id": f"{s.group_id}-{s.instance_id}",
+                "transaction.timeout.ms": 30_000,
+                "linger.ms": 5,
+                "batch.num.messages": 10_000,
+                "compression.type": "none",
+            }
+        )
+        # Aborts whatever a previous incarnation with the same transactional.id left open.
+        producer.init_transactions(30)
+        consumer = Consumer(
+            {
+                **base,
+                "group.id": s.group_id,
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": s.session_timeout_ms,
+                "heartbeat.interval.ms": max(300, s.session_timeout_ms // 10),
+                "max.poll.interval.ms": 300_000,
+                "partition.assignment.strategy": "range",
+                "fetch.queue.backoff.ms": 10,
+                "fetch.max.bytes": 52_428_800,
+                "queued.max.messages.kbytes": 262_144,
+            }
+        )
+        self._producer, self._consumer = producer, consumer
+        consumer.subscribe(list(s.input_topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
+        log.info("metering loop started", extra={"group": s.group_id, "instance": s.instance_id})
+
+    def _close(self, graceful: bool) -> None:
+        consumer, self._consumer = self._consumer, None
+        producer, self._producer = self._producer, None
+        if producer is not None and not graceful:
+            try:
+                producer.abort_transaction(5)
+            except KafkaException:
+                pass  # nothing open, or the broker is gone: the next init_transactions aborts it
+        if consumer is not None:
+            try:
+                consumer.close()
+            except (KafkaException, RuntimeError):
+                pass
+        if producer is not None:
+            producer.flush(5)
+        self.shards.clear()
+
+    # -- rebalances ----------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        started = time.monotonic()
+        wanted = {(tp.topic, tp.partition) for tp in partitions} - set(self.shards)
+        if wanted:
+            self._restore(wanted)
+        log.info(
+            "partitions assigned",
+            extra={"shards": sorted(f"{t}/{p}" for t, p in wanted), "restore_s": round(time.monotonic() - started, 3)},
+        )
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # No transaction is open while consume() runs callbacks: each batch commits first.
+        for tp in partitions:
+            self.shards.pop((tp.topic, tp.partition), None)
+
+    def _new_shard(self, topic: str, partition: int) -> ShardState:
+        s = self.settings
+        return ShardState(
+            f"{topic}/{partition}",
+            ShardConfig(
+                source_kind=s.input_topics[topic],
+                dedup_horizon_ms=int(s.dedup_horizon_s * 1000),
+                dedup_max_keys=s.dedup_max_keys,
+                max_lateness_ms=int(s.max_lateness_s * 1000),
+                meter_since_ns=None if s.meter_since_ms is None else s.meter_since_ms * 1_000_000,
+                counter_max_rate=s.counter_max_rate,
+            ),
+        )
+
+    def _restore(self, wanted: set[tuple[str, int]]) -> None:
+        """Rebuild the wanted shards by replaying their changelog entries (committed only)."""
+        s = self.settings
+        fresh = {k: self._new_shard(*k) for k in wanted}
+        by_name = {st.name: st for st in fresh.values()}
+        parts = sorted({_state_partition(name, s.state_partitions) for name in by_name})
+        reader = Consumer(
+            {
+                **s.kafka_config(),
+                "group.id": f"{s.group_id}-restore",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "enable.partition.eof": True,
+                "fetch.queue.backoff.ms": 10,
+            }
+        )
+        try:
+            # Read to the end each fetch reports (partition EOF), not to ListOffsets' answer:
+            # the dev broker under-reports the log end there.
+            reader.assign([TopicPartition(s.topic_state, p, 0) for p in parts])
+            pending = set(parts)
+            deadline = time.monotonic() + 300
+            while pending:
+                if time.monotonic() > deadline:
+                    raise EngineError("restoring metering state took over 300 s")
+                for msg in reader.consume(10_000, 1.0):
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            pending.discard(msg.partition())
+                            continue
+                        raise KafkaException(err)
+                    shard = by_name.get((msg.key() or b"").decode("utf-8", "replace"))
+                    if shard is not None:
+                        shard.replay(orjson.loads(msg.value() or b"{}"))
+        finally:
+            reader.close()
+        now = self.clock()
+        for k, st in fresh.items():
+            self.shards[k] = st
+            self._last_snapshot[k] = now
+
+    # -- the batch -----------------------------------------------------------------------------
+
+    def _step(self) -> None:
+        consumer, producer = self._consumer, self._producer
+        assert consumer is not None and producer is not None
+        msgs = consumer.consume(self.settings.batch_size, 0.5)
+        if not msgs:
+            return
+        by_shard: dict[tuple[str, int], list[InRecord]] = {}
+        for m in msgs:
+            if m.error() is not None:
+                err = m.error()
+                if err.code() in (KafkaError._PARTITION_EOF,):
+                    continue
+                raise KafkaException(err)
+            ts = m.timestamp()[1]
+            by_shard.setdefault((m.topic(), m.partition()), []).append(
+                InRecord(m.offset(), ts, m.key(), m.value(), m.headers())
+            )
+        if not by_shard:
+            return
+        now = self.clock()
+        s = self.settings
+        limits = Limits(
+            int(now * 1000), int(s.max_lateness_s * 1000), int(s.max_future_skew_s * 1000), s.max_event_bytes
+        )
+        received_at = iso_ms(int(now * 1000))
+        producer.begin_transaction()
+        offsets: list[TopicPartition] = []
+        for (topic, partition), records in by_shard.items():
+            shard = self.shards.get((topic, partition))
+            if shard is None:
+                raise EngineError(f"records from {topic}/{partition}, which this worker does not own")
+            result = shard.fold(records, limits)
+            self._publish(producer, topic, partition, shard, result, received_at, now)
+            offsets.append(TopicPartition(topic, partition, result.next_offset))
+            self._count(shard.config.source_kind, result)
+        producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
+        producer.commit_transaction(60)
+
+    def _publish(
+        self,
+        producer: Producer,
+        topic: str,
+        partition: int,
+        shard: ShardState,
+        result: BatchResult,
+        received_at: str,
+        now: float,
+    ) -> None:
+        s = self.settings
+        for rec, rej in result.rejected:
+            doc = dlq_record(
+                rej.reason, rej.detail, topic, partition, rec.offset, rec.timestamp_ms, rec.key, rec.value, rec.headers, received_at
+            )
+            producer.produce(s.topic_dlq, orjson.dumps(doc), key=rec.key)
+        version = result.next_offset
+        for (wk, start), (b, r, q, d) in result.hours.items():
+            doc2: dict[str, Any] = {
+                "window_start": iso_ms(start),
+                "window_end": iso_ms(start + HOUR_MS),
+                "source": wk[0],
+                "account": None,
+                "principal": wk[1],
+                "client_id": wk[2],
+                "virtual_cluster": wk[3],
+                "topic": wk[4],
+                "direction": wk[5],
+                "bytes": b,
+                "records": r,
+                "requests": q,
+                "denied_requests": d,
+                "version": version,
+                "shard": shard.name,
+            }
+            producer.produce(s.topic_usage_windows, orjson.dumps(doc2), key=orjson.dumps([*wk, start, shard.name]))
+        for (wk, start), (b, r, q, d) in result.minutes.items():
+            doc3 = {
+                "minute_start": iso_ms(start),
+                "source": wk[0],
+                "principal": wk[1],
+                "client_id": wk[2],
+                "virtual_cluster": wk[3],
+                "topic": wk[4],
+                "direction": wk[5],
+                "bytes": b,
+                "records": r,
+                "requests": q,
+                "denied_requests": d,
+                "shard": shard.name,
+                "offset": version,
+            }
+            producer.produce(s.topic_usage_minutes, orjson.dumps(doc3), key=orjson.dumps([*wk, start]))
+        key = (topic, partition)
+        entry = result.changelog
+        if now - self._last_snapshot.get(key, 0.0) >= s.snapshot_interval_s:
+            entry = shard.snapshot()
+            entry["dedup"] = result.changelog["dedup"]
+            self._last_snapshot[key] = now
+        producer.produce(
+            s.topic_state,
+            orjson.dumps(entry),
+            key=shard.name.encode(),
+            partition=_state_partition(shard.name, s.state_partitions),
+        )
+        if self.on_batch is not None:
+            self.on_batch(result)
+
+    def _count(self, kind: str, r: BatchResult) -> None:
+        st = self.stats
+        st[f"events_in.{kind}"] += r.counted
+        st[f"dedup_hits.{kind}"] += r.duplicates
+        st[f"tombstones.{kind}"] += r.tombstones
+        st[f"ignored.{kind}"] += r.ignored
+        st["counter_resets"] += r.counter_resets
+        st["windows_published"] += len(r.hours)
+        for _, rej in r.rejected:
+            st[f"dlq.{rej.reason}"] += 1

@@ -1,0 +1,28 @@
+"""Errors raised by metering.
+
+Tree::
+
+    MeteringError
+    ├── SettingsError        settings are invalid (all problems listed at once)
+    └── EngineError          the hot path cannot go on (broker gone, transaction fenced)
+"""
+
+from __future__ import annotations
+
+__all__ = ["EngineError", "MeteringError", "SettingsError"]
+
+
+class MeteringError(Exception):
+    """Base of every error metering raises on purpose."""
+
+
+class SettingsError(MeteringError):
+    """One or more settings are invalid; ``problems`` lists every one of them."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("Invalid settings: " + "; ".join(problems))
+
+
+class EngineError(MeteringError):
+    """The metering engine cannot go on; the worker restarts it from committed state."""

@@ -1,0 +1,165 @@
+"""Metering settings, read from the environment (prefix ``STREAMTOLL_``) and validated at once.
+
+Every problem is collected and reported together in one :class:`SettingsError`, each naming the
+setting. Kafka security settings pass through: ``STREAMTOLL_KAFKA_SECURITY_PROTOCOL``,
+``..._SASL_MECHANISM``, ``..._SASL_USERNAME``, ``..._SASL_PASSWORD``, ``..._SSL_CA_LOCATION``
+and, for anything else librdkafka knows, ``STREAMTOLL_KAFKA_X_<NAME>`` (``_`` becomes ``.``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from metering.errors import SettingsError
+
+__all__ = ["MeteringSettings", "parse_duration"]
+
+PREFIX = "STREAMTOLL_"
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_SECURITY = {
+    "KAFKA_SECURITY_PROTOCOL": "security.protocol",
+    "KAFKA_SASL_MECHANISM": "sasl.mechanism",
+    "KAFKA_SASL_USERNAME": "sasl.username",
+    "KAFKA_SASL_PASSWORD": "sasl.password",
+    "KAFKA_SSL_CA_LOCATION": "ssl.ca.location",
+    "KAFKA_SSL_CERTIFICATE_LOCATION": "ssl.certificate.location",
+    "KAFKA_SSL_KEY_LOCATION": "ssl.key.location",
+}
+
+
+def parse_duration(text: str) -> float:
+    """``"1h"`` → 3600.0 seconds. Units: ms, s, m, h, d."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a duration like 30s, 5m, 1h or 35d")
+    return int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+
+
+@dataclass(frozen=True)
+class MeteringSettings:
+    kafka_bootstrap: str | None = None
+    topic_proxy_audit: str = "proxy-audit"
+    topic_broker_metrics: str = "broker-metrics"
+    topic_broker_audit: str = "confluent-audit-log-events"
+    topic_dlq: str = "streamtoll.dlq.v1"
+    topic_usage_windows: str = "streamtoll.usage-windows.v1"
+    topic_usage_minutes: str = "streamtoll.usage-minutes.v1"
+    topic_state: str = "streamtoll.metering-state.v1"
+    state_partitions: int = 12
+    dedup_horizon_s: float = 3600.0
+    dedup_max_keys: int = 5_000_000
+    max_lateness_s: float = 35 * 86400.0
+    max_future_skew_s: float = 300.0
+    meter_since_ms: int | None = None
+    counter_max_rate: float = 10e9
+    max_event_bytes: int = 2**31
+    group_id: str = "streamtoll-metering"
+    instance_id: str = "0"
+    batch_size: int = 10_000
+    snapshot_interval_s: float = 600.0
+    session_timeout_ms: int = 10_000
+    kafka_extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def input_topics(self) -> dict[str, str]:
+        """Input topic → source kind."""
+        return {
+            self.topic_proxy_audit: "proxy",
+            self.topic_broker_metrics: "broker_metrics",
+            self.topic_broker_audit: "audit_log",
+        }
+
+    def kafka_config(self) -> dict[str, str]:
+        """librdkafka settings shared by every client (bootstrap + security pass-through)."""
+        if not self.kafka_bootstrap:
+            raise SettingsError(["STREAMTOLL_KAFKA_BOOTSTRAP is not set (and no embedded broker runs)"])
+        return {"bootstrap.servers": self.kafka_bootstrap, **self.kafka_extra}
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> MeteringSettings:
+        env = os.environ if env is None else env
+        problems: list[str] = []
+        values: dict[str, object] = {}
+
+        def get(name: str) -> str | None:
+            v = env.get(PREFIX + name)
+            return v if v not in (None, "") else None
+
+        if (v := get("KAFKA_BOOTSTRAP")) is not None:
+            values["kafka_bootstrap"] = v
+        for name in (
+            "TOPIC_PROXY_AUDIT",
+            "TOPIC_BROKER_METRICS",
+            "TOPIC_BROKER_AUDIT",
+            "TOPIC_DLQ",
+            "TOPIC_USAGE_WINDOWS",
+            "TOPIC_USAGE_MINUTES",
+            "TOPIC_STATE",
+        ):
+            if (v := get(name)) is not None:
+                if _TOPIC.match(v):
+                    values[name.lower()] = v
+                else:
+                    problems.append(f"{PREFIX}{name}={v!r} is not a valid Kafka topic name")
+        for name, attr in (
+            ("DEDUP_HORIZON", "dedup_horizon_s"),
+            ("MAX_LATENESS", "max_lateness_s"),
+            ("MAX_FUTURE_SKEW", "max_future_skew_s"),
+            ("STATE_SNAPSHOT_INTERVAL", "snapshot_interval_s"),
+        ):
+            if (v := get(name)) is not None:
+                try:
+                    values[attr] = parse_duration(v)
+                except ValueError as exc:
+                    problems.append(f"{PREFIX}{name}: {exc}")
+        for name, attr, low in (
+            ("DEDUP_MAX_KEYS", "dedup_max_keys", 1000),
+            ("BATCH_SIZE", "batch_size", 1),
+            ("STATE_PARTITIONS", "state_partitions", 1),
+            ("SESSION_TIMEOUT_MS", "session_timeout_ms", 1000),
+        ):
+            if (v := get(name)) is not None:
+                if v.isdigit() and int(v) >= low:
+                    values[attr] = int(v)
+                else:
+                    problems.append(f"{PREFIX}{name}={v!r} must be an integer ≥ {low}")
+        if (v := get("COUNTER_MAX_RATE")) is not None:
+            try:
+                values["counter_max_rate"] = float(v)
+                if not values["counter_max_rate"] > 0:  # type: ignore[operator]
+                    raise ValueError
+            except ValueError:
+                problems.append(f"{PREFIX}COUNTER_MAX_RATE={v!r} must be a positive number (bytes/s)")
+        if (v := get("METER_SINCE")) is not None:
+            from datetime import datetime, timezone
+
+            try:
+                dt = datetime.fromisoformat(v)
+                if dt.tzinfo is None:
+                    dt = dt.replace(tzinfo=timezone.utc)
+                values["meter_since_ms"] = int(dt.timestamp() * 1000)
+            except ValueError:
+                problems.append(f"{PREFIX}METER_SINCE={v!r} is not an ISO 8601 date or time")
+        if (v := get("METERING_GROUP")) is not None:
+            values["group_id"] = v
+        if (v := get("INSTANCE_ID")) is not None:
+            values["instance_id"] = v
+        extra: dict[str, str] = {}
+        for name, key in _SECURITY.items():
+            if (v := get(name)) is not None:
+                extra[key] = v
+        for k, v in env.items():
+            if k.startswith(PREFIX + "KAFKA_X_") and v:
+                extra[k[len(PREFIX + "KAFKA_X_") :].lower().replace("_", ".")] = v
+        values["kafka_extra"] = extra
+        topics = [values.get(t, getattr(cls, t)) for t in ("topic_proxy_audit", "topic_broker_metrics", "topic_broker_audit")]
+        if len(set(topics)) != 3:
+            problems.append(f"{PREFIX}TOPIC_PROXY_AUDIT, _BROKER_METRICS and _BROKER_AUDIT must differ")
+        if problems:
+            raise SettingsError(problems)
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,97 @@
+"""The ``streamtoll`` command line.
+
+A user's mistake (bad setting, unreachable broker, missing file) ends with one sentence on
+stderr saying what to do and exit code 2; never a bare traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from metering.errors import MeteringError, SettingsError
+from metering.settings import MeteringSettings
+from streamtoll import logs
+from streamtoll.embedded import EmbeddedBroker, EmbeddedError
+
+__all__ = ["main"]
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one sentence, exit code 2."""
+
+
+def _settings() -> MeteringSettings:
+    try:
+        return MeteringSettings.from_env()
+    except SettingsError as exc:
+        raise UserError("invalid settings:\n  " + "\n  ".join(exc.problems)) from exc
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from metering.engine import Engine
+
+    settings = _settings()
+    broker: EmbeddedBroker | None = None
+    if not settings.kafka_bootstrap:
+        state = Path(".streamtoll")
+        state.mkdir(exist_ok=True)
+        broker = EmbeddedBroker(log_path=state / "broker.log").start()
+        settings = MeteringSettings.from_env({**os.environ, "STREAMTOLL_KAFKA_BOOTSTRAP": broker.bootstrap})
+        print(f"embedded Kafka broker (memory storage) at {broker.bootstrap}", file=sys.stderr)
+    engine = Engine(settings)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        engine.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        engine.run()
+    finally:
+        if broker is not None:
+            broker.stop()
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    """Run the embedded broker in the foreground (dev helper)."""
+    broker = EmbeddedBroker(port=args.port).start()
+    print(broker.bootstrap, flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        broker.stop()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamtoll", description="Usage metering and billing for Apache Kafka.")
+    p.add_argument("--log-level", default=os.environ.get("STREAMTOLL_LOG_LEVEL", "INFO"))
+    sub = p.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("worker", help="the metering worker; scale by running more")
+    w.set_defaults(func=cmd_worker)
+    b = sub.add_parser("broker", help="run the embedded dev broker in the foreground")
+    b.add_argument("--port", type=int, default=None)
+    b.set_defaults(func=cmd_broker)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logs.setup(args.log_level)
+    try:
+        return int(args.func(args))
+    except (UserError, EmbeddedError, MeteringError) as exc:
+        print(f"streamtoll: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
