@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import threading
 import time
@@ -24,13 +26,18 @@ __all__ = ["Engine", "Stats", "ensure_topics"]
 
 log = logging.getLogger("streamtoll.metering")
 
+# A DLQ record holds the original value in base64 (4/3 of its size) plus context, so it must be
+# allowed to be larger than any input record; past DLQ_VALUE_LIMIT the value is cut (and hashed).
+_MAX_MESSAGE = 16 * 1024 * 1024
+DLQ_VALUE_LIMIT = 8 * 1024 * 1024
+
 
 def ensure_topics(settings: MeteringSettings, input_partitions: int = 4, timeout: float = 15.0) -> None:
     """Create the topics metering reads and writes when they do not exist yet."""
     admin = AdminClient(settings.kafka_config())
     wanted = {
         **{t: input_partitions for t in settings.input_topics},
-        settings.topic_dlq: input_partitions,
+        settings.topic_dlq: input_partitions,  # (created with a large max.message.bytes below)
         settings.topic_usage_windows: input_partitions,
         settings.topic_usage_minutes: input_partitions,
         settings.topic_state: settings.state_partitions,
@@ -39,7 +46,10 @@ def ensure_topics(settings: MeteringSettings, input_partitions: int = 4, timeout
         existing = set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as exc:
         raise EngineError(f"The Kafka cluster at {settings.kafka_bootstrap} is unreachable ({exc}).") from exc
-    missing = [NewTopic(t, n, 1) for t, n in wanted.items() if t not in existing]
+    big = {"max.message.bytes": str(_MAX_MESSAGE)}
+    missing = [
+        NewTopic(t, n, 1, config=big if t == settings.topic_dlq else {}) for t, n in wanted.items() if t not in existing
+    ]
     if not missing:
         return
     for topic, fut in admin.create_topics(missing, operation_timeout=timeout).items():
@@ -110,6 +120,7 @@ class Engine:
                 "linger.ms": 5,
                 "batch.num.messages": 10_000,
                 "compression.type": "none",
+                "message.max.bytes": _MAX_MESSAGE,
             }
         )
         # Aborts whatever a previous incarnation with the same transactional.id left open.
@@ -276,9 +287,13 @@ class Engine:
     ) -> None:
         s = self.settings
         for rec, rej in result.rejected:
+            value = rec.value
             doc = dlq_record(
-                rej.reason, rej.detail, topic, partition, rec.offset, rec.timestamp_ms, rec.key, rec.value, rec.headers, received_at
+                rej.reason, rej.detail, topic, partition, rec.offset, rec.timestamp_ms, rec.key, value, rec.headers, received_at
             )
+            if value is not None and len(value) > DLQ_VALUE_LIMIT:
+                doc["value_b64"] = base64.b64encode(value[:DLQ_VALUE_LIMIT]).decode("ascii")
+                doc["value_truncated"] = {"size": len(value), "sha256": hashlib.sha256(value).hexdigest()}
             producer.produce(s.topic_dlq, orjson.dumps(doc), key=rec.key)
         version = result.next_offset
         for (wk, start), (b, r, q, d) in result.hours.items():
