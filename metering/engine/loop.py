@@ -218,7 +218,7 @@ class Engine:
             while pending:
                 if time.monotonic() > deadline:
                     raise EngineError("restoring metering state took over 300 s")
-                for msg in reader.consume(10_000, 1.0):
+                for msg in reader.consume(10_000, 0.1):
                     err = msg.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:

@@ -13,7 +13,7 @@ import pytest
 from metering.settings import MeteringSettings
 from streamtoll.embedded import EmbeddedBroker
 
-from .harness import Traffic, Worker, produce, read_all, wait_caught_up, window_totals
+from .harness import Traffic, Worker, committed, produce, read_all, wait_caught_up, window_totals
 
 pytestmark = pytest.mark.integration
 
@@ -59,19 +59,30 @@ def test_kill_minus_9_at_random_moments_loses_and_doubles_nothing(
     ends: dict[tuple[str, int], int] = {}
 
     def feed() -> None:
-        ends.update(produce(broker.bootstrap, traffic.records, pace=(20_000, 0.5)))
+        ends.update(produce(broker.bootstrap, traffic.records, pace=(4_000, 0.4)))
 
     feeder = threading.Thread(target=feed)
     feeder.start()
-    kills = 0
+    inputs = {(t, p): 1 for t in settings.input_topics for p in range(4)}
+    kills, done_before = 0, 0
     try:
-        while kills < 3 or feeder.is_alive():
-            time.sleep(rnd.uniform(2.0, 7.0))
+        # Kill only after the restarted worker has committed new work, at a random moment after
+        # that: each kill lands while batches are being folded and transactions are open.
+        while kills < 3 or (feeder.is_alive() and kills < 6):
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                done = sum(max(0, v) for v in committed(broker.bootstrap, settings.group_id, inputs).values())
+                if done > done_before:
+                    break
+                time.sleep(0.2)
+            else:
+                raise AssertionError("the restarted worker made no progress in 60 s")
+            time.sleep(rnd.uniform(0.0, 1.5))
             worker.kill9()
             kills += 1
+            done_before = sum(max(0, v) for v in committed(broker.bootstrap, settings.group_id, inputs).values())
+            assert done_before < len(traffic.records), "the stream was already fully metered before this kill"
             worker.start()
-            if kills >= 6:
-                break
         feeder.join()
         wait_caught_up(broker.bootstrap, settings.group_id, ends)
     finally:
