@@ -16,6 +16,7 @@ Standard library only: billing imports this module and nothing else from meterin
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ __all__ = ["SOURCES", "UsageMinute", "UsageWindow", "dlq_record", "iso_ms"]
 SOURCES = ("proxy", "broker_metrics", "audit_log")
 
 
+@functools.lru_cache(maxsize=8192)
 def iso_ms(ms: int) -> str:
     """Epoch milliseconds → RFC 3339 UTC with a ``Z``."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

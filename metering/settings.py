@@ -60,7 +60,7 @@ class MeteringSettings:
     max_event_bytes: int = 2**31
     group_id: str = "streamtoll-metering"
     instance_id: str = "0"
-    batch_size: int = 10_000
+    batch_size: int = 100_000
     snapshot_interval_s: float = 600.0
     session_timeout_ms: int = 10_000
     kafka_extra: Mapping[str, str] = field(default_factory=dict)

@@ -18,9 +18,9 @@ Totals are kept per shard on purpose: the usage windows topic carries one total 
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Protocol
 
 from metering.decoders import confluent_audit, otlp, proxy
 from metering.decoders.common import Invalid, Limits
@@ -36,7 +36,7 @@ from metering.domain.events import (
     event_key,
 )
 
-__all__ = ["BatchResult", "InRecord", "ShardState", "WindowKey"]
+__all__ = ["BatchResult", "InRecord", "Record", "ShardState", "WindowKey"]
 
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
@@ -45,14 +45,33 @@ MINUTE_MS = 60_000
 WindowKey = tuple[str, str, str, str, str, str]
 
 
-class InRecord(NamedTuple):
-    """A Kafka record as the shard sees it (no client library types)."""
+class InRecord(Protocol):
+    """What a shard needs of a Kafka record. confluent-kafka's ``Message`` has exactly these
+    methods, so the engine hands its messages over as they are (no copy per record)."""
 
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] | None
+    def offset(self) -> int: ...
+
+    def timestamp(self) -> tuple[int, int]: ...
+
+    def value(self) -> bytes | None: ...
+
+
+class Record:
+    """A plain :class:`InRecord` (tests, replays from files)."""
+
+    __slots__ = ("_offset", "_ts", "_value")
+
+    def __init__(self, offset: int, timestamp_ms: int, value: bytes | None) -> None:
+        self._offset, self._ts, self._value = offset, timestamp_ms, value
+
+    def offset(self) -> int:
+        return self._offset
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._ts)
+
+    def value(self) -> bytes | None:
+        return self._value
 
 
 @dataclass
@@ -60,7 +79,8 @@ class BatchResult:
     next_offset: int = -1
     rejected: list[tuple[InRecord, Rejection]] = field(default_factory=list)
     hours: dict[tuple[WindowKey, int], list[int]] = field(default_factory=dict)
-    minutes: dict[tuple[WindowKey, int], list[int]] = field(default_factory=dict)
+    # (source, principal, client_id, virtual_cluster, topic, direction, minute_start) → sums
+    minutes: dict[tuple[str, str, str, str, str, str, int], list[int]] = field(default_factory=dict)
     changelog: dict[str, Any] = field(default_factory=dict)
     counted: int = 0
     duplicates: int = 0
@@ -91,95 +111,91 @@ class ShardState:
 
     # -- the hot step ------------------------------------------------------------------------
 
-    def fold(self, records: Iterable[InRecord], limits: Limits) -> BatchResult:
+    def fold(self, records: Sequence[InRecord], limits: Limits) -> BatchResult:
         """Fold one batch (records of this shard, in offset order) into the state."""
         out = BatchResult()
         kind = self.config.source_kind
-        dedup = self.dedup
-        new_keys: list[bytes] = []
+        dedup_keys = self.dedup._keys
         seen_now: set[bytes] = set()
-        hours = self.hours
-        changed_hours: set[tuple[WindowKey, int]] = set()
+        new_keys: list[bytes] = []
         minutes = out.minutes
+        rejected = out.rejected
+        events: list[UsageEvent] = []
         max_ts = 0
         changed_series: set[tuple[str, ...]] = set()
-
-        def add(ev: UsageEvent) -> None:
-            key = ev.event_key
-            if key in seen_now or key in dedup:
-                out.duplicates += 1
-                return
-            seen_now.add(key)
-            new_keys.append(key)
-            wk: WindowKey = (ev.source_kind, ev.principal, ev.client_id, ev.virtual_cluster, ev.topic, ev.direction)
-            t = ev.occurred_at_ms
-            hk = (wk, t - t % HOUR_MS)
-            h = hours.get(hk)
-            if h is None:
-                h = hours[hk] = [0, 0, 0, 0]
-            h[0] += ev.bytes
-            h[1] += ev.records
-            h[2] += ev.requests
-            h[3] += ev.denied_requests
-            changed_hours.add(hk)
-            mk = (wk, t - t % MINUTE_MS)
-            m = minutes.get(mk)
-            if m is None:
-                m = minutes[mk] = [0, 0, 0, 0]
-            m[0] += ev.bytes
-            m[1] += ev.records
-            m[2] += ev.requests
-            m[3] += ev.denied_requests
-            out.counted += 1
-
         decode: Callable[[bytes, Limits], UsageEvent | str] = proxy.decode if kind == PROXY else confluent_audit.decode
+        otlp_input = kind == BROKER_METRICS
+
         for rec in records:
-            if rec.timestamp_ms > max_ts:
-                max_ts = rec.timestamp_ms
-            out.next_offset = rec.offset + 1
-            value = rec.value
+            value = rec.value()
+            ts = rec.timestamp()[1]
+            if ts > max_ts:
+                max_ts = ts
             if value is None:
                 out.tombstones += 1
                 continue
             try:
-                if kind == BROKER_METRICS:
-                    for item in otlp.decode(value, limits):
-                        if isinstance(item, Rejection):
-                            out.rejected.append((rec, item))
-                            continue
-                        ev_or_rej = self._counter_event(item)
-                        if isinstance(ev_or_rej, Rejection):
-                            out.rejected.append((rec, ev_or_rej))
-                        elif ev_or_rej is not None:
-                            changed_series.add(item.series)
-                            if FLAG_COUNTER_RESET in ev_or_rej.flags:
-                                out.counter_resets += 1
-                            add(ev_or_rej)
-                        else:
-                            changed_series.add(item.series)
-                    continue
-                got = decode(value, limits)
+                if otlp_input:
+                    events.clear()
+                    self._fold_samples(rec, otlp.decode(value, limits), events, changed_series, out)
+                    got: UsageEvent | str | None = None
+                else:
+                    got = decode(value, limits)
             except Invalid as exc:
-                out.rejected.append((rec, exc.rejection))
+                rejected.append((rec, exc.rejection))
                 continue
             except Exception as exc:  # a decoder bug must not stop metering; the record is kept
-                out.rejected.append((rec, Rejection("schema", f"undecodable record ({type(exc).__name__})")))
+                rejected.append((rec, Rejection("schema", f"undecodable record ({type(exc).__name__})")))
                 continue
-            if type(got) is str:
-                out.ignored += 1
-            else:
-                add(got)  # type: ignore[arg-type]
-
-        if out.next_offset < 0:
+            if got is not None:
+                if type(got) is str:
+                    out.ignored += 1
+                    continue
+                events.append(got)  # type: ignore[arg-type]
+            for ev in events:
+                key = ev[0]
+                if key in dedup_keys or key in seen_now:
+                    out.duplicates += 1
+                    continue
+                seen_now.add(key)
+                new_keys.append(key)
+                t = ev[2]
+                mk = (ev[1], ev[3], ev[4], ev[5], ev[6], ev[7], t - t % MINUTE_MS)
+                m = minutes.get(mk)
+                if m is None:
+                    minutes[mk] = [ev[8], ev[9], ev[10], ev[11]]
+                else:
+                    m[0] += ev[8]
+                    m[1] += ev[9]
+                    m[2] += ev[10]
+                    m[3] += ev[11]
+            if got is not None:
+                events.clear()
+        out.counted = len(new_keys)
+        if records:
+            out.next_offset = records[-1].offset() + 1
+        else:
             return out
         self.next_offset = out.next_offset
         if new_keys:
-            dedup.add_many(new_keys, max_ts)
+            self.dedup.add_many(new_keys, max_ts)
+        hours = self.hours
+        changed: dict[tuple[WindowKey, int], list[int]] = {}
+        for mk, (b, r, q, d) in minutes.items():
+            hk = (mk[:6], mk[6] - mk[6] % HOUR_MS)
+            h = hours.get(hk)
+            if h is None:
+                h = hours[hk] = [0, 0, 0, 0]
+            h[0] += b
+            h[1] += r
+            h[2] += q
+            h[3] += d
+            changed[hk] = h
         cutoff = limits.now_ms - self.config.max_lateness_ms - HOUR_MS
         for hk in [hk for hk in hours if hk[1] < cutoff]:
             del hours[hk]
-        out.hours = {hk: hours[hk] for hk in changed_hours if hk in hours}
-        self.batches_since_snapshot += 1
+            changed.pop(hk, None)
+        out.hours = changed
         out.changelog = {
             "v": 1,
             "shard": self.name,
@@ -188,9 +204,31 @@ class ShardState:
             "dedup_ts": self.dedup.newest_ms,
             "dedup": base64.b64encode(b"".join(new_keys)).decode("ascii"),
             "counters": [[list(s), *self.counters[s]] for s in changed_series if s in self.counters],
-            "hours": [[*hk[0], hk[1], *v] for hk, v in out.hours.items()],
+            "hours": [[*hk[0], hk[1], *v] for hk, v in changed.items()],
         }
         return out
+
+    def _fold_samples(
+        self,
+        rec: InRecord,
+        items: list[otlp.Sample | Rejection],
+        events: list[UsageEvent],
+        changed_series: set[tuple[str, ...]],
+        out: BatchResult,
+    ) -> None:
+        for item in items:
+            if isinstance(item, Rejection):
+                out.rejected.append((rec, item))
+                continue
+            got = self._counter_event(item)
+            if isinstance(got, Rejection):
+                out.rejected.append((rec, got))
+                continue
+            changed_series.add(item.series)
+            if got is not None:
+                if FLAG_COUNTER_RESET in got.flags:
+                    out.counter_resets += 1
+                events.append(got)
 
     def _counter_event(self, s: otlp.Sample) -> UsageEvent | Rejection | None:
         got = counters.apply(self.counters, s, self.config.meter_since_ns, self.config.counter_max_rate)

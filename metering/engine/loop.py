@@ -13,12 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from metering.contracts import dlq_record, iso_ms
 from metering.decoders.common import Limits
-from metering.domain.shard import HOUR_MS, BatchResult, InRecord, ShardConfig, ShardState
+from metering.domain.shard import HOUR_MS, BatchResult, ShardConfig, ShardState
 from metering.errors import EngineError
 from metering.settings import MeteringSettings
 
@@ -243,17 +243,18 @@ class Engine:
         msgs = consumer.consume(self.settings.batch_size, 0.5)
         if not msgs:
             return
-        by_shard: dict[tuple[str, int], list[InRecord]] = {}
+        by_shard: dict[tuple[str, int], list[Message]] = {}
         for m in msgs:
-            if m.error() is not None:
-                err = m.error()
-                if err.code() in (KafkaError._PARTITION_EOF,):
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
                     continue
                 raise KafkaException(err)
-            ts = m.timestamp()[1]
-            by_shard.setdefault((m.topic(), m.partition()), []).append(
-                InRecord(m.offset(), ts, m.key(), m.value(), m.headers())
-            )
+            tp = (m.topic(), m.partition())
+            batch = by_shard.get(tp)
+            if batch is None:
+                batch = by_shard[tp] = []
+            batch.append(m)
         if not by_shard:
             return
         now = self.clock()
@@ -287,14 +288,23 @@ class Engine:
     ) -> None:
         s = self.settings
         for rec, rej in result.rejected:
-            value = rec.value
+            value, key = rec.value(), rec.key()  # type: ignore[attr-defined]
             doc = dlq_record(
-                rej.reason, rej.detail, topic, partition, rec.offset, rec.timestamp_ms, rec.key, value, rec.headers, received_at
+                rej.reason,
+                rej.detail,
+                topic,
+                partition,
+                rec.offset(),
+                rec.timestamp()[1],
+                key,
+                value,
+                rec.headers(),  # type: ignore[attr-defined]
+                received_at,
             )
             if value is not None and len(value) > DLQ_VALUE_LIMIT:
                 doc["value_b64"] = base64.b64encode(value[:DLQ_VALUE_LIMIT]).decode("ascii")
                 doc["value_truncated"] = {"size": len(value), "sha256": hashlib.sha256(value).hexdigest()}
-            producer.produce(s.topic_dlq, orjson.dumps(doc), key=rec.key)
+            producer.produce(s.topic_dlq, orjson.dumps(doc), key=key)
         version = result.next_offset
         for (wk, start), (b, r, q, d) in result.hours.items():
             doc2: dict[str, Any] = {
@@ -315,15 +325,15 @@ class Engine:
                 "shard": shard.name,
             }
             producer.produce(s.topic_usage_windows, orjson.dumps(doc2), key=orjson.dumps([*wk, start, shard.name]))
-        for (wk, start), (b, r, q, d) in result.minutes.items():
+        for (src, principal, client_id, vcluster, topic_, direction, start), (b, r, q, d) in result.minutes.items():
             doc3 = {
                 "minute_start": iso_ms(start),
-                "source": wk[0],
-                "principal": wk[1],
-                "client_id": wk[2],
-                "virtual_cluster": wk[3],
-                "topic": wk[4],
-                "direction": wk[5],
+                "source": src,
+                "principal": principal,
+                "client_id": client_id,
+                "virtual_cluster": vcluster,
+                "topic": topic_,
+                "direction": direction,
                 "bytes": b,
                 "records": r,
                 "requests": q,
@@ -331,7 +341,11 @@ class Engine:
                 "shard": shard.name,
                 "offset": version,
             }
-            producer.produce(s.topic_usage_minutes, orjson.dumps(doc3), key=orjson.dumps([*wk, start]))
+            producer.produce(
+                s.topic_usage_minutes,
+                orjson.dumps(doc3),
+                key=orjson.dumps([src, principal, client_id, vcluster, topic_, direction, start]),
+            )
         key = (topic, partition)
         entry = result.changelog
         if now - self._last_snapshot.get(key, 0.0) >= s.snapshot_interval_s:

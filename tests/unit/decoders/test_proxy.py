@@ -134,3 +134,23 @@ def test_fetch_is_consume() -> None:
 def test_orjson_roundtrip_of_sample_is_stable(samples: Path) -> None:
     line = (samples / "proxy-audit.jsonl").read_bytes().splitlines()[0]
     assert proxy.decode(orjson.dumps(orjson.loads(line)), limits()) == proxy.decode(line, limits())
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        good(),
+        good(time="2026-11-03T10:15:00.999999+05:30"),
+        good(time="2026-11-03T10:15:00.001Z"),
+        good(subject=""),
+        good(data={"topic": "t", "records": 0, "bytes": 0, "client_id": None, "virtual_cluster": "vc"}),
+        good(data={"topic": "t", "records": "5", "bytes": 1.0}),
+    ],
+)
+def test_fast_path_and_checked_path_agree(doc: dict[str, object]) -> None:
+    raw = json.dumps(doc).encode()
+    assert proxy.decode(raw, limits()) == proxy._decode_checked(orjson.loads(raw), limits())
+
+
+def test_unhashable_type_field_is_a_schema_error() -> None:
+    assert reason(json.dumps(good(type=["io.streamtoll.kafka.produce"])).encode()) == "schema"

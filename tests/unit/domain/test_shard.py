@@ -5,7 +5,7 @@ from typing import Any
 
 import orjson
 
-from metering.domain.shard import HOUR_MS, InRecord, ShardConfig, ShardState
+from metering.domain.shard import HOUR_MS, Record, ShardConfig, ShardState
 from tests.unit.decoders.helpers import NOW, limits
 
 T0 = "2026-11-10T10:15:00Z"
@@ -21,8 +21,8 @@ def proxy(i: str, nbytes: int = 10, time: str = T0, principal: str = "User:a") -
                        "data": {"topic": "orders", "records": 1, "bytes": nbytes}}).encode()
 
 
-def recs(values: list[bytes | None], start: int = 0, ts: int = 1_000) -> list[InRecord]:
-    return [InRecord(start + i, ts + i, b"k", v, None) for i, v in enumerate(values)]
+def recs(values: list[bytes | None], start: int = 0, ts: int = 1_000) -> list[Record]:
+    return [Record(start + i, ts + i, v) for i, v in enumerate(values)]
 
 
 def totals(state: ShardState) -> dict[Any, list[int]]:
@@ -34,7 +34,7 @@ def test_fold_counts_dedups_and_rejects() -> None:
     out = st.fold(recs([proxy("a"), proxy("a"), proxy("b", 5), None, b"{bad", proxy("c", 7, "2026-11-10T11:00:00Z")]),
                   limits())
     assert (out.counted, out.duplicates, out.tombstones, len(out.rejected), out.next_offset) == (3, 1, 1, 1, 6)
-    assert out.rejected[0][0].offset == 4 and out.rejected[0][1].reason == "not_json"
+    assert out.rejected[0][0].offset() == 4 and out.rejected[0][1].reason == "not_json"
     hours = sorted(out.hours.items(), key=lambda kv: kv[0][1])
     assert [v for _, v in hours] == [[15, 2, 2, 0], [7, 1, 1, 0]]
     assert hours[1][0][1] - hours[0][0][1] == HOUR_MS
