@@ -16,6 +16,7 @@ Standard library only: billing imports this module and nothing else from meterin
 from __future__ import annotations
 
 import base64
+import builtins
 import functools
 import json
 from dataclasses import asdict, dataclass
@@ -68,11 +69,11 @@ class UsageWindow:
             self.shard,
         )
 
-    def to_json(self) -> bytes:
+    def to_json(self) -> builtins.bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes | str) -> UsageWindow:
+    def from_json(cls, raw: builtins.bytes | str) -> UsageWindow:
         doc = json.loads(raw)
         return cls(**{k: doc[k] for k in cls.__dataclass_fields__})
 
@@ -94,7 +95,7 @@ class UsageMinute:
     offset: int
 
     @classmethod
-    def from_json(cls, raw: bytes | str) -> UsageMinute:
+    def from_json(cls, raw: builtins.bytes | str) -> UsageMinute:
         doc = json.loads(raw)
         return cls(**{k: doc[k] for k in cls.__dataclass_fields__})
 

@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC
 
 from metering.errors import SettingsError
 
@@ -74,7 +75,7 @@ class MeteringSettings:
             self.topic_broker_audit: "audit_log",
         }
 
-    def kafka_config(self) -> dict[str, str]:
+    def kafka_config(self) -> dict[str, str | int | float | bool]:
         """librdkafka settings shared by every client (bootstrap + security pass-through)."""
         if not self.kafka_bootstrap:
             raise SettingsError(["STREAMTOLL_KAFKA_BOOTSTRAP is not set (and no embedded broker runs)"])
@@ -136,12 +137,12 @@ class MeteringSettings:
             except ValueError:
                 problems.append(f"{PREFIX}COUNTER_MAX_RATE={v!r} must be a positive number (bytes/s)")
         if (v := get("METER_SINCE")) is not None:
-            from datetime import datetime, timezone
+            from datetime import datetime
 
             try:
                 dt = datetime.fromisoformat(v)
                 if dt.tzinfo is None:
-                    dt = dt.replace(tzinfo=timezone.utc)
+                    dt = dt.replace(tzinfo=UTC)
                 values["meter_since_ms"] = int(dt.timestamp() * 1000)
             except ValueError:
                 problems.append(f"{PREFIX}METER_SINCE={v!r} is not an ISO 8601 date or time")
@@ -157,7 +158,9 @@ class MeteringSettings:
             if k.startswith(PREFIX + "KAFKA_X_") and v:
                 extra[k[len(PREFIX + "KAFKA_X_") :].lower().replace("_", ".")] = v
         values["kafka_extra"] = extra
-        topics = [values.get(t, getattr(cls, t)) for t in ("topic_proxy_audit", "topic_broker_metrics", "topic_broker_audit")]
+        topics = [
+            values.get(t, getattr(cls, t)) for t in ("topic_proxy_audit", "topic_broker_metrics", "topic_broker_audit")
+        ]
         if len(set(topics)) != 3:
             problems.append(f"{PREFIX}TOPIC_PROXY_AUDIT, _BROKER_METRICS and _BROKER_AUDIT must differ")
         if problems:

@@ -83,7 +83,9 @@ def _records(n: int, seed: int = 1) -> list[tuple[bytes, bytes]]:
             "id": str(uuid.UUID(int=rnd.getrandbits(128))),
             "source": f"//proxy/gw-{i % 4}",
             "type": "io.streamtoll.kafka.produce" if rnd.random() < 0.4 else "io.streamtoll.kafka.fetch",
-            "time": _rfc3339(now - span + span * i / n - rnd.uniform(0, 3) - (rnd.uniform(0, 7200) if rnd.random() < 0.01 else 0)),
+            "time": _rfc3339(
+                now - span + span * i / n - rnd.uniform(0, 3) - (rnd.uniform(0, 7200) if rnd.random() < 0.01 else 0)
+            ),
             "subject": p,
             "data": {
                 "client_id": f"app-{rnd.randrange(8)}",
@@ -106,8 +108,14 @@ def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> 
             part, off = msg.partition(), msg.offset()  # type: ignore[attr-defined]
             ends[part] = max(ends.get(part, 0), off + 1)
 
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10_000,
-                  "queue.buffering.max.messages": 1_000_000})
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "batch.num.messages": 10_000,
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
     for key, value in records:
         while True:
             try:
@@ -139,8 +147,13 @@ print(n / (time.perf_counter() - t0))
 
 
 def _baseline(bootstrap: str, topic: str, total: int) -> float:
-    out = subprocess.run([sys.executable, "-c", _BASELINE, bootstrap, topic, str(total), str(PARTITIONS)],
-                         capture_output=True, text=True, check=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", _BASELINE, bootstrap, topic, str(total), str(PARTITIONS)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -184,8 +197,14 @@ def bench_ingest(bootstrap: str, events: int, workers: int = 1) -> IngestResult:
     procs = []
     for i in range(workers):
         log = open(logdir / f"worker{i}.log", "wb")  # noqa: SIM115
-        procs.append(subprocess.Popen([sys.executable, "-m", "streamtoll.cli", "worker"],
-                                      env={**env, "STREAMTOLL_INSTANCE_ID": f"b{i}"}, stdout=log, stderr=log))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "streamtoll.cli", "worker"],
+                env={**env, "STREAMTOLL_INSTANCE_ID": f"b{i}"},
+                stdout=log,
+                stderr=log,
+            )
+        )
     ps = [psutil.Process(p.pid) for p in procs]
     try:
         cpu0: float | None = None

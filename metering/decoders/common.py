@@ -43,9 +43,7 @@ class Limits:
 
     __slots__ = ("max_event_bytes", "max_future_ms", "max_lateness_ms", "now_ms")
 
-    def __init__(
-        self, now_ms: int, max_lateness_ms: int, max_future_ms: int, max_event_bytes: int
-    ) -> None:
+    def __init__(self, now_ms: int, max_lateness_ms: int, max_future_ms: int, max_event_bytes: int) -> None:
         self.now_ms = now_ms
         self.max_lateness_ms = max_lateness_ms
         self.max_future_ms = max_future_ms
@@ -55,7 +53,9 @@ class Limits:
         if ms > self.now_ms + self.max_future_ms:
             raise Invalid("future", f"event time is {(ms - self.now_ms) / 1000:.0f} s ahead of the clock")
         if ms < self.now_ms - self.max_lateness_ms:
-            raise Invalid("too_old", f"event time is {(self.now_ms - ms) / 86400000:.1f} days old, past the lateness limit")
+            raise Invalid(
+                "too_old", f"event time is {(self.now_ms - ms) / 86400000:.1f} days old, past the lateness limit"
+            )
 
 
 def load_json(value: bytes) -> Any:

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from metering.decoders.common import MAX_ID_LEN, Invalid, Limits, load_json
 from metering.domain.events import CONSUME, PRODUCE, Rejection
 
-__all__ = ["DEFAULT_METRICS", "DELTA", "CUMULATIVE", "Sample", "decode"]
+__all__ = ["CUMULATIVE", "DEFAULT_METRICS", "DELTA", "Sample", "decode"]
 
 DELTA = 1
 CUMULATIVE = 2
@@ -138,7 +138,9 @@ def decode(
                 if type(metric) is not dict:
                     raise Invalid("schema", f"{mwhere} is not an object")
                 name = metric.get("name")
-                meaning = metrics.get(name) if type(name) is str else None
+                if type(name) is not str:
+                    continue
+                meaning = metrics.get(name)
                 total = metric.get("sum")
                 if meaning is None or type(total) is not dict or total.get("isMonotonic") is False:
                     continue
@@ -152,7 +154,9 @@ def decode(
                     continue
                 for pi, point in enumerate(points):
                     try:
-                        out.append(_sample(point, f"{mwhere}.dataPoints[{pi}]", emitter, name, temporality, meaning, limits))
+                        out.append(
+                            _sample(point, f"{mwhere}.dataPoints[{pi}]", emitter, name, temporality, meaning, limits)
+                        )
                     except Invalid as exc:
                         out.append(exc.rejection)
     return out

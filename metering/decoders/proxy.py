@@ -25,7 +25,7 @@ _seconds: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" (UTC) → epoch ms; event
 
 
 def _second_ms(head: str) -> int | None:
-    """"YYYY-MM-DDTHH:MM:SS" in UTC → epoch ms, cached (events of a second share it)."""
+    """ "YYYY-MM-DDTHH:MM:SS" in UTC → epoch ms, cached (events of a second share it)."""
     try:
         dt = datetime.fromisoformat(head + "+00:00")
     except ValueError:
@@ -116,7 +116,7 @@ def _decode_checked(doc: object, limits: Limits) -> UsageEvent | str:
     if type(doc) is not dict:
         raise Invalid("schema", "the record is not a JSON object")
     if doc.get("specversion") != "1.0":
-        raise Invalid("schema", f"specversion must be \"1.0\", not {str(doc.get('specversion'))[:20]!r}")
+        raise Invalid("schema", f'specversion must be "1.0", not {str(doc.get("specversion"))[:20]!r}')
     typ = doc.get("type")
     direction = _DIRECTIONS.get(typ) if type(typ) is str else None
     ev_id = as_identity(doc, "id", "", required=True)

@@ -27,7 +27,6 @@ from metering.decoders.common import Invalid, Limits
 from metering.domain import counters
 from metering.domain.dedup import DedupSet
 from metering.domain.events import (
-    AUDIT_LOG,
     BROKER_METRICS,
     FLAG_COUNTER_RESET,
     PROXY,
@@ -283,5 +282,5 @@ class ShardState:
         for series, start, time_ns, value in entry["counters"]:
             self.counters[tuple(series)] = counters.SeriesState(start, time_ns, value)
         for row in entry["hours"]:
-            self.hours[(tuple(row[:6]), row[6])] = list(row[7:11])  # type: ignore[index]
+            self.hours[(tuple(row[:6]), row[6])] = list(row[7:11])
         self.next_offset = int(entry["offset"])

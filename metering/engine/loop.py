@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import threading
@@ -10,7 +11,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -18,7 +19,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from metering.contracts import dlq_record, iso_ms
 from metering.decoders.common import Limits
-from metering.domain.shard import HOUR_MS, BatchResult, ShardConfig, ShardState
+from metering.domain.shard import HOUR_MS, BatchResult, InRecord, ShardConfig, ShardState
 from metering.errors import EngineError
 from metering.settings import MeteringSettings
 
@@ -149,15 +150,12 @@ class Engine:
         consumer, self._consumer = self._consumer, None
         producer, self._producer = self._producer, None
         if producer is not None and not graceful:
-            try:
+            # nothing open, or the broker is gone: the next init_transactions aborts it anyway
+            with contextlib.suppress(KafkaException):
                 producer.abort_transaction(5)
-            except KafkaException:
-                pass  # nothing open, or the broker is gone: the next init_transactions aborts it
         if consumer is not None:
-            try:
+            with contextlib.suppress(KafkaException, RuntimeError):
                 consumer.close()
-            except (KafkaException, RuntimeError):
-                pass
         if producer is not None:
             producer.flush(5)
         self.shards.clear()
@@ -250,7 +248,7 @@ class Engine:
                 if err.code() == KafkaError._PARTITION_EOF:
                     continue
                 raise KafkaException(err)
-            tp = (m.topic(), m.partition())
+            tp = cast("tuple[str, int]", (m.topic(), m.partition()))
             batch = by_shard.get(tp)
             if batch is None:
                 batch = by_shard[tp] = []
@@ -269,7 +267,7 @@ class Engine:
             shard = self.shards.get((topic, partition))
             if shard is None:
                 raise EngineError(f"records from {topic}/{partition}, which this worker does not own")
-            result = shard.fold(records, limits)
+            result = shard.fold(cast("list[InRecord]", records), limits)
             self._publish(producer, topic, partition, shard, result, received_at, now)
             offsets.append(TopicPartition(topic, partition, result.next_offset))
             self._count(shard.config.source_kind, result)

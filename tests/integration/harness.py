@@ -37,27 +37,51 @@ def rfc3339(t: float) -> str:
 
 
 BAD_PROXY: list[tuple[bytes, str]] = [
-    (b'{"specversion":"1.0","id":"b1","source":"//p","type":"io.streamtoll.kafka.produce","time":"2026-11-03T10:15:00Z",'
-     b'"subject":"User:x","data":{"topic":"orders","records":10,"bytes":-5}}', "negative"),
-    (b'{"specversion":"1.0","id":"b2","source":"//p","type":"io.streamtoll.kafka.produce","time":"not-a-time",'
-     b'"data":{"topic":"orders","records":1,"bytes":100}}', "schema"),
-    (b'{"specversion":"1.0","id":"b4","source":"//p","type":"io.streamtoll.kafka.produce","time":"2026-11-03T10:15:00Z",'
-     b'"data":{"topic":"orders","records":1,"bytes":NaN}}', "not_json"),
+    (
+        b'{"specversion":"1.0","id":"b1","source":"//p","type":"io.streamtoll.kafka.produce","time":"2026-11-03T10:15:00Z",'
+        b'"subject":"User:x","data":{"topic":"orders","records":10,"bytes":-5}}',
+        "negative",
+    ),
+    (
+        b'{"specversion":"1.0","id":"b2","source":"//p","type":"io.streamtoll.kafka.produce","time":"not-a-time",'
+        b'"data":{"topic":"orders","records":1,"bytes":100}}',
+        "schema",
+    ),
+    (
+        b'{"specversion":"1.0","id":"b4","source":"//p","type":"io.streamtoll.kafka.produce","time":"2026-11-03T10:15:00Z",'
+        b'"data":{"topic":"orders","records":1,"bytes":NaN}}',
+        "not_json",
+    ),
     (b'{"specversion":"1.0","id":"b5","source":"//p","type":"io.str', "not_json"),
     (b"[1,2,3]", "schema"),
     (b'"just a string"', "schema"),
     (b"\xff\xfe\x00garbage", "not_utf8"),
     (b"[" * 3000, "not_json"),
-    (b'{"specversion":"1.0","id":"b9","source":"//p","type":"io.streamtoll.kafka.fetch","time":"2026-11-03T10:15:00Z",'
-     b'"data":{"topic":"' + b"x" * 1_000_000 + b'","records":1,"bytes":1}}', "schema"),
-    (b'{"specversion":"1.0","id":"b10","source":"//p","type":"io.streamtoll.kafka.fetch","time":"2099-01-01T00:00:00Z",'
-     b'"data":{"topic":"orders","records":1,"bytes":1}}', "future"),
-    (b'{"specversion":"1.0","id":"b11","source":"//p","type":"io.streamtoll.kafka.fetch","time":"2020-01-01T00:00:00Z",'
-     b'"data":{"topic":"orders","records":1,"bytes":1}}', "too_old"),
-    (b'{"specversion":"1.0","id":"b12","source":"//p","type":"io.streamtoll.kafka.fetch","time":"2026-11-03T10:15:00Z",'
-     b'"data":{"topic":"orders","records":"12x","bytes":1}}', "schema"),
-    (b'{"specversion":"1.0","id":"b13","source":"//p","type":"io.streamtoll.kafka.fetch","time":"2026-11-03T10:15:00Z",'
-     b'"data":{"topic":"orders","records":1,"bytes":99999999999999999999}}', "too_large"),
+    (
+        b'{"specversion":"1.0","id":"b9","source":"//p","type":"io.streamtoll.kafka.fetch","time":"2026-11-03T10:15:00Z",'
+        b'"data":{"topic":"' + b"x" * 1_000_000 + b'","records":1,"bytes":1}}',
+        "schema",
+    ),
+    (
+        b'{"specversion":"1.0","id":"b10","source":"//p","type":"io.streamtoll.kafka.fetch","time":"2099-01-01T00:00:00Z",'
+        b'"data":{"topic":"orders","records":1,"bytes":1}}',
+        "future",
+    ),
+    (
+        b'{"specversion":"1.0","id":"b11","source":"//p","type":"io.streamtoll.kafka.fetch","time":"2020-01-01T00:00:00Z",'
+        b'"data":{"topic":"orders","records":1,"bytes":1}}',
+        "too_old",
+    ),
+    (
+        b'{"specversion":"1.0","id":"b12","source":"//p","type":"io.streamtoll.kafka.fetch","time":"2026-11-03T10:15:00Z",'
+        b'"data":{"topic":"orders","records":"12x","bytes":1}}',
+        "schema",
+    ),
+    (
+        b'{"specversion":"1.0","id":"b13","source":"//p","type":"io.streamtoll.kafka.fetch","time":"2026-11-03T10:15:00Z",'
+        b'"data":{"topic":"orders","records":1,"bytes":99999999999999999999}}',
+        "too_large",
+    ),
 ]
 
 
@@ -73,8 +97,20 @@ class Traffic:
     truth: Truth = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0, 0]))
     dlq: Counter[str] = field(default_factory=Counter)
 
-    def add(self, source: str, principal: str, client: str, vc: str, topic: str, direction: str, t: float,
-            b: int = 0, r: int = 0, q: int = 0, d: int = 0) -> None:
+    def add(
+        self,
+        source: str,
+        principal: str,
+        client: str,
+        vc: str,
+        topic: str,
+        direction: str,
+        t: float,
+        b: int = 0,
+        r: int = 0,
+        q: int = 0,
+        d: int = 0,
+    ) -> None:
         row = self.truth[(source, principal, client, vc, topic, direction, hour_iso(t))]
         row[0] += b
         row[1] += r
@@ -98,12 +134,20 @@ class Traffic:
             nbytes, nrec = rnd.randint(100, 2_000_000), rnd.randint(1, 5000)
             client, vc, topic = rnd.choice(clients), rnd.choice(("", "prod", "staging")), rnd.choice(topics_)
             doc = {
-                "specversion": "1.0", "id": str(uuid.UUID(int=rnd.getrandbits(128))),
+                "specversion": "1.0",
+                "id": str(uuid.UUID(int=rnd.getrandbits(128))),
                 "source": f"//proxy/gw-{i % 3}",
                 "type": "io.streamtoll.kafka.produce" if direction == "produce" else "io.streamtoll.kafka.fetch",
-                "time": rfc3339(t), "subject": principal,
-                "data": {"client_id": client, "virtual_cluster": vc, "topic": topic, "partition": rnd.randint(0, 11),
-                         "records": nrec if rnd.random() > 0.1 else str(nrec), "bytes": nbytes},
+                "time": rfc3339(t),
+                "subject": principal,
+                "data": {
+                    "client_id": client,
+                    "virtual_cluster": vc,
+                    "topic": topic,
+                    "partition": rnd.randint(0, 11),
+                    "records": nrec if rnd.random() > 0.1 else str(nrec),
+                    "bytes": nbytes,
+                },
             }
             value = json.dumps(doc).encode()
             key = principal.encode()
@@ -134,8 +178,12 @@ class Traffic:
         """Cumulative counters from two brokers, one counter reset, duplicated exports."""
         ticks = 120
         t0 = self.now - 3 * HOUR
-        series = [(e, p, c, tp) for e in ("1", "2") for p, c in (("User:tenant-1", "app-1"), ("User:tenant-2", ""))
-                  for tp in ("orders", "payments")]
+        series = [
+            (e, p, c, tp)
+            for e in ("1", "2")
+            for p, c in (("User:tenant-1", "app-1"), ("User:tenant-2", ""))
+            for tp in ("orders", "payments")
+        ]
         state = {s: {"start": t0 - 60, "bytes": 0, "records": 0} for s in series}
         reset_at = {series[0]: 50, series[5]: 90}
         for tick in range(ticks):
@@ -153,34 +201,75 @@ class Traffic:
                     st["records"] += inc_r
                     direction = "produce" if s[3] == "orders" else "consume"
                     self.add("broker_metrics", s[1], s[2], "", s[3], direction, t, inc_b, inc_r)
-                    attrs = [{"key": "principal", "value": {"stringValue": s[1]}},
-                             {"key": "client_id", "value": {"stringValue": s[2]}},
-                             {"key": "topic", "value": {"stringValue": s[3]}}]
+                    attrs = [
+                        {"key": "principal", "value": {"stringValue": s[1]}},
+                        {"key": "client_id", "value": {"stringValue": s[2]}},
+                        {"key": "topic", "value": {"stringValue": s[3]}},
+                    ]
                     for pts, val in ((points_b, st["bytes"]), (points_r, st["records"])):
-                        pts.append({"attributes": attrs, "startTimeUnixNano": str(int(st["start"] * 1e9)),
-                                    "timeUnixNano": str(int(t * 1e9)), "asInt": str(val)})
-                names = {"orders": ("kafka.client.produce.bytes", "kafka.client.produce.records"),
-                         "payments": ("kafka.client.fetch.bytes", "kafka.client.fetch.records")}
+                        pts.append(
+                            {
+                                "attributes": attrs,
+                                "startTimeUnixNano": str(int(st["start"] * 1e9)),
+                                "timeUnixNano": str(int(t * 1e9)),
+                                "asInt": str(val),
+                            }
+                        )
+                names = {
+                    "orders": ("kafka.client.produce.bytes", "kafka.client.produce.records"),
+                    "payments": ("kafka.client.fetch.bytes", "kafka.client.fetch.records"),
+                }
                 metrics = []
                 for tp, (nb, nr) in names.items():
                     pb = [p for p in points_b if p["attributes"][2]["value"]["stringValue"] == tp]
                     pr = [p for p in points_r if p["attributes"][2]["value"]["stringValue"] == tp]
-                    metrics.append({"name": nb, "sum": {"aggregationTemporality": 2, "isMonotonic": True, "dataPoints": pb}})
-                    metrics.append({"name": nr, "sum": {"aggregationTemporality": 2, "isMonotonic": True, "dataPoints": pr}})
-                doc = {"resourceMetrics": [{"resource": {"attributes": [
-                    {"key": "kafka.broker.id", "value": {"stringValue": emitter}}]},
-                    "scopeMetrics": [{"metrics": metrics}]}]}
+                    metrics.append(
+                        {"name": nb, "sum": {"aggregationTemporality": 2, "isMonotonic": True, "dataPoints": pb}}
+                    )
+                    metrics.append(
+                        {"name": nr, "sum": {"aggregationTemporality": 2, "isMonotonic": True, "dataPoints": pr}}
+                    )
+                doc = {
+                    "resourceMetrics": [
+                        {
+                            "resource": {"attributes": [{"key": "kafka.broker.id", "value": {"stringValue": emitter}}]},
+                            "scopeMetrics": [{"metrics": metrics}],
+                        }
+                    ]
+                }
                 value = json.dumps(doc).encode()
                 self.records.append((self.metrics_topic, emitter.encode(), value))
                 if rnd.random() < 0.1:  # the exporter retried: the same samples again
                     self.records.append((self.metrics_topic, emitter.encode(), value))
         # one implausible export: 10^15 bytes in a minute on a fresh series
-        bogus = {"resourceMetrics": [{"resource": {"attributes": [{"key": "kafka.broker.id", "value": {"stringValue": "3"}}]},
-                 "scopeMetrics": [{"metrics": [{"name": "kafka.client.produce.bytes", "sum": {
-                     "aggregationTemporality": 2, "isMonotonic": True, "dataPoints": [{
-                         "attributes": [{"key": "topic", "value": {"stringValue": "orders"}}],
-                         "startTimeUnixNano": str(int((self.now - 120) * 1e9)),
-                         "timeUnixNano": str(int((self.now - 60) * 1e9)), "asInt": str(10**15)}]}}]}]}]}
+        bogus = {
+            "resourceMetrics": [
+                {
+                    "resource": {"attributes": [{"key": "kafka.broker.id", "value": {"stringValue": "3"}}]},
+                    "scopeMetrics": [
+                        {
+                            "metrics": [
+                                {
+                                    "name": "kafka.client.produce.bytes",
+                                    "sum": {
+                                        "aggregationTemporality": 2,
+                                        "isMonotonic": True,
+                                        "dataPoints": [
+                                            {
+                                                "attributes": [{"key": "topic", "value": {"stringValue": "orders"}}],
+                                                "startTimeUnixNano": str(int((self.now - 120) * 1e9)),
+                                                "timeUnixNano": str(int((self.now - 60) * 1e9)),
+                                                "asInt": str(10**15),
+                                            }
+                                        ],
+                                    },
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ]
+        }
         self.records.append((self.metrics_topic, b"3", json.dumps(bogus).encode()))
         self.dlq["counter_implausible"] += 1
 
@@ -189,15 +278,25 @@ class Traffic:
         for i in range(n):
             p = rnd.choice(principals)
             t = self.now - rnd.uniform(0, 4 * HOUR)
-            method = rnd.choice(("kafka.Produce", "kafka.FetchConsumer", "kafka.Fetch", "KAFKA.PRODUCE", "kafka.FetchFollower"))
+            method = rnd.choice(
+                ("kafka.Produce", "kafka.FetchConsumer", "kafka.Fetch", "KAFKA.PRODUCE", "kafka.FetchFollower")
+            )
             granted = rnd.random() > 0.15
             topic = rnd.choice(("orders", "payments"))
             client_key = "client_id" if rnd.random() > 0.3 else "clientId"
-            doc = {"specversion": rnd.choice(("1.0", "0.3")), "id": f"audit-{i}", "source": "crn:///kafka=abc",
-                   "type": "io.confluent.kafka.server/authorization", "time": rfc3339(t),
-                   "data": {"methodName": method, "authenticationInfo": {"principal": p},
-                            "authorizationInfo": {"granted": granted, "resourceType": "Topic", "resourceName": topic},
-                            "request": {client_key: "cli-1"}}}
+            doc = {
+                "specversion": rnd.choice(("1.0", "0.3")),
+                "id": f"audit-{i}",
+                "source": "crn:///kafka=abc",
+                "type": "io.confluent.kafka.server/authorization",
+                "time": rfc3339(t),
+                "data": {
+                    "methodName": method,
+                    "authenticationInfo": {"principal": p},
+                    "authorizationInfo": {"granted": granted, "resourceType": "Topic", "resourceName": topic},
+                    "request": {client_key: "cli-1"},
+                },
+            }
             value = json.dumps(doc).encode()
             self.records.append((self.audit_topic, p.encode(), value))
             sent.append((p.encode(), value))
@@ -208,8 +307,9 @@ class Traffic:
                 self.records.append((self.audit_topic, *rnd.choice(sent)))
 
 
-def produce(bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes | None]],
-            pace: tuple[int, float] | None = None) -> dict[tuple[str, int], int]:
+def produce(
+    bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes | None]], pace: tuple[int, float] | None = None
+) -> dict[tuple[str, int], int]:
     """Produce in order; returns the end offset per partition (from delivery reports)."""
     ends: dict[tuple[str, int], int] = {}
     errors: list[str] = []
@@ -221,8 +321,15 @@ def produce(bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes | N
             k = (msg.topic(), msg.partition())
             ends[k] = max(ends.get(k, 0), msg.offset() + 1)
 
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": False,
-                  "message.max.bytes": 2_000_000, "queue.buffering.max.messages": 500_000})
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "enable.idempotence": False,
+            "message.max.bytes": 2_000_000,
+            "queue.buffering.max.messages": 500_000,
+        }
+    )
     for i, (topic, key, value) in enumerate(records):
         while True:
             try:
@@ -240,8 +347,15 @@ def produce(bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes | N
 
 def read_all(bootstrap: str, topic: str, partitions: int) -> list[Any]:
     """Every committed record of ``topic``, read to each partition's end as fetches report it."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
-                  "isolation.level": "read_committed", "enable.partition.eof": True, "enable.auto.commit": False})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+            "enable.auto.commit": False,
+        }
+    )
     c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     out: list[Any] = []
     pending = set(range(partitions))
@@ -283,8 +397,16 @@ def window_totals(rows: list[dict[str, Any]]) -> Truth:
     """Latest version per (window key, shard), then shards added up per window key."""
     latest: dict[tuple[str, ...], dict[str, Any]] = {}
     for r in rows:
-        k = (r["source"], r["principal"], r["client_id"], r["virtual_cluster"], r["topic"], r["direction"],
-             r["window_start"], r["shard"])
+        k = (
+            r["source"],
+            r["principal"],
+            r["client_id"],
+            r["virtual_cluster"],
+            r["topic"],
+            r["direction"],
+            r["window_start"],
+            r["shard"],
+        )
         if k not in latest or r["version"] > latest[k]["version"]:
             latest[k] = r
     out: Truth = defaultdict(lambda: [0, 0, 0, 0])
@@ -307,8 +429,13 @@ class Worker:
 
     def start(self) -> Worker:
         log = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "streamtoll.cli", "worker"], env=self.env,
-                                     stdout=log, stderr=log, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamtoll.cli", "worker"],
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
         return self
 
     def kill9(self) -> None:

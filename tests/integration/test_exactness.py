@@ -25,7 +25,8 @@ def _check_outputs(broker: EmbeddedBroker, settings: MeteringSettings, traffic: 
     missing = {k: v for k, v in want.items() if got.get(k) != v}
     extra = {k: v for k, v in got.items() if k not in want and any(v)}
     assert not missing and not extra, (
-        f"{len(missing)} windows differ, e.g. {list(missing.items())[:3]} got {[got.get(k) for k in list(missing)[:3]]}; "
+        f"{len(missing)} windows differ, e.g. {list(missing.items())[:3]} "
+        f"got {[got.get(k) for k in list(missing)[:3]]}; "
         f"{len(extra)} unexpected"
     )
     dlq = read_all(broker.bootstrap, settings.topic_dlq, 4)
@@ -35,10 +36,14 @@ def _check_outputs(broker: EmbeddedBroker, settings: MeteringSettings, traffic: 
         assert d["value_b64"] and d["detail"]
 
 
-def test_known_stream_is_metered_exactly(broker: EmbeddedBroker, env: dict[str, str], settings: MeteringSettings,
-                                         logdir: Path) -> None:
-    traffic = Traffic.make(time.time(), (settings.topic_proxy_audit, settings.topic_broker_metrics,
-                                         settings.topic_broker_audit), n_proxy=5_000)
+def test_known_stream_is_metered_exactly(
+    broker: EmbeddedBroker, env: dict[str, str], settings: MeteringSettings, logdir: Path
+) -> None:
+    traffic = Traffic.make(
+        time.time(),
+        (settings.topic_proxy_audit, settings.topic_broker_metrics, settings.topic_broker_audit),
+        n_proxy=5_000,
+    )
     worker = Worker(env, logdir / "worker.log").start()
     try:
         ends = produce(broker.bootstrap, traffic.records)
@@ -52,8 +57,12 @@ def test_kill_minus_9_at_random_moments_loses_and_doubles_nothing(
     broker: EmbeddedBroker, env: dict[str, str], settings: MeteringSettings, logdir: Path
 ) -> None:
     rnd = random.Random()
-    traffic = Traffic.make(time.time(), (settings.topic_proxy_audit, settings.topic_broker_metrics,
-                                         settings.topic_broker_audit), n_proxy=200_000, seed=rnd.randint(0, 10**6))
+    traffic = Traffic.make(
+        time.time(),
+        (settings.topic_proxy_audit, settings.topic_broker_metrics, settings.topic_broker_audit),
+        n_proxy=200_000,
+        seed=rnd.randint(0, 10**6),
+    )
     log = logdir / "worker.log"
     worker = Worker(env, log).start()
     ends: dict[tuple[str, int], int] = {}

@@ -26,7 +26,11 @@ def test_samples(samples: Path) -> None:
     produce, denied = (dec(d) for d in sample_docs(samples))
     assert isinstance(produce, UsageEvent) and isinstance(denied, UsageEvent)
     assert (produce.principal, produce.client_id, produce.topic, produce.direction) == (
-        "User:acme-orders", "orders-svc-7", "orders", "produce")
+        "User:acme-orders",
+        "orders-svc-7",
+        "orders",
+        "produce",
+    )
     assert (produce.requests, produce.denied_requests, produce.bytes, produce.records) == (1, 0, 0, 0)
     assert (denied.principal, denied.topic, denied.direction) == ("User:globex-analytics", "payroll", "consume")
     assert (denied.requests, denied.denied_requests) == (0, 1)  # denied: counted apart, never billed

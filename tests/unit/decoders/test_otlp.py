@@ -18,14 +18,36 @@ T = int(NOW.timestamp()) - 3600
 SAMPLE_NOW = datetime(2025, 11, 3, 12, 0, tzinfo=UTC)  # the sample file's points are from 2025-11-03
 
 
-def request(points: list[dict[str, Any]], name: str = "kafka.client.produce.bytes", temporality: int = 2,
-            resource: dict[str, str] | None = None) -> bytes:
+def request(
+    points: list[dict[str, Any]],
+    name: str = "kafka.client.produce.bytes",
+    temporality: int = 2,
+    resource: dict[str, str] | None = None,
+) -> bytes:
     res = resource if resource is not None else {"kafka.broker.id": "1"}
-    return json.dumps({"resourceMetrics": [{
-        "resource": {"attributes": [{"key": k, "value": {"stringValue": v}} for k, v in res.items()]},
-        "scopeMetrics": [{"metrics": [{"name": name, "sum": {
-            "aggregationTemporality": temporality, "isMonotonic": True, "dataPoints": points}}]}],
-    }]}).encode()
+    return json.dumps(
+        {
+            "resourceMetrics": [
+                {
+                    "resource": {"attributes": [{"key": k, "value": {"stringValue": v}} for k, v in res.items()]},
+                    "scopeMetrics": [
+                        {
+                            "metrics": [
+                                {
+                                    "name": name,
+                                    "sum": {
+                                        "aggregationTemporality": temporality,
+                                        "isMonotonic": True,
+                                        "dataPoints": points,
+                                    },
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ]
+        }
+    ).encode()
 
 
 def point(value: object = "100", t: int = T, start: int = T - 10_000, **attrs: str) -> dict[str, Any]:
@@ -56,7 +78,9 @@ def test_sample_file(samples: Path) -> None:
 
 def test_series_is_emitter_metric_and_sorted_attributes() -> None:
     one = otlp.decode(request([point(principal="User:a", topic="t")]), limits())[0]
-    two = otlp.decode(request([point(topic="t", principal="User:a")], resource={"service.instance.id": "1"}), limits())[0]
+    two = otlp.decode(request([point(topic="t", principal="User:a")], resource={"service.instance.id": "1"}), limits())[
+        0
+    ]
     other = otlp.decode(request([point(principal="User:a", topic="t")], resource={"kafka.broker.id": "9"}), limits())[0]
     assert isinstance(one, otlp.Sample) and isinstance(two, otlp.Sample) and isinstance(other, otlp.Sample)
     assert one.series == two.series  # attribute order and the fallback emitter attribute
@@ -89,8 +113,18 @@ def test_nan_literal_as_double_in_json() -> None:
 
 def test_unknown_and_gauge_metrics_are_skipped() -> None:
     assert otlp.decode(request([point()], name="kafka.other"), limits()) == []
-    raw = json.dumps({"resourceMetrics": [{"resource": {}, "scopeMetrics": [{"metrics": [
-        {"name": "kafka.client.fetch.bytes", "gauge": {"dataPoints": [point()]}}]}]}]}).encode()
+    raw = json.dumps(
+        {
+            "resourceMetrics": [
+                {
+                    "resource": {},
+                    "scopeMetrics": [
+                        {"metrics": [{"name": "kafka.client.fetch.bytes", "gauge": {"dataPoints": [point()]}}]}
+                    ],
+                }
+            ]
+        }
+    ).encode()
     assert otlp.decode(raw, limits()) == []
 
 
@@ -103,8 +137,16 @@ def test_missing_emitter_and_topic() -> None:
     assert isinstance(got[0], Rejection) and got[0].reason == "schema"
 
 
-@pytest.mark.parametrize("raw", [b"{}", b"[]", b'{"resourceMetrics": 5}', b'{"resourceMetrics": [5]}',
-                                 b'{"resourceMetrics": [{"scopeMetrics": [{"metrics": 3}]}]}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{}",
+        b"[]",
+        b'{"resourceMetrics": 5}',
+        b'{"resourceMetrics": [5]}',
+        b'{"resourceMetrics": [{"scopeMetrics": [{"metrics": 3}]}]}',
+    ],
+)
 def test_not_otlp_is_rejected_whole(raw: bytes) -> None:
     with pytest.raises(Invalid) as exc:
         otlp.decode(raw, limits())

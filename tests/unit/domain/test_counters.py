@@ -9,8 +9,19 @@ RATE = 10e9
 
 
 def sample(value: int, t: int, start: int = 100, temporality: int = CUMULATIVE, series: str = "a") -> Sample:
-    return Sample(("1", "m", "topic", series), temporality, start * S if start else 0, t * S, value, "produce",
-                  "bytes", "User:a", "c", "", "orders")
+    return Sample(
+        ("1", "m", "topic", series),
+        temporality,
+        start * S if start else 0,
+        t * S,
+        value,
+        "produce",
+        "bytes",
+        "User:a",
+        "c",
+        "",
+        "orders",
+    )
 
 
 def run(samples: list[Sample], since: int | None = None) -> list[Delta | Rejection]:

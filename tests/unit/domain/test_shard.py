@@ -16,9 +16,17 @@ def cfg(kind: str = "proxy", horizon_ms: int = 3_600_000, max_keys: int = 100_00
 
 
 def proxy(i: str, nbytes: int = 10, time: str = T0, principal: str = "User:a") -> bytes:
-    return json.dumps({"specversion": "1.0", "id": i, "source": "//p", "type": "io.streamtoll.kafka.produce",
-                       "time": time, "subject": principal,
-                       "data": {"topic": "orders", "records": 1, "bytes": nbytes}}).encode()
+    return json.dumps(
+        {
+            "specversion": "1.0",
+            "id": i,
+            "source": "//p",
+            "type": "io.streamtoll.kafka.produce",
+            "time": time,
+            "subject": principal,
+            "data": {"topic": "orders", "records": 1, "bytes": nbytes},
+        }
+    ).encode()
 
 
 def recs(values: list[bytes | None], start: int = 0, ts: int = 1_000) -> list[Record]:
@@ -31,8 +39,9 @@ def totals(state: ShardState) -> dict[Any, list[int]]:
 
 def test_fold_counts_dedups_and_rejects() -> None:
     st = ShardState("proxy-audit/0", cfg())
-    out = st.fold(recs([proxy("a"), proxy("a"), proxy("b", 5), None, b"{bad", proxy("c", 7, "2026-11-10T11:00:00Z")]),
-                  limits())
+    out = st.fold(
+        recs([proxy("a"), proxy("a"), proxy("b", 5), None, b"{bad", proxy("c", 7, "2026-11-10T11:00:00Z")]), limits()
+    )
     assert (out.counted, out.duplicates, out.tombstones, len(out.rejected), out.next_offset) == (3, 1, 1, 1, 6)
     assert out.rejected[0][0].offset() == 4 and out.rejected[0][1].reason == "not_json"
     hours = sorted(out.hours.items(), key=lambda kv: kv[0][1])

@@ -1,0 +1,1 @@
+"""Billing's pure domain: money, plans, pricing, periods, invoices. Imports no framework."""
