@@ -162,7 +162,9 @@ class MeteringSettings:
             values.get(t, getattr(cls, t)) for t in ("topic_proxy_audit", "topic_broker_metrics", "topic_broker_audit")
         ]
         if len(set(topics)) != 3:
-            problems.append(f"{PREFIX}TOPIC_PROXY_AUDIT, _BROKER_METRICS and _BROKER_AUDIT must differ")
+            problems.append(
+                f"{PREFIX}TOPIC_PROXY_AUDIT, {PREFIX}TOPIC_BROKER_METRICS and {PREFIX}TOPIC_BROKER_AUDIT must differ"
+            )
         if problems:
             raise SettingsError(problems)
         return cls(**values)  # type: ignore[arg-type]
