@@ -81,6 +81,7 @@ class UsageWindow:
 @dataclass(frozen=True)
 class UsageMinute:
     minute_start: str
+    minute_epoch_s: int
     source: str
     principal: str
     client_id: str

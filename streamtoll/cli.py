@@ -63,6 +63,41 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_live(args: argparse.Namespace) -> int:
+    """The Faust live-views worker: usage minutes → one-minute tables (scale by running more)."""
+    import faust
+
+    from metering.streams.live import LiveApp
+
+    settings = _settings()
+    if not settings.kafka_bootstrap:
+        raise UserError("set STREAMTOLL_KAFKA_BOOTSTRAP to the broker the metering worker uses")
+    live = LiveApp(settings, store=args.store, web_port=args.web_port)
+    worker = faust.Worker(live.app, loglevel=args.log_level.lower())
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streamtoll.demo import run_demo
+
+    settings = _settings()
+    broker: EmbeddedBroker | None = None
+    if not settings.kafka_bootstrap:
+        state = Path(".streamtoll")
+        state.mkdir(exist_ok=True)
+        broker = EmbeddedBroker(log_path=state / "broker.log").start()
+        env = {**os.environ, "STREAMTOLL_KAFKA_BOOTSTRAP": broker.bootstrap, "STREAMTOLL_SESSION_TIMEOUT_MS": "6000"}
+        settings = MeteringSettings.from_env(env)
+        print(f"embedded Kafka broker at {broker.bootstrap}", flush=True)
+    try:
+        exact = run_demo(settings, Path(args.out), args.proxy_events)
+    finally:
+        if broker is not None:
+            broker.stop()
+    return 0 if exact else 1
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     """Run the embedded broker in the foreground (dev helper)."""
     broker = EmbeddedBroker(port=args.port).start()
@@ -94,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     w = sub.add_parser("worker", help="the metering worker; scale by running more")
     w.set_defaults(func=cmd_worker)
+    d = sub.add_parser("demo", help="the main job end to end on embedded defaults")
+    d.add_argument("--out", default="out")
+    d.add_argument("--proxy-events", type=int, default=200_000)
+    d.set_defaults(func=cmd_demo)
+    lv = sub.add_parser("live", help="the Faust live-views worker (one-minute tables)")
+    lv.add_argument("--store", default="memory://", help="Faust table store, e.g. rocksdb://")
+    lv.add_argument("--web-port", type=int, default=None)
+    lv.set_defaults(func=cmd_live)
     b = sub.add_parser("broker", help="run the embedded dev broker in the foreground")
     b.add_argument("--port", type=int, default=None)
     b.set_defaults(func=cmd_broker)

@@ -65,6 +65,21 @@ class Stats(Counter[str]):
     """Running counts (events in by source, DLQ by reason, dedup hits …) for logs and /metrics."""
 
 
+def _sender(producer: Producer) -> Callable[..., None]:
+    """``producer.produce`` that waits for room when the local queue is full (big batches)."""
+    produce, poll = producer.produce, producer.poll
+
+    def send(topic: str, value: bytes, key: bytes | None = None, partition: int = -1) -> None:
+        while True:
+            try:
+                produce(topic, value, key=key, partition=partition)
+                return
+            except BufferError:
+                poll(0.05)
+
+    return send
+
+
 def _state_partition(shard: str, n: int) -> int:
     return zlib.crc32(shard.encode()) % n
 
@@ -101,8 +116,12 @@ class Engine:
                 backoff = 1.0
                 while not self._stop.is_set():
                     self._step()
-            except (KafkaException, EngineError) as exc:
-                log.error("metering loop failed; restarting from committed state", extra={"error": str(exc)})
+            except Exception as exc:  # crash-only: whatever it was, restart from committed state
+                log.error(
+                    "metering loop failed; restarting from committed state",
+                    extra={"error": f"{type(exc).__name__}: {exc}"},
+                    exc_info=not isinstance(exc, (KafkaException, EngineError)),
+                )
                 self._close(graceful=False)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
@@ -122,6 +141,8 @@ class Engine:
                 "batch.num.messages": 10_000,
                 "compression.type": "none",
                 "message.max.bytes": _MAX_MESSAGE,
+                "queue.buffering.max.messages": 1_000_000,
+                "queue.buffering.max.kbytes": 1_048_576,
             }
         )
         # Aborts whatever a previous incarnation with the same transactional.id left open.
@@ -285,6 +306,7 @@ class Engine:
         now: float,
     ) -> None:
         s = self.settings
+        send = _sender(producer)
         for rec, rej in result.rejected:
             value, key = rec.value(), rec.key()  # type: ignore[attr-defined]
             doc = dlq_record(
@@ -302,7 +324,7 @@ class Engine:
             if value is not None and len(value) > DLQ_VALUE_LIMIT:
                 doc["value_b64"] = base64.b64encode(value[:DLQ_VALUE_LIMIT]).decode("ascii")
                 doc["value_truncated"] = {"size": len(value), "sha256": hashlib.sha256(value).hexdigest()}
-            producer.produce(s.topic_dlq, orjson.dumps(doc), key=key)
+            send(s.topic_dlq, orjson.dumps(doc), key=key)
         version = result.next_offset
         for (wk, start), (b, r, q, d) in result.hours.items():
             doc2: dict[str, Any] = {
@@ -322,10 +344,11 @@ class Engine:
                 "version": version,
                 "shard": shard.name,
             }
-            producer.produce(s.topic_usage_windows, orjson.dumps(doc2), key=orjson.dumps([*wk, start, shard.name]))
+            send(s.topic_usage_windows, orjson.dumps(doc2), key=orjson.dumps([*wk, start, shard.name]))
         for (src, principal, client_id, vcluster, topic_, direction, start), (b, r, q, d) in result.minutes.items():
             doc3 = {
                 "minute_start": iso_ms(start),
+                "minute_epoch_s": start // 1000,
                 "source": src,
                 "principal": principal,
                 "client_id": client_id,
@@ -339,7 +362,7 @@ class Engine:
                 "shard": shard.name,
                 "offset": version,
             }
-            producer.produce(
+            send(
                 s.topic_usage_minutes,
                 orjson.dumps(doc3),
                 key=orjson.dumps([src, principal, client_id, vcluster, topic_, direction, start]),
@@ -350,7 +373,7 @@ class Engine:
             entry = shard.snapshot()
             entry["dedup"] = result.changelog["dedup"]
             self._last_snapshot[key] = now
-        producer.produce(
+        send(
             s.topic_state,
             orjson.dumps(entry),
             key=shard.name.encode(),

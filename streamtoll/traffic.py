@@ -1,0 +1,424 @@
+"""Realistic audit traffic with its own ground truth, and readers of metering's output topics.
+
+Used by ``streamtoll demo``, the benchmarks and the tests. The ground truth is computed here by
+plain arithmetic on what the generator made (each unique event's size, each counter's
+increments), never by metering code, so comparing it with what metering published is a check.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+HOUR = 3600
+Truth = dict[tuple[str, ...], list[int]]
+
+
+def hour_iso(t: float) -> str:
+    h = int(t) - int(t) % HOUR
+    return datetime.fromtimestamp(h, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def rfc3339(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+BAD_PROXY: list[tuple[bytes, str]] = [
+    (
+        b'{"specversion":"1.0","id":"b1","source":"//p","type":"io.streamtoll.kafka.produce","time":"2026-11-03T10:15:00Z",'
+        b'"subject":"User:x","data":{"topic":"orders","records":10,"bytes":-5}}',
+        "negative",
+    ),
+    (
+        b'{"specversion":"1.0","id":"b2","source":"//p","type":"io.streamtoll.kafka.produce","time":"not-a-time",'
+        b'"data":{"topic":"orders","records":1,"bytes":100}}',
+        "schema",
+    ),
+    (
+        b'{"specversion":"1.0","id":"b4","source":"//p","type":"io.streamtoll.kafka.produce","time":"2026-11-03T10:15:00Z",'
+        b'"data":{"topic":"orders","records":1,"bytes":NaN}}',
+        "not_json",
+    ),
+    (b'{"specversion":"1.0","id":"b5","source":"//p","type":"io.str', "not_json"),
+    (b"[1,2,3]", "schema"),
+    (b'"just a string"', "schema"),
+    (b"\xff\xfe\x00garbage", "not_utf8"),
+    (b"[" * 3000, "not_json"),
+    (
+        b'{"specversion":"1.0","id":"b9","source":"//p","type":"io.streamtoll.kafka.fetch","time":"2026-11-03T10:15:00Z",'
+        b'"data":{"topic":"' + b"x" * 1_000_000 + b'","records":1,"bytes":1}}',
+        "schema",
+    ),
+    (
+        b'{"specversion":"1.0","id":"b10","source":"//p","type":"io.streamtoll.kafka.fetch","time":"2099-01-01T00:00:00Z",'
+        b'"data":{"topic":"orders","records":1,"bytes":1}}',
+        "future",
+    ),
+    (
+        b'{"specversion":"1.0","id":"b11","source":"//p","type":"io.streamtoll.kafka.fetch","time":"2020-01-01T00:00:00Z",'
+        b'"data":{"topic":"orders","records":1,"bytes":1}}',
+        "too_old",
+    ),
+    (
+        b'{"specversion":"1.0","id":"b12","source":"//p","type":"io.streamtoll.kafka.fetch","time":"2026-11-03T10:15:00Z",'
+        b'"data":{"topic":"orders","records":"12x","bytes":1}}',
+        "schema",
+    ),
+    (
+        b'{"specversion":"1.0","id":"b13","source":"//p","type":"io.streamtoll.kafka.fetch","time":"2026-11-03T10:15:00Z",'
+        b'"data":{"topic":"orders","records":1,"bytes":99999999999999999999}}',
+        "too_large",
+    ),
+]
+
+
+@dataclass
+class Traffic:
+    """Records to produce, in order, and what metering must make of them."""
+
+    now: float
+    proxy_topic: str
+    metrics_topic: str
+    audit_topic: str
+    records: list[tuple[str, bytes | None, bytes | None]] = field(default_factory=list)
+    truth: Truth = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0, 0]))
+    dlq: Counter[str] = field(default_factory=Counter)
+
+    def add(
+        self,
+        source: str,
+        principal: str,
+        client: str,
+        vc: str,
+        topic: str,
+        direction: str,
+        t: float,
+        b: int = 0,
+        r: int = 0,
+        q: int = 0,
+        d: int = 0,
+    ) -> None:
+        row = self.truth[(source, principal, client, vc, topic, direction, hour_iso(t))]
+        row[0] += b
+        row[1] += r
+        row[2] += q
+        row[3] += d
+
+    @classmethod
+    def make(cls, now: float, topics: tuple[str, str, str], n_proxy: int, seed: int = 7) -> Traffic:
+        rnd = random.Random(seed)
+        tr = cls(now, *topics)
+        principals = [f"User:tenant-{i}" for i in range(12)]
+        clients = [f"app-{i}" for i in range(6)] + [""]
+        topics_ = ["orders", "payments", "telemetry.raw", "premium.quotes"]
+        sent: list[tuple[bytes, bytes]] = []
+        bad = list(BAD_PROXY)
+        for i in range(n_proxy):
+            principal = rnd.choice(principals)
+            # mostly the last few hours; some late records two days back
+            t = now - rnd.uniform(0, 5 * HOUR) if rnd.random() > 0.02 else now - 2 * 86400 - rnd.uniform(0, HOUR)
+            direction = rnd.choice(("produce", "consume"))
+            nbytes, nrec = rnd.randint(100, 2_000_000), rnd.randint(1, 5000)
+            client, vc, topic = rnd.choice(clients), rnd.choice(("", "prod", "staging")), rnd.choice(topics_)
+            doc = {
+                "specversion": "1.0",
+                "id": str(uuid.UUID(int=rnd.getrandbits(128))),
+                "source": f"//proxy/gw-{i % 3}",
+                "type": "io.streamtoll.kafka.produce" if direction == "produce" else "io.streamtoll.kafka.fetch",
+                "time": rfc3339(t),
+                "subject": principal,
+                "data": {
+                    "client_id": client,
+                    "virtual_cluster": vc,
+                    "topic": topic,
+                    "partition": rnd.randint(0, 11),
+                    "records": nrec if rnd.random() > 0.1 else str(nrec),
+                    "bytes": nbytes,
+                },
+            }
+            value = json.dumps(doc).encode()
+            key = principal.encode()
+            tr.records.append((tr.proxy_topic, key, value))
+            sent.append((key, value))
+            tr.add("proxy", principal, client, vc, topic, direction, t, nbytes, nrec, 1)
+            roll = rnd.random()
+            if roll < 0.03 and sent:  # a retry of an earlier record: same id, same partition
+                k, v = rnd.choice(sent[-5000:])
+                tr.records.append((tr.proxy_topic, k, v))
+            elif roll < 0.035 and bad:
+                raw, reason = bad.pop()
+                tr.records.append((tr.proxy_topic, key, raw))
+                tr.dlq[reason] += 1
+            elif roll < 0.037:
+                tr.records.append((tr.proxy_topic, key, None))  # tombstone: skipped, not dead-lettered
+            elif roll < 0.039:
+                ignored = dict(doc, id=f"ign-{i}", type="io.streamtoll.kafka.metadata")
+                tr.records.append((tr.proxy_topic, key, json.dumps(ignored).encode()))
+        for raw, reason in bad:
+            tr.records.append((tr.proxy_topic, b"User:tenant-0", raw))
+            tr.dlq[reason] += 1
+        tr._metrics(rnd)
+        tr._audit(rnd, principals, n=max(200, n_proxy // 20))
+        return tr
+
+    def _metrics(self, rnd: random.Random) -> None:
+        """Cumulative counters from two brokers, one counter reset, duplicated exports."""
+        ticks = 120
+        t0 = self.now - 3 * HOUR
+        series = [
+            (e, p, c, tp)
+            for e in ("1", "2")
+            for p, c in (("User:tenant-1", "app-1"), ("User:tenant-2", ""))
+            for tp in ("orders", "payments")
+        ]
+        state = {s: {"start": t0 - 60, "bytes": 0, "records": 0} for s in series}
+        reset_at = {series[0]: 50, series[5]: 90}
+        for tick in range(ticks):
+            t = t0 + tick * 60
+            for emitter in ("1", "2"):
+                points_b: list[dict[str, Any]] = []
+                points_r: list[dict[str, Any]] = []
+                for s in series:
+                    if s[0] != emitter:
+                        continue
+                    st = state[s]
+                    inc_b, inc_r = rnd.randint(0, 5_000_000), rnd.randint(0, 3000)
+                    if reset_at.get(s) == tick:  # the broker restarted: counters start over
+                        st["start"], st["bytes"], st["records"] = t - 30, 0, 0
+                    st["bytes"] += inc_b
+                    st["records"] += inc_r
+                    direction = "produce" if s[3] == "orders" else "consume"
+                    self.add("broker_metrics", s[1], s[2], "", s[3], direction, t, inc_b, inc_r)
+                    attrs = [
+                        {"key": "principal", "value": {"stringValue": s[1]}},
+                        {"key": "client_id", "value": {"stringValue": s[2]}},
+                        {"key": "topic", "value": {"stringValue": s[3]}},
+                    ]
+                    for pts, val in ((points_b, st["bytes"]), (points_r, st["records"])):
+                        pts.append(
+                            {
+                                "attributes": attrs,
+                                "startTimeUnixNano": str(int(st["start"] * 1e9)),
+                                "timeUnixNano": str(int(t * 1e9)),
+                                "asInt": str(val),
+                            }
+                        )
+                names = {
+                    "orders": ("kafka.client.produce.bytes", "kafka.client.produce.records"),
+                    "payments": ("kafka.client.fetch.bytes", "kafka.client.fetch.records"),
+                }
+                metrics = []
+                for tp, (nb, nr) in names.items():
+                    pb = [p for p in points_b if p["attributes"][2]["value"]["stringValue"] == tp]
+                    pr = [p for p in points_r if p["attributes"][2]["value"]["stringValue"] == tp]
+                    metrics.append(
+                        {"name": nb, "sum": {"aggregationTemporality": 2, "isMonotonic": True, "dataPoints": pb}}
+                    )
+                    metrics.append(
+                        {"name": nr, "sum": {"aggregationTemporality": 2, "isMonotonic": True, "dataPoints": pr}}
+                    )
+                doc = {
+                    "resourceMetrics": [
+                        {
+                            "resource": {"attributes": [{"key": "kafka.broker.id", "value": {"stringValue": emitter}}]},
+                            "scopeMetrics": [{"metrics": metrics}],
+                        }
+                    ]
+                }
+                value = json.dumps(doc).encode()
+                self.records.append((self.metrics_topic, emitter.encode(), value))
+                if rnd.random() < 0.1:  # the exporter retried: the same samples again
+                    self.records.append((self.metrics_topic, emitter.encode(), value))
+        # one implausible export: 10^15 bytes in a minute on a fresh series
+        bogus = {
+            "resourceMetrics": [
+                {
+                    "resource": {"attributes": [{"key": "kafka.broker.id", "value": {"stringValue": "3"}}]},
+                    "scopeMetrics": [
+                        {
+                            "metrics": [
+                                {
+                                    "name": "kafka.client.produce.bytes",
+                                    "sum": {
+                                        "aggregationTemporality": 2,
+                                        "isMonotonic": True,
+                                        "dataPoints": [
+                                            {
+                                                "attributes": [{"key": "topic", "value": {"stringValue": "orders"}}],
+                                                "startTimeUnixNano": str(int((self.now - 120) * 1e9)),
+                                                "timeUnixNano": str(int((self.now - 60) * 1e9)),
+                                                "asInt": str(10**15),
+                                            }
+                                        ],
+                                    },
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ]
+        }
+        self.records.append((self.metrics_topic, b"3", json.dumps(bogus).encode()))
+        self.dlq["counter_implausible"] += 1
+
+    def _audit(self, rnd: random.Random, principals: list[str], n: int) -> None:
+        sent: list[tuple[bytes, bytes]] = []
+        for i in range(n):
+            p = rnd.choice(principals)
+            t = self.now - rnd.uniform(0, 4 * HOUR)
+            method = rnd.choice(
+                ("kafka.Produce", "kafka.FetchConsumer", "kafka.Fetch", "KAFKA.PRODUCE", "kafka.FetchFollower")
+            )
+            granted = rnd.random() > 0.15
+            topic = rnd.choice(("orders", "payments"))
+            client_key = "client_id" if rnd.random() > 0.3 else "clientId"
+            doc = {
+                "specversion": rnd.choice(("1.0", "0.3")),
+                "id": f"audit-{i}",
+                "source": "crn:///kafka=abc",
+                "type": "io.confluent.kafka.server/authorization",
+                "time": rfc3339(t),
+                "data": {
+                    "methodName": method,
+                    "authenticationInfo": {"principal": p},
+                    "authorizationInfo": {"granted": granted, "resourceType": "Topic", "resourceName": topic},
+                    "request": {client_key: "cli-1"},
+                },
+            }
+            value = json.dumps(doc).encode()
+            self.records.append((self.audit_topic, p.encode(), value))
+            sent.append((p.encode(), value))
+            if method != "kafka.FetchFollower":
+                direction = "produce" if method.lower() == "kafka.produce" else "consume"
+                self.add("audit_log", p, "cli-1", "", topic, direction, t, q=int(granted), d=int(not granted))
+            if rnd.random() < 0.05:
+                self.records.append((self.audit_topic, *rnd.choice(sent)))
+
+
+def produce(
+    bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes | None]], pace: tuple[int, float] | None = None
+) -> dict[tuple[str, int], int]:
+    """Produce in order; returns the end offset per partition (from delivery reports)."""
+    ends: dict[tuple[str, int], int] = {}
+    errors: list[str] = []
+
+    def report(err: Any, msg: Any) -> None:
+        if err is not None:
+            errors.append(str(err))
+        else:
+            k = (msg.topic(), msg.partition())
+            ends[k] = max(ends.get(k, 0), msg.offset() + 1)
+
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "enable.idempotence": False,
+            "message.max.bytes": 2_000_000,
+            "queue.buffering.max.messages": 500_000,
+        }
+    )
+    for i, (topic, key, value) in enumerate(records):
+        while True:
+            try:
+                p.produce(topic, value, key=key, on_delivery=report)
+                break
+            except BufferError:
+                p.poll(0.1)
+        if pace and i % pace[0] == pace[0] - 1:
+            p.flush()
+            time.sleep(pace[1])
+    p.flush(60)
+    assert not errors, errors[:3]
+    return ends
+
+
+def read_all(bootstrap: str, topic: str, partitions: int) -> list[Any]:
+    """Every committed record of ``topic``, read to each partition's end as fetches report it."""
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+            "enable.auto.commit": False,
+        }
+    )
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    out: list[Any] = []
+    pending = set(range(partitions))
+    deadline = time.monotonic() + 120
+    while pending and time.monotonic() < deadline:
+        for m in c.consume(10_000, 1.0):
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(m.partition())
+                    continue
+                raise KafkaException(err)
+            out.append(json.loads(m.value() or b"null"))
+    c.close()
+    assert not pending, f"could not read {topic} to its end"
+    return out
+
+
+def committed(bootstrap: str, group: str, ends: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        got = c.committed([TopicPartition(t, p) for t, p in ends], timeout=10)
+    finally:
+        c.close()
+    return {(tp.topic, tp.partition): tp.offset for tp in got}
+
+
+def wait_caught_up(
+    bootstrap: str,
+    group: str,
+    ends: dict[tuple[str, int], int],
+    timeout: float = 180,
+    alive: Callable[[], bool] = lambda: True,
+) -> None:
+    """Wait until ``group`` has committed every offset in ``ends`` (``alive``: give up early)."""
+    deadline = time.monotonic() + timeout
+    last: dict[tuple[str, int], int] = {}
+    while time.monotonic() < deadline and alive():
+        last = committed(bootstrap, group, ends)
+        if all(last.get(k, -1) >= v for k, v in ends.items()):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"worker did not catch up: committed {last}, ends {ends}")
+
+
+def window_totals(rows: list[dict[str, Any]]) -> Truth:
+    """Latest version per (window key, shard), then shards added up per window key."""
+    latest: dict[tuple[str, ...], dict[str, Any]] = {}
+    for r in rows:
+        k: tuple[str, ...] = (
+            r["source"],
+            r["principal"],
+            r["client_id"],
+            r["virtual_cluster"],
+            r["topic"],
+            r["direction"],
+            r["window_start"],
+            r["shard"],
+        )
+        if k not in latest or r["version"] > latest[k]["version"]:
+            latest[k] = r
+    out: Truth = defaultdict(lambda: [0, 0, 0, 0])
+    for k, r in latest.items():
+        row = out[k[:7]]
+        row[0] += r["bytes"]
+        row[1] += r["records"]
+        row[2] += r["requests"]
+        row[3] += r["denied_requests"]
+    return out
