@@ -63,6 +63,7 @@ class MeteringSettings:
     instance_id: str = "0"
     batch_size: int = 100_000
     snapshot_interval_s: float = 600.0
+    state_retention_s: float = 7 * 86400.0
     session_timeout_ms: int = 10_000
     kafka_extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -112,6 +113,7 @@ class MeteringSettings:
             ("MAX_LATENESS", "max_lateness_s"),
             ("MAX_FUTURE_SKEW", "max_future_skew_s"),
             ("STATE_SNAPSHOT_INTERVAL", "snapshot_interval_s"),
+            ("STATE_RETENTION", "state_retention_s"),
         ):
             if (v := get(name)) is not None:
                 try:

@@ -106,7 +106,7 @@ class ShardState:
         self.counters: counters.CounterState = {}
         self.hours: dict[tuple[WindowKey, int], list[int]] = {}
         self.next_offset = -1  # input offset after the last folded record
-        self.batches_since_snapshot = 0
+        self.snapshot_seen = False  # while restoring: a full snapshot was replayed
 
     # -- the hot step ------------------------------------------------------------------------
 
@@ -257,7 +257,7 @@ class ShardState:
 
     def snapshot(self) -> dict[str, Any]:
         """A changelog entry holding every counter and live window (dedup keys travel as deltas)."""
-        self.batches_since_snapshot = 0
+        self.snapshot_seen = False  # while restoring: a full snapshot was replayed
         return {
             "v": 1,
             "shard": self.name,
@@ -274,6 +274,7 @@ class ShardState:
         if entry.get("shard") != self.name:
             return
         if entry["kind"] == "snapshot":
+            self.snapshot_seen = True
             self.counters = {}
             self.hours = {}
         raw = base64.b64decode(entry["dedup"])

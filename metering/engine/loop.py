@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from metering.contracts import dlq_record, iso_ms
@@ -48,9 +48,16 @@ def ensure_topics(settings: MeteringSettings, input_partitions: int = 4, timeout
     except KafkaException as exc:
         raise EngineError(f"The Kafka cluster at {settings.kafka_bootstrap} is unreachable ({exc}).") from exc
     big = {"max.message.bytes": str(_MAX_MESSAGE)}
-    missing = [
-        NewTopic(t, n, 1, config=big if t == settings.topic_dlq else {}) for t, n in wanted.items() if t not in existing
-    ]
+    configs = {
+        settings.topic_dlq: big,
+        # deltas are not compactable: plain deletion, far longer than a restore ever reads back
+        settings.topic_state: {
+            **big,
+            "cleanup.policy": "delete",
+            "retention.ms": str(int(settings.state_retention_s * 1000)),
+        },
+    }
+    missing = [NewTopic(t, n, 1, config=configs.get(t, {})) for t, n in wanted.items() if t not in existing]
     if not missing:
         return
     for topic, fut in admin.create_topics(missing, operation_timeout=timeout).items():
@@ -102,6 +109,7 @@ class Engine:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._last_snapshot: dict[tuple[str, int], float] = {}
+        self._full_reads = 0  # shards the last restore had to rebuild from the state topic's start
 
     def stop(self) -> None:
         self._stop.set()
@@ -185,12 +193,17 @@ class Engine:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         started = time.monotonic()
+        self._full_reads = 0
         wanted = {(tp.topic, tp.partition) for tp in partitions} - set(self.shards)
         if wanted:
             self._restore(wanted)
         log.info(
             "partitions assigned",
-            extra={"shards": sorted(f"{t}/{p}" for t, p in wanted), "restore_s": round(time.monotonic() - started, 3)},
+            extra={
+                "shards": sorted(f"{t}/{p}" for t, p in wanted),
+                "restore_s": round(time.monotonic() - started, 3),
+                "full_reads": self._full_reads,
+            },
         )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -213,10 +226,29 @@ class Engine:
         )
 
     def _restore(self, wanted: set[tuple[str, int]]) -> None:
-        """Rebuild the wanted shards by replaying their changelog entries (committed only)."""
+        """Rebuild the wanted shards by replaying their changelog entries (committed only).
+
+        Every owned shard writes a full snapshot at least every ``snapshot_interval``, and dedup
+        keys older than the horizon no longer matter, so replaying the entries written since
+        ``now - horizon - 3 × interval`` rebuilds a shard. A shard with no snapshot in that span
+        (new, or its workers were all down for longer) is rebuilt from the topic's beginning.
+        """
         s = self.settings
+        since_ms = int((self.clock() - s.dedup_horizon_s - 3 * s.snapshot_interval_s) * 1000)
         fresh = {k: self._new_shard(*k) for k in wanted}
-        by_name = {st.name: st for st in fresh.values()}
+        self._replay({st.name: st for st in fresh.values()}, since_ms)
+        redo = {k for k, st in fresh.items() if not st.snapshot_seen}
+        self._full_reads = len(redo)
+        if redo:
+            fresh.update({k: self._new_shard(*k) for k in redo})
+            self._replay({fresh[k].name: fresh[k] for k in redo}, None)
+        now = self.clock()
+        for k, st in fresh.items():
+            self.shards[k] = st
+            self._last_snapshot[k] = now
+
+    def _replay(self, by_name: dict[str, ShardState], since_ms: int | None) -> None:
+        s = self.settings
         parts = sorted({_state_partition(name, s.state_partitions) for name in by_name})
         reader = Consumer(
             {
@@ -226,17 +258,25 @@ class Engine:
                 "isolation.level": "read_committed",
                 "enable.partition.eof": True,
                 "fetch.queue.backoff.ms": 10,
+                "auto.offset.reset": "earliest",
             }
         )
         try:
+            start = [TopicPartition(s.topic_state, p, OFFSET_BEGINNING) for p in parts]
+            if since_ms is not None:
+                found = reader.offsets_for_times([TopicPartition(s.topic_state, p, since_ms) for p in parts], 30)
+                # -1: nothing written since then; those partitions have nothing to replay
+                start = [tp for tp in found if tp.offset >= 0]
+            if not start:
+                return
             # Read to the end each fetch reports (partition EOF), not to ListOffsets' answer:
             # the dev broker under-reports the log end there.
-            reader.assign([TopicPartition(s.topic_state, p, 0) for p in parts])
-            pending = set(parts)
-            deadline = time.monotonic() + 300
+            reader.assign(start)
+            pending = {tp.partition for tp in start}
+            deadline = time.monotonic() + 600
             while pending:
                 if time.monotonic() > deadline:
-                    raise EngineError("restoring metering state took over 300 s")
+                    raise EngineError("restoring metering state took over 600 s")
                 for msg in reader.consume(10_000, 0.1):
                     err = msg.error()
                     if err is not None:
@@ -249,10 +289,6 @@ class Engine:
                         shard.replay(orjson.loads(msg.value() or b"{}"))
         finally:
             reader.close()
-        now = self.clock()
-        for k, st in fresh.items():
-            self.shards[k] = st
-            self._last_snapshot[k] = now
 
     # -- the batch -----------------------------------------------------------------------------
 
@@ -260,8 +296,6 @@ class Engine:
         consumer, producer = self._consumer, self._producer
         assert consumer is not None and producer is not None
         msgs = consumer.consume(self.settings.batch_size, 0.5)
-        if not msgs:
-            return
         by_shard: dict[tuple[str, int], list[Message]] = {}
         for m in msgs:
             err = m.error()
@@ -274,10 +308,17 @@ class Engine:
             if batch is None:
                 batch = by_shard[tp] = []
             batch.append(m)
-        if not by_shard:
-            return
         now = self.clock()
         s = self.settings
+        # Owned shards with no records for a while still write a snapshot every interval, so a
+        # restore never has to read further back than a few intervals (see _restore).
+        idle = [
+            k
+            for k, st in self.shards.items()
+            if k not in by_shard and now - self._last_snapshot.get(k, now) >= s.snapshot_interval_s
+        ]
+        if not by_shard and not idle:
+            return
         limits = Limits(
             int(now * 1000), int(s.max_lateness_s * 1000), int(s.max_future_skew_s * 1000), s.max_event_bytes
         )
@@ -292,7 +333,19 @@ class Engine:
             self._publish(producer, topic, partition, shard, result, received_at, now)
             offsets.append(TopicPartition(topic, partition, result.next_offset))
             self._count(shard.config.source_kind, result)
-        producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
+        for k in idle:
+            shard = self.shards[k]
+            name = shard.name
+            send = _sender(producer)
+            send(
+                s.topic_state,
+                orjson.dumps(shard.snapshot()),
+                key=name.encode(),
+                partition=_state_partition(name, s.state_partitions),
+            )
+            self._last_snapshot[k] = now
+        if offsets:
+            producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
         producer.commit_transaction(60)
 
     def _publish(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -12,6 +13,7 @@ import pytest
 
 from metering.settings import MeteringSettings
 from streamtoll.embedded import EmbeddedBroker
+from streamtoll.traffic import rfc3339
 
 from .harness import Traffic, Worker, committed, produce, read_all, wait_caught_up, window_totals
 
@@ -98,4 +100,121 @@ def test_kill_minus_9_at_random_moments_loses_and_doubles_nothing(
         feeder.join()
         worker.stop()
     assert kills >= 3
+    _check_outputs(broker, settings, traffic)
+
+
+def _proxy(i: int, t: float, nbytes: int) -> bytes:
+    return json.dumps(
+        {
+            "specversion": "1.0",
+            "id": f"e{i}",
+            "source": "//p",
+            "type": "io.streamtoll.kafka.produce",
+            "time": rfc3339(t),
+            "subject": "User:a",
+            "data": {"topic": "orders", "records": 1, "bytes": nbytes},
+        }
+    ).encode()
+
+
+def _counter(t: float, value: int) -> bytes:
+    return json.dumps(
+        {
+            "resourceMetrics": [
+                {
+                    "resource": {"attributes": [{"key": "kafka.broker.id", "value": {"stringValue": "1"}}]},
+                    "scopeMetrics": [
+                        {
+                            "metrics": [
+                                {
+                                    "name": "kafka.client.produce.bytes",
+                                    "sum": {
+                                        "aggregationTemporality": 2,
+                                        "isMonotonic": True,
+                                        "dataPoints": [
+                                            {
+                                                "attributes": [
+                                                    {"key": "principal", "value": {"stringValue": "User:a"}},
+                                                    {"key": "topic", "value": {"stringValue": "orders"}},
+                                                ],
+                                                "startTimeUnixNano": "1",  # set: the first sample counts whole
+                                                "timeUnixNano": str(int(t * 1e9)),
+                                                "asInt": str(value),
+                                            }
+                                        ],
+                                    },
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ]
+        }
+    ).encode()
+
+
+def test_restore_reads_only_recent_state_and_idle_snapshots_keep_it_whole(
+    broker: EmbeddedBroker, env: dict[str, str], settings: MeteringSettings, logdir: Path
+) -> None:
+    """A short horizon and snapshot interval: the restore reads back only a few seconds, so the
+    open windows and counter series must come from the snapshots an idle worker kept writing."""
+    env = {**env, "STREAMTOLL_DEDUP_HORIZON": "1s", "STREAMTOLL_STATE_SNAPSHOT_INTERVAL": "1s"}
+    now = time.time()
+    hour = now - now % 3600 + 60 if now % 3600 < 3000 else now - 300  # keep both halves in one hour
+    first = [(settings.topic_proxy_audit, b"User:a", _proxy(i, hour, 10)) for i in range(100)]
+    first += [
+        (settings.topic_broker_metrics, b"1", _counter(hour, 1_000)),
+        (settings.topic_broker_metrics, b"1", _counter(hour + 1, 1_500)),
+    ]
+    second = [(settings.topic_proxy_audit, b"User:a", _proxy(100 + i, hour + 2, 1)) for i in range(50)]
+    second += [(settings.topic_broker_metrics, b"1", _counter(hour + 2, 1_700))]
+    worker = Worker(env, logdir / "worker.log").start()
+    try:
+        ends = produce(broker.bootstrap, first)
+        wait_caught_up(broker.bootstrap, settings.group_id, ends)
+        time.sleep(6)  # idle: the worker writes snapshots; the restore window slides past the deltas
+        worker.kill9()
+        worker.start()
+        ends.update(produce(broker.bootstrap, second))
+        wait_caught_up(broker.bootstrap, settings.group_id, ends)
+    finally:
+        worker.stop()
+    got = window_totals(read_all(broker.bootstrap, settings.topic_usage_windows, 4))
+    by_source = {k[0]: v for k, v in got.items()}
+    # proxy: 100 × 10 + 50 × 1 bytes, all in one hourly window, a full total after the restart
+    assert by_source["proxy"] == [1050, 150, 150, 0]
+    # counter: the first sample counts whole (1000), then +500, then +200 across the restart
+    assert by_source["broker_metrics"][0] == 1_700
+    restores = [
+        json.loads(line) for line in (logdir / "worker.log").read_text().splitlines() if '"partitions assigned"' in line
+    ]
+    assert restores[-1]["full_reads"] == 0, "the restart rebuilt from recent snapshots only"
+
+
+def test_two_workers_share_the_partitions_and_stay_exact(
+    broker: EmbeddedBroker, env: dict[str, str], settings: MeteringSettings, logdir: Path
+) -> None:
+    """A second worker joins mid-stream (a rebalance moves partitions and their state)."""
+    topics = (settings.topic_proxy_audit, settings.topic_broker_metrics, settings.topic_broker_audit)
+    traffic = Traffic.make(time.time(), topics, n_proxy=60_000, seed=11)
+    one = Worker(env, logdir / "w1.log").start()
+    two = Worker({**env, "STREAMTOLL_INSTANCE_ID": "w2"}, logdir / "w2.log")
+    half = len(traffic.records) // 2
+    ends: dict[tuple[str, int], int] = {}
+    try:
+        ends.update(produce(broker.bootstrap, traffic.records[:half]))
+        two.start()
+        # the second half goes in while the group rebalances and after it has settled
+        feeder = threading.Thread(
+            target=lambda: ends.update(produce(broker.bootstrap, traffic.records[half:], pace=(2_000, 0.2)))
+        )
+        feeder.start()
+        deadline = time.monotonic() + 60
+        while "partitions assigned" not in (logdir / "w2.log").read_text():
+            assert time.monotonic() < deadline, "the second worker never got partitions"
+            time.sleep(0.2)
+        feeder.join()
+        wait_caught_up(broker.bootstrap, settings.group_id, ends)
+    finally:
+        assert one.stop() == 0 and two.stop() == 0
     _check_outputs(broker, settings, traffic)
