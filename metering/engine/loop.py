@@ -159,6 +159,8 @@ class Engine:
             {
                 **base,
                 "group.id": s.group_id,
+                # static membership: a restarted worker takes its partitions back at once
+                "group.instance.id": f"{s.group_id}-{s.instance_id}",
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",
                 "auto.offset.reset": "earliest",

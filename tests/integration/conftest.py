@@ -38,7 +38,7 @@ def env(broker: EmbeddedBroker) -> dict[str, str]:
         "STREAMTOLL_STATE_PARTITIONS": "3",
         "STREAMTOLL_METERING_GROUP": f"g{tag}",
         "STREAMTOLL_INSTANCE_ID": "w1",
-        "STREAMTOLL_SESSION_TIMEOUT_MS": "6000",
+        "STREAMTOLL_SESSION_TIMEOUT_MS": "3000",
         "STREAMTOLL_STATE_SNAPSHOT_INTERVAL": "3s",
         "STREAMTOLL_LOG_LEVEL": "INFO",
     }

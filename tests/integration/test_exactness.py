@@ -70,16 +70,17 @@ def test_kill_minus_9_at_random_moments_loses_and_doubles_nothing(
     ends: dict[tuple[str, int], int] = {}
 
     def feed() -> None:
-        ends.update(produce(broker.bootstrap, traffic.records, pace=(4_000, 0.4)))
+        # about 45 s of traffic: room for several kill-and-restart cycles (each ~5 s of group join)
+        ends.update(produce(broker.bootstrap, traffic.records, pace=(2_000, 0.4)))
 
     feeder = threading.Thread(target=feed)
     feeder.start()
     inputs = {(t, p): 1 for t in settings.input_topics for p in range(4)}
     kills, done_before = 0, 0
     try:
-        # Kill only after the restarted worker has committed new work, at a random moment after
-        # that: each kill lands while batches are being folded and transactions are open.
-        while kills < 3 or (feeder.is_alive() and kills < 6):
+        # Kill only while traffic still flows and after the restarted worker has committed new
+        # work, at a random moment after that: each kill lands while batches are being folded.
+        while feeder.is_alive() and kills < 6:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 done = sum(max(0, v) for v in committed(broker.bootstrap, settings.group_id, inputs).values())
@@ -89,17 +90,18 @@ def test_kill_minus_9_at_random_moments_loses_and_doubles_nothing(
             else:
                 raise AssertionError("the restarted worker made no progress in 60 s")
             time.sleep(rnd.uniform(0.0, 1.5))
+            if not feeder.is_alive():
+                break
             worker.kill9()
             kills += 1
             done_before = sum(max(0, v) for v in committed(broker.bootstrap, settings.group_id, inputs).values())
-            assert done_before < len(traffic.records), "the stream was already fully metered before this kill"
             worker.start()
         feeder.join()
         wait_caught_up(broker.bootstrap, settings.group_id, ends)
     finally:
         feeder.join()
         worker.stop()
-    assert kills >= 3
+    assert kills >= 3, f"only {kills} kills landed while traffic flowed"
     _check_outputs(broker, settings, traffic)
 
 
