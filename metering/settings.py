@@ -53,7 +53,7 @@ class MeteringSettings:
     topic_state: str = "streamtoll.metering-state.v1"
     state_partitions: int = 12
     dedup_horizon_s: float = 3600.0
-    dedup_max_keys: int = 5_000_000
+    dedup_max_keys: int = 1_000_000
     max_lateness_s: float = 35 * 86400.0
     max_future_skew_s: float = 300.0
     meter_since_ms: int | None = None
