@@ -7,24 +7,110 @@ stderr saying what to do and exit code 2; never a bare traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+
+from billing.settings import BillingSettings, BillingSettingsError
 from metering.errors import MeteringError, SettingsError
 from metering.settings import MeteringSettings
 from streamtoll import logs
-from streamtoll.embedded import EmbeddedBroker, EmbeddedError
+from streamtoll.embedded import EmbeddedBroker, EmbeddedError, EmbeddedPostgres
 
 __all__ = ["main"]
 
 
 class UserError(Exception):
     """A mistake the user can fix; printed as one sentence, exit code 2."""
+
+
+def _billing_settings() -> BillingSettings:
+    try:
+        return BillingSettings.from_env()
+    except BillingSettingsError as exc:
+        raise UserError("invalid settings:\n  " + "\n  ".join(exc.problems)) from exc
+
+
+@contextlib.contextmanager
+def _database(settings: BillingSettings) -> Iterator[str]:
+    """The database URL: the setting, or an embedded PostgreSQL under .streamtoll/pg."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    pg = EmbeddedPostgres(Path(".streamtoll") / "pg").start()
+    print(f"embedded PostgreSQL at {pg.url}", file=sys.stderr)
+    try:
+        assert pg.url is not None
+        yield pg.url
+    finally:
+        pg.stop()
+
+
+@contextlib.contextmanager
+def _kafka(settings: MeteringSettings) -> Iterator[MeteringSettings]:
+    """Settings with a bootstrap: the setting, or an embedded broker for this process's life."""
+    if settings.kafka_bootstrap:
+        yield settings
+        return
+    state = Path(".streamtoll")
+    state.mkdir(exist_ok=True)
+    broker = EmbeddedBroker(log_path=state / "broker.log").start()
+    print(f"embedded Kafka broker (memory storage) at {broker.bootstrap}", file=sys.stderr)
+    try:
+        yield MeteringSettings.from_env({**os.environ, "STREAMTOLL_KAFKA_BOOTSTRAP": broker.bootstrap})
+    finally:
+        broker.stop()
+
+
+def _connect(url: str) -> Engine:
+    from billing.adapters.db import make_engine, schema_is_current
+
+    engine = make_engine(url)
+    try:
+        current = schema_is_current(engine)
+    except OperationalError as exc:
+        raise UserError(
+            f"the database is unreachable ({str(exc).splitlines()[0]}); check STREAMTOLL_DATABASE_URL"
+        ) from exc
+    if not current:
+        raise UserError("the database has no streamtoll schema yet; run `streamtoll db upgrade` first")
+    return engine
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from billing.adapters.db import upgrade
+
+    with _database(_billing_settings()) as url:
+        try:
+            upgrade(url)
+        except OperationalError as exc:
+            raise UserError(f"the database is unreachable ({str(exc).splitlines()[0]})") from exc
+    print("database schema is at the newest revision")
+    return 0
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    from billing.services.sink import UsageSink
+
+    billing = _billing_settings()
+    with _kafka(_settings()) as metering, _database(billing) as url:
+        sink = UsageSink(_connect(url), metering.kafka_config(), metering.topic_usage_windows, billing.sink_group)
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            sink.stop()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        sink.run()
+    return 0
 
 
 def _settings() -> MeteringSettings:
@@ -129,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     w = sub.add_parser("worker", help="the metering worker; scale by running more")
     w.set_defaults(func=cmd_worker)
+    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db", required=True)
+    db.add_parser("upgrade", help="Alembic migrations to head").set_defaults(func=cmd_db_upgrade)
+    sk = sub.add_parser("sink", help="usage windows topic → PostgreSQL")
+    sk.set_defaults(func=cmd_sink)
     d = sub.add_parser("demo", help="the main job end to end on embedded defaults")
     d.add_argument("--out", default="out")
     d.add_argument("--proxy-events", type=int, default=200_000)
@@ -148,10 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    sys.exit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logs.setup(args.log_level)
+    # SIGTERM unwinds like Ctrl-C, so embedded children are stopped by their finally blocks
+    # (commands with a graceful stop of their own replace this handler).
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         return int(args.func(args))
     except (UserError, EmbeddedError, MeteringError) as exc:

@@ -8,9 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from metering.settings import MeteringSettings
-from streamtoll.embedded import EmbeddedBroker
+from streamtoll.embedded import EmbeddedBroker, EmbeddedPostgres
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +53,43 @@ def settings(env: dict[str, str]) -> MeteringSettings:
 @pytest.fixture
 def logdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server URL: STREAMTOLL_TEST_DATABASE_URL (e.g. the machine's own server) or
+    an embedded one started for this test session."""
+    url = os.environ.get("STREAMTOLL_TEST_DATABASE_URL")
+    if url:
+        yield url.replace("postgresql://", "postgresql+psycopg://", 1)
+        return
+    pg = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data").start()
+    try:
+        assert pg.url
+        yield pg.url
+    finally:
+        pg.stop()
+
+
+@pytest.fixture
+def database(pg_server: str) -> Iterator[str]:
+    """A fresh, empty database on the session's server (dropped afterwards)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(pg_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(pg_server).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def migrated(database: str) -> str:
+    from billing.adapters.db import upgrade
+
+    upgrade(database)
+    return database

@@ -1,0 +1,1 @@
+"""Billing's adapters: SQLAlchemy models and database access, Kafka, rendering."""

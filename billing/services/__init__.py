@@ -1,0 +1,1 @@
+"""Billing's use cases: sink usage, load the catalog, run billing, finalize, statements."""

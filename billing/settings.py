@@ -1,0 +1,49 @@
+"""Billing settings (prefix ``STREAMTOLL_``), validated at once like metering's.
+
+Kafka client settings are not here: the composition root passes billing a ready client
+configuration (billing reads nothing of metering but its contracts).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ["BillingSettings", "BillingSettingsError"]
+
+PREFIX = "STREAMTOLL_"
+
+
+class BillingSettingsError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("Invalid settings: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class BillingSettings:
+    database_url: str | None = None
+    invoice_number_prefix: str = "INV"
+    sink_group: str = "streamtoll-sink"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> BillingSettings:
+        env = os.environ if env is None else env
+        problems: list[str] = []
+        values: dict[str, str] = {}
+        if url := env.get(PREFIX + "DATABASE_URL"):
+            if not url.startswith(("postgresql://", "postgresql+psycopg://")):
+                problems.append(f"{PREFIX}DATABASE_URL must be a postgresql+psycopg:// SQLAlchemy URL")
+            values["database_url"] = url.replace("postgresql://", "postgresql+psycopg://", 1)
+        if prefix := env.get(PREFIX + "INVOICE_NUMBER_PREFIX"):
+            if re.fullmatch(r"[A-Z0-9][A-Z0-9-]{0,15}", prefix):
+                values["invoice_number_prefix"] = prefix
+            else:
+                problems.append(f"{PREFIX}INVOICE_NUMBER_PREFIX={prefix!r} must be 1-16 of A-Z, 0-9 and -")
+        if group := env.get(PREFIX + "SINK_GROUP"):
+            values["sink_group"] = group
+        if problems:
+            raise BillingSettingsError(problems)
+        return cls(**values)
