@@ -4,12 +4,27 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, String, Text, func
+from sqlalchemy import (
+    CHAR,
+    BigInteger,
+    Date,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "UsageShardRow"]
+__all__ = ["AccountRow", "Base", "ClientRuleRow", "PlanRow", "PlanVersionRow", "SubscriptionRow", "UsageShardRow"]
 
 
 class Base(DeclarativeBase):
@@ -40,3 +55,61 @@ class UsageShardRow(Base):
     denied_requests: Mapped[int] = mapped_column(BigInteger, nullable=False)
     version: Mapped[int] = mapped_column(BigInteger, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class AccountRow(Base):
+    __tablename__ = "accounts"
+
+    code: Mapped[str] = mapped_column(Text, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    email: Mapped[str] = mapped_column(Text, nullable=False)
+    currency: Mapped[str] = mapped_column(CHAR(3), nullable=False)
+    tax_rate: Mapped[Decimal] = mapped_column(Numeric(9, 6), nullable=False)
+    address: Mapped[list[str]] = mapped_column(JSONB, nullable=False)
+    position: Mapped[int] = mapped_column(Integer, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class ClientRuleRow(Base):
+    __tablename__ = "client_rules"
+
+    account_code: Mapped[str] = mapped_column(Text, ForeignKey("accounts.code", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    principal: Mapped[str | None] = mapped_column(Text)
+    client_id: Mapped[str | None] = mapped_column(Text)
+    virtual_cluster: Mapped[str | None] = mapped_column(Text)
+    valid_from: Mapped[date | None] = mapped_column(Date)
+    valid_until: Mapped[date | None] = mapped_column(Date)
+
+
+class PlanRow(Base):
+    __tablename__ = "plans"
+
+    code: Mapped[str] = mapped_column(Text, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class PlanVersionRow(Base):
+    """Immutable once written (a trigger refuses UPDATE and DELETE)."""
+
+    __tablename__ = "plan_versions"
+
+    plan_code: Mapped[str] = mapped_column(Text, ForeignKey("plans.code"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    currency: Mapped[str] = mapped_column(CHAR(3), nullable=False)
+    document: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    digest: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class SubscriptionRow(Base):
+    __tablename__ = "subscriptions"
+    __table_args__ = (
+        ForeignKeyConstraint(["plan_code", "plan_version"], ["plan_versions.plan_code", "plan_versions.version"]),
+    )
+
+    account_code: Mapped[str] = mapped_column(Text, ForeignKey("accounts.code", ondelete="CASCADE"), primary_key=True)
+    starts_on: Mapped[date] = mapped_column(Date, primary_key=True)
+    ends_on: Mapped[date | None] = mapped_column(Date)
+    plan_code: Mapped[str] = mapped_column(Text, nullable=False)
+    plan_version: Mapped[int] = mapped_column(Integer, nullable=False)

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from billing.domain.accounts import UNASSIGNED, AccountError, Attributor, parse_accounts
+
+
+def load(samples: Path) -> Any:
+    return yaml.safe_load((samples / "accounts.yaml").read_text())
+
+
+def test_sample_accounts_parse(samples: Path) -> None:
+    accounts = parse_accounts(load(samples))
+    assert [a.code for a in accounts] == ["acme", "globex", "initech"]
+    acme = accounts[0]
+    assert (acme.currency, acme.tax_rate, acme.address[-1]) == ("EUR", Decimal("0.19"), "Germany")
+    assert acme.subscription is not None and acme.subscription.starts_on == date(2026, 1, 1)
+    assert accounts[1].rules[0].valid_from == date(2026, 11, 10)
+
+
+@pytest.mark.parametrize(
+    ("principal", "client_id", "vc", "on", "expected"),
+    [
+        ("User:acme-orders", "orders-svc-7", "prod", date(2026, 11, 3), "acme"),
+        ("User:someone", "acme-batch", "", date(2026, 11, 3), "acme"),  # second rule: client id glob
+        ("User:globex-analytics", "globex-etl-1", "prod", date(2026, 11, 9), UNASSIGNED),  # before valid_from
+        ("User:globex-analytics", "globex-etl-1", "prod", date(2026, 11, 10), "globex"),
+        ("User:initech-iot", "", "", date(2026, 11, 3), "initech"),  # "*" matches an empty cluster
+        ("User:nobody", "x", "", date(2026, 11, 3), UNASSIGNED),
+        ("user:acme-orders", "", "", date(2026, 11, 3), UNASSIGNED),  # globs are case-sensitive
+    ],
+)
+def test_first_matching_rule_wins(
+    samples: Path, principal: str, client_id: str, vc: str, on: date, expected: str
+) -> None:
+    assert Attributor(parse_accounts(load(samples))).account_for(principal, client_id, vc, on) == expected
+
+
+def test_validity_is_half_open() -> None:
+    doc = {
+        "accounts": [
+            {
+                "code": "a",
+                "name": "A",
+                "email": "a@x.io",
+                "currency": "EUR",
+                "clients": [{"principal": "User:p", "valid_until": "2026-11-15"}],
+            },
+            {
+                "code": "b",
+                "name": "B",
+                "email": "b@x.io",
+                "currency": "EUR",
+                "clients": [{"principal": "User:p", "valid_from": "2026-11-15"}],
+            },
+        ]
+    }
+    attr = Attributor(parse_accounts(doc))
+    assert attr.account_for("User:p", "", "", date(2026, 11, 14)) == "a"
+    assert attr.account_for("User:p", "", "", date(2026, 11, 15)) == "b"
+
+
+def test_every_mistake_is_reported_with_where_it_is() -> None:
+    doc = {
+        "accounts": [
+            {
+                "code": "Bad Code",
+                "name": "",
+                "email": "nope",
+                "currency": "euro",
+                "tax_rate": 0.19,
+                "clients": [
+                    {"principal": "User:x", "valid_from": "2026-12-01", "valid_until": "2026-11-01"},
+                    {"colour": "red"},
+                ],
+                "subscription": {"plan": "growth"},
+            },
+            {"code": "ok", "name": "OK", "email": "ok@x.io", "currency": "EUR"},
+            {"code": "ok", "name": "Dup", "email": "d@x.io", "currency": "EUR"},
+            "just text",
+        ]
+    }
+    with pytest.raises(AccountError) as exc:
+        parse_accounts(doc, "accounts.yaml")
+    text = "\n".join(exc.value.problems)
+    for fragment in (
+        "accounts[0] (Bad Code).code",
+        "accounts[0] (Bad Code).name",
+        ".email",
+        ".currency",
+        "tax_rate: write it as a quoted string",
+        "valid_until must be after",
+        "unknown field(s) ['colour']",
+        "subscription.starts_on: missing",
+        "accounts[2] (ok).code: 'ok' appears twice",
+        "accounts[3]: must be a mapping",
+    ):
+        assert fragment in text, fragment
+    assert all(p.startswith("accounts.yaml: ") for p in exc.value.problems)
+
+
+def test_unassigned_is_reserved() -> None:
+    with pytest.raises(AccountError, match="not 'unassigned'"):
+        parse_accounts({"accounts": [{"code": "unassigned", "name": "U", "email": "u@x.io", "currency": "EUR"}]})
