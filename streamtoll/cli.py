@@ -113,6 +113,24 @@ def cmd_sink(args: argparse.Namespace) -> int:
     return 0
 
 
+def _catalog_load(kind: str, path: Path) -> int:
+    from billing.services.catalog import CatalogError, load_accounts, load_plans
+
+    loader = load_accounts if kind == "accounts" else load_plans
+    with _database(_billing_settings()) as url:
+        try:
+            report = loader(_connect(url), path)
+        except CatalogError as exc:
+            print(f"streamtoll: {path} was not loaded; nothing changed:", file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  {problem}", file=sys.stderr)
+            return 2
+    for label, names in (("created", report.created), ("updated", report.updated), ("unchanged", report.unchanged)):
+        if names:
+            print(f"{kind} {label}: {', '.join(names)}")
+    return 0
+
+
 def _settings() -> MeteringSettings:
     try:
         return MeteringSettings.from_env()
@@ -219,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_parser("upgrade", help="Alembic migrations to head").set_defaults(func=cmd_db_upgrade)
     sk = sub.add_parser("sink", help="usage windows topic → PostgreSQL")
     sk.set_defaults(func=cmd_sink)
+    for kind in ("accounts", "plans"):
+        group = sub.add_parser(kind, help=f"{kind} catalog").add_subparsers(dest=f"{kind}_cmd", required=True)
+        ld = group.add_parser("load", help=f"load {kind} from a YAML file (idempotent)")
+        ld.add_argument("file", type=Path)
+        ld.set_defaults(func=lambda a, kind=kind: _catalog_load(kind, a.file))
     d = sub.add_parser("demo", help="the main job end to end on embedded defaults")
     d.add_argument("--out", default="out")
     d.add_argument("--proxy-events", type=int, default=200_000)
