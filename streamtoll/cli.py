@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
@@ -131,6 +132,36 @@ def _catalog_load(kind: str, path: Path) -> int:
     return 0
 
 
+def _day_or_time(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (2026-11-01) or time (2026-11-01T10:00Z)") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    import csv
+    import json
+
+    from billing.services.usage import usage_report
+
+    group_by = [g.strip() for g in args.group_by.split(",") if g.strip()]
+    with _database(_billing_settings()) as url:
+        try:
+            rows = usage_report(_connect(url), args.start, args.end, group_by, args.account)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    elif args.csv or rows:
+        fields = [*group_by, "bytes", "records", "requests", "denied_requests"]
+        writer = csv.DictWriter(sys.stdout, fieldnames=fields, delimiter="," if args.csv else "\t")
+        writer.writeheader()
+        writer.writerows(rows)
+    return 0
+
+
 def _settings() -> MeteringSettings:
     try:
         return MeteringSettings.from_env()
@@ -242,6 +273,22 @@ def build_parser() -> argparse.ArgumentParser:
         ld = group.add_parser("load", help=f"load {kind} from a YAML file (idempotent)")
         ld.add_argument("file", type=Path)
         ld.set_defaults(func=lambda a, kind=kind: _catalog_load(kind, a.file))
+    us = sub.add_parser("usage", help="usage as the database holds it (finance view)")
+    us.add_argument("--from", dest="start", type=_day_or_time, required=True, help="start (inclusive), UTC")
+    us.add_argument("--to", dest="end", type=_day_or_time, required=True, help="end (exclusive), UTC")
+    us.add_argument("--account", default=None)
+    us.add_argument(
+        "--group-by",
+        default="source,account,direction",
+        help="comma list of: "
+        + ", ".join(
+            ("source", "account", "principal", "client_id", "virtual_cluster", "topic", "direction", "hour", "day")
+        ),
+    )
+    fmt = us.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--csv", action="store_true")
+    us.set_defaults(func=cmd_usage)
     d = sub.add_parser("demo", help="the main job end to end on embedded defaults")
     d.add_argument("--out", default="out")
     d.add_argument("--proxy-events", type=int, default=200_000)

@@ -12,7 +12,7 @@ corrected before an invoice is finalized re-attributes that period on the next r
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
@@ -85,9 +85,14 @@ class Account:
 class Attributor:
     """First-match attribution over accounts in order; memoized per identity and day."""
 
-    def __init__(self, accounts: Sequence[Account]) -> None:
-        self._rules = [(a.code, r) for a in accounts for r in a.rules]
+    def __init__(self, rules: Iterable[tuple[str, ClientRule]]) -> None:
+        """``rules``: (account code, rule) pairs in the order they are tried."""
+        self._rules = list(rules)
         self._memo: dict[tuple[str, str, str, date], str] = {}
+
+    @classmethod
+    def for_accounts(cls, accounts: Sequence[Account]) -> Attributor:
+        return cls((a.code, r) for a in accounts for r in a.rules)
 
     def account_for(self, principal: str, client_id: str, virtual_cluster: str, on: date) -> str:
         key = (principal, client_id, virtual_cluster, on)

@@ -39,7 +39,7 @@ def test_sample_accounts_parse(samples: Path) -> None:
 def test_first_matching_rule_wins(
     samples: Path, principal: str, client_id: str, vc: str, on: date, expected: str
 ) -> None:
-    assert Attributor(parse_accounts(load(samples))).account_for(principal, client_id, vc, on) == expected
+    assert Attributor.for_accounts(parse_accounts(load(samples))).account_for(principal, client_id, vc, on) == expected
 
 
 def test_validity_is_half_open() -> None:
@@ -61,7 +61,7 @@ def test_validity_is_half_open() -> None:
             },
         ]
     }
-    attr = Attributor(parse_accounts(doc))
+    attr = Attributor.for_accounts(parse_accounts(doc))
     assert attr.account_for("User:p", "", "", date(2026, 11, 14)) == "a"
     assert attr.account_for("User:p", "", "", date(2026, 11, 15)) == "b"
 
