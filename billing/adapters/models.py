@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     ForeignKeyConstraint,
     Integer,
+    LargeBinary,
     Numeric,
     String,
     Text,
@@ -24,7 +25,18 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["AccountRow", "Base", "ClientRuleRow", "PlanRow", "PlanVersionRow", "SubscriptionRow", "UsageShardRow"]
+__all__ = [
+    "AccountRow",
+    "Base",
+    "ClientRuleRow",
+    "InvoiceLineRow",
+    "InvoiceNumberRow",
+    "InvoiceRow",
+    "PlanRow",
+    "PlanVersionRow",
+    "SubscriptionRow",
+    "UsageShardRow",
+]
 
 
 class Base(DeclarativeBase):
@@ -113,3 +125,66 @@ class SubscriptionRow(Base):
     ends_on: Mapped[date | None] = mapped_column(Date)
     plan_code: Mapped[str] = mapped_column(Text, nullable=False)
     plan_version: Mapped[int] = mapped_column(Integer, nullable=False)
+
+
+class InvoiceRow(Base):
+    """An invoice; once finalized the database refuses changes except finalized → void."""
+
+    __tablename__ = "invoices"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    account_code: Mapped[str] = mapped_column(Text, ForeignKey("accounts.code"), nullable=False)
+    period_start: Mapped[date] = mapped_column(Date, nullable=False)
+    period_end: Mapped[date] = mapped_column(Date, nullable=False)
+    kind: Mapped[str] = mapped_column(Text, nullable=False, server_default="standard")
+    status: Mapped[str] = mapped_column(Text, nullable=False, server_default="draft")
+    number: Mapped[str | None] = mapped_column(Text, unique=True)
+    currency: Mapped[str] = mapped_column(CHAR(3), nullable=False)
+    tax_rate: Mapped[Decimal] = mapped_column(Numeric(9, 6), nullable=False)
+    subtotal: Mapped[Decimal] = mapped_column(Numeric(20, 6), nullable=False)
+    tax: Mapped[Decimal] = mapped_column(Numeric(20, 6), nullable=False)
+    total: Mapped[Decimal] = mapped_column(Numeric(20, 6), nullable=False)
+    plan_code: Mapped[str | None] = mapped_column(Text)
+    plan_version: Mapped[int | None] = mapped_column(Integer)
+    snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    html: Mapped[str | None] = mapped_column(Text)
+    pdf: Mapped[bytes | None] = mapped_column(LargeBinary)
+    issued_on: Mapped[date | None] = mapped_column(Date)
+    due_on: Mapped[date | None] = mapped_column(Date)
+    corrects_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("invoices.id"))
+    void_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    finalized_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    voided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class InvoiceLineRow(Base):
+    """One line; ``usage_ref`` names the usage it priced (period, meter, source, topics)."""
+
+    __tablename__ = "invoice_lines"
+
+    invoice_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("invoices.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(Text, nullable=False)
+    description: Mapped[str] = mapped_column(Text, nullable=False)
+    meter: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str | None] = mapped_column(Text)
+    topics: Mapped[list[str]] = mapped_column(JSONB, nullable=False, server_default="[]")
+    quantity: Mapped[Decimal | None] = mapped_column(Numeric(30, 9))
+    unit: Mapped[str | None] = mapped_column(Text)
+    model: Mapped[str | None] = mapped_column(Text)
+    amount_unrounded: Mapped[Decimal] = mapped_column(Numeric(30, 12), nullable=False)
+    amount: Mapped[Decimal] = mapped_column(Numeric(20, 6), nullable=False)
+    breakdown: Mapped[list[Any]] = mapped_column(JSONB, nullable=False, server_default="[]")
+    usage_ref: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default="{}")
+
+
+class InvoiceNumberRow(Base):
+    """The last number allocated per prefix and year (allocation locks the row: no gaps, no duplicates)."""
+
+    __tablename__ = "invoice_numbers"
+
+    prefix: Mapped[str] = mapped_column(Text, primary_key=True)
+    year: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last: Mapped[int] = mapped_column(Integer, nullable=False)
