@@ -13,7 +13,7 @@ Rules (BILLING.md), and how they are read here:
 * **Lines.** Every price of the plan gives one line, in plan order, even with zero usage (its
   amount is then 0, or the fixed amount for ``flat``). Usage no price takes gives one line per
   meter at amount 0 (model and unit empty, ``usage_topics`` naming the topics) — listed, never
-  dropped; a meter whose untaken usage adds up to 0 gives none.
+  dropped. Entries of zero usage are ignored, so they change nothing (not even ``usage_topics``).
 * **Proration.** A subscription is active on the half-open dates ``[active_from, active_until)``
   (``active_until`` ``None`` = open-ended; an end date is the first day no longer billed, like
   every interval here). Base fee and minimum commitment are multiplied by
@@ -141,6 +141,8 @@ def rate_period(
     taken: dict[int, dict[str, int]] = defaultdict(dict)
     untaken: dict[str, dict[str, int]] = defaultdict(dict)
     for (meter, topic), quantity in sorted(usage.items()):
+        if not quantity:
+            continue  # a zero entry must not change the invoice, not even the topics a line lists
         index = taking_price(plan.prices, meter, topic)
         if index is None:
             untaken[meter][topic] = quantity
@@ -158,8 +160,7 @@ def rate_period(
 
         for meter in METERS:
             topics = untaken.get(meter, {})
-            raw = sum(topics.values())
-            if raw:
+            if topics:
                 lines.append(
                     Line(
                         kind="usage",
@@ -168,7 +169,7 @@ def rate_period(
                         rounded_amount=round_money(_ZERO, currency),
                         meter=meter,
                         usage_topics=tuple(sorted(topics)),
-                        quantity_raw=raw,
+                        quantity_raw=sum(topics.values()),
                     )
                 )
 

@@ -1,0 +1,196 @@
+"""The invoice lifecycle: draft → finalized (numbered, frozen) → void.
+
+* Numbers are allocated only at finalize, as ``PREFIX-YEAR-NNNNNN``, sequential per prefix and
+  year. The counter row is incremented in the same transaction that finalizes the invoice, so
+  concurrent finalizers queue on its row lock and a rolled-back finalize gives its number back:
+  no gaps, no duplicates.
+* Finalizing freezes a snapshot (account block, lines, totals, dates) that documents render
+  from; the database refuses any later change of amounts, lines, number or snapshot.
+* A finalized invoice is corrected by voiding it (with a reason), never by editing it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, Engine, select, text, update
+
+from billing.adapters.models import AccountRow, InvoiceLineRow, InvoiceRow
+
+__all__ = ["PAYMENT_TERMS_DAYS", "InvoiceError", "finalize", "invoice_view", "list_invoices", "void"]
+
+PAYMENT_TERMS_DAYS = 30
+
+
+class InvoiceError(Exception):
+    """An invoice operation is not possible (unknown invoice, wrong status …); one sentence."""
+
+
+@dataclass(frozen=True)
+class Finalized:
+    id: int
+    number: str
+    account_code: str
+    total: Decimal
+    currency: str
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def allocate_number(conn: Connection, prefix: str, year: int) -> str:
+    last = conn.execute(
+        text(
+            "INSERT INTO invoice_numbers (prefix, year, last) VALUES (:prefix, :year, 1) "
+            "ON CONFLICT (prefix, year) DO UPDATE SET last = invoice_numbers.last + 1 RETURNING last"
+        ),
+        {"prefix": prefix, "year": year},
+    ).scalar_one()
+    return f"{prefix}-{year}-{last:06d}"
+
+
+def _lines(conn: Connection, invoice_id: int) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        select(InvoiceLineRow).where(InvoiceLineRow.invoice_id == invoice_id).order_by(InvoiceLineRow.position)
+    ).all()
+    return [
+        {
+            "position": r.position,
+            "kind": r.kind,
+            "description": r.description,
+            "meter": r.meter,
+            "source": r.source,
+            "topics": r.topics,
+            "quantity": None if r.quantity is None else str(r.quantity.normalize()),
+            "unit": r.unit,
+            "model": r.model,
+            "amount_unrounded": str(r.amount_unrounded.normalize()),
+            "amount": str(r.amount.normalize()),
+            "breakdown": r.breakdown,
+            "usage_ref": r.usage_ref,
+        }
+        for r in rows
+    ]
+
+
+def finalize(engine: Engine, invoice_id: int, prefix: str, clock: Callable[[], datetime] = _now) -> Finalized:
+    with engine.begin() as conn:
+        inv = conn.execute(select(InvoiceRow).where(InvoiceRow.id == invoice_id).with_for_update()).first()
+        if inv is None:
+            raise InvoiceError(f"there is no invoice with id {invoice_id}")
+        if inv.status != "draft":
+            raise InvoiceError(f"invoice {inv.number} is already {inv.status}")
+        acct = conn.execute(select(AccountRow).where(AccountRow.code == inv.account_code)).one()
+        now = clock()
+        issued = now.date()
+        number = allocate_number(conn, prefix, issued.year)
+        due = issued + timedelta(days=PAYMENT_TERMS_DAYS)
+        snapshot = {
+            "number": number,
+            "account": {
+                "code": acct.code,
+                "name": acct.name,
+                "email": acct.email,
+                "address": acct.address,
+            },
+            "period": {"start": inv.period_start.isoformat(), "end": inv.period_end.isoformat()},
+            "kind": inv.kind,
+            "currency": inv.currency,
+            "plan": {"code": inv.plan_code, "version": inv.plan_version},
+            "lines": _lines(conn, invoice_id),
+            "subtotal": str(inv.subtotal.normalize()),
+            "tax_rate": str(inv.tax_rate.normalize()),
+            "tax": str(inv.tax.normalize()),
+            "total": str(inv.total.normalize()),
+            "issued_on": issued.isoformat(),
+            "due_on": due.isoformat(),
+            "payment_terms_days": PAYMENT_TERMS_DAYS,
+        }
+        conn.execute(
+            update(InvoiceRow)
+            .where(InvoiceRow.id == invoice_id)
+            .values(
+                status="finalized",
+                number=number,
+                snapshot=snapshot,
+                issued_on=issued,
+                due_on=due,
+                finalized_at=now,
+                updated_at=now,
+            )
+        )
+        return Finalized(invoice_id, number, inv.account_code, inv.total, inv.currency)
+
+
+def void(engine: Engine, number: str, reason: str, clock: Callable[[], datetime] = _now) -> None:
+    if not reason.strip():
+        raise InvoiceError("give a reason to void an invoice")
+    with engine.begin() as conn:
+        inv = conn.execute(select(InvoiceRow.status).where(InvoiceRow.number == number).with_for_update()).first()
+        if inv is None:
+            raise InvoiceError(f"there is no invoice numbered {number}")
+        if inv.status != "finalized":
+            raise InvoiceError(f"invoice {number} is {inv.status}; only a finalized invoice can be voided")
+        now = clock()
+        conn.execute(
+            update(InvoiceRow)
+            .where(InvoiceRow.number == number)
+            .values(status="void", void_reason=reason.strip(), voided_at=now, updated_at=now)
+        )
+
+
+def list_invoices(
+    engine: Engine, period_start: date | None = None, account: str | None = None, status: str | None = None
+) -> list[dict[str, Any]]:
+    stmt = select(InvoiceRow).order_by(InvoiceRow.period_start, InvoiceRow.account_code, InvoiceRow.id)
+    if period_start is not None:
+        stmt = stmt.where(InvoiceRow.period_start == period_start)
+    if account is not None:
+        stmt = stmt.where(InvoiceRow.account_code == account)
+    if status is not None:
+        stmt = stmt.where(InvoiceRow.status == status)
+    with engine.connect() as conn:
+        return [
+            {
+                "id": r.id,
+                "number": r.number,
+                "account": r.account_code,
+                "period_start": r.period_start.isoformat(),
+                "period_end": r.period_end.isoformat(),
+                "kind": r.kind,
+                "status": r.status,
+                "currency": r.currency,
+                "subtotal": str(r.subtotal.normalize()),
+                "tax": str(r.tax.normalize()),
+                "total": str(r.total.normalize()),
+            }
+            for r in conn.execute(stmt).all()
+        ]
+
+
+def invoice_view(engine: Engine, ref: str) -> dict[str, Any]:
+    """One invoice by number (or ``#id`` for a draft): the frozen snapshot once finalized."""
+    with engine.connect() as conn:
+        cond = InvoiceRow.id == int(ref[1:]) if ref.startswith("#") and ref[1:].isdigit() else InvoiceRow.number == ref
+        inv = conn.execute(select(InvoiceRow).where(cond)).first()
+        if inv is None:
+            raise InvoiceError(f"there is no invoice {ref}")
+        base = {"id": inv.id, "status": inv.status, "void_reason": inv.void_reason}
+        if inv.snapshot is not None:
+            return {**inv.snapshot, **base}
+        return {
+            **base,
+            "number": None,
+            "account": {"code": inv.account_code},
+            "period": {"start": inv.period_start.isoformat(), "end": inv.period_end.isoformat()},
+            "currency": inv.currency,
+            "lines": _lines(conn, inv.id),
+            "subtotal": str(inv.subtotal.normalize()),
+            "tax": str(inv.tax.normalize()),
+            "total": str(inv.total.normalize()),
+        }
