@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from types import FrameType
 
@@ -162,6 +163,86 @@ def cmd_usage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dec(value: Decimal) -> str:
+    return f"{value:.2f}" if value == value.quantize(Decimal("0.01")) else str(value.normalize())
+
+
+def cmd_bill(args: argparse.Namespace) -> int:
+    import json
+
+    from billing.services.billing_run import BillingError, run_billing
+
+    billing = _billing_settings()
+    with _database(billing) as url:
+        try:
+            results = run_billing(_connect(url), args.period, args.finalize, billing.invoice_number_prefix)
+        except BillingError as exc:
+            raise UserError(str(exc)) from None
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "account": r.account,
+                        "invoice_id": r.invoice_id,
+                        "number": r.number,
+                        "status": r.status,
+                        "currency": r.currency,
+                        "subtotal": str(r.subtotal),
+                        "tax": str(r.tax),
+                        "total": str(r.total),
+                    }
+                    for r in results
+                ],
+                indent=1,
+            )
+        )
+        return 0
+    print(f"{'account':<20} {'status':<18} {'number':<18} {'currency':<8} {'subtotal':>14} {'tax':>12} {'total':>14}")
+    for r in results:
+        print(
+            f"{r.account:<20} {r.status:<18} {r.number or '':<18} {r.currency:<8} {_dec(r.subtotal):>14} "
+            f"{_dec(r.tax):>12} {_dec(r.total):>14}"
+        )
+    return 0
+
+
+def cmd_invoices(args: argparse.Namespace) -> int:
+    import json
+
+    from billing.services.billing_run import BillingError, parse_period
+    from billing.services.invoices import InvoiceError, finalize, invoice_view, list_invoices, void
+
+    billing = _billing_settings()
+    with _database(billing) as url:
+        engine = _connect(url)
+        try:
+            if args.action == "list":
+                start = parse_period(args.period)[0] if args.period else None
+                rows = list_invoices(engine, start, args.account, args.status)
+                if args.json:
+                    print(json.dumps(rows, indent=1))
+                for r in [] if args.json else rows:
+                    print(
+                        f"{r['id']:>6} {r['number'] or '(draft)':<18} {r['account']:<16} {r['period_start'][:7]} "
+                        f"{r['status']:<10} {r['currency']} {r['total']:>14}"
+                    )
+            elif args.action == "show":
+                print(json.dumps(invoice_view(engine, args.ref), indent=1))
+            elif args.action == "finalize":
+                ref = args.ref[1:] if args.ref.startswith("#") else args.ref
+                if not ref.isdigit():
+                    raise UserError("finalize takes a draft's id, like 42 or #42")
+                done = finalize(engine, int(ref), billing.invoice_number_prefix)
+                print(f"finalized invoice {done.number} for {done.account_code}: {done.currency} {_dec(done.total)}")
+            elif args.action == "void":
+                void(engine, args.ref, args.reason)
+                print(f"voided invoice {args.ref}")
+        except (InvoiceError, BillingError) as exc:
+            raise UserError(str(exc)) from None
+    return 0
+
+
 def _settings() -> MeteringSettings:
     try:
         return MeteringSettings.from_env()
@@ -289,6 +370,27 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
     us.set_defaults(func=cmd_usage)
+    bl = sub.add_parser("bill", help="billing run for a period: drafts (and --finalize)")
+    bl.add_argument("--period", required=True, help="YYYY-MM")
+    bl.add_argument("--finalize", action="store_true")
+    bl.add_argument("--json", action="store_true")
+    bl.set_defaults(func=cmd_bill)
+    inv = sub.add_parser("invoices", help="invoice lifecycle").add_subparsers(dest="action", required=True)
+    il = inv.add_parser("list")
+    il.add_argument("--period")
+    il.add_argument("--account")
+    il.add_argument("--status", choices=("draft", "finalized", "void"))
+    il.add_argument("--json", action="store_true")
+    ish = inv.add_parser("show")
+    ish.add_argument("ref", help="invoice number, or #id for a draft")
+    ifn = inv.add_parser("finalize")
+    ifn.add_argument("ref", help="draft id")
+    iv = inv.add_parser("void")
+    iv.add_argument("ref", help="invoice number")
+    iv.add_argument("--reason", required=True)
+    inv_parser = inv
+    for p_ in inv_parser.choices.values():
+        p_.set_defaults(func=cmd_invoices)
     d = sub.add_parser("demo", help="the main job end to end on embedded defaults")
     d.add_argument("--out", default="out")
     d.add_argument("--proxy-events", type=int, default=200_000)

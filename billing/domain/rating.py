@@ -46,7 +46,7 @@ from billing.domain.units import METERS, is_meter, to_unit
 
 __all__ = ["Line", "LineKind", "Rated", "Usage", "rate_period", "taking_price", "total_usage"]
 
-LineKind = Literal["usage", "base_fee", "minimum_topup", "flat"]
+LineKind = Literal["usage", "base_fee", "minimum_topup", "flat", "adjustment"]
 
 Usage = Mapping[tuple[str, str], int]
 """Raw integer quantity per (meter, topic) for a whole billing period."""

@@ -1,0 +1,389 @@
+"""A billing run: every account with a subscription or usage in a period gets a draft invoice.
+
+* Usage is read from ``usage_hourly`` for ``[period_start, period_end)``, attributed with the
+  client rules as they are now (a rule fixed before finalizing re-attributes on the next run)
+  and turned into meters: ``{produce,consume}_{bytes,records,requests}`` per topic.
+* Each meter reads one source per account and period (BILLING.md "Meters"): bytes and records
+  from ``proxy`` when the account has any proxy usage in the period, else ``broker_metrics``;
+  requests from ``audit_log`` when it has any there, else ``proxy``. Denied requests are never
+  billed.
+* Usage is priced by the subscription active when it happened: a period with two
+  subscriptions (a plan change) prices each one's days with its own plan version, on one
+  invoice. An account with usage but no subscription gets a draft listing its usage at zero so
+  finance sees it.
+* Re-running recomputes drafts in place (one live invoice per account, period and kind); a
+  finalized invoice is never touched. Usage that arrived for an already finalized period is
+  billed on this run's invoice as an adjustment line naming the original period: the period is
+  re-rated now and the line is the difference from what was finalized for it so far.
+* All amounts are Decimal; lines are rounded by ``billing.domain.money``; subtotal = sum of
+  rounded lines, tax rounded once.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, Engine, delete, insert, select, text, update
+
+from billing.adapters.models import (
+    AccountRow,
+    InvoiceLineRow,
+    InvoiceRow,
+    PlanVersionRow,
+    SubscriptionRow,
+)
+from billing.domain.accounts import UNASSIGNED
+from billing.domain.money import round_money
+from billing.domain.plans import PlanVersion
+from billing.domain.rating import Line, rate_period
+from billing.services.catalog import plan_from_document
+from billing.services.invoices import InvoiceError, finalize
+from billing.services.usage import load_attributor
+
+__all__ = ["AccountBill", "BillingError", "parse_period", "run_billing"]
+
+# quantity → sources in order of preference (the first the account has usage in wins)
+DEFAULT_SOURCES: dict[str, tuple[str, ...]] = {
+    "bytes": ("proxy", "broker_metrics"),
+    "records": ("proxy", "broker_metrics"),
+    "requests": ("audit_log", "proxy"),
+}
+
+
+class BillingError(Exception):
+    """A billing run cannot be done as asked; one sentence."""
+
+
+@dataclass
+class AccountBill:
+    account: str
+    invoice_id: int | None
+    status: str  # draft | finalized (this run) | skipped-finalized
+    currency: str
+    subtotal: Decimal
+    tax: Decimal
+    total: Decimal
+    number: str | None = None
+    lines: int = 0
+
+
+def parse_period(text_: str) -> tuple[date, date]:
+    try:
+        year, month = (int(x) for x in text_.split("-"))
+        start = date(year, month, 1)
+    except ValueError:
+        raise BillingError(f"{text_!r} is not a billing period like 2026-11") from None
+    end = date(year + (month == 12), month % 12 + 1, 1)
+    return start, end
+
+
+@dataclass
+class _Usage:
+    # account → source → (meter, topic, hour) → quantity
+    by_account: dict[str, dict[str, dict[tuple[str, str, datetime], int]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
+    )
+
+
+def _read_usage(conn: Connection, engine: Engine, start: date, end: date) -> _Usage:
+    attributor = load_attributor(engine)
+    out = _Usage()
+    rows = conn.execute(
+        text(
+            "SELECT source, principal, client_id, virtual_cluster, topic, direction, hour, "
+            "bytes, records, requests FROM usage_hourly WHERE hour >= :start AND hour < :end"
+        ),
+        {"start": datetime.combine(start, time(), UTC), "end": datetime.combine(end, time(), UTC)},
+    )
+    for r in rows:
+        hour = r.hour.astimezone(UTC)
+        account = attributor.account_for(r.principal, r.client_id, r.virtual_cluster, hour.date())
+        per = out.by_account[account][r.source]
+        for quantity in ("bytes", "records", "requests"):
+            value = int(getattr(r, quantity))
+            if value:
+                per[(f"{r.direction}_{quantity}", r.topic, hour)] += value
+    return out
+
+
+def _meter_usage(
+    sources: dict[str, dict[tuple[str, str, datetime], int]], order: dict[str, tuple[str, ...]]
+) -> tuple[dict[tuple[str, str, datetime], int], dict[str, str]]:
+    """One source per quantity kind; returns usage by (meter, topic, hour) and the source chosen."""
+    chosen: dict[str, str] = {}
+    usage: dict[tuple[str, str, datetime], int] = {}
+    for quantity, preference in order.items():
+        for source in preference:
+            part = {k: v for k, v in sources.get(source, {}).items() if k[0].endswith("_" + quantity)}
+            if part:
+                chosen[quantity] = source
+                usage.update(part)
+                break
+    return usage, chosen
+
+
+def _in(hour: datetime, since: date, until: date | None) -> bool:
+    d = hour.date()
+    return d >= since and (until is None or d < until)
+
+
+def _rate_account(
+    usage: dict[tuple[str, str, datetime], int],
+    subscriptions: list[tuple[date, date | None, PlanVersion]],
+    start: date,
+    end: date,
+    tax_rate: Decimal,
+) -> list[Line]:
+    lines: list[Line] = []
+    for since, until, plan in subscriptions:
+        part: dict[tuple[str, str], int] = defaultdict(int)
+        for (meter, topic, hour), q in usage.items():
+            if _in(hour, since, until):
+                part[(meter, topic)] += q
+        rated = rate_period(plan, part, start, end, since, until, tax_rate)
+        lines.extend(rated.lines)
+    return lines
+
+
+def _unpriced_lines(usage: dict[tuple[str, str, datetime], int]) -> list[Line]:
+    per: dict[str, int] = defaultdict(int)
+    topics: dict[str, set[str]] = defaultdict(set)
+    for (meter, topic, _), q in usage.items():
+        per[meter] += q
+        topics[meter].add(topic)
+    zero = Decimal(0)
+    return [
+        Line(
+            "usage",
+            f"{meter} (no subscription)",
+            zero,
+            zero,
+            meter=meter,  # type: ignore[arg-type]
+            usage_topics=tuple(sorted(topics[meter])),
+            quantity_raw=per[meter],
+        )
+        for meter in sorted(per)
+    ]
+
+
+def _line_row(
+    invoice_id: int, position: int, line: Line, source: str | None, ref: dict[str, Any] | None, start: date, end: date
+) -> dict[str, Any]:
+    """A line as stored; ``usage_ref`` names the usage it priced (or, for an adjustment, the
+    period and invoice it adjusts)."""
+    return {
+        "invoice_id": invoice_id,
+        "position": position,
+        "kind": line.kind,
+        "description": line.description,
+        "meter": line.meter,
+        "source": source,
+        "topics": list(line.topics),
+        "quantity": line.quantity_in_unit if line.quantity_in_unit is not None else line.quantity_raw,
+        "unit": line.unit,
+        "model": line.model,
+        "amount_unrounded": line.unrounded_amount,
+        "amount": line.rounded_amount,
+        "breakdown": [
+            {k: str(v) if isinstance(v, Decimal) else v for k, v in asdict(p).items()} for p in line.breakdown
+        ],
+        "usage_ref": ref
+        or {
+            "period": [start.isoformat(), end.isoformat()],
+            "meter": line.meter,
+            "source": source,
+            "topic_filter": list(line.topics),
+            "topics": list(line.usage_topics),
+            "quantity_raw": line.quantity_raw,
+        },
+    }
+
+
+class _Catalog:
+    def __init__(self, conn: Connection) -> None:
+        self.accounts = {r.code: r for r in conn.execute(select(AccountRow)).all()}
+        self.plans = {
+            (r.plan_code, r.version): plan_from_document(r.version, r.document)
+            for r in conn.execute(select(PlanVersionRow)).all()
+        }
+        self.subscriptions: dict[str, list[tuple[date, date | None, str, int]]] = defaultdict(list)
+        for s in conn.execute(select(SubscriptionRow).order_by(SubscriptionRow.starts_on)).all():
+            self.subscriptions[s.account_code].append((s.starts_on, s.ends_on, s.plan_code, s.plan_version))
+
+    def active(self, account: str, start: date, end: date) -> list[tuple[date, date | None, PlanVersion]]:
+        out = []
+        for since, until, code, version in self.subscriptions.get(account, []):
+            if since < end and (until is None or until > start):
+                out.append((since, until, self.plans[(code, version)]))
+        return out
+
+
+def _rate(
+    catalog: _Catalog, usage: _Usage, account: str, start: date, end: date, order: dict[str, tuple[str, ...]]
+) -> tuple[list[tuple[Line, str | None]], PlanVersion | None]:
+    acct = catalog.accounts[account]
+    meter_usage, chosen = _meter_usage(usage.by_account.get(account, {}), order)
+    subs = catalog.active(account, start, end)
+    if subs:
+        lines = _rate_account(meter_usage, subs, start, end, acct.tax_rate)
+        plan: PlanVersion | None = subs[-1][2]
+    else:
+        lines, plan = _unpriced_lines(meter_usage), None
+
+    def source_of(line: Line) -> str | None:
+        return chosen.get(line.meter.rsplit("_", 1)[1]) if line.meter else None
+
+    return [(line, source_of(line)) for line in lines], plan
+
+
+def _adjustments(
+    conn: Connection, catalog: _Catalog, engine: Engine, account: str, before: date, order: dict[str, tuple[str, ...]]
+) -> list[tuple[Line, dict[str, Any]]]:
+    """Lines for late usage in periods whose invoices are already finalized."""
+    # what was billed for a period: its invoice's own lines (not the adjustments it carried for
+    # earlier periods) plus the finalized adjustments that named it since
+    finalized = conn.execute(
+        text(
+            "SELECT i.period_start, i.period_end, i.number, "
+            "coalesce(sum(l.amount) FILTER (WHERE l.kind <> 'adjustment'), 0) AS own "
+            "FROM invoices i LEFT JOIN invoice_lines l ON l.invoice_id = i.id "
+            "WHERE i.account_code = :a AND i.status = 'finalized' AND i.kind = 'standard' AND i.period_start < :before "
+            "GROUP BY i.id ORDER BY i.period_start"
+        ),
+        {"a": account, "before": before},
+    ).all()
+    currency = catalog.accounts[account].currency
+    out: list[tuple[Line, dict[str, Any]]] = []
+    for inv in finalized:
+        period = inv.period_start.strftime("%Y-%m")
+        adjusted = conn.execute(
+            text(
+                "SELECT coalesce(sum(l.amount), 0) FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id "
+                "WHERE i.account_code = :a AND i.status = 'finalized' AND l.kind = 'adjustment' "
+                "AND l.usage_ref->>'adjusts_period' = :p"
+            ),
+            {"a": account, "p": period},
+        ).scalar_one()
+        usage = _read_usage(conn, engine, inv.period_start, inv.period_end)
+        lines, _ = _rate(catalog, usage, account, inv.period_start, inv.period_end, order)
+        now_total = sum((round_money(line.rounded_amount, currency) for line, _ in lines), Decimal(0))
+        diff = now_total - Decimal(inv.own) - Decimal(adjusted)
+        if diff != 0:
+            line = Line("adjustment", f"Adjustment for {period} (usage after invoice {inv.number})", diff, diff)
+            out.append((line, {"adjusts_period": period, "adjusts_invoice": inv.number}))
+    return out
+
+
+def run_billing(
+    engine: Engine,
+    period: str,
+    finalize_drafts: bool = False,
+    number_prefix: str = "INV",
+    source_order: dict[str, tuple[str, ...]] | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    progress: Callable[[Iterable[str]], Iterable[str]] = lambda it: it,
+) -> list[AccountBill]:
+    start, end = parse_period(period)
+    order = source_order or DEFAULT_SOURCES
+    with engine.connect() as conn:
+        catalog = _Catalog(conn)
+        usage = _read_usage(conn, engine, start, end)
+    billable = sorted(
+        {a for a in catalog.accounts if catalog.active(a, start, end)}
+        | {a for a in usage.by_account if a != UNASSIGNED and a in catalog.accounts}
+    )
+    results: list[AccountBill] = []
+    for account in progress(billable):
+        results.append(_bill_account(engine, catalog, usage, account, start, end, order, clock))
+    if finalize_drafts:
+        for r in results:
+            if r.status == "draft" and r.invoice_id is not None:
+                try:
+                    r.number = finalize(engine, r.invoice_id, number_prefix, clock).number
+                except InvoiceError:
+                    # a concurrent run finalized it first: report what it did
+                    with engine.connect() as conn:
+                        r.number = conn.execute(
+                            select(InvoiceRow.number).where(InvoiceRow.id == r.invoice_id)
+                        ).scalar_one()
+                r.status = "finalized"
+    return results
+
+
+def _bill_account(
+    engine: Engine,
+    catalog: _Catalog,
+    usage: _Usage,
+    account: str,
+    start: date,
+    end: date,
+    order: dict[str, tuple[str, ...]],
+    clock: Callable[[], datetime],
+) -> AccountBill:
+    acct = catalog.accounts[account]
+    with engine.begin() as conn:
+        # one billing run at a time per account and period: concurrent runs queue here
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"bill:{account}:{start}"})
+        current = conn.execute(
+            select(
+                InvoiceRow.id,
+                InvoiceRow.status,
+                InvoiceRow.number,
+                InvoiceRow.subtotal,
+                InvoiceRow.tax,
+                InvoiceRow.total,
+            )
+            .where(
+                InvoiceRow.account_code == account,
+                InvoiceRow.period_start == start,
+                InvoiceRow.kind == "standard",
+                InvoiceRow.status != "void",
+            )
+            # a concurrent finalize holds this row: wait, then see what it did
+            .with_for_update()
+        ).first()
+        if current is not None and current.status == "finalized":
+            return AccountBill(
+                account,
+                current.id,
+                "skipped-finalized",
+                acct.currency,
+                current.subtotal,
+                current.tax,
+                current.total,
+                current.number,
+            )
+        rated, plan = _rate(catalog, usage, account, start, end, order)
+        lines: list[tuple[Line, str | None, dict[str, Any] | None]] = [(line, src, None) for line, src in rated]
+        lines += [(line, None, ref) for line, ref in _adjustments(conn, catalog, engine, account, start, order)]
+        subtotal = sum((round_money(line.rounded_amount, acct.currency) for line, _, _ in lines), Decimal(0))
+        tax = round_money(subtotal * acct.tax_rate, acct.currency)
+        values = {
+            "currency": acct.currency,
+            "tax_rate": acct.tax_rate,
+            "subtotal": subtotal,
+            "tax": tax,
+            "total": subtotal + tax,
+            "plan_code": plan.code if plan else None,
+            "plan_version": plan.version if plan else None,
+            "updated_at": clock(),
+        }
+        if current is None:
+            invoice_id = conn.execute(
+                insert(InvoiceRow)
+                .values(account_code=account, period_start=start, period_end=end, kind="standard", **values)
+                .returning(InvoiceRow.id)
+            ).scalar_one()
+        else:
+            invoice_id = current.id
+            conn.execute(update(InvoiceRow).where(InvoiceRow.id == invoice_id).values(**values))
+            conn.execute(delete(InvoiceLineRow).where(InvoiceLineRow.invoice_id == invoice_id))
+        rows = [_line_row(invoice_id, i, line, src, ref, start, end) for i, (line, src, ref) in enumerate(lines)]
+        if rows:
+            conn.execute(insert(InvoiceLineRow), rows)
+        return AccountBill(account, invoice_id, "draft", acct.currency, subtotal, tax, subtotal + tax, None, len(rows))

@@ -1,0 +1,172 @@
+"""Billing the samples on a real PostgreSQL gives the amounts a person computes by hand."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from billing.services.billing_run import run_billing
+from billing.services.catalog import load_accounts, load_plans
+from billing.services.invoices import void
+from billing.services.sink import upsert_windows
+from metering.contracts import UsageWindow
+
+pytestmark = pytest.mark.integration
+
+GB, TB = 10**9, 10**12
+DEC1 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+
+def w(
+    day: int,
+    hour: int,
+    source: str,
+    principal: str,
+    direction: str,
+    topic: str,
+    b: int = 0,
+    r: int = 0,
+    q: int = 0,
+    month: int = 11,
+    shard: str = "s/0",
+    version: int = 1,
+) -> UsageWindow:
+    start = f"2026-{month:02d}-{day:02d}T{hour:02d}:00:00.000Z"
+    return UsageWindow(start, "", source, None, principal, "cli", "", topic, direction, b, r, q, 0, version, shard)
+
+
+NOVEMBER = [
+    # acme (growth): proxy usage, split over hours and shards; broker metrics must be ignored
+    w(3, 10, "proxy", "User:acme-orders", "produce", "orders", b=1000 * GB, r=20_000_000, q=10),
+    w(3, 11, "proxy", "User:acme-orders", "produce", "orders", b=250 * GB, r=5_000_000, shard="s/1"),
+    w(4, 0, "proxy", "User:acme-orders", "consume", "orders", b=2000 * GB),
+    w(4, 0, "broker_metrics", "User:acme-orders", "produce", "orders", b=999 * GB),
+    # globex (enterprise from 2026-11-10; its rule too): before the 10th it is unassigned
+    w(5, 12, "proxy", "User:globex-analytics", "produce", "orders", b=5 * TB),
+    w(12, 8, "proxy", "User:globex-analytics", "produce", "orders", b=12 * TB),
+    w(12, 9, "proxy", "User:globex-analytics", "consume", "premium.quotes", b=2 * TB),
+    w(12, 9, "proxy", "User:globex-analytics", "consume", "orders", b=4 * TB),
+    # initech (starter-usd): bytes only from broker metrics, requests from the audit log
+    w(20, 1, "broker_metrics", "User:initech-iot", "produce", "telemetry.raw", b=TB),
+    w(20, 1, "audit_log", "User:initech-iot", "consume", "telemetry.raw", q=1_234_567),
+]
+
+
+@pytest.fixture
+def engine(migrated: str, samples: Path) -> sa.Engine:
+    engine = sa.create_engine(migrated)
+    load_plans(engine, samples / "plans.yaml")
+    load_accounts(engine, samples / "accounts.yaml")
+    upsert_windows(engine, NOVEMBER)
+    return engine
+
+
+def totals(results: list) -> dict[str, tuple[str, Decimal, Decimal, Decimal]]:  # type: ignore[type-arg]
+    return {r.account: (r.currency, r.subtotal, r.tax, r.total) for r in results}
+
+
+def lines(engine: sa.Engine, invoice_id: int) -> list[tuple[str, str, Decimal]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT kind, description, amount FROM invoice_lines WHERE invoice_id = :i ORDER BY position"),
+            {"i": invoice_id},
+        ).all()
+    return [(r.kind, r.description, r.amount) for r in rows]
+
+
+def test_worked_invoices_for_the_samples(engine: sa.Engine) -> None:
+    got = totals(run_billing(engine, "2026-11"))
+    assert got == {
+        # acme: base 49.00 + produce 100×0 + 900×0.08 + 250×0.05 = 84.50 + consume (2000−500)×0.02 = 30.00
+        #       + records ceil(25/10)=3 × 1.50 = 4.50 → 168.00 (over the 100.00 minimum); tax 19 % = 31.92
+        "acme": ("EUR", Decimal("168.00"), Decimal("31.92"), Decimal("199.92")),
+        # globex: base 2500 × 21/30 = 1750.00 + volume 12 TB × 30.00 + 50.00 = 410.00
+        #         + premium.* 2 TB × 10.00 = 20.00 + other 4 TB × 5.00 = 20.00 → 2200.00; no tax
+        "globex": ("EUR", Decimal("2200.00"), Decimal("0.00"), Decimal("2200.00")),
+        # initech: 10^12 B = 931.3225746… GiB × 0.10 = 93.13 + 1,234.567 thousand requests × 0.004 = 4.94
+        #          → 98.07; tax 8.25 % = 8.090775 → 8.09
+        "initech": ("USD", Decimal("98.07"), Decimal("8.09"), Decimal("106.16")),
+    }
+
+
+def test_rerun_recomputes_drafts_without_duplicates(engine: sa.Engine) -> None:
+    first = run_billing(engine, "2026-11")
+    upsert_windows(engine, [w(4, 0, "proxy", "User:acme-orders", "consume", "orders", b=2100 * GB, version=2)])
+    second = run_billing(engine, "2026-11")
+    assert [r.invoice_id for r in first] == [r.invoice_id for r in second]
+    assert totals(second)["acme"][1] == Decimal("170.00")  # +100 GB consumed × 0.02
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM invoices")).scalar_one() == 3
+
+
+def test_finalize_numbers_freezes_and_late_usage_becomes_an_adjustment(engine: sa.Engine) -> None:
+    done = run_billing(engine, "2026-11", finalize_drafts=True, clock=lambda: DEC1)
+    assert [(r.account, r.number) for r in done] == [
+        ("acme", "INV-2026-000001"),
+        ("globex", "INV-2026-000002"),
+        ("initech", "INV-2026-000003"),
+    ]
+    acme_id = done[0].invoice_id
+    with pytest.raises(sa.exc.DBAPIError, match="cannot be changed"), engine.begin() as conn:
+        conn.execute(sa.text("UPDATE invoices SET total = 1 WHERE id = :i"), {"i": acme_id})
+    with pytest.raises(sa.exc.DBAPIError, match="cannot be changed"), engine.begin() as conn:
+        conn.execute(sa.text("UPDATE invoice_lines SET amount = 0 WHERE invoice_id = :i"), {"i": acme_id})
+    with pytest.raises(sa.exc.DBAPIError, match="cannot be deleted"), engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM invoices WHERE id = :i"), {"i": acme_id})
+    # billing November again leaves finalized invoices alone
+    assert {r.status for r in run_billing(engine, "2026-11")} == {"skipped-finalized"}
+
+    # late usage for November: 100 GB more consumed by acme → 2.00 more, billed in December
+    upsert_windows(engine, [w(28, 5, "proxy", "User:acme-orders", "consume", "orders", b=100 * GB)])
+    december = {r.account: r for r in run_billing(engine, "2026-12")}
+    acme = december["acme"]
+    assert ("adjustment", "Adjustment for 2026-11 (usage after invoice INV-2026-000001)", Decimal("2.00")) in lines(
+        engine, acme.invoice_id
+    )
+    # base 49.00 + top-up to the 100.00 minimum 51.00 + adjustment 2.00
+    assert acme.subtotal == Decimal("102.00")
+    again = {r.account: r for r in run_billing(engine, "2026-12")}
+    assert again["acme"].subtotal == Decimal("102.00")  # recomputed, not added twice
+    run_billing(engine, "2026-12", finalize_drafts=True, clock=lambda: datetime(2027, 1, 1, tzinfo=UTC))
+    # once billed, the adjustment is not billed again in January
+    january = {r.account: r for r in run_billing(engine, "2027-01")}
+    assert not [ln for ln in lines(engine, january["acme"].invoice_id) if ln[0] == "adjustment"]
+
+
+def test_void_keeps_the_invoice(engine: sa.Engine) -> None:
+    done = run_billing(engine, "2026-11", finalize_drafts=True, clock=lambda: DEC1)
+    void(engine, done[0].number or "", "wrong address")
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text("SELECT status, void_reason, total FROM invoices WHERE id = :i"), {"i": done[0].invoice_id}
+        ).one()
+    assert tuple(row) == ("void", "wrong address", Decimal("199.92"))
+
+
+def test_two_concurrent_finalizing_runs_neither_duplicate_nor_skip_numbers(engine: sa.Engine, migrated: str) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("STREAMTOLL_")},
+        "STREAMTOLL_DATABASE_URL": migrated,
+    }
+    cmd = [sys.executable, "-m", "streamtoll.cli", "bill", "--period", "2026-11", "--finalize", "--json"]
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2500:] for _, err in outs]
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT account_code, number FROM invoices ORDER BY number")).all()
+    assert [r.number for r in rows] == ["INV-2026-000001", "INV-2026-000002", "INV-2026-000003"]
+    assert sorted(r.account_code for r in rows) == ["acme", "globex", "initech"]
+    for out, _ in outs:  # each run reports every account's invoice, finalized by it or by the other run
+        report = json.loads(out)
+        assert {r["status"] for r in report} <= {"finalized", "skipped-finalized"}
+        assert sorted(r["number"] for r in report) == [r.number for r in rows]
