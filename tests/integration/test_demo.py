@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -40,3 +41,8 @@ def test_demo_meters_exactly_and_writes_its_files(tmp_path: Path) -> None:
     assert set(usage["source"]) == {"proxy", "broker_metrics", "audit_log"}
     dlq = pd.read_csv(tmp_path / "out" / "dlq.csv")
     assert {"not_json", "schema", "counter_implausible"} <= set(dlq["reason"])
+    invoices = json.loads((tmp_path / "out" / "invoices.json").read_text())
+    assert [i["account"] for i in invoices] == ["acme", "globex", "initech"]
+    assert all(i["number"] for i in invoices)
+    # acme's traffic is small: Growth's base fee plus the top-up to its 100.00 minimum, 19 % tax
+    assert invoices[0]["total"] == "119.00"
