@@ -12,7 +12,7 @@ import yaml
 
 from billing.domain.plans import PlanError, PlanVersion, Price, Tier, parse_plan
 
-SAMPLES = Path(__file__).parents[2] / "samples"
+SAMPLES = Path(__file__).parents[3] / "streamtoll" / "samples"
 D = Decimal
 
 

@@ -16,7 +16,7 @@ from billing.domain.plans import PlanVersion, Price, Tier, parse_plan
 from billing.domain.pricing import Priced, flat, graduated, package, per_unit, price_quantity, volume
 from billing.domain.units import to_unit
 
-SAMPLES = Path(__file__).parents[2] / "samples"
+SAMPLES = Path(__file__).parents[3] / "streamtoll" / "samples"
 
 
 def _load_plans() -> dict[str, PlanVersion]:

@@ -18,7 +18,7 @@ from billing.domain.plans import PlanVersion, parse_plan
 from billing.domain.rating import Line, Rated, rate_period, taking_price, total_usage
 from billing.domain.units import METERS
 
-SAMPLES = Path(__file__).parents[2] / "samples"
+SAMPLES = Path(__file__).parents[3] / "streamtoll" / "samples"
 DOCS: list[dict[str, Any]] = yaml.safe_load((SAMPLES / "plans.yaml").read_text())["plans"]
 PLANS = {doc["code"]: parse_plan(doc, f"plans[{i}]") for i, doc in enumerate(DOCS)}
 GROWTH, ENTERPRISE, STARTER = PLANS["growth"], PLANS["enterprise"], PLANS["starter-usd"]
