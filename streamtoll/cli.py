@@ -350,6 +350,15 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_billing(args: argparse.Namespace) -> int:
+    from streamtoll.bench_billing import bench_billing
+
+    with _database(_billing_settings()) as server_url:
+        url = _fresh_database(server_url, "streamtoll_bench_" + datetime.now(UTC).strftime("%Y%m%d_%H%M%S"))
+        print(bench_billing(url, args.accounts, args.clients).table())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamtoll", description="Usage metering and billing for Apache Kafka.")
     p.add_argument("--log-level", default=os.environ.get("STREAMTOLL_LOG_LEVEL", "INFO"))
@@ -418,6 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     bi.add_argument("--events", type=int, default=1_000_000)
     bi.add_argument("--workers", type=int, default=1)
     bi.set_defaults(func=cmd_bench_ingest)
+    bb = bench.add_parser("billing", help="a billing run over many accounts with a month of hourly usage")
+    bb.add_argument("--accounts", type=int, default=1000)
+    bb.add_argument("--clients", type=int, default=1)
+    bb.set_defaults(func=cmd_bench_billing)
     return p
 
 

@@ -37,7 +37,7 @@ from billing.adapters.models import (
     PlanVersionRow,
     SubscriptionRow,
 )
-from billing.domain.accounts import UNASSIGNED
+from billing.domain.accounts import UNASSIGNED, Attributor
 from billing.domain.money import round_money
 from billing.domain.plans import PlanVersion
 from billing.domain.rating import Line, rate_period
@@ -90,8 +90,7 @@ class _Usage:
     )
 
 
-def _read_usage(conn: Connection, engine: Engine, start: date, end: date) -> _Usage:
-    attributor = load_attributor(engine)
+def _read_usage(conn: Connection, attributor: Attributor, start: date, end: date) -> _Usage:
     out = _Usage()
     rows = conn.execute(
         text(
@@ -242,7 +241,13 @@ def _rate(
 
 
 def _adjustments(
-    conn: Connection, catalog: _Catalog, engine: Engine, account: str, before: date, order: dict[str, tuple[str, ...]]
+    conn: Connection,
+    catalog: _Catalog,
+    attributor: Attributor,
+    past: dict[date, _Usage],
+    account: str,
+    before: date,
+    order: dict[str, tuple[str, ...]],
 ) -> list[tuple[Line, dict[str, Any]]]:
     """Lines for late usage in periods whose invoices are already finalized."""
     # what was billed for a period: its invoice's own lines (not the adjustments it carried for
@@ -269,7 +274,9 @@ def _adjustments(
             ),
             {"a": account, "p": period},
         ).scalar_one()
-        usage = _read_usage(conn, engine, inv.period_start, inv.period_end)
+        usage = past.get(inv.period_start)
+        if usage is None:  # read once per past period and run, not once per account
+            usage = past[inv.period_start] = _read_usage(conn, attributor, inv.period_start, inv.period_end)
         lines, _ = _rate(catalog, usage, account, inv.period_start, inv.period_end, order)
         now_total = sum((round_money(line.rounded_amount, currency) for line, _ in lines), Decimal(0))
         diff = now_total - Decimal(inv.own) - Decimal(adjusted)
@@ -292,14 +299,14 @@ def run_billing(
     order = source_order or DEFAULT_SOURCES
     with engine.connect() as conn:
         catalog = _Catalog(conn)
-        usage = _read_usage(conn, engine, start, end)
+        attributor = load_attributor(engine)
+        usage = _read_usage(conn, attributor, start, end)
     billable = sorted(
         {a for a in catalog.accounts if catalog.active(a, start, end)}
         | {a for a in usage.by_account if a != UNASSIGNED and a in catalog.accounts}
     )
-    results: list[AccountBill] = []
-    for account in progress(billable):
-        results.append(_bill_account(engine, catalog, usage, account, start, end, order, clock))
+    run = _Run(engine, catalog, attributor, usage, start, end, order, clock)
+    results = [_bill_account(run, account) for account in progress(billable)]
     if finalize_drafts:
         for r in results:
             if r.status == "draft" and r.invoice_id is not None:
@@ -315,16 +322,23 @@ def run_billing(
     return results
 
 
-def _bill_account(
-    engine: Engine,
-    catalog: _Catalog,
-    usage: _Usage,
-    account: str,
-    start: date,
-    end: date,
-    order: dict[str, tuple[str, ...]],
-    clock: Callable[[], datetime],
-) -> AccountBill:
+@dataclass
+class _Run:
+    """What one billing run reads once and shares between its accounts."""
+
+    engine: Engine
+    catalog: _Catalog
+    attributor: Attributor
+    usage: _Usage
+    start: date
+    end: date
+    order: dict[str, tuple[str, ...]]
+    clock: Callable[[], datetime]
+    past: dict[date, _Usage] = field(default_factory=dict)  # usage of finalized periods, re-rated
+
+
+def _bill_account(run: _Run, account: str) -> AccountBill:
+    engine, catalog, start, end, order, clock = run.engine, run.catalog, run.start, run.end, run.order, run.clock
     acct = catalog.accounts[account]
     with engine.begin() as conn:
         # one billing run at a time per account and period: concurrent runs queue here
@@ -358,9 +372,10 @@ def _bill_account(
                 current.total,
                 current.number,
             )
-        rated, plan = _rate(catalog, usage, account, start, end, order)
+        rated, plan = _rate(catalog, run.usage, account, start, end, order)
         lines: list[tuple[Line, str | None, dict[str, Any] | None]] = [(line, src, None) for line, src in rated]
-        lines += [(line, None, ref) for line, ref in _adjustments(conn, catalog, engine, account, start, order)]
+        adjustments = _adjustments(conn, catalog, run.attributor, run.past, account, start, order)
+        lines += [(line, None, ref) for line, ref in adjustments]
         subtotal = sum((round_money(line.rounded_amount, acct.currency) for line, _, _ in lines), Decimal(0))
         tax = round_money(subtotal * acct.tax_rate, acct.currency)
         values = {
