@@ -83,24 +83,60 @@ class Account:
 
 
 class Attributor:
-    """First-match attribution over accounts in order; memoized per identity and day."""
+    """First-match attribution over rules in order, fast for many accounts.
+
+    Rules are indexed by their principal: exact principals in a dict, globs by the literal text
+    before their first wildcard, rules without a principal always tried. For an identity only
+    the rules its principal can match are tried, in their original order, so the first match
+    is the same as trying every rule.
+    """
 
     def __init__(self, rules: Iterable[tuple[str, ClientRule]]) -> None:
         """``rules``: (account code, rule) pairs in the order they are tried."""
         self._rules = list(rules)
+        self._exact: dict[str, list[int]] = {}
+        self._prefix: dict[str, list[int]] = {}
+        self._anyone: list[int] = []
+        for i, (_, rule) in enumerate(self._rules):
+            pattern = rule.principal
+            if pattern is None:
+                self._anyone.append(i)
+                continue
+            cut = min((pattern.find(c) for c in "*?[" if c in pattern), default=-1)
+            if cut < 0:
+                self._exact.setdefault(pattern, []).append(i)
+            else:
+                self._prefix.setdefault(pattern[:cut], []).append(i)
+        self._candidates: dict[tuple[str, str, str], list[tuple[str, ClientRule]]] = {}
         self._memo: dict[tuple[str, str, str, date], str] = {}
 
     @classmethod
     def for_accounts(cls, accounts: Sequence[Account]) -> Attributor:
         return cls((a.code, r) for a in accounts for r in a.rules)
 
+    def _rules_for(self, principal: str, client_id: str, virtual_cluster: str) -> list[tuple[str, ClientRule]]:
+        found = list(self._anyone)
+        found += self._exact.get(principal, ())
+        for n in range(len(principal) + 1):
+            found += self._prefix.get(principal[:n], ())
+        out = []
+        for i in sorted(found):
+            code, rule = self._rules[i]
+            # dates aside, does the rule match this identity?
+            if rule.matches(principal, client_id, virtual_cluster, rule.valid_from or date.min):
+                out.append((code, rule))
+        return out
+
     def account_for(self, principal: str, client_id: str, virtual_cluster: str, on: date) -> str:
         key = (principal, client_id, virtual_cluster, on)
         got = self._memo.get(key)
         if got is None:
+            ident = key[:3]
+            rules = self._candidates.get(ident)
+            if rules is None:
+                rules = self._candidates[ident] = self._rules_for(principal, client_id, virtual_cluster)
             got = next(
-                (code for code, rule in self._rules if rule.matches(principal, client_id, virtual_cluster, on)),
-                UNASSIGNED,
+                (code for code, rule in rules if rule.matches(principal, client_id, virtual_cluster, on)), UNASSIGNED
             )
             self._memo[key] = got
         return got

@@ -84,38 +84,44 @@ def parse_period(text_: str) -> tuple[date, date]:
 
 @dataclass
 class _Usage:
-    # account → source → (meter, topic, hour) → quantity
-    by_account: dict[str, dict[str, dict[tuple[str, str, datetime], int]]] = field(
+    # account → source → (meter, topic, day) → quantity
+    by_account: dict[str, dict[str, dict[tuple[str, str, date], int]]] = field(
         default_factory=lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
     )
 
 
 def _read_usage(conn: Connection, attributor: Attributor, start: date, end: date) -> _Usage:
+    """The period's usage per account, source, meter, topic and UTC day.
+
+    Rules and subscriptions change on dates, so the database adds the hours of a day up first
+    (24 times fewer rows to attribute in Python).
+    """
     out = _Usage()
     rows = conn.execute(
         text(
-            "SELECT source, principal, client_id, virtual_cluster, topic, direction, hour, "
-            "bytes, records, requests FROM usage_hourly WHERE hour >= :start AND hour < :end"
+            "SELECT source, principal, client_id, virtual_cluster, topic, direction, "
+            "(hour AT TIME ZONE 'UTC')::date AS day, "
+            "sum(bytes) AS bytes, sum(records) AS records, sum(requests) AS requests "
+            "FROM usage_hourly WHERE hour >= :start AND hour < :end "
+            "GROUP BY source, principal, client_id, virtual_cluster, topic, direction, day"
         ),
         {"start": datetime.combine(start, time(), UTC), "end": datetime.combine(end, time(), UTC)},
     )
-    for r in rows:
-        hour = r.hour.astimezone(UTC)
-        account = attributor.account_for(r.principal, r.client_id, r.virtual_cluster, hour.date())
-        per = out.by_account[account][r.source]
-        for quantity in ("bytes", "records", "requests"):
-            value = int(getattr(r, quantity))
+    for source, principal, client_id, vcluster, topic, direction, day, nbytes, records, requests in rows:
+        account = attributor.account_for(principal, client_id, vcluster, day)
+        per = out.by_account[account][source]
+        for quantity, value in (("bytes", nbytes), ("records", records), ("requests", requests)):
             if value:
-                per[(f"{r.direction}_{quantity}", r.topic, hour)] += value
+                per[(f"{direction}_{quantity}", topic, day)] += int(value)
     return out
 
 
 def _meter_usage(
-    sources: dict[str, dict[tuple[str, str, datetime], int]], order: dict[str, tuple[str, ...]]
-) -> tuple[dict[tuple[str, str, datetime], int], dict[str, str]]:
-    """One source per quantity kind; returns usage by (meter, topic, hour) and the source chosen."""
+    sources: dict[str, dict[tuple[str, str, date], int]], order: dict[str, tuple[str, ...]]
+) -> tuple[dict[tuple[str, str, date], int], dict[str, str]]:
+    """One source per quantity kind; returns usage by (meter, topic, day) and the source chosen."""
     chosen: dict[str, str] = {}
-    usage: dict[tuple[str, str, datetime], int] = {}
+    usage: dict[tuple[str, str, date], int] = {}
     for quantity, preference in order.items():
         for source in preference:
             part = {k: v for k, v in sources.get(source, {}).items() if k[0].endswith("_" + quantity)}
@@ -126,13 +132,12 @@ def _meter_usage(
     return usage, chosen
 
 
-def _in(hour: datetime, since: date, until: date | None) -> bool:
-    d = hour.date()
-    return d >= since and (until is None or d < until)
+def _in(day: date, since: date, until: date | None) -> bool:
+    return day >= since and (until is None or day < until)
 
 
 def _rate_account(
-    usage: dict[tuple[str, str, datetime], int],
+    usage: dict[tuple[str, str, date], int],
     subscriptions: list[tuple[date, date | None, PlanVersion]],
     start: date,
     end: date,
@@ -141,15 +146,15 @@ def _rate_account(
     lines: list[Line] = []
     for since, until, plan in subscriptions:
         part: dict[tuple[str, str], int] = defaultdict(int)
-        for (meter, topic, hour), q in usage.items():
-            if _in(hour, since, until):
+        for (meter, topic, day), q in usage.items():
+            if _in(day, since, until):
                 part[(meter, topic)] += q
         rated = rate_period(plan, part, start, end, since, until, tax_rate)
         lines.extend(rated.lines)
     return lines
 
 
-def _unpriced_lines(usage: dict[tuple[str, str, datetime], int]) -> list[Line]:
+def _unpriced_lines(usage: dict[tuple[str, str, date], int]) -> list[Line]:
     per: dict[str, int] = defaultdict(int)
     topics: dict[str, set[str]] = defaultdict(set)
     for (meter, topic, _), q in usage.items():

@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
-from billing.domain.accounts import UNASSIGNED, AccountError, Attributor, parse_accounts
+from billing.domain.accounts import UNASSIGNED, AccountError, Attributor, ClientRule, parse_accounts
 
 
 def load(samples: Path) -> Any:
@@ -108,3 +110,31 @@ def test_every_mistake_is_reported_with_where_it_is() -> None:
 def test_unassigned_is_reserved() -> None:
     with pytest.raises(AccountError, match="not 'unassigned'"):
         parse_accounts({"accounts": [{"code": "unassigned", "name": "U", "email": "u@x.io", "currency": "EUR"}]})
+
+
+_patterns = st.one_of(st.none(), st.text("ab*?", min_size=0, max_size=4).filter(bool))
+
+
+@given(
+    rules=st.lists(
+        st.tuples(
+            st.sampled_from(["x", "y", "z"]),
+            _patterns,
+            _patterns,
+            st.one_of(st.none(), st.dates(date(2026, 1, 1), date(2026, 1, 5))),
+        ),
+        max_size=12,
+    ),
+    identities=st.lists(
+        st.tuples(st.text("ab", max_size=4), st.text("ab", max_size=3), st.dates(date(2026, 1, 1), date(2026, 1, 6))),
+        max_size=10,
+    ),
+)
+def test_indexed_attribution_equals_trying_every_rule_in_order(
+    rules: list[tuple[str, str | None, str | None, date | None]], identities: list[tuple[str, str, date]]
+) -> None:
+    pairs = [(code, ClientRule(p, c, None, since)) for code, p, c, since in rules if p or c]
+    fast = Attributor(pairs)
+    for principal, client_id, on in identities:
+        naive = next((code for code, r in pairs if r.matches(principal, client_id, "", on)), UNASSIGNED)
+        assert fast.account_for(principal, client_id, "", on) == naive
