@@ -9,9 +9,8 @@ Both are measured in the same run on the same topic:
   they commit in the same transactions).
 
 Rates count input records per second of wall time. CPU seconds and peak RSS are the worker
-process's own (psutil). The worker's start (group join) is not counted; its first batch is
-(the clock starts at the first commit seen, polled every 20 ms, and the records
-committed by then are left out of the rate).
+process's own (psutil). The worker's start (group join, state restore) is not counted: the clock
+starts when a worker logs that it owns partitions (polled every 20 ms).
 """
 
 from __future__ import annotations
@@ -27,8 +26,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from streamtoll.traffic import produce
 
 __all__ = ["IngestResult", "bench_ingest"]
 
@@ -100,33 +101,6 @@ def _records(n: int, seed: int = 1) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> dict[int, int]:
-    ends: dict[int, int] = {}
-
-    def report(err: object, msg: object) -> None:
-        if err is None:
-            part, off = msg.partition(), msg.offset()  # type: ignore[attr-defined]
-            ends[part] = max(ends.get(part, 0), off + 1)
-
-    p = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "linger.ms": 20,
-            "batch.num.messages": 10_000,
-            "queue.buffering.max.messages": 1_000_000,
-        }
-    )
-    for key, value in records:
-        while True:
-            try:
-                p.produce(topic, value, key=key, on_delivery=report)
-                break
-            except BufferError:
-                p.poll(0.05)
-    p.flush(120)
-    return ends
-
-
 _BASELINE = r"""
 import sys, time, orjson
 from confluent_kafka import Consumer, TopicPartition
@@ -175,7 +149,7 @@ def bench_ingest(bootstrap: str, events: int, workers: int = 1) -> IngestResult:
     for fut in admin.create_topics([NewTopic(topic, PARTITIONS, 1)]).values():
         fut.result()
     records = _records(events)
-    ends = _produce(bootstrap, topic, records)
+    ends = produce(bootstrap, ((topic, key, value) for key, value in records))
     total = sum(ends.values())
     baseline = _baseline(bootstrap, topic, total)
 
@@ -191,7 +165,7 @@ def bench_ingest(bootstrap: str, events: int, workers: int = 1) -> IngestResult:
         "STREAMTOLL_TOPIC_STATE": f"bench{tag}.state",
         "STREAMTOLL_METERING_GROUP": f"bench{tag}",
         "STREAMTOLL_SESSION_TIMEOUT_MS": "6000",
-        "STREAMTOLL_LOG_LEVEL": "WARNING",
+        "STREAMTOLL_LOG_LEVEL": "INFO",  # the bench watches for "partitions assigned"
     }
     logdir = Path(tempfile.mkdtemp(prefix="streamtoll-bench-"))
     procs = []
@@ -208,7 +182,8 @@ def bench_ingest(bootstrap: str, events: int, workers: int = 1) -> IngestResult:
     ps = [psutil.Process(p.pid) for p in procs]
     try:
         cpu0: float | None = None
-        t0, done0 = 0.0, 0
+        t0 = 0.0
+        logs = [logdir / f"worker{i}.log" for i in range(workers)]
         peak = 0
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
@@ -217,8 +192,9 @@ def bench_ingest(bootstrap: str, events: int, workers: int = 1) -> IngestResult:
             done = _committed(bootstrap, f"bench{tag}", topic)
             rss = sum(p.memory_info().rss for p in ps)
             peak = max(peak, rss)
-            if done > 0 and cpu0 is None:
-                t0, done0 = time.perf_counter(), done
+            if cpu0 is None and any("partitions assigned" in f.read_text() for f in logs):
+                # the clock starts when a worker owns partitions (group join and restore excluded)
+                t0 = time.perf_counter()
                 cpu0 = sum(sum(p.cpu_times()[:2]) for p in ps)
             if done >= total:
                 break
@@ -232,6 +208,5 @@ def bench_ingest(bootstrap: str, events: int, workers: int = 1) -> IngestResult:
             p.terminate()
             p.wait(30)
     assert cpu0 is not None
-    # the first batch is already done when the clock starts: count only what came after
-    rate = (total - done0) / (t1 - t0)
-    return IngestResult(total, baseline, rate, (cpu1 - cpu0) / (total - done0) * 1e6, peak / 2**20, workers)
+    rate = total / (t1 - t0)
+    return IngestResult(total, baseline, rate, (cpu1 - cpu0) / total * 1e6, peak / 2**20, workers)

@@ -179,24 +179,7 @@ def cmd_bill(args: argparse.Namespace) -> int:
         except BillingError as exc:
             raise UserError(str(exc)) from None
     if args.json:
-        print(
-            json.dumps(
-                [
-                    {
-                        "account": r.account,
-                        "invoice_id": r.invoice_id,
-                        "number": r.number,
-                        "status": r.status,
-                        "currency": r.currency,
-                        "subtotal": str(r.subtotal),
-                        "tax": str(r.tax),
-                        "total": str(r.total),
-                    }
-                    for r in results
-                ],
-                indent=1,
-            )
-        )
+        print(json.dumps([r.as_dict() for r in results], indent=1))
         return 0
     print(f"{'account':<20} {'status':<18} {'number':<18} {'currency':<8} {'subtotal':>14} {'tax':>12} {'total':>14}")
     for r in results:

@@ -142,22 +142,7 @@ def _sink_and_bill(settings: MeteringSettings, url: str, want: dict[tuple[str, .
     period = datetime.now(UTC).strftime("%Y-%m")
     print(f"billing {period} …", flush=True)
     bills = run_billing(engine, period, finalize_drafts=True)
-    (out_dir / "invoices.json").write_text(
-        json.dumps(
-            [
-                {
-                    "account": b.account,
-                    "number": b.number,
-                    "currency": b.currency,
-                    "subtotal": str(b.subtotal),
-                    "tax": str(b.tax),
-                    "total": str(b.total),
-                }
-                for b in bills
-            ],
-            indent=1,
-        )
-    )
+    (out_dir / "invoices.json").write_text(json.dumps([b.as_dict() for b in bills], indent=1))
     print()
     print(f"{'account':<10} {'invoice':<18} {'currency':<8} {'subtotal':>12} {'tax':>10} {'total':>12}")
     for b in bills:

@@ -71,6 +71,19 @@ class AccountBill:
     number: str | None = None
     lines: int = 0
 
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: money as strings, never floats."""
+        return {
+            "account": self.account,
+            "invoice_id": self.invoice_id,
+            "number": self.number,
+            "status": self.status,
+            "currency": self.currency,
+            "subtotal": str(self.subtotal),
+            "tax": str(self.tax),
+            "total": str(self.total),
+        }
+
 
 def parse_period(text_: str) -> tuple[date, date]:
     try:
