@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: install test check demo clean
+.PHONY: install system-deps test check demo clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -16,7 +16,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Tools the document tests use to read PDFs as a person would (pdftotext, pdftoppm).
+system-deps:
+	@command -v pdftotext >/dev/null && command -v pdftoppm >/dev/null || \
+	  { command -v apt-get >/dev/null && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq poppler-utils >/dev/null) || \
+	    echo "install poppler-utils (pdftotext, pdftoppm) for the document tests"; }
+
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
 check: $(STAMP)

@@ -27,12 +27,28 @@ class BillingSettings:
     database_url: str | None = None
     invoice_number_prefix: str = "INV"
     sink_group: str = "streamtoll-sink"
+    issuer_name: str = "streamtoll"
+    issuer_address: tuple[str, ...] = ("Set STREAMTOLL_ISSUER_ADDRESS", "(lines separated by |)")
+    issuer_email: str = "billing@streamtoll.invalid"
+    issuer_vat_id: str = ""
+    issuer_bank: str = ""
+
+    @property
+    def issuer(self) -> dict[str, object]:
+        """The issuer block printed on every invoice."""
+        return {
+            "name": self.issuer_name,
+            "address": list(self.issuer_address),
+            "email": self.issuer_email,
+            "vat_id": self.issuer_vat_id,
+            "bank": self.issuer_bank,
+        }
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> BillingSettings:
         env = os.environ if env is None else env
         problems: list[str] = []
-        values: dict[str, str] = {}
+        values: dict[str, object] = {}
         if url := env.get(PREFIX + "DATABASE_URL"):
             if not url.startswith(("postgresql://", "postgresql+psycopg://")):
                 problems.append(f"{PREFIX}DATABASE_URL must be a postgresql+psycopg:// SQLAlchemy URL")
@@ -44,6 +60,11 @@ class BillingSettings:
                 problems.append(f"{PREFIX}INVOICE_NUMBER_PREFIX={prefix!r} must be 1-16 of A-Z, 0-9 and -")
         if group := env.get(PREFIX + "SINK_GROUP"):
             values["sink_group"] = group
+        for name in ("NAME", "EMAIL", "VAT_ID", "BANK"):
+            if value := env.get(f"{PREFIX}ISSUER_{name}"):
+                values[f"issuer_{name.lower()}"] = value
+        if address := env.get(PREFIX + "ISSUER_ADDRESS"):
+            values["issuer_address"] = tuple(part.strip() for part in address.split("|") if part.strip())
         if problems:
             raise BillingSettingsError(problems)
-        return cls(**values)
+        return cls(**values)  # type: ignore[arg-type]

@@ -175,7 +175,9 @@ def cmd_bill(args: argparse.Namespace) -> int:
     billing = _billing_settings()
     with _database(billing) as url:
         try:
-            results = run_billing(_connect(url), args.period, args.finalize, billing.invoice_number_prefix)
+            results = run_billing(
+                _connect(url), args.period, args.finalize, billing.invoice_number_prefix, billing.issuer
+            )
         except BillingError as exc:
             raise UserError(str(exc)) from None
     if args.json:
@@ -194,7 +196,7 @@ def cmd_invoices(args: argparse.Namespace) -> int:
     import json
 
     from billing.services.billing_run import BillingError, parse_period
-    from billing.services.invoices import InvoiceError, finalize, invoice_view, list_invoices, void
+    from billing.services.invoices import InvoiceError, finalize, invoice_pdf, invoice_view, list_invoices, void
 
     billing = _billing_settings()
     with _database(billing) as url:
@@ -216,8 +218,12 @@ def cmd_invoices(args: argparse.Namespace) -> int:
                 ref = args.ref[1:] if args.ref.startswith("#") else args.ref
                 if not ref.isdigit():
                     raise UserError("finalize takes a draft's id, like 42 or #42")
-                done = finalize(engine, int(ref), billing.invoice_number_prefix)
+                done = finalize(engine, int(ref), billing.invoice_number_prefix, issuer=billing.issuer)
                 print(f"finalized invoice {done.number} for {done.account_code}: {done.currency} {_dec(done.total)}")
+            elif args.action == "pdf":
+                out = Path(args.out or f"{args.ref}.pdf")
+                out.write_bytes(invoice_pdf(engine, args.ref))
+                print(f"wrote {out}")
             elif args.action == "void":
                 void(engine, args.ref, args.reason)
                 print(f"voided invoice {args.ref}")
@@ -388,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     ish.add_argument("ref", help="invoice number, or #id for a draft")
     ifn = inv.add_parser("finalize")
     ifn.add_argument("ref", help="draft id")
+    ipdf = inv.add_parser("pdf", help="write the stored PDF of a finalized invoice")
+    ipdf.add_argument("ref", help="invoice number")
+    ipdf.add_argument("--out", default=None, help="file to write (default NUMBER.pdf)")
     iv = inv.add_parser("void")
     iv.add_argument("ref", help="invoice number")
     iv.add_argument("--reason", required=True)

@@ -309,6 +309,7 @@ def run_billing(
     period: str,
     finalize_drafts: bool = False,
     number_prefix: str = "INV",
+    issuer: dict[str, Any] | None = None,
     source_order: dict[str, tuple[str, ...]] | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     progress: Callable[[Iterable[str]], Iterable[str]] = lambda it: it,
@@ -329,7 +330,7 @@ def run_billing(
         for r in results:
             if r.status == "draft" and r.invoice_id is not None:
                 try:
-                    r.number = finalize(engine, r.invoice_id, number_prefix, clock).number
+                    r.number = finalize(engine, r.invoice_id, number_prefix, clock, issuer).number
                 except InvoiceError:
                     # a concurrent run finalized it first: report what it did
                     with engine.connect() as conn:

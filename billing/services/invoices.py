@@ -20,10 +20,13 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select, text, update
 
 from billing.adapters.models import AccountRow, InvoiceLineRow, InvoiceRow
+from billing.adapters.render import render_invoice
+from billing.settings import BillingSettings
 
-__all__ = ["PAYMENT_TERMS_DAYS", "InvoiceError", "finalize", "invoice_view", "list_invoices", "void"]
+__all__ = ["PAYMENT_TERMS_DAYS", "InvoiceError", "finalize", "invoice_pdf", "invoice_view", "list_invoices", "void"]
 
 PAYMENT_TERMS_DAYS = 30
+DEFAULT_ISSUER = BillingSettings().issuer
 
 
 class InvoiceError(Exception):
@@ -78,7 +81,14 @@ def _lines(conn: Connection, invoice_id: int) -> list[dict[str, Any]]:
     ]
 
 
-def finalize(engine: Engine, invoice_id: int, prefix: str, clock: Callable[[], datetime] = _now) -> Finalized:
+def finalize(
+    engine: Engine,
+    invoice_id: int,
+    prefix: str,
+    clock: Callable[[], datetime] = _now,
+    issuer: dict[str, Any] | None = None,
+) -> Finalized:
+    """Number, freeze and render one draft, all in one transaction (see the module docstring)."""
     with engine.begin() as conn:
         inv = conn.execute(select(InvoiceRow).where(InvoiceRow.id == invoice_id).with_for_update()).first()
         if inv is None:
@@ -111,6 +121,7 @@ def finalize(engine: Engine, invoice_id: int, prefix: str, clock: Callable[[], d
             "due_on": due.isoformat(),
             "payment_terms_days": PAYMENT_TERMS_DAYS,
         }
+        html, pdf = render_invoice(snapshot, issuer or DEFAULT_ISSUER)
         conn.execute(
             update(InvoiceRow)
             .where(InvoiceRow.id == invoice_id)
@@ -118,6 +129,8 @@ def finalize(engine: Engine, invoice_id: int, prefix: str, clock: Callable[[], d
                 status="finalized",
                 number=number,
                 snapshot=snapshot,
+                html=html,
+                pdf=pdf,
                 issued_on=issued,
                 due_on=due,
                 finalized_at=now,
@@ -194,3 +207,14 @@ def invoice_view(engine: Engine, ref: str) -> dict[str, Any]:
             "tax": str(inv.tax.normalize()),
             "total": str(inv.total.normalize()),
         }
+
+
+def invoice_pdf(engine: Engine, number: str) -> bytes:
+    """The stored PDF of a finalized (or void) invoice, as rendered at finalize."""
+    with engine.connect() as conn:
+        row = conn.execute(select(InvoiceRow.status, InvoiceRow.pdf).where(InvoiceRow.number == number)).first()
+    if row is None:
+        raise InvoiceError(f"there is no invoice numbered {number}")
+    if row.pdf is None:
+        raise InvoiceError(f"invoice {number} has no document (it was finalized before documents existed)")
+    return bytes(row.pdf)

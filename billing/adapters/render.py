@@ -1,0 +1,35 @@
+"""Invoice documents: HTML from a versioned Jinja2 template, PDF with WeasyPrint.
+
+Rendered once, at finalize, from the frozen snapshot, and stored with the invoice: a download
+serves the stored bytes, so a finalized invoice's PDF is the same on every download.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from billing.domain.documents import invoice_view_model
+
+__all__ = ["INVOICE_TEMPLATE", "render_invoice"]
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+INVOICE_TEMPLATE = "invoice/v1.html.j2"
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(TEMPLATES),
+    undefined=jinja2.StrictUndefined,  # a missing value is an error, never an empty cell
+    autoescape=True,
+)
+
+
+def render_invoice(snapshot: dict[str, Any], issuer: dict[str, Any], status: str = "finalized") -> tuple[str, bytes]:
+    """(HTML, PDF) of one invoice snapshot."""
+    import weasyprint
+
+    html = _env.get_template(INVOICE_TEMPLATE).render(**invoice_view_model(snapshot, issuer, status))
+    pdf = weasyprint.HTML(string=html, base_url=str(TEMPLATES)).write_pdf()
+    assert pdf is not None
+    return html, pdf

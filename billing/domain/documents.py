@@ -1,0 +1,105 @@
+"""What an invoice document shows, computed from the frozen snapshot: every number already
+formatted, so templates do no arithmetic and a document always matches the stored invoice.
+
+Pure: the snapshot (a dict as stored at finalize) and the issuer in, a view dict out.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+from billing.domain.money import minor_unit
+
+__all__ = ["invoice_view_model", "money_text", "quantity_text"]
+
+_UNIT_LABELS = {
+    "GB": "GB",
+    "GiB": "GiB",
+    "TB": "TB",
+    "TiB": "TiB",
+    "1": "",
+    "thousand": "thousand",
+    "million": "million",
+}
+_KIND_LABELS = {"base_fee": "Base fee", "minimum_topup": "Minimum commitment top-up", "flat": "Flat fee"}
+
+
+def money_text(amount: str | Decimal, currency: str) -> str:
+    """``1234.5`` EUR → ``1,234.50`` (the currency's minor unit, thousands separated)."""
+    value = Decimal(amount)
+    places = minor_unit(currency)
+    return f"{value:,.{places}f}"
+
+
+def quantity_text(quantity: str | Decimal | None) -> str:
+    if quantity is None:
+        return ""
+    value = Decimal(quantity).normalize()
+    if value == value.to_integral_value():
+        return f"{value:,.0f}"
+    text = f"{value:,.6f}".rstrip("0").rstrip(".")
+    return text
+
+
+def _breakdown(line: dict[str, Any], currency: str) -> list[str]:
+    out = []
+    for part in line.get("breakdown") or []:
+        qty = quantity_text(part["quantity"])
+        price = Decimal(part["unit_price"]).normalize()
+        text = f"tier {part['tier'] + 1}: {qty} × {price:f}"
+        if Decimal(part.get("flat_fee", "0")) != 0:
+            text += f" + {money_text(part['flat_fee'], currency)}"
+        out.append(f"{text} = {money_text(Decimal(part['amount']), currency)}")
+    return out
+
+
+def _describe(line: dict[str, Any]) -> str:
+    if line["kind"] in _KIND_LABELS and not line.get("description"):
+        return _KIND_LABELS[line["kind"]]
+    text = str(line.get("description") or line["kind"])
+    topics = line.get("topics") or []
+    if topics and "topics" not in text:
+        text += f" (topics {', '.join(topics)})"
+    return text
+
+
+def invoice_view_model(snapshot: dict[str, Any], issuer: dict[str, Any], status: str = "finalized") -> dict[str, Any]:
+    currency = snapshot["currency"]
+    period_start = date.fromisoformat(snapshot["period"]["start"])
+    period_end = date.fromisoformat(snapshot["period"]["end"])
+    lines = []
+    for line in snapshot["lines"]:
+        unit = line.get("unit")
+        lines.append(
+            {
+                "description": _describe(line),
+                "quantity": quantity_text(line.get("quantity")),
+                "unit": _UNIT_LABELS.get(unit, unit) if unit else "",
+                "amount": money_text(line["amount"], currency),
+                "breakdown": _breakdown(line, currency),
+                "is_adjustment": line["kind"] == "adjustment",
+                "source": line.get("source") or "",
+            }
+        )
+    tax_rate = Decimal(snapshot["tax_rate"]) * 100
+    return {
+        "issuer": issuer,
+        "number": snapshot["number"],
+        "status": status,
+        "account": snapshot["account"],
+        "issued_on": snapshot["issued_on"],
+        "due_on": snapshot["due_on"],
+        # the stored period is half-open; a person reads the last day it includes
+        "period": f"{period_start.isoformat()} – {(period_end - timedelta(days=1)).isoformat()}",
+        "period_label": period_start.strftime("%B %Y"),
+        "plan": snapshot.get("plan") or {},
+        "currency": currency,
+        "lines": lines,
+        "subtotal": money_text(snapshot["subtotal"], currency),
+        "tax_rate": f"{tax_rate.normalize():f} %",
+        "tax": money_text(snapshot["tax"], currency),
+        "total": money_text(snapshot["total"], currency),
+        "payment_terms": f"Payable within {snapshot['payment_terms_days']} days, by {snapshot['due_on']}.",
+    }

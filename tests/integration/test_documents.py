@@ -1,0 +1,71 @@
+"""Invoice documents rendered for real, read back the way a person would (pdftotext, pdftoppm)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from billing.services.billing_run import run_billing
+from billing.services.invoices import invoice_pdf, invoice_view
+
+from .test_billing import DEC1, engine  # noqa: F401  (the seeded-database fixture)
+
+pytestmark = pytest.mark.integration
+needs_poppler = pytest.mark.skipif(shutil.which("pdftotext") is None, reason="make test installs poppler-utils")
+
+
+def pdf_text(pdf: bytes, tmp: Path) -> str:
+    path = tmp / "invoice.pdf"
+    path.write_bytes(pdf)
+    return subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True, check=True).stdout
+
+
+@needs_poppler
+def test_finalized_invoice_pdf_reads_like_an_invoice(engine: sa.Engine, tmp_path: Path) -> None:  # noqa: F811
+    issuer = {
+        "name": "Streamtoll Demo GmbH",
+        "address": ["Kafkastrasse 9", "10117 Berlin"],
+        "email": "billing@streamtoll.example",
+        "vat_id": "DE123456789",
+        "bank": "IBAN DE00 1234 5678 9012",
+    }
+    done = run_billing(engine, "2026-11", finalize_drafts=True, clock=lambda: DEC1, issuer=issuer)
+    acme = next(r for r in done if r.account == "acme")
+    assert acme.number
+    pdf = invoice_pdf(engine, acme.number)
+    assert pdf == invoice_pdf(engine, acme.number)  # served as stored: identical bytes every time
+    text = pdf_text(pdf, tmp_path)
+    for expected in (
+        "Invoice",
+        "INV-2026-000001",
+        "ACME Corporation",
+        "Hauptstrasse 1",
+        "Streamtoll Demo GmbH",
+        "DE123456789",
+        "2026-12-01",
+        "2026-12-31",
+        "November 2026",
+        "base fee (30/30 days)",
+        "EUR 168.00",
+        "EUR 31.92",
+        "EUR 199.92",
+        "19 %",
+        "Payable within 30 days",
+        "Page 1 of 1",
+    ):
+        assert expected in text, expected
+    view = invoice_view(engine, acme.number)
+    for line in view["lines"]:  # every line of the invoice is on the page, with its amount
+        assert line["description"].split(" (")[0] in text
+    assert "tier 2: 900 × 0.08 = 72.00" in text  # the graduated tier breakdown
+    png = tmp_path / "invoice"
+    subprocess.run(["pdftoppm", "-png", "-r", "60", str(tmp_path / "invoice.pdf"), str(png)], check=True)
+    pages = sorted(tmp_path.glob("invoice*.png"))
+    assert len(pages) == 1 and pages[0].stat().st_size > 10_000
+    keep = Path("out") / "test-invoice.png"  # for a person to look at after the run
+    keep.parent.mkdir(exist_ok=True)
+    shutil.copy(pages[0], keep)
