@@ -15,16 +15,15 @@ from billing.services.invoices import invoice_pdf, invoice_view
 from .test_billing import DEC1, engine  # noqa: F401  (the seeded-database fixture)
 
 pytestmark = pytest.mark.integration
-needs_poppler = pytest.mark.skipif(shutil.which("pdftotext") is None, reason="make test installs poppler-utils")
 
 
 def pdf_text(pdf: bytes, tmp: Path) -> str:
+    assert shutil.which("pdftotext"), "pdftotext is missing: `make test` installs poppler-utils"
     path = tmp / "invoice.pdf"
     path.write_bytes(pdf)
     return subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True, check=True).stdout
 
 
-@needs_poppler
 def test_finalized_invoice_pdf_reads_like_an_invoice(engine: sa.Engine, tmp_path: Path) -> None:  # noqa: F811
     issuer = {
         "name": "Streamtoll Demo GmbH",
