@@ -98,12 +98,11 @@ class Engine:
         self,
         settings: MeteringSettings,
         clock: Callable[[], float] = time.time,
-        on_batch: Callable[[BatchResult], None] | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self.on_batch = on_batch
         self.stats = Stats()
+        self._stats_logged_at = 0.0
         self.shards: dict[tuple[str, int], ShardState] = {}
         self._stop = threading.Event()
         self._consumer: Consumer | None = None
@@ -212,6 +211,7 @@ class Engine:
         # No transaction is open while consume() runs callbacks: each batch commits first.
         for tp in partitions:
             self.shards.pop((tp.topic, tp.partition), None)
+            self._last_snapshot.pop((tp.topic, tp.partition), None)
 
     def _new_shard(self, topic: str, partition: int) -> ShardState:
         s = self.settings
@@ -349,6 +349,9 @@ class Engine:
         if offsets:
             producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
         producer.commit_transaction(60)
+        if now - self._stats_logged_at >= 30:
+            self._stats_logged_at = now
+            log.info("metering progress", extra={"counts": dict(self.stats), "shards": len(self.shards)})
 
     def _publish(
         self,
@@ -434,8 +437,6 @@ class Engine:
             key=shard.name.encode(),
             partition=_state_partition(shard.name, s.state_partitions),
         )
-        if self.on_batch is not None:
-            self.on_batch(result)
 
     def _count(self, kind: str, r: BatchResult) -> None:
         st = self.stats
