@@ -232,6 +232,40 @@ def cmd_invoices(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from billing.services.keys import KeyError_, create_key, revoke_key
+
+    with _database(_billing_settings()) as url:
+        engine = _connect(url)
+        try:
+            if args.action == "create":
+                key = create_key(engine, args.role, args.account)
+                print(key)
+                print("store it now: it is shown once and kept only as a hash", file=sys.stderr)
+            else:
+                revoke_key(engine, args.key_id)
+                print(f"revoked key {args.key_id}")
+        except KeyError_ as exc:
+            raise UserError(str(exc)) from None
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from billing.api.app import create_app
+
+    billing = _billing_settings()
+    host, _, port = (args.bind or os.environ.get("STREAMTOLL_API_BIND") or "127.0.0.1:8080").rpartition(":")
+    if not port.isdigit():
+        raise UserError("STREAMTOLL_API_BIND must look like 127.0.0.1:8080")
+    with _database(billing) as url:
+        app = create_app(_connect(url), billing)
+        print(f"streamtoll API on http://{host}:{port} (OpenAPI at /openapi.json)", file=sys.stderr)
+        uvicorn.run(app, host=host, port=int(port), log_level=args.log_level.lower(), access_log=False)
+    return 0
+
+
 def _settings() -> MeteringSettings:
     try:
         return MeteringSettings.from_env()
@@ -403,6 +437,17 @@ def build_parser() -> argparse.ArgumentParser:
     inv_parser = inv
     for p_ in inv_parser.choices.values():
         p_.set_defaults(func=cmd_invoices)
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
+    kc = keys.add_parser("create", help="print a new API key once (stored hashed)")
+    kc.add_argument("--account", default=None)
+    kc.add_argument("--role", choices=("partner", "finance"), default="partner")
+    kr = keys.add_parser("revoke")
+    kr.add_argument("key_id", help="the id part of stk_<id>_<secret>")
+    for p_ in (kc, kr):
+        p_.set_defaults(func=cmd_keys)
+    ap = sub.add_parser("api", help="HTTP server: partner and finance API")
+    ap.add_argument("--bind", default=None, help="host:port (default STREAMTOLL_API_BIND or 127.0.0.1:8080)")
+    ap.set_defaults(func=cmd_api)
     d = sub.add_parser("demo", help="the main job end to end on embedded defaults")
     d.add_argument("--out", default="out")
     d.add_argument("--proxy-events", type=int, default=200_000)

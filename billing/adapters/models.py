@@ -27,6 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "AccountRow",
+    "ApiKeyRow",
     "Base",
     "ClientRuleRow",
     "InvoiceLineRow",
@@ -188,3 +189,16 @@ class InvoiceNumberRow(Base):
     prefix: Mapped[str] = mapped_column(Text, primary_key=True)
     year: Mapped[int] = mapped_column(Integer, primary_key=True)
     last: Mapped[int] = mapped_column(Integer, nullable=False)
+
+
+class ApiKeyRow(Base):
+    """An API key: ``stk_<key_id>_<secret>``; only the secret's SHA-256 is stored."""
+
+    __tablename__ = "api_keys"
+
+    key_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    secret_sha256: Mapped[str] = mapped_column(Text, nullable=False)
+    role: Mapped[str] = mapped_column(Text, nullable=False)
+    account_code: Mapped[str | None] = mapped_column(Text, ForeignKey("accounts.code"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

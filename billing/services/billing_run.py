@@ -45,7 +45,7 @@ from billing.services.catalog import plan_from_document
 from billing.services.invoices import InvoiceError, finalize
 from billing.services.usage import load_attributor
 
-__all__ = ["AccountBill", "BillingError", "parse_period", "run_billing"]
+__all__ = ["AccountBill", "BillingError", "Preview", "parse_period", "preview", "run_billing"]
 
 # quantity → sources in order of preference (the first the account has usage in wins)
 DEFAULT_SOURCES: dict[str, tuple[str, ...]] = {
@@ -421,3 +421,42 @@ def _bill_account(run: _Run, account: str) -> AccountBill:
         if rows:
             conn.execute(insert(InvoiceLineRow), rows)
         return AccountBill(account, invoice_id, "draft", acct.currency, subtotal, tax, subtotal + tax, None, len(rows))
+
+
+def preview(
+    engine: Engine, account: str, period: str, source_order: dict[str, tuple[str, ...]] | None = None
+) -> Preview:
+    """What the account's invoice for ``period`` would say now (rated, not written): month-to-date."""
+    start, end = parse_period(period)
+    order = source_order or DEFAULT_SOURCES
+    with engine.connect() as conn:
+        catalog = _Catalog(conn)
+        if account not in catalog.accounts:
+            raise BillingError(f"there is no account {account!r}")
+        usage = _read_usage(conn, load_attributor(engine), start, end)
+    rated, plan = _rate(catalog, usage, account, start, end, order)
+    acct = catalog.accounts[account]
+    subtotal = sum((round_money(line.rounded_amount, acct.currency) for line, _ in rated), Decimal(0))
+    tax = round_money(subtotal * acct.tax_rate, acct.currency)
+    return Preview(
+        currency=acct.currency,
+        plan=f"{plan.code} v{plan.version}" if plan else None,
+        lines=[
+            {"description": line.description, "source": src, "amount": str(line.rounded_amount)} for line, src in rated
+        ],
+        subtotal=subtotal,
+        tax=tax,
+        total=subtotal + tax,
+    )
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A period rated now, without writing anything (statements: the rated amount so far)."""
+
+    currency: str
+    plan: str | None
+    lines: list[dict[str, Any]]
+    subtotal: Decimal
+    tax: Decimal
+    total: Decimal
