@@ -266,6 +266,32 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_statements(args: argparse.Namespace) -> int:
+    import json
+
+    from billing.adapters.render import render_statement_pdf
+    from billing.services.billing_run import BillingError
+    from billing.services.statements import statement, statement_csv
+
+    with _database(_billing_settings()) as url:
+        try:
+            doc = statement(_connect(url), args.account, args.period, now=datetime.now(UTC))
+        except BillingError as exc:
+            raise UserError(str(exc)) from None
+    if args.format == "pdf":
+        out = Path(args.out or f"statement-{args.account}-{args.period}.pdf")
+        out.write_bytes(render_statement_pdf(doc))
+        print(f"wrote {out}")
+    else:
+        text_ = json.dumps(doc, indent=1) if args.format == "json" else statement_csv(doc)
+        if args.out:
+            Path(args.out).write_text(text_)
+            print(f"wrote {args.out}")
+        else:
+            print(text_)
+    return 0
+
+
 def _settings() -> MeteringSettings:
     try:
         return MeteringSettings.from_env()
@@ -445,6 +471,12 @@ def build_parser() -> argparse.ArgumentParser:
     kr.add_argument("key_id", help="the id part of stk_<id>_<secret>")
     for p_ in (kc, kr):
         p_.set_defaults(func=cmd_keys)
+    stm = sub.add_parser("statements", help="a partner's usage statement for a period")
+    stm.add_argument("--account", required=True)
+    stm.add_argument("--period", required=True, help="YYYY-MM")
+    stm.add_argument("--format", choices=("json", "csv", "pdf"), default="json")
+    stm.add_argument("--out", default=None)
+    stm.set_defaults(func=cmd_statements)
     ap = sub.add_parser("api", help="HTTP server: partner and finance API")
     ap.add_argument("--bind", default=None, help="host:port (default STREAMTOLL_API_BIND or 127.0.0.1:8080)")
     ap.set_defaults(func=cmd_api)

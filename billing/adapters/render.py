@@ -11,12 +11,13 @@ from typing import Any
 
 import jinja2
 
-from billing.domain.documents import invoice_view_model
+from billing.domain.documents import invoice_view_model, statement_view_model
 
-__all__ = ["INVOICE_TEMPLATE", "render_invoice"]
+__all__ = ["INVOICE_TEMPLATE", "STATEMENT_TEMPLATE", "render_invoice", "render_statement_pdf"]
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 INVOICE_TEMPLATE = "invoice/v1.html.j2"
+STATEMENT_TEMPLATE = "statement/v1.html.j2"
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(TEMPLATES),
@@ -33,3 +34,12 @@ def render_invoice(snapshot: dict[str, Any], issuer: dict[str, Any], status: str
     pdf = weasyprint.HTML(string=html, base_url=str(TEMPLATES)).write_pdf()
     assert pdf is not None
     return html, pdf
+
+
+def render_statement_pdf(doc: dict[str, Any]) -> bytes:
+    import weasyprint
+
+    html = _env.get_template(STATEMENT_TEMPLATE).render(**statement_view_model(doc))
+    pdf = weasyprint.HTML(string=html, base_url=str(TEMPLATES)).write_pdf()
+    assert pdf is not None
+    return bytes(pdf)

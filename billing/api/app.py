@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
+from billing.adapters.render import render_statement_pdf
 from billing.services.billing_run import BillingError, parse_period, run_billing
 from billing.services.invoices import InvoiceError, finalize, invoice_pdf, invoice_view, list_invoices, void
 from billing.services.keys import Caller, authenticate
@@ -130,9 +131,11 @@ def create_app(engine: Engine, settings: BillingSettings | None = None, auth_lim
         period: str,
         c: Annotated[Caller, Depends(caller)],
         account: str | None = None,
-        format: Literal["json", "csv"] | None = None,
+        format: Literal["json", "csv", "pdf"] | None = None,
         accept: Annotated[str | None, Header()] = None,
     ) -> Any:
+        if period.endswith(".pdf"):
+            period, format = period[:-4], "pdf"
         try:
             parse_period(period)
         except BillingError as exc:
@@ -146,6 +149,8 @@ def create_app(engine: Engine, settings: BillingSettings | None = None, auth_lim
             raise HTTPException(404, "no such account") from None
         if format == "csv" or (format is None and accept and "text/csv" in accept):
             return Response(statement_csv(doc), media_type="text/csv")
+        if format == "pdf" or (format is None and accept and "application/pdf" in accept):
+            return Response(render_statement_pdf(doc), media_type="application/pdf")
         return doc
 
     @app.get("/v1/invoices")

@@ -12,7 +12,7 @@ from typing import Any
 
 from billing.domain.money import minor_unit
 
-__all__ = ["invoice_view_model", "money_text", "quantity_text"]
+__all__ = ["invoice_view_model", "money_text", "quantity_text", "statement_view_model"]
 
 _UNIT_LABELS = {
     "GB": "GB",
@@ -102,4 +102,50 @@ def invoice_view_model(snapshot: dict[str, Any], issuer: dict[str, Any], status:
         "tax": money_text(snapshot["tax"], currency),
         "total": money_text(snapshot["total"], currency),
         "payment_terms": f"Payable within {snapshot['payment_terms_days']} days, by {snapshot['due_on']}.",
+    }
+
+
+def statement_view_model(doc: dict[str, Any]) -> dict[str, Any]:
+    """A statement (``billing.services.statements.statement``) formatted for its template."""
+    currency = doc["currency"]
+    quantities = ("bytes", "records", "requests", "denied_requests")
+
+    def section(title: str, rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
+        return {
+            "title": title,
+            "headers": [k.replace("_", " ") for k in keys + quantities],
+            "key_count": len(keys),
+            "rows": [[str(r[k]) for k in keys] + [quantity_text(r[q]) for q in quantities] for r in rows],
+        }
+
+    return {
+        "account": doc["account"],
+        "period": doc["period"],
+        "window": f"{doc['from']} – {doc['to']}",
+        "currency": currency,
+        "rated": {
+            "lines": [
+                {"description": line["description"], "amount": money_text(line["amount"], currency)}
+                for line in doc["rated_so_far"]["lines"]
+            ],
+            "subtotal": money_text(doc["rated_so_far"]["subtotal"], currency),
+            "tax": money_text(doc["rated_so_far"]["tax"], currency),
+            "total": money_text(doc["rated_so_far"]["total"], currency),
+        },
+        "sections": [
+            section("Totals by source", doc["totals"], ("source", "direction")),
+            section("By day", doc["daily"], ("day", "source", "direction")),
+            section("By topic", doc["by_topic"], ("topic", "source", "direction")),
+            section("By client id", doc["by_client_id"], ("client_id", "source", "direction")),
+            section("By principal", doc["by_principal"], ("principal", "source", "direction")),
+        ],
+        "differences": [
+            {
+                "direction": d["direction"],
+                "proxy": quantity_text(d["proxy_bytes"]),
+                "broker": quantity_text(d["broker_metrics_bytes"]),
+                "difference": quantity_text(d["difference_bytes"]),
+            }
+            for d in doc["source_differences"]
+        ],
     }

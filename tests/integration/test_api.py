@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,6 +19,7 @@ from billing.services.keys import create_key, revoke_key
 from streamtoll.embedded import free_port
 
 from .test_billing import DEC1, engine  # noqa: F401  (the seeded-database fixture)
+from .test_documents import pdf_text
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +55,7 @@ def get(base: str, path: str, key: str | None = None, **params: str) -> httpx.Re
     return httpx.get(base + path, headers=headers, params=params, timeout=30)
 
 
-def test_partner_reads_its_own_invoices_and_statement(api: tuple[str, dict[str, str]]) -> None:
+def test_partner_reads_its_own_invoices_and_statement(api: tuple[str, dict[str, str]], tmp_path: Path) -> None:
     base, keys = api
     listed = get(base, "/v1/invoices", keys["acme"]).json()
     assert isinstance(listed, list), listed
@@ -69,6 +71,20 @@ def test_partner_reads_its_own_invoices_and_statement(api: tuple[str, dict[str, 
     assert totals[("proxy", "produce")] == 1_250 * 10**9
     # proxy and the broker metrics both saw acme's produce traffic: the statement shows the gap
     assert st["source_differences"][0]["difference_bytes"] == (1_250 - 999) * 10**9
+    pdf_statement = get(base, "/v1/statements/2026-11.pdf", keys["acme"])
+    assert pdf_statement.headers["content-type"] == "application/pdf"
+    text = pdf_text(pdf_statement.content, tmp_path)
+    for expected in (
+        "Usage statement",
+        "Account acme",
+        "Total so far",
+        "By topic",
+        "orders",
+        "1,250,000,000,000",
+        "Where two sources saw the same traffic",
+        "251,000,000,000",
+    ):
+        assert expected in text, expected
     csv = get(base, "/v1/statements/2026-11", keys["acme"], format="csv")
     assert csv.headers["content-type"].startswith("text/csv") and "by_topic" in csv.text
     usage = get(
