@@ -34,3 +34,6 @@ def setup(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # chatty libraries: fontTools logs every glyph of every PDF it subsets at INFO
+    for name in ("fontTools", "weasyprint", "alembic"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -151,16 +151,22 @@ def test_void_keeps_the_invoice(engine: sa.Engine) -> None:
     assert tuple(row) == ("void", "wrong address", Decimal("199.92"))
 
 
-def test_two_concurrent_finalizing_runs_neither_duplicate_nor_skip_numbers(engine: sa.Engine, migrated: str) -> None:
+def test_two_concurrent_finalizing_runs_neither_duplicate_nor_skip_numbers(
+    engine: sa.Engine, migrated: str, tmp_path: Path
+) -> None:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("STREAMTOLL_")},
         "STREAMTOLL_DATABASE_URL": migrated,
     }
     cmd = [sys.executable, "-m", "streamtoll.cli", "bill", "--period", "2026-11", "--finalize", "--json"]
+    # output goes to files: a full pipe nobody reads would stall a process inside its transaction
+    files = [(tmp_path / f"out{i}.json", tmp_path / f"err{i}.log") for i in range(2)]
     procs = [
-        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+        subprocess.Popen(cmd, env=env, stdout=out.open("w"), stderr=err.open("w"), text=True) for out, err in files
     ]
-    outs = [p.communicate(timeout=120) for p in procs]
+    for p in procs:
+        p.wait(timeout=120)
+    outs = [(out.read_text(), err.read_text()) for out, err in files]
     assert all(p.returncode == 0 for p in procs), [err[-2500:] for _, err in outs]
     with engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT account_code, number FROM invoices ORDER BY number")).all()
