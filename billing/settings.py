@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["BillingSettings", "BillingSettingsError"]
+__all__ = ["BillingSettings", "BillingSettingsError", "SmtpSettings"]
 
 PREFIX = "STREAMTOLL_"
 
@@ -20,6 +20,35 @@ class BillingSettingsError(Exception):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("Invalid settings: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str = "127.0.0.1"
+    port: int = 25
+    tls: str = "none"  # none | starttls | ssl
+    username: str | None = None
+    password: str | None = None
+    sender: str = "billing@streamtoll.invalid"
+    sender_name: str = "streamtoll billing"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], problems: list[str]) -> SmtpSettings:
+        values: dict[str, object] = {}
+        for name in ("HOST", "USERNAME", "PASSWORD", "SENDER", "SENDER_NAME"):
+            if value := env.get(f"{PREFIX}SMTP_{name}"):
+                values[name.lower()] = value
+        if port := env.get(PREFIX + "SMTP_PORT"):
+            if port.isdigit() and 0 < int(port) < 65536:
+                values["port"] = int(port)
+            else:
+                problems.append(f"{PREFIX}SMTP_PORT={port!r} is not a port number")
+        if tls := env.get(PREFIX + "SMTP_TLS"):
+            if tls in ("none", "starttls", "ssl"):
+                values["tls"] = tls
+            else:
+                problems.append(f"{PREFIX}SMTP_TLS must be none, starttls or ssl")
+        return cls(**values)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -32,6 +61,7 @@ class BillingSettings:
     issuer_email: str = "billing@streamtoll.invalid"
     issuer_vat_id: str = ""
     issuer_bank: str = ""
+    smtp: SmtpSettings = SmtpSettings()
 
     @property
     def issuer(self) -> dict[str, object]:
@@ -65,6 +95,7 @@ class BillingSettings:
                 values[f"issuer_{name.lower()}"] = value
         if address := env.get(PREFIX + "ISSUER_ADDRESS"):
             values["issuer_address"] = tuple(part.strip() for part in address.split("|") if part.strip())
+        values["smtp"] = SmtpSettings.from_env(env, problems)
         if problems:
             raise BillingSettingsError(problems)
         return cls(**values)  # type: ignore[arg-type]

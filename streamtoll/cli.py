@@ -11,6 +11,7 @@ import contextlib
 import gc
 import os
 import signal
+import smtplib
 import sys
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -224,11 +225,22 @@ def cmd_invoices(args: argparse.Namespace) -> int:
                 out = Path(args.out or f"{args.ref}.pdf")
                 out.write_bytes(invoice_pdf(engine, args.ref))
                 print(f"wrote {out}")
+            elif args.action == "send":
+                from billing.services.delivery import send_period
+
+                report = send_period(engine, args.period, billing.smtp)
+                print(f"queued {report.queued}, sent {report.sent}, failed {report.failed}")
+                if report.failed:
+                    return 1
             elif args.action == "void":
                 void(engine, args.ref, args.reason)
                 print(f"voided invoice {args.ref}")
         except (InvoiceError, BillingError) as exc:
             raise UserError(str(exc)) from None
+        except (smtplib.SMTPException, OSError) as exc:
+            raise UserError(
+                f"the mail server did not take the invoices ({exc}); run send again: none is lost"
+            ) from None
     return 0
 
 
@@ -457,6 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     ipdf = inv.add_parser("pdf", help="write the stored PDF of a finalized invoice")
     ipdf.add_argument("ref", help="invoice number")
     ipdf.add_argument("--out", default=None, help="file to write (default NUMBER.pdf)")
+    isend = inv.add_parser("send", help="email the period's finalized invoices (outbox: never twice, never skipped)")
+    isend.add_argument("--period", required=True)
     iv = inv.add_parser("void")
     iv.add_argument("ref", help="invoice number")
     iv.add_argument("--reason", required=True)

@@ -30,6 +30,7 @@ __all__ = [
     "ApiKeyRow",
     "Base",
     "ClientRuleRow",
+    "InvoiceDeliveryRow",
     "InvoiceLineRow",
     "InvoiceNumberRow",
     "InvoiceRow",
@@ -202,3 +203,18 @@ class ApiKeyRow(Base):
     account_code: Mapped[str | None] = mapped_column(Text, ForeignKey("accounts.code"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class InvoiceDeliveryRow(Base):
+    """The outbox: a finalized invoice to email, with a stable Message-ID."""
+
+    __tablename__ = "invoice_deliveries"
+
+    invoice_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("invoices.id"), primary_key=True)
+    to_address: Mapped[str] = mapped_column(Text, nullable=False)
+    message_id: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    status: Mapped[str] = mapped_column(Text, nullable=False, server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -93,3 +93,20 @@ def migrated(database: str) -> str:
 
     upgrade(database)
     return database
+
+
+@pytest.fixture
+def engine(migrated: str) -> Iterator[sa.Engine]:
+    """A migrated database with the sample plans and accounts and November 2026's usage."""
+    from billing.services.catalog import load_accounts, load_plans
+    from billing.services.sink import upsert_windows
+
+    from .seed import NOVEMBER
+
+    samples = Path(__file__).parents[2] / "streamtoll" / "samples"
+    engine = sa.create_engine(migrated)
+    load_plans(engine, samples / "plans.yaml")
+    load_accounts(engine, samples / "accounts.yaml")
+    upsert_windows(engine, NOVEMBER)
+    yield engine
+    engine.dispose()

@@ -18,14 +18,14 @@ from billing.services.billing_run import run_billing
 from billing.services.keys import create_key, revoke_key
 from streamtoll.embedded import free_port
 
-from .test_billing import DEC1, engine  # noqa: F401  (the seeded-database fixture)
+from .seed import DEC1
 from .test_documents import pdf_text
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def api(engine: sa.Engine) -> Iterator[tuple[str, dict[str, str]]]:  # noqa: F811
+def api(engine: sa.Engine) -> Iterator[tuple[str, dict[str, str]]]:
     run_billing(engine, "2026-11", finalize_drafts=True, clock=lambda: DEC1)
     run_billing(engine, "2026-12")  # drafts: finance sees them, partners never
     keys = {

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from billing.services.billing_run import run_billing
 from billing.services.invoices import invoice_pdf, invoice_view
 
-from .test_billing import DEC1, engine  # noqa: F401  (the seeded-database fixture)
+from .seed import DEC1
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,7 @@ def pdf_text(pdf: bytes, tmp: Path) -> str:
     return subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True, check=True).stdout
 
 
-def test_finalized_invoice_pdf_reads_like_an_invoice(engine: sa.Engine, tmp_path: Path) -> None:  # noqa: F811
+def test_finalized_invoice_pdf_reads_like_an_invoice(engine: sa.Engine, tmp_path: Path) -> None:
     issuer = {
         "name": "Streamtoll Demo GmbH",
         "address": ["Kafkastrasse 9", "10117 Berlin"],
