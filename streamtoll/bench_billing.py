@@ -45,7 +45,10 @@ class BillingBench:
         )
 
 
-def bench_billing(url: str, accounts: int, clients: int, period: str = "2026-10") -> BillingBench:
+def seed(url: str, accounts: int, clients: int, period: str = "2026-10") -> int:
+    """A migrated database with ``accounts`` Growth accounts (rule ``User:aNNNNN-*``) and, per
+    account, ``clients`` clients × every hour of ``period`` × both directions of proxy usage.
+    Returns the number of usage rows."""
     upgrade(url)
     engine = make_engine(url)
     load_plans(engine, SAMPLES / "plans.yaml")
@@ -64,7 +67,6 @@ def bench_billing(url: str, accounts: int, clients: int, period: str = "2026-10"
     hours = [
         start + timedelta(hours=h) for h in range(int((start.replace(month=start.month % 12 + 1) - start).days * 24))
     ]
-    t0 = time.perf_counter()
     rows = 0
     raw = engine.raw_connection()
     try:
@@ -89,6 +91,14 @@ def bench_billing(url: str, accounts: int, clients: int, period: str = "2026-10"
         raw.close()
     with engine.begin() as conn:
         conn.execute(sa.text("ANALYZE usage_shard_rows"))
+    engine.dispose()
+    return rows
+
+
+def bench_billing(url: str, accounts: int, clients: int, period: str = "2026-10") -> BillingBench:
+    t0 = time.perf_counter()
+    rows = seed(url, accounts, clients, period)
+    engine = make_engine(url)
     seed_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     run_billing(engine, period)
@@ -98,3 +108,67 @@ def bench_billing(url: str, accounts: int, clients: int, period: str = "2026-10"
     finalize_s = time.perf_counter() - t2
     engine.dispose()
     return BillingBench(accounts, rows, seed_s, draft_s, finalize_s)
+
+
+@dataclass
+class ApiBench:
+    rows: int
+    results: dict[str, tuple[float, float, int]]  # endpoint → (p50 ms, p99 ms, requests)
+
+    def table(self) -> str:
+        lines = [f"usage rows (1 account, its clients, a month of hours) {self.rows:>12,}"]
+        for name, (p50, p99, n) in self.results.items():
+            lines.append(f"{name:<28} p50 {p50:>9.1f} ms   p99 {p99:>9.1f} ms   ({n} requests, 4 concurrent)")
+        return "\n".join(lines)
+
+
+def bench_api(url: str, clients: int, requests: int = 40, period: str = "2026-10") -> ApiBench:
+    """p50/p99 of the statement and usage endpoints for one account-month, 4 concurrent callers."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    import uvicorn
+
+    from billing.api.app import create_app
+    from billing.services.keys import create_key
+    from streamtoll.embedded import free_port
+
+    rows = seed(url, 1, clients, period)
+    engine = make_engine(url)
+    key = create_key(engine, "partner", "a00000")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(engine), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    base = f"http://127.0.0.1:{port}"
+    first = datetime.strptime(period, "%Y-%m")
+    end = first.replace(month=first.month % 12 + 1, year=first.year + (first.month == 12))
+    targets = {
+        "GET /v1/statements/{month}": (f"/v1/statements/{period}", {}),
+        "GET /v1/usage (day, topic)": (
+            "/v1/usage",
+            {"from": first.date().isoformat(), "to": end.date().isoformat(), "granularity": "day", "group_by": "topic"},
+        ),
+    }
+    results: dict[str, tuple[float, float, int]] = {}
+    try:
+        with httpx.Client(headers={"Authorization": f"Bearer {key}"}, timeout=600) as client:
+            for name, (path, params) in targets.items():
+
+                def one(_: int, path: str = path, params: dict[str, str] = params) -> float:
+                    t = time.perf_counter()
+                    r = client.get(base + path, params=params)
+                    r.raise_for_status()
+                    return (time.perf_counter() - t) * 1000
+
+                with ThreadPoolExecutor(4) as pool:
+                    times = sorted(pool.map(one, range(requests)))
+                results[name] = (times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))], len(times))
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        engine.dispose()
+    return ApiBench(rows, results)

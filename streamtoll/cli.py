@@ -420,6 +420,15 @@ def cmd_bench_billing(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_api(args: argparse.Namespace) -> int:
+    from streamtoll.bench_billing import bench_api
+
+    with _database(_billing_settings()) as server_url:
+        url = _fresh_database(server_url, "streamtoll_bench_" + datetime.now(UTC).strftime("%Y%m%d_%H%M%S"))
+        print(bench_api(url, args.clients, args.requests).table())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamtoll", description="Usage metering and billing for Apache Kafka.")
     p.add_argument("--log-level", default=os.environ.get("STREAMTOLL_LOG_LEVEL", "INFO"))
@@ -514,6 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--accounts", type=int, default=1000)
     bb.add_argument("--clients", type=int, default=1)
     bb.set_defaults(func=cmd_bench_billing)
+    ba = bench.add_parser("api", help="p50/p99 of the statement and usage endpoints for one account-month")
+    ba.add_argument("--clients", type=int, default=1000)
+    ba.add_argument("--requests", type=int, default=40)
+    ba.set_defaults(func=cmd_bench_api)
     return p
 
 

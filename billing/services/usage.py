@@ -52,12 +52,18 @@ def usage_report(
         raise ValueError("the end of the interval must be after its start")
     attributor = load_attributor(engine)
     sums: dict[tuple[Any, ...], list[int]] = {}
+    # Attribution needs only the day, so unless hours are asked for the database adds the hours
+    # of a day up first (24 times fewer rows here); the hour bounds still apply before that.
+    hourly = "hour" in group_by
+    bucket = "hour" if hourly else "date_trunc('day', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
     with engine.connect() as conn:
         result = conn.execute(
             text(
-                "SELECT source, principal, client_id, virtual_cluster, topic, direction, hour, "
-                "bytes, records, requests, denied_requests FROM usage_hourly "
-                "WHERE hour >= :start AND hour < :end"
+                f"SELECT source, principal, client_id, virtual_cluster, topic, direction, {bucket} AS hour, "
+                "sum(bytes) AS bytes, sum(records) AS records, sum(requests) AS requests, "
+                "sum(denied_requests) AS denied_requests FROM usage_hourly "
+                "WHERE hour >= :start AND hour < :end "
+                "GROUP BY source, principal, client_id, virtual_cluster, topic, direction, 7"
             ),
             {"start": start, "end": end},
         )
