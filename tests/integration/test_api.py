@@ -137,6 +137,14 @@ def test_every_endpoint_with_every_wrong_key(api: tuple[str, dict[str, str]]) ->
     assert listed.status_code == 404
     usage = get(base, "/v1/usage", keys["globex"], **{"from": "2026-11-01", "to": "2026-12-01", "group_by": "account"})
     assert {r["account"] for r in usage.json()} == {"globex"}
+    for path in (
+        "/v1/billing/runs?period=2026-11",
+        "/v1/invoices/1/finalize",
+        "/v1/invoices/INV-2026-000001/void?reason=x",
+    ):
+        for key in wrong:
+            r = httpx.post(base + path, headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=30)
+            assert r.status_code == 401, (path, key)
     # partner keys on finance endpoints
     for path in (
         "/v1/billing/runs?period=2026-11",

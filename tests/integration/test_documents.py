@@ -68,3 +68,50 @@ def test_finalized_invoice_pdf_reads_like_an_invoice(engine: sa.Engine, tmp_path
     keep = Path("out") / "test-invoice.png"  # for a person to look at after the run
     keep.parent.mkdir(exist_ok=True)
     shutil.copy(pages[0], keep)
+
+
+def test_a_long_invoice_breaks_cleanly_across_pages(tmp_path: Path) -> None:
+    from billing.adapters.render import render_invoice
+
+    lines = [
+        {
+            "kind": "usage",
+            "description": f"consume_bytes on topic-{i:03d}",
+            "meter": "consume_bytes",
+            "source": "proxy",
+            "topics": [],
+            "quantity": "12.5",
+            "unit": "GB",
+            "model": "per_unit",
+            "amount_unrounded": "0.25",
+            "amount": "0.25",
+            "breakdown": [{"tier": 0, "quantity": "12.5", "unit_price": "0.02", "flat_fee": "0", "amount": "0.25"}],
+            "usage_ref": {},
+        }
+        for i in range(90)
+    ]
+    snapshot = {
+        "number": "INV-2026-000042",
+        "account": {"code": "big", "name": "Big Co", "email": "ap@big.example", "address": ["1 Long Road"]},
+        "period": {"start": "2026-11-01", "end": "2026-12-01"},
+        "kind": "standard",
+        "currency": "EUR",
+        "plan": {"code": "growth", "version": 1},
+        "lines": lines,
+        "subtotal": "22.50",
+        "tax_rate": "0.19",
+        "tax": "4.28",
+        "total": "26.78",
+        "issued_on": "2026-12-01",
+        "due_on": "2026-12-31",
+        "payment_terms_days": 30,
+    }
+    _, pdf = render_invoice(snapshot, {"name": "Issuer", "address": [], "email": "i@x.io", "vat_id": "", "bank": ""})
+    pages = pdf_text(pdf, tmp_path).split("\f")
+    pages = [p for p in pages if p.strip()]
+    assert len(pages) >= 3
+    for page in pages:  # the table header repeats, every page is numbered, no line is cut in two
+        assert "Description" in page and f"of {len(pages)}" in page
+    text = "\n".join(pages)
+    assert all(f"topic-{i:03d}" in text for i in range(90))
+    assert "EUR 26.78" in pages[-1]
