@@ -269,6 +269,28 @@ class ShardState:
             "hours": [[*hk[0], hk[1], *v] for hk, v in self.hours.items()],
         }
 
+    @staticmethod
+    def split(entry: dict[str, Any], max_items: int = 20_000) -> list[dict[str, Any]]:
+        """One entry as records of at most ``max_items`` counters + windows each, so a large
+        state never makes a Kafka record too big. The first part keeps the entry's kind (a
+        snapshot resets the state there) and the dedup keys; the others are ``part``s applied
+        on top. All parts go in one transaction, so a restore sees all of them or none."""
+        items = [("counters", c) for c in entry["counters"]] + [("hours", h) for h in entry["hours"]]
+        if len(items) <= max_items:
+            return [entry]
+        parts = []
+        for n, i in enumerate(range(0, len(items), max_items)):
+            chunk = items[i : i + max_items]
+            part = {
+                **entry,
+                "kind": entry["kind"] if n == 0 else "part",
+                "dedup": entry["dedup"] if n == 0 else "",
+                "counters": [c for k, c in chunk if k == "counters"],
+                "hours": [h for k, h in chunk if k == "hours"],
+            }
+            parts.append(part)
+        return parts
+
     def replay(self, entry: dict[str, Any]) -> None:
         """Apply one changelog entry (in changelog order) while restoring."""
         if entry.get("shard") != self.name:

@@ -337,14 +337,7 @@ class Engine:
             self._count(shard.config.source_kind, result)
         for k in idle:
             shard = self.shards[k]
-            name = shard.name
-            send = _sender(producer)
-            send(
-                s.topic_state,
-                orjson.dumps(shard.snapshot()),
-                key=name.encode(),
-                partition=_state_partition(name, s.state_partitions),
-            )
+            self._send_state(_sender(producer), shard.name, shard.snapshot())
             self._last_snapshot[k] = now
         if offsets:
             producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
@@ -431,12 +424,12 @@ class Engine:
             entry = shard.snapshot()
             entry["dedup"] = result.changelog["dedup"]
             self._last_snapshot[key] = now
-        send(
-            s.topic_state,
-            orjson.dumps(entry),
-            key=shard.name.encode(),
-            partition=_state_partition(shard.name, s.state_partitions),
-        )
+        self._send_state(send, shard.name, entry)
+
+    def _send_state(self, send: Callable[..., None], name: str, entry: dict[str, Any]) -> None:
+        partition = _state_partition(name, self.settings.state_partitions)
+        for part in ShardState.split(entry):
+            send(self.settings.topic_state, orjson.dumps(part), key=name.encode(), partition=partition)
 
     def _count(self, kind: str, r: BatchResult) -> None:
         st = self.stats

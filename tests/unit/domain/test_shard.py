@@ -90,3 +90,22 @@ def test_old_hours_leave_memory() -> None:
     later = limits(now=NOW.replace(month=12))
     st.fold(recs([proxy("b", time="2026-11-30T10:00:00Z")], start=1), later)
     assert [k[1] for k in st.hours] == [int(NOW.replace(month=11, day=30, hour=10).timestamp() * 1000)]
+
+
+def test_large_entries_split_into_parts_that_replay_to_the_same_state() -> None:
+    live = ShardState("proxy-audit/0", cfg())
+    log: list[dict[str, Any]] = []
+    batch = [proxy(f"e{i}", 1, principal=f"User:{i}") for i in range(300)]
+    first = live.fold(recs(batch), limits()).changelog
+    parts = ShardState.split(first, max_items=64)
+    assert len(parts) == 5 and parts[0]["kind"] == "delta" and {p["kind"] for p in parts[1:]} == {"part"}
+    assert sum(len(p["hours"]) for p in parts) == 300 and all(p["dedup"] == "" for p in parts[1:])
+    log += parts
+    snap = ShardState.split(live.snapshot(), max_items=64)
+    assert snap[0]["kind"] == "snapshot" and len(snap) == 5
+    log += snap
+    rebuilt = ShardState("proxy-audit/0", cfg())
+    for entry in log:
+        rebuilt.replay(orjson.loads(orjson.dumps(entry)))
+    assert totals(rebuilt) == totals(live) and set(rebuilt.dedup._keys) == set(live.dedup._keys)
+    assert rebuilt.snapshot_seen
