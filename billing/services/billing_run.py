@@ -424,16 +424,31 @@ def _bill_account(run: _Run, account: str) -> AccountBill:
 
 
 def preview(
-    engine: Engine, account: str, period: str, source_order: dict[str, tuple[str, ...]] | None = None
+    engine: Engine,
+    account: str,
+    period: str,
+    rows: Iterable[dict[str, Any]],
+    source_order: dict[str, tuple[str, ...]] | None = None,
 ) -> Preview:
-    """What the account's invoice for ``period`` would say now (rated, not written): month-to-date."""
+    """What the account's invoice for ``period`` would say now (rated, not written): month-to-date.
+
+    ``rows``: the account's attributed daily usage rows of the period (``usage.usage_rows``).
+    """
     start, end = parse_period(period)
     order = source_order or DEFAULT_SOURCES
     with engine.connect() as conn:
         catalog = _Catalog(conn)
-        if account not in catalog.accounts:
-            raise BillingError(f"there is no account {account!r}")
-        usage = _read_usage(conn, load_attributor(engine), start, end)
+    if account not in catalog.accounts:
+        raise BillingError(f"there is no account {account!r}")
+    usage = _Usage()
+    for r in rows:
+        if r["account"] != account:
+            continue
+        per = usage.by_account[account][r["source"]]
+        day = date.fromisoformat(r["day"])
+        for quantity in ("bytes", "records", "requests"):
+            if r[quantity]:
+                per[(f"{r['direction']}_{quantity}", r["topic"], day)] += r[quantity]
     rated, plan = _rate(catalog, usage, account, start, end, order)
     acct = catalog.accounts[account]
     subtotal = sum((round_money(line.rounded_amount, acct.currency) for line, _ in rated), Decimal(0))

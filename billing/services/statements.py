@@ -16,7 +16,7 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from billing.services.billing_run import parse_period, preview
-from billing.services.usage import usage_report
+from billing.services.usage import group, usage_rows
 
 __all__ = ["statement", "statement_csv"]
 
@@ -30,8 +30,11 @@ def statement(engine: Engine, account: str, period: str, now: datetime | None = 
     if now is not None:
         end = min(end, now)
 
+    # one read of the account's attributed daily rows serves every breakdown and the rating
+    rows = usage_rows(engine, start, end, account) if end > start else []
+
     def by(*fields: str) -> list[dict[str, Any]]:
-        return usage_report(engine, start, end, fields, account) if end > start else []
+        return group(rows, fields)
 
     by_source = by("source", "direction")
     gaps = []
@@ -49,7 +52,7 @@ def statement(engine: Engine, account: str, period: str, now: datetime | None = 
                     "broker_metrics_records": b["records"],
                 }
             )
-    rated = preview(engine, account, period)
+    rated = preview(engine, account, period, rows)
     return {
         "account": account,
         "period": period,

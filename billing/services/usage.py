@@ -18,7 +18,7 @@ from sqlalchemy import Engine, select, text
 from billing.adapters.models import AccountRow, ClientRuleRow
 from billing.domain.accounts import Attributor, ClientRule
 
-__all__ = ["GROUPS", "load_attributor", "usage_report"]
+__all__ = ["GROUPS", "group", "load_attributor", "usage_report", "usage_rows"]
 
 GROUPS = ("source", "account", "principal", "client_id", "virtual_cluster", "topic", "direction", "hour", "day")
 QUANTITIES = ("bytes", "records", "requests", "denied_requests")
@@ -38,24 +38,16 @@ def load_attributor(engine: Engine) -> Attributor:
         )
 
 
-def usage_report(
-    engine: Engine,
-    start: datetime,
-    end: datetime,
-    group_by: Sequence[str] = ("source", "account", "direction"),
-    account: str | None = None,
+def usage_rows(
+    engine: Engine, start: datetime, end: datetime, account: str | None = None, hourly: bool = False
 ) -> list[dict[str, Any]]:
-    unknown = [g for g in group_by if g not in GROUPS]
-    if unknown:
-        raise ValueError(f"cannot group by {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
-    if end <= start:
-        raise ValueError("the end of the interval must be after its start")
+    """Attributed usage rows in ``[start, end)``: one per identity, topic, direction, source and
+    day (or hour), with its account; only ``account``'s when given."""
     attributor = load_attributor(engine)
-    sums: dict[tuple[Any, ...], list[int]] = {}
     # Attribution needs only the day, so unless hours are asked for the database adds the hours
     # of a day up first (24 times fewer rows here); the hour bounds still apply before that.
-    hourly = "hour" in group_by
     bucket = "hour" if hourly else "date_trunc('day', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+    out: list[dict[str, Any]] = []
     with engine.connect() as conn:
         result = conn.execute(
             text(
@@ -72,24 +64,51 @@ def usage_report(
             acct = attributor.account_for(row.principal, row.client_id, row.virtual_cluster, hour.date())
             if account is not None and acct != account:
                 continue
-            fields = {
-                "source": row.source,
-                "account": acct,
-                "principal": row.principal,
-                "client_id": row.client_id,
-                "virtual_cluster": row.virtual_cluster,
-                "topic": row.topic,
-                "direction": row.direction,
-                "hour": hour.isoformat().replace("+00:00", "Z"),
-                "day": hour.date().isoformat(),
-            }
-            key = tuple(fields[g] for g in group_by)
-            acc = sums.setdefault(key, [0, 0, 0, 0])
-            acc[0] += int(row.bytes)
-            acc[1] += int(row.records)
-            acc[2] += int(row.requests)
-            acc[3] += int(row.denied_requests)
+            out.append(
+                {
+                    "source": row.source,
+                    "account": acct,
+                    "principal": row.principal,
+                    "client_id": row.client_id,
+                    "virtual_cluster": row.virtual_cluster,
+                    "topic": row.topic,
+                    "direction": row.direction,
+                    "hour": hour.isoformat().replace("+00:00", "Z"),
+                    "day": hour.date().isoformat(),
+                    "bytes": int(row.bytes),
+                    "records": int(row.records),
+                    "requests": int(row.requests),
+                    "denied_requests": int(row.denied_requests),
+                }
+            )
+    return out
+
+
+def group(rows: Sequence[dict[str, Any]], group_by: Sequence[str]) -> list[dict[str, Any]]:
+    """Sums of the quantities per distinct value of ``group_by``, sorted."""
+    sums: dict[tuple[Any, ...], list[int]] = {}
+    for r in rows:
+        acc = sums.setdefault(tuple(r[g] for g in group_by), [0, 0, 0, 0])
+        acc[0] += r["bytes"]
+        acc[1] += r["records"]
+        acc[2] += r["requests"]
+        acc[3] += r["denied_requests"]
     return [
         {**dict(zip(group_by, key, strict=True)), **dict(zip(QUANTITIES, values, strict=True))}
         for key, values in sorted(sums.items())
     ]
+
+
+def usage_report(
+    engine: Engine,
+    start: datetime,
+    end: datetime,
+    group_by: Sequence[str] = ("source", "account", "direction"),
+    account: str | None = None,
+) -> list[dict[str, Any]]:
+    unknown = [g for g in group_by if g not in GROUPS]
+    if unknown:
+        raise ValueError(f"cannot group by {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
+    if end <= start:
+        raise ValueError("the end of the interval must be after its start")
+    return group(usage_rows(engine, start, end, account, hourly="hour" in group_by), group_by)
