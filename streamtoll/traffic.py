@@ -81,6 +81,40 @@ BAD_PROXY: list[tuple[bytes, str]] = [
 ]
 
 
+def otlp_point(attributes: dict[str, str], start: float, time_: float, value: int) -> dict[str, Any]:
+    """One cumulative data point (times in epoch seconds; a start of 0 means unset)."""
+    return {
+        "attributes": [{"key": k, "value": {"stringValue": v}} for k, v in attributes.items()],
+        "startTimeUnixNano": str(int(start * 1e9)),
+        "timeUnixNano": str(int(time_ * 1e9)),
+        "asInt": str(value),
+    }
+
+
+def otlp_export(emitter: str, metrics: list[tuple[str, list[dict[str, Any]]]]) -> bytes:
+    """An OTLP JSON ExportMetricsServiceRequest of monotonic cumulative sums from one broker."""
+    return json.dumps(
+        {
+            "resourceMetrics": [
+                {
+                    "resource": {"attributes": [{"key": "kafka.broker.id", "value": {"stringValue": emitter}}]},
+                    "scopeMetrics": [
+                        {
+                            "metrics": [
+                                {
+                                    "name": name,
+                                    "sum": {"aggregationTemporality": 2, "isMonotonic": True, "dataPoints": points},
+                                }
+                                for name, points in metrics
+                            ]
+                        }
+                    ],
+                }
+            ]
+        }
+    ).encode()
+
+
 @dataclass
 class Traffic:
     """Records to produce, in order, and what metering must make of them."""
@@ -202,76 +236,24 @@ class Traffic:
                     st["records"] += inc_r
                     direction = "produce" if s[3] == "orders" else "consume"
                     self.add("broker_metrics", s[1], s[2], "", s[3], direction, t, inc_b, inc_r)
-                    attrs = [
-                        {"key": "principal", "value": {"stringValue": s[1]}},
-                        {"key": "client_id", "value": {"stringValue": s[2]}},
-                        {"key": "topic", "value": {"stringValue": s[3]}},
-                    ]
-                    for pts, val in ((points_b, st["bytes"]), (points_r, st["records"])):
-                        pts.append(
-                            {
-                                "attributes": attrs,
-                                "startTimeUnixNano": str(int(st["start"] * 1e9)),
-                                "timeUnixNano": str(int(t * 1e9)),
-                                "asInt": str(val),
-                            }
-                        )
+                    attrs = {"principal": s[1], "client_id": s[2], "topic": s[3]}
+                    points_b.append(otlp_point(attrs, st["start"], t, int(st["bytes"])))
+                    points_r.append(otlp_point(attrs, st["start"], t, int(st["records"])))
                 names = {
                     "orders": ("kafka.client.produce.bytes", "kafka.client.produce.records"),
                     "payments": ("kafka.client.fetch.bytes", "kafka.client.fetch.records"),
                 }
-                metrics = []
+                metrics: list[tuple[str, list[dict[str, Any]]]] = []
                 for tp, (nb, nr) in names.items():
-                    pb = [p for p in points_b if p["attributes"][2]["value"]["stringValue"] == tp]
-                    pr = [p for p in points_r if p["attributes"][2]["value"]["stringValue"] == tp]
-                    metrics.append(
-                        {"name": nb, "sum": {"aggregationTemporality": 2, "isMonotonic": True, "dataPoints": pb}}
-                    )
-                    metrics.append(
-                        {"name": nr, "sum": {"aggregationTemporality": 2, "isMonotonic": True, "dataPoints": pr}}
-                    )
-                doc = {
-                    "resourceMetrics": [
-                        {
-                            "resource": {"attributes": [{"key": "kafka.broker.id", "value": {"stringValue": emitter}}]},
-                            "scopeMetrics": [{"metrics": metrics}],
-                        }
-                    ]
-                }
-                value = json.dumps(doc).encode()
+                    metrics.append((nb, [p for p in points_b if p["attributes"][2]["value"]["stringValue"] == tp]))
+                    metrics.append((nr, [p for p in points_r if p["attributes"][2]["value"]["stringValue"] == tp]))
+                value = otlp_export(emitter, metrics)
                 self.records.append((self.metrics_topic, emitter.encode(), value))
                 if rnd.random() < 0.1:  # the exporter retried: the same samples again
                     self.records.append((self.metrics_topic, emitter.encode(), value))
         # one implausible export: 10^15 bytes in a minute on a fresh series
-        bogus = {
-            "resourceMetrics": [
-                {
-                    "resource": {"attributes": [{"key": "kafka.broker.id", "value": {"stringValue": "3"}}]},
-                    "scopeMetrics": [
-                        {
-                            "metrics": [
-                                {
-                                    "name": "kafka.client.produce.bytes",
-                                    "sum": {
-                                        "aggregationTemporality": 2,
-                                        "isMonotonic": True,
-                                        "dataPoints": [
-                                            {
-                                                "attributes": [{"key": "topic", "value": {"stringValue": "orders"}}],
-                                                "startTimeUnixNano": str(int((self.now - 120) * 1e9)),
-                                                "timeUnixNano": str(int((self.now - 60) * 1e9)),
-                                                "asInt": str(10**15),
-                                            }
-                                        ],
-                                    },
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ]
-        }
-        self.records.append((self.metrics_topic, b"3", json.dumps(bogus).encode()))
+        bogus = otlp_point({"topic": "orders"}, self.now - 120, self.now - 60, 10**15)
+        self.records.append((self.metrics_topic, b"3", otlp_export("3", [("kafka.client.produce.bytes", [bogus])])))
         self.dlq["counter_implausible"] += 1
 
     def _audit(self, rnd: random.Random, principals: list[str], n: int) -> None:

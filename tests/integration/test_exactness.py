@@ -13,7 +13,7 @@ import pytest
 
 from metering.settings import MeteringSettings
 from streamtoll.embedded import EmbeddedBroker
-from streamtoll.traffic import rfc3339
+from streamtoll.traffic import otlp_export, otlp_point, rfc3339
 
 from .harness import Traffic, Worker, committed, produce, read_all, wait_caught_up, window_totals
 
@@ -120,39 +120,9 @@ def _proxy(i: int, t: float, nbytes: int) -> bytes:
 
 
 def _counter(t: float, value: int) -> bytes:
-    return json.dumps(
-        {
-            "resourceMetrics": [
-                {
-                    "resource": {"attributes": [{"key": "kafka.broker.id", "value": {"stringValue": "1"}}]},
-                    "scopeMetrics": [
-                        {
-                            "metrics": [
-                                {
-                                    "name": "kafka.client.produce.bytes",
-                                    "sum": {
-                                        "aggregationTemporality": 2,
-                                        "isMonotonic": True,
-                                        "dataPoints": [
-                                            {
-                                                "attributes": [
-                                                    {"key": "principal", "value": {"stringValue": "User:a"}},
-                                                    {"key": "topic", "value": {"stringValue": "orders"}},
-                                                ],
-                                                "startTimeUnixNano": "1",  # set: the first sample counts whole
-                                                "timeUnixNano": str(int(t * 1e9)),
-                                                "asInt": str(value),
-                                            }
-                                        ],
-                                    },
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ]
-        }
-    ).encode()
+    # start time "1" ns: set, so the first sample counts whole
+    point = otlp_point({"principal": "User:a", "topic": "orders"}, 1e-9, t, value)
+    return otlp_export("1", [("kafka.client.produce.bytes", [point])])
 
 
 def test_restore_reads_only_recent_state_and_idle_snapshots_keep_it_whole(
