@@ -1,6 +1,6 @@
 """A billing run: every account with a subscription or usage in a period gets a draft invoice.
 
-* Usage is read from ``usage_hourly`` for ``[period_start, period_end)``, attributed with the
+* Usage is read from ``usage_shard_rows`` (shards added up) for ``[period_start, period_end)``, attributed with the
   client rules as they are now (a rule fixed before finalizing re-attributes on the next run)
   and turned into meters: ``{produce,consume}_{bytes,records,requests}`` per topic.
 * Each meter reads one source per account and period (BILLING.md "Meters"): bytes and records
@@ -115,7 +115,7 @@ def _read_usage(conn: Connection, attributor: Attributor, start: date, end: date
             "SELECT source, principal, client_id, virtual_cluster, topic, direction, "
             "(hour AT TIME ZONE 'UTC')::date AS day, "
             "sum(bytes) AS bytes, sum(records) AS records, sum(requests) AS requests "
-            "FROM usage_hourly WHERE hour >= :start AND hour < :end "
+            "FROM usage_shard_rows WHERE hour >= :start AND hour < :end "
             "GROUP BY source, principal, client_id, virtual_cluster, topic, direction, day"
         ),
         {"start": datetime.combine(start, time(), UTC), "end": datetime.combine(end, time(), UTC)},

@@ -1,6 +1,6 @@
 """Usage as the database holds it, attributed to accounts and grouped (the finance view).
 
-Rows come from ``usage_hourly`` (shards added up) in the half-open interval ``[start, end)``.
+Rows come from ``usage_shard_rows`` (shards added up) in the half-open interval ``[start, end)``.
 Each row is attributed with the accounts' client rules as they are now, on the row's date
 (attribution happens at read time, so a corrected rule applies to history not yet invoiced).
 Sources are never added together unless the caller groups them away on purpose: ``source`` is in
@@ -46,6 +46,8 @@ def usage_rows(
     attributor = load_attributor(engine)
     # Attribution needs only the day, so unless hours are asked for the database adds the hours
     # of a day up first (24 times fewer rows here); the hour bounds still apply before that.
+    # Shards and hours are summed in one pass over usage_shard_rows (usage_hourly sums shards
+    # alone; going through it would aggregate twice).
     bucket = "hour" if hourly else "date_trunc('day', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
     out: list[dict[str, Any]] = []
     with engine.connect() as conn:
@@ -53,7 +55,7 @@ def usage_rows(
             text(
                 f"SELECT source, principal, client_id, virtual_cluster, topic, direction, {bucket} AS hour, "
                 "sum(bytes) AS bytes, sum(records) AS records, sum(requests) AS requests, "
-                "sum(denied_requests) AS denied_requests FROM usage_hourly "
+                "sum(denied_requests) AS denied_requests FROM usage_shard_rows "
                 "WHERE hour >= :start AND hour < :end "
                 "GROUP BY source, principal, client_id, virtual_cluster, topic, direction, 7"
             ),
