@@ -192,3 +192,23 @@ def test_finance_runs_billing_and_voids(api: tuple[str, dict[str, str]]) -> None
     assert httpx.get(base + "/openapi.json", timeout=30).json()["info"]["title"] == "streamtoll"
     assert httpx.get(base + "/healthz", timeout=30).json()["database"] == "reachable"
     assert datetime.now(UTC)  # the server answered in real time
+
+
+def test_failed_authentications_are_limited_per_address(engine: sa.Engine) -> None:
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(engine, auth_limit=3), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    try:
+        good = create_key(engine, "partner", "acme")
+        codes = [get(f"http://127.0.0.1:{port}", "/v1/invoices", "stk_bad_guess").status_code for _ in range(5)]
+        assert codes == [401, 401, 401, 429, 429]
+        # while blocked, even a valid key from that address waits out the window
+        assert get(f"http://127.0.0.1:{port}", "/v1/invoices", good).status_code == 429
+    finally:
+        server.should_exit = True
+        thread.join(10)
