@@ -64,3 +64,11 @@ def test_agent_folds_partials_idempotently_into_minute_windows() -> None:
     results = asyncio.run(run())
     assert [r["bytes"] if r else None for r in results] == [100, None, 107, 108, 50]
     assert window_key(partial("t/0", 1, 1)) == '["proxy","User:a","c","","orders","produce"]'
+
+
+def test_the_faust_record_reads_exactly_the_published_contract() -> None:
+    from dataclasses import fields
+
+    from metering.contracts import UsageMinute
+
+    assert [f.name for f in fields(UsageMinute)] == list(Minute._options.fields)
