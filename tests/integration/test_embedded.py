@@ -56,3 +56,24 @@ def test_worker_with_bad_settings_says_what_is_wrong_and_exits_2() -> None:
     assert out.returncode == 2
     assert "STREAMTOLL_DEDUP_HORIZON" in out.stderr and "STREAMTOLL_BATCH_SIZE" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_broker_dies_with_its_parent_even_on_kill_minus_9(tmp_path: Path) -> None:
+    script = (
+        "import os, sys, time\n"
+        "from streamtoll.embedded import EmbeddedBroker\n"
+        "b = EmbeddedBroker().start()\n"
+        "print(b._proc.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    broker_pid = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    proc = psutil.Process(broker_pid)
+    try:
+        proc.wait(timeout=10)
+    except psutil.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("the embedded broker outlived its parent") from None
