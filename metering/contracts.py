@@ -19,7 +19,7 @@ import base64
 import builtins
 import functools
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,10 +32,6 @@ SOURCES = ("proxy", "broker_metrics", "audit_log")
 def iso_ms(ms: int) -> str:
     """Epoch milliseconds → RFC 3339 UTC with a ``Z``."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text)
 
 
 @dataclass(frozen=True)
@@ -55,22 +51,6 @@ class UsageWindow:
     denied_requests: int
     version: int
     shard: str
-
-    def key(self) -> tuple[str, ...]:
-        """Identity of the row a consumer upserts: window key + start + shard."""
-        return (
-            self.source,
-            self.principal,
-            self.client_id,
-            self.virtual_cluster,
-            self.topic,
-            self.direction,
-            self.window_start,
-            self.shard,
-        )
-
-    def to_json(self) -> builtins.bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, raw: builtins.bytes | str) -> UsageWindow:

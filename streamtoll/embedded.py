@@ -19,7 +19,6 @@ import socket
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -184,9 +183,3 @@ class EmbeddedPostgres:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
-
-
-@contextlib.contextmanager
-def broker(log_path: Path | None = None) -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker(log_path=log_path) as b:
-        yield b

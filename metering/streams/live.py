@@ -20,10 +20,10 @@ from typing import Any
 import faust
 import orjson
 
-from metering.domain.live import LiveTotal, apply_partial, empty
+from metering.domain.live import apply_partial, empty
 from metering.settings import MeteringSettings
 
-__all__ = ["LiveApp", "Minute", "create_app", "window_key"]
+__all__ = ["LiveApp", "Minute", "window_key"]
 
 WINDOW_FIELDS = ("source", "principal", "client_id", "virtual_cluster", "topic", "direction")
 
@@ -87,12 +87,3 @@ class LiveApp:
             if updated is not None:
                 self.table[key] = updated
             yield updated
-
-    def totals(self, key: str) -> LiveTotal:
-        """The live total of ``key`` for the minute of the event being processed."""
-        value: LiveTotal = self.table[key].value()
-        return value
-
-
-def create_app(settings: MeteringSettings, store: str = "memory://") -> faust.App:
-    return LiveApp(settings, store).app
