@@ -43,7 +43,7 @@ from billing.domain.plans import PlanVersion
 from billing.domain.rating import Line, rate_period
 from billing.services.catalog import plan_from_document
 from billing.services.invoices import InvoiceError, finalize
-from billing.services.usage import load_attributor
+from billing.services.usage import load_attributor, usage_rows
 
 __all__ = ["AccountBill", "BillingError", "Preview", "parse_period", "preview", "run_billing"]
 
@@ -103,29 +103,24 @@ class _Usage:
     )
 
 
-def _read_usage(conn: Connection, attributor: Attributor, start: date, end: date) -> _Usage:
-    """The period's usage per account, source, meter, topic and UTC day.
-
-    Rules and subscriptions change on dates, so the database adds the hours of a day up first
-    (24 times fewer rows to attribute in Python).
-    """
-    out = _Usage()
-    rows = conn.execute(
-        text(
-            "SELECT source, principal, client_id, virtual_cluster, topic, direction, "
-            "(hour AT TIME ZONE 'UTC')::date AS day, "
-            "sum(bytes) AS bytes, sum(records) AS records, sum(requests) AS requests "
-            "FROM usage_shard_rows WHERE hour >= :start AND hour < :end "
-            "GROUP BY source, principal, client_id, virtual_cluster, topic, direction, day"
-        ),
-        {"start": datetime.combine(start, time(), UTC), "end": datetime.combine(end, time(), UTC)},
+def _read_usage(engine: Engine, attributor: Attributor, start: date, end: date) -> _Usage:
+    """The period's usage per account, source, meter, topic and UTC day (``usage.usage_rows``)."""
+    return _by_meter(
+        usage_rows(
+            engine, datetime.combine(start, time(), UTC), datetime.combine(end, time(), UTC), attributor=attributor
+        )
     )
-    for source, principal, client_id, vcluster, topic, direction, day, nbytes, records, requests in rows:
-        account = attributor.account_for(principal, client_id, vcluster, day)
-        per = out.by_account[account][source]
-        for quantity, value in (("bytes", nbytes), ("records", records), ("requests", requests)):
-            if value:
-                per[(f"{direction}_{quantity}", topic, day)] += int(value)
+
+
+def _by_meter(rows: Iterable[dict[str, Any]]) -> _Usage:
+    """Attributed daily rows → account → source → (meter, topic, day) → quantity."""
+    out = _Usage()
+    for r in rows:
+        per = out.by_account[r["account"]][r["source"]]
+        day = date.fromisoformat(r["day"])
+        for quantity in ("bytes", "records", "requests"):
+            if r[quantity]:
+                per[(f"{r['direction']}_{quantity}", r["topic"], day)] += r[quantity]
     return out
 
 
@@ -294,7 +289,7 @@ def _adjustments(
         ).scalar_one()
         usage = past.get(inv.period_start)
         if usage is None:  # read once per past period and run, not once per account
-            usage = past[inv.period_start] = _read_usage(conn, attributor, inv.period_start, inv.period_end)
+            usage = past[inv.period_start] = _read_usage(conn.engine, attributor, inv.period_start, inv.period_end)
         lines, _ = _rate(catalog, usage, account, inv.period_start, inv.period_end, order)
         now_total = sum((round_money(line.rounded_amount, currency) for line, _ in lines), Decimal(0))
         diff = now_total - Decimal(inv.own) - Decimal(adjusted)
@@ -319,7 +314,7 @@ def run_billing(
     with engine.connect() as conn:
         catalog = _Catalog(conn)
         attributor = load_attributor(engine)
-        usage = _read_usage(conn, attributor, start, end)
+        usage = _read_usage(engine, attributor, start, end)
     billable = sorted(
         {a for a in catalog.accounts if catalog.active(a, start, end)}
         | {a for a in usage.by_account if a != UNASSIGNED and a in catalog.accounts}
@@ -440,15 +435,7 @@ def preview(
         catalog = _Catalog(conn)
     if account not in catalog.accounts:
         raise BillingError(f"there is no account {account!r}")
-    usage = _Usage()
-    for r in rows:
-        if r["account"] != account:
-            continue
-        per = usage.by_account[account][r["source"]]
-        day = date.fromisoformat(r["day"])
-        for quantity in ("bytes", "records", "requests"):
-            if r[quantity]:
-                per[(f"{r['direction']}_{quantity}", r["topic"], day)] += r[quantity]
+    usage = _by_meter(r for r in rows if r["account"] == account)
     rated, plan = _rate(catalog, usage, account, start, end, order)
     acct = catalog.accounts[account]
     subtotal = sum((round_money(line.rounded_amount, acct.currency) for line, _ in rated), Decimal(0))

@@ -39,11 +39,17 @@ def load_attributor(engine: Engine) -> Attributor:
 
 
 def usage_rows(
-    engine: Engine, start: datetime, end: datetime, account: str | None = None, hourly: bool = False
+    engine: Engine,
+    start: datetime,
+    end: datetime,
+    account: str | None = None,
+    hourly: bool = False,
+    attributor: Attributor | None = None,
 ) -> list[dict[str, Any]]:
     """Attributed usage rows in ``[start, end)``: one per identity, topic, direction, source and
-    day (or hour), with its account; only ``account``'s when given."""
-    attributor = load_attributor(engine)
+    day (or hour), with its account; only ``account``'s when given. The one place usage is read
+    and attributed: reports, statements and billing runs all come through here."""
+    attributor = attributor or load_attributor(engine)
     # Attribution needs only the day, so unless hours are asked for the database adds the hours
     # of a day up first (24 times fewer rows here); the hour bounds still apply before that.
     # Shards and hours are summed in one pass over usage_shard_rows (usage_hourly sums shards
