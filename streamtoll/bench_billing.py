@@ -124,26 +124,17 @@ class ApiBench:
 
 def bench_api(url: str, clients: int, requests: int = 40, period: str = "2026-10") -> ApiBench:
     """p50/p99 of the statement and usage endpoints for one account-month, 4 concurrent callers."""
-    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
-    import uvicorn
 
     from billing.api.app import create_app
     from billing.services.keys import create_key
-    from streamtoll.embedded import free_port
+    from streamtoll.serving import running
 
     rows = seed(url, 1, clients, period)
     engine = make_engine(url)
     key = create_key(engine, "partner", "a00000")
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(engine), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    base = f"http://127.0.0.1:{port}"
     first = datetime.strptime(period, "%Y-%m")
     end = first.replace(month=first.month % 12 + 1, year=first.year + (first.month == 12))
     targets = {
@@ -155,7 +146,10 @@ def bench_api(url: str, clients: int, requests: int = 40, period: str = "2026-10
     }
     results: dict[str, tuple[float, float, int]] = {}
     try:
-        with httpx.Client(headers={"Authorization": f"Bearer {key}"}, timeout=600) as client:
+        with (
+            running(create_app(engine)) as base,
+            httpx.Client(headers={"Authorization": f"Bearer {key}"}, timeout=600) as client,
+        ):
             for name, (path, params) in targets.items():
 
                 def one(_: int, path: str = path, params: dict[str, str] = params) -> float:
@@ -168,7 +162,5 @@ def bench_api(url: str, clients: int, requests: int = 40, period: str = "2026-10
                     times = sorted(pool.map(one, range(requests)))
                 results[name] = (times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))], len(times))
     finally:
-        server.should_exit = True
-        thread.join(10)
         engine.dispose()
     return ApiBench(rows, results)
