@@ -16,11 +16,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# Tools the document tests use to read PDFs as a person would (pdftotext, pdftoppm).
+# Tools the tests use as a person would: pdftotext/pdftoppm read the PDFs, headless Chromium
+# (driven through chromedriver) opens the live page.
 system-deps:
-	@command -v pdftotext >/dev/null && command -v pdftoppm >/dev/null || \
-	  { command -v apt-get >/dev/null && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq poppler-utils >/dev/null) || \
-	    echo "install poppler-utils (pdftotext, pdftoppm) for the document tests"; }
+	@command -v pdftotext >/dev/null && command -v pdftoppm >/dev/null && command -v chromium >/dev/null && \
+	  command -v chromedriver >/dev/null || \
+	  { command -v apt-get >/dev/null && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq poppler-utils chromium chromium-driver >/dev/null) || \
+	    echo "install poppler-utils, chromium and chromium-driver for the document and page tests"; }
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q

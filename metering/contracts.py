@@ -9,7 +9,7 @@ Standard library only: billing imports this module and nothing else from meterin
   a total.
 * :class:`UsageMinute` — a partial sum of one batch for one (key, minute) on
   ``streamtoll.usage-minutes.v1`` for the live views; ``(shard, offset)`` makes folding it
-  idempotent.
+  idempotent (:func:`apply_minute`, the one fold every live view uses).
 * :func:`dlq_record` — what a rejected input becomes on ``streamtoll.dlq.v1``.
 """
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["SOURCES", "UsageMinute", "UsageWindow", "dlq_record", "iso_ms"]
+__all__ = ["SOURCES", "LiveTotal", "UsageMinute", "UsageWindow", "apply_minute", "dlq_record", "empty_live", "iso_ms"]
 
 SOURCES = ("proxy", "broker_metrics", "audit_log")
 
@@ -79,6 +79,33 @@ class UsageMinute:
     def from_json(cls, raw: builtins.bytes | str) -> UsageMinute:
         doc = json.loads(raw)
         return cls(**{k: doc[k] for k in cls.__dataclass_fields__})
+
+
+LiveTotal = dict[str, Any]  # {"bytes", "records", "requests", "denied_requests", "applied": {shard: offset}}
+
+
+def empty_live() -> LiveTotal:
+    return {"bytes": 0, "records": 0, "requests": 0, "denied_requests": 0, "applied": {}}
+
+
+def apply_minute(current: LiveTotal | None, partial: dict[str, Any]) -> LiveTotal | None:
+    """``current`` with the usage minute ``partial`` applied, or None when it was applied before.
+
+    A live total remembers, per shard, the highest batch offset it has applied, so a partial
+    delivered twice (at-least-once consumption, a rebalance, a restart) is applied once. Value
+    and watermark are one value, so they travel in one changelog record of whatever holds them.
+    """
+    base = current if current is not None else empty_live()
+    shard, offset = partial["shard"], int(partial["offset"])
+    if offset <= base["applied"].get(shard, -1):
+        return None
+    return {
+        "bytes": base["bytes"] + int(partial["bytes"]),
+        "records": base["records"] + int(partial["records"]),
+        "requests": base["requests"] + int(partial["requests"]),
+        "denied_requests": base["denied_requests"] + int(partial["denied_requests"]),
+        "applied": {**base["applied"], shard: offset},
+    }
 
 
 def dlq_record(

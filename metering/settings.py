@@ -65,6 +65,7 @@ class MeteringSettings:
     snapshot_interval_s: float = 600.0
     state_retention_s: float = 7 * 86400.0
     session_timeout_ms: int = 10_000
+    metrics_bind: str | None = None  # HOST:PORT where this process serves /metrics; unset = off
     kafka_extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -152,6 +153,12 @@ class MeteringSettings:
             values["group_id"] = v
         if (v := get("INSTANCE_ID")) is not None:
             values["instance_id"] = v
+        if (v := get("METRICS_BIND")) is not None:
+            port = v.rpartition(":")[2]
+            if port.isdigit() and int(port) < 65536:
+                values["metrics_bind"] = v
+            else:
+                problems.append(f"{PREFIX}METRICS_BIND={v!r} must be HOST:PORT, e.g. 127.0.0.1:9464")
         extra: dict[str, str] = {}
         for name, key in _SECURITY.items():
             if (v := get(name)) is not None:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
@@ -101,6 +102,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
+    from billing.adapters.metrics import SinkCollector
     from billing.services.sink import UsageSink
 
     billing = _billing_settings()
@@ -112,8 +114,17 @@ def cmd_sink(args: argparse.Namespace) -> int:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        sink.run()
+        with _metrics(SinkCollector(sink), args.metrics_bind or metering.metrics_bind):
+            sink.run()
     return 0
+
+
+def _metrics(collector: Any, bind: str | None) -> contextlib.AbstractContextManager[int | None]:
+    from streamtoll.metrics import serve_metrics
+
+    if bind and not bind.rpartition(":")[2].isdigit():
+        raise UserError(f"metrics bind address {bind!r} is not HOST:PORT")
+    return serve_metrics(collector, bind)
 
 
 def _catalog_load(kind: str, path: Path) -> int:
@@ -268,14 +279,49 @@ def cmd_api(args: argparse.Namespace) -> int:
     from billing.api.app import create_app
 
     billing = _billing_settings()
+    metering = _settings()
     host, _, port = (args.bind or os.environ.get("STREAMTOLL_API_BIND") or "127.0.0.1:8080").rpartition(":")
     if not port.isdigit():
         raise UserError("STREAMTOLL_API_BIND must look like 127.0.0.1:8080")
     with _database(billing) as url:
-        app = create_app(_connect(url), billing)
+        engine = _connect(url)
+        feed = _live_feed(metering, engine)
+        app = create_app(engine, billing, live=feed)
         print(f"streamtoll API on http://{host}:{port} (OpenAPI at /openapi.json)", file=sys.stderr)
-        uvicorn.run(app, host=host, port=int(port), log_level=args.log_level.lower(), access_log=False)
+        print(f"live page on http://{host}:{port}/live", file=sys.stderr)
+        try:
+            uvicorn.run(app, host=host, port=int(port), log_level=args.log_level.lower(), access_log=False)
+        finally:
+            if feed is not None:
+                feed.stop()
     return 0
+
+
+def _live_feed(metering: MeteringSettings, engine: Engine) -> Any:
+    """The live view's feed when a broker is configured (the API alone starts no broker)."""
+    from billing.services.live import LiveFeed, LiveSources
+
+    if not metering.kafka_bootstrap:
+        print("STREAMTOLL_KAFKA_BOOTSTRAP is unset: /v1/live and /live are off", file=sys.stderr)
+        return None
+    sources = LiveSources(
+        kafka_config=metering.kafka_config(),
+        topic_minutes=metering.topic_usage_minutes,
+        topic_dlq=metering.topic_dlq,
+        input_topics=tuple(metering.input_topics),
+        metering_group=metering.group_id,
+    )
+    return LiveFeed(sources, engine).start()
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from streamtoll.top import run_top
+
+    key = args.key or os.environ.get("STREAMTOLL_API_KEY")
+    if not key:
+        raise UserError("give an ops or finance API key with --key or STREAMTOLL_API_KEY")
+    url = args.url or "http://" + (os.environ.get("STREAMTOLL_API_BIND") or "127.0.0.1:8080")
+    return run_top(url, key, every=args.every, once=args.once)
 
 
 def cmd_statements(args: argparse.Namespace) -> int:
@@ -332,8 +378,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    from metering.engine.metrics import EngineCollector
+
     try:
-        engine.run()
+        with _metrics(EngineCollector(engine), args.metrics_bind or settings.metrics_bind) as port:
+            if port is not None:
+                print(f"worker metrics on port {port} (/metrics)", file=sys.stderr)
+            engine.run()
     finally:
         if broker is not None:
             broker.stop()
@@ -434,10 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default=os.environ.get("STREAMTOLL_LOG_LEVEL", "INFO"))
     sub = p.add_subparsers(dest="command", required=True)
     w = sub.add_parser("worker", help="the metering worker; scale by running more")
+    w.add_argument("--metrics-bind", default=None, help="HOST:PORT for /metrics (default STREAMTOLL_METRICS_BIND)")
     w.set_defaults(func=cmd_worker)
     db = sub.add_parser("db", help="database schema").add_subparsers(dest="db", required=True)
     db.add_parser("upgrade", help="Alembic migrations to head").set_defaults(func=cmd_db_upgrade)
     sk = sub.add_parser("sink", help="usage windows topic → PostgreSQL")
+    sk.add_argument("--metrics-bind", default=None, help="HOST:PORT for /metrics (default STREAMTOLL_METRICS_BIND)")
     sk.set_defaults(func=cmd_sink)
     for kind in ("accounts", "plans"):
         group = sub.add_parser(kind, help=f"{kind} catalog").add_subparsers(dest=f"{kind}_cmd", required=True)
@@ -489,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
     kc = keys.add_parser("create", help="print a new API key once (stored hashed)")
     kc.add_argument("--account", default=None)
-    kc.add_argument("--role", choices=("partner", "finance"), default="partner")
+    kc.add_argument("--role", choices=("partner", "finance", "ops"), default="partner")
     kr = keys.add_parser("revoke")
     kr.add_argument("key_id", help="the id part of stk_<id>_<secret>")
     for p_ in (kc, kr):
@@ -503,6 +556,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap = sub.add_parser("api", help="HTTP server: partner and finance API")
     ap.add_argument("--bind", default=None, help="host:port (default STREAMTOLL_API_BIND or 127.0.0.1:8080)")
     ap.set_defaults(func=cmd_api)
+    tp = sub.add_parser("top", help="live consumption table in the terminal (reads the API's /v1/live)")
+    tp.add_argument("--url", default=None, help="API base URL (default http://STREAMTOLL_API_BIND)")
+    tp.add_argument("--key", default=None, help="ops or finance API key (default STREAMTOLL_API_KEY)")
+    tp.add_argument("--every", type=float, default=3.0, help="seconds between refreshes")
+    tp.add_argument("--once", action="store_true", help="print the tables once and exit")
+    tp.set_defaults(func=cmd_top)
     d = sub.add_parser("demo", help="the main job end to end on embedded defaults")
     d.add_argument("--out", default="out")
     d.add_argument("--proxy-events", type=int, default=200_000)

@@ -8,23 +8,34 @@ account and may run billing, finalize and void. Missing, malformed, wrong or rev
 401 with no detail, and failed attempts are limited per client address. Input is validated by
 type (bad dates, an unknown group, a range over the limit → 422 with a message); queries are
 parameterized. While the database is unreachable, requests answer 503 with a clear body.
+
+Ops: ``/live`` is a self-contained page (no data in it, so no key to load it; it asks for an ops
+or finance key and calls ``/v1/live``). ``/v1/live`` needs an ops or finance key: it names every
+account. An ops key reads nothing else. ``/metrics`` (Prometheus) and ``/healthz`` need no key
+and show no account: counts, lag and reachability only. ``/healthz`` answers 200 when the
+database and the broker are reachable and 503 (with which one is not) otherwise — the readiness
+probe; ``/healthz/live`` answers 200 while the process serves — the liveness probe.
 """
 
 import time
 from collections import defaultdict, deque
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
+from importlib.resources import files
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import Engine, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+from billing.adapters.metrics import ApiCollector
 from billing.adapters.render import render_statement_pdf
 from billing.services.billing_run import BillingError, parse_period, run_billing
 from billing.services.invoices import InvoiceError, finalize, invoice_pdf, invoice_view, list_invoices, void
 from billing.services.keys import Caller, authenticate
+from billing.services.live import LiveFeed
 from billing.services.statements import statement, statement_csv
 from billing.services.usage import GROUPS, usage_report
 from billing.settings import BillingSettings
@@ -53,16 +64,32 @@ class _AuthLimiter:
         self.failures[who].append(time.monotonic())
 
 
-def create_app(engine: Engine, settings: BillingSettings | None = None, auth_limit: int = 20) -> FastAPI:
+_LIVE_PAGE = files("billing") / "templates" / "live" / "index.html"
+
+
+def create_app(
+    engine: Engine, settings: BillingSettings | None = None, auth_limit: int = 20, live: LiveFeed | None = None
+) -> FastAPI:
+    """The HTTP app; ``live`` is the running live feed (None: ``/v1/live`` answers 503)."""
     settings = settings or BillingSettings()
     app = FastAPI(title="streamtoll", version="0.1.0", description="Usage statements and invoices for Kafka traffic.")
     limiter = _AuthLimiter(limit=auth_limit)
+    metrics = ApiCollector(engine, live)
+    registry = CollectorRegistry()
+    registry.register(metrics)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.requests[(getattr(route, "path", "unmatched"), str(response.status_code))] += 1
+        return response
 
     @app.exception_handler(OperationalError)
     async def database_down(request: Request, exc: OperationalError) -> JSONResponse:
         return JSONResponse({"detail": "the database is unavailable; try again shortly"}, status_code=503)
 
-    def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
+    def any_caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
         who = request.client.host if request.client else "?"
         if limiter.blocked(who):
             raise HTTPException(429, "too many failed authentications; wait a minute")
@@ -73,6 +100,16 @@ def create_app(engine: Engine, settings: BillingSettings | None = None, auth_lim
             limiter.failed(who)
             raise HTTPException(401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
         return found
+
+    def caller(c: Annotated[Caller, Depends(any_caller)]) -> Caller:
+        if c.role == "ops":
+            raise HTTPException(403, "an ops key reads only /v1/live")
+        return c
+
+    def live_reader(c: Annotated[Caller, Depends(any_caller)]) -> Caller:
+        if c.role not in ("ops", "finance"):
+            raise HTTPException(403, "the live view needs an ops or finance key")
+        return c
 
     def finance(c: Annotated[Caller, Depends(caller)]) -> Caller:
         if c.role != "finance":
@@ -88,10 +125,39 @@ def create_app(engine: Engine, settings: BillingSettings | None = None, auth_lim
         return c.account
 
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        return {"status": "ok", "database": "reachable"}
+    def healthz() -> JSONResponse:
+        checks: dict[str, str] = {}
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            checks["database"] = "reachable"
+        except SQLAlchemyError:
+            checks["database"] = "unreachable"
+        if live is None:
+            checks["kafka"] = "not used by this process"
+        else:
+            checks["kafka"] = "reachable" if live.kafka_ok() else "unreachable"
+        ready = "unreachable" not in checks.values()
+        body = {"status": "ok" if ready else "unavailable", "live": True, "ready": ready, **checks}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/healthz/live")
+    def liveness() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/live", include_in_schema=False)
+    def live_page() -> HTMLResponse:
+        return HTMLResponse(_LIVE_PAGE.read_text(encoding="utf-8"))
+
+    @app.get("/v1/live")
+    def live_view(c: Annotated[Caller, Depends(live_reader)]) -> Any:
+        if live is None:
+            raise HTTPException(503, "the live view is not running in this API process")
+        return live.board.view(time.time())
 
     @app.get("/v1/usage")
     def usage(
@@ -196,6 +262,9 @@ def create_app(engine: Engine, settings: BillingSettings | None = None, auth_lim
             results = run_billing(engine, period, finalize_drafts, settings.invoice_number_prefix, settings.issuer)
         except BillingError as exc:
             raise HTTPException(422, str(exc)) from None
+        metrics.billing_runs[str(finalize_drafts).lower()] += 1
+        if live is not None:
+            live.refresh_database()
         return [r.as_dict() for r in results]
 
     @app.post("/v1/invoices/{invoice_id}/finalize")

@@ -27,7 +27,7 @@ class KeyError_(Exception):
 @dataclass(frozen=True)
 class Caller:
     key_id: str
-    role: str  # partner | finance
+    role: str  # partner | finance | ops (ops reads only the live view)
     account: str | None  # the partner's account; None for finance
 
     def sees(self, account: str) -> bool:
@@ -40,8 +40,8 @@ def _sha(secret: str) -> str:
 
 def create_key(engine: Engine, role: str, account: str | None) -> str:
     """A new key, returned once (only its hash is stored)."""
-    if role not in ("partner", "finance"):
-        raise KeyError_("role must be partner or finance")
+    if role not in ("partner", "finance", "ops"):
+        raise KeyError_("role must be partner, finance or ops")
     if role == "partner" and not account:
         raise KeyError_("a partner key needs --account")
     with engine.begin() as conn:

@@ -90,8 +90,11 @@ class UsageSink:
         self.topic = topic
         self.group_id = group_id
         self.batch_size = batch_size
-        self.upserted = 0
+        self.upserted = 0  # rows written (a newer version arrived)
+        self.records = 0  # window records read
+        self.batches = 0  # batches committed (database, then offsets)
         self.db_failures = 0
+        self.db_up = True
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -140,6 +143,8 @@ class UsageSink:
                     continue
                 self._write(windows)
                 consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
+                self.records += len(windows)
+                self.batches += 1
         finally:
             consumer.close()
 
@@ -148,9 +153,11 @@ class UsageSink:
         while True:
             try:
                 self.upserted += upsert_windows(self.engine, windows)
+                self.db_up = True
                 return
             except OperationalError as exc:
                 self.db_failures += 1
+                self.db_up = False
                 log.warning(
                     "database unavailable; retrying", extra={"error": str(exc).splitlines()[0], "in_s": backoff}
                 )

@@ -327,6 +327,7 @@ class Engine:
         received_at = iso_ms(int(now * 1000))
         producer.begin_transaction()
         offsets: list[TopicPartition] = []
+        counts = Stats()  # added to self.stats only once the transaction commits
         for (topic, partition), records in by_shard.items():
             shard = self.shards.get((topic, partition))
             if shard is None:
@@ -334,7 +335,7 @@ class Engine:
             result = shard.fold(cast("list[InRecord]", records), limits)
             self._publish(producer, topic, partition, shard, result, received_at, now)
             offsets.append(TopicPartition(topic, partition, result.next_offset))
-            self._count(shard.config.source_kind, result)
+            self._count(counts, shard.config.source_kind, result)
         for k in idle:
             shard = self.shards[k]
             self._send_state(_sender(producer), shard.name, shard.snapshot())
@@ -342,6 +343,8 @@ class Engine:
         if offsets:
             producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
         producer.commit_transaction(60)
+        counts["transactions"] += 1
+        self.stats.update(counts)
         if now - self._stats_logged_at >= 30:
             self._stats_logged_at = now
             log.info("metering progress", extra={"counts": dict(self.stats), "shards": len(self.shards)})
@@ -431,13 +434,18 @@ class Engine:
         for part in ShardState.split(entry):
             send(self.settings.topic_state, orjson.dumps(part), key=name.encode(), partition=partition)
 
-    def _count(self, kind: str, r: BatchResult) -> None:
-        st = self.stats
+    @staticmethod
+    def _count(st: Stats, kind: str, r: BatchResult) -> None:
         st[f"events_in.{kind}"] += r.counted
         st[f"dedup_hits.{kind}"] += r.duplicates
         st[f"tombstones.{kind}"] += r.tombstones
         st[f"ignored.{kind}"] += r.ignored
         st["counter_resets"] += r.counter_resets
         st["windows_published"] += len(r.hours)
+        for (src, _p, _c, _v, _t, direction, _m), (b, n, _q, _d) in r.minutes.items():
+            if b:
+                st[f"bytes.{src}.{direction}"] += b
+            if n:
+                st[f"records.{src}.{direction}"] += n
         for _, rej in r.rejected:
             st[f"dlq.{rej.reason}"] += 1

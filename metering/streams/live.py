@@ -4,7 +4,7 @@ The hot path (``metering.engine``) publishes, in its transactions, one partial s
 (window key, minute) per batch. This agent folds those partials — a few thousand a second, well
 within what a Faust stream does — into a tumbling one-minute table keyed by the window key, by
 *event* time (the partial's minute), kept for an hour. Folding is idempotent
-(:func:`metering.domain.live.apply_partial`), so Faust's at-least-once delivery cannot double
+(:func:`metering.contracts.apply_minute`), so Faust's at-least-once delivery cannot double
 a live number. The table is for ops views only: billing never reads it (it reads the usage
 windows topic), so a window-close or a rebalance can never change a bill.
 
@@ -20,7 +20,7 @@ from typing import Any
 import faust
 import orjson
 
-from metering.domain.live import apply_partial, empty
+from metering.contracts import apply_minute, empty_live
 from metering.settings import MeteringSettings
 
 __all__ = ["LiveApp", "Minute", "window_key"]
@@ -73,7 +73,7 @@ class LiveApp:
         )
         self.topic = self.app.topic(s.topic_usage_minutes, value_type=Minute)
         self.table = (
-            self.app.Table("live-minutes", default=empty, partitions=4)
+            self.app.Table("live-minutes", default=empty_live, partitions=4)
             .tumbling(timedelta(minutes=1), expires=timedelta(hours=1))
             .relative_to_field(Minute.minute_epoch_s)  # type: ignore[arg-type]  # a FieldDescriptor at run time
         )
@@ -83,7 +83,7 @@ class LiveApp:
         async for minute in stream:
             key = window_key(minute)
             window = self.table[key]
-            updated = apply_partial(window.value(), minute.asdict())
+            updated = apply_minute(window.value(), minute.asdict())
             if updated is not None:
                 self.table[key] = updated
             yield updated

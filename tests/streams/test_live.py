@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from metering.domain.live import apply_partial
+from metering.contracts import apply_minute as apply_partial
 from metering.settings import MeteringSettings
 from metering.streams.live import LiveApp, Minute, window_key
 

@@ -1,0 +1,454 @@
+"""Ops views on the real pipeline: two metering workers, the sink and the API on one real broker
+and a real PostgreSQL. The live view must show the sum over both workers, equal to a ground
+truth computed from the generated traffic; the metrics must count what was produced; the page
+must show it in a real Chromium and update by itself; ``streamtoll top`` must print it."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
+
+from billing.domain.accounts import UNASSIGNED
+from billing.services.live import LiveFeed, LiveSources
+from metering.settings import MeteringSettings
+from streamtoll.embedded import EmbeddedBroker, free_port
+from streamtoll.serving import running
+from streamtoll.traffic import BAD_PROXY, rfc3339
+
+from .harness import Worker, produce, wait_caught_up
+from .webdriver import chromium
+
+pytestmark = pytest.mark.integration
+
+SAMPLES = Path(__file__).parents[2] / "streamtoll" / "samples"
+# principal → the account the sample client rules give it
+PRINCIPALS = {
+    "User:acme-web": "acme",
+    "User:acme-etl": "acme",
+    "User:globex-analytics": "globex",
+    "User:initech-ops": "initech",
+    "User:nobody": UNASSIGNED,
+}
+
+
+@dataclass
+class Truth:
+    """Expected usage per (account, principal, client id, direction, minute): [bytes, records]."""
+
+    usage: dict[tuple[str, str, str, str, int], list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    counted: int = 0
+    duplicates: int = 0
+    dlq: Counter[str] = field(default_factory=Counter)
+    bytes_by_direction: Counter[str] = field(default_factory=Counter)
+
+    def totals(self, since: float, until: float = float("inf")) -> dict[tuple[str, str, str, str], list[int]]:
+        """(account, principal, client id, direction) → [bytes, records] over minutes in [since, until)."""
+        out: dict[tuple[str, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+        for (acct, p, c, d, minute), (b, r) in self.usage.items():
+            if since <= minute < until:
+                out[(acct, p, c, d)][0] += b
+                out[(acct, p, c, d)][1] += r
+        return out
+
+
+def make_traffic(topic: str, truth: Truth, n: int, seed: int, bad: int = 0) -> list[tuple[str, bytes, bytes]]:
+    """Proxy audit records from the last ten minutes (today, UTC), with retries and bad records."""
+    rnd = random.Random(seed)
+    now = time.time()
+    since = max(now - 600, now - now % 86400)
+    records: list[tuple[str, bytes, bytes]] = []
+    for i in range(n):
+        principal = rnd.choice(list(PRINCIPALS))
+        client = rnd.choice(("web-1", "etl-2"))
+        t = rnd.uniform(since, now - 1)
+        direction = rnd.choice(("produce", "consume"))
+        nbytes, nrec = rnd.randint(100, 500_000), rnd.randint(1, 2000)
+        doc = {
+            "specversion": "1.0",
+            "id": f"{seed}-{i}",
+            "source": "//proxy/gw-1",
+            "type": "io.streamtoll.kafka.produce" if direction == "produce" else "io.streamtoll.kafka.fetch",
+            "time": rfc3339(t),
+            "subject": principal,
+            "data": {
+                "client_id": client,
+                "topic": rnd.choice(("orders", "payments")),
+                "records": nrec,
+                "bytes": nbytes,
+            },
+        }
+        value = json.dumps(doc).encode()
+        records.append((topic, principal.encode(), value))
+        minute = int(t) - int(t) % 60
+        row = truth.usage[(PRINCIPALS[principal], principal, client, direction, minute)]
+        row[0] += nbytes
+        row[1] += nrec
+        truth.counted += 1
+        truth.bytes_by_direction[direction] += nbytes
+        if rnd.random() < 0.05:  # the proxy retried: the same record again
+            records.append((topic, principal.encode(), value))
+            truth.duplicates += 1
+    for raw, reason in BAD_PROXY[:bad]:
+        records.append((topic, b"User:nobody", raw))
+        truth.dlq[reason] += 1
+    return records
+
+
+@dataclass
+class Pipeline:
+    broker: EmbeddedBroker
+    settings: MeteringSettings
+    env: dict[str, str]
+    base: str
+    ops_key: str
+    finance_key: str
+    worker_metrics: list[str]
+    sink_metrics: str
+    truth: Truth
+    feed: LiveFeed
+    logdir: Path
+
+    def feed_traffic(self, n: int, seed: int, bad: int = 0) -> None:
+        records = make_traffic(self.settings.topic_proxy_audit, self.truth, n, seed, bad)
+        ends = produce(self.broker.bootstrap, records)
+        wait_caught_up(self.broker.bootstrap, self.settings.group_id, ends)
+
+    def live(self) -> dict[str, Any]:
+        r = httpx.get(self.base + "/v1/live", headers={"Authorization": f"Bearer {self.ops_key}"}, timeout=30)
+        assert r.status_code == 200, r.text
+        doc: dict[str, Any] = r.json()
+        return doc
+
+
+def _env(broker: EmbeddedBroker, database: str) -> dict[str, str]:
+    tag = uuid.uuid4().hex[:8]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("STREAMTOLL_")}
+    return {
+        **base,
+        "STREAMTOLL_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "STREAMTOLL_DATABASE_URL": database,
+        "STREAMTOLL_TOPIC_PROXY_AUDIT": f"t{tag}.proxy-audit",
+        "STREAMTOLL_TOPIC_BROKER_METRICS": f"t{tag}.broker-metrics",
+        "STREAMTOLL_TOPIC_BROKER_AUDIT": f"t{tag}.audit-log",
+        "STREAMTOLL_TOPIC_DLQ": f"t{tag}.dlq",
+        "STREAMTOLL_TOPIC_USAGE_WINDOWS": f"t{tag}.usage-windows",
+        "STREAMTOLL_TOPIC_USAGE_MINUTES": f"t{tag}.usage-minutes",
+        "STREAMTOLL_TOPIC_STATE": f"t{tag}.state",
+        "STREAMTOLL_STATE_PARTITIONS": "3",
+        "STREAMTOLL_METERING_GROUP": f"g{tag}",
+        "STREAMTOLL_SINK_GROUP": f"s{tag}",
+        "STREAMTOLL_SESSION_TIMEOUT_MS": "3000",
+        "STREAMTOLL_STATE_SNAPSHOT_INTERVAL": "3s",
+    }
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Samples of a /metrics page: (name, sorted labels) → value."""
+    text_ = httpx.get(url, timeout=10).text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text_)
+        for s in fam.samples
+    }
+
+
+def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    return sum(v for (n, ls), v in samples.items() if n == name and all((k, v_) in ls for k, v_ in labels.items()))
+
+
+@pytest.fixture(scope="module")
+def pipeline(broker: EmbeddedBroker, pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    from billing.adapters.db import upgrade
+    from billing.api.app import create_app
+    from billing.services.catalog import load_accounts, load_plans
+    from billing.services.keys import create_key
+
+    logdir = tmp_path_factory.mktemp("live")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(pg_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(pg_server).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    engine = sa.create_engine(url)
+    load_plans(engine, SAMPLES / "plans.yaml")
+    load_accounts(engine, SAMPLES / "accounts.yaml")
+    env = _env(broker, url)
+    settings = MeteringSettings.from_env(env)
+    ports = [free_port() for _ in range(3)]
+    workers = [
+        Worker(
+            {**env, "STREAMTOLL_INSTANCE_ID": f"w{i}", "STREAMTOLL_METRICS_BIND": f"127.0.0.1:{ports[i]}"},
+            logdir / f"worker{i}.log",
+        ).start()
+        for i in range(2)
+    ]
+    sink_log = open(logdir / "sink.log", "ab")  # noqa: SIM115
+    sink = subprocess.Popen(
+        [sys.executable, "-m", "streamtoll.cli", "sink", "--metrics-bind", f"127.0.0.1:{ports[2]}"],
+        env=env,
+        stdout=sink_log,
+        stderr=sink_log,
+        start_new_session=True,
+    )
+    sources = LiveSources(
+        settings.kafka_config(),
+        settings.topic_usage_minutes,
+        settings.topic_dlq,
+        tuple(settings.input_topics),
+        settings.group_id,
+    )
+    feed = LiveFeed(sources, engine, lag_every_s=1.0, db_refresh_s=2.0).start()
+    try:
+        with running(create_app(engine, live=feed)) as base:
+            pipe = Pipeline(
+                broker,
+                settings,
+                env,
+                base,
+                create_key(engine, "ops", None),
+                create_key(engine, "finance", None),
+                [f"http://127.0.0.1:{p}/metrics" for p in ports[:2]],
+                f"http://127.0.0.1:{ports[2]}/metrics",
+                Truth(),
+                feed,
+                logdir,
+            )
+            # both workers hold input partitions before traffic starts: the view must add them up
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    owned = [total(scrape(u), "streamtoll_metering_partitions_owned") for u in pipe.worker_metrics]
+                except httpx.HTTPError:
+                    owned = [0.0, 0.0]
+                if all(owned) and sum(owned) == 12:
+                    break
+                if time.monotonic() > deadline:
+                    logs = "\n".join((logdir / f"worker{i}.log").read_text()[-1500:] for i in range(2))
+                    raise AssertionError(f"workers own {owned} of 12 partitions\n{logs}")
+                time.sleep(0.5)
+            pipe.feed_traffic(3000, seed=1, bad=4)
+            yield pipe
+    finally:
+        feed.stop()
+        for w in workers:
+            w.stop()
+        sink.terminate()
+        sink.wait(30)
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _client_totals(doc: dict[str, Any], period: str) -> dict[tuple[str, str, str, str], list[int]]:
+    out: dict[tuple[str, str, str, str], list[int]] = {}
+    for acct in doc["accounts"] + ([doc["unassigned"]] if doc["unassigned"] else []):
+        for c in acct["clients"]:
+            for d in ("produce", "consume"):
+                q = c[period][d]
+                if q["bytes"] or q["records"]:
+                    out[(acct["account"], c["principal"], c["client_id"], d)] = [q["bytes"], q["records"]]
+    return out
+
+
+def _at(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def _wait_for_truth(pipe: Pipeline, timeout: float = 90) -> dict[str, Any]:
+    """The live view once its today's totals equal the truth (the feed and sink catch up)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        doc = pipe.live()
+        now = _at(doc["generated_at"])
+        want = {k: v for k, v in pipe.truth.totals(now - now % 86400).items() if any(v)}
+        got = _client_totals(doc, "day_to_date")
+        if got == want:
+            return doc
+        if time.monotonic() > deadline:
+            diff = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
+            raise AssertionError(
+                f"live view differs from the truth for {len(diff)} clients, e.g. {list(diff.items())[:3]}"
+            )
+        time.sleep(0.5)
+
+
+def test_live_view_is_the_sum_over_both_workers(pipeline: Pipeline) -> None:
+    doc = _wait_for_truth(pipeline)
+    # the current hour and the last complete minute, from the same truth, at the view's time
+    generated = _at(doc["generated_at"])
+    hour0 = generated - generated % 3600
+    assert _client_totals(doc, "hour_to_date") == {k: v for k, v in pipeline.truth.totals(hour0).items() if any(v)}
+    minute0 = _at(doc["minute"]["start"])
+    rates = {k: [v[0] / 60, v[1] / 60] for k, v in pipeline.truth.totals(minute0, minute0 + 60).items()}
+    for acct in doc["accounts"] + [doc["unassigned"]]:
+        for c in acct["clients"]:
+            for d in ("produce", "consume"):
+                want = rates.get((acct["account"], c["principal"], c["client_id"], d), [0, 0])
+                r = c["rate"][d]
+                assert [r["bytes_per_s"], r["messages_per_s"]] == pytest.approx(want)
+    # unassigned traffic is shown apart; accounts with a plan have a rated amount so far
+    assert doc["unassigned"]["account"] == UNASSIGNED
+    assert {a["account"] for a in doc["accounts"]} == {"acme", "globex", "initech"}
+    # the rated amount comes from the database (the sink, then a refresh): it may trail a little
+    deadline = time.monotonic() + 60
+    while (acme := next(a for a in pipeline.live()["accounts"] if a["account"] == "acme"))["rated_so_far"] is None:
+        assert time.monotonic() < deadline, "no rated amount for acme"
+        time.sleep(0.5)
+    assert acme["rated_so_far"]["currency"] == "EUR" and float(acme["rated_so_far"]["total"]) >= 100
+    # both workers did part of it
+    counted = [total(scrape(u), "streamtoll_events_in_total", outcome="counted") for u in pipeline.worker_metrics]
+    assert all(counted) and sum(counted) == pipeline.truth.counted
+    # DLQ and lag
+    assert doc["dlq"]["today"] == dict(pipeline.truth.dlq)
+    assert doc["lag"] and all(p["records_behind"] == 0 for p in doc["lag"])
+    assert {(p["topic"], p["partition"]) for p in doc["lag"]} == {
+        (t, p) for t in pipeline.settings.input_topics for p in range(4)
+    }
+
+
+def test_live_view_needs_an_ops_or_finance_key(pipeline: Pipeline) -> None:
+    from billing.services.keys import create_key
+
+    engine = sa.create_engine(pipeline.env["STREAMTOLL_DATABASE_URL"])
+    partner = create_key(engine, "partner", "acme")
+    engine.dispose()
+    url = pipeline.base + "/v1/live"
+    assert httpx.get(url, timeout=10).status_code == 401
+    assert httpx.get(url, headers={"Authorization": f"Bearer {partner}"}, timeout=10).status_code == 403
+    assert httpx.get(url, headers={"Authorization": f"Bearer {pipeline.finance_key}"}, timeout=10).status_code == 200
+    # an ops key reads nothing but the live view
+    ops = {"Authorization": f"Bearer {pipeline.ops_key}"}
+    assert httpx.get(pipeline.base + "/v1/invoices", headers=ops, timeout=10).status_code == 403
+    page = httpx.get(pipeline.base + "/live", timeout=10)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"] and "acme" not in page.text
+
+
+def test_metrics_count_what_was_produced(pipeline: Pipeline) -> None:
+    _wait_for_truth(pipeline)
+    workers = [scrape(u) for u in pipeline.worker_metrics]
+
+    def both(name: str, **labels: str) -> float:
+        return sum(total(w, name, **labels) for w in workers)
+
+    truth = pipeline.truth
+    assert both("streamtoll_events_in_total", source="proxy", outcome="counted") == truth.counted
+    assert both("streamtoll_dedup_hits_total", source="proxy") == truth.duplicates
+    for reason, n in truth.dlq.items():
+        assert both("streamtoll_dlq_records_total", reason=reason) == n
+    for direction, n in truth.bytes_by_direction.items():
+        assert both("streamtoll_metered_bytes_total", source="proxy", direction=direction) == n
+    assert both("streamtoll_windows_published_total") > 0
+    assert both("streamtoll_metering_partitions_owned") == 12
+    sink = scrape(pipeline.sink_metrics)
+    assert total(sink, "streamtoll_sink_upserts_total") > 0
+    assert total(sink, "streamtoll_sink_database_up") == 1
+    api = scrape(pipeline.base + "/metrics")
+    lag = {ls: v for (n, ls), v in api.items() if n == "streamtoll_metering_lag_records"}
+    assert len(lag) == 12 and not any(lag.values())
+    assert total(api, "streamtoll_dlq_records_today") == sum(truth.dlq.values())
+    assert total(api, "streamtoll_live_minutes_applied_total") > 0
+    assert total(api, "streamtoll_live_kafka_up") == 1
+    health = httpx.get(pipeline.base + "/healthz", timeout=10)
+    assert health.status_code == 200
+    assert health.json() == {
+        "status": "ok",
+        "live": True,
+        "ready": True,
+        "database": "reachable",
+        "kafka": "reachable",
+    }
+
+
+def test_grafana_dashboard_uses_only_exported_metrics(pipeline: Pipeline) -> None:
+    import re
+
+    families: set[str] = set()  # exported even before their first sample (e.g. no billing run yet)
+    for url in [*pipeline.worker_metrics, pipeline.sink_metrics, pipeline.base + "/metrics"]:
+        for fam in text_string_to_metric_families(httpx.get(url, timeout=10).text):
+            families.add(fam.name)
+    dashboard = json.loads((Path(__file__).parents[2] / "deploy" / "grafana" / "streamtoll.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 8
+    for expr in exprs:
+        used = set(re.findall(r"\bstreamtoll_[a-z_]+", expr))
+        assert used, expr
+        for metric in used:
+            assert re.sub(r"_total$", "", metric) in families, f"{metric} in {expr!r} is not exported"
+
+
+def test_top_prints_the_live_tables(pipeline: Pipeline) -> None:
+    doc = _wait_for_truth(pipeline)
+    out = subprocess.run(
+        [sys.executable, "-m", "streamtoll.cli", "top", "--once", "--url", pipeline.base],
+        env={**pipeline.env, "STREAMTOLL_API_KEY": pipeline.ops_key, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    for acct in doc["accounts"]:
+        line = next(line for line in out.stdout.splitlines() if f" {acct['account']} " in line)
+        assert acct["rated_so_far"]["total"] in line
+    assert "unassigned" in out.stdout and "metering lag" in out.stdout and "DLQ" in out.stdout
+    refused = subprocess.run(
+        [sys.executable, "-m", "streamtoll.cli", "top", "--once", "--url", pipeline.base, "--key", "stk_x_y"],
+        env=pipeline.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode != 0 and "refused" in refused.stderr
+
+
+def test_live_page_in_chromium_updates_by_itself(pipeline: Pipeline) -> None:
+    _wait_for_truth(pipeline)
+    cell = 'document.querySelector(\'#accounts tr[data-account="{}"] td[data-field="day_bytes"]\')?.dataset.value'
+
+    def shown(account: str) -> str:
+        return f"return {cell.format(account)}"
+
+    def want(account: str) -> int:
+        now = time.time()
+        return sum(v[0] for k, v in pipeline.truth.totals(now - now % 86400).items() if k[0] == account)
+
+    with chromium() as browser:
+        browser.open(f"{pipeline.base}/live?every=1#key={pipeline.ops_key}")
+        browser.wait("return Number(document.body.dataset.updates || 0) >= 2", what="two refreshes")
+        for account in ("acme", "globex", "initech", UNASSIGNED):
+            assert int(browser.wait(shown(account), what=account)) == want(account)
+        assert browser.js("return location.hash") == ""  # the key does not stay in the address bar
+        before = int(browser.js(shown("acme")))
+        pipeline.feed_traffic(1500, seed=2, bad=2)
+        expected = want("acme")
+        assert expected > before
+        browser.wait(f"return Number({cell.format('acme')}) === {expected}", timeout=90, what="acme's new total")
+        rows = browser.js("return [...document.querySelectorAll('#dlq tbody tr')].map(r => r.dataset.reason)")
+        assert set(rows) == set(pipeline.truth.dlq)
+        assert browser.js("return document.querySelectorAll('#dlq tr.bad').length") >= 1  # DLQ highlighted
+        # sorting: clicking "account" orders the rows by name
+        browser.js("document.querySelector('#accounts th[data-sort=\"account\"]').click()")
+        order = browser.js("return [...document.querySelectorAll('#accounts tbody tr')].map(r => r.dataset.account)")
+        assert order == sorted(order)
+        shot = browser.screenshot()
+    out = Path("out")
+    out.mkdir(exist_ok=True)
+    (out / "live-page.png").write_bytes(shot)
+    assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 20_000
