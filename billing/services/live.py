@@ -212,9 +212,13 @@ class LiveBoard:
             if day == today:
                 add(per["day"], r)
         first_spark = last_minute - 59 * MINUTE
+        days: dict[int, date] = {}
         for (key, minute), total in minutes:
             source, principal, client_id, vcluster, topic, direction = key
-            account = attributor.account_for(principal, client_id, vcluster, datetime.fromtimestamp(minute, UTC).date())
+            on = days.get(minute // 86400)
+            if on is None:
+                on = days[minute // 86400] = datetime.fromtimestamp(minute, UTC).date()
+            account = attributor.account_for(principal, client_id, vcluster, on)
             per = clients[(account, principal, client_id)][source][direction]
             if minute == last_minute:
                 add(per["minute"], total)
@@ -260,6 +264,10 @@ class LiveBoard:
             )
         if dlq_hour:
             warnings.append(f"{sum(dlq_hour.values())} records went to the DLQ in the last hour")
+        if base.refreshed_at and now - base.refreshed_at > 300:
+            warnings.append(
+                f"totals before this hour are from a database read {(now - base.refreshed_at) / 60:.0f} min ago"
+            )
         if lag_at and now - lag_at > 60:
             warnings.append("metering lag is stale: the broker has not answered for a minute")
         ordered = sorted(accounts.values(), key=lambda a: (a["account"] == UNASSIGNED, a["account"]))
@@ -345,14 +353,17 @@ def _add_row(acct: dict[str, Any], row: dict[str, Any]) -> None:
     acct["denied_requests_hour_to_date"] += row["denied_requests_hour_to_date"]
 
 
-def read_base(engine: Engine, now: float) -> tuple[_Base, Attributor]:
-    """This month's attributed usage up to the current hour, and each account's rated amount."""
+def read_base(engine: Engine, now: float, rated: dict[str, dict[str, str]] | None = None) -> tuple[_Base, Attributor]:
+    """This month's attributed usage up to the current hour, and each account's rated amount
+    (rated now unless ``rated`` is given: rating every account is the expensive part)."""
     until = _hour_start(now)
     start = min(_month_start(now), _day_start(until))
     attributor = load_attributor(engine)
     rows = usage_rows(
         engine, datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(until, UTC), attributor=attributor
     )
+    if rated is not None:
+        return _Base(base_until=until, rows=rows, rated=rated, refreshed_at=now), attributor
     period = datetime.fromtimestamp(now, UTC).strftime("%Y-%m")
     month_rows = usage_rows(
         engine,
@@ -364,7 +375,7 @@ def read_base(engine: Engine, now: float) -> tuple[_Base, Attributor]:
     for r in month_rows:
         per_account[r["account"]].append(r)
     per_account.pop(UNASSIGNED, None)
-    rated: dict[str, dict[str, str]] = {}
+    rated = {}
     for account, rows_of in sorted(per_account.items()):
         try:
             p = preview(engine, account, period, rows_of)
@@ -385,6 +396,7 @@ class LiveFeed:
         clock: Callable[[], float] = time.time,
         lag_every_s: float = 5.0,
         db_refresh_s: float = 30.0,
+        rate_every_s: float = 300.0,
     ) -> None:
         self.sources = sources
         self.engine = engine
@@ -392,21 +404,30 @@ class LiveFeed:
         self.clock = clock
         self.lag_every_s = lag_every_s
         self.db_refresh_s = db_refresh_s
+        self.rate_every_s = rate_every_s
+        self._rated_at = 0.0
         self.kafka_ok_at = 0.0
         self.kafka_error: str | None = None
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._refresh_now = threading.Event()
 
     def start(self) -> LiveFeed:
-        self._thread = threading.Thread(target=self._run, name="live-feed", daemon=True)
-        self._thread.start()
+        # Kafka and the database each get a thread: a slow database read (many accounts to rate)
+        # must not hold up the minutes, and a broker outage must not stop the database refresh.
+        self._threads = [
+            threading.Thread(target=self._run, name="live-feed", daemon=True),
+            threading.Thread(target=self._refresh_loop, name="live-db", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
+        self._refresh_now.set()
+        for t in self._threads:
+            t.join(10)
 
     def kafka_ok(self, within_s: float = 30.0) -> bool:
         """Has the feed heard from the broker lately?"""
@@ -450,8 +471,7 @@ class LiveFeed:
         peek = Consumer(self._config(f"streamtoll-live-peek-{uuid.uuid4().hex[:12]}"))
         try:
             now = self.clock()
-            self._refresh_base(now)
-            since = min(now - board.keep_s, board.base.base_until or now)
+            since = min(now - board.keep_s, _hour_start(now))
             consumer.assign(
                 self._assign(consumer, src.topic_minutes, since)
                 + self._assign(consumer, src.topic_dlq, _day_start(now))
@@ -481,21 +501,26 @@ class LiveFeed:
                     self.kafka_ok_at, self.kafka_error = now, None
                     lag_at = now
                     board.prune(now)
-                if self._refresh_now.is_set() or now - board.base.refreshed_at >= self.db_refresh_s:
-                    self._refresh_now.clear()
-                    self._refresh_base(now)
         finally:
             for c in (consumer, lag_reader, peek):
                 c.close()
 
+    def _refresh_loop(self) -> None:
+        while not self._stop.is_set():
+            self._refresh_base(self.clock())
+            self._refresh_now.clear()
+            self._refresh_now.wait(self.db_refresh_s)
+
     def _refresh_base(self, now: float) -> None:
         if self.engine is None:
             return
+        rate = self._refresh_now.is_set() or now - self._rated_at >= self.rate_every_s
         try:
-            base, attributor = read_base(self.engine, now)
-        except Exception as exc:  # a database outage leaves the last base in place
+            base, attributor = read_base(self.engine, now, None if rate else self.board.base.rated)
+            if rate:
+                self._rated_at = now
+        except Exception as exc:  # a database outage leaves the last base in place; the view says how old
             log.warning("live view could not read the database", extra={"error": str(exc).splitlines()[0]})
-            self.board.base.refreshed_at = now  # try again at the next interval, not every turn
             return
         self.board.set_base(base, attributor)
 

@@ -214,7 +214,7 @@ def pipeline(broker: EmbeddedBroker, pg_server: str, tmp_path_factory: pytest.Te
         tuple(settings.input_topics),
         settings.group_id,
     )
-    feed = LiveFeed(sources, engine, lag_every_s=1.0, db_refresh_s=2.0).start()
+    feed = LiveFeed(sources, engine, lag_every_s=1.0, db_refresh_s=2.0, rate_every_s=2.0).start()
     try:
         with running(create_app(engine, live=feed)) as base:
             pipe = Pipeline(
