@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import os
 import signal
@@ -69,7 +70,7 @@ def _kafka(settings: MeteringSettings) -> Iterator[MeteringSettings]:
     broker = EmbeddedBroker(log_path=state / "broker.log").start()
     print(f"embedded Kafka broker (memory storage) at {broker.bootstrap}", file=sys.stderr)
     try:
-        yield MeteringSettings.from_env({**os.environ, "STREAMTOLL_KAFKA_BOOTSTRAP": broker.bootstrap})
+        yield dataclasses.replace(settings, kafka_bootstrap=broker.bootstrap)
     finally:
         broker.stop()
 
@@ -407,10 +408,17 @@ def cmd_live(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from billing.services.billing_run import BillingError, parse_period
     from streamtoll.demo import run_demo
 
+    if args.period is not None:
+        try:
+            parse_period(args.period)
+        except BillingError as exc:
+            raise UserError(str(exc)) from None
     env = {**os.environ}
     env.setdefault("STREAMTOLL_SESSION_TIMEOUT_MS", "6000")
+    env.setdefault("STREAMTOLL_MAX_LATENESS", "70d")  # the billed month's traffic is produced after it
     try:
         metering = MeteringSettings.from_env(env)
     except SettingsError as exc:
@@ -418,7 +426,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with _kafka(metering) as settings, _database(_billing_settings()) as server_url:
         url = _fresh_database(server_url, "streamtoll_demo_" + datetime.now(UTC).strftime("%Y%m%d_%H%M%S"))
         print(f"demo database {url.rsplit('/', 1)[-1].split('?')[0]}", flush=True)
-        exact = run_demo(settings, url, Path(args.out), args.proxy_events)
+        exact = run_demo(settings, url, Path(args.out), args.proxy_events, args.period, args.seed)
     return 0 if exact else 1
 
 
@@ -565,6 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the main job end to end on embedded defaults")
     d.add_argument("--out", default="out")
     d.add_argument("--proxy-events", type=int, default=200_000)
+    d.add_argument("--period", default=None, help="YYYY-MM to bill (default: the last complete month)")
+    d.add_argument("--seed", type=int, default=7, help="traffic generator seed")
     d.set_defaults(func=cmd_demo)
     lv = sub.add_parser("live", help="the Faust live-views worker (one-minute tables)")
     lv.add_argument("--store", default="memory://", help="Faust table store, e.g. rocksdb://")

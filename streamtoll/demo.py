@@ -1,12 +1,23 @@
 """``streamtoll demo``: the main job end to end on embedded defaults.
 
-Start the embedded broker and PostgreSQL, migrate, load the sample plans and accounts, generate
-realistic audit traffic for the sample accounts' principals and some unassigned ones (proxy
-audit with retries, late, bad and ignored records and tombstones; broker metrics with counter
-resets and retried exports; audit log with denied requests), meter it with the real worker
-loop, check the published usage windows against the generator's own ground truth, sink them
-into PostgreSQL with the real sink, bill the current month, finalize, and write
-``out/usage-windows.csv``, ``out/dlq.csv`` and ``out/invoices.json``.
+Start the embedded broker and PostgreSQL (the command line does that), migrate, load the sample
+plans and accounts, generate a month of realistic audit traffic for the sample accounts'
+principals and some unassigned ones (proxy audit with retries, late, bad and ignored records and
+tombstones; broker metrics with a counter reset and retried exports; audit log with denied
+requests), meter it with the real worker loop, check the published usage windows against the
+generator's own ground truth, sink them into PostgreSQL with the real sink (checked again), bill
+the month, finalize, and write to ``out/``:
+
+* ``invoices/<number>.pdf`` — the stored PDF of every finalized invoice
+* ``statements/<account>-<period>.csv`` — each billed account's usage statement
+* ``summary.json`` — period, records, usage per account, source and direction, invoices, DLQ
+  counts, whether everything matched the ground truth, wall time
+* ``usage-windows.csv``, ``dlq.csv``, ``invoices.json``
+
+The billed month is the last complete calendar month (``--period`` to choose). Its traffic is
+up to two months old when produced, so the demo's worker accepts events that late
+(``MAX_LATENESS`` 70 days unless set). Traffic is generated from ``--seed``: the same seed and
+period give the same records, which is how the test checks the totals independently.
 """
 
 from __future__ import annotations
@@ -18,22 +29,28 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 from sqlalchemy import Engine as Database
 from sqlalchemy import text
 
 from billing.adapters.db import make_engine, upgrade
-from billing.services.billing_run import run_billing
+from billing.services.billing_run import parse_period, run_billing
 from billing.services.catalog import load_accounts, load_plans
+from billing.services.invoices import invoice_pdf
 from billing.services.sink import UsageSink
+from billing.services.statements import statement, statement_csv
 from billing.services.usage import usage_report
 from metering.engine import Engine
 from metering.engine.loop import ensure_topics
 from metering.settings import MeteringSettings
-from streamtoll.traffic import Traffic, produce, read_all, wait_caught_up, window_totals
+from streamtoll.traffic import HOUR, Traffic, committed, produce, read_all, window_totals
 
-__all__ = ["run_demo"]
+__all__ = ["PRINCIPALS", "default_period", "demo_traffic", "run_demo"]
 
 log = logging.getLogger("streamtoll.demo")
 
@@ -49,58 +66,140 @@ PRINCIPALS = [
 ]
 
 
-def run_demo(settings: MeteringSettings, database_url: str, out_dir: Path, proxy_events: int) -> bool:
+def default_period(now: datetime) -> str:
+    """The last complete calendar month."""
+    year, month = (now.year, now.month - 1) if now.month > 1 else (now.year - 1, 12)
+    return f"{year:04d}-{month:02d}"
+
+
+def demo_traffic(settings: MeteringSettings, period: str, proxy_events: int, seed: int) -> Traffic:
+    """The month's traffic: event times spread over the whole period (late ones included)."""
+    start, end = parse_period(period)
+    t_start = datetime(start.year, start.month, start.day, tzinfo=UTC).timestamp()
+    t_end = datetime(end.year, end.month, end.day, tzinfo=UTC).timestamp()
+    return Traffic.make(
+        t_end - 60,
+        (settings.topic_proxy_audit, settings.topic_broker_metrics, settings.topic_broker_audit),
+        n_proxy=proxy_events,
+        seed=seed,
+        principals=PRINCIPALS,
+        span_s=t_end - t_start - HOUR,
+    )
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def run_demo(
+    settings: MeteringSettings,
+    database_url: str,
+    out_dir: Path,
+    proxy_events: int,
+    period: str | None = None,
+    seed: int = 7,
+) -> bool:
     """Run the demo; True when the metered and sunk totals equal the generator's ground truth."""
     assert settings.kafka_bootstrap
     bootstrap = settings.kafka_bootstrap
+    console = Console()
+    if not console.is_terminal:  # a log or a pipe: wide enough for the summary table
+        console = Console(width=140)
     started = time.monotonic()
+    period = period or default_period(datetime.now(UTC))
+    start, end = parse_period(period)
     ensure_topics(settings)
-    traffic = Traffic.make(
-        time.time(),
-        (settings.topic_proxy_audit, settings.topic_broker_metrics, settings.topic_broker_audit),
-        n_proxy=proxy_events,
-        principals=PRINCIPALS,
-    )
+    traffic = demo_traffic(settings, period, proxy_events, seed)
+    console.print(f"[bold]streamtoll demo[/]: a month of audit traffic for {period}, metered, billed, finalized")
     engine = Engine(settings)
     thread = threading.Thread(target=engine.run, name="metering", daemon=True)
     thread.start()
-    print(f"producing {len(traffic.records):,} audit records …", flush=True)
-    ends = produce(bootstrap, traffic.records)
-    print("metering …", flush=True)
-    wait_caught_up(bootstrap, settings.group_id, ends, timeout=600, alive=thread.is_alive)
+    with _progress(console) as progress:
+        task = progress.add_task("producing audit records", total=len(traffic.records))
+        ends = produce(bootstrap, _counting(traffic.records, progress, task))
+        total = sum(ends.values())
+        meter = progress.add_task("metering", total=total)
+        deadline = time.monotonic() + 900
+        while True:
+            got = committed(bootstrap, settings.group_id, ends)
+            done = sum(min(max(got.get(k, 0), 0), v) for k, v in ends.items())
+            progress.update(meter, completed=done)
+            if done >= total:
+                break
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the metering worker stopped before it caught up; see the log above")
+            time.sleep(0.3)
     engine.stop()
     thread.join(60)
 
     rows = read_all(bootstrap, settings.topic_usage_windows, 4)
-    got = window_totals(rows)
+    got_windows = window_totals(rows)
     want = {k: v for k, v in traffic.truth.items() if any(v)}
-    exact = {k: v for k, v in got.items() if any(v)} == want
+    metered_exactly = {k: v for k, v in got_windows.items() if any(v)} == want
     dlq = read_all(bootstrap, settings.topic_dlq, 4)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     cols = ["source", "principal", "client_id", "virtual_cluster", "topic", "direction", "window_start"]
-    frame = pd.DataFrame(
-        [(*k, *v) for k, v in sorted(got.items())], columns=[*cols, "bytes", "records", "requests", "denied_requests"]
-    )
-    frame.to_csv(out_dir / "usage-windows.csv", index=False)
+    pd.DataFrame(
+        [(*k, *v) for k, v in sorted(got_windows.items())],
+        columns=[*cols, "bytes", "records", "requests", "denied_requests"],
+    ).to_csv(out_dir / "usage-windows.csv", index=False)
     pd.DataFrame(
         [(d["reason"], *(d["source"][f] for f in ("topic", "partition", "offset")), d["detail"]) for d in dlq],
         columns=["reason", "topic", "partition", "offset", "detail"],
     ).to_csv(out_dir / "dlq.csv", index=False)
 
-    summary = frame.groupby(["source", "principal"])[["bytes", "records", "requests", "denied_requests"]].sum()
-    print()
-    print(summary.to_string())
-    print()
-    print(f"input records          {len(traffic.records):>12,}")
-    print(f"usage window snapshots {len(rows):>12,}")
-    print(f"DLQ by reason          {dict(sorted(Counter(d['reason'] for d in dlq).items()))}")
-    sunk = _sink_and_bill(settings, database_url, want, out_dir)
-    exact = exact and sunk
-    print(f"matches ground truth   {'yes' if exact else 'NO'}")
-    print(f"wall time              {time.monotonic() - started:>11.1f} s")
-    print(f"written                {out_dir / 'usage-windows.csv'}, {out_dir / 'dlq.csv'}, {out_dir / 'invoices.json'}")
+    db = _prepare_database(database_url)
+    sunk_exactly = _sink(settings, db, want, console)
+    bills = _bill(db, period, out_dir, console)
+    usage = usage_report(
+        db,
+        datetime(start.year, start.month, start.day, tzinfo=UTC),
+        datetime(end.year, end.month, end.day, tzinfo=UTC),
+        ("account", "source", "direction"),
+    )
+    dlq_counts = dict(sorted(Counter(d["reason"] for d in dlq).items()))
+    exact = metered_exactly and sunk_exactly and dlq_counts == dict(sorted(traffic.dlq.items()))
+    wall = time.monotonic() - started
+    summary: dict[str, Any] = {
+        "period": period,
+        "audit_records_produced": len(traffic.records),
+        "usage_window_snapshots": len(rows),
+        "usage": usage,
+        "invoices": [b.as_dict() for b in bills],
+        "dlq": dlq_counts,
+        "metered_exactly": metered_exactly,
+        "sunk_exactly": sunk_exactly,
+        "matches_ground_truth": exact,
+        "wall_time_s": round(wall, 1),
+        "seed": seed,
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out_dir / "invoices.json").write_text(json.dumps(summary["invoices"], indent=1))
+    _print_summary(console, summary, usage, out_dir)
+    db.dispose()
     return exact
+
+
+def _counting(records: list[Any], progress: Progress, task: Any) -> Any:
+    for i, r in enumerate(records, 1):
+        yield r
+        if i % 2000 == 0 or i == len(records):
+            progress.update(task, completed=i)
+
+
+def _prepare_database(url: str) -> Database:
+    upgrade(url)
+    db = make_engine(url)
+    load_plans(db, SAMPLES / "plans.yaml")
+    load_accounts(db, SAMPLES / "accounts.yaml")
+    return db
 
 
 def _hourly(engine: Database) -> dict[tuple[str, ...], list[int]]:
@@ -122,36 +221,81 @@ def _hourly(engine: Database) -> dict[tuple[str, ...], list[int]]:
     }
 
 
-def _sink_and_bill(settings: MeteringSettings, url: str, want: dict[tuple[str, ...], list[int]], out_dir: Path) -> bool:
-    """Real sink into PostgreSQL until it holds the truth, then bill and finalize this month."""
-    upgrade(url)
-    engine = make_engine(url)
-    load_plans(engine, SAMPLES / "plans.yaml")
-    load_accounts(engine, SAMPLES / "accounts.yaml")
-    sink = UsageSink(engine, settings.kafka_config(), settings.topic_usage_windows, f"{settings.group_id}-demo-sink")
+def _sink(settings: MeteringSettings, db: Database, want: dict[tuple[str, ...], list[int]], console: Console) -> bool:
+    """The real sink into PostgreSQL until the database holds the truth (or five minutes pass)."""
+    sink = UsageSink(db, settings.kafka_config(), settings.topic_usage_windows, f"{settings.group_id}-demo-sink")
     thread = threading.Thread(target=sink.run, name="sink", daemon=True)
     thread.start()
-    print("sinking usage into PostgreSQL …", flush=True)
     deadline = time.monotonic() + 300
-    held = _hourly(engine)
-    while held != want and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.5)
-        held = _hourly(engine)
+    with _progress(console) as progress:
+        task = progress.add_task("sinking usage into PostgreSQL", total=len(want))
+        while True:
+            held = _hourly(db)
+            progress.update(task, completed=sum(1 for k, v in want.items() if held.get(k) == v))
+            if held == want or time.monotonic() > deadline or not thread.is_alive():
+                break
+            time.sleep(0.5)
     sink.stop()
     thread.join(30)
-    period = datetime.now(UTC).strftime("%Y-%m")
-    print(f"billing {period} …", flush=True)
-    bills = run_billing(engine, period, finalize_drafts=True)
-    (out_dir / "invoices.json").write_text(json.dumps([b.as_dict() for b in bills], indent=1))
-    print()
-    print(f"{'account':<10} {'invoice':<18} {'currency':<8} {'subtotal':>12} {'tax':>10} {'total':>12}")
-    for b in bills:
-        print(f"{b.account:<10} {b.number or '':<18} {b.currency:<8} {b.subtotal:>12} {b.tax:>10} {b.total:>12}")
-    unassigned = usage_report(
-        engine, datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC), ("account",), "unassigned"
-    )
-    if unassigned:
-        u = unassigned[0]
-        print(f"unassigned traffic     {u['bytes']:,} bytes, {u['requests']:,} requests (shown to ops, never dropped)")
-    engine.dispose()
     return held == want
+
+
+def _bill(db: Database, period: str, out_dir: Path, console: Console) -> list[Any]:
+    (out_dir / "invoices").mkdir(parents=True, exist_ok=True)
+    (out_dir / "statements").mkdir(parents=True, exist_ok=True)
+    with _progress(console) as progress:
+        task = progress.add_task(f"billing {period}", total=None)
+
+        def tick(accounts: Any) -> Any:
+            accounts = list(accounts)
+            progress.update(task, total=len(accounts))
+            for a in accounts:
+                yield a
+                progress.advance(task)
+
+        bills = run_billing(db, period, finalize_drafts=True, progress=tick)
+        docs = progress.add_task("invoice PDFs and statements", total=len(bills))
+        for b in bills:
+            if b.number:
+                (out_dir / "invoices" / f"{b.number}.pdf").write_bytes(invoice_pdf(db, b.number))
+            doc = statement(db, b.account, period)
+            (out_dir / "statements" / f"{b.account}-{period}.csv").write_text(statement_csv(doc))
+            progress.advance(docs)
+    return bills
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:,.1f}"
+
+
+def _print_summary(console: Console, summary: dict[str, Any], usage: list[dict[str, Any]], out_dir: Path) -> None:
+    per: dict[str, dict[str, int]] = {}
+    for r in usage:
+        acc = per.setdefault(r["account"], Counter())
+        acc[f"{r['source']}.{r['direction']}"] += r["bytes"]
+        acc["records"] += r["records"] if r["source"] == "proxy" else 0
+        acc["requests"] += r["requests"] if r["source"] == "audit_log" else 0
+        acc["denied"] += r["denied_requests"] if r["source"] == "audit_log" else 0
+    invoices = {i["account"]: i for i in summary["invoices"]}
+    t = Table(title=f"streamtoll demo · {summary['period']}")
+    for col in ("account", "produce GB", "consume GB", "records", "requests (denied)", "invoice", "total"):
+        t.add_column(col, justify="left" if col in ("account", "invoice") else "right")
+    for account in sorted(per, key=lambda a: (a == "unassigned", a)):
+        u, inv = per[account], invoices.get(account)
+        t.add_row(
+            account,
+            _gb(u["proxy.produce"]),
+            _gb(u["proxy.consume"]),
+            f"{u['records']:,}",
+            f"{u['requests']:,} ({u['denied']:,})",
+            inv["number"] if inv else ("— (no plan in the period)" if account != "unassigned" else "— (no account)"),
+            f"{inv['currency']} {inv['total']}" if inv else "—",
+        )
+    console.print()
+    console.print(t)
+    console.print(f"audit records produced   {summary['audit_records_produced']:,}")
+    console.print(f"usage window snapshots   {summary['usage_window_snapshots']:,}")
+    console.print(f"DLQ by reason            {summary['dlq']}")
+    console.print(f"matches ground truth     {'yes' if summary['matches_ground_truth'] else 'NO'}")
+    console.print(f"wall time                {summary['wall_time_s']:.1f} s")
+    console.print(f"written to {out_dir}/: invoices/*.pdf, statements/*.csv, summary.json, usage-windows.csv, dlq.csv")

@@ -155,7 +155,9 @@ class Traffic:
         n_proxy: int,
         seed: int = 7,
         principals: list[str] | None = None,
+        span_s: float = 5 * HOUR,
     ) -> Traffic:
+        """Traffic with event times in ``[now − span_s, now]`` (a few records two days late)."""
         rnd = random.Random(seed)
         tr = cls(now, *topics)
         principals = principals or [f"User:tenant-{i}" for i in range(12)]
@@ -166,7 +168,7 @@ class Traffic:
         for i in range(n_proxy):
             principal = rnd.choice(principals)
             # mostly the last few hours; some late records two days back
-            t = now - rnd.uniform(0, 5 * HOUR) if rnd.random() > 0.02 else now - 2 * 86400 - rnd.uniform(0, HOUR)
+            t = now - rnd.uniform(0, span_s) if rnd.random() > 0.02 else now - 2 * 86400 - rnd.uniform(0, HOUR)
             direction = rnd.choice(("produce", "consume"))
             nbytes, nrec = rnd.randint(100, 2_000_000), rnd.randint(1, 5000)
             client, vc, topic = rnd.choice(clients), rnd.choice(("", "prod", "staging")), rnd.choice(topics_)
@@ -207,21 +209,22 @@ class Traffic:
         for raw, reason in bad:
             tr.records.append((tr.proxy_topic, b"User:tenant-0", raw))
             tr.dlq[reason] += 1
-        tr._metrics(rnd, principals[1], principals[2])
-        tr._audit(rnd, principals, n=max(200, n_proxy // 20))
+        tr._metrics(rnd, principals[1], principals[2], step_s=span_s / 180)
+        tr._audit(rnd, principals, n=max(200, n_proxy // 20), span_s=span_s * 0.8)
         return tr
 
-    def _metrics(self, rnd: random.Random, p1: str, p2: str) -> None:
-        """Cumulative counters from two brokers, one counter reset, duplicated exports."""
+    def _metrics(self, rnd: random.Random, p1: str, p2: str, step_s: float = 60.0) -> None:
+        """Cumulative counters from two brokers, one counter reset, duplicated exports: 120
+        exports ``step_s`` apart, starting ``180 × step_s`` before now."""
         ticks = 120
-        t0 = self.now - 3 * HOUR
+        t0 = self.now - 180 * step_s
         series = [
             (e, p, c, tp) for e in ("1", "2") for p, c in ((p1, "app-1"), (p2, "")) for tp in ("orders", "payments")
         ]
         state = {s: {"start": t0 - 60, "bytes": 0, "records": 0} for s in series}
         reset_at = {series[0]: 50, series[5]: 90}
         for tick in range(ticks):
-            t = t0 + tick * 60
+            t = t0 + tick * step_s
             for emitter in ("1", "2"):
                 points_b: list[dict[str, Any]] = []
                 points_r: list[dict[str, Any]] = []
@@ -256,11 +259,11 @@ class Traffic:
         self.records.append((self.metrics_topic, b"3", otlp_export("3", [("kafka.client.produce.bytes", [bogus])])))
         self.dlq["counter_implausible"] += 1
 
-    def _audit(self, rnd: random.Random, principals: list[str], n: int) -> None:
+    def _audit(self, rnd: random.Random, principals: list[str], n: int, span_s: float = 4 * HOUR) -> None:
         sent: list[tuple[bytes, bytes]] = []
         for i in range(n):
             p = rnd.choice(principals)
-            t = self.now - rnd.uniform(0, 4 * HOUR)
+            t = self.now - rnd.uniform(0, span_s)
             method = rnd.choice(
                 ("kafka.Produce", "kafka.FetchConsumer", "kafka.Fetch", "KAFKA.PRODUCE", "kafka.FetchFollower")
             )
