@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -152,7 +153,9 @@ class MeteringSettings:
         if (v := get("METERING_GROUP")) is not None:
             values["group_id"] = v
         if (v := get("INSTANCE_ID")) is not None:
-            values["instance_id"] = v
+            # "@hostname": the pod or container name, stable per replica in a StatefulSet and
+            # unique per replica anywhere (zombie writers are fenced by the group generation too)
+            values["instance_id"] = socket.gethostname() if v == "@hostname" else v
         if (v := get("METRICS_BIND")) is not None:
             port = v.rpartition(":")[2]
             if port.isdigit() and int(port) < 65536:

@@ -1,0 +1,142 @@
+"""Every ``STREAMTOLL_*`` setting in one list: the source of ``deploy/env.example`` and of the
+README's settings table (a test checks the example file is generated from it and that every
+name here is one the settings classes read).
+
+Parsing and validation live with the settings classes (``metering.settings``,
+``billing.settings``); this list only describes them for people and deployment files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["SETTINGS", "Setting", "env_example"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # without the STREAMTOLL_ prefix
+    default: str  # as a person reads it; "" = unset
+    used_by: str  # which processes read it
+    meaning: str
+    example: str = ""  # a valid value to show in env.example (and to test the name is read)
+    secret: bool = False
+    production: bool = False  # set it in production (the example line is active, not commented)
+
+
+SETTINGS: list[Setting] = [
+    # --- connections
+    Setting(
+        "KAFKA_BOOTSTRAP",
+        "",
+        "all",
+        "Kafka bootstrap servers; unset = an embedded dev broker",
+        "kafka-0:9092,kafka-1:9092",
+        production=True,
+    ),
+    Setting("KAFKA_SECURITY_PROTOCOL", "", "all", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL", "SASL_SSL"),
+    Setting("KAFKA_SASL_MECHANISM", "", "all", "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER", "SCRAM-SHA-512"),
+    Setting("KAFKA_SASL_USERNAME", "", "all", "SASL user", "streamtoll"),
+    Setting("KAFKA_SASL_PASSWORD", "", "all", "SASL password", "change-me", secret=True),
+    Setting(
+        "KAFKA_SSL_CA_LOCATION", "", "all", "CA bundle (PEM) for the brokers' certificates", "/etc/streamtoll/ca.pem"
+    ),
+    Setting("KAFKA_SSL_CERTIFICATE_LOCATION", "", "all", "client certificate (mTLS)", ""),
+    Setting("KAFKA_SSL_KEY_LOCATION", "", "all", "client key (mTLS)", "", secret=True),
+    Setting("KAFKA_X_<NAME>", "", "all", "any other librdkafka setting, `_` → `.` (e.g. KAFKA_X_CLIENT_RACK)", ""),
+    Setting(
+        "DATABASE_URL",
+        "",
+        "sink, api, billing commands",
+        "postgresql+psycopg://user:password@host:5432/db (PostgreSQL 14+); unset = embedded",
+        "postgresql+psycopg://streamtoll:change-me@postgres:5432/streamtoll",
+        secret=True,
+        production=True,
+    ),
+    # --- topics
+    Setting("TOPIC_PROXY_AUDIT", "proxy-audit", "worker", "input: proxy audit records", "proxy-audit"),
+    Setting(
+        "TOPIC_BROKER_METRICS", "broker-metrics", "worker", "input: OTLP/JSON broker client metrics", "broker-metrics"
+    ),
+    Setting(
+        "TOPIC_BROKER_AUDIT",
+        "confluent-audit-log-events",
+        "worker",
+        "input: broker audit log",
+        "confluent-audit-log-events",
+    ),
+    Setting("TOPIC_DLQ", "streamtoll.dlq.v1", "worker, api", "rejected records, with the reason", "streamtoll.dlq.v1"),
+    Setting("TOPIC_USAGE_WINDOWS", "streamtoll.usage-windows.v1", "worker, sink", "hourly full-total snapshots", ""),
+    Setting("TOPIC_USAGE_MINUTES", "streamtoll.usage-minutes.v1", "worker, api", "minute partials (live views)", ""),
+    Setting("TOPIC_STATE", "streamtoll.metering-state.v1", "worker", "the workers' state changelog", ""),
+    Setting("STATE_PARTITIONS", "12", "worker", "partitions of the state topic when streamtoll creates it", ""),
+    # --- metering
+    Setting("DEDUP_HORIZON", "1h", "worker", "duplicates of a record are dropped this long", "1h"),
+    Setting("DEDUP_MAX_KEYS", "1000000", "worker", "dedup keys kept per input partition (~106 bytes each)", ""),
+    Setting("MAX_LATENESS", "35d", "worker", "older events go to the DLQ as too_old", "35d"),
+    Setting("MAX_FUTURE_SKEW", "5m", "worker", "newer events go to the DLQ as future", "5m"),
+    Setting("METER_SINCE", "", "worker", "counters that started before this instant are a baseline", ""),
+    Setting("COUNTER_MAX_RATE", "1e10", "worker", "bytes/s above which a counter delta is implausible", ""),
+    Setting(
+        "METERING_GROUP", "streamtoll-metering", "worker, api", "consumer group of the workers", "streamtoll-metering"
+    ),
+    Setting(
+        "INSTANCE_ID",
+        "0",
+        "worker",
+        "this worker's id, unique per worker (transactional.id); @hostname = the host name",
+        "@hostname",
+    ),
+    Setting("BATCH_SIZE", "100000", "worker", "records per transaction at most", ""),
+    Setting("SESSION_TIMEOUT_MS", "10000", "worker", "consumer group session timeout", ""),
+    Setting("STATE_SNAPSHOT_INTERVAL", "10m", "worker", "how often a partition's full state is written", ""),
+    Setting("STATE_RETENTION", "7d", "worker", "retention of the state topic when streamtoll creates it", ""),
+    Setting(
+        "METRICS_BIND", "", "worker, sink", "HOST:PORT where the process serves /metrics; unset = off", "0.0.0.0:9464"
+    ),
+    # --- billing and API
+    Setting("INVOICE_NUMBER_PREFIX", "INV", "billing", "invoice numbers are PREFIX-YEAR-NNNNNN", "INV"),
+    Setting("SINK_GROUP", "streamtoll-sink", "sink", "consumer group of the usage sink", "streamtoll-sink"),
+    Setting("API_BIND", "127.0.0.1:8080", "api, top", "where the HTTP API listens", "0.0.0.0:8080"),
+    Setting("API_KEY", "", "top", "the ops or finance key `streamtoll top` uses", "", secret=True),
+    Setting("ISSUER_NAME", "streamtoll", "billing", "the invoice issuer's name", "Example Streaming GmbH"),
+    Setting(
+        "ISSUER_ADDRESS", "", "billing", "the issuer's address, lines separated by |", "Street 1|10115 Berlin|Germany"
+    ),
+    Setting("ISSUER_EMAIL", "billing@streamtoll.invalid", "billing", "the issuer's email", "billing@example.com"),
+    Setting("ISSUER_VAT_ID", "", "billing", "the issuer's VAT id", ""),
+    Setting("ISSUER_BANK", "", "billing", "payment details printed on invoices", ""),
+    Setting("SMTP_HOST", "127.0.0.1", "invoices send", "mail server", "smtp.example.com"),
+    Setting("SMTP_PORT", "25", "invoices send", "mail server port", "587"),
+    Setting("SMTP_TLS", "none", "invoices send", "none, starttls or ssl", "starttls"),
+    Setting("SMTP_USERNAME", "", "invoices send", "mail server user", ""),
+    Setting("SMTP_PASSWORD", "", "invoices send", "mail server password", "", secret=True),
+    Setting("SMTP_SENDER", "billing@streamtoll.invalid", "invoices send", "From address", "billing@example.com"),
+    Setting("SMTP_SENDER_NAME", "streamtoll billing", "invoices send", "From name", ""),
+    Setting("LOG_LEVEL", "INFO", "all", "DEBUG, INFO, WARNING or ERROR (JSON lines on stderr)", "INFO"),
+]
+
+
+def env_example() -> str:
+    """The text of ``deploy/env.example``."""
+    out = [
+        "# streamtoll settings (generated from streamtoll/settings_catalog.py: edit it there).",
+        "# Set the two uncommented ones; the rest are optional and take the default shown when unset.",
+        "# Secrets are marked: keep them in a secret store (Kubernetes Secret), not in this file.",
+        "",
+    ]
+    for s in SETTINGS:
+        if s.name.endswith("<NAME>"):
+            out.append(f"# STREAMTOLL_{s.name}: {s.meaning}")
+            out.append("")
+            continue
+        default = f"default {s.default}" if s.default else "unset by default"
+        out.append(f"# {s.meaning} ({default}; read by {s.used_by}){' [secret]' if s.secret else ''}")
+        line = f"STREAMTOLL_{s.name}={s.example}"
+        out.append(line if s.production else "# " + line)
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(env_example(), end="")
