@@ -492,6 +492,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     env = {**os.environ}
     env.setdefault("STREAMTOLL_SESSION_TIMEOUT_MS", "6000")
     env.setdefault("STREAMTOLL_MAX_LATENESS", "70d")  # the billed month's traffic is produced after it
+    for name, value in (  # an example issuer on the demo's invoices unless one is configured
+        ("ISSUER_NAME", "Example Streaming GmbH"),
+        ("ISSUER_ADDRESS", "Example Street 1|10115 Berlin|Germany"),
+        ("ISSUER_EMAIL", "billing@streaming.example"),
+        ("ISSUER_VAT_ID", "DE000000000"),
+        ("ISSUER_BANK", "IBAN DE00 0000 0000 0000 0000 00 · BIC EXAMPDEFF"),
+    ):
+        env.setdefault("STREAMTOLL_" + name, value)
+    try:
+        issuer = BillingSettings.from_env(env).issuer
+    except BillingSettingsError as exc:
+        raise UserError("invalid settings:\n  " + "\n  ".join(exc.problems)) from exc
     try:
         metering = MeteringSettings.from_env(env)
     except SettingsError as exc:
@@ -499,7 +511,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with _kafka(metering) as settings, _database(_billing_settings()) as server_url:
         url = _fresh_database(server_url, "streamtoll_demo_" + datetime.now(UTC).strftime("%Y%m%d_%H%M%S"))
         print(f"demo database {url.rsplit('/', 1)[-1].split('?')[0]}", flush=True)
-        exact = run_demo(settings, url, Path(args.out), args.proxy_events, args.period, args.seed)
+        exact = run_demo(settings, url, Path(args.out), args.proxy_events, args.period, args.seed, issuer)
     return 0 if exact else 1
 
 

@@ -104,6 +104,7 @@ def run_demo(
     proxy_events: int,
     period: str | None = None,
     seed: int = 7,
+    issuer: dict[str, Any] | None = None,
 ) -> bool:
     """Run the demo; True when the metered and sunk totals equal the generator's ground truth."""
     assert settings.kafka_bootstrap
@@ -157,7 +158,7 @@ def run_demo(
 
     db = _prepare_database(database_url)
     sunk_exactly = _sink(settings, db, want, console)
-    bills = _bill(db, period, out_dir, console)
+    bills = _bill(db, period, out_dir, console, issuer)
     usage = usage_report(
         db,
         datetime(start.year, start.month, start.day, tzinfo=UTC),
@@ -240,7 +241,7 @@ def _sink(settings: MeteringSettings, db: Database, want: dict[tuple[str, ...], 
     return held == want
 
 
-def _bill(db: Database, period: str, out_dir: Path, console: Console) -> list[Any]:
+def _bill(db: Database, period: str, out_dir: Path, console: Console, issuer: dict[str, Any] | None) -> list[Any]:
     (out_dir / "invoices").mkdir(parents=True, exist_ok=True)
     (out_dir / "statements").mkdir(parents=True, exist_ok=True)
     with _progress(console) as progress:
@@ -253,7 +254,7 @@ def _bill(db: Database, period: str, out_dir: Path, console: Console) -> list[An
                 yield a
                 progress.advance(task)
 
-        bills = run_billing(db, period, finalize_drafts=True, progress=tick)
+        bills = run_billing(db, period, finalize_drafts=True, issuer=issuer, progress=tick)
         docs = progress.add_task("invoice PDFs and statements", total=len(bills))
         for b in bills:
             if b.number:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["SETTINGS", "Setting", "env_example"]
+__all__ = ["SETTINGS", "Setting", "env_example", "settings_table"]
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,15 @@ def env_example() -> str:
         out.append(line if s.production else "# " + line)
         out.append("")
     return "\n".join(out)
+
+
+def settings_table() -> str:
+    """The README's settings table (markdown)."""
+    rows = ["| setting | default | read by | meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        default = f"`{s.default}`" if s.default else "unset"
+        rows.append(f"| `{s.name}` | {default} | {s.used_by} | {s.meaning.replace('|', chr(92) + '|')} |")
+    return "\n".join(rows) + "\n"
 
 
 if __name__ == "__main__":

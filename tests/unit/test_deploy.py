@@ -165,3 +165,10 @@ def test_runbook_commands_are_real_and_it_covers_the_operations() -> None:
     headings = [line[3:].lower() for line in text.splitlines() if line.startswith("## ")]
     for topic in ("scaling", "backfill and replay", "month close", "backup and restore"):
         assert topic in headings, topic
+
+
+def test_readme_settings_table_is_generated_from_the_catalog() -> None:
+    from streamtoll.settings_catalog import settings_table
+
+    readme = (DEPLOY.parent / "README.md").read_text()
+    assert settings_table() in readme, "paste streamtoll.settings_catalog.settings_table() into the README"
