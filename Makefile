@@ -35,7 +35,7 @@ check: $(STAMP)
 	$(BIN)/lint-imports
 
 demo: $(STAMP)
-	$(BIN)/streamtoll demo
+	$(BIN)/streamtoll --log-level WARNING demo
 
 clean:
 	rm -rf $(VENV) .streamtoll out
