@@ -109,24 +109,35 @@ def cmd_sink(args: argparse.Namespace) -> int:
 
     billing = _billing_settings()
     with _kafka(_settings()) as metering, _database(billing) as url:
-        sink = UsageSink(_connect(url), metering.kafka_config(), metering.topic_usage_windows, billing.sink_group)
+        sink = UsageSink(
+            _connect(url),
+            metering.kafka_config(),
+            metering.topic_usage_windows,
+            billing.sink_group,
+            batch_size=args.batch_size,
+            session_timeout_ms=metering.session_timeout_ms,
+        )
 
         def stop(signum: int, frame: FrameType | None) -> None:
             sink.stop()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        with _metrics(SinkCollector(sink), args.metrics_bind or metering.metrics_bind):
+
+        def health() -> tuple[bool, dict[str, Any]]:
+            return sink.db_up, {"database": "reachable" if sink.db_up else "unreachable", "records": sink.records}
+
+        with _metrics(SinkCollector(sink), args.metrics_bind or metering.metrics_bind, health):
             sink.run()
     return 0
 
 
-def _metrics(collector: Any, bind: str | None) -> contextlib.AbstractContextManager[int | None]:
+def _metrics(collector: Any, bind: str | None, health: Any = None) -> contextlib.AbstractContextManager[int | None]:
     from streamtoll.metrics import serve_metrics
 
     if bind and not bind.rpartition(":")[2].isdigit():
         raise UserError(f"metrics bind address {bind!r} is not HOST:PORT")
-    return serve_metrics(collector, bind)
+    return serve_metrics(collector, bind, health)
 
 
 def _catalog_load(kind: str, path: Path) -> int:
@@ -383,7 +394,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from metering.engine.metrics import EngineCollector
 
     try:
-        with _metrics(EngineCollector(engine), args.metrics_bind or settings.metrics_bind) as port:
+        with _metrics(EngineCollector(engine), args.metrics_bind or settings.metrics_bind, engine.health) as port:
             if port is not None:
                 print(f"worker metrics on port {port} (/metrics)", file=sys.stderr)
             engine.run()
@@ -583,6 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database schema").add_subparsers(dest="db", required=True)
     db.add_parser("upgrade", help="Alembic migrations to head").set_defaults(func=cmd_db_upgrade)
     sk = sub.add_parser("sink", help="usage windows topic → PostgreSQL")
+    sk.add_argument("--batch-size", type=int, default=50_000, help="window records per database transaction")
     sk.add_argument("--metrics-bind", default=None, help="HOST:PORT for /metrics (default STREAMTOLL_METRICS_BIND)")
     sk.set_defaults(func=cmd_sink)
     for kind in ("accounts", "plans"):

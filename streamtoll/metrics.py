@@ -1,32 +1,53 @@
-"""Serving a process's Prometheus collectors at ``http://HOST:PORT/metrics`` (worker, sink).
+"""A small HTTP server for a process without an API of its own (worker, sink): Prometheus
+``/metrics`` and a ``/healthz`` readiness answer.
 
-The API serves its own ``/metrics`` on its port; the worker and the sink have no HTTP server of
-their own, so ``STREAMTOLL_METRICS_BIND`` (or ``--metrics-bind``) starts this small one.
+``STREAMTOLL_METRICS_BIND`` (or ``--metrics-bind``) starts it. ``/healthz`` answers 200 with a
+JSON body while the process's ``health()`` says it can do its job, 503 with the same body saying
+what is wrong otherwise (e.g. the sink while its database is unreachable).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import json
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from wsgiref.simple_server import make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 from prometheus_client.registry import Collector
 
-__all__ = ["serve_metrics"]
+__all__ = ["Health", "serve_metrics"]
+
+Health = Callable[[], tuple[bool, dict[str, Any]]]
 
 
 @contextlib.contextmanager
-def serve_metrics(collector: Collector, bind: str | None) -> Iterator[int | None]:
-    """Serve ``collector`` in a thread while the block runs; yields the bound port (None: off)."""
+def serve_metrics(collector: Collector, bind: str | None, health: Health | None = None) -> Iterator[int | None]:
+    """Serve ``/metrics`` (and ``/healthz``) in a thread while the block runs; yields the port."""
     if not bind:
         yield None
         return
     host, _, port = bind.rpartition(":")
     registry = CollectorRegistry()
     registry.register(collector)
-    server, thread = start_http_server(int(port), host or "0.0.0.0", registry)
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/healthz":
+            ok, body = health() if health else (True, {})
+            start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")])
+            return [json.dumps({"ready": ok, **body}).encode()]
+        return metrics(environ, start_response)  # type: ignore[no-any-return]
+
+    server = make_server(host or "0.0.0.0", int(port), app, ThreadingWSGIServer, handler_class=_SilentHandler)
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
     try:
         yield int(server.server_port)
     finally:
         server.shutdown()
+        server.server_close()
         thread.join(5)

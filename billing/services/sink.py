@@ -5,13 +5,21 @@ Each record is a full total for one (window key, shard) with a ``version`` that 
 a row only when the incoming version is newer; only after that commit are the Kafka offsets
 committed. Killed anywhere, the sink re-reads from the last committed offsets, and the replayed
 records change nothing (their versions are not newer): nothing lost, nothing doubled.
-While the database is unreachable the sink keeps the batch and retries with backoff.
+While the database is unreachable the sink keeps the batch and retries with backoff (0.5 s
+doubling to 30 s), its partitions paused but the consumer polled, so it stays in its group
+however long the outage lasts; ``db_up`` (and ``/metrics``, ``/healthz``) say so meanwhile.
+
+``STREAMTOLL_FAILPOINT=sink.after_db_commit:N`` makes the process exit right after its N-th
+database commit and before the Kafka commit — the narrowest window there is — so tests can
+prove that a crash there loses and doubles nothing. Never set it in production.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -84,12 +92,16 @@ class UsageSink:
         topic: str,
         group_id: str = "streamtoll-sink",
         batch_size: int = 50_000,
+        session_timeout_ms: int = 10_000,
     ) -> None:
         self.engine = engine
         self.kafka_config = dict(kafka_config)
         self.topic = topic
         self.group_id = group_id
         self.batch_size = batch_size
+        self.session_timeout_ms = session_timeout_ms
+        name, _, count = os.environ.get("STREAMTOLL_FAILPOINT", "").partition(":")
+        self._fail_after = int(count or 1) if name == "sink.after_db_commit" else 0
         self.upserted = 0  # rows written (a newer version arrived)
         self.records = 0  # window records read
         self.batches = 0  # batches committed (database, then offsets)
@@ -109,7 +121,8 @@ class UsageSink:
                 "isolation.level": "read_committed",
                 "auto.offset.reset": "earliest",
                 "fetch.queue.backoff.ms": 10,
-                "session.timeout.ms": 10_000,
+                "session.timeout.ms": self.session_timeout_ms,
+                "heartbeat.interval.ms": max(100, self.session_timeout_ms // 4),
             }
         )
         consumer.subscribe([self.topic])
@@ -141,26 +154,56 @@ class UsageSink:
                         )
                 if not offsets:
                     continue
-                self._write(windows)
+                self._write(windows, consumer)
+                if self._fail_after and self.batches + 1 >= self._fail_after:
+                    log.error("failpoint sink.after_db_commit: exiting before the Kafka commit")
+                    logging.shutdown()
+                    os._exit(137)
                 consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
                 self.records += len(windows)
                 self.batches += 1
         finally:
             consumer.close()
 
-    def _write(self, windows: list[UsageWindow]) -> None:
+    def _write(self, windows: list[UsageWindow], consumer: Consumer | None = None) -> None:
         backoff = 0.5
-        while True:
-            try:
-                self.upserted += upsert_windows(self.engine, windows)
-                self.db_up = True
-                return
-            except OperationalError as exc:
-                self.db_failures += 1
-                self.db_up = False
-                log.warning(
-                    "database unavailable; retrying", extra={"error": str(exc).splitlines()[0], "in_s": backoff}
-                )
-                if self._stop.wait(backoff):
-                    raise
-                backoff = min(backoff * 2, 30.0)
+        paused: list[TopicPartition] = []
+        try:
+            while True:
+                try:
+                    self.upserted += upsert_windows(self.engine, windows)
+                    self.db_up = True
+                    return
+                except OperationalError as exc:
+                    self.db_failures += 1
+                    self.db_up = False
+                    log.warning(
+                        "database unavailable; retrying", extra={"error": str(exc).splitlines()[0], "in_s": backoff}
+                    )
+                    if consumer is not None and not paused:
+                        paused = consumer.assignment()
+                        consumer.pause(paused)
+                    if self._wait(backoff, consumer):
+                        raise
+                    backoff = min(backoff * 2, 30.0)
+        finally:
+            if consumer is not None and paused:
+                # everything assigned now (a partition paused in _wait too); resuming a partition
+                # that is not paused changes nothing
+                consumer.resume(consumer.assignment())
+
+    def _wait(self, seconds: float, consumer: Consumer | None) -> bool:
+        """Wait ``seconds`` (True: asked to stop), polling the paused consumer meanwhile so the
+        group does not consider it dead. A record it returns anyway (a rebalance handed it a new,
+        unpaused partition) is not dropped: the consumer is sought back to it."""
+        if consumer is None:
+            return self._stop.wait(seconds)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self._stop.is_set():
+                return True
+            m = consumer.poll(min(1.0, max(0.0, deadline - time.monotonic())))
+            if m is not None and m.error() is None:
+                consumer.seek(TopicPartition(m.topic() or "", m.partition() or 0, m.offset() or 0))
+                consumer.pause([TopicPartition(m.topic() or "", m.partition() or 0)])
+        return self._stop.is_set()

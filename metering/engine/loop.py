@@ -108,10 +108,22 @@ class Engine:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._last_snapshot: dict[tuple[str, int], float] = {}
+        self.progress_at = 0.0  # last time a poll returned (records or not): the loop is alive
+        self.last_error: str | None = None
         self._full_reads = 0  # shards the last restore had to rebuild from the state topic's start
 
     def stop(self) -> None:
         self._stop.set()
+
+    def health(self, within_s: float = 60.0) -> tuple[bool, dict[str, Any]]:
+        """Ready when the loop polled Kafka lately (for ``/healthz``)."""
+        age = self.clock() - self.progress_at if self.progress_at else None
+        ok = age is not None and age <= within_s
+        return ok, {
+            "kafka": "reachable" if ok else "unreachable",
+            "partitions": len(self.shards),
+            "last_error": self.last_error,
+        }
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -124,6 +136,7 @@ class Engine:
                 while not self._stop.is_set():
                     self._step()
             except Exception as exc:  # crash-only: whatever it was, restart from committed state
+                self.last_error = f"{type(exc).__name__}: {exc}"
                 log.error(
                     "metering loop failed; restarting from committed state",
                     extra={"error": f"{type(exc).__name__}: {exc}"},
@@ -298,6 +311,7 @@ class Engine:
         consumer, producer = self._consumer, self._producer
         assert consumer is not None and producer is not None
         msgs = consumer.consume(self.settings.batch_size, 0.5)
+        self.progress_at = self.clock()
         by_shard: dict[tuple[str, int], list[Message]] = {}
         for m in msgs:
             err = m.error()

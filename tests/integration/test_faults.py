@@ -1,0 +1,245 @@
+"""Faults the way production has them, on real processes, a real broker and a real PostgreSQL;
+each case ends by comparing with the generator's independently computed ground truth.
+
+- three workers: added and removed mid-stream, one killed with -9 while partitions move;
+- the sink dying exactly between its database commit and its Kafka commit, again and again;
+- PostgreSQL stopped and restarted under a running sink and API;
+- the broker unreachable when the worker starts, and frozen (SIGSTOP) mid-run.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from metering.settings import MeteringSettings
+from streamtoll.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+from streamtoll.serving import running
+
+from .harness import Traffic, Worker, produce, wait_caught_up
+from .test_exactness import _check_outputs
+from .test_sink import hourly
+
+pytestmark = pytest.mark.integration
+
+
+def _traffic(settings: MeteringSettings, n: int, seed: int) -> Traffic:
+    topics = (settings.topic_proxy_audit, settings.topic_broker_metrics, settings.topic_broker_audit)
+    return Traffic.make(time.time(), topics, n_proxy=n, seed=seed)
+
+
+def _feed(bootstrap: str, traffic: Traffic, pace: tuple[int, float]) -> tuple[threading.Thread, dict[Any, int]]:
+    ends: dict[Any, int] = {}
+    t = threading.Thread(target=lambda: ends.update(produce(bootstrap, traffic.records, pace=pace)))
+    t.start()
+    return t, ends
+
+
+def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout:.0f} s"
+        time.sleep(0.3)
+
+
+def _sink(env: dict[str, str], log: Path, *extra: str, failpoint: str | None = None) -> subprocess.Popen[bytes]:
+    out = open(log, "ab")  # noqa: SIM115
+    e = {**env, **({"STREAMTOLL_FAILPOINT": failpoint} if failpoint else {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamtoll.cli", "sink", *extra], env=e, stdout=out, stderr=out, start_new_session=True
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _hourly_equals_truth(url: str, traffic: Traffic, timeout: float = 120) -> None:
+    want = {k: v for k, v in traffic.truth.items() if any(v)}
+    deadline = time.monotonic() + timeout
+    got = hourly(url)
+    while got != want and time.monotonic() < deadline:
+        time.sleep(0.5)
+        got = hourly(url)
+    missing = {k: (v, got.get(k)) for k, v in want.items() if got.get(k) != v}
+    assert not missing and set(got) == set(want), f"{len(missing)} windows differ, e.g. {list(missing.items())[:3]}"
+
+
+def test_three_workers_added_removed_and_killed_while_partitions_move(
+    broker: EmbeddedBroker, env: dict[str, str], settings: MeteringSettings, logdir: Path
+) -> None:
+    traffic = _traffic(settings, 80_000, seed=21)
+    workers = [Worker({**env, "STREAMTOLL_INSTANCE_ID": f"w{i}"}, logdir / f"w{i}.log") for i in range(3)]
+    feeder, ends = _feed(broker.bootstrap, traffic, pace=(2_000, 0.25))
+    events: list[str] = []
+    try:
+        workers[0].start()
+        time.sleep(3)
+        workers[1].start()
+        events.append("w1 added")
+        time.sleep(4)
+        workers[2].start()  # a rebalance starts: partitions move from w0/w1 to w2 …
+        events.append("w2 added")
+        time.sleep(1.5)
+        workers[1].kill9()  # … and w1 dies in the middle of it
+        events.append("w1 killed -9 during the rebalance")
+        time.sleep(5)
+        assert workers[0].stop() == 0  # removed gracefully: its partitions move again
+        events.append("w0 removed")
+        workers[1].start()
+        events.append("w1 back")
+        feeder.join()
+        wait_caught_up(broker.bootstrap, settings.group_id, ends, timeout=240)
+    finally:
+        feeder.join()
+        for w in workers:
+            if w.proc is not None:
+                w.stop()
+    assert len(events) == 5
+    _check_outputs(broker, settings, traffic)
+
+
+def test_sink_dying_between_database_and_kafka_commit_loses_and_doubles_nothing(
+    broker: EmbeddedBroker, env: dict[str, str], settings: MeteringSettings, migrated: str, logdir: Path
+) -> None:
+    traffic = _traffic(settings, 40_000, seed=22)
+    env = {**env, "STREAMTOLL_DATABASE_URL": migrated, "STREAMTOLL_SINK_GROUP": f"sink-{settings.group_id}"}
+    worker = Worker(env, logdir / "worker.log").start()
+    rnd = random.Random()
+    deaths = 0
+    sink: subprocess.Popen[bytes] | None = None
+    try:
+        ends = produce(broker.bootstrap, traffic.records)
+        wait_caught_up(broker.bootstrap, settings.group_id, ends)
+        # a backlog of window records; each sink incarnation commits 1–3 small batches to
+        # PostgreSQL and dies right after the last one, before its Kafka commit: the next one
+        # re-reads that batch
+        for _ in range(6):
+            k = rnd.randint(1, 3)
+            sink = _sink(env, logdir / "sink.log", "--batch-size", "300", failpoint=f"sink.after_db_commit:{k}")
+            assert sink.wait(120) == 137, (logdir / "sink.log").read_text()[-2000:]
+            deaths += 1
+        sink = _sink(env, logdir / "sink.log")
+        _hourly_equals_truth(migrated, traffic)
+    finally:
+        if sink is not None:
+            _stop(sink)
+        worker.stop()
+    assert deaths == 6
+    assert (logdir / "sink.log").read_text().count("failpoint sink.after_db_commit") == deaths
+
+
+def test_postgres_restarted_under_the_sink_and_api(
+    broker: EmbeddedBroker, env: dict[str, str], settings: MeteringSettings, logdir: Path, tmp_path: Path
+) -> None:
+    from billing.adapters.db import make_engine, upgrade
+    from billing.api.app import create_app
+    from billing.services.catalog import load_accounts, load_plans
+    from billing.services.keys import create_key
+
+    samples = Path(__file__).parents[2] / "streamtoll" / "samples"
+    pg = EmbeddedPostgres(tmp_path / "pg").start()
+    assert pg.url
+    url = pg.url
+    upgrade(url)
+    engine = make_engine(url)
+    load_plans(engine, samples / "plans.yaml")
+    load_accounts(engine, samples / "accounts.yaml")
+    key = create_key(engine, "finance", None)
+    traffic = _traffic(settings, 30_000, seed=23)
+    port = free_port()
+    env = {
+        **env,
+        "STREAMTOLL_DATABASE_URL": url,
+        "STREAMTOLL_SINK_GROUP": f"sink-{settings.group_id}",
+    }
+    worker = Worker(env, logdir / "worker.log").start()
+    sink = _sink(env, logdir / "sink.log", "--metrics-bind", f"127.0.0.1:{port}")
+    sink_health = f"http://127.0.0.1:{port}/healthz"
+    auth = {"Authorization": f"Bearer {key}"}
+    feeder, ends = _feed(broker.bootstrap, traffic, pace=(2_000, 0.4))
+    try:
+        with running(create_app(engine)) as api:
+            _wait(lambda: httpx.get(api + "/v1/invoices", headers=auth, timeout=10).status_code == 200, 30, "API up")
+            _wait(lambda: _get(sink_health) == 200, 60, "sink ready")
+            time.sleep(3)
+            pg.stop()  # the database goes away while windows keep arriving
+            _wait(lambda: _get(sink_health) == 503, 60, "the sink reporting the database down")
+            down = httpx.get(sink_health, timeout=5).json()
+            assert down == {"ready": False, "database": "unreachable", "records": down["records"]}
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            assert "streamtoll_sink_database_up 0.0" in metrics
+            r = httpx.get(api + "/v1/invoices", headers=auth, timeout=30)
+            assert r.status_code == 503 and r.json() == {"detail": "the database is unavailable; try again shortly"}
+            h = httpx.get(api + "/healthz", timeout=30)
+            assert h.status_code == 503 and h.json()["database"] == "unreachable"
+            time.sleep(8)  # an outage longer than a few sink retries
+            pg = EmbeddedPostgres(tmp_path / "pg").start()
+            assert pg.url == url
+            _wait(lambda: httpx.get(api + "/v1/invoices", headers=auth, timeout=10).status_code == 200, 60, "API back")
+            _wait(lambda: _get(sink_health) == 200, 90, "the sink writing again")
+            feeder.join()
+            wait_caught_up(broker.bootstrap, settings.group_id, ends)
+            _hourly_equals_truth(url, traffic)
+            assert sink.poll() is None, "the sink must wait for the database, not exit"
+            assert "database unavailable; retrying" in (logdir / "sink.log").read_text()
+    finally:
+        feeder.join()
+        _stop(sink)
+        worker.stop()
+        engine.dispose()
+        pg.stop()
+
+
+def _get(url: str) -> int:
+    try:
+        return httpx.get(url, timeout=5).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def test_broker_unreachable_at_start_and_frozen_mid_run(env: dict[str, str], logdir: Path, tmp_path: Path) -> None:
+    port, metrics = free_port(), free_port()
+    env = {**env, "STREAMTOLL_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}", "STREAMTOLL_METRICS_BIND": f"127.0.0.1:{metrics}"}
+    settings = MeteringSettings.from_env(env)
+    worker = Worker(env, logdir / "worker.log").start()
+    health = f"http://127.0.0.1:{metrics}/healthz"
+    broker = EmbeddedBroker(port=port, log_path=tmp_path / "broker.log")
+    try:
+        _wait(lambda: "is unreachable" in (logdir / "worker.log").read_text(), 60, "a log line naming the problem")
+        assert worker.proc is not None and worker.proc.poll() is None  # retrying, not exiting
+        assert _get(health) == 503
+        broker.start()  # the broker comes up: the worker carries on by itself
+        traffic = _traffic(settings, 30_000, seed=24)
+        feeder, ends = _feed(broker.bootstrap, traffic, pace=(2_000, 0.3))
+        _wait(lambda: _get(health) == 200, 120, "the worker connected")
+        time.sleep(3)
+        proc = broker._proc
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGSTOP)  # the broker hangs: no answer, no error
+        time.sleep(12)
+        os.kill(proc.pid, signal.SIGCONT)
+        feeder.join()
+        wait_caught_up(broker.bootstrap, settings.group_id, ends, timeout=240)
+        assert worker.proc.poll() is None, "the worker must ride out a broker outage in-process"
+        _check_outputs(broker, settings, traffic)
+    finally:
+        worker.stop()
+        broker.stop()
