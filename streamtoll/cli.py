@@ -528,8 +528,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _fresh_database(server_url: str, name: str) -> str:
     """A new, empty database on the same server, so every demo run starts from nothing."""
+    import re
+
     import sqlalchemy as sa
 
+    if not re.fullmatch(r"[a-z0-9_]{1,63}", name):  # an identifier cannot be a bound parameter
+        raise ValueError(f"not a safe database name: {name!r}")
     admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:

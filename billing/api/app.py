@@ -28,7 +28,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import Engine, text
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DataError, OperationalError, SQLAlchemyError
 
 from billing.adapters.metrics import ApiCollector
 from billing.adapters.render import render_statement_pdf
@@ -80,10 +80,18 @@ def create_app(
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next: Any) -> Any:
-        response = await call_next(request)
+        if "\x00" in request.url.path or any("\x00" in v for v in request.query_params.values()):
+            response: Any = JSONResponse({"detail": "parameters may not contain NUL characters"}, status_code=422)
+        else:
+            response = await call_next(request)
         route = request.scope.get("route")
         metrics.requests[(getattr(route, "path", "unmatched"), str(response.status_code))] += 1
         return response
+
+    @app.exception_handler(DataError)
+    async def bad_value(request: Request, exc: DataError) -> JSONResponse:
+        # a value no column can hold (e.g. a NUL character): the caller's mistake, not a 500
+        return JSONResponse({"detail": "a parameter holds a value that is not allowed"}, status_code=422)
 
     @app.exception_handler(OperationalError)
     async def database_down(request: Request, exc: OperationalError) -> JSONResponse:

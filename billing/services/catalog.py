@@ -66,6 +66,8 @@ def read_yaml(path: Path) -> Any:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise CatalogError([f"{path}: {where}not valid YAML ({problem})"]) from None
+    except RecursionError:
+        raise CatalogError([f"{path}: nested too deeply to be a catalog file"]) from None
 
 
 def _latest_versions(conn: Connection) -> dict[str, int]:

@@ -1,0 +1,44 @@
+-- Database roles for streamtoll: least privilege per process. Run as a superuser (or the
+-- database owner with CREATEROLE) after `streamtoll db upgrade`, and again after each upgrade
+-- that adds tables (it is idempotent). Then give each process its own login, e.g.
+--   CREATE ROLE api_login LOGIN PASSWORD '…' IN ROLE streamtoll_api;
+-- and its STREAMTOLL_DATABASE_URL with that user.
+--
+--   streamtoll_sink  the usage sink: writes usage rows, reads nothing else it does not need
+--   streamtoll_api   the HTTP API: reads everything; drafts, finalizes and voids invoices
+--                    (POST /v1/billing/runs …); can never write usage rows or the catalog, and
+--                    — like everyone — never change a finalized invoice but to void it (triggers)
+--   the owner        `streamtoll db upgrade`, `accounts load`, `plans load`, `keys create`,
+--                    `bill` and `invoices send` from an operator's shell
+--
+-- (tested: tests/integration/test_security.py applies this file and tries what each role must
+-- not do on a real PostgreSQL)
+
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'streamtoll_sink') THEN
+    CREATE ROLE streamtoll_sink NOLOGIN;
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'streamtoll_api') THEN
+    CREATE ROLE streamtoll_api NOLOGIN;
+  END IF;
+END
+$$;
+
+REVOKE ALL ON ALL TABLES IN SCHEMA public FROM streamtoll_sink, streamtoll_api;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM streamtoll_sink, streamtoll_api;
+GRANT USAGE ON SCHEMA public TO streamtoll_sink, streamtoll_api;
+
+-- the sink: upserts usage rows (INSERT … ON CONFLICT DO UPDATE) and checks the schema version
+GRANT SELECT, INSERT, UPDATE ON usage_shard_rows TO streamtoll_sink;
+GRANT SELECT ON alembic_version TO streamtoll_sink;
+
+-- the API: reads everything …
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO streamtoll_api;
+-- … writes invoices (drafts are recomputed in place: their lines are replaced), numbers them
+GRANT INSERT, UPDATE ON invoices TO streamtoll_api;
+GRANT INSERT, DELETE ON invoice_lines TO streamtoll_api;
+GRANT INSERT, UPDATE ON invoice_numbers TO streamtoll_api;
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO streamtoll_api;
+-- and nothing else: no INSERT/UPDATE/DELETE/TRUNCATE on usage_shard_rows, accounts,
+-- client_rules, plans, plan_versions, subscriptions or api_keys; no DELETE of an invoice.
