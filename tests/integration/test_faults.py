@@ -243,3 +243,46 @@ def test_broker_unreachable_at_start_and_frozen_mid_run(env: dict[str, str], log
     finally:
         worker.stop()
         broker.stop()
+
+
+@pytest.mark.soak
+def test_soak_random_worker_churn(
+    broker: EmbeddedBroker, env: dict[str, str], settings: MeteringSettings, logdir: Path
+) -> None:
+    """Minutes of traffic while three worker slots are randomly started, stopped and killed -9
+    (``pytest -m soak``; STREAMTOLL_SOAK_EVENTS sets how many churn events)."""
+    rounds = int(os.environ.get("STREAMTOLL_SOAK_EVENTS", "40"))
+    traffic = _traffic(settings, 400_000, seed=random.randint(0, 10**6))
+    workers = [Worker({**env, "STREAMTOLL_INSTANCE_ID": f"w{i}"}, logdir / f"w{i}.log") for i in range(3)]
+    feeder, ends = _feed(broker.bootstrap, traffic, pace=(2_000, 0.5))
+    rnd = random.Random()
+    done: list[str] = []
+    try:
+        workers[0].start()
+        for _ in range(rounds):
+            time.sleep(rnd.uniform(1.0, 6.0))
+            w = rnd.choice(workers)
+            running_ = w.proc is not None and w.proc.poll() is None
+            if not running_:
+                w.start()
+                done.append("start")
+            elif rnd.random() < 0.5:
+                w.kill9()
+                done.append("kill -9")
+            else:
+                w.stop()
+                done.append("stop")
+            if not any(x.proc is not None and x.proc.poll() is None for x in workers):
+                workers[0].start()
+        for w in workers:
+            if w.proc is None or w.proc.poll() is not None:
+                w.start()
+        feeder.join()
+        wait_caught_up(broker.bootstrap, settings.group_id, ends, timeout=600)
+    finally:
+        feeder.join()
+        for w in workers:
+            if w.proc is not None:
+                w.stop()
+    print(f"churn events: {len(done)} ({', '.join(f'{k}: {done.count(k)}' for k in sorted(set(done)))})")
+    _check_outputs(broker, settings, traffic)
