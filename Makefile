@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: install system-deps test check demo clean
+.PHONY: install system-deps test check demo bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,16 @@ check: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/streamtoll --log-level WARNING demo
+
+# Benchmarks, on demand (not in `make test`): each prints its figures and the baseline it is
+# compared with, measured in the same run. Billing and API use STREAMTOLL_DATABASE_URL's server
+# (or an embedded one) and create a fresh database per run.
+bench: $(STAMP)
+	$(BIN)/streamtoll --log-level WARNING bench ingest --events 1000000
+	$(BIN)/streamtoll --log-level WARNING bench ingest --events 1000000 --workers 2
+	$(BIN)/streamtoll --log-level WARNING bench memory --series 100000
+	$(BIN)/streamtoll --log-level WARNING bench billing --accounts 1000 --clients 20
+	$(BIN)/streamtoll --log-level WARNING bench api --clients 1000
 
 clean:
 	rm -rf $(VENV) .streamtoll out

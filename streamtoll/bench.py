@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamtoll.traffic import produce
 
-__all__ = ["IngestResult", "bench_ingest"]
+__all__ = ["IngestResult", "MemoryResult", "bench_ingest", "bench_memory"]
 
 PARTITIONS = 4
 
@@ -44,6 +45,7 @@ class IngestResult:
     worker_cpu_s_per_million: float
     worker_peak_rss_mb: float
     workers: int
+    one_worker_eps: float | None = None  # measured in the same run when workers > 1
 
     @property
     def ratio(self) -> float:
@@ -58,6 +60,14 @@ class IngestResult:
                 f"ratio worker/baseline          {self.ratio:>12.3f}",
                 f"worker CPU s per million       {self.worker_cpu_s_per_million:>12.2f}",
                 f"worker peak RSS MB             {self.worker_peak_rss_mb:>12.1f}",
+                *(
+                    [
+                        f"one worker ev/s (same run)     {self.one_worker_eps:>12,.0f}",
+                        f"scaling x{self.workers} / x1                {self.worker_eps / self.one_worker_eps:>12.2f}",
+                    ]
+                    if self.one_worker_eps
+                    else []
+                ),
             ]
         )
 
@@ -141,8 +151,6 @@ def _committed(bootstrap: str, group: str, topic: str) -> int:
 
 
 def bench_ingest(bootstrap: str, events: int, workers: int = 1) -> IngestResult:
-    import psutil
-
     tag = uuid.uuid4().hex[:8]
     topic = f"bench{tag}.proxy-audit"
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -153,20 +161,25 @@ def bench_ingest(bootstrap: str, events: int, workers: int = 1) -> IngestResult:
     total = sum(ends.values())
     baseline = _baseline(bootstrap, topic, total)
 
-    env = {
-        **os.environ,
-        "STREAMTOLL_KAFKA_BOOTSTRAP": bootstrap,
-        "STREAMTOLL_TOPIC_PROXY_AUDIT": topic,
-        "STREAMTOLL_TOPIC_BROKER_METRICS": f"bench{tag}.broker-metrics",
-        "STREAMTOLL_TOPIC_BROKER_AUDIT": f"bench{tag}.audit-log",
-        "STREAMTOLL_TOPIC_DLQ": f"bench{tag}.dlq",
-        "STREAMTOLL_TOPIC_USAGE_WINDOWS": f"bench{tag}.usage-windows",
-        "STREAMTOLL_TOPIC_USAGE_MINUTES": f"bench{tag}.usage-minutes",
-        "STREAMTOLL_TOPIC_STATE": f"bench{tag}.state",
-        "STREAMTOLL_METERING_GROUP": f"bench{tag}",
-        "STREAMTOLL_SESSION_TIMEOUT_MS": "6000",
-        "STREAMTOLL_LOG_LEVEL": "INFO",  # the bench watches for "partitions assigned"
-    }
+    runs = [_run_workers(bootstrap, topic, total, k) for k in sorted({1, workers})]
+    one, many = runs[0], runs[-1]
+    return IngestResult(
+        total,
+        baseline,
+        many[0],
+        many[1] / total * 1e6,
+        many[2] / 2**20,
+        workers,
+        one[0] if workers > 1 else None,
+    )
+
+
+def _run_workers(bootstrap: str, topic: str, total: int, workers: int) -> tuple[float, float, float]:
+    """``workers`` worker processes (a fresh group) over the topic: (events/s, CPU s, peak RSS)."""
+    import psutil
+
+    tag = uuid.uuid4().hex[:8]
+    env = {**os.environ, **_bench_env(bootstrap, topic, tag)}
     logdir = Path(tempfile.mkdtemp(prefix="streamtoll-bench-"))
     procs = []
     for i in range(workers):
@@ -208,5 +221,101 @@ def bench_ingest(bootstrap: str, events: int, workers: int = 1) -> IngestResult:
             p.terminate()
             p.wait(30)
     assert cpu0 is not None
-    rate = total / (t1 - t0)
-    return IngestResult(total, baseline, rate, (cpu1 - cpu0) / total * 1e6, peak / 2**20, workers)
+    return total / (t1 - t0), cpu1 - cpu0, float(peak)
+
+
+@dataclass
+class MemoryResult:
+    series: int
+    idle_rss_mb: float
+    loaded_rss_mb: float
+    peak_rss_mb: float
+
+    def table(self) -> str:
+        per = (self.loaded_rss_mb - self.idle_rss_mb) * 2**20 / self.series
+        return "\n".join(
+            [
+                f"live series (client x topic)    {self.series:>12,}  (x2 directions = window keys)",
+                f"worker RSS idle, partitions held {self.idle_rss_mb:>11.1f} MB",
+                f"worker RSS with the series       {self.loaded_rss_mb:>11.1f} MB",
+                f"worker peak RSS                  {self.peak_rss_mb:>11.1f} MB  (target < 500 MB)",
+                f"bytes per live series            {per:>11,.0f}",
+            ]
+        )
+
+
+def bench_memory(bootstrap: str, series: int = 100_000) -> MemoryResult:
+    """A worker's RSS holding ``series`` live window keys: each key (principal, client id, topic)
+    gets records in the current hour; RSS is read idle (partitions held, nothing metered), then
+    once every record is committed and the process has settled."""
+    import psutil
+
+    tag = uuid.uuid4().hex[:8]
+    topic = f"bench{tag}.proxy-audit"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for fut in admin.create_topics([NewTopic(topic, PARTITIONS, 1)]).values():
+        fut.result()
+    env = {**os.environ, **_bench_env(bootstrap, topic, tag), "STREAMTOLL_INSTANCE_ID": "m0"}
+    logdir = Path(tempfile.mkdtemp(prefix="streamtoll-bench-"))
+    log = open(logdir / "worker.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "streamtoll.cli", "worker"], env=env, stdout=log, stderr=log)
+    ps = psutil.Process(proc.pid)
+    try:
+        deadline = time.monotonic() + 120
+        while "partitions assigned" not in (logdir / "worker.log").read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not start; log in {logdir}")
+            time.sleep(0.1)
+        time.sleep(2)
+        idle = ps.memory_info().rss
+        now = time.time()
+        hour0 = now - now % 3600
+        rnd = random.Random(3)
+
+        def records() -> Iterator[tuple[str, bytes, bytes]]:
+            for i in range(series * 2):  # every series twice: one produce, one fetch record
+                k = i % series
+                principal = f"User:tenant-{k % 1000}"
+                doc = {
+                    "specversion": "1.0",
+                    "id": f"m-{i}",
+                    "source": "//bench",
+                    "type": "io.streamtoll.kafka.produce" if i < series else "io.streamtoll.kafka.fetch",
+                    "time": _rfc3339(max(hour0, now - rnd.uniform(0, 600))),
+                    "subject": principal,
+                    "data": {"client_id": f"app-{k // 1000}", "topic": f"topic-{k % 7}", "records": 1, "bytes": 100},
+                }
+                yield topic, principal.encode(), json.dumps(doc, separators=(",", ":")).encode()
+
+        ends = produce(bootstrap, records())
+        total = sum(ends.values())
+        peak = idle
+        deadline = time.monotonic() + 900
+        while _committed(bootstrap, f"bench{tag}", topic) < total:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not finish; log in {logdir}")
+            peak = max(peak, ps.memory_info().rss)
+            time.sleep(0.05)
+        time.sleep(3)
+        loaded = ps.memory_info().rss
+        peak = max(peak, loaded)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return MemoryResult(series, idle / 2**20, loaded / 2**20, peak / 2**20)
+
+
+def _bench_env(bootstrap: str, topic: str, tag: str) -> dict[str, str]:
+    return {
+        "STREAMTOLL_KAFKA_BOOTSTRAP": bootstrap,
+        "STREAMTOLL_TOPIC_PROXY_AUDIT": topic,
+        "STREAMTOLL_TOPIC_BROKER_METRICS": f"bench{tag}.broker-metrics",
+        "STREAMTOLL_TOPIC_BROKER_AUDIT": f"bench{tag}.audit-log",
+        "STREAMTOLL_TOPIC_DLQ": f"bench{tag}.dlq",
+        "STREAMTOLL_TOPIC_USAGE_WINDOWS": f"bench{tag}.usage-windows",
+        "STREAMTOLL_TOPIC_USAGE_MINUTES": f"bench{tag}.usage-minutes",
+        "STREAMTOLL_TOPIC_STATE": f"bench{tag}.state",
+        "STREAMTOLL_METERING_GROUP": f"bench{tag}",
+        "STREAMTOLL_SESSION_TIMEOUT_MS": "6000",
+        "STREAMTOLL_LOG_LEVEL": "INFO",  # the bench watches for "partitions assigned"
+    }

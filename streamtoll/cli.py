@@ -570,6 +570,20 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_memory(args: argparse.Namespace) -> int:
+    from streamtoll.bench import bench_memory
+
+    bootstrap = os.environ.get("STREAMTOLL_KAFKA_BOOTSTRAP")
+    broker = None if bootstrap else EmbeddedBroker().start()
+    try:
+        result = bench_memory(bootstrap or broker.bootstrap, args.series)  # type: ignore[union-attr]
+    finally:
+        if broker is not None:
+            broker.stop()
+    print(result.table())
+    return 0
+
+
 def cmd_bench_billing(args: argparse.Namespace) -> int:
     from streamtoll.bench_billing import bench_billing
 
@@ -695,6 +709,9 @@ def build_parser() -> argparse.ArgumentParser:
     bi.add_argument("--events", type=int, default=1_000_000)
     bi.add_argument("--workers", type=int, default=1)
     bi.set_defaults(func=cmd_bench_ingest)
+    bm = bench.add_parser("memory", help="worker RSS holding N live series (window keys)")
+    bm.add_argument("--series", type=int, default=100_000)
+    bm.set_defaults(func=cmd_bench_memory)
     bb = bench.add_parser("billing", help="a billing run over many accounts with a month of hourly usage")
     bb.add_argument("--accounts", type=int, default=1000)
     bb.add_argument("--clients", type=int, default=1)
