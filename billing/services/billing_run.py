@@ -42,7 +42,7 @@ from billing.domain.money import round_money
 from billing.domain.plans import PlanVersion
 from billing.domain.rating import Line, rate_period
 from billing.services.catalog import plan_from_document
-from billing.services.invoices import InvoiceError, finalize
+from billing.services.invoices import InvoiceError, finalize, render_pending
 from billing.services.usage import load_attributor, usage_rows
 
 __all__ = ["AccountBill", "BillingError", "Preview", "parse_period", "preview", "run_billing"]
@@ -308,6 +308,7 @@ def run_billing(
     source_order: dict[str, tuple[str, ...]] | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     progress: Callable[[Iterable[str]], Iterable[str]] = lambda it: it,
+    render_workers: int | None = None,
 ) -> list[AccountBill]:
     start, end = parse_period(period)
     order = source_order or DEFAULT_SOURCES
@@ -325,7 +326,7 @@ def run_billing(
         for r in results:
             if r.status == "draft" and r.invoice_id is not None:
                 try:
-                    r.number = finalize(engine, r.invoice_id, number_prefix, clock, issuer).number
+                    r.number = finalize(engine, r.invoice_id, number_prefix, clock, issuer, render=False).number
                 except InvoiceError:
                     # a concurrent run finalized it first: report what it did
                     with engine.connect() as conn:
@@ -333,6 +334,14 @@ def run_billing(
                             select(InvoiceRow.number).where(InvoiceRow.id == r.invoice_id)
                         ).scalar_one()
                 r.status = "finalized"
+        # documents after numbering, in parallel; also any this period's earlier run left unrendered
+        with engine.connect() as conn:
+            ids = list(
+                conn.execute(
+                    select(InvoiceRow.id).where(InvoiceRow.period_start == start, InvoiceRow.status != "draft")
+                ).scalars()
+            )
+        render_pending(engine, ids, workers=render_workers)
     return results
 
 

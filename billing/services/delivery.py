@@ -27,6 +27,7 @@ from sqlalchemy import Engine, text
 
 from billing.domain.documents import money_text
 from billing.services.billing_run import parse_period
+from billing.services.invoices import invoice_pdf
 from billing.settings import SmtpSettings
 
 __all__ = ["SendReport", "SmtpSettings", "enqueue", "send_pending", "send_period"]
@@ -131,7 +132,7 @@ def send_pending(engine: Engine, smtp: SmtpSettings, max_attempts: int = 5) -> S
                 row.currency,
                 row.due_on,
                 row.message_id,
-                bytes(row.pdf),
+                bytes(row.pdf) if row.pdf is not None else invoice_pdf(engine, row.number),
             )
             try:
                 if client is None:

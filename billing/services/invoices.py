@@ -7,6 +7,12 @@
 * Finalizing freezes a snapshot (account block, lines, totals, dates) that documents render
   from; the database refuses any later change of amounts, lines, number or snapshot.
 * A finalized invoice is corrected by voiding it (with a reason), never by editing it.
+* Documents (HTML and PDF) render from the snapshot alone (it holds the issuer block too), so
+  they can be rendered after the numbering transaction: a billing run numbers its drafts in
+  short transactions, then renders in a pool of processes (both cores) and stores each document
+  once (the database accepts html/pdf only while they are empty). An invoice finalized but not
+  yet rendered (a crash in between) is rendered by the next ``bill --finalize`` for its period,
+  or when its PDF is first asked for — the same bytes either way.
 """
 
 from __future__ import annotations
@@ -23,7 +29,16 @@ from billing.adapters.models import AccountRow, InvoiceLineRow, InvoiceRow
 from billing.adapters.render import render_invoice
 from billing.settings import BillingSettings
 
-__all__ = ["PAYMENT_TERMS_DAYS", "InvoiceError", "finalize", "invoice_pdf", "invoice_view", "list_invoices", "void"]
+__all__ = [
+    "PAYMENT_TERMS_DAYS",
+    "InvoiceError",
+    "finalize",
+    "invoice_pdf",
+    "invoice_view",
+    "list_invoices",
+    "render_pending",
+    "void",
+]
 
 PAYMENT_TERMS_DAYS = 30
 DEFAULT_ISSUER = BillingSettings().issuer
@@ -87,8 +102,10 @@ def finalize(
     prefix: str,
     clock: Callable[[], datetime] = _now,
     issuer: dict[str, Any] | None = None,
+    render: bool = True,
 ) -> Finalized:
-    """Number, freeze and render one draft, all in one transaction (see the module docstring)."""
+    """Number and freeze one draft in one transaction, and render its documents in it too unless
+    ``render`` is False (then :func:`render_pending` does, later; see the module docstring)."""
     with engine.begin() as conn:
         inv = conn.execute(select(InvoiceRow).where(InvoiceRow.id == invoice_id).with_for_update()).first()
         if inv is None:
@@ -120,8 +137,9 @@ def finalize(
             "issued_on": issued.isoformat(),
             "due_on": due.isoformat(),
             "payment_terms_days": PAYMENT_TERMS_DAYS,
+            "issuer": issuer or DEFAULT_ISSUER,
         }
-        html, pdf = render_invoice(snapshot, issuer or DEFAULT_ISSUER)
+        html, pdf = render_invoice(snapshot, snapshot["issuer"]) if render else (None, None)
         conn.execute(
             update(InvoiceRow)
             .where(InvoiceRow.id == invoice_id)
@@ -210,11 +228,62 @@ def invoice_view(engine: Engine, ref: str) -> dict[str, Any]:
 
 
 def invoice_pdf(engine: Engine, number: str) -> bytes:
-    """The stored PDF of a finalized (or void) invoice, as rendered at finalize."""
+    """The stored PDF of a finalized (or void) invoice, rendered once from its snapshot."""
     with engine.connect() as conn:
-        row = conn.execute(select(InvoiceRow.status, InvoiceRow.pdf).where(InvoiceRow.number == number)).first()
+        row = conn.execute(
+            select(InvoiceRow.id, InvoiceRow.status, InvoiceRow.pdf).where(InvoiceRow.number == number)
+        ).first()
     if row is None:
         raise InvoiceError(f"there is no invoice numbered {number}")
     if row.pdf is None:
-        raise InvoiceError(f"invoice {number} has no document (it was finalized before documents existed)")
+        render_pending(engine, [row.id], workers=1)
+        with engine.connect() as conn:
+            pdf = conn.execute(select(InvoiceRow.pdf).where(InvoiceRow.id == row.id)).scalar_one()
+        if pdf is None:
+            raise InvoiceError(f"invoice {number} has no document")
+        return bytes(pdf)
     return bytes(row.pdf)
+
+
+def _render_one(item: tuple[int, dict[str, Any]]) -> tuple[int, str, bytes]:
+    invoice_id, snapshot = item
+    html, pdf = render_invoice(snapshot, snapshot.get("issuer") or DEFAULT_ISSUER)
+    return invoice_id, html, pdf
+
+
+def render_pending(engine: Engine, invoice_ids: list[int] | None = None, workers: int | None = None) -> int:
+    """Render and store the documents of finalized invoices that have none yet (those of
+    ``invoice_ids``, or all). Rendering runs in ``workers`` processes (default: one per core);
+    each document is stored once — a concurrent renderer's copy is identical and not written.
+    Returns how many were stored."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    query = select(InvoiceRow.id, InvoiceRow.snapshot).where(InvoiceRow.status != "draft", InvoiceRow.pdf.is_(None))
+    if invoice_ids is not None:
+        query = query.where(InvoiceRow.id.in_(invoice_ids))
+    with engine.connect() as conn:
+        todo = [(r.id, r.snapshot) for r in conn.execute(query)]
+    if not todo:
+        return 0
+    if workers is None:  # a pool costs a second or two to start: worth it for many documents only
+        workers = 1 if len(todo) < 16 else os.cpu_count() or 1
+    workers = max(1, min(workers, len(todo)))
+
+    def store(rendered: tuple[int, str, bytes]) -> int:
+        invoice_id, html, pdf = rendered
+        with engine.begin() as conn:
+            done = conn.execute(
+                update(InvoiceRow)
+                .where(InvoiceRow.id == invoice_id, InvoiceRow.pdf.is_(None))
+                .values(html=html, pdf=pdf)
+            )
+        return int(done.rowcount)
+
+    if workers == 1:
+        return sum(store(_render_one(item)) for item in todo)
+    import multiprocessing
+
+    # spawned, not forked: the parent holds database connections and may hold threads
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return sum(store(r) for r in pool.map(_render_one, todo, chunksize=8))

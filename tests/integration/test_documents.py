@@ -115,3 +115,29 @@ def test_a_long_invoice_breaks_cleanly_across_pages(tmp_path: Path) -> None:
     text = "\n".join(pages)
     assert all(f"topic-{i:03d}" in text for i in range(90))
     assert "EUR 26.78" in pages[-1]
+
+
+def test_documents_rendered_after_numbering_in_parallel_and_once(engine: sa.Engine) -> None:
+    """A billing run numbers its drafts first and renders afterwards in a process pool; an
+    invoice finalized but not rendered (a crash in between) gets its document on first download
+    or at the next finalizing run — the same bytes as a direct render of its snapshot."""
+    from billing.adapters.render import render_invoice
+    from billing.services.invoices import finalize, render_pending
+
+    bills = run_billing(engine, "2026-11", finalize_drafts=True, clock=lambda: DEC1, render_workers=2)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT number, snapshot, pdf, html FROM invoices WHERE status = 'finalized'")
+        ).all()
+    assert len(rows) == len(bills) == 3 and all(r.pdf is not None for r in rows)
+    for r in rows:
+        html, _ = render_invoice(r.snapshot, r.snapshot["issuer"])
+        assert html == r.html  # the stored document is the snapshot's rendering
+    # a draft numbered without its documents, as if the process died right after numbering
+    drafts = run_billing(engine, "2026-12")
+    crashed = finalize(engine, drafts[0].invoice_id, "INV", lambda: DEC1, render=False)  # type: ignore[arg-type]
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT pdf FROM invoices WHERE id = :i"), {"i": crashed.id}).scalar_one() is None
+    first = invoice_pdf(engine, crashed.number)
+    assert first.startswith(b"%PDF") and invoice_pdf(engine, crashed.number) == first
+    assert render_pending(engine) == 0  # nothing left; a second render would not be stored anyway
