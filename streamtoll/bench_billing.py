@@ -9,6 +9,7 @@ usage from the proxy (``accounts × clients × 720 × 2`` rows, loaded with COPY
 from __future__ import annotations
 
 import io
+import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 from billing.adapters.db import make_engine, upgrade
 from billing.services.billing_run import run_billing
 from billing.services.catalog import load_accounts, load_plans
+from billing.services.invoices import render_pending
 
 __all__ = ["BillingBench", "bench_billing"]
 
@@ -32,6 +34,8 @@ class BillingBench:
     seed_s: float
     draft_s: float
     finalize_s: float
+    render_s: float
+    cores: int
 
     def table(self) -> str:
         return "\n".join(
@@ -40,7 +44,9 @@ class BillingBench:
                 f"hourly usage rows        {self.rows:>12,}",
                 f"seed (COPY) s            {self.seed_s:>12.1f}",
                 f"billing run (drafts) s   {self.draft_s:>12.1f}   ({self.accounts / self.draft_s:,.0f} accounts/s)",
-                f"finalize all s           {self.finalize_s:>12.1f}",
+                f"finalize all s           {self.finalize_s:>12.1f}   (re-run, then number and freeze each invoice)",
+                f"render all PDFs s        {self.render_s:>12.1f}   "
+                f"({self.accounts / self.render_s:,.1f} PDFs/s on {self.cores} cores)",
             ]
         )
 
@@ -104,10 +110,14 @@ def bench_billing(url: str, accounts: int, clients: int, period: str = "2026-10"
     run_billing(engine, period)
     draft_s = time.perf_counter() - t1
     t2 = time.perf_counter()
-    run_billing(engine, period, finalize_drafts=True)
+    run_billing(engine, period, finalize_drafts=True, render=False)
     finalize_s = time.perf_counter() - t2
+    t3 = time.perf_counter()
+    rendered = render_pending(engine)
+    render_s = time.perf_counter() - t3
+    assert rendered == accounts
     engine.dispose()
-    return BillingBench(accounts, rows, seed_s, draft_s, finalize_s)
+    return BillingBench(accounts, rows, seed_s, draft_s, finalize_s, render_s, os.cpu_count() or 1)
 
 
 @dataclass

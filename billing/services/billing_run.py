@@ -309,6 +309,7 @@ def run_billing(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     progress: Callable[[Iterable[str]], Iterable[str]] = lambda it: it,
     render_workers: int | None = None,
+    render: bool = True,
 ) -> list[AccountBill]:
     start, end = parse_period(period)
     order = source_order or DEFAULT_SOURCES
@@ -335,6 +336,8 @@ def run_billing(
                         ).scalar_one()
                 r.status = "finalized"
         # documents after numbering, in parallel; also any this period's earlier run left unrendered
+        if not render:
+            return results
         with engine.connect() as conn:
             ids = list(
                 conn.execute(
