@@ -21,14 +21,14 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
         yield b
 
 
-@pytest.fixture
-def env(broker: EmbeddedBroker) -> dict[str, str]:
-    """Environment for a worker of this test: its own topics and group, the session's broker."""
+def isolated_env(bootstrap: str) -> dict[str, str]:
+    """An environment with its own topics and groups on the given broker (and no STREAMTOLL_*
+    setting of the caller's): processes started with it see nothing of other tests."""
     tag = uuid.uuid4().hex[:8]
     base = {k: v for k, v in os.environ.items() if not k.startswith("STREAMTOLL_")}
     return {
         **base,
-        "STREAMTOLL_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "STREAMTOLL_KAFKA_BOOTSTRAP": bootstrap,
         "STREAMTOLL_TOPIC_PROXY_AUDIT": f"t{tag}.proxy-audit",
         "STREAMTOLL_TOPIC_BROKER_METRICS": f"t{tag}.broker-metrics",
         "STREAMTOLL_TOPIC_BROKER_AUDIT": f"t{tag}.audit-log",
@@ -38,11 +38,18 @@ def env(broker: EmbeddedBroker) -> dict[str, str]:
         "STREAMTOLL_TOPIC_STATE": f"t{tag}.state",
         "STREAMTOLL_STATE_PARTITIONS": "3",
         "STREAMTOLL_METERING_GROUP": f"g{tag}",
+        "STREAMTOLL_SINK_GROUP": f"s{tag}",
         "STREAMTOLL_INSTANCE_ID": "w1",
         "STREAMTOLL_SESSION_TIMEOUT_MS": "3000",
         "STREAMTOLL_STATE_SNAPSHOT_INTERVAL": "3s",
         "STREAMTOLL_LOG_LEVEL": "INFO",
     }
+
+
+@pytest.fixture
+def env(broker: EmbeddedBroker) -> dict[str, str]:
+    """Environment for a worker of this test: its own topics and group, the session's broker."""
+    return isolated_env(broker.bootstrap)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ must show it in a real Chromium and update by itself; ``streamtoll top`` must pr
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from streamtoll.embedded import EmbeddedBroker, free_port
 from streamtoll.serving import running
 from streamtoll.traffic import BAD_PROXY, rfc3339
 
+from .conftest import isolated_env
 from .harness import Worker, produce, wait_caught_up
 from .webdriver import chromium
 
@@ -137,25 +137,7 @@ class Pipeline:
 
 
 def _env(broker: EmbeddedBroker, database: str) -> dict[str, str]:
-    tag = uuid.uuid4().hex[:8]
-    base = {k: v for k, v in os.environ.items() if not k.startswith("STREAMTOLL_")}
-    return {
-        **base,
-        "STREAMTOLL_KAFKA_BOOTSTRAP": broker.bootstrap,
-        "STREAMTOLL_DATABASE_URL": database,
-        "STREAMTOLL_TOPIC_PROXY_AUDIT": f"t{tag}.proxy-audit",
-        "STREAMTOLL_TOPIC_BROKER_METRICS": f"t{tag}.broker-metrics",
-        "STREAMTOLL_TOPIC_BROKER_AUDIT": f"t{tag}.audit-log",
-        "STREAMTOLL_TOPIC_DLQ": f"t{tag}.dlq",
-        "STREAMTOLL_TOPIC_USAGE_WINDOWS": f"t{tag}.usage-windows",
-        "STREAMTOLL_TOPIC_USAGE_MINUTES": f"t{tag}.usage-minutes",
-        "STREAMTOLL_TOPIC_STATE": f"t{tag}.state",
-        "STREAMTOLL_STATE_PARTITIONS": "3",
-        "STREAMTOLL_METERING_GROUP": f"g{tag}",
-        "STREAMTOLL_SINK_GROUP": f"s{tag}",
-        "STREAMTOLL_SESSION_TIMEOUT_MS": "3000",
-        "STREAMTOLL_STATE_SNAPSHOT_INTERVAL": "3s",
-    }
+    return {**isolated_env(broker.bootstrap), "STREAMTOLL_DATABASE_URL": database}
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
