@@ -37,6 +37,7 @@ __all__ = [
     "PlanRow",
     "PlanVersionRow",
     "SubscriptionRow",
+    "UsageDailyRow",
     "UsageShardRow",
 ]
 
@@ -69,6 +70,25 @@ class UsageShardRow(Base):
     denied_requests: Mapped[int] = mapped_column(BigInteger, nullable=False)
     version: Mapped[int] = mapped_column(BigInteger, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class UsageDailyRow(Base):
+    """A window key's usage for one UTC day, all shards added: kept exact by a trigger on
+    ``usage_shard_rows`` (migration 0007); never written by the application."""
+
+    __tablename__ = "usage_daily"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    source: Mapped[str] = mapped_column(String(32), primary_key=True)
+    principal: Mapped[str] = mapped_column(Text, primary_key=True)
+    client_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    virtual_cluster: Mapped[str] = mapped_column(Text, primary_key=True)
+    topic: Mapped[str] = mapped_column(Text, primary_key=True)
+    direction: Mapped[str] = mapped_column(String(8), primary_key=True)
+    bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    records: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    requests: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    denied_requests: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
 class AccountRow(Base):

@@ -38,6 +38,11 @@ def load_attributor(engine: Engine) -> Attributor:
         )
 
 
+def _midnight(t: datetime) -> bool:
+    u = t.astimezone(UTC)
+    return (u.hour, u.minute, u.second, u.microsecond) == (0, 0, 0, 0)
+
+
 def usage_rows(
     engine: Engine,
     start: datetime,
@@ -54,19 +59,34 @@ def usage_rows(
     # of a day up first (24 times fewer rows here); the hour bounds still apply before that.
     # Shards and hours are summed in one pass over usage_shard_rows (usage_hourly sums shards
     # alone; going through it would aggregate twice).
+    # Whole UTC days come from usage_daily (kept exact by a trigger, 24 × fewer rows and no
+    # aggregation at read time); other bounds from the hourly shard rows.
+    whole_days = not hourly and _midnight(start) and _midnight(end)
     bucket = "hour" if hourly else "date_trunc('day', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
     out: list[dict[str, Any]] = []
     with engine.connect() as conn:
-        result = conn.execute(
-            text(
-                f"SELECT source, principal, client_id, virtual_cluster, topic, direction, {bucket} AS hour, "
-                "sum(bytes) AS bytes, sum(records) AS records, sum(requests) AS requests, "
-                "sum(denied_requests) AS denied_requests FROM usage_shard_rows "
-                "WHERE hour >= :start AND hour < :end "
-                "GROUP BY source, principal, client_id, virtual_cluster, topic, direction, 7"
-            ),
-            {"start": start, "end": end},
-        )
+        if whole_days:
+            result = conn.execute(
+                text(
+                    "SELECT source, principal, client_id, virtual_cluster, topic, direction, "
+                    "day::timestamp AT TIME ZONE 'UTC' AS hour, bytes, records, requests, denied_requests "
+                    "FROM usage_daily WHERE day >= :start AND day < :end "
+                    "AND (bytes, records, requests, denied_requests) <> (0, 0, 0, 0)"
+                ),
+                {"start": start.astimezone(UTC).date(), "end": end.astimezone(UTC).date()},
+            )
+        else:
+            result = conn.execute(
+                text(
+                    f"SELECT source, principal, client_id, virtual_cluster, topic, direction, {bucket} AS hour, "
+                    "sum(bytes) AS bytes, sum(records) AS records, sum(requests) AS requests, "
+                    "sum(denied_requests) AS denied_requests FROM usage_shard_rows "
+                    "WHERE hour >= :start AND hour < :end "
+                    "GROUP BY source, principal, client_id, virtual_cluster, topic, direction, 7 "
+                    "HAVING (sum(bytes), sum(records), sum(requests), sum(denied_requests)) <> (0, 0, 0, 0)"
+                ),
+                {"start": start, "end": end},
+            )
         for row in result:
             hour = row.hour.astimezone(UTC)
             acct = attributor.account_for(row.principal, row.client_id, row.virtual_cluster, hour.date())
