@@ -14,8 +14,21 @@ from metering.settings import MeteringSettings
 from streamtoll.embedded import EmbeddedBroker, EmbeddedPostgres
 
 
+class _ExternalBroker:
+    """A broker the tests do not start: STREAMTOLL_TEST_KAFKA_BOOTSTRAP (e.g. Apache Kafka)."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """The session's broker: an embedded tansu, or the cluster STREAMTOLL_TEST_KAFKA_BOOTSTRAP
+    names (every test uses its own topics and groups, so a shared cluster is fine)."""
+    external = os.environ.get("STREAMTOLL_TEST_KAFKA_BOOTSTRAP")
+    if external:
+        yield _ExternalBroker(external)  # type: ignore[misc]
+        return
     log = tmp_path_factory.mktemp("broker") / "tansu.log"
     with EmbeddedBroker(log_path=log) as b:
         yield b

@@ -27,7 +27,7 @@ from metering.settings import MeteringSettings
 from streamtoll.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from streamtoll.serving import running
 
-from .harness import Traffic, Worker, produce, wait_caught_up
+from .harness import Traffic, Worker, committed, produce, wait_caught_up
 from .test_exactness import _check_outputs
 from .test_sink import hourly
 
@@ -82,29 +82,90 @@ def _hourly_equals_truth(url: str, traffic: Traffic, timeout: float = 120) -> No
     assert not missing and set(got) == set(want), f"{len(missing)} windows differ, e.g. {list(missing.items())[:3]}"
 
 
+@pytest.mark.soak
+def test_three_workers_one_killed_while_traffic_flows(
+    broker: EmbeddedBroker, env: dict[str, str], settings: MeteringSettings, logdir: Path
+) -> None:
+    """Three workers share the partitions; one is killed -9 mid-stream and its partitions move
+    to the other two.
+
+    Soak-only, like the churn scenarios below, because of the dev broker: on tansu a static
+    member that dies and does not come back is sometimes never expelled (its partitions stay
+    unassigned for minutes; 1 run in 3 here), and after a LeaveGroup or a static member's restart
+    next to others a member sometimes never receives its new assignment. Apache Kafka expels a
+    static member after session.timeout.ms; run these against one with
+    ``STREAMTOLL_TEST_KAFKA_BOOTSTRAP=host:9092 pytest -m soak tests/integration/test_faults.py``."""
+    traffic = _traffic(settings, 60_000, seed=25)
+    workers = [Worker({**env, "STREAMTOLL_INSTANCE_ID": f"w{i}"}, logdir / f"w{i}.log") for i in range(3)]
+    for w in workers:
+        w.start()
+    feeder, ends = _feed(broker.bootstrap, traffic, pace=(2_000, 0.6))
+    try:
+        _wait(
+            lambda: all("partitions assigned" in (logdir / f"w{i}.log").read_text() for i in range(3)),
+            90,
+            "all three workers getting partitions",
+        )
+        before = _progress(broker.bootstrap, settings)
+        _wait(lambda: _progress(broker.bootstrap, settings) > before, 60, "metering progress with three workers")
+        workers[2].kill9()
+        feeder.join()
+        wait_caught_up(broker.bootstrap, settings.group_id, ends, timeout=240)
+    finally:
+        feeder.join()
+        for w in workers[:2]:
+            w.stop()
+    _check_outputs(broker, settings, traffic)
+
+
+def _progress(bootstrap: str, settings: MeteringSettings) -> int:
+    parts = {(t, p): 1 for t in settings.input_topics for p in range(4)}
+    return sum(max(0, v) for v in committed(bootstrap, settings.group_id, parts).values())
+
+
+@pytest.mark.soak
 def test_three_workers_added_removed_and_killed_while_partitions_move(
     broker: EmbeddedBroker, env: dict[str, str], settings: MeteringSettings, logdir: Path
 ) -> None:
     traffic = _traffic(settings, 80_000, seed=21)
     workers = [Worker({**env, "STREAMTOLL_INSTANCE_ID": f"w{i}"}, logdir / f"w{i}.log") for i in range(3)]
-    feeder, ends = _feed(broker.bootstrap, traffic, pace=(2_000, 0.25))
+    feeder, ends = _feed(broker.bootstrap, traffic, pace=(2_000, 1.0))  # about a minute of traffic
     events: list[str] = []
+
+    def assigned(i: int) -> int:
+        return (logdir / f"w{i}.log").read_text().count("partitions assigned") if workers[i].proc else 0
+
+    def moves_on(what: str) -> None:
+        """The group commits new work after ``what`` (metering goes on after each change)."""
+        before = _progress(broker.bootstrap, settings)
+
+        def moved() -> bool:
+            if _progress(broker.bootstrap, settings) > before:
+                return True
+            if feeder.is_alive():
+                return False
+            done = committed(broker.bootstrap, settings.group_id, ends)
+            return all(done.get(k, -1) >= v for k, v in ends.items())  # nothing left to do
+
+        _wait(moved, 90, f"metering progress after {what}")
+        events.append(what)
+
     try:
         workers[0].start()
-        time.sleep(3)
+        moves_on("w0 started")
         workers[1].start()
-        events.append("w1 added")
-        time.sleep(4)
+        _wait(lambda: assigned(1) >= 1, 60, "w1 getting partitions")
+        moves_on("w1 added")
         workers[2].start()  # a rebalance starts: partitions move from w0/w1 to w2 …
-        events.append("w2 added")
-        time.sleep(1.5)
+        time.sleep(1.0)
         workers[1].kill9()  # … and w1 dies in the middle of it
-        events.append("w1 killed -9 during the rebalance")
-        time.sleep(5)
+        _wait(lambda: assigned(2) >= 1, 90, "w2 getting partitions")
+        moves_on("w1 killed -9 during the rebalance")
         assert workers[0].stop() == 0  # removed gracefully: its partitions move again
-        events.append("w0 removed")
+        moves_on("w0 removed")
         workers[1].start()
-        events.append("w1 back")
+        _wait(lambda: assigned(1) >= 2, 90, "w1 getting partitions again")
+        moves_on("w1 back")
         feeder.join()
         wait_caught_up(broker.bootstrap, settings.group_id, ends, timeout=240)
     finally:
@@ -112,7 +173,7 @@ def test_three_workers_added_removed_and_killed_while_partitions_move(
         for w in workers:
             if w.proc is not None:
                 w.stop()
-    assert len(events) == 5
+    assert len(events) == 5, events
     _check_outputs(broker, settings, traffic)
 
 
