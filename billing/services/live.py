@@ -234,7 +234,13 @@ class LiveBoard:
                     add(per["month"], total)
 
         accounts: dict[str, dict[str, Any]] = {}
+        # today's bytes per account, source and direction, whatever source each client row shows
+        seen: dict[str, dict[tuple[str, str], int]] = defaultdict(lambda: defaultdict(int))
         for (account, principal, client_id), by_source in sorted(clients.items()):
+            for source, dirs in by_source.items():
+                for direction, periods in dirs.items():
+                    if "day" in periods:
+                        seen[account][(source, direction)] += periods["day"]["bytes"]
             row = _client_row(principal, client_id, by_source)
             acct = accounts.setdefault(account, _empty_account(account, base.rated.get(account)))
             acct["clients"].append(row)
@@ -254,6 +260,7 @@ class LiveBoard:
             acct["clients"].sort(
                 key=lambda c: -(c["hour_to_date"]["produce"]["bytes"] + c["hour_to_date"]["consume"]["bytes"])
             )
+            acct["source_differences"] = _differences(seen[acct["account"]])
 
         warnings: list[str] = []
         behind = [p for p in lag if p["records_behind"] > 0 and (p["seconds_behind"] or 0) >= 60]
@@ -289,6 +296,25 @@ def _pick(by_source: Mapping[str, Any], order: Iterable[str], quantity: str) -> 
         if any(per[quantity] for d in by_source.get(source, {}).values() for per in d.values()):
             return source
     return None
+
+
+def _differences(seen: Mapping[tuple[str, str], int]) -> list[dict[str, Any]]:
+    """Where the proxy and the broker metrics both saw an account's traffic today: both byte
+    counts and the gap (a proxy or exporter losing data shows here first)."""
+    out = []
+    for direction in DIRECTIONS:
+        proxy, metrics = seen.get(("proxy", direction), 0), seen.get(("broker_metrics", direction), 0)
+        if proxy and metrics:
+            out.append(
+                {
+                    "direction": direction,
+                    "period": "day_to_date",
+                    "proxy_bytes": proxy,
+                    "broker_metrics_bytes": metrics,
+                    "difference_bytes": proxy - metrics,
+                }
+            )
+    return out
 
 
 def _client_row(principal: str, client_id: str, by_source: Mapping[str, Any]) -> dict[str, Any]:

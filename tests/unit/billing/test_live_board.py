@@ -71,6 +71,17 @@ def test_sources_are_never_added_and_unmatched_traffic_is_unassigned() -> None:
     assert acme["hour_to_date"]["produce"]["bytes"] == 1000
     assert acme["clients"][0]["source"] == "proxy"
     assert view["unassigned"]["hour_to_date"]["produce"]["bytes"] == 50
+    # … but where both saw it, the gap is shown (spec: statements and /v1/live show differences)
+    assert acme["source_differences"] == [
+        {
+            "direction": "produce",
+            "period": "day_to_date",
+            "proxy_bytes": 1000,
+            "broker_metrics_bytes": 900,
+            "difference_bytes": 100,
+        }
+    ]
+    assert view["unassigned"]["source_differences"] == []
 
 
 def test_database_hours_and_topic_minutes_never_overlap() -> None:
