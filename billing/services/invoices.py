@@ -236,12 +236,15 @@ def invoice_pdf(engine: Engine, number: str) -> bytes:
     if row is None:
         raise InvoiceError(f"there is no invoice numbered {number}")
     if row.pdf is None:
-        render_pending(engine, [row.id], workers=1)
+        if row.status == "finalized":
+            render_pending(engine, [row.id], workers=1)
         with engine.connect() as conn:
-            pdf = conn.execute(select(InvoiceRow.pdf).where(InvoiceRow.id == row.id)).scalar_one()
-        if pdf is None:
-            raise InvoiceError(f"invoice {number} has no document")
-        return bytes(pdf)
+            found = conn.execute(select(InvoiceRow.pdf, InvoiceRow.snapshot).where(InvoiceRow.id == row.id)).one()
+        if found.pdf is not None:
+            return bytes(found.pdf)
+        # voided before its document was stored: the database keeps a void invoice as it is, so
+        # the same document is rendered from its snapshot each time instead
+        return _render_one((row.id, found.snapshot))[2]
     return bytes(row.pdf)
 
 
@@ -259,7 +262,7 @@ def render_pending(engine: Engine, invoice_ids: list[int] | None = None, workers
     import os
     from concurrent.futures import ProcessPoolExecutor
 
-    query = select(InvoiceRow.id, InvoiceRow.snapshot).where(InvoiceRow.status != "draft", InvoiceRow.pdf.is_(None))
+    query = select(InvoiceRow.id, InvoiceRow.snapshot).where(InvoiceRow.status == "finalized", InvoiceRow.pdf.is_(None))
     if invoice_ids is not None:
         query = query.where(InvoiceRow.id.in_(invoice_ids))
     with engine.connect() as conn:

@@ -117,7 +117,7 @@ def test_a_long_invoice_breaks_cleanly_across_pages(tmp_path: Path) -> None:
     assert "EUR 26.78" in pages[-1]
 
 
-def test_documents_rendered_after_numbering_in_parallel_and_once(engine: sa.Engine) -> None:
+def test_documents_rendered_after_numbering_in_parallel_and_once(engine: sa.Engine, tmp_path: Path) -> None:
     """A billing run numbers its drafts first and renders afterwards in a process pool; an
     invoice finalized but not rendered (a crash in between) gets its document on first download
     or at the next finalizing run — the same bytes as a direct render of its snapshot."""
@@ -141,3 +141,10 @@ def test_documents_rendered_after_numbering_in_parallel_and_once(engine: sa.Engi
     first = invoice_pdf(engine, crashed.number)
     assert first.startswith(b"%PDF") and invoice_pdf(engine, crashed.number) == first
     assert render_pending(engine) == 0  # nothing left; a second render would not be stored anyway
+    # voided between numbering and rendering: the document is still there, rendered on demand
+    from billing.services.invoices import void
+
+    other = finalize(engine, drafts[1].invoice_id, "INV", lambda: DEC1, render=False)  # type: ignore[arg-type]
+    void(engine, other.number, "issued in error")
+    voided = invoice_pdf(engine, other.number)
+    assert voided.startswith(b"%PDF") and pdf_text(voided, tmp_path).count(other.number) >= 1
