@@ -559,13 +559,9 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_bench_ingest(args: argparse.Namespace) -> int:
     from streamtoll.bench import bench_ingest
 
-    bootstrap = os.environ.get("STREAMTOLL_KAFKA_BOOTSTRAP")
-    broker = None if bootstrap else EmbeddedBroker().start()
-    try:
-        result = bench_ingest(bootstrap or broker.bootstrap, args.events, args.workers)  # type: ignore[union-attr]
-    finally:
-        if broker is not None:
-            broker.stop()
+    with _kafka(_settings()) as settings:
+        assert settings.kafka_bootstrap
+        result = bench_ingest(settings.kafka_bootstrap, args.events, args.workers)
     print(result.table())
     return 0
 
@@ -573,13 +569,9 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
 def cmd_bench_memory(args: argparse.Namespace) -> int:
     from streamtoll.bench import bench_memory
 
-    bootstrap = os.environ.get("STREAMTOLL_KAFKA_BOOTSTRAP")
-    broker = None if bootstrap else EmbeddedBroker().start()
-    try:
-        result = bench_memory(bootstrap or broker.bootstrap, args.series)  # type: ignore[union-attr]
-    finally:
-        if broker is not None:
-            broker.stop()
+    with _kafka(_settings()) as settings:
+        assert settings.kafka_bootstrap
+        result = bench_memory(settings.kafka_bootstrap, args.series)
     print(result.table())
     return 0
 
