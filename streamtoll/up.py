@@ -52,7 +52,6 @@ class Child:
     env: dict[str, str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
     backoff: float = 1.0
     next_start: float = 0.0
     _log: IO[bytes] | None = field(default=None, repr=False)
@@ -108,7 +107,6 @@ class Supervisor:
                         flush=True,
                     )
                 elif now >= c.next_start:
-                    c.restarts += 1
                     c.backoff = min(c.backoff * 2, 30.0)
                     c.next_start = 0.0
                     c.start()

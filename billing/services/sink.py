@@ -6,8 +6,9 @@ a row only when the incoming version is newer; only after that commit are the Ka
 committed. Killed anywhere, the sink re-reads from the last committed offsets, and the replayed
 records change nothing (their versions are not newer): nothing lost, nothing doubled.
 While the database is unreachable the sink keeps the batch and retries with backoff (0.5 s
-doubling to 30 s), its partitions paused but the consumer polled, so it stays in its group
-however long the outage lasts; ``db_up`` (and ``/metrics``, ``/healthz``) say so meanwhile.
+doubling to 30 s), its partitions paused but the consumer polled between retries, so the
+group's poll-interval check does not drop it (tested with an outage of ~10 s; longer outages
+rely on the same polling); ``db_up`` (and ``/metrics``, ``/healthz``) say so meanwhile.
 
 ``STREAMTOLL_FAILPOINT=sink.after_db_commit:N`` makes the process exit right after its N-th
 database commit and before the Kafka commit — the narrowest window there is — so tests can
