@@ -61,6 +61,7 @@ class BillingSettings:
     issuer_email: str = "billing@streamtoll.invalid"
     issuer_vat_id: str = ""
     issuer_bank: str = ""
+    statement_max_staleness: float = 60.0
     smtp: SmtpSettings = SmtpSettings()
 
     @property
@@ -95,6 +96,17 @@ class BillingSettings:
                 values[f"issuer_{name.lower()}"] = value
         if address := env.get(PREFIX + "ISSUER_ADDRESS"):
             values["issuer_address"] = tuple(part.strip() for part in address.split("|") if part.strip())
+        if staleness := env.get(PREFIX + "STATEMENT_MAX_STALENESS"):
+            try:
+                seconds = float(staleness)
+            except ValueError:
+                seconds = -1.0
+            if seconds >= 0:
+                values["statement_max_staleness"] = seconds
+            else:
+                problems.append(
+                    f"{PREFIX}STATEMENT_MAX_STALENESS={staleness!r} must be a number of seconds (0 or more)"
+                )
         values["smtp"] = SmtpSettings.from_env(env, problems)
         if problems:
             raise BillingSettingsError(problems)

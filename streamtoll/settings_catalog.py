@@ -97,6 +97,13 @@ SETTINGS: list[Setting] = [
     # --- billing and API
     Setting("INVOICE_NUMBER_PREFIX", "INV", "billing", "invoice numbers are PREFIX-YEAR-NNNNNN", "INV"),
     Setting("SINK_GROUP", "streamtoll-sink", "sink", "consumer group of the usage sink", "streamtoll-sink"),
+    Setting(
+        "STATEMENT_MAX_STALENESS",
+        "60",
+        "api",
+        "seconds a stored statement is served after its usage changed, while it is recomputed",
+        "60",
+    ),
     Setting("API_BIND", "127.0.0.1:8080", "api, top", "where the HTTP API listens", "0.0.0.0:8080"),
     Setting("API_KEY", "", "top", "the ops or finance key `streamtoll top` uses", "", secret=True),
     Setting("ISSUER_NAME", "streamtoll", "billing", "the invoice issuer's name", "Example Streaming GmbH"),

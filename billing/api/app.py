@@ -24,6 +24,7 @@ from datetime import time as dtime
 from importlib.resources import files
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -36,7 +37,7 @@ from billing.services.billing_run import BillingError, parse_period, run_billing
 from billing.services.invoices import InvoiceError, finalize, invoice_pdf, invoice_view, list_invoices, void
 from billing.services.keys import Caller, authenticate
 from billing.services.live import LiveFeed
-from billing.services.statements import statement, statement_csv
+from billing.services.statements import StatementStore, statement_csv
 from billing.services.usage import GROUPS, usage_report
 from billing.settings import BillingSettings
 
@@ -74,6 +75,7 @@ def create_app(
     settings = settings or BillingSettings()
     app = FastAPI(title="streamtoll", version="0.1.0", description="Usage statements and invoices for Kafka traffic.")
     limiter = _AuthLimiter(limit=auth_limit)
+    statements_store = StatementStore(engine, settings.statement_max_staleness)
     metrics = ApiCollector(engine, live)
     registry = CollectorRegistry()
     registry.register(metrics)
@@ -218,14 +220,14 @@ def create_app(
         if target is None:
             raise HTTPException(422, "a finance key must name the account (?account=CODE)")
         try:
-            doc = statement(engine, target, period, now=datetime.now(UTC))
+            body = statements_store.get(target, period)
         except BillingError:
             raise HTTPException(404, "no such account") from None
         if format == "csv" or (format is None and accept and "text/csv" in accept):
-            return Response(statement_csv(doc), media_type="text/csv")
+            return Response(statement_csv(orjson.loads(body)), media_type="text/csv")
         if format == "pdf" or (format is None and accept and "application/pdf" in accept):
-            return Response(render_statement_pdf(doc), media_type="application/pdf")
-        return doc
+            return Response(render_statement_pdf(orjson.loads(body)), media_type="application/pdf")
+        return Response(body, media_type="application/json")
 
     @app.get("/v1/invoices")
     def invoices(c: Annotated[Caller, Depends(caller)], period: str | None = None, account: str | None = None) -> Any:

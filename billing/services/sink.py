@@ -59,6 +59,11 @@ def _row(w: UsageWindow) -> dict[str, Any]:
     }
 
 
+def _lock_order(row: dict[str, Any]) -> tuple[Any, ...]:
+    hour = row["hour"]
+    return (hour.date(), *(row[k] for k in _KEY[:6]), hour, row["shard"])
+
+
 def upsert_windows(engine: Engine, windows: list[UsageWindow]) -> int:
     """Upsert in one transaction; a row changes only for a newer version. Returns rows written."""
     newest: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -76,7 +81,10 @@ def upsert_windows(engine: Engine, windows: list[UsageWindow]) -> int:
         set_={**{k: excluded[k] for k in _VALUES}, "updated_at": excluded.updated_at},
         where=UsageShardRow.version < excluded.version,
     )
-    rows = list(newest.values())
+    # in the order of usage_daily's key (day first): every writer takes the row locks of the
+    # daily table and of the month marks (migration 0008) in one order, so concurrent sinks
+    # wait for each other rather than deadlock
+    rows = sorted(newest.values(), key=_lock_order)
     with engine.begin() as conn:
         for i in range(0, len(rows), 5000):
             conn.execute(stmt, rows[i : i + 5000])

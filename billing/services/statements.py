@@ -4,34 +4,55 @@ Totals per source and meter, a daily series, breakdowns by topic, client id, pri
 direction, the amount rated so far (what the invoice would say now), and — where two sources
 saw the same traffic — the difference between them, so finance can spot a proxy or exporter
 gap. As JSON (a dict), CSV (the daily series and breakdowns, via pandas) or PDF.
+
+The API serves statements from a read model (``StatementStore``): each computed statement is
+stored with the period's usage mark and the catalog mark read *before* computing it (migration
+0008 keeps the marks: every committed usage or catalog change moves them). A stored statement
+whose marks are still the current ones is exact and is served as stored. One whose usage moved
+since is served for at most ``max_staleness`` seconds after it was computed (default 60; its
+``as_of`` says when) while one refresh per statement runs in the background — the sink changes
+the open month every few seconds, and recomputing on each request would put a second of work
+behind every page view. A catalog change (prices, client rules) or a stale statement older than
+that is recomputed before answering; concurrent requests for the same statement wait for one
+computation. ``statement()`` computes afresh (the CLI and the demo use it).
 """
 
 from __future__ import annotations
 
 import io
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, time
 from typing import Any
 
+import orjson
 import pandas as pd
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from billing.services.billing_run import parse_period, preview
 from billing.services.usage import group, usage_rows
 
-__all__ = ["statement", "statement_csv"]
+__all__ = ["StatementStore", "statement", "statement_csv"]
+
+log = logging.getLogger("streamtoll.statements")
 
 QUANTITIES = ("bytes", "records", "requests", "denied_requests")
 
+# what a stored statement's shape is; a stored one of another version is recomputed
+DOC_VERSION = 2
+
 
 def statement(engine: Engine, account: str, period: str, now: datetime | None = None) -> dict[str, Any]:
+    """The statement as of ``now`` (default: the current time): the usage stored so far in the
+    period — whole UTC days, so the current day's hours up to now — rated as the catalog is."""
     start_day, end_day = parse_period(period)
     start = datetime.combine(start_day, time(), UTC)
     end = datetime.combine(end_day, time(), UTC)
-    if now is not None:
-        end = min(end, now)
+    as_of = now or datetime.now(UTC)
 
     # one read of the account's attributed daily rows serves every breakdown and the rating
-    rows = usage_rows(engine, start, end, account) if end > start else []
+    rows = usage_rows(engine, start, end, account) if as_of > start else []
 
     def by(*fields: str) -> list[dict[str, Any]]:
         return group(rows, fields)
@@ -57,7 +78,8 @@ def statement(engine: Engine, account: str, period: str, now: datetime | None = 
         "account": account,
         "period": period,
         "from": start.isoformat().replace("+00:00", "Z"),
-        "to": end.isoformat().replace("+00:00", "Z"),
+        "to": min(end, as_of).isoformat().replace("+00:00", "Z"),
+        "as_of": as_of.isoformat().replace("+00:00", "Z"),
         "currency": rated.currency,
         "plan": rated.plan,
         "totals": by_source,
@@ -93,3 +115,116 @@ def statement_csv(doc: dict[str, Any]) -> str:
         merged.insert(1, "period", doc["period"])
         merged.to_csv(out, index=False)
     return out.getvalue()
+
+
+_MARKS = text(
+    "SELECT (SELECT coalesce(sum(mark), 0) FROM usage_period_marks WHERE month = :month) AS usage_mark, "
+    "(SELECT mark FROM catalog_marks WHERE id = 1) AS catalog_mark, "
+    "d.usage_mark AS stored_usage, d.catalog_mark AS stored_catalog, d.doc_version, d.computed_at, d.body "
+    "FROM (SELECT 1) AS one LEFT JOIN statement_docs AS d ON d.account = :account AND d.period = :period"
+)
+
+_STORE = text(
+    "INSERT INTO statement_docs AS d VALUES (:account, :period, :usage_mark, :catalog_mark, :doc_version, "
+    ":computed_at, :body) ON CONFLICT (account, period) DO UPDATE SET usage_mark = excluded.usage_mark, "
+    "catalog_mark = excluded.catalog_mark, doc_version = excluded.doc_version, "
+    "computed_at = excluded.computed_at, body = excluded.body "
+    # never replace a statement by one computed from older marks (a slow, late refresh)
+    "WHERE d.doc_version <> excluded.doc_version OR (d.usage_mark <= excluded.usage_mark "
+    "AND d.catalog_mark <= excluded.catalog_mark AND d.computed_at <= excluded.computed_at)"
+)
+
+
+class StatementStore:
+    """Statements served as stored, recomputed when their usage or the catalog changed (module
+    docstring). ``get`` returns the statement as JSON bytes."""
+
+    def __init__(self, engine: Engine, max_staleness: float = 60.0) -> None:
+        self.engine = engine
+        self.max_staleness = max_staleness
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._refreshing: set[tuple[str, str]] = set()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="statement-refresh")
+        self.served = {"stored": 0, "stale": 0, "computed": 0}
+
+    def get(self, account: str, period: str) -> bytes:
+        marks = self._read(account, period)
+        state = self._state(marks)
+        if state == "current":
+            self.served["stored"] += 1
+            return bytes(marks.body, "utf-8")
+        if state == "stale":
+            self.served["stale"] += 1
+            self._refresh_later(account, period)
+            return bytes(marks.body, "utf-8")
+        with self._lock(account, period):
+            # another request may have computed it while this one waited
+            marks = self._read(account, period)
+            if self._state(marks) == "current":
+                self.served["stored"] += 1
+                return bytes(marks.body, "utf-8")
+            self.served["computed"] += 1
+            return self._compute(account, period, marks)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _read(self, account: str, period: str) -> Any:
+        month = parse_period(period)[0]
+        with self.engine.connect() as conn:
+            return conn.execute(_MARKS, {"month": month, "account": account, "period": period}).one()
+
+    def _state(self, m: Any) -> str:
+        if m.body is None or m.doc_version != DOC_VERSION:
+            return "missing"
+        if (m.stored_usage, m.stored_catalog) == (m.usage_mark, m.catalog_mark):
+            return "current"
+        age = (datetime.now(UTC) - m.computed_at).total_seconds()
+        if m.stored_catalog == m.catalog_mark and age < self.max_staleness:
+            return "stale"
+        return "missing"
+
+    def _compute(self, account: str, period: str, marks: Any) -> bytes:
+        """Compute with the marks read before (any change after them moves them: the stored
+        statement is then out of date at once, never wrongly current) and store it."""
+        now = datetime.now(UTC)
+        body = orjson.dumps(statement(self.engine, account, period, now=now))
+        with self.engine.begin() as conn:
+            conn.execute(
+                _STORE,
+                {
+                    "account": account,
+                    "period": period,
+                    "usage_mark": marks.usage_mark,
+                    "catalog_mark": marks.catalog_mark,
+                    "doc_version": DOC_VERSION,
+                    "computed_at": now,
+                    "body": body.decode(),
+                },
+            )
+        return body
+
+    def _lock(self, account: str, period: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault((account, period), threading.Lock())
+
+    def _refresh_later(self, account: str, period: str) -> None:
+        with self._guard:
+            if (account, period) in self._refreshing:
+                return
+            self._refreshing.add((account, period))
+
+        def refresh() -> None:
+            try:
+                with self._lock(account, period):
+                    marks = self._read(account, period)
+                    if self._state(marks) != "current":
+                        self._compute(account, period, marks)
+            except Exception:
+                log.exception("statement refresh failed", extra={"account": account, "period": period})
+            finally:
+                with self._guard:
+                    self._refreshing.discard((account, period))
+
+        self._pool.submit(refresh)

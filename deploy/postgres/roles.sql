@@ -40,5 +40,7 @@ GRANT INSERT, UPDATE ON invoices TO streamtoll_api;
 GRANT INSERT, DELETE ON invoice_lines TO streamtoll_api;
 GRANT INSERT, UPDATE ON invoice_numbers TO streamtoll_api;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO streamtoll_api;
+-- … and stores the statements it computes (a read model: migration 0008)
+GRANT INSERT, UPDATE ON statement_docs TO streamtoll_api;
 -- and nothing else: no INSERT/UPDATE/DELETE/TRUNCATE on usage_shard_rows, accounts,
 -- client_rules, plans, plan_versions, subscriptions or api_keys; no DELETE of an invoice.
