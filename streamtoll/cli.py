@@ -710,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
     bb.set_defaults(func=cmd_bench_billing)
     ba = bench.add_parser("api", help="p50/p99 of the statement and usage endpoints for one account-month")
     ba.add_argument("--clients", type=int, default=1000)
-    ba.add_argument("--requests", type=int, default=40)
+    ba.add_argument("--requests", type=int, default=200)
     ba.set_defaults(func=cmd_bench_api)
     return p
 

@@ -76,6 +76,7 @@ def create_app(
     app = FastAPI(title="streamtoll", version="0.1.0", description="Usage statements and invoices for Kafka traffic.")
     limiter = _AuthLimiter(limit=auth_limit)
     statements_store = StatementStore(engine, settings.statement_max_staleness)
+    app.state.statements = statements_store
     metrics = ApiCollector(engine, live)
     registry = CollectorRegistry()
     registry.register(metrics)

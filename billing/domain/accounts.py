@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from fnmatch import fnmatchcase
+from itertools import pairwise
 from typing import Any
 
 __all__ = [
@@ -140,6 +141,33 @@ class Attributor:
             )
             self._memo[key] = got
         return got
+
+    def spans(
+        self, principal: str, client_id: str, virtual_cluster: str, start: date, end: date
+    ) -> list[tuple[date, date, str]]:
+        """``[since, until)`` day spans of ``[start, end)`` in which the identity's account is one
+        and the same, as (since, until, account): the account can change only where a rule that
+        matches the identity starts or stops being valid."""
+        ident = (principal, client_id, virtual_cluster)
+        rules = self._candidates.get(ident)
+        if rules is None:
+            rules = self._candidates[ident] = self._rules_for(principal, client_id, virtual_cluster)
+        cuts = {start, end}
+        for _, rule in rules:
+            cuts.update(d for d in (rule.valid_from, rule.valid_until) if d is not None and start < d < end)
+        bounds = sorted(cuts)
+        out: list[tuple[date, date, str]] = []
+        for since, until in pairwise(bounds):
+            code = self.account_for(principal, client_id, virtual_cluster, since)
+            if out and out[-1][2] == code:
+                out[-1] = (out[-1][0], until, code)
+            else:
+                out.append((since, until, code))
+        return out
+
+    def rules_of(self, account: str) -> list[ClientRule]:
+        """The rules that can give traffic to ``account`` (its own), in their order."""
+        return [rule for code, rule in self._rules if code == account]
 
 
 def _date(v: Any, where: str, problems: list[str]) -> date | None:

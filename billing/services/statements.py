@@ -31,7 +31,7 @@ import pandas as pd
 from sqlalchemy import Engine, text
 
 from billing.services.billing_run import parse_period, preview
-from billing.services.usage import group, usage_rows
+from billing.services.usage import account_groups
 
 __all__ = ["StatementStore", "statement", "statement_csv"]
 
@@ -51,13 +51,9 @@ def statement(engine: Engine, account: str, period: str, now: datetime | None = 
     end = datetime.combine(end_day, time(), UTC)
     as_of = now or datetime.now(UTC)
 
-    # one read of the account's attributed daily rows serves every breakdown and the rating
-    rows = usage_rows(engine, start, end, account) if as_of > start else []
-
-    def by(*fields: str) -> list[dict[str, Any]]:
-        return group(rows, fields)
-
-    by_source = by("source", "direction")
+    # one query gives every breakdown and the daily rows per topic that rating needs
+    groups = account_groups(engine, account, start_day, end_day) if as_of > start else {}
+    by_source = groups.get("totals", [])
     gaps = []
     for direction in ("produce", "consume"):
         seen = {r["source"]: r for r in by_source if r["direction"] == direction}
@@ -73,7 +69,7 @@ def statement(engine: Engine, account: str, period: str, now: datetime | None = 
                     "broker_metrics_records": b["records"],
                 }
             )
-    rated = preview(engine, account, period, rows)
+    rated = preview(engine, account, period, [{**r, "account": account} for r in groups.get("rating", [])])
     return {
         "account": account,
         "period": period,
@@ -83,10 +79,10 @@ def statement(engine: Engine, account: str, period: str, now: datetime | None = 
         "currency": rated.currency,
         "plan": rated.plan,
         "totals": by_source,
-        "daily": by("day", "source", "direction"),
-        "by_topic": by("topic", "source", "direction"),
-        "by_client_id": by("client_id", "source", "direction"),
-        "by_principal": by("principal", "source", "direction"),
+        "daily": groups.get("daily", []),
+        "by_topic": groups.get("by_topic", []),
+        "by_client_id": groups.get("by_client_id", []),
+        "by_principal": groups.get("by_principal", []),
         "source_differences": gaps,
         "rated_so_far": {
             "lines": rated.lines,

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +139,36 @@ def test_indexed_attribution_equals_trying_every_rule_in_order(
     for principal, client_id, on in identities:
         naive = next((code for code, r in pairs if r.matches(principal, client_id, "", on)), UNASSIGNED)
         assert fast.account_for(principal, client_id, "", on) == naive
+
+
+@given(
+    rules=st.lists(
+        st.tuples(
+            st.sampled_from(["acme", "globex", "initech"]),
+            st.one_of(st.none(), st.sampled_from(["a*", "ab", "*b", "a?"])),
+            st.one_of(st.none(), st.sampled_from(["x*", "xy"])),
+            st.one_of(st.none(), st.dates(date(2026, 1, 1), date(2026, 2, 5))),
+            st.one_of(st.none(), st.dates(date(2026, 1, 1), date(2026, 2, 5))),
+        ),
+        max_size=10,
+    ),
+    identities=st.lists(st.tuples(st.text("ab", max_size=3), st.text("xy", max_size=2)), max_size=6),
+)
+def test_spans_are_where_the_account_stays_the_same(
+    rules: list[tuple[str, str | None, str | None, date | None, date | None]], identities: list[tuple[str, str]]
+) -> None:
+    """Statements attribute per span of days: each span's account is every one of its days'."""
+    pairs = [(code, ClientRule(p, c, None, since, until)) for code, p, c, since, until in rules if p or c]
+    start, end = date(2026, 1, 1), date(2026, 2, 1)
+    for principal, client_id in identities:
+        attributor = Attributor(pairs)
+        spans = attributor.spans(principal, client_id, "", start, end)
+        assert spans[0][0] == start and spans[-1][1] == end
+        assert all(a[1] == b[0] and a[2] != b[2] for a, b in pairwise(spans))
+        for since, until, code in spans:
+            for n in range((until - since).days):
+                on = date.fromordinal(since.toordinal() + n)
+                assert Attributor(pairs).account_for(principal, client_id, "", on) == code
+    assert {r for code in ("acme", "globex") for r in Attributor(pairs).rules_of(code)} == {
+        r for code, r in pairs if code in ("acme", "globex")
+    }
