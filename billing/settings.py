@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from billing.domain.sources import DEFAULT_SOURCES, parse_sources
 
 __all__ = ["BillingSettings", "BillingSettingsError", "SmtpSettings"]
 
@@ -62,6 +64,8 @@ class BillingSettings:
     issuer_vat_id: str = ""
     issuer_bank: str = ""
     statement_max_staleness: float = 60.0
+    # quantity → sources in order of preference (billing.domain.sources)
+    source_order: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_SOURCES))
     smtp: SmtpSettings = SmtpSettings()
 
     @property
@@ -107,6 +111,11 @@ class BillingSettings:
                 problems.append(
                     f"{PREFIX}STATEMENT_MAX_STALENESS={staleness!r} must be a number of seconds (0 or more)"
                 )
+        if sources := env.get(PREFIX + "BILLING_SOURCES"):
+            try:
+                values["source_order"] = parse_sources(sources)
+            except ValueError as exc:
+                problems.append(f"{PREFIX}BILLING_SOURCES: {exc}")
         values["smtp"] = SmtpSettings.from_env(env, problems)
         if problems:
             raise BillingSettingsError(problems)

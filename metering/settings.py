@@ -66,6 +66,7 @@ class MeteringSettings:
     snapshot_interval_s: float = 600.0
     state_retention_s: float = 7 * 86400.0
     session_timeout_ms: int = 10_000
+    static_membership: bool = True
     metrics_bind: str | None = None  # HOST:PORT where this process serves /metrics; unset = off
     kafka_extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -156,6 +157,11 @@ class MeteringSettings:
             # "@hostname": the pod or container name, stable per replica in a StatefulSet and
             # unique per replica anywhere (zombie writers are fenced by the group generation too)
             values["instance_id"] = socket.gethostname() if v == "@hostname" else v
+        if (v := get("STATIC_MEMBERSHIP")) is not None:
+            if v.lower() in ("true", "false"):
+                values["static_membership"] = v.lower() == "true"
+            else:
+                problems.append(f"{PREFIX}STATIC_MEMBERSHIP={v!r} must be true or false")
         if (v := get("METRICS_BIND")) is not None:
             port = v.rpartition(":")[2]
             if port.isdigit() and int(port) < 65536:

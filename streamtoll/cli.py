@@ -71,7 +71,8 @@ def _kafka(settings: MeteringSettings) -> Iterator[MeteringSettings]:
     broker = EmbeddedBroker(log_path=state / "broker.log").start()
     print(f"embedded Kafka broker (memory storage) at {broker.bootstrap}", file=sys.stderr)
     try:
-        yield dataclasses.replace(settings, kafka_bootstrap=broker.bootstrap)
+        # the embedded broker does not expel a static member that died (metering/engine/loop.py)
+        yield dataclasses.replace(settings, kafka_bootstrap=broker.bootstrap, static_membership=False)
     finally:
         broker.stop()
 
@@ -201,7 +202,12 @@ def cmd_bill(args: argparse.Namespace) -> int:
     with _database(billing) as url:
         try:
             results = run_billing(
-                _connect(url), args.period, args.finalize, billing.invoice_number_prefix, billing.issuer
+                _connect(url),
+                args.period,
+                args.finalize,
+                billing.invoice_number_prefix,
+                billing.issuer,
+                source_order=billing.source_order,
             )
         except BillingError as exc:
             raise UserError(str(exc)) from None
@@ -298,7 +304,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         raise UserError("STREAMTOLL_API_BIND must look like 127.0.0.1:8080")
     with _database(billing) as url:
         engine = _connect(url)
-        feed = _live_feed(metering, engine)
+        feed = _live_feed(metering, engine, billing)
         app = create_app(engine, billing, live=feed)
         print(f"streamtoll API on http://{host}:{port} (OpenAPI at /openapi.json)", file=sys.stderr)
         print(f"live page on http://{host}:{port}/live", file=sys.stderr)
@@ -310,7 +316,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
-def _live_feed(metering: MeteringSettings, engine: Engine) -> Any:
+def _live_feed(metering: MeteringSettings, engine: Engine, billing: BillingSettings) -> Any:
     """The live view's feed when a broker is configured (the API alone starts no broker)."""
     from billing.services.live import LiveFeed, LiveSources
 
@@ -324,7 +330,7 @@ def _live_feed(metering: MeteringSettings, engine: Engine) -> Any:
         input_topics=tuple(metering.input_topics),
         metering_group=metering.group_id,
     )
-    return LiveFeed(sources, engine).start()
+    return LiveFeed(sources, engine, source_order=billing.source_order).start()
 
 
 def cmd_top(args: argparse.Namespace) -> int:
@@ -344,9 +350,12 @@ def cmd_statements(args: argparse.Namespace) -> int:
     from billing.services.billing_run import BillingError
     from billing.services.statements import statement, statement_csv
 
-    with _database(_billing_settings()) as url:
+    billing = _billing_settings()
+    with _database(billing) as url:
         try:
-            doc = statement(_connect(url), args.account, args.period, now=datetime.now(UTC))
+            doc = statement(
+                _connect(url), args.account, args.period, now=datetime.now(UTC), source_order=billing.source_order
+            )
         except BillingError as exc:
             raise UserError(str(exc)) from None
     if args.format == "pdf":

@@ -87,6 +87,14 @@ SETTINGS: list[Setting] = [
         "this worker's id, unique per worker (transactional.id); @hostname = the host name",
         "@hostname",
     ),
+    Setting(
+        "STATIC_MEMBERSHIP",
+        "true",
+        "worker",
+        "workers join the group as static members (a restart within the session timeout moves no "
+        "partitions); `streamtoll up`, the demo and the tests set false for the embedded broker",
+        "true",
+    ),
     Setting("BATCH_SIZE", "100000", "worker", "records per transaction at most", ""),
     Setting("SESSION_TIMEOUT_MS", "10000", "worker", "consumer group session timeout", ""),
     Setting("STATE_SNAPSHOT_INTERVAL", "10m", "worker", "how often a partition's full state is written", ""),
@@ -97,6 +105,13 @@ SETTINGS: list[Setting] = [
     # --- billing and API
     Setting("INVOICE_NUMBER_PREFIX", "INV", "billing", "invoice numbers are PREFIX-YEAR-NNNNNN", "INV"),
     Setting("SINK_GROUP", "streamtoll-sink", "sink", "consumer group of the usage sink", "streamtoll-sink"),
+    Setting(
+        "BILLING_SOURCES",
+        "bytes=proxy,broker_metrics;records=proxy,broker_metrics;requests=audit_log,proxy",
+        "api, bill, statements",
+        "per quantity, the sources to bill it from in order of preference (the first the account has usage in)",
+        "bytes=proxy,broker_metrics;records=proxy,broker_metrics;requests=audit_log,proxy",
+    ),
     Setting(
         "STATEMENT_MAX_STALENESS",
         "60",

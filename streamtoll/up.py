@@ -193,6 +193,7 @@ def children(
             "STREAMTOLL_API_BIND": api_bind,
             "STREAMTOLL_MAX_LATENESS": f"{int(settings.max_lateness_s)}s",
             "STREAMTOLL_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
+            "STREAMTOLL_STATIC_MEMBERSHIP": str(settings.static_membership).lower(),
         }
     )
     base.pop("STREAMTOLL_METRICS_BIND", None)

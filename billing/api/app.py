@@ -75,7 +75,7 @@ def create_app(
     settings = settings or BillingSettings()
     app = FastAPI(title="streamtoll", version="0.1.0", description="Usage statements and invoices for Kafka traffic.")
     limiter = _AuthLimiter(limit=auth_limit)
-    statements_store = StatementStore(engine, settings.statement_max_staleness)
+    statements_store = StatementStore(engine, settings.statement_max_staleness, settings.source_order)
     app.state.statements = statements_store
     metrics = ApiCollector(engine, live)
     registry = CollectorRegistry()
@@ -270,7 +270,14 @@ def create_app(
         c: Annotated[Caller, Depends(finance)], period: str, finalize_drafts: bool = Query(False, alias="finalize")
     ) -> Any:
         try:
-            results = run_billing(engine, period, finalize_drafts, settings.invoice_number_prefix, settings.issuer)
+            results = run_billing(
+                engine,
+                period,
+                finalize_drafts,
+                settings.invoice_number_prefix,
+                settings.issuer,
+                source_order=settings.source_order,
+            )
         except BillingError as exc:
             raise HTTPException(422, str(exc)) from None
         metrics.billing_runs[str(finalize_drafts).lower()] += 1

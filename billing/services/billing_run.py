@@ -22,7 +22,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
@@ -41,18 +41,12 @@ from billing.domain.accounts import UNASSIGNED, Attributor
 from billing.domain.money import round_money
 from billing.domain.plans import PlanVersion
 from billing.domain.rating import Line, rate_period
+from billing.domain.sources import DEFAULT_SOURCES
 from billing.services.catalog import plan_from_document
 from billing.services.invoices import InvoiceError, finalize, render_pending
 from billing.services.usage import load_attributor, usage_rows
 
 __all__ = ["AccountBill", "BillingError", "Preview", "parse_period", "preview", "run_billing"]
-
-# quantity → sources in order of preference (the first the account has usage in wins)
-DEFAULT_SOURCES: dict[str, tuple[str, ...]] = {
-    "bytes": ("proxy", "broker_metrics"),
-    "records": ("proxy", "broker_metrics"),
-    "requests": ("audit_log", "proxy"),
-}
 
 
 class BillingError(Exception):
@@ -125,7 +119,7 @@ def _by_meter(rows: Iterable[dict[str, Any]]) -> _Usage:
 
 
 def _meter_usage(
-    sources: dict[str, dict[tuple[str, str, date], int]], order: dict[str, tuple[str, ...]]
+    sources: dict[str, dict[tuple[str, str, date], int]], order: Mapping[str, tuple[str, ...]]
 ) -> tuple[dict[tuple[str, str, date], int], dict[str, str]]:
     """One source per quantity kind; returns usage by (meter, topic, day) and the source chosen."""
     chosen: dict[str, str] = {}
@@ -236,7 +230,7 @@ class _Catalog:
 
 
 def _rate(
-    catalog: _Catalog, usage: _Usage, account: str, start: date, end: date, order: dict[str, tuple[str, ...]]
+    catalog: _Catalog, usage: _Usage, account: str, start: date, end: date, order: Mapping[str, tuple[str, ...]]
 ) -> tuple[list[tuple[Line, str | None]], PlanVersion | None]:
     acct = catalog.accounts[account]
     meter_usage, chosen = _meter_usage(usage.by_account.get(account, {}), order)
@@ -260,7 +254,7 @@ def _adjustments(
     past: dict[date, _Usage],
     account: str,
     before: date,
-    order: dict[str, tuple[str, ...]],
+    order: Mapping[str, tuple[str, ...]],
 ) -> list[tuple[Line, dict[str, Any]]]:
     """Lines for late usage in periods whose invoices are already finalized."""
     # what was billed for a period: its invoice's own lines (not the adjustments it carried for
@@ -305,7 +299,7 @@ def run_billing(
     finalize_drafts: bool = False,
     number_prefix: str = "INV",
     issuer: dict[str, Any] | None = None,
-    source_order: dict[str, tuple[str, ...]] | None = None,
+    source_order: Mapping[str, tuple[str, ...]] | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     progress: Callable[[Iterable[str]], Iterable[str]] = lambda it: it,
     render_workers: int | None = None,
@@ -358,7 +352,7 @@ class _Run:
     usage: _Usage
     start: date
     end: date
-    order: dict[str, tuple[str, ...]]
+    order: Mapping[str, tuple[str, ...]]
     clock: Callable[[], datetime]
     past: dict[date, _Usage] = field(default_factory=dict)  # usage of finalized periods, re-rated
 
@@ -435,7 +429,7 @@ def preview(
     account: str,
     period: str,
     rows: Iterable[dict[str, Any]],
-    source_order: dict[str, tuple[str, ...]] | None = None,
+    source_order: Mapping[str, tuple[str, ...]] | None = None,
 ) -> Preview:
     """What the account's invoice for ``period`` would say now (rated, not written): month-to-date.
 

@@ -379,7 +379,12 @@ def _add_row(acct: dict[str, Any], row: dict[str, Any]) -> None:
     acct["denied_requests_hour_to_date"] += row["denied_requests_hour_to_date"]
 
 
-def read_base(engine: Engine, now: float, rated: dict[str, dict[str, str]] | None = None) -> tuple[_Base, Attributor]:
+def read_base(
+    engine: Engine,
+    now: float,
+    rated: dict[str, dict[str, str]] | None = None,
+    source_order: Mapping[str, tuple[str, ...]] | None = None,
+) -> tuple[_Base, Attributor]:
     """This month's attributed usage up to the current hour, and each account's rated amount
     (rated now unless ``rated`` is given: rating every account is the expensive part)."""
     until = _hour_start(now)
@@ -404,7 +409,7 @@ def read_base(engine: Engine, now: float, rated: dict[str, dict[str, str]] | Non
     rated = {}
     for account, rows_of in sorted(per_account.items()):
         try:
-            p = preview(engine, account, period, rows_of)
+            p = preview(engine, account, period, rows_of, source_order)
         except BillingError:
             continue
         rated[account] = {"currency": p.currency, "subtotal": str(p.subtotal), "total": str(p.total)}
@@ -423,8 +428,10 @@ class LiveFeed:
         lag_every_s: float = 5.0,
         db_refresh_s: float = 30.0,
         rate_every_s: float = 300.0,
+        source_order: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.sources = sources
+        self.source_order = source_order
         self.engine = engine
         self.board = board or LiveBoard()
         self.clock = clock
@@ -542,7 +549,7 @@ class LiveFeed:
             return
         rate = self._refresh_now.is_set() or now - self._rated_at >= self.rate_every_s
         try:
-            base, attributor = read_base(self.engine, now, None if rate else self.board.base.rated)
+            base, attributor = read_base(self.engine, now, None if rate else self.board.base.rated, self.source_order)
             if rate:
                 self._rated_at = now
         except Exception as exc:  # a database outage leaves the last base in place; the view says how old

@@ -81,9 +81,10 @@ def upsert_windows(engine: Engine, windows: list[UsageWindow]) -> int:
         set_={**{k: excluded[k] for k in _VALUES}, "updated_at": excluded.updated_at},
         where=UsageShardRow.version < excluded.version,
     )
-    # in the order of usage_daily's key (day first): every writer takes the row locks of the
-    # daily table and of the month marks (migration 0008) in one order, so concurrent sinks
-    # wait for each other rather than deadlock
+    # in the order of usage_daily's key (day first): concurrent sinks take the daily table's row
+    # locks in one order and seldom wait for each other; a deadlock PostgreSQL still detects
+    # (the month marks of migration 0008 are locked at the end of each statement) is an
+    # OperationalError, retried like any other below
     rows = sorted(newest.values(), key=_lock_order)
     with engine.begin() as conn:
         for i in range(0, len(rows), 5000):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, time
 from typing import Any
@@ -30,6 +31,7 @@ import orjson
 import pandas as pd
 from sqlalchemy import Engine, text
 
+from billing.domain.sources import DEFAULT_SOURCES, format_sources
 from billing.services.billing_run import parse_period, preview
 from billing.services.usage import account_groups
 
@@ -43,7 +45,13 @@ QUANTITIES = ("bytes", "records", "requests", "denied_requests")
 DOC_VERSION = 2
 
 
-def statement(engine: Engine, account: str, period: str, now: datetime | None = None) -> dict[str, Any]:
+def statement(
+    engine: Engine,
+    account: str,
+    period: str,
+    now: datetime | None = None,
+    source_order: Mapping[str, tuple[str, ...]] | None = None,
+) -> dict[str, Any]:
     """The statement as of ``now`` (default: the current time): the usage stored so far in the
     period — whole UTC days, so the current day's hours up to now — rated as the catalog is."""
     start_day, end_day = parse_period(period)
@@ -69,7 +77,8 @@ def statement(engine: Engine, account: str, period: str, now: datetime | None = 
                     "broker_metrics_records": b["records"],
                 }
             )
-    rated = preview(engine, account, period, [{**r, "account": account} for r in groups.get("rating", [])])
+    rows = [{**r, "account": account} for r in groups.get("rating", [])]
+    rated = preview(engine, account, period, rows, source_order)
     return {
         "account": account,
         "period": period,
@@ -116,17 +125,19 @@ def statement_csv(doc: dict[str, Any]) -> str:
 _MARKS = text(
     "SELECT (SELECT coalesce(sum(mark), 0) FROM usage_period_marks WHERE month = :month) AS usage_mark, "
     "(SELECT mark FROM catalog_marks WHERE id = 1) AS catalog_mark, "
-    "d.usage_mark AS stored_usage, d.catalog_mark AS stored_catalog, d.doc_version, d.computed_at, d.body "
+    "d.usage_mark AS stored_usage, d.catalog_mark AS stored_catalog, d.doc_version, d.sources, d.computed_at, "
+    "d.body "
     "FROM (SELECT 1) AS one LEFT JOIN statement_docs AS d ON d.account = :account AND d.period = :period"
 )
 
 _STORE = text(
     "INSERT INTO statement_docs AS d VALUES (:account, :period, :usage_mark, :catalog_mark, :doc_version, "
-    ":computed_at, :body) ON CONFLICT (account, period) DO UPDATE SET usage_mark = excluded.usage_mark, "
-    "catalog_mark = excluded.catalog_mark, doc_version = excluded.doc_version, "
+    ":sources, :computed_at, :body) ON CONFLICT (account, period) DO UPDATE SET usage_mark = excluded.usage_mark, "
+    "catalog_mark = excluded.catalog_mark, doc_version = excluded.doc_version, sources = excluded.sources, "
     "computed_at = excluded.computed_at, body = excluded.body "
     # never replace a statement by one computed from older marks (a slow, late refresh)
-    "WHERE d.doc_version <> excluded.doc_version OR (d.usage_mark <= excluded.usage_mark "
+    "WHERE d.doc_version <> excluded.doc_version OR d.sources <> excluded.sources "
+    "OR (d.usage_mark <= excluded.usage_mark "
     "AND d.catalog_mark <= excluded.catalog_mark AND d.computed_at <= excluded.computed_at)"
 )
 
@@ -135,9 +146,14 @@ class StatementStore:
     """Statements served as stored, recomputed when their usage or the catalog changed (module
     docstring). ``get`` returns the statement as JSON bytes."""
 
-    def __init__(self, engine: Engine, max_staleness: float = 60.0) -> None:
+    def __init__(
+        self, engine: Engine, max_staleness: float = 60.0, source_order: Mapping[str, tuple[str, ...]] | None = None
+    ) -> None:
         self.engine = engine
         self.max_staleness = max_staleness
+        self.source_order = dict(source_order or DEFAULT_SOURCES)
+        # a statement stored under another source order (another API configuration) is not ours
+        self.sources = format_sources(self.source_order)
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
         self._refreshing: set[tuple[str, str]] = set()
@@ -172,7 +188,7 @@ class StatementStore:
             return conn.execute(_MARKS, {"month": month, "account": account, "period": period}).one()
 
     def _state(self, m: Any) -> str:
-        if m.body is None or m.doc_version != DOC_VERSION:
+        if m.body is None or m.doc_version != DOC_VERSION or m.sources != self.sources:
             return "missing"
         if (m.stored_usage, m.stored_catalog) == (m.usage_mark, m.catalog_mark):
             return "current"
@@ -185,7 +201,7 @@ class StatementStore:
         """Compute with the marks read before (any change after them moves them: the stored
         statement is then out of date at once, never wrongly current) and store it."""
         now = datetime.now(UTC)
-        body = orjson.dumps(statement(self.engine, account, period, now=now))
+        body = orjson.dumps(statement(self.engine, account, period, now=now, source_order=self.source_order))
         with self.engine.begin() as conn:
             conn.execute(
                 _STORE,
@@ -195,6 +211,7 @@ class StatementStore:
                     "usage_mark": marks.usage_mark,
                     "catalog_mark": marks.catalog_mark,
                     "doc_version": DOC_VERSION,
+                    "sources": self.sources,
                     "computed_at": now,
                     "body": body.decode(),
                 },

@@ -167,12 +167,16 @@ class Engine:
         )
         # Aborts whatever a previous incarnation with the same transactional.id left open.
         producer.init_transactions(30)
+        # static membership: a worker restarted within the session timeout takes its partitions
+        # back without a rebalance (rolling restarts). Off for the embedded dev broker, whose
+        # coordinator does not expel a static member that died (its partitions would stay
+        # unmetered until it returns); a dynamic member is expelled after the session timeout.
+        static = {"group.instance.id": f"{s.group_id}-{s.instance_id}"} if s.static_membership else {}
         consumer = Consumer(
             {
                 **base,
+                **static,
                 "group.id": s.group_id,
-                # static membership: a restarted worker takes its partitions back at once
-                "group.instance.id": f"{s.group_id}-{s.instance_id}",
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",
                 "auto.offset.reset": "earliest",
@@ -214,6 +218,7 @@ class Engine:
         log.info(
             "partitions assigned",
             extra={
+                "partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in partitions),
                 "shards": sorted(f"{t}/{p}" for t, p in wanted),
                 "restore_s": round(time.monotonic() - started, 3),
                 "full_reads": self._full_reads,
@@ -222,6 +227,7 @@ class Engine:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # No transaction is open while consume() runs callbacks: each batch commits first.
+        log.info("partitions revoked", extra={"partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in partitions)})
         for tp in partitions:
             self.shards.pop((tp.topic, tp.partition), None)
             self._last_snapshot.pop((tp.topic, tp.partition), None)

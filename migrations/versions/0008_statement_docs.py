@@ -50,6 +50,7 @@ def upgrade() -> None:
             usage_mark   bigint      NOT NULL,
             catalog_mark bigint      NOT NULL,
             doc_version  integer     NOT NULL,
+            sources      text        NOT NULL,
             computed_at  timestamptz NOT NULL,
             body         text        NOT NULL,
             PRIMARY KEY (account, period)

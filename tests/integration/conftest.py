@@ -54,6 +54,9 @@ def isolated_env(bootstrap: str) -> dict[str, str]:
         "STREAMTOLL_SINK_GROUP": f"s{tag}",
         "STREAMTOLL_INSTANCE_ID": "w1",
         "STREAMTOLL_SESSION_TIMEOUT_MS": "3000",
+        # tansu does not expel a static member that died and stays away (a worker killed for
+        # good would keep its partitions); against a real cluster, the production default
+        "STREAMTOLL_STATIC_MEMBERSHIP": "true" if os.environ.get("STREAMTOLL_TEST_KAFKA_BOOTSTRAP") else "false",
         "STREAMTOLL_STATE_SNAPSHOT_INTERVAL": "3s",
         "STREAMTOLL_LOG_LEVEL": "INFO",
     }

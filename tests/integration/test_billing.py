@@ -129,3 +129,21 @@ def test_two_concurrent_finalizing_runs_neither_duplicate_nor_skip_numbers(
         report = json.loads(out)
         assert {r["status"] for r in report} <= {"finalized", "skipped-finalized"}
         assert sorted(r["number"] for r in report) == [r.number for r in rows]
+
+
+def test_billing_sources_setting_changes_which_source_is_billed(engine: sa.Engine) -> None:
+    """BILLING.md: the source order is a setting. Bytes from the broker metrics first: acme's
+    999 GB produced (the metrics saw no consume) replace the proxy's 1,250 GB and 2,000 GB."""
+    from billing.services.statements import statement
+    from billing.settings import BillingSettings
+
+    order = BillingSettings.from_env({"STREAMTOLL_BILLING_SOURCES": "bytes=broker_metrics,proxy"}).source_order
+    assert order["records"] == ("proxy", "broker_metrics")  # not named: the default
+    got = totals(run_billing(engine, "2026-11", source_order=order))
+    # base 49.00 + produce 100×0 + 899×0.08 = 71.92 + consume 0 + records 3 × 1.50 = 4.50 → 125.42;
+    # tax 19 % = 23.8298 → 23.83
+    assert got["acme"] == ("EUR", Decimal("125.42"), Decimal("23.83"), Decimal("149.25"))
+    assert got["initech"] == totals(run_billing(engine, "2026-11"))["initech"]  # proxy-less: unchanged
+    rated = statement(engine, "acme", "2026-11", source_order=order)["rated_so_far"]
+    assert rated["subtotal"] == "125.42"
+    assert {ln["source"] for ln in rated["lines"] if "byte" in ln["description"].lower()} <= {"broker_metrics"}

@@ -9,6 +9,7 @@ each case ends by comparing with the generator's independently computed ground t
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -82,33 +83,49 @@ def _hourly_equals_truth(url: str, traffic: Traffic, timeout: float = 120) -> No
     assert not missing and set(got) == set(want), f"{len(missing)} windows differ, e.g. {list(missing.items())[:3]}"
 
 
-@pytest.mark.soak
+def _ownership(log: Path) -> list[str] | None:
+    """The input partitions a worker holds now, from its log: its last assignment, or None while
+    it holds none (revoked, not yet assigned again)."""
+    held: list[str] | None = None
+    for line in log.read_text().splitlines():
+        if '"partitions assigned"' in line or '"partitions revoked"' in line:
+            doc = json.loads(line)
+            held = doc["partitions"] if doc["msg"] == "partitions assigned" else None
+    return held
+
+
+def _settled(logdir: Path, live: list[int], settings: MeteringSettings) -> bool:
+    """Every input partition is held by exactly one of the live workers (the group is stable)."""
+    everything = sorted(f"{t}/{p}" for t in settings.input_topics for p in range(4))
+    held = [_ownership(logdir / f"w{i}.log") for i in live]
+    return all(h is not None for h in held) and sorted(p for h in held for p in h or []) == everything
+
+
+# On the dev broker (tansu) the workers run as dynamic group members (STATIC_MEMBERSHIP=false,
+# conftest): its coordinator never expels a static member that died and stays away. A second
+# tansu bug, seen in librdkafka's cgrp debug log: a member that sends JoinGroup and then
+# LeaveGroup while a rebalance is in progress stays the *leader* of the next generation, so no
+# member ever gets an assignment (SyncGroup answers "rebalance in progress" for ever). Apache
+# Kafka has neither bug; here a graceful removal waits until the group has settled. Kills (-9)
+# land in the middle of rebalances on purpose.
+
+
 def test_three_workers_one_killed_while_traffic_flows(
     broker: EmbeddedBroker, env: dict[str, str], settings: MeteringSettings, logdir: Path
 ) -> None:
     """Three workers share the partitions; one is killed -9 mid-stream and its partitions move
-    to the other two.
-
-    Soak-only, like the churn scenarios below, because of the dev broker: on tansu a static
-    member that dies and does not come back is sometimes never expelled (its partitions stay
-    unassigned for minutes; 1 run in 3 here), and after a LeaveGroup or a static member's restart
-    next to others a member sometimes never receives its new assignment. Apache Kafka expels a
-    static member after session.timeout.ms; run these against one with
-    ``STREAMTOLL_TEST_KAFKA_BOOTSTRAP=host:9092 pytest -m soak tests/integration/test_faults.py``."""
+    to the other two (after the session timeout)."""
     traffic = _traffic(settings, 60_000, seed=25)
     workers = [Worker({**env, "STREAMTOLL_INSTANCE_ID": f"w{i}"}, logdir / f"w{i}.log") for i in range(3)]
     for w in workers:
         w.start()
     feeder, ends = _feed(broker.bootstrap, traffic, pace=(2_000, 0.6))
     try:
-        _wait(
-            lambda: all("partitions assigned" in (logdir / f"w{i}.log").read_text() for i in range(3)),
-            90,
-            "all three workers getting partitions",
-        )
+        _wait(lambda: _settled(logdir, [0, 1, 2], settings), 90, "the three workers sharing the partitions")
         before = _progress(broker.bootstrap, settings)
         _wait(lambda: _progress(broker.bootstrap, settings) > before, 60, "metering progress with three workers")
         workers[2].kill9()
+        _wait(lambda: _settled(logdir, [0, 1], settings), 90, "the killed worker's partitions moving")
         feeder.join()
         wait_caught_up(broker.bootstrap, settings.group_id, ends, timeout=240)
     finally:
@@ -123,7 +140,6 @@ def _progress(bootstrap: str, settings: MeteringSettings) -> int:
     return sum(max(0, v) for v in committed(bootstrap, settings.group_id, parts).values())
 
 
-@pytest.mark.soak
 def test_three_workers_added_removed_and_killed_while_partitions_move(
     broker: EmbeddedBroker, env: dict[str, str], settings: MeteringSettings, logdir: Path
 ) -> None:
@@ -132,12 +148,10 @@ def test_three_workers_added_removed_and_killed_while_partitions_move(
     feeder, ends = _feed(broker.bootstrap, traffic, pace=(2_000, 1.0))  # about a minute of traffic
     events: list[str] = []
 
-    def assigned(i: int) -> int:
-        return (logdir / f"w{i}.log").read_text().count("partitions assigned") if workers[i].proc else 0
-
-    def moves_on(what: str) -> None:
-        """The group commits new work after ``what`` (metering goes on after each change)."""
+    def moves_on(what: str, live: list[int]) -> None:
+        """The partitions are shared by ``live`` and the group commits new work after ``what``."""
         before = _progress(broker.bootstrap, settings)
+        _wait(lambda: _settled(logdir, live, settings), 90, f"the group settling after {what}")
 
         def moved() -> bool:
             if _progress(broker.bootstrap, settings) > before:
@@ -152,20 +166,17 @@ def test_three_workers_added_removed_and_killed_while_partitions_move(
 
     try:
         workers[0].start()
-        moves_on("w0 started")
+        moves_on("w0 started", [0])
         workers[1].start()
-        _wait(lambda: assigned(1) >= 1, 60, "w1 getting partitions")
-        moves_on("w1 added")
+        moves_on("w1 added", [0, 1])
         workers[2].start()  # a rebalance starts: partitions move from w0/w1 to w2 …
         time.sleep(1.0)
         workers[1].kill9()  # … and w1 dies in the middle of it
-        _wait(lambda: assigned(2) >= 1, 90, "w2 getting partitions")
-        moves_on("w1 killed -9 during the rebalance")
+        moves_on("w1 killed -9 during the rebalance", [0, 2])
         assert workers[0].stop() == 0  # removed gracefully: its partitions move again
-        moves_on("w0 removed")
+        moves_on("w0 removed", [2])
         workers[1].start()
-        _wait(lambda: assigned(1) >= 2, 90, "w1 getting partitions again")
-        moves_on("w1 back")
+        moves_on("w1 back", [1, 2])
         feeder.join()
         wait_caught_up(broker.bootstrap, settings.group_id, ends, timeout=240)
     finally:
@@ -311,7 +322,8 @@ def test_soak_random_worker_churn(
     broker: EmbeddedBroker, env: dict[str, str], settings: MeteringSettings, logdir: Path
 ) -> None:
     """Minutes of traffic while three worker slots are randomly started, stopped and killed -9
-    (``pytest -m soak``; STREAMTOLL_SOAK_EVENTS sets how many churn events)."""
+    (``pytest -m soak``; STREAMTOLL_SOAK_EVENTS sets how many churn events). Kills land
+    anywhere, in rebalances too; graceful stops wait for the group to settle (tansu, above)."""
     rounds = int(os.environ.get("STREAMTOLL_SOAK_EVENTS", "40"))
     traffic = _traffic(settings, 400_000, seed=random.randint(0, 10**6))
     workers = [Worker({**env, "STREAMTOLL_INSTANCE_ID": f"w{i}"}, logdir / f"w{i}.log") for i in range(3)]
@@ -331,6 +343,9 @@ def test_soak_random_worker_churn(
                 w.kill9()
                 done.append("kill -9")
             else:
+                # a graceful leave only once the group has settled (tansu, see above)
+                live = [i for i, x in enumerate(workers) if x.proc is not None and x.proc.poll() is None]
+                _wait(lambda live=live: _settled(logdir, live, settings), 120, "the group settling")
                 w.stop()
                 done.append("stop")
             if not any(x.proc is not None and x.proc.poll() is None for x in workers):

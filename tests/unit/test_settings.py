@@ -16,6 +16,8 @@ def test_defaults_follow_the_spec() -> None:
     assert (s.topic_dlq, s.topic_usage_windows) == ("streamtoll.dlq.v1", "streamtoll.usage-windows.v1")
     assert (s.dedup_horizon_s, s.max_lateness_s, s.max_future_skew_s) == (3600, 35 * 86400, 300)
     assert s.meter_since_ms is None
+    assert s.static_membership is True
+    assert MeteringSettings.from_env({"STREAMTOLL_STATIC_MEMBERSHIP": "False"}).static_membership is False
 
 
 def test_every_problem_is_reported_at_once_with_its_name() -> None:
@@ -27,12 +29,14 @@ def test_every_problem_is_reported_at_once_with_its_name() -> None:
                 "STREAMTOLL_TOPIC_DLQ": "bad topic!",
                 "STREAMTOLL_METER_SINCE": "last tuesday",
                 "STREAMTOLL_TOPIC_BROKER_METRICS": "proxy-audit",
+                "STREAMTOLL_STATIC_MEMBERSHIP": "yes",
             }
         )
     text = " ".join(exc.value.problems)
     for name in ("DEDUP_HORIZON", "MAX_LATENESS", "TOPIC_DLQ", "METER_SINCE", "TOPIC_BROKER_METRICS"):
         assert f"STREAMTOLL_{name}" in text
-    assert len(exc.value.problems) == 5
+    assert "STREAMTOLL_STATIC_MEMBERSHIP='yes' must be true or false" in text
+    assert len(exc.value.problems) == 6
 
 
 def test_values_and_security_pass_through() -> None:
@@ -59,3 +63,32 @@ def test_values_and_security_pass_through() -> None:
 )
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("bytes=kafka", "'kafka' is not a source"),
+        ("watts=proxy", "'watts' is not a quantity"),
+        ("bytes=proxy;bytes=audit_log", "bytes is named twice"),
+        ("bytes=", "bytes needs at least one source"),
+        ("bytes", "'bytes' must look like quantity=source,source"),
+        ("bytes=proxy,proxy", "bytes names a source twice"),
+    ],
+)
+def test_billing_sources_mistakes_are_one_sentence(text: str, problem: str) -> None:
+    from billing.settings import BillingSettings, BillingSettingsError
+
+    with pytest.raises(BillingSettingsError) as exc:
+        BillingSettings.from_env({"STREAMTOLL_BILLING_SOURCES": text})
+    [only] = exc.value.problems
+    assert only.startswith(f"STREAMTOLL_BILLING_SOURCES: {problem}"), only
+
+
+def test_billing_sources_round_trip() -> None:
+    from billing.domain.sources import DEFAULT_SOURCES, format_sources, parse_sources
+
+    assert parse_sources("") == DEFAULT_SOURCES
+    order = parse_sources(" requests = proxy ; bytes=broker_metrics,proxy")
+    assert order == {**DEFAULT_SOURCES, "requests": ("proxy",), "bytes": ("broker_metrics", "proxy")}
+    assert parse_sources(format_sources(order)) == order
