@@ -14,12 +14,22 @@ from datetime import UTC, date, datetime
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, or_, select, text, true
+from sqlalchemy import ColumnElement, Connection, Date, Engine, Text, and_, cast, func, or_, select, text, true
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from billing.adapters.models import AccountRow, ClientRuleRow, UsageDailyRow
-from billing.domain.accounts import Attributor, ClientRule
+from billing.domain.accounts import UNASSIGNED, Attributor, ClientRule
 
-__all__ = ["ACCOUNT_GROUPINGS", "GROUPS", "account_groups", "group", "load_attributor", "usage_report", "usage_rows"]
+__all__ = [
+    "ACCOUNT_GROUPINGS",
+    "GROUPS",
+    "account_groups",
+    "account_report",
+    "group",
+    "load_attributor",
+    "usage_report",
+    "usage_rows",
+]
 
 GROUPS = ("source", "account", "principal", "client_id", "virtual_cluster", "topic", "direction", "hour", "day")
 QUANTITIES = ("bytes", "records", "requests", "denied_requests")
@@ -140,6 +150,9 @@ def usage_report(
         raise ValueError(f"cannot group by {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
     if end <= start:
         raise ValueError("the end of the interval must be after its start")
+    if account not in (None, UNASSIGNED) and "hour" not in group_by and _midnight(start) and _midnight(end):
+        # one account by day or longer: PostgreSQL adds up its identities only (a partner's view)
+        return account_report(engine, account, start.astimezone(UTC).date(), end.astimezone(UTC).date(), group_by)
     return group(usage_rows(engine, start, end, account, hourly="hour" in group_by), group_by)
 
 
@@ -195,34 +208,52 @@ def _could_be(rules: Sequence[ClientRule]) -> ColumnElement[bool]:
     return or_(*alternatives)
 
 
+def _account_spans(
+    conn: Connection, attributor: Attributor, account: str, start: date, end: date
+) -> dict[str, list[Any]]:
+    """The identities (and their spans of days) whose usage in ``[start, end)`` is ``account``'s,
+    as parallel arrays for the queries below: the identities the account's rules could match are
+    read first and attributed in Python, per span of days in which their account does not change."""
+    t = UsageDailyRow.__table__.c
+    spans: dict[str, list[Any]] = {k: [] for k in ("principals", "client_ids", "clusters", "since", "until")}
+    rules = attributor.rules_of(account)
+    if not rules or end <= start:
+        return spans
+    identities = conn.execute(
+        select(t.principal, t.client_id, t.virtual_cluster)
+        .where(t.day >= start, t.day < end, _could_be(rules))
+        .distinct()
+    ).all()
+    for principal, client_id, cluster in identities:
+        for since, until, code in attributor.spans(principal, client_id, cluster, start, end):
+            if code == account:
+                for k, v in zip(spans, (principal, client_id, cluster, since, until), strict=True):
+                    spans[k].append(v)
+    return spans
+
+
+def _quantities(row: Any) -> dict[str, int]:
+    return {
+        "bytes": int(row.bytes),
+        "records": int(row.records),
+        "requests": int(row.requests),
+        "denied_requests": int(row.denied_requests),
+    }
+
+
 def account_groups(
     engine: Engine, account: str, start: date, end: date, attributor: Attributor | None = None
 ) -> dict[str, list[dict[str, Any]]]:
     """One account's usage in the whole UTC days ``[start, end)`` in each of ``ACCOUNT_GROUPINGS``
     (rows shaped and sorted as ``group`` makes them from ``usage_rows``, with which it agrees).
 
-    Attribution is exact and the same as ``usage_rows``': the identities the account's rules could
-    match are read first and attributed in Python, per span of days in which their account does
-    not change; PostgreSQL then adds up only those identities' daily rows, in every grouping at
-    once — a statement no longer moves every row of the month through Python."""
+    Attribution is exact and the same as ``usage_rows``' (``_account_spans``); PostgreSQL then adds
+    up only those identities' daily rows, in every grouping at once — a statement no longer moves
+    every row of the month through Python."""
     attributor = attributor or load_attributor(engine)
     out: dict[str, list[dict[str, Any]]] = {name: [] for name in ACCOUNT_GROUPINGS}
-    rules = attributor.rules_of(account)
-    if not rules or end <= start:
-        return out
-    t = UsageDailyRow.__table__.c
-    spans: dict[str, list[Any]] = {k: [] for k in ("principals", "client_ids", "clusters", "since", "until")}
     with engine.connect() as conn:
-        identities = conn.execute(
-            select(t.principal, t.client_id, t.virtual_cluster)
-            .where(t.day >= start, t.day < end, _could_be(rules))
-            .distinct()
-        ).all()
-        for principal, client_id, cluster in identities:
-            for since, until, code in attributor.spans(principal, client_id, cluster, start, end):
-                if code == account:
-                    for k, v in zip(spans, (principal, client_id, cluster, since, until), strict=True):
-                        spans[k].append(v)
+        spans = _account_spans(conn, attributor, account, start, end)
         if not spans["since"]:
             return out
         result = conn.execute(_ACCOUNT_GROUPS, {**spans, "start": start, "end": end}).all()
@@ -230,15 +261,72 @@ def account_groups(
     for row in result:
         name, fields = by_mask[row.sets]
         values = {f: (row.day.isoformat() if f == "day" else getattr(row, f)) for f in fields}
-        out[name].append(
-            {
-                **values,
-                "bytes": int(row.bytes),
-                "records": int(row.records),
-                "requests": int(row.requests),
-                "denied_requests": int(row.denied_requests),
-            }
-        )
+        out[name].append({**values, **_quantities(row)})
     for name, (fields, _) in ACCOUNT_GROUPINGS.items():
         out[name].sort(key=itemgetter(*fields))
     return out
+
+
+def account_report(
+    engine: Engine,
+    account: str,
+    start: date,
+    end: date,
+    group_by: Sequence[str],
+    attributor: Attributor | None = None,
+) -> list[dict[str, Any]]:
+    """``group(usage_rows(…, account), group_by)`` for whole UTC days and no ``hour`` grouping,
+    added up by PostgreSQL over the account's identities only (as ``account_groups``)."""
+    attributor = attributor or load_attributor(engine)
+    with engine.connect() as conn:
+        spans = _account_spans(conn, attributor, account, start, end)
+        if not spans["since"]:
+            return []
+        u = UsageDailyRow.__table__.alias("u")
+        m = (
+            func.unnest(
+                cast(spans["principals"], ARRAY(Text)),
+                cast(spans["client_ids"], ARRAY(Text)),
+                cast(spans["clusters"], ARRAY(Text)),
+                cast(spans["since"], ARRAY(Date)),
+                cast(spans["until"], ARRAY(Date)),
+            )
+            .table_valued("principal", "client_id", "virtual_cluster", "since", "until")
+            .render_derived(name="m")
+        )
+        columns = [u.c[g].label(g) for g in group_by if g != "account"]
+        query = (
+            select(
+                *columns,
+                func.sum(u.c.bytes).label("bytes"),
+                func.sum(u.c.records).label("records"),
+                func.sum(u.c.requests).label("requests"),
+                func.sum(u.c.denied_requests).label("denied_requests"),
+            )
+            .select_from(
+                m.join(
+                    u,
+                    and_(
+                        u.c.principal == m.c.principal,
+                        u.c.client_id == m.c.client_id,
+                        u.c.virtual_cluster == m.c.virtual_cluster,
+                        u.c.day >= m.c.since,
+                        u.c.day < m.c.until,
+                    ),
+                )
+            )
+            .where(
+                u.c.day >= start,
+                u.c.day < end,
+                or_(u.c.bytes != 0, u.c.records != 0, u.c.requests != 0, u.c.denied_requests != 0),
+            )
+            .group_by(*columns)
+        )
+        result = conn.execute(query).all()
+    out = []
+    for row in result:
+        values: dict[str, Any] = {g: account if g == "account" else getattr(row, g) for g in group_by}
+        if "day" in values:
+            values["day"] = values["day"].isoformat()
+        out.append({**values, **_quantities(row)})
+    return sorted(out, key=lambda r: tuple(r[g] for g in group_by))

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from billing.domain.accounts import Attributor, ClientRule
 from billing.services.sink import upsert_windows
-from billing.services.usage import ACCOUNT_GROUPINGS, account_groups, group, usage_rows
+from billing.services.usage import ACCOUNT_GROUPINGS, GROUPS, account_groups, account_report, group, usage_rows
 from metering.contracts import UsageWindow
 
 pytestmark = pytest.mark.integration
@@ -77,6 +77,10 @@ def test_account_groups_equal_row_by_row_attribution(migrated: str) -> None:
                 got = account_groups(engine, account, start.date(), end.date(), attributor)
                 for name, (fields, _) in ACCOUNT_GROUPINGS.items():
                     assert got[name] == group(mine, fields), (account, name)
+                # a partner's /v1/usage: any grouping (the hour aside)
+                fields = rnd.sample([g for g in GROUPS if g != "hour"], rnd.randint(1, 4))
+                report = account_report(engine, account, start.date(), end.date(), fields, attributor)
+                assert report == group(mine, fields), (account, fields)
                 compared += bool(mine)
         assert compared > 20  # most draws give an account some traffic
     finally:
