@@ -179,9 +179,6 @@ class StatementStore:
             self.served["computed"] += 1
             return self._compute(account, period, marks)
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
     def _read(self, account: str, period: str) -> Any:
         month = parse_period(period)[0]
         with self.engine.connect() as conn:
