@@ -105,9 +105,10 @@ def _settled(logdir: Path, live: list[int], settings: MeteringSettings) -> bool:
 # conftest): its coordinator never expels a static member that died and stays away. A second
 # tansu bug, seen in librdkafka's cgrp debug log: a member that sends JoinGroup and then
 # LeaveGroup while a rebalance is in progress stays the *leader* of the next generation, so no
-# member ever gets an assignment (SyncGroup answers "rebalance in progress" for ever). Apache
-# Kafka has neither bug; here a graceful removal waits until the group has settled. Kills (-9)
-# land in the middle of rebalances on purpose.
+# member ever gets an assignment (SyncGroup answers "rebalance in progress" for ever). The worker
+# therefore lets a rebalance in progress end before it leaves (Engine._finish_rebalance); the
+# test below stops a worker gracefully 1 s into a rebalance on purpose. Apache Kafka has neither
+# bug. Kills (-9) land in the middle of rebalances too.
 
 
 def test_three_workers_one_killed_while_traffic_flows(
@@ -173,10 +174,12 @@ def test_three_workers_added_removed_and_killed_while_partitions_move(
         time.sleep(1.0)
         workers[1].kill9()  # … and w1 dies in the middle of it
         moves_on("w1 killed -9 during the rebalance", [0, 2])
-        assert workers[0].stop() == 0  # removed gracefully: its partitions move again
-        moves_on("w0 removed", [2])
-        workers[1].start()
-        moves_on("w1 back", [1, 2])
+        workers[1].start()  # another rebalance …
+        time.sleep(1.0)
+        assert workers[0].stop() == 0  # … and w0 is removed gracefully in the middle of it
+        moves_on("w1 back, w0 removed during the rebalance", [1, 2])
+        workers[0].start()
+        moves_on("w0 back", [0, 1, 2])
         feeder.join()
         wait_caught_up(broker.bootstrap, settings.group_id, ends, timeout=240)
     finally:
@@ -322,8 +325,8 @@ def test_soak_random_worker_churn(
     broker: EmbeddedBroker, env: dict[str, str], settings: MeteringSettings, logdir: Path
 ) -> None:
     """Minutes of traffic while three worker slots are randomly started, stopped and killed -9
-    (``pytest -m soak``; STREAMTOLL_SOAK_EVENTS sets how many churn events). Kills land
-    anywhere, in rebalances too; graceful stops wait for the group to settle (tansu, above)."""
+    (``pytest -m soak``; STREAMTOLL_SOAK_EVENTS sets how many churn events): kills and graceful
+    stops land anywhere, in rebalances too."""
     rounds = int(os.environ.get("STREAMTOLL_SOAK_EVENTS", "40"))
     traffic = _traffic(settings, 400_000, seed=random.randint(0, 10**6))
     workers = [Worker({**env, "STREAMTOLL_INSTANCE_ID": f"w{i}"}, logdir / f"w{i}.log") for i in range(3)]
@@ -343,9 +346,6 @@ def test_soak_random_worker_churn(
                 w.kill9()
                 done.append("kill -9")
             else:
-                # a graceful leave only once the group has settled (tansu, see above)
-                live = [i for i, x in enumerate(workers) if x.proc is not None and x.proc.poll() is None]
-                _wait(lambda live=live: _settled(logdir, live, settings), 120, "the group settling")
                 w.stop()
                 done.append("stop")
             if not any(x.proc is not None and x.proc.poll() is None for x in workers):
