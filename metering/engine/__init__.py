@@ -16,6 +16,12 @@ changelog entries, which were committed in the same transactions as those offset
 input record is folded exactly once into the state that produced the published totals.
 
 Any error inside a batch aborts it and restarts the loop from committed state: crash-only.
+
+Group membership: static (``group.instance.id`` from the instance id) unless
+``STATIC_MEMBERSHIP=false`` — the embedded dev broker never expels a dead static member. Partitions
+moving between workers change who folds them, never what is folded: the new owner restores the
+shard from the state topic before its first batch. A graceful stop lets a rebalance in progress
+end before leaving the group (``Engine._finish_rebalance``).
 """
 
 from metering.engine.loop import Engine
