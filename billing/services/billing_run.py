@@ -46,7 +46,7 @@ from billing.services.catalog import plan_from_document
 from billing.services.invoices import InvoiceError, finalize, render_pending
 from billing.services.usage import load_attributor, usage_rows
 
-__all__ = ["AccountBill", "BillingError", "Preview", "parse_period", "preview", "run_billing"]
+__all__ = ["AccountBill", "BillingError", "Preview", "parse_period", "preview", "preview_accounts", "run_billing"]
 
 
 class BillingError(Exception):
@@ -435,12 +435,35 @@ def preview(
 
     ``rows``: the account's attributed daily usage rows of the period (``usage.usage_rows``).
     """
-    start, end = parse_period(period)
-    order = source_order or DEFAULT_SOURCES
     with engine.connect() as conn:
         catalog = _Catalog(conn)
     if account not in catalog.accounts:
         raise BillingError(f"there is no account {account!r}")
+    return _preview(catalog, account, period, rows, source_order or DEFAULT_SOURCES)
+
+
+def preview_accounts(
+    engine: Engine,
+    period: str,
+    rows: Iterable[dict[str, Any]],
+    source_order: Mapping[str, tuple[str, ...]] | None = None,
+) -> dict[str, Preview]:
+    """``preview`` of every account that has ``rows`` (attributed rows of many accounts), with
+    the catalog read once (the live view rates every account every few minutes)."""
+    with engine.connect() as conn:
+        catalog = _Catalog(conn)
+    per_account: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r["account"] in catalog.accounts:
+            per_account[r["account"]].append(r)
+    order = source_order or DEFAULT_SOURCES
+    return {a: _preview(catalog, a, period, rows_of, order) for a, rows_of in sorted(per_account.items())}
+
+
+def _preview(
+    catalog: _Catalog, account: str, period: str, rows: Iterable[dict[str, Any]], order: Mapping[str, tuple[str, ...]]
+) -> Preview:
+    start, end = parse_period(period)
     usage = _by_meter(r for r in rows if r["account"] == account)
     rated, plan = _rate(catalog, usage, account, start, end, order)
     acct = catalog.accounts[account]

@@ -20,8 +20,8 @@ Where the numbers come from, and why:
 
 Attribution uses the same client rules as billing (:class:`billing.domain.accounts.Attributor`);
 traffic no rule matches is shown under ``unassigned``. Bytes and records of a client come from
-one source (proxy first, then broker metrics), requests from one (audit log first, then proxy),
-never two added together — like a bill.
+one source, requests from one, in the order billing uses (``BILLING_SOURCES``; by default proxy,
+then broker metrics; audit log, then proxy), never two added together — like a bill.
 
 Rates are over the last *complete* minute (bytes/s = that minute's bytes ÷ 60).
 """
@@ -43,7 +43,8 @@ from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, To
 from sqlalchemy import Engine
 
 from billing.domain.accounts import UNASSIGNED, Attributor
-from billing.services.billing_run import BillingError, preview
+from billing.domain.sources import DEFAULT_SOURCES
+from billing.services.billing_run import preview_accounts
 from billing.services.usage import load_attributor, usage_rows
 from metering.contracts import LiveTotal, apply_minute, iso_ms
 
@@ -55,8 +56,6 @@ MINUTE = 60
 HOUR = 3600
 DIRECTIONS = ("produce", "consume")
 # quantity kind → sources in order of preference (as in billing: never two added together)
-BYTES_SOURCES = ("proxy", "broker_metrics")
-REQUEST_SOURCES = ("audit_log", "proxy")
 
 # (source, principal, client_id, virtual_cluster, topic, direction)
 WindowKey = tuple[str, str, str, str, str, str]
@@ -104,8 +103,14 @@ def _month_start(t: float) -> float:
 class LiveBoard:
     """The live state and the view built from it. Thread-safe: the feed writes, requests read."""
 
-    def __init__(self, attributor: Attributor | None = None, keep_s: int = 62 * MINUTE) -> None:
+    def __init__(
+        self,
+        attributor: Attributor | None = None,
+        keep_s: int = 62 * MINUTE,
+        source_order: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> None:
         self.keep_s = keep_s
+        self.source_order = dict(source_order or DEFAULT_SOURCES)
         self._lock = threading.Lock()
         self.minutes: dict[tuple[WindowKey, int], LiveTotal] = {}
         self.dlq: dict[tuple[str, int], int] = defaultdict(int)  # (reason, minute epoch s) → count
@@ -241,7 +246,7 @@ class LiveBoard:
                 for direction, periods in dirs.items():
                     if "day" in periods:
                         seen[account][(source, direction)] += periods["day"]["bytes"]
-            row = _client_row(principal, client_id, by_source)
+            row = _client_row(principal, client_id, by_source, self.source_order)
             acct = accounts.setdefault(account, _empty_account(account, base.rated.get(account)))
             acct["clients"].append(row)
             _add_row(acct, row)
@@ -249,7 +254,8 @@ class LiveBoard:
             if src is not None:
                 acct["sources"].add(src)
         for acct in accounts.values():
-            srcs = sorted(acct.pop("sources"), key=BYTES_SOURCES.index)
+            bytes_order = self.source_order["bytes"]
+            srcs = sorted(acct.pop("sources"), key=lambda x: bytes_order.index(x) if x in bytes_order else 9)
             spark = [0] * 60
             top: Counter[str] = Counter()
             for src in srcs[:1]:  # the account's main source, as for its rows
@@ -317,10 +323,12 @@ def _differences(seen: Mapping[tuple[str, str], int]) -> list[dict[str, Any]]:
     return out
 
 
-def _client_row(principal: str, client_id: str, by_source: Mapping[str, Any]) -> dict[str, Any]:
+def _client_row(
+    principal: str, client_id: str, by_source: Mapping[str, Any], order: Mapping[str, tuple[str, ...]]
+) -> dict[str, Any]:
     """One client's numbers: bytes/records from one source, requests from one (never added)."""
-    source = _pick(by_source, BYTES_SOURCES, "bytes") or _pick(by_source, BYTES_SOURCES, "records")
-    req_source = _pick(by_source, REQUEST_SOURCES, "requests")
+    source = _pick(by_source, order["bytes"], "bytes") or _pick(by_source, order["records"], "records")
+    req_source = _pick(by_source, order["requests"], "requests")
 
     def period(name: str) -> dict[str, dict[str, int]]:
         out = {}
@@ -402,17 +410,11 @@ def read_base(
         datetime.fromtimestamp(now, UTC) + timedelta(hours=1),
         attributor=attributor,
     )
-    per_account: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in month_rows:
-        per_account[r["account"]].append(r)
-    per_account.pop(UNASSIGNED, None)
-    rated = {}
-    for account, rows_of in sorted(per_account.items()):
-        try:
-            p = preview(engine, account, period, rows_of, source_order)
-        except BillingError:
-            continue
-        rated[account] = {"currency": p.currency, "subtotal": str(p.subtotal), "total": str(p.total)}
+    # the catalog is read once for all accounts (UNASSIGNED is not one)
+    rated = {
+        account: {"currency": p.currency, "subtotal": str(p.subtotal), "total": str(p.total)}
+        for account, p in preview_accounts(engine, period, month_rows, source_order).items()
+    }
     return _Base(base_until=until, rows=rows, rated=rated, refreshed_at=now), attributor
 
 
@@ -433,7 +435,7 @@ class LiveFeed:
         self.sources = sources
         self.source_order = source_order
         self.engine = engine
-        self.board = board or LiveBoard()
+        self.board = board or LiveBoard(source_order=source_order)
         self.clock = clock
         self.lag_every_s = lag_every_s
         self.db_refresh_s = db_refresh_s

@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from billing.domain.accounts import Attributor, ClientRule
+from billing.domain.sources import parse_sources
 from billing.services.live import LiveBoard, _Base
 
 NOW = datetime(2026, 11, 27, 10, 30, 20, tzinfo=UTC).timestamp()
@@ -82,6 +83,18 @@ def test_sources_are_never_added_and_unmatched_traffic_is_unassigned() -> None:
         }
     ]
     assert view["unassigned"]["source_differences"] == []
+
+
+def test_sources_follow_the_billing_order() -> None:
+    """BILLING_SOURCES: with the broker metrics first for bytes, the live rows show what the
+    invoice will bill (the metrics), still never both added."""
+    board = LiveBoard(_attributor(), source_order=parse_sources("bytes=broker_metrics,proxy"))
+    board.add_minute(minute(LAST, 1000, 10, source="proxy"))
+    board.add_minute(minute(LAST, 900, 9, source="broker_metrics"))
+    (acme,) = board.view(NOW)["accounts"]
+    assert acme["hour_to_date"]["produce"]["bytes"] == 900
+    assert acme["clients"][0]["source"] == "broker_metrics"
+    assert acme["sparkline_bytes_per_minute"][-1] == 900
 
 
 def test_database_hours_and_topic_minutes_never_overlap() -> None:
