@@ -255,7 +255,9 @@ class LiveBoard:
                 acct["sources"].add(src)
         for acct in accounts.values():
             bytes_order = self.source_order["bytes"]
-            srcs = sorted(acct.pop("sources"), key=lambda x: bytes_order.index(x) if x in bytes_order else 9)
+            srcs = sorted(
+                acct.pop("sources"), key=lambda x: bytes_order.index(x) if x in bytes_order else len(bytes_order)
+            )
             spark = [0] * 60
             top: Counter[str] = Counter()
             for src in srcs[:1]:  # the account's main source, as for its rows

@@ -164,20 +164,24 @@ class StatementStore:
         marks = self._read(account, period)
         state = self._state(marks)
         if state == "current":
-            self.served["stored"] += 1
+            self._count("stored")
             return bytes(marks.body, "utf-8")
         if state == "stale":
-            self.served["stale"] += 1
+            self._count("stale")
             self._refresh_later(account, period)
             return bytes(marks.body, "utf-8")
         with self._lock(account, period):
             # another request may have computed it while this one waited
             marks = self._read(account, period)
             if self._state(marks) == "current":
-                self.served["stored"] += 1
+                self._count("stored")
                 return bytes(marks.body, "utf-8")
-            self.served["computed"] += 1
+            self._count("computed")
             return self._compute(account, period, marks)
+
+    def _count(self, how: str) -> None:
+        with self._guard:  # requests run in a thread pool
+            self.served[how] += 1
 
     def _read(self, account: str, period: str) -> Any:
         month = parse_period(period)[0]

@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Date, Engine, Text, and_, cast, func, or_, select, text, true
+from sqlalchemy import ColumnElement, Connection, Date, Engine, Text, and_, cast, func, or_, select, text, true, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from billing.adapters.models import AccountRow, ClientRuleRow, UsageDailyRow
@@ -157,7 +157,7 @@ def usage_report(
 
 
 # The groupings a statement shows (and rates from), each with source and direction; the bit mask
-# is GROUPING(day, topic, client_id, principal) in the query below: 1 = that field summed away.
+# is GROUPING(day, topic, client_id, principal) in account_groups' query: 1 = that field summed away.
 ACCOUNT_GROUPINGS: dict[str, tuple[tuple[str, ...], int]] = {
     "totals": (("source", "direction"), 0b1111),
     "daily": (("day", "source", "direction"), 0b0111),
@@ -166,21 +166,6 @@ ACCOUNT_GROUPINGS: dict[str, tuple[tuple[str, ...], int]] = {
     "by_principal": (("principal", "source", "direction"), 0b1110),
     "rating": (("source", "direction", "topic", "day"), 0b0011),
 }
-
-_ACCOUNT_GROUPS = text(
-    "SELECT GROUPING(u.day, u.topic, u.client_id, u.principal) AS sets, u.source, u.direction, u.day, u.topic, "
-    "u.client_id, u.principal, sum(u.bytes) AS bytes, sum(u.records) AS records, sum(u.requests) AS requests, "
-    "sum(u.denied_requests) AS denied_requests "
-    "FROM unnest(CAST(:principals AS text[]), CAST(:client_ids AS text[]), CAST(:clusters AS text[]), "
-    "CAST(:since AS date[]), CAST(:until AS date[])) AS m(principal, client_id, virtual_cluster, since, until) "
-    "JOIN usage_daily AS u ON u.principal = m.principal AND u.client_id = m.client_id "
-    "AND u.virtual_cluster = m.virtual_cluster AND u.day >= m.since AND u.day < m.until "
-    "WHERE u.day >= :start AND u.day < :end "
-    "AND (u.bytes, u.records, u.requests, u.denied_requests) <> (0, 0, 0, 0) "
-    "GROUP BY GROUPING SETS ((u.source, u.direction), (u.day, u.source, u.direction), "
-    "(u.topic, u.source, u.direction), (u.client_id, u.source, u.direction), "
-    "(u.principal, u.source, u.direction), (u.source, u.direction, u.topic, u.day))"
-)
 
 
 def _like(glob: str) -> str | None:
@@ -241,6 +226,49 @@ def _quantities(row: Any) -> dict[str, int]:
     }
 
 
+def _sums_over(spans: dict[str, list[Any]], start: date, end: date, u: Any, columns: list[Any]) -> Any:
+    """SELECT ``columns`` and the summed quantities of ``usage_daily`` (aliased ``u``) rows in
+    ``[start, end)`` of the identities and day spans in ``spans`` (``_account_spans``), to be
+    grouped by the caller."""
+    m = (
+        func.unnest(
+            cast(spans["principals"], ARRAY(Text)),
+            cast(spans["client_ids"], ARRAY(Text)),
+            cast(spans["clusters"], ARRAY(Text)),
+            cast(spans["since"], ARRAY(Date)),
+            cast(spans["until"], ARRAY(Date)),
+        )
+        .table_valued("principal", "client_id", "virtual_cluster", "since", "until")
+        .render_derived(name="m")
+    )
+    return (
+        select(
+            *columns,
+            func.sum(u.c.bytes).label("bytes"),
+            func.sum(u.c.records).label("records"),
+            func.sum(u.c.requests).label("requests"),
+            func.sum(u.c.denied_requests).label("denied_requests"),
+        )
+        .select_from(
+            m.join(
+                u,
+                and_(
+                    u.c.principal == m.c.principal,
+                    u.c.client_id == m.c.client_id,
+                    u.c.virtual_cluster == m.c.virtual_cluster,
+                    u.c.day >= m.c.since,
+                    u.c.day < m.c.until,
+                ),
+            )
+        )
+        .where(
+            u.c.day >= start,
+            u.c.day < end,
+            or_(u.c.bytes != 0, u.c.records != 0, u.c.requests != 0, u.c.denied_requests != 0),
+        )
+    )
+
+
 def account_groups(
     engine: Engine, account: str, start: date, end: date, attributor: Attributor | None = None
 ) -> dict[str, list[dict[str, Any]]]:
@@ -256,7 +284,25 @@ def account_groups(
         spans = _account_spans(conn, attributor, account, start, end)
         if not spans["since"]:
             return out
-        result = conn.execute(_ACCOUNT_GROUPS, {**spans, "start": start, "end": end}).all()
+        u = UsageDailyRow.__table__.alias("u")
+        sets = [tuple_(*(u.c[f] for f in fields)) for fields, _ in ACCOUNT_GROUPINGS.values()]
+        result = conn.execute(
+            _sums_over(
+                spans,
+                start,
+                end,
+                u,
+                [
+                    func.grouping(u.c.day, u.c.topic, u.c.client_id, u.c.principal).label("sets"),
+                    u.c.source,
+                    u.c.direction,
+                    u.c.day,
+                    u.c.topic,
+                    u.c.client_id,
+                    u.c.principal,
+                ],
+            ).group_by(func.grouping_sets(*sets))
+        ).all()
     by_mask = {mask: (name, fields) for name, (fields, mask) in ACCOUNT_GROUPINGS.items()}
     for row in result:
         name, fields = by_mask[row.sets]
@@ -283,45 +329,8 @@ def account_report(
         if not spans["since"]:
             return []
         u = UsageDailyRow.__table__.alias("u")
-        m = (
-            func.unnest(
-                cast(spans["principals"], ARRAY(Text)),
-                cast(spans["client_ids"], ARRAY(Text)),
-                cast(spans["clusters"], ARRAY(Text)),
-                cast(spans["since"], ARRAY(Date)),
-                cast(spans["until"], ARRAY(Date)),
-            )
-            .table_valued("principal", "client_id", "virtual_cluster", "since", "until")
-            .render_derived(name="m")
-        )
         columns = [u.c[g].label(g) for g in group_by if g != "account"]
-        query = (
-            select(
-                *columns,
-                func.sum(u.c.bytes).label("bytes"),
-                func.sum(u.c.records).label("records"),
-                func.sum(u.c.requests).label("requests"),
-                func.sum(u.c.denied_requests).label("denied_requests"),
-            )
-            .select_from(
-                m.join(
-                    u,
-                    and_(
-                        u.c.principal == m.c.principal,
-                        u.c.client_id == m.c.client_id,
-                        u.c.virtual_cluster == m.c.virtual_cluster,
-                        u.c.day >= m.c.since,
-                        u.c.day < m.c.until,
-                    ),
-                )
-            )
-            .where(
-                u.c.day >= start,
-                u.c.day < end,
-                or_(u.c.bytes != 0, u.c.records != 0, u.c.requests != 0, u.c.denied_requests != 0),
-            )
-            .group_by(*columns)
-        )
+        query = _sums_over(spans, start, end, u, columns).group_by(*columns)
         result = conn.execute(query).all()
     out = []
     for row in result:

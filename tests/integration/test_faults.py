@@ -83,6 +83,13 @@ def _hourly_equals_truth(url: str, traffic: Traffic, timeout: float = 120) -> No
     assert not missing and set(got) == set(want), f"{len(missing)} windows differ, e.g. {list(missing.items())[:3]}"
 
 
+def _stop_all(feeder: threading.Thread, workers: list[Worker]) -> None:
+    feeder.join()
+    for w in workers:
+        if w.proc is not None:
+            w.stop()
+
+
 def _ownership(log: Path) -> list[str] | None:
     """The input partitions a worker holds now, from its log: its last assignment, or None while
     it holds none (revoked, not yet assigned again)."""
@@ -183,10 +190,7 @@ def test_three_workers_added_removed_and_killed_while_partitions_move(
         feeder.join()
         wait_caught_up(broker.bootstrap, settings.group_id, ends, timeout=240)
     finally:
-        feeder.join()
-        for w in workers:
-            if w.proc is not None:
-                w.stop()
+        _stop_all(feeder, workers)
     assert len(events) == 5, events
     _check_outputs(broker, settings, traffic)
 
@@ -356,9 +360,6 @@ def test_soak_random_worker_churn(
         feeder.join()
         wait_caught_up(broker.bootstrap, settings.group_id, ends, timeout=600)
     finally:
-        feeder.join()
-        for w in workers:
-            if w.proc is not None:
-                w.stop()
+        _stop_all(feeder, workers)
     print(f"churn events: {len(done)} ({', '.join(f'{k}: {done.count(k)}' for k in sorted(set(done)))})")
     _check_outputs(broker, settings, traffic)
