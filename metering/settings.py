@@ -53,6 +53,14 @@ class MeteringSettings:
     topic_usage_minutes: str = "streamtoll.usage-minutes.v1"
     topic_state: str = "streamtoll.metering-state.v1"
     state_partitions: int = 12
+    # the topics streamtoll creates when they are missing (metering.engine.topics)
+    topic_partitions: int = 12
+    topic_replication_factor: int = -1  # -1: the cluster's default.replication.factor
+    topic_min_insync_replicas: int | None = None  # None: the cluster's default
+    dlq_retention_s: float = 30 * 86400.0
+    usage_minutes_retention_s: float = 86400.0
+    usage_windows_retention_s: float | None = None  # None: max_lateness + replay_window
+    replay_window_s: float = 30 * 86400.0
     dedup_horizon_s: float = 3600.0
     dedup_max_keys: int = 1_000_000
     max_lateness_s: float = 35 * 86400.0
@@ -69,6 +77,19 @@ class MeteringSettings:
     static_membership: bool = True
     metrics_bind: str | None = None  # HOST:PORT where this process serves /metrics; unset = off
     kafka_extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def usage_windows_retention(self) -> float:
+        """Seconds the usage windows topic keeps records: a window changes until ``MAX_LATENESS``
+        after its hour, and a re-sink or database restore replays up to ``REPLAY_WINDOW``."""
+        if self.usage_windows_retention_s is not None:
+            return self.usage_windows_retention_s
+        return self.max_lateness_s + self.replay_window_s
+
+    @property
+    def state_retention_needed(self) -> float:
+        """Seconds of the state topic a restore reads back (``Engine._restore``)."""
+        return self.dedup_horizon_s + 3 * self.snapshot_interval_s
 
     @property
     def input_topics(self) -> dict[str, str]:
@@ -117,6 +138,10 @@ class MeteringSettings:
             ("MAX_FUTURE_SKEW", "max_future_skew_s"),
             ("STATE_SNAPSHOT_INTERVAL", "snapshot_interval_s"),
             ("STATE_RETENTION", "state_retention_s"),
+            ("DLQ_RETENTION", "dlq_retention_s"),
+            ("USAGE_MINUTES_RETENTION", "usage_minutes_retention_s"),
+            ("USAGE_WINDOWS_RETENTION", "usage_windows_retention_s"),
+            ("REPLAY_WINDOW", "replay_window_s"),
         ):
             if (v := get(name)) is not None:
                 try:
@@ -128,6 +153,9 @@ class MeteringSettings:
             ("BATCH_SIZE", "batch_size", 1),
             ("STATE_PARTITIONS", "state_partitions", 1),
             ("SESSION_TIMEOUT_MS", "session_timeout_ms", 1000),
+            ("TOPIC_PARTITIONS", "topic_partitions", 1),
+            ("TOPIC_REPLICATION_FACTOR", "topic_replication_factor", 1),
+            ("TOPIC_MIN_INSYNC_REPLICAS", "topic_min_insync_replicas", 1),
         ):
             if (v := get(name)) is not None:
                 if v.isdigit() and int(v) >= low:
@@ -183,6 +211,43 @@ class MeteringSettings:
             problems.append(
                 f"{PREFIX}TOPIC_PROXY_AUDIT, {PREFIX}TOPIC_BROKER_METRICS and {PREFIX}TOPIC_BROKER_AUDIT must differ"
             )
+        if not problems:
+            problems += cls._retention_problems(values)
         if problems:
             raise SettingsError(problems)
         return cls(**values)  # type: ignore[arg-type]
+
+    @classmethod
+    def _retention_problems(cls, values: Mapping[str, object]) -> list[str]:
+        """Settings that are valid alone but together break a guarantee."""
+        s = cls(**values)  # type: ignore[arg-type]
+        problems = []
+        if s.usage_windows_retention < s.max_lateness_s + s.replay_window_s:
+            problems.append(
+                f"{PREFIX}USAGE_WINDOWS_RETENTION must be at least {PREFIX}MAX_LATENESS + {PREFIX}REPLAY_WINDOW "
+                f"({_duration_text(s.max_lateness_s + s.replay_window_s)}): a window changes until MAX_LATENESS "
+                "after its hour, and a re-sink or database restore replays REPLAY_WINDOW"
+            )
+        if s.state_retention_s < s.state_retention_needed:
+            problems.append(
+                f"{PREFIX}STATE_RETENTION must be at least {PREFIX}DEDUP_HORIZON + 3 × {PREFIX}STATE_SNAPSHOT_INTERVAL "
+                f"({_duration_text(s.state_retention_needed)}): a restarted worker rebuilds its state from that span"
+            )
+        if (
+            s.topic_min_insync_replicas is not None
+            and s.topic_replication_factor > 0
+            and s.topic_min_insync_replicas > s.topic_replication_factor
+        ):
+            problems.append(
+                f"{PREFIX}TOPIC_MIN_INSYNC_REPLICAS ({s.topic_min_insync_replicas}) cannot exceed "
+                f"{PREFIX}TOPIC_REPLICATION_FACTOR ({s.topic_replication_factor}): every transaction would fail"
+            )
+        return problems
+
+
+def _duration_text(seconds: float) -> str:
+    """A duration for messages: ``65d``, ``1h30m`` → as whole units where exact."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"

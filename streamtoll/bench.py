@@ -317,5 +317,6 @@ def _bench_env(bootstrap: str, topic: str, tag: str) -> dict[str, str]:
         "STREAMTOLL_TOPIC_STATE": f"bench{tag}.state",
         "STREAMTOLL_METERING_GROUP": f"bench{tag}",
         "STREAMTOLL_SESSION_TIMEOUT_MS": "6000",
+        "STREAMTOLL_TOPIC_PARTITIONS": str(PARTITIONS),
         "STREAMTOLL_LOG_LEVEL": "INFO",  # the bench watches for "partitions assigned"
     }

@@ -1,7 +1,27 @@
-"""The ``streamtoll`` command line.
+"""The ``streamtoll`` command line: the composition root of every process.
 
-A user's mistake (bad setting, unreachable broker, missing file) ends with one sentence on
-stderr saying what to do and exit code 2; never a bare traceback.
+Conventions (the README's "Command line" section is the user's copy):
+
+* ``--version``; ``--log-level`` before or after the command; ``-h`` on every command and flag.
+* Every command that prints data takes ``-o table|json|csv`` (``--json`` / ``--csv`` for short);
+  tables are for people, JSON and CSV for programs (``streamtoll.output``).
+* Input is checked before anything happens: a bad period or date is refused before a database
+  or broker is touched or started.
+* The environment is checked first (``streamtoll.environment``): an unknown ``STREAMTOLL_*``
+  variable names the closest setting; with ``STREAMTOLL_EMBEDDED=never`` an unset
+  ``KAFKA_BOOTSTRAP`` / ``DATABASE_URL`` is an error, otherwise the embedded part that starts
+  in its place is logged (WARNING).
+* A database whose schema is not this code's head is refused with what to run.
+* Mistakes end with one sentence on stderr and an exit code (never a traceback):
+
+  ====  ===============================================================================
+  0     done
+  1     the command ran but did not fully succeed (mail not sent, demo figures differ)
+  2     usage: a bad flag, setting, file or value, or a schema to migrate
+  3     not found: no such account, invoice or key
+  4     auth: the API refused the key
+  5     unavailable: the database, broker or API cannot be reached — retry later
+  ====  ===============================================================================
 """
 
 from __future__ import annotations
@@ -10,14 +30,15 @@ import argparse
 import contextlib
 import dataclasses
 import gc
+import logging
 import os
 import signal
 import smtplib
 import sys
 import threading
-from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
-from decimal import Decimal
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, date, datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -25,24 +46,79 @@ from typing import Any
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
+from billing.errors import NotFound
 from billing.settings import BillingSettings, BillingSettingsError
 from metering.errors import MeteringError, SettingsError
 from metering.settings import MeteringSettings
 from streamtoll import logs
 from streamtoll.embedded import EmbeddedBroker, EmbeddedError, EmbeddedPostgres
+from streamtoll.environment import embedded_mode, unknown_settings
+from streamtoll.output import FORMATS, print_document, print_rows
 
-__all__ = ["main"]
+__all__ = ["EXIT_CODES", "build_parser", "main"]
+
+log = logging.getLogger("streamtoll")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_AUTH, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4, 5
+EXIT_CODES = {
+    EXIT_OK: "done",
+    EXIT_FAILED: "the command ran but did not fully succeed",
+    EXIT_USAGE: "usage: a bad flag, setting, file or value, or a schema to migrate",
+    EXIT_NOT_FOUND: "not found: no such account, invoice or key",
+    EXIT_AUTH: "auth: the API refused the key",
+    EXIT_UNAVAILABLE: "unavailable: the database, broker or API cannot be reached",
+}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class UserError(Exception):
-    """A mistake the user can fix; printed as one sentence, exit code 2."""
+    """A mistake the user can fix; printed as one sentence with :attr:`exit_code`."""
+
+    exit_code = EXIT_USAGE
 
 
-def _billing_settings() -> BillingSettings:
+class NotFoundError(UserError):
+    exit_code = EXIT_NOT_FOUND
+
+
+class AuthError(UserError):
+    exit_code = EXIT_AUTH
+
+
+class Unavailable(UserError):
+    exit_code = EXIT_UNAVAILABLE
+
+
+def _version() -> str:
     try:
-        return BillingSettings.from_env()
+        return version("streamtoll")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+# -- settings and the parts they point at ------------------------------------------------------
+
+
+def _billing_settings(env: dict[str, str] | None = None) -> BillingSettings:
+    try:
+        return BillingSettings.from_env(env)
     except BillingSettingsError as exc:
         raise UserError("invalid settings:\n  " + "\n  ".join(exc.problems)) from exc
+
+
+def _settings(env: dict[str, str] | None = None) -> MeteringSettings:
+    try:
+        return MeteringSettings.from_env(env)
+    except SettingsError as exc:
+        raise UserError("invalid settings:\n  " + "\n  ".join(exc.problems)) from exc
+
+
+def _embedded_allowed(setting: str) -> None:
+    if embedded_mode(os.environ) == "never":
+        raise UserError(
+            f"STREAMTOLL_{setting} is not set and STREAMTOLL_EMBEDDED=never: set it "
+            f"(see `streamtoll settings`), or unset STREAMTOLL_EMBEDDED for a dev run"
+        )
 
 
 @contextlib.contextmanager
@@ -51,13 +127,23 @@ def _database(settings: BillingSettings) -> Iterator[str]:
     if settings.database_url:
         yield settings.database_url
         return
+    _embedded_allowed("DATABASE_URL")
     pg = EmbeddedPostgres(Path(".streamtoll") / "pg").start()
-    print(f"embedded PostgreSQL at {pg.url}", file=sys.stderr)
+    log.warning(
+        "started an embedded PostgreSQL because STREAMTOLL_DATABASE_URL is unset (dev only)",
+        extra={"part": "postgresql", "data": str(Path(".streamtoll") / "pg")},
+    )
     try:
         assert pg.url is not None
         yield pg.url
     finally:
         pg.stop()
+
+
+# what the embedded dev broker needs, where the environment does not say otherwise: its group
+# coordinator never expels a dead static member (metering/engine/loop.py), and it is fastest
+# with few partitions
+_EMBEDDED_KAFKA = {"STATIC_MEMBERSHIP": ("static_membership", False), "TOPIC_PARTITIONS": ("topic_partitions", 4)}
 
 
 @contextlib.contextmanager
@@ -66,41 +152,405 @@ def _kafka(settings: MeteringSettings) -> Iterator[MeteringSettings]:
     if settings.kafka_bootstrap:
         yield settings
         return
+    _embedded_allowed("KAFKA_BOOTSTRAP")
     state = Path(".streamtoll")
     state.mkdir(exist_ok=True)
     broker = EmbeddedBroker(log_path=state / "broker.log").start()
-    print(f"embedded Kafka broker (memory storage) at {broker.bootstrap}", file=sys.stderr)
+    log.warning(
+        "started an embedded Kafka broker (memory storage) because STREAMTOLL_KAFKA_BOOTSTRAP is unset (dev only)",
+        extra={"part": "kafka", "bootstrap": broker.bootstrap},
+    )
+    overrides: dict[str, Any] = {
+        attr: value for name, (attr, value) in _EMBEDDED_KAFKA.items() if f"STREAMTOLL_{name}" not in os.environ
+    }
     try:
-        # the embedded broker does not expel a static member that died (metering/engine/loop.py)
-        yield dataclasses.replace(settings, kafka_bootstrap=broker.bootstrap, static_membership=False)
+        yield dataclasses.replace(settings, kafka_bootstrap=broker.bootstrap, **overrides)
     finally:
         broker.stop()
 
 
+def _unreachable(exc: OperationalError) -> Unavailable:
+    return Unavailable(f"the database is unreachable ({str(exc).splitlines()[0]}); check STREAMTOLL_DATABASE_URL")
+
+
 def _connect(url: str) -> Engine:
-    from billing.adapters.db import make_engine, schema_is_current
+    """An engine on a database whose schema is exactly this code's (else one sentence)."""
+    from billing.adapters.db import make_engine, schema_state
 
     engine = make_engine(url)
     try:
-        current = schema_is_current(engine)
+        state = schema_state(engine)
     except OperationalError as exc:
-        raise UserError(
-            f"the database is unreachable ({str(exc).splitlines()[0]}); check STREAMTOLL_DATABASE_URL"
-        ) from exc
-    if not current:
-        raise UserError("the database has no streamtoll schema yet; run `streamtoll db upgrade` first")
+        raise _unreachable(exc) from exc
+    if problem := state.problem():
+        raise UserError(problem)
     return engine
 
 
+@contextlib.contextmanager
+def _engine() -> Iterator[Engine]:
+    """The billing database of an operator command (embedded where unset and allowed)."""
+    with _database(_billing_settings()) as url:
+        engine = _connect(url)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+
+
+# -- argument types: checked while parsing, before anything starts -----------------------------
+
+
+def _period(text_: str) -> str:
+    from billing.services.billing_run import BillingError, parse_period
+
+    try:
+        parse_period(text_)
+    except BillingError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text_
+
+
+def _day_or_time(text_: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text_)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text_!r} is not a date (2026-11-01) or time (2026-11-01T10:00Z)") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _bind(text_: str) -> str:
+    host, _, port = text_.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text_!r} is not HOST:PORT, like 127.0.0.1:8080")
+    return text_
+
+
+def _log_level(text_: str) -> str:
+    level = text_.strip().upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text_!r} is not one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def _positive(text_: str) -> int:
+    if not text_.isdigit() or int(text_) < 1:
+        raise argparse.ArgumentTypeError(f"{text_!r} is not a whole number ≥ 1")
+    return int(text_)
+
+
+def _invoice_ref(text_: str) -> str:
+    """An invoice as paths and commands name it: its number, or ``draft-<id>`` before it has one
+    (``#42`` is accepted too, quoted, since an unquoted ``#`` starts a shell comment)."""
+    if text_.startswith("#") and text_[1:].isdigit():
+        return f"draft-{text_[1:]}"
+    return text_
+
+
+# -- database and catalog ----------------------------------------------------------------------
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from billing.adapters.db import upgrade
+    from billing.adapters.db import make_engine, schema_state, upgrade
 
     with _database(_billing_settings()) as url:
         try:
             upgrade(url)
+            engine = make_engine(url)
+            state = schema_state(engine)
+            engine.dispose()
         except OperationalError as exc:
-            raise UserError(f"the database is unreachable ({str(exc).splitlines()[0]})") from exc
-    print("database schema is at the newest revision")
+            raise _unreachable(exc) from exc
+    if args.output == "table":
+        print(f"database schema is at the newest revision ({state.current})")
+    else:
+        print_document({"current": state.current, "head": state.head, "is_current": state.is_current}, args.output)
+    return 0
+
+
+def cmd_db_current(args: argparse.Namespace) -> int:
+    from billing.adapters.db import make_engine, schema_state
+
+    with _database(_billing_settings()) as url:
+        engine = make_engine(url)
+        try:
+            state = schema_state(engine)
+        except OperationalError as exc:
+            raise _unreachable(exc) from exc
+        finally:
+            engine.dispose()
+    doc = {"current": state.current, "head": state.head, "is_current": state.is_current}
+    if args.output == "table":
+        print(f"database {state.current or '(no schema)'}; this streamtoll {state.head}")
+        if problem := state.problem():
+            print(problem)
+    else:
+        print_document(doc, args.output)
+    return 0 if state.is_current else EXIT_FAILED
+
+
+def cmd_catalog_load(args: argparse.Namespace) -> int:
+    from billing.services.catalog import CatalogError, load_accounts, load_plans
+
+    loader = load_accounts if args.kind == "accounts" else load_plans
+    with _engine() as engine:
+        try:
+            report = loader(engine, args.file)
+        except CatalogError as exc:
+            raise UserError(f"{args.file} was not loaded; nothing changed:\n  " + "\n  ".join(exc.problems)) from None
+    if args.output == "table":
+        for label, names in (("created", report.created), ("updated", report.updated), ("unchanged", report.unchanged)):
+            if names:
+                print(f"{args.kind} {label}: {', '.join(names)}")
+    else:
+        rows = [
+            {"name": n, "change": label}
+            for label in ("created", "updated", "unchanged")
+            for n in getattr(report, label)
+        ]
+        print_rows(rows, args.output, ["name", "change"])
+    return 0
+
+
+def cmd_accounts_list(args: argparse.Namespace) -> int:
+    from billing.services.catalog import list_accounts
+
+    with _engine() as engine:
+        rows = list_accounts(engine, args.on)
+    print_rows(rows, args.output, ["code", "name", "currency", "tax_rate", "plan", "client_rules", "email"])
+    return 0
+
+
+def cmd_plans_list(args: argparse.Namespace) -> int:
+    from billing.services.catalog import list_plans
+
+    with _engine() as engine:
+        rows = list_plans(engine)
+    print_rows(rows, args.output, ["code", "name", "latest_version", "currency", "versions"])
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from billing.services.keys import KeyError_, create_key, list_keys, revoke_key
+
+    with _engine() as engine:
+        try:
+            if args.action == "create":
+                key = create_key(engine, args.role, args.account)
+                if args.output == "table":
+                    print(key)
+                else:
+                    doc = {"key": key, "key_id": key.split("_")[1], "role": args.role, "account": args.account}
+                    print_document(doc, args.output)
+                print("store it now: it is shown once and kept only as a hash", file=sys.stderr)
+            elif args.action == "list":
+                rows = list_keys(engine, args.account, include_revoked=args.all)
+                print_rows(rows, args.output, ["key_id", "role", "account", "created_at", "revoked_at"])
+            else:
+                revoke_key(engine, args.key_id)
+                if args.output == "table":
+                    print(f"revoked key {args.key_id}")
+                else:
+                    print_document({"key_id": args.key_id, "revoked": True}, args.output)
+        except KeyError_ as exc:
+            raise (NotFoundError if isinstance(exc, NotFound) else UserError)(str(exc)) from None
+    return 0
+
+
+# -- usage, billing, invoices, statements ------------------------------------------------------
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    from billing.services.usage import usage_report
+
+    group_by = [g.strip() for g in args.group_by.split(",") if g.strip()]
+    if args.end <= args.start:
+        raise UserError("--to must be after --from")
+    with _engine() as engine:
+        try:
+            rows = usage_report(engine, args.start, args.end, group_by, args.account)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    print_rows(rows, args.output, [*group_by, "bytes", "records", "requests", "denied_requests"])
+    return 0
+
+
+_BILL_COLUMNS = ["account", "status", "number", "currency", "subtotal", "tax", "total"]
+
+
+def cmd_bill(args: argparse.Namespace) -> int:
+    from billing.services.billing_run import BillingError, run_billing
+
+    billing = _billing_settings()
+    with _engine() as engine:
+        try:
+            results = run_billing(
+                engine,
+                args.period,
+                args.finalize,
+                billing.invoice_number_prefix,
+                billing.issuer,
+                source_order=billing.source_order,
+            )
+        except BillingError as exc:
+            raise UserError(str(exc)) from None
+    print_rows([r.as_dict() for r in results], args.output, _BILL_COLUMNS)
+    return 0
+
+
+_INVOICE_COLUMNS = ["ref", "number", "account", "period_start", "kind", "status", "currency", "total"]
+
+
+def cmd_invoices(args: argparse.Namespace) -> int:
+    from billing.services.billing_run import BillingError, parse_period
+    from billing.services.invoices import InvoiceError, finalize, invoice_pdf, invoice_view, list_invoices, void
+
+    billing = _billing_settings()
+    with _engine() as engine:
+        try:
+            if args.action == "list":
+                start = parse_period(args.period)[0] if args.period else None
+                rows = list_invoices(engine, start, args.account, args.status)
+                print_rows(rows, args.output, _INVOICE_COLUMNS)
+            elif args.action == "show":
+                _show_invoice(invoice_view(engine, _legacy_ref(args.ref)), args.output)
+            elif args.action == "finalize":
+                draft = _legacy_ref(args.ref)
+                if not draft.startswith("#"):
+                    raise UserError("finalize takes a draft, like draft-42")
+                done = finalize(engine, int(draft[1:]), billing.invoice_number_prefix, issuer=billing.issuer)
+                doc = {"ref": args.ref, "number": done.number, "account": done.account_code}
+                _report(args.output, f"finalized invoice {done.number} for {done.account_code}", doc)
+            elif args.action == "pdf":
+                out = Path(args.out or f"{args.ref}.pdf")
+                out.write_bytes(invoice_pdf(engine, args.ref))
+                _report(args.output, f"wrote {out}", {"ref": args.ref, "path": str(out)})
+            elif args.action == "send":
+                from billing.services.delivery import send_period
+
+                report = send_period(engine, args.period, billing.smtp)
+                doc = {"queued": report.queued, "sent": report.sent, "failed": report.failed}
+                _report(args.output, f"queued {report.queued}, sent {report.sent}, failed {report.failed}", doc)
+                if report.failed:
+                    return EXIT_FAILED
+            elif args.action == "void":
+                void(engine, args.ref, args.reason)
+                _report(args.output, f"voided invoice {args.ref}", {"ref": args.ref, "status": "void"})
+        except (InvoiceError, BillingError) as exc:
+            raise (NotFoundError if isinstance(exc, NotFound) else UserError)(str(exc)) from None
+        except (smtplib.SMTPException, OSError) as exc:
+            raise Unavailable(
+                f"the mail server did not take the invoices ({exc}); run send again: none is lost"
+            ) from None
+    return 0
+
+
+def _legacy_ref(ref: str) -> str:  # until the invoice services take refs (draft-42)
+    return "#" + ref[6:] if ref.startswith("draft-") and ref[6:].isdigit() else ref
+
+
+def _report(fmt: str, sentence: str, doc: dict[str, Any]) -> None:
+    """What an action command prints: a sentence for people, the facts for programs."""
+    if fmt == "table":
+        print(sentence)
+    else:
+        print_document(doc, fmt)
+
+
+def _show_invoice(doc: dict[str, Any], fmt: str) -> None:
+    if fmt == "json":
+        print_document(doc, fmt)
+        return
+    lines = doc.get("lines", [])
+    if fmt == "csv":
+        print_rows(lines, fmt, ["position", "description", "quantity", "unit", "amount"])
+        return
+    period = doc.get("period", {})
+    head = {
+        "ref": doc.get("ref"),
+        "number": doc.get("number"),
+        "status": doc.get("status"),
+        "account": (doc.get("account") or {}).get("code"),
+        "period": f"{period.get('start')} – {period.get('end')}",
+        "currency": doc.get("currency"),
+        "subtotal": doc.get("subtotal"),
+        "tax": doc.get("tax"),
+        "total": doc.get("total"),
+    }
+    print_document({k: v for k, v in head.items() if v is not None}, "table")
+    print()
+    print_rows(lines, "table", ["position", "description", "quantity", "unit", "amount"])
+
+
+def cmd_statements(args: argparse.Namespace) -> int:
+    from billing.adapters.render import render_statement_pdf
+    from billing.services.billing_run import BillingError
+    from billing.services.statements import statement, statement_csv
+
+    billing = _billing_settings()
+    fmt = args.output
+    with _engine() as engine:
+        try:
+            doc = statement(engine, args.account, args.period, now=datetime.now(UTC), source_order=billing.source_order)
+        except BillingError as exc:
+            raise (NotFoundError if isinstance(exc, NotFound) else UserError)(str(exc)) from None
+    if fmt == "pdf":
+        out = Path(args.out or f"statement-{args.account}-{args.period}.pdf")
+        out.write_bytes(render_statement_pdf(doc))
+        print(f"wrote {out}")
+        return 0
+    if fmt == "table":
+        import io
+
+        buf = io.StringIO()
+        head = {k: doc[k] for k in ("account", "period", "from", "to", "currency", "plan")}
+        head["rated so far"] = f"{doc['rated_so_far']['total']} (tax {doc['rated_so_far']['tax']})"
+        print_document(head, "table", buf)
+        buf.write("\n")
+        print_rows(
+            doc["totals"], "table", ["source", "direction", "bytes", "records", "requests", "denied_requests"], buf
+        )
+        text_ = buf.getvalue()
+    else:
+        import json
+
+        text_ = json.dumps(doc, indent=1) + "\n" if fmt == "json" else statement_csv(doc)
+    if args.out:
+        Path(args.out).write_text(text_)
+        print(f"wrote {args.out}")
+    else:
+        print(text_, end="")
+    return 0
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+def _metrics(collector: Any, bind: str | None, health: Any = None) -> contextlib.AbstractContextManager[int | None]:
+    from streamtoll.metrics import serve_metrics
+
+    return serve_metrics(collector, bind, health)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from metering.engine import Engine
+    from metering.engine.metrics import EngineCollector
+
+    # The worker allocates millions of short-lived containers per second and holds large state:
+    # frequent young-generation collections would cost it a fifth of its time.
+    gc.set_threshold(200_000, 50, 100)
+    with _kafka(_settings()) as settings:
+        engine = Engine(settings)
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            engine.stop()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        with _metrics(EngineCollector(engine), args.metrics_bind or settings.metrics_bind, engine.health) as port:
+            if port is not None:
+                print(f"worker metrics on port {port} (/metrics)", file=sys.stderr)
+            engine.run()
     return 0
 
 
@@ -133,163 +583,12 @@ def cmd_sink(args: argparse.Namespace) -> int:
     return 0
 
 
-def _metrics(collector: Any, bind: str | None, health: Any = None) -> contextlib.AbstractContextManager[int | None]:
-    from streamtoll.metrics import serve_metrics
-
-    if bind and not bind.rpartition(":")[2].isdigit():
-        raise UserError(f"metrics bind address {bind!r} is not HOST:PORT")
-    return serve_metrics(collector, bind, health)
-
-
-def _catalog_load(kind: str, path: Path) -> int:
-    from billing.services.catalog import CatalogError, load_accounts, load_plans
-
-    loader = load_accounts if kind == "accounts" else load_plans
-    with _database(_billing_settings()) as url:
-        try:
-            report = loader(_connect(url), path)
-        except CatalogError as exc:
-            print(f"streamtoll: {path} was not loaded; nothing changed:", file=sys.stderr)
-            for problem in exc.problems:
-                print(f"  {problem}", file=sys.stderr)
-            return 2
-    for label, names in (("created", report.created), ("updated", report.updated), ("unchanged", report.unchanged)):
-        if names:
-            print(f"{kind} {label}: {', '.join(names)}")
-    return 0
-
-
-def _day_or_time(text: str) -> datetime:
+def _api_bind(given: str | None) -> str:
+    bind = given or os.environ.get("STREAMTOLL_API_BIND") or "127.0.0.1:8080"
     try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date (2026-11-01) or time (2026-11-01T10:00Z)") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def cmd_usage(args: argparse.Namespace) -> int:
-    import csv
-    import json
-
-    from billing.services.usage import usage_report
-
-    group_by = [g.strip() for g in args.group_by.split(",") if g.strip()]
-    with _database(_billing_settings()) as url:
-        try:
-            rows = usage_report(_connect(url), args.start, args.end, group_by, args.account)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-    if args.json:
-        print(json.dumps(rows, indent=1))
-    elif args.csv or rows:
-        fields = [*group_by, "bytes", "records", "requests", "denied_requests"]
-        writer = csv.DictWriter(sys.stdout, fieldnames=fields, delimiter="," if args.csv else "\t")
-        writer.writeheader()
-        writer.writerows(rows)
-    return 0
-
-
-def _dec(value: Decimal) -> str:
-    return f"{value:.2f}" if value == value.quantize(Decimal("0.01")) else str(value.normalize())
-
-
-def cmd_bill(args: argparse.Namespace) -> int:
-    import json
-
-    from billing.services.billing_run import BillingError, run_billing
-
-    billing = _billing_settings()
-    with _database(billing) as url:
-        try:
-            results = run_billing(
-                _connect(url),
-                args.period,
-                args.finalize,
-                billing.invoice_number_prefix,
-                billing.issuer,
-                source_order=billing.source_order,
-            )
-        except BillingError as exc:
-            raise UserError(str(exc)) from None
-    if args.json:
-        print(json.dumps([r.as_dict() for r in results], indent=1))
-        return 0
-    print(f"{'account':<20} {'status':<18} {'number':<18} {'currency':<8} {'subtotal':>14} {'tax':>12} {'total':>14}")
-    for r in results:
-        print(
-            f"{r.account:<20} {r.status:<18} {r.number or '':<18} {r.currency:<8} {_dec(r.subtotal):>14} "
-            f"{_dec(r.tax):>12} {_dec(r.total):>14}"
-        )
-    return 0
-
-
-def cmd_invoices(args: argparse.Namespace) -> int:
-    import json
-
-    from billing.services.billing_run import BillingError, parse_period
-    from billing.services.invoices import InvoiceError, finalize, invoice_pdf, invoice_view, list_invoices, void
-
-    billing = _billing_settings()
-    with _database(billing) as url:
-        engine = _connect(url)
-        try:
-            if args.action == "list":
-                start = parse_period(args.period)[0] if args.period else None
-                rows = list_invoices(engine, start, args.account, args.status)
-                if args.json:
-                    print(json.dumps(rows, indent=1))
-                for r in [] if args.json else rows:
-                    print(
-                        f"{r['id']:>6} {r['number'] or '(draft)':<18} {r['account']:<16} {r['period_start'][:7]} "
-                        f"{r['status']:<10} {r['currency']} {r['total']:>14}"
-                    )
-            elif args.action == "show":
-                print(json.dumps(invoice_view(engine, args.ref), indent=1))
-            elif args.action == "finalize":
-                ref = args.ref[1:] if args.ref.startswith("#") else args.ref
-                if not ref.isdigit():
-                    raise UserError("finalize takes a draft's id, like 42 or #42")
-                done = finalize(engine, int(ref), billing.invoice_number_prefix, issuer=billing.issuer)
-                print(f"finalized invoice {done.number} for {done.account_code}: {done.currency} {_dec(done.total)}")
-            elif args.action == "pdf":
-                out = Path(args.out or f"{args.ref}.pdf")
-                out.write_bytes(invoice_pdf(engine, args.ref))
-                print(f"wrote {out}")
-            elif args.action == "send":
-                from billing.services.delivery import send_period
-
-                report = send_period(engine, args.period, billing.smtp)
-                print(f"queued {report.queued}, sent {report.sent}, failed {report.failed}")
-                if report.failed:
-                    return 1
-            elif args.action == "void":
-                void(engine, args.ref, args.reason)
-                print(f"voided invoice {args.ref}")
-        except (InvoiceError, BillingError) as exc:
-            raise UserError(str(exc)) from None
-        except (smtplib.SMTPException, OSError) as exc:
-            raise UserError(
-                f"the mail server did not take the invoices ({exc}); run send again: none is lost"
-            ) from None
-    return 0
-
-
-def cmd_keys(args: argparse.Namespace) -> int:
-    from billing.services.keys import KeyError_, create_key, revoke_key
-
-    with _database(_billing_settings()) as url:
-        engine = _connect(url)
-        try:
-            if args.action == "create":
-                key = create_key(engine, args.role, args.account)
-                print(key)
-                print("store it now: it is shown once and kept only as a hash", file=sys.stderr)
-            else:
-                revoke_key(engine, args.key_id)
-                print(f"revoked key {args.key_id}")
-        except KeyError_ as exc:
-            raise UserError(str(exc)) from None
-    return 0
+        return _bind(bind)
+    except argparse.ArgumentTypeError:
+        raise UserError(f"STREAMTOLL_API_BIND={bind!r} must look like 127.0.0.1:8080") from None
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -299,9 +598,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     billing = _billing_settings()
     metering = _settings()
-    host, _, port = (args.bind or os.environ.get("STREAMTOLL_API_BIND") or "127.0.0.1:8080").rpartition(":")
-    if not port.isdigit():
-        raise UserError("STREAMTOLL_API_BIND must look like 127.0.0.1:8080")
+    host, _, port = _api_bind(args.bind).rpartition(":")
     with _database(billing) as url:
         engine = _connect(url)
         feed = _live_feed(metering, engine, billing)
@@ -321,7 +618,7 @@ def _live_feed(metering: MeteringSettings, engine: Engine, billing: BillingSetti
     from billing.services.live import LiveFeed, LiveSources
 
     if not metering.kafka_bootstrap:
-        print("STREAMTOLL_KAFKA_BOOTSTRAP is unset: /v1/live and /live are off", file=sys.stderr)
+        log.warning("STREAMTOLL_KAFKA_BOOTSTRAP is unset: /v1/live and /live are off")
         return None
     sources = LiveSources(
         kafka_config=metering.kafka_config(),
@@ -334,98 +631,18 @@ def _live_feed(metering: MeteringSettings, engine: Engine, billing: BillingSetti
 
 
 def cmd_top(args: argparse.Namespace) -> int:
-    from streamtoll.top import run_top
+    from streamtoll.top import ApiUnreachable, KeyRefused, run_top
 
     key = args.key or os.environ.get("STREAMTOLL_API_KEY")
     if not key:
         raise UserError("give an ops or finance API key with --key or STREAMTOLL_API_KEY")
-    url = args.url or "http://" + (os.environ.get("STREAMTOLL_API_BIND") or "127.0.0.1:8080")
-    return run_top(url, key, every=args.every, once=args.once)
-
-
-def cmd_statements(args: argparse.Namespace) -> int:
-    import json
-
-    from billing.adapters.render import render_statement_pdf
-    from billing.services.billing_run import BillingError
-    from billing.services.statements import statement, statement_csv
-
-    billing = _billing_settings()
-    with _database(billing) as url:
-        try:
-            doc = statement(
-                _connect(url), args.account, args.period, now=datetime.now(UTC), source_order=billing.source_order
-            )
-        except BillingError as exc:
-            raise UserError(str(exc)) from None
-    if args.format == "pdf":
-        out = Path(args.out or f"statement-{args.account}-{args.period}.pdf")
-        out.write_bytes(render_statement_pdf(doc))
-        print(f"wrote {out}")
-    else:
-        text_ = json.dumps(doc, indent=1) if args.format == "json" else statement_csv(doc)
-        if args.out:
-            Path(args.out).write_text(text_)
-            print(f"wrote {args.out}")
-        else:
-            print(text_)
-    return 0
-
-
-def _settings() -> MeteringSettings:
+    url = args.url or "http://" + _api_bind(None)
     try:
-        return MeteringSettings.from_env()
-    except SettingsError as exc:
-        raise UserError("invalid settings:\n  " + "\n  ".join(exc.problems)) from exc
-
-
-def cmd_worker(args: argparse.Namespace) -> int:
-    from metering.engine import Engine
-
-    # The worker allocates millions of short-lived containers per second and holds large state:
-    # frequent young-generation collections would cost it a fifth of its time.
-    gc.set_threshold(200_000, 50, 100)
-    settings = _settings()
-    broker: EmbeddedBroker | None = None
-    if not settings.kafka_bootstrap:
-        state = Path(".streamtoll")
-        state.mkdir(exist_ok=True)
-        broker = EmbeddedBroker(log_path=state / "broker.log").start()
-        settings = MeteringSettings.from_env({**os.environ, "STREAMTOLL_KAFKA_BOOTSTRAP": broker.bootstrap})
-        print(f"embedded Kafka broker (memory storage) at {broker.bootstrap}", file=sys.stderr)
-    engine = Engine(settings)
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        engine.stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    from metering.engine.metrics import EngineCollector
-
-    try:
-        with _metrics(EngineCollector(engine), args.metrics_bind or settings.metrics_bind, engine.health) as port:
-            if port is not None:
-                print(f"worker metrics on port {port} (/metrics)", file=sys.stderr)
-            engine.run()
-    finally:
-        if broker is not None:
-            broker.stop()
-    return 0
-
-
-def cmd_live(args: argparse.Namespace) -> int:
-    """The Faust live-views worker: usage minutes → one-minute tables (scale by running more)."""
-    import faust
-
-    from metering.streams.live import LiveApp
-
-    settings = _settings()
-    if not settings.kafka_bootstrap:
-        raise UserError("set STREAMTOLL_KAFKA_BOOTSTRAP to the broker the metering worker uses")
-    live = LiveApp(settings, store=args.store, web_port=args.web_port)
-    worker = faust.Worker(live.app, loglevel=args.log_level.lower())
-    worker.execute_from_commandline()
-    return 0
+        return run_top(url, key, every=args.every, once=args.once, fmt=args.output)
+    except KeyRefused as exc:
+        raise AuthError(str(exc)) from None
+    except ApiUnreachable as exc:
+        raise Unavailable(str(exc)) from None
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -433,15 +650,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     from billing.adapters.db import upgrade
     from billing.services.catalog import load_accounts, load_plans
     from billing.services.keys import create_key
-    from metering.engine.loop import ensure_topics
+    from metering.engine.topics import ensure_topics
     from streamtoll import up
 
     billing = _billing_settings()
     metering = _settings()
-    api_bind = args.bind or os.environ.get("STREAMTOLL_API_BIND") or "127.0.0.1:8080"
-    port = api_bind.rpartition(":")[2]
-    if not port.isdigit():
-        raise UserError("STREAMTOLL_API_BIND must look like 127.0.0.1:8080")
+    api_bind = _api_bind(args.bind)
     embedded_kafka, embedded_db = not metering.kafka_bootstrap, not billing.database_url
     stop = threading.Event()
 
@@ -454,7 +668,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         try:
             upgrade(url)
         except OperationalError as exc:
-            raise UserError(f"the database is unreachable ({str(exc).splitlines()[0]})") from exc
+            raise _unreachable(exc) from exc
         engine = _connect(url)
         key = None
         if embedded_db:
@@ -501,14 +715,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from billing.services.billing_run import BillingError, parse_period
     from streamtoll.demo import run_demo
 
-    if args.period is not None:
-        try:
-            parse_period(args.period)
-        except BillingError as exc:
-            raise UserError(str(exc)) from None
     env = {**os.environ}
     env.setdefault("STREAMTOLL_SESSION_TIMEOUT_MS", "6000")
     env.setdefault("STREAMTOLL_MAX_LATENESS", "70d")  # the billed month's traffic is produced after it
@@ -520,19 +728,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ("ISSUER_BANK", "IBAN DE00 0000 0000 0000 0000 00 · BIC EXAMPDEFF"),
     ):
         env.setdefault("STREAMTOLL_" + name, value)
-    try:
-        issuer = BillingSettings.from_env(env).issuer
-    except BillingSettingsError as exc:
-        raise UserError("invalid settings:\n  " + "\n  ".join(exc.problems)) from exc
-    try:
-        metering = MeteringSettings.from_env(env)
-    except SettingsError as exc:
-        raise UserError("invalid settings:\n  " + "\n  ".join(exc.problems)) from exc
+    issuer = _billing_settings(env).issuer
+    metering = _settings(env)
     with _kafka(metering) as settings, _database(_billing_settings()) as server_url:
         url = _fresh_database(server_url, "streamtoll_demo_" + datetime.now(UTC).strftime("%Y%m%d_%H%M%S"))
         print(f"demo database {url.rsplit('/', 1)[-1].split('?')[0]}", flush=True)
         exact = run_demo(settings, url, Path(args.out), args.proxy_events, args.period, args.seed, issuer)
-    return 0 if exact else 1
+    return 0 if exact else EXIT_FAILED
 
 
 def _fresh_database(server_url: str, name: str) -> str:
@@ -548,10 +750,45 @@ def _fresh_database(server_url: str, name: str) -> str:
         with admin.connect() as conn:
             conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     except OperationalError as exc:
-        raise UserError(f"could not create the demo database ({str(exc).splitlines()[0]})") from exc
+        raise Unavailable(f"could not create the database {name} ({str(exc).splitlines()[0]})") from exc
     finally:
         admin.dispose()
     return sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    from streamtoll.settings_catalog import SETTINGS
+
+    rows = []
+    for s in SETTINGS:
+        if s.dev and not args.all:
+            continue
+        var = f"STREAMTOLL_{s.name}"
+        value = os.environ.get(var)
+        shown = None if value is None else "(set, secret)" if s.secret else value
+        rows.append(
+            {"name": var, "value": shown, "default": s.default or None, "read_by": s.used_by, "meaning": s.meaning}
+        )
+    print_rows(rows, args.output, ["name", "value", "default", "read_by"] if args.output == "table" else None)
+    return 0
+
+
+# -- developer commands ------------------------------------------------------------------------
+
+
+def cmd_live(args: argparse.Namespace) -> int:
+    """The Faust live-views worker: usage minutes → one-minute tables (scale by running more)."""
+    import faust
+
+    from metering.streams.live import LiveApp
+
+    settings = _settings()
+    if not settings.kafka_bootstrap:
+        raise UserError("set STREAMTOLL_KAFKA_BOOTSTRAP to the broker the metering worker uses")
+    live = LiveApp(settings, store=args.store, web_port=args.web_port)
+    worker = faust.Worker(live.app, loglevel=args.log_level.lower())
+    worker.execute_from_commandline()
+    return 0
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -603,143 +840,268 @@ def cmd_bench_api(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- the parser --------------------------------------------------------------------------------
+
+OPERATOR_COMMANDS = (
+    ("demo", "the main job end to end on embedded defaults: meter and bill a month of traffic"),
+    ("up", "everything running locally: worker, sink, API and live page"),
+    ("worker", "the metering worker; scale by running more (up to the input partitions)"),
+    ("sink", "usage windows topic → PostgreSQL"),
+    ("api", "HTTP server: partner, finance and ops API and the live page"),
+    ("db", "database schema: upgrade, current"),
+    ("accounts", "accounts: load a YAML file, list"),
+    ("plans", "plans: load a YAML file, list"),
+    ("keys", "API keys: create, list, revoke"),
+    ("usage", "usage as the database holds it (finance view)"),
+    ("bill", "billing run for a period: drafts (and --finalize)"),
+    ("invoices", "invoice lifecycle: list, show, pdf, finalize, void, send"),
+    ("statements", "a partner's usage statement for a period"),
+    ("top", "live consumption tables in the terminal (reads the API's /v1/live)"),
+    ("settings", "every STREAMTOLL_* setting, its value here and its default"),
+)
+DEVELOPER_COMMANDS = (
+    ("broker", "run the embedded dev broker in the foreground"),
+    ("bench", "benchmarks: ingest, memory, billing, api"),
+    ("live", "the Faust live-views worker (one-minute tables)"),
+)
+
+
+def _help_text() -> str:
+    def table(rows: Sequence[tuple[str, str]]) -> str:
+        return "\n".join(f"  {name:<12} {what}" for name, what in rows)
+
+    codes = "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES.items())
+    return (
+        f"operator commands:\n{table(OPERATOR_COMMANDS)}\n\n"
+        f"developer commands:\n{table(DEVELOPER_COMMANDS)}\n\n"
+        f"exit codes:\n{codes}\n\n"
+        "`streamtoll COMMAND -h` tells more; settings come from STREAMTOLL_* variables (`streamtoll settings`)."
+    )
+
+
+def _common() -> argparse.ArgumentParser:
+    """Options every command takes, so they may also follow the command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level",
+        type=_log_level,
+        default=argparse.SUPPRESS,
+        help=f"{', '.join(LOG_LEVELS)} (default STREAMTOLL_LOG_LEVEL or INFO); logs are JSON lines on stderr",
+    )
+    return common
+
+
+def _output(p: argparse.ArgumentParser, formats: Sequence[str] = FORMATS, default: str = "table") -> None:
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=formats,
+        default=default,
+        help=f"output format: {', '.join(formats)} (default {default})",
+    )
+    p.add_argument("--json", dest="output", action="store_const", const="json", help="same as -o json")
+    if "csv" in formats:
+        p.add_argument("--csv", dest="output", action="store_const", const="csv", help="same as -o csv")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="streamtoll", description="Usage metering and billing for Apache Kafka.")
-    p.add_argument("--log-level", default=os.environ.get("STREAMTOLL_LOG_LEVEL", "INFO"))
-    sub = p.add_subparsers(dest="command", required=True)
-    w = sub.add_parser("worker", help="the metering worker; scale by running more")
-    w.add_argument("--metrics-bind", default=None, help="HOST:PORT for /metrics (default STREAMTOLL_METRICS_BIND)")
-    w.set_defaults(func=cmd_worker)
-    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db", required=True)
-    db.add_parser("upgrade", help="Alembic migrations to head").set_defaults(func=cmd_db_upgrade)
-    sk = sub.add_parser("sink", help="usage windows topic → PostgreSQL")
-    sk.add_argument("--batch-size", type=int, default=50_000, help="window records per database transaction")
-    sk.add_argument("--metrics-bind", default=None, help="HOST:PORT for /metrics (default STREAMTOLL_METRICS_BIND)")
-    sk.set_defaults(func=cmd_sink)
+    common = _common()
+    p = argparse.ArgumentParser(
+        prog="streamtoll",
+        description="Usage metering and billing for Apache Kafka.",
+        epilog=_help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"streamtoll {_version()}", help="print the version")
+    p.add_argument(
+        "--log-level",
+        type=_log_level,
+        default=None,
+        help=f"{', '.join(LOG_LEVELS)} (default STREAMTOLL_LOG_LEVEL or INFO); also after the command",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of the commands below")
+    helps = dict(OPERATOR_COMMANDS + DEVELOPER_COMMANDS)
+
+    def command(
+        parent: Any, name: str, func: Callable[[argparse.Namespace], int] | None, help_: str | None = None
+    ) -> argparse.ArgumentParser:
+        text_ = help_ or helps[name]
+        cp: argparse.ArgumentParser = parent.add_parser(name, parents=[common], help=text_, description=text_)
+        if func is not None:
+            cp.set_defaults(func=func)
+        return cp
+
+    def group(name: str) -> Any:
+        return command(sub, name, None).add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    d = command(sub, "demo", cmd_demo)
+    d.add_argument("--out", default="out", help="folder for invoices, statements and CSV summaries (default out)")
+    d.add_argument("--proxy-events", type=_positive, default=200_000, help="proxy audit records to generate")
+    d.add_argument("--period", type=_period, default=None, help="YYYY-MM to bill (default: the last complete month)")
+    d.add_argument("--seed", type=int, default=7, help="traffic generator seed (same seed, same traffic)")
+
+    upp = command(sub, "up", cmd_up)
+    upp.add_argument("--bind", type=_bind, default=None, help="API HOST:PORT (default STREAMTOLL_API_BIND)")
+    tg = upp.add_mutually_exclusive_group()
+    tg.add_argument(
+        "--traffic", dest="traffic", action="store_true", default=None, help="generate demo traffic (embedded default)"
+    )
+    tg.add_argument("--no-traffic", dest="traffic", action="store_false", help="no demo traffic")
+
+    w = command(sub, "worker", cmd_worker)
+    w.add_argument("--metrics-bind", type=_bind, default=None, help="HOST:PORT for /metrics (default METRICS_BIND)")
+    sk = command(sub, "sink", cmd_sink)
+    sk.add_argument("--batch-size", type=_positive, default=50_000, help="window records per database transaction")
+    sk.add_argument("--metrics-bind", type=_bind, default=None, help="HOST:PORT for /metrics (default METRICS_BIND)")
+    ap = command(sub, "api", cmd_api)
+    ap.add_argument("--bind", type=_bind, default=None, help="HOST:PORT (default STREAMTOLL_API_BIND, 127.0.0.1:8080)")
+
+    db = group("db")
+    _output(command(db, "upgrade", cmd_db_upgrade, "apply the migrations up to this streamtoll's schema"))
+    _output(
+        command(db, "current", cmd_db_current, "the database's schema revision and this code's (exit 1 if they differ)")
+    )
+
     for kind in ("accounts", "plans"):
-        group = sub.add_parser(kind, help=f"{kind} catalog").add_subparsers(dest=f"{kind}_cmd", required=True)
-        ld = group.add_parser("load", help=f"load {kind} from a YAML file (idempotent)")
-        ld.add_argument("file", type=Path)
-        ld.set_defaults(func=lambda a, kind=kind: _catalog_load(kind, a.file))
-    us = sub.add_parser("usage", help="usage as the database holds it (finance view)")
+        g = group(kind)
+        ld = command(g, "load", cmd_catalog_load, f"load {kind} from a YAML file (idempotent: twice changes nothing)")
+        ld.add_argument("file", type=Path, help="the YAML file")
+        ld.set_defaults(kind=kind)
+        _output(ld)
+        ls = command(g, "list", cmd_accounts_list if kind == "accounts" else cmd_plans_list, f"the {kind} loaded")
+        if kind == "accounts":
+            ls.add_argument(
+                "--on", type=date.fromisoformat, default=date.today(), help="show the plan in force on this day"
+            )
+        _output(ls)
+
+    keys = group("keys")
+    kc = command(keys, "create", cmd_keys, "print a new API key once (stored hashed)")
+    kc.add_argument("--account", default=None, help="the partner's account code (partner keys)")
+    kc.add_argument("--role", choices=("partner", "finance", "ops"), default="partner", help="what the key may read")
+    kl = command(keys, "list", cmd_keys, "the keys (ids, roles, accounts; never secrets)")
+    kl.add_argument("--account", default=None, help="only this account's keys")
+    kl.add_argument("--all", action="store_true", help="include revoked keys")
+    kr = command(keys, "revoke", cmd_keys, "revoke a key at once")
+    kr.add_argument("key_id", help="the id part of stk_<id>_<secret>")
+    for kp in (kc, kl, kr):
+        _output(kp)
+
+    us = command(sub, "usage", cmd_usage)
     us.add_argument("--from", dest="start", type=_day_or_time, required=True, help="start (inclusive), UTC")
     us.add_argument("--to", dest="end", type=_day_or_time, required=True, help="end (exclusive), UTC")
-    us.add_argument("--account", default=None)
-    us.add_argument(
-        "--group-by",
-        default="source,account,direction",
-        help="comma list of: "
-        + ", ".join(
-            ("source", "account", "principal", "client_id", "virtual_cluster", "topic", "direction", "hour", "day")
-        ),
+    us.add_argument("--account", default=None, help="only this account's usage")
+    groups = ("source", "account", "principal", "client_id", "virtual_cluster", "topic", "direction", "hour", "day")
+    us.add_argument("--group-by", default="source,account,direction", help="comma list of: " + ", ".join(groups))
+    _output(us)
+
+    bl = command(sub, "bill", cmd_bill)
+    bl.add_argument("--period", type=_period, required=True, help="YYYY-MM")
+    bl.add_argument("--finalize", action="store_true", help="also finalize: number, freeze and render the invoices")
+    _output(bl)
+
+    inv = group("invoices")
+    il = command(inv, "list", cmd_invoices, "invoices, oldest period first")
+    il.add_argument("--period", type=_period, help="YYYY-MM")
+    il.add_argument("--account", help="one account's invoices")
+    il.add_argument("--status", choices=("draft", "finalized", "void"), help="only invoices in this status")
+    ref_help = "invoice number (INV-2026-000042), or draft-<id> for a draft (draft-42)"
+    ish = command(inv, "show", cmd_invoices, "one invoice: header and lines")
+    ish.add_argument("ref", type=_invoice_ref, help=ref_help)
+    ifn = command(inv, "finalize", cmd_invoices, "number, freeze and render one draft")
+    ifn.add_argument("ref", type=_invoice_ref, help="the draft: draft-<id> (draft-42)")
+    ipdf = command(inv, "pdf", cmd_invoices, "write the stored PDF of a finalized invoice")
+    ipdf.add_argument("ref", type=_invoice_ref, help=ref_help)
+    ipdf.add_argument("--out", default=None, help="file to write (default REF.pdf)")
+    isend = command(
+        inv, "send", cmd_invoices, "email the period's finalized invoices (outbox: never twice, never skipped)"
     )
-    fmt = us.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true")
-    fmt.add_argument("--csv", action="store_true")
-    us.set_defaults(func=cmd_usage)
-    bl = sub.add_parser("bill", help="billing run for a period: drafts (and --finalize)")
-    bl.add_argument("--period", required=True, help="YYYY-MM")
-    bl.add_argument("--finalize", action="store_true")
-    bl.add_argument("--json", action="store_true")
-    bl.set_defaults(func=cmd_bill)
-    inv = sub.add_parser("invoices", help="invoice lifecycle").add_subparsers(dest="action", required=True)
-    il = inv.add_parser("list")
-    il.add_argument("--period")
-    il.add_argument("--account")
-    il.add_argument("--status", choices=("draft", "finalized", "void"))
-    il.add_argument("--json", action="store_true")
-    ish = inv.add_parser("show")
-    ish.add_argument("ref", help="invoice number, or #id for a draft")
-    ifn = inv.add_parser("finalize")
-    ifn.add_argument("ref", help="draft id")
-    ipdf = inv.add_parser("pdf", help="write the stored PDF of a finalized invoice")
-    ipdf.add_argument("ref", help="invoice number")
-    ipdf.add_argument("--out", default=None, help="file to write (default NUMBER.pdf)")
-    isend = inv.add_parser("send", help="email the period's finalized invoices (outbox: never twice, never skipped)")
-    isend.add_argument("--period", required=True)
-    iv = inv.add_parser("void")
-    iv.add_argument("ref", help="invoice number")
-    iv.add_argument("--reason", required=True)
-    inv_parser = inv
-    for p_ in inv_parser.choices.values():
-        p_.set_defaults(func=cmd_invoices)
-    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
-    kc = keys.add_parser("create", help="print a new API key once (stored hashed)")
-    kc.add_argument("--account", default=None)
-    kc.add_argument("--role", choices=("partner", "finance", "ops"), default="partner")
-    kr = keys.add_parser("revoke")
-    kr.add_argument("key_id", help="the id part of stk_<id>_<secret>")
-    for p_ in (kc, kr):
-        p_.set_defaults(func=cmd_keys)
-    stm = sub.add_parser("statements", help="a partner's usage statement for a period")
-    stm.add_argument("--account", required=True)
-    stm.add_argument("--period", required=True, help="YYYY-MM")
-    stm.add_argument("--format", choices=("json", "csv", "pdf"), default="json")
-    stm.add_argument("--out", default=None)
-    stm.set_defaults(func=cmd_statements)
-    ap = sub.add_parser("api", help="HTTP server: partner and finance API")
-    ap.add_argument("--bind", default=None, help="host:port (default STREAMTOLL_API_BIND or 127.0.0.1:8080)")
-    ap.set_defaults(func=cmd_api)
-    upp = sub.add_parser("up", help="everything running locally: worker, sink, API and live page")
-    upp.add_argument("--bind", default=None, help="API host:port (default STREAMTOLL_API_BIND or 127.0.0.1:8080)")
-    tg = upp.add_mutually_exclusive_group()
-    tg.add_argument("--traffic", dest="traffic", action="store_true", default=None, help="generate demo traffic")
-    tg.add_argument("--no-traffic", dest="traffic", action="store_false", help="no demo traffic")
-    upp.set_defaults(func=cmd_up)
-    tp = sub.add_parser("top", help="live consumption table in the terminal (reads the API's /v1/live)")
+    isend.add_argument("--period", type=_period, required=True, help="YYYY-MM")
+    iv = command(inv, "void", cmd_invoices, "void a finalized invoice (it stays, marked void)")
+    iv.add_argument("ref", type=_invoice_ref, help="invoice number")
+    iv.add_argument("--reason", required=True, help="why (kept with the invoice)")
+    for ip in (il, ish, ifn, ipdf, isend, iv):
+        _output(ip)
+
+    stm = command(sub, "statements", cmd_statements)
+    stm.add_argument("--account", required=True, help="account code")
+    stm.add_argument("--period", type=_period, required=True, help="YYYY-MM")
+    stm.add_argument(
+        "--out", default=None, help="file to write (default: standard output; PDF: statement-ACCOUNT-PERIOD.pdf)"
+    )
+    _output(stm, (*FORMATS, "pdf"))
+    stm.add_argument("--format", dest="output", choices=(*FORMATS, "pdf"), help=argparse.SUPPRESS)  # before 0.2
+
+    tp = command(sub, "top", cmd_top)
     tp.add_argument("--url", default=None, help="API base URL (default http://STREAMTOLL_API_BIND)")
     tp.add_argument("--key", default=None, help="ops or finance API key (default STREAMTOLL_API_KEY)")
     tp.add_argument("--every", type=float, default=3.0, help="seconds between refreshes")
     tp.add_argument("--once", action="store_true", help="print the tables once and exit")
-    tp.set_defaults(func=cmd_top)
-    d = sub.add_parser("demo", help="the main job end to end on embedded defaults")
-    d.add_argument("--out", default="out")
-    d.add_argument("--proxy-events", type=int, default=200_000)
-    d.add_argument("--period", default=None, help="YYYY-MM to bill (default: the last complete month)")
-    d.add_argument("--seed", type=int, default=7, help="traffic generator seed")
-    d.set_defaults(func=cmd_demo)
-    lv = sub.add_parser("live", help="the Faust live-views worker (one-minute tables)")
+    _output(tp, ("table", "json"))
+
+    st = command(sub, "settings", cmd_settings)
+    st.add_argument("--all", action="store_true", help="include the settings for developers and tests")
+    _output(st)
+
+    b = command(sub, "broker", cmd_broker)
+    b.add_argument("--port", type=int, default=None, help="TCP port (default: a free one)")
+    lv = command(sub, "live", cmd_live)
     lv.add_argument("--store", default="memory://", help="Faust table store, e.g. rocksdb://")
-    lv.add_argument("--web-port", type=int, default=None)
-    lv.set_defaults(func=cmd_live)
-    b = sub.add_parser("broker", help="run the embedded dev broker in the foreground")
-    b.add_argument("--port", type=int, default=None)
-    b.set_defaults(func=cmd_broker)
-    bench = sub.add_parser("bench", help="benchmarks (run on demand)").add_subparsers(dest="bench", required=True)
-    bi = bench.add_parser("ingest", help="worker throughput on proxy audit records vs. a raw consumer")
-    bi.add_argument("--events", type=int, default=1_000_000)
-    bi.add_argument("--workers", type=int, default=1)
-    bi.set_defaults(func=cmd_bench_ingest)
-    bm = bench.add_parser("memory", help="worker RSS holding N live series (window keys)")
-    bm.add_argument("--series", type=int, default=100_000)
-    bm.set_defaults(func=cmd_bench_memory)
-    bb = bench.add_parser("billing", help="a billing run over many accounts with a month of hourly usage")
-    bb.add_argument("--accounts", type=int, default=1000)
-    bb.add_argument("--clients", type=int, default=1)
-    bb.set_defaults(func=cmd_bench_billing)
-    ba = bench.add_parser("api", help="p50/p99 of the statement and usage endpoints for one account-month")
-    ba.add_argument("--clients", type=int, default=1000)
-    ba.add_argument("--requests", type=int, default=200)
-    ba.set_defaults(func=cmd_bench_api)
+    lv.add_argument("--web-port", type=int, default=None, help="Faust's web port (default: none)")
+    bench = group("bench")
+    bi = command(bench, "ingest", cmd_bench_ingest, "worker throughput on proxy audit records vs. a raw consumer")
+    bi.add_argument("--events", type=_positive, default=1_000_000, help="records to meter")
+    bi.add_argument("--workers", type=_positive, default=1, help="worker processes")
+    bm = command(bench, "memory", cmd_bench_memory, "worker RSS holding N live series (window keys)")
+    bm.add_argument("--series", type=_positive, default=100_000, help="window keys to hold")
+    bb = command(bench, "billing", cmd_bench_billing, "a billing run over many accounts with a month of hourly usage")
+    bb.add_argument("--accounts", type=_positive, default=1000, help="accounts to bill")
+    bb.add_argument("--clients", type=_positive, default=1, help="clients per account")
+    ba = command(bench, "api", cmd_bench_api, "p50/p99 of the statement and usage endpoints for one account-month")
+    ba.add_argument("--clients", type=_positive, default=1000, help="clients of the account")
+    ba.add_argument("--requests", type=_positive, default=200, help="requests per scenario")
     return p
+
+
+# -- entry point -------------------------------------------------------------------------------
 
 
 def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
     sys.exit(128 + signum)
 
 
+def _environment_problems() -> list[str]:
+    problems = unknown_settings(os.environ)
+    try:
+        embedded_mode(os.environ)
+    except ValueError as exc:
+        problems.append(str(exc))
+    return problems
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    level = args.log_level or os.environ.get("STREAMTOLL_LOG_LEVEL") or "INFO"
+    try:
+        args.log_level = _log_level(level)
+    except argparse.ArgumentTypeError as exc:
+        print(f"streamtoll: STREAMTOLL_LOG_LEVEL: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     logs.setup(args.log_level)
+    if problems := _environment_problems():
+        print("streamtoll: invalid settings:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return EXIT_USAGE
     # SIGTERM unwinds like Ctrl-C, so embedded children are stopped by their finally blocks
     # (commands with a graceful stop of their own replace this handler).
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         return int(args.func(args))
-    except (UserError, EmbeddedError, MeteringError) as exc:
+    except UserError as exc:
         print(f"streamtoll: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
+    except (EmbeddedError, MeteringError) as exc:
+        print(f"streamtoll: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from billing.services.sink import UsageSink
 from billing.services.statements import statement, statement_csv
 from billing.services.usage import usage_report
 from metering.engine import Engine
-from metering.engine.loop import ensure_topics
+from metering.engine.topics import ensure_topics
 from metering.settings import MeteringSettings
 from streamtoll.traffic import HOUR, Traffic, committed, produce, read_all, window_totals
 

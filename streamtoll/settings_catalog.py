@@ -22,9 +22,19 @@ class Setting:
     example: str = ""  # a valid value to show in env.example (and to test the name is read)
     secret: bool = False
     production: bool = False  # set it in production (the example line is active, not commented)
+    dev: bool = False  # for developers and the test suite only: not in env.example
 
 
 SETTINGS: list[Setting] = [
+    Setting(
+        "EMBEDDED",
+        "auto",
+        "all",
+        "auto: where KAFKA_BOOTSTRAP or DATABASE_URL is unset, start an embedded dev broker or PostgreSQL "
+        "(and log it); never: an unset one is a start-up error (the production images set never)",
+        "never",
+        production=True,
+    ),
     # --- connections
     Setting(
         "KAFKA_BOOTSTRAP",
@@ -70,6 +80,51 @@ SETTINGS: list[Setting] = [
     Setting("TOPIC_USAGE_MINUTES", "streamtoll.usage-minutes.v1", "worker, api", "minute partials (live views)", ""),
     Setting("TOPIC_STATE", "streamtoll.metering-state.v1", "worker", "the workers' state changelog", ""),
     Setting("STATE_PARTITIONS", "12", "worker", "partitions of the state topic when streamtoll creates it", ""),
+    Setting(
+        "TOPIC_PARTITIONS",
+        "12",
+        "worker",
+        "partitions of the input, DLQ, usage windows and usage minutes topics when streamtoll creates them "
+        "(workers scale up to the input partitions; the embedded dev broker uses 4)",
+        "12",
+    ),
+    Setting(
+        "TOPIC_REPLICATION_FACTOR",
+        "",
+        "worker",
+        "replication factor of the topics streamtoll creates; unset = the cluster's default.replication.factor",
+        "3",
+    ),
+    Setting(
+        "TOPIC_MIN_INSYNC_REPLICAS",
+        "",
+        "worker",
+        "min.insync.replicas of the topics streamtoll creates; unset = the cluster's default",
+        "2",
+    ),
+    Setting("DLQ_RETENTION", "30d", "worker", "retention of the DLQ topic when streamtoll creates it (≥ 1d)", "30d"),
+    Setting(
+        "USAGE_MINUTES_RETENTION",
+        "1d",
+        "worker",
+        "retention of the usage minutes topic when streamtoll creates it (≥ 2h: the live views read an hour back)",
+        "",
+    ),
+    Setting(
+        "REPLAY_WINDOW",
+        "30d",
+        "worker",
+        "how far back a re-sink or a database restore must find usage windows (runbook)",
+        "30d",
+    ),
+    Setting(
+        "USAGE_WINDOWS_RETENTION",
+        "MAX_LATENESS + REPLAY_WINDOW",
+        "worker",
+        "retention of the usage windows topic when streamtoll creates it; at least MAX_LATENESS + REPLAY_WINDOW, "
+        "and an existing topic that keeps less stops the worker",
+        "90d",
+    ),
     # --- metering
     Setting("DEDUP_HORIZON", "1h", "worker", "duplicates of a record are dropped this long", "1h"),
     Setting("DEDUP_MAX_KEYS", "1000000", "worker", "dedup keys kept per input partition (~106 bytes each)", ""),
@@ -98,7 +153,14 @@ SETTINGS: list[Setting] = [
     Setting("BATCH_SIZE", "100000", "worker", "records per transaction at most", ""),
     Setting("SESSION_TIMEOUT_MS", "10000", "worker", "consumer group session timeout", ""),
     Setting("STATE_SNAPSHOT_INTERVAL", "10m", "worker", "how often a partition's full state is written", ""),
-    Setting("STATE_RETENTION", "7d", "worker", "retention of the state topic when streamtoll creates it", ""),
+    Setting(
+        "STATE_RETENTION",
+        "7d",
+        "worker",
+        "retention of the state topic when streamtoll creates it; at least DEDUP_HORIZON + 3 × "
+        "STATE_SNAPSHOT_INTERVAL, and an existing topic that keeps less (or compacts) stops the worker",
+        "",
+    ),
     Setting(
         "METRICS_BIND", "", "worker, sink", "HOST:PORT where the process serves /metrics; unset = off", "0.0.0.0:9464"
     ),
@@ -136,6 +198,16 @@ SETTINGS: list[Setting] = [
     Setting("SMTP_SENDER", "billing@streamtoll.invalid", "invoices send", "From address", "billing@example.com"),
     Setting("SMTP_SENDER_NAME", "streamtoll billing", "invoices send", "From name", ""),
     Setting("LOG_LEVEL", "INFO", "all", "DEBUG, INFO, WARNING or ERROR (JSON lines on stderr)", "INFO"),
+    # --- development and tests only
+    Setting("BROKER_LOG", "warn", "embedded broker", "log level of the embedded dev broker (RUST_LOG)", dev=True),
+    Setting(
+        "FAILPOINT", "", "sink", "test suite: sink.after_db_commit:N exits the sink after its N-th commit", dev=True
+    ),
+    Setting("TEST_KAFKA_BOOTSTRAP", "", "tests", "run the integration tests against this cluster", dev=True),
+    Setting("TEST_DATABASE_URL", "", "tests", "run the tests on this PostgreSQL server", dev=True),
+    Setting("FUZZ_EXAMPLES", "150", "tests", "hypothesis examples per fuzz test", dev=True),
+    Setting("SOAK_EXAMPLES", "5000", "tests", "fuzz examples in the soak run", dev=True),
+    Setting("SOAK_EVENTS", "40", "tests", "worker churn events in the soak run", dev=True),
 ]
 
 
@@ -143,11 +215,13 @@ def env_example() -> str:
     """The text of ``deploy/env.example``."""
     out = [
         "# streamtoll settings (generated from streamtoll/settings_catalog.py: edit it there).",
-        "# Set the two uncommented ones; the rest are optional and take the default shown when unset.",
+        "# Set the uncommented ones; the rest are optional and take the default shown when unset.",
         "# Secrets are marked: keep them in a secret store (Kubernetes Secret), not in this file.",
         "",
     ]
     for s in SETTINGS:
+        if s.dev:
+            continue
         if s.name.endswith("<NAME>"):
             out.append(f"# STREAMTOLL_{s.name}: {s.meaning}")
             out.append("")

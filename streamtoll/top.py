@@ -6,7 +6,7 @@ only a URL and a key on an ops laptop, and opens no connection to the brokers.
 
 from __future__ import annotations
 
-import sys
+import json
 import time
 from typing import Any
 
@@ -16,7 +16,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["render", "run_top"]
+__all__ = ["ApiUnreachable", "KeyRefused", "render", "run_top"]
 
 _BARS = " ▁▂▃▄▅▆▇█"
 
@@ -90,23 +90,35 @@ def render(doc: dict[str, Any]) -> Group:
     return Group(*parts)
 
 
+class KeyRefused(Exception):
+    """The API refused the key (401/403)."""
+
+
+class ApiUnreachable(Exception):
+    """The API could not be read."""
+
+
 def _fetch(client: httpx.Client, url: str, key: str) -> dict[str, Any]:
     r = client.get(url.rstrip("/") + "/v1/live", headers={"Authorization": f"Bearer {key}"}, timeout=10)
     if r.status_code in (401, 403):
-        raise SystemExit(f"streamtoll: the API refused the key ({r.status_code}); use an ops or finance key")
+        raise KeyRefused(f"the API refused the key ({r.status_code}); use an ops or finance key")
     r.raise_for_status()
     doc: dict[str, Any] = r.json()
     return doc
 
 
-def run_top(url: str, key: str, every: float = 3.0, once: bool = False) -> int:
+def run_top(url: str, key: str, every: float = 3.0, once: bool = False, fmt: str = "table") -> int:
+    """Refresh the tables every ``every`` seconds until interrupted, or print them (or the JSON
+    of ``/v1/live`` with ``fmt="json"``) once. Raises :class:`KeyRefused` or :class:`ApiUnreachable`."""
     console = Console()
     with httpx.Client() as client:
         try:
             doc = _fetch(client, url, key)
         except httpx.HTTPError as exc:
-            print(f"streamtoll: cannot read {url}/v1/live ({exc}); is `streamtoll api` running?", file=sys.stderr)
-            return 2
+            raise ApiUnreachable(f"cannot read {url}/v1/live ({exc}); is `streamtoll api` running?") from exc
+        if fmt == "json":
+            print(json.dumps(doc, indent=1))
+            return 0
         if once:
             console.print(render(doc))
             return 0

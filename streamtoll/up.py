@@ -194,6 +194,7 @@ def children(
             "STREAMTOLL_MAX_LATENESS": f"{int(settings.max_lateness_s)}s",
             "STREAMTOLL_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
             "STREAMTOLL_STATIC_MEMBERSHIP": str(settings.static_membership).lower(),
+            "STREAMTOLL_TOPIC_PARTITIONS": str(settings.topic_partitions),
         }
     )
     base.pop("STREAMTOLL_METRICS_BIND", None)

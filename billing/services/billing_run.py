@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -42,15 +43,29 @@ from billing.domain.money import round_money
 from billing.domain.plans import PlanVersion
 from billing.domain.rating import Line, rate_period
 from billing.domain.sources import DEFAULT_SOURCES
+from billing.errors import NotFound
 from billing.services.catalog import plan_from_document
 from billing.services.invoices import InvoiceError, finalize, render_pending
 from billing.services.usage import load_attributor, usage_rows
 
-__all__ = ["AccountBill", "BillingError", "Preview", "parse_period", "preview", "preview_accounts", "run_billing"]
+__all__ = [
+    "AccountBill",
+    "AccountNotFound",
+    "BillingError",
+    "Preview",
+    "parse_period",
+    "preview",
+    "preview_accounts",
+    "run_billing",
+]
 
 
 class BillingError(Exception):
     """A billing run cannot be done as asked; one sentence."""
+
+
+class AccountNotFound(BillingError, NotFound):
+    """There is no account with that code."""
 
 
 @dataclass
@@ -79,12 +94,17 @@ class AccountBill:
         }
 
 
+_PERIOD = re.compile(r"([0-9]{4})-([0-9]{2})")
+
+
 def parse_period(text_: str) -> tuple[date, date]:
-    try:
-        year, month = (int(x) for x in text_.split("-"))
-        start = date(year, month, 1)
-    except ValueError:
-        raise BillingError(f"{text_!r} is not a billing period like 2026-11") from None
+    """``"2026-11"`` → ``[2026-11-01, 2026-12-01)``. One spelling only (ASCII digits, no spaces),
+    so one period has one stored name; years 1970–9998 (the end of 9999-12 is not a date)."""
+    m = _PERIOD.fullmatch(text_)
+    year, month = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    if not (1970 <= year <= 9998 and 1 <= month <= 12):
+        raise BillingError(f"{text_!r} is not a billing period like 2026-11")
+    start = date(year, month, 1)
     end = date(year + (month == 12), month % 12 + 1, 1)
     return start, end
 
@@ -438,7 +458,7 @@ def preview(
     with engine.connect() as conn:
         catalog = _Catalog(conn)
     if account not in catalog.accounts:
-        raise BillingError(f"there is no account {account!r}")
+        raise AccountNotFound(f"there is no account {account!r}")
     return _preview(catalog, account, period, rows, source_order or DEFAULT_SOURCES)
 
 

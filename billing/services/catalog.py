@@ -14,12 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy import Connection, Engine, delete, select, text, update
+from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from billing.adapters.models import AccountRow, ClientRuleRow, PlanRow, PlanVersionRow, SubscriptionRow
@@ -27,8 +28,12 @@ from billing.domain.accounts import Account, AccountError, parse_accounts
 from billing.domain.plans import PlanError, PlanVersion, Price, Tier, parse_plan
 
 __all__ = [
+    "AccountSummary",
     "CatalogError",
     "LoadReport",
+    "PlanSummary",
+    "list_accounts",
+    "list_plans",
     "load_accounts",
     "load_plans",
     "plan_document",
@@ -318,3 +323,67 @@ def load_plans(engine: Engine, path: Path) -> LoadReport:
             )
             (report.created if latest is None else report.updated).append(f"{pv.code} v{version}")
     return report
+
+
+@dataclass(frozen=True)
+class AccountSummary:
+    code: str
+    name: str
+    email: str
+    currency: str
+    tax_rate: Decimal
+    client_rules: int
+    plan: str | None  # "code v2" of the subscription in force on the day asked, else None
+
+
+def list_accounts(engine: Engine, on: date) -> list[AccountSummary]:
+    """Every account in catalog order, with its rule count and the plan it is subscribed to ``on``."""
+    rules = select(ClientRuleRow.account_code, func.count().label("n")).group_by(ClientRuleRow.account_code).subquery()
+    sub = SubscriptionRow
+    current = and_(
+        sub.account_code == AccountRow.code, sub.starts_on <= on, or_(sub.ends_on.is_(None), sub.ends_on > on)
+    )
+    a = AccountRow
+    query = (
+        select(a.code, a.name, a.email, a.currency, a.tax_rate, rules.c.n, sub.plan_code, sub.plan_version)
+        .outerjoin(rules, rules.c.account_code == AccountRow.code)
+        .outerjoin(sub, current)
+        .order_by(AccountRow.position, AccountRow.code)
+    )
+    with engine.connect() as conn:
+        return [
+            AccountSummary(
+                r.code,
+                r.name,
+                r.email,
+                r.currency,
+                r.tax_rate,
+                r.n or 0,
+                None if r.plan_code is None else f"{r.plan_code} v{r.plan_version}",
+            )
+            for r in conn.execute(query).all()
+        ]
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    code: str
+    name: str
+    latest_version: int
+    currency: str
+    versions: int
+
+
+def list_plans(engine: Engine) -> list[PlanSummary]:
+    """Every plan with its newest published version."""
+    v = PlanVersionRow
+    latest = select(v.plan_code, func.max(v.version).label("latest"), func.count().label("n")).group_by(v.plan_code)
+    latest_q = latest.subquery()
+    query = (
+        select(PlanRow.code, PlanRow.name, latest_q.c.latest, latest_q.c.n, v.currency)
+        .join(latest_q, latest_q.c.plan_code == PlanRow.code)
+        .join(v, and_(v.plan_code == PlanRow.code, v.version == latest_q.c.latest))
+        .order_by(PlanRow.code)
+    )
+    with engine.connect() as conn:
+        return [PlanSummary(r.code, r.name, r.latest, r.currency, r.n) for r in conn.execute(query).all()]

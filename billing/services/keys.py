@@ -16,12 +16,17 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, insert, select, update
 
 from billing.adapters.models import AccountRow, ApiKeyRow
+from billing.errors import NotFound
 
-__all__ = ["Caller", "KeyError_", "authenticate", "create_key", "revoke_key"]
+__all__ = ["Caller", "KeyError_", "KeyNotFound", "KeyView", "authenticate", "create_key", "list_keys", "revoke_key"]
 
 
 class KeyError_(Exception):
     """A key cannot be created or revoked as asked; one sentence."""
+
+
+class KeyNotFound(KeyError_, NotFound):
+    """No such (active) key, or no such account to bind a key to."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,7 @@ def create_key(engine: Engine, role: str, account: str | None) -> str:
             account is not None
             and conn.execute(select(AccountRow.code).where(AccountRow.code == account)).first() is None
         ):
-            raise KeyError_(f"there is no account {account!r}; load accounts first")
+            raise KeyNotFound(f"there is no account {account!r}; load accounts first")
         key_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
         conn.execute(
@@ -71,7 +76,7 @@ def revoke_key(engine: Engine, key_id: str) -> None:
             .values(revoked_at=datetime.now(UTC))
         )
         if done.rowcount != 1:
-            raise KeyError_(f"there is no active key {key_id!r}")
+            raise KeyNotFound(f"there is no active key {key_id!r}")
 
 
 def authenticate(engine: Engine, presented: str) -> Caller | None:
@@ -86,3 +91,27 @@ def authenticate(engine: Engine, presented: str) -> Caller | None:
     if not hmac.compare_digest(expected, _sha(parts[2])) or row is None or row.revoked_at is not None:
         return None
     return Caller(row.key_id, row.role, row.account_code)
+
+
+@dataclass(frozen=True)
+class KeyView:
+    """A key as operators see it: never its secret or hash."""
+
+    key_id: str
+    role: str
+    account: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def list_keys(engine: Engine, account: str | None = None, include_revoked: bool = False) -> list[KeyView]:
+    """The keys, oldest first (of one account, when given)."""
+    query = select(ApiKeyRow).order_by(ApiKeyRow.created_at, ApiKeyRow.key_id)
+    if account is not None:
+        query = query.where(ApiKeyRow.account_code == account)
+    if not include_revoked:
+        query = query.where(ApiKeyRow.revoked_at.is_(None))
+    with engine.connect() as conn:
+        return [
+            KeyView(r.key_id, r.role, r.account_code, r.created_at, r.revoked_at) for r in conn.execute(query).all()
+        ]

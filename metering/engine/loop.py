@@ -15,57 +15,21 @@ from typing import Any, cast
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from metering.contracts import dlq_record, iso_ms
 from metering.decoders.common import Limits
 from metering.domain.shard import HOUR_MS, BatchResult, InRecord, ShardConfig, ShardState
-from metering.errors import EngineError
+from metering.engine.topics import MAX_MESSAGE, ensure_topics
+from metering.errors import EngineError, TopicError
 from metering.settings import MeteringSettings
 
-__all__ = ["Engine", "Stats", "ensure_topics"]
+__all__ = ["Engine", "Stats"]
 
 log = logging.getLogger("streamtoll.metering")
 
 # A DLQ record holds the original value in base64 (4/3 of its size) plus context, so it must be
 # allowed to be larger than any input record; past DLQ_VALUE_LIMIT the value is cut (and hashed).
-_MAX_MESSAGE = 16 * 1024 * 1024
 DLQ_VALUE_LIMIT = 8 * 1024 * 1024
-
-
-def ensure_topics(settings: MeteringSettings, input_partitions: int = 4, timeout: float = 15.0) -> None:
-    """Create the topics metering reads and writes when they do not exist yet."""
-    admin = AdminClient(settings.kafka_config())
-    wanted = {
-        **{t: input_partitions for t in settings.input_topics},
-        settings.topic_dlq: input_partitions,  # (created with a large max.message.bytes below)
-        settings.topic_usage_windows: input_partitions,
-        settings.topic_usage_minutes: input_partitions,
-        settings.topic_state: settings.state_partitions,
-    }
-    try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
-    except KafkaException as exc:
-        raise EngineError(f"The Kafka cluster at {settings.kafka_bootstrap} is unreachable ({exc}).") from exc
-    big = {"max.message.bytes": str(_MAX_MESSAGE)}
-    configs = {
-        settings.topic_dlq: big,
-        # deltas are not compactable: plain deletion, far longer than a restore ever reads back
-        settings.topic_state: {
-            **big,
-            "cleanup.policy": "delete",
-            "retention.ms": str(int(settings.state_retention_s * 1000)),
-        },
-    }
-    missing = [NewTopic(t, n, 1, config=configs.get(t, {})) for t, n in wanted.items() if t not in existing]
-    if not missing:
-        return
-    for topic, fut in admin.create_topics(missing, operation_timeout=timeout).items():
-        try:
-            fut.result()
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise EngineError(f"Could not create topic {topic}: {exc}") from exc
 
 
 class Stats(Counter[str]):
@@ -137,6 +101,9 @@ class Engine:
                 while not self._stop.is_set():
                     self._step()
                 self._finish_rebalance()
+            except TopicError:  # an operator must change a topic: restarting would not help
+                self._close(graceful=False)
+                raise
             except Exception as exc:  # crash-only: whatever it was, restart from committed state
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.error(
@@ -162,7 +129,7 @@ class Engine:
                 "linger.ms": 5,
                 "batch.num.messages": 10_000,
                 "compression.type": "none",
-                "message.max.bytes": _MAX_MESSAGE,
+                "message.max.bytes": MAX_MESSAGE,
                 "queue.buffering.max.messages": 1_000_000,
                 "queue.buffering.max.kbytes": 1_048_576,
             }

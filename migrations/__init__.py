@@ -1,0 +1,1 @@
+"""The Alembic migrations; installed as the package ``billing.migrations`` (pyproject.toml)."""
