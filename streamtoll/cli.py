@@ -189,8 +189,11 @@ def cmd_usage(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dec(value: Decimal) -> str:
-    return f"{value:.2f}" if value == value.quantize(Decimal("0.01")) else str(value.normalize())
+def _dec(value: Decimal, currency: str) -> str:
+    """An amount as the command line prints it: plain, the currency's minor digits (``210.00``)."""
+    from billing.domain.money import format_money
+
+    return format_money(value, currency)
 
 
 def cmd_bill(args: argparse.Namespace) -> int:
@@ -217,8 +220,8 @@ def cmd_bill(args: argparse.Namespace) -> int:
     print(f"{'account':<20} {'status':<18} {'number':<18} {'currency':<8} {'subtotal':>14} {'tax':>12} {'total':>14}")
     for r in results:
         print(
-            f"{r.account:<20} {r.status:<18} {r.number or '':<18} {r.currency:<8} {_dec(r.subtotal):>14} "
-            f"{_dec(r.tax):>12} {_dec(r.total):>14}"
+            f"{r.account:<20} {r.status:<18} {r.number or '':<18} {r.currency:<8} {_dec(r.subtotal, r.currency):>14} "
+            f"{_dec(r.tax, r.currency):>12} {_dec(r.total, r.currency):>14}"
         )
     return 0
 
@@ -250,7 +253,8 @@ def cmd_invoices(args: argparse.Namespace) -> int:
                 if not ref.isdigit():
                     raise UserError("finalize takes a draft's id, like 42 or #42")
                 done = finalize(engine, int(ref), billing.invoice_number_prefix, issuer=billing.issuer)
-                print(f"finalized invoice {done.number} for {done.account_code}: {done.currency} {_dec(done.total)}")
+                total = _dec(done.total, done.currency)
+                print(f"finalized invoice {done.number} for {done.account_code}: {done.currency} {total}")
             elif args.action == "pdf":
                 out = Path(args.out or f"{args.ref}.pdf")
                 out.write_bytes(invoice_pdf(engine, args.ref))
