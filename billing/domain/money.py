@@ -179,7 +179,7 @@ def _plain(value: Decimal, places: int, thousands: bool) -> str:
     if not any(digits):
         sign, digits, exponent = 0, (0,), 0
     kept = list(digits)
-    # drop zeros after the point beyond the minor digits (a non-zero value ends on a non-zero digit)
+    # drop zeros after the point beyond the minor digits (zero was made (0,) above: this ends)
     while exponent < -places and kept[-1] == 0:
         kept.pop()
         exponent += 1
