@@ -402,6 +402,7 @@ _INVOICE_COLUMNS = ["ref", "number", "account", "period_start", "kind", "status"
 
 
 def cmd_invoices(args: argparse.Namespace) -> int:
+    from billing.domain.money import format_money
     from billing.services.billing_run import BillingError, parse_period
     from billing.services.invoices import InvoiceError, finalize, invoice_pdf, invoice_view, list_invoices, void
 
@@ -419,8 +420,10 @@ def cmd_invoices(args: argparse.Namespace) -> int:
                 if not draft.startswith("#"):
                     raise UserError("finalize takes a draft, like draft-42")
                 done = finalize(engine, int(draft[1:]), billing.invoice_number_prefix, issuer=billing.issuer)
-                doc = {"ref": args.ref, "number": done.number, "account": done.account_code}
-                _report(args.output, f"finalized invoice {done.number} for {done.account_code}", doc)
+                total = format_money(done.total, done.currency)
+                doc = {"ref": args.ref, "number": done.number, "account": done.account_code, "total": total}
+                sentence = f"finalized invoice {done.number} for {done.account_code}: {done.currency} {total}"
+                _report(args.output, sentence, doc)
             elif args.action == "pdf":
                 out = Path(args.out or f"{args.ref}.pdf")
                 out.write_bytes(invoice_pdf(engine, args.ref))

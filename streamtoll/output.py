@@ -46,13 +46,14 @@ def _cell(value: Any) -> str:
 
 
 def print_rows(rows: Sequence[Any], fmt: str, columns: Sequence[str] | None = None, out: TextIO | None = None) -> None:
-    """A list of records (dicts or dataclasses) in ``fmt``; ``columns`` picks and orders them
-    (default: the first row's fields). An empty table prints a header line all the same."""
+    """A list of records (dicts or dataclasses) in ``fmt``; ``columns`` picks and orders the
+    table's and CSV's columns (default: the first row's fields; JSON always has every field). An
+    empty table or CSV prints its header all the same."""
     out = out or sys.stdout
     records = [plain(r) for r in rows]
     cols = list(columns) if columns is not None else list(records[0]) if records else []
     if fmt == "json":
-        print(json.dumps([{c: r.get(c) for c in cols} if columns else r for r in records], indent=1), file=out)
+        print(json.dumps(records, indent=1), file=out)
         return
     if fmt == "csv":
         writer = csv.writer(out, lineterminator="\n")

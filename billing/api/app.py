@@ -33,6 +33,7 @@ from sqlalchemy.exc import DataError, OperationalError, SQLAlchemyError
 
 from billing.adapters.metrics import ApiCollector
 from billing.adapters.render import render_statement_pdf
+from billing.domain.money import format_money
 from billing.services.billing_run import BillingError, parse_period, run_billing
 from billing.services.invoices import InvoiceError, finalize, invoice_pdf, invoice_view, list_invoices, void
 from billing.services.keys import Caller, authenticate
@@ -291,7 +292,8 @@ def create_app(
             done = finalize(engine, invoice_id, settings.invoice_number_prefix, issuer=settings.issuer)
         except InvoiceError as exc:
             raise HTTPException(409, str(exc)) from None
-        return {"id": done.id, "number": done.number, "account": done.account_code, "total": str(done.total)}
+        total = format_money(done.total, done.currency)
+        return {"id": done.id, "number": done.number, "account": done.account_code, "total": total}
 
     @app.post("/v1/invoices/{number}/void")
     def void_invoice(number: str, reason: str, c: Annotated[Caller, Depends(finance)]) -> Any:

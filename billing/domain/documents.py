@@ -2,6 +2,12 @@
 formatted, so templates do no arithmetic and a document always matches the stored invoice.
 
 Pure: the snapshot (a dict as stored at finalize) and the issuer in, a view dict out.
+Numbers are written by :func:`~billing.domain.money.format_money` and
+:func:`~billing.domain.money.format_quantity`: with thousands separators in documents a person
+reads (:func:`invoice_view_model`, :func:`statement_view_model`), without them in
+:func:`invoice_snapshot_view` (the API's JSON). Snapshots frozen before amounts were written
+that way (``"2.1E+2"``, ``"99"``, ``"0"``) are shown the same way at read time; the stored
+snapshot is never changed.
 """
 
 from __future__ import annotations
@@ -10,9 +16,9 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
-from billing.domain.money import minor_unit
+from billing.domain.money import format_money, format_quantity
 
-__all__ = ["invoice_view_model", "money_text", "quantity_text", "statement_view_model"]
+__all__ = ["invoice_snapshot_view", "invoice_view_model", "money_text", "quantity_text", "statement_view_model"]
 
 _UNIT_LABELS = {
     "GB": "GB",
@@ -27,31 +33,65 @@ _KIND_LABELS = {"base_fee": "Base fee", "minimum_topup": "Minimum commitment top
 
 
 def money_text(amount: str | Decimal, currency: str) -> str:
-    """``1234.5`` EUR → ``1,234.50`` (the currency's minor unit, thousands separated)."""
-    value = Decimal(amount)
-    places = minor_unit(currency)
-    return f"{value:,.{places}f}"
+    """``1234.5`` EUR → ``1,234.50``: :func:`~billing.domain.money.format_money` with thousands
+    separated (an unrounded amount keeps its digits: ``0.0425`` → ``0.0425``)."""
+    return format_money(amount, currency, thousands=True)
 
 
 def quantity_text(quantity: str | Decimal | None) -> str:
-    if quantity is None:
-        return ""
-    value = Decimal(quantity).normalize()
-    if value == value.to_integral_value():
-        return f"{value:,.0f}"
-    text = f"{value:,.6f}".rstrip("0").rstrip(".")
-    return text
+    """``1.25E+3`` → ``1,250``, ``931.322574615`` → ``931.322574615`` (every digit, never rounded)."""
+    return "" if quantity is None else format_quantity(quantity, thousands=True)
 
 
 def _breakdown(line: dict[str, Any], currency: str) -> list[str]:
     out = []
     for part in line.get("breakdown") or []:
         qty = quantity_text(part["quantity"])
-        price = Decimal(part["unit_price"]).normalize()
-        text = f"tier {part['tier'] + 1}: {qty} × {price:f}"
+        text = f"tier {part['tier'] + 1}: {qty} × {money_text(part['unit_price'], currency)}"
         if Decimal(part.get("flat_fee", "0")) != 0:
             text += f" + {money_text(part['flat_fee'], currency)}"
-        out.append(f"{text} = {money_text(Decimal(part['amount']), currency)}")
+        out.append(f"{text} = {money_text(part['amount'], currency)}")
+    return out
+
+
+_PART_MONEY = ("unit_price", "flat_fee", "amount")
+
+
+def _plain_part(part: dict[str, Any], currency: str) -> dict[str, Any]:
+    out = dict(part)
+    if part.get("quantity") is not None:
+        out["quantity"] = format_quantity(part["quantity"])
+    for key in _PART_MONEY:
+        if part.get(key) is not None:
+            out[key] = format_money(part[key], currency)
+    return out
+
+
+def _plain_line(line: dict[str, Any], currency: str) -> dict[str, Any]:
+    out = dict(line)
+    if line.get("quantity") is not None:
+        out["quantity"] = format_quantity(line["quantity"])
+    for key in ("amount_unrounded", "amount"):
+        if line.get(key) is not None:
+            out[key] = format_money(line[key], currency)
+    out["breakdown"] = [_plain_part(part, currency) for part in line.get("breakdown") or []]
+    return out
+
+
+def invoice_snapshot_view(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot (or a draft's view of the same shape) with every number as plain text: amounts,
+    unrounded amounts and unit prices by :func:`~billing.domain.money.format_money` in the
+    invoice's currency (``"210.00"``, ``"0.0425"``), quantities and the tax rate by
+    :func:`~billing.domain.money.format_quantity`. Idempotent, so it is applied to every
+    snapshot, whenever it was frozen; keys it does not know are passed through."""
+    currency = snapshot["currency"]
+    out = dict(snapshot)
+    out["lines"] = [_plain_line(line, currency) for line in snapshot.get("lines") or []]
+    for key in ("subtotal", "tax", "total"):
+        if snapshot.get(key) is not None:
+            out[key] = format_money(snapshot[key], currency)
+    if snapshot.get("tax_rate") is not None:
+        out["tax_rate"] = format_quantity(snapshot["tax_rate"])
     return out
 
 
@@ -83,7 +123,7 @@ def invoice_view_model(snapshot: dict[str, Any], issuer: dict[str, Any], status:
                 "source": line.get("source") or "",
             }
         )
-    tax_rate = Decimal(snapshot["tax_rate"]) * 100
+    percent = Decimal(snapshot["tax_rate"]).scaleb(2)  # a rate of 0.19 reads 19 %: exact, no rounding
     return {
         "issuer": issuer,
         "number": snapshot["number"],
@@ -98,7 +138,7 @@ def invoice_view_model(snapshot: dict[str, Any], issuer: dict[str, Any], status:
         "currency": currency,
         "lines": lines,
         "subtotal": money_text(snapshot["subtotal"], currency),
-        "tax_rate": f"{tax_rate.normalize():f} %",
+        "tax_rate": f"{format_quantity(percent)} %",
         "tax": money_text(snapshot["tax"], currency),
         "total": money_text(snapshot["total"], currency),
         "payment_terms": f"Payable within {snapshot['payment_terms_days']} days, by {snapshot['due_on']}.",

@@ -13,7 +13,10 @@ Owns:
   so that if one ever would be, the computation fails loudly instead;
 * :func:`prorate` — the only inexact step before rounding: ``amount × part / whole`` for day
   fractions such as 10/31, which have no finite decimal expansion. It is carried to 50
-  significant digits, far below any minor unit, and the result is rounded later like any line.
+  significant digits, far below any minor unit, and the result is rounded later like any line;
+* :func:`format_money` and :func:`format_quantity` — the text of every amount and quantity that
+  leaves the system (API, CLI, CSV, snapshots, documents): plain digits, never exponent
+  notation (``Decimal("2.1E+2")`` is ``"210.00"``, not ``"2.1E+2"``), never rounded.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from typing import Final
 __all__ = [
     "MINOR_UNITS",
     "exact_arithmetic",
+    "format_money",
+    "format_quantity",
     "minor_unit",
     "prorate",
     "round_money",
@@ -126,3 +131,70 @@ def prorate(amount: Decimal, part: int, whole: int) -> Decimal:
         return amount
     with localcontext(_PRORATION):
         return amount * part / whole
+
+
+def format_money(amount: Decimal | str | int, currency: str, *, thousands: bool = False) -> str:
+    """``amount`` as plain decimal text with at least ``currency``'s minor digits.
+
+    ``Decimal("2.1E+2")`` EUR → ``"210.00"``; ``0`` → ``"0.00"``; ``1.5`` → ``"1.50"``;
+    ``1500`` JPY → ``"1500"``; ``1.5`` KWD → ``"1.500"``; ``-12.3`` → ``"-12.30"``.
+
+    * Never exponent notation, and never rounds: a rounded amount (:func:`round_money`) comes out
+      with exactly the minor digits; an unrounded amount or a unit price keeps every digit it
+      has beyond them (``0.0425`` EUR → ``"0.0425"``, ``93.13225746`` → ``"93.13225746"``).
+      Trailing zeros beyond the minor digits are dropped (``1.500000`` EUR → ``"1.50"``), as a
+      ``numeric(20, 6)`` column returns them: they are not digits of the value.
+    * Zero has no sign: ``Decimal("-0.00")`` → ``"0.00"``.
+    * ``thousands=True`` separates thousands with commas (``"1,234.50"``), for documents a person
+      reads (invoice and statement PDFs, e-mails); machine-read text (JSON, CSV) never has them.
+
+    ``str``/``int`` are read with :func:`to_decimal` (a ``float`` is refused); an unknown currency
+    or a non-finite amount is a ``ValueError``.
+    """
+    return _plain(_finite(amount), minor_unit(currency), thousands)
+
+
+def format_quantity(quantity: Decimal | str | int, *, thousands: bool = False) -> str:
+    """``quantity`` (or any other number that is not money, such as a tax rate) as plain decimal
+    text with its significant digits only: ``Decimal("1.5E+3")`` → ``"1500"``, ``0.50`` → ``"0.5"``,
+    ``1E+9`` → ``"1000000000"``, ``1.23E-7`` → ``"0.000000123"``, ``-0`` → ``"0"``.
+
+    Never exponent notation, never rounded; ``thousands=True`` as in :func:`format_money`.
+    """
+    return _plain(_finite(quantity), 0, thousands)
+
+
+def _finite(value: Decimal | str | int) -> Decimal:
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"{value} is not a finite number")
+        return value
+    return to_decimal(value)
+
+
+def _plain(value: Decimal, places: int, thousands: bool) -> str:
+    """Digits of ``value`` written out by hand from its tuple: no context, so nothing can round."""
+    sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # finite
+    if not any(digits):
+        sign, digits, exponent = 0, (0,), 0
+    kept = list(digits)
+    # drop zeros after the point beyond the minor digits (zero was made (0,) above: this ends)
+    while exponent < -places and kept[-1] == 0:
+        kept.pop()
+        exponent += 1
+    if exponent > -places:  # pad to the minor digits (and write out a positive exponent)
+        kept += [0] * (exponent + places)
+        exponent = -places
+    text = "".join(map(str, kept))
+    whole, fraction = (text[:exponent], text[exponent:]) if exponent < 0 else (text, "")
+    whole = whole.lstrip("0") or "0"
+    fraction = fraction.rjust(-exponent, "0") if exponent < 0 else ""
+    if thousands:
+        whole = _group(whole)
+    return ("-" if sign else "") + whole + ("." + fraction if fraction else "")
+
+
+def _group(whole: str) -> str:
+    head = len(whole) % 3 or 3
+    return ",".join([whole[:head], *(whole[i : i + 3] for i in range(head, len(whole), 3))])

@@ -39,7 +39,7 @@ from billing.adapters.models import (
     SubscriptionRow,
 )
 from billing.domain.accounts import UNASSIGNED, Attributor
-from billing.domain.money import round_money
+from billing.domain.money import format_money, round_money
 from billing.domain.plans import PlanVersion
 from billing.domain.rating import Line, rate_period
 from billing.domain.sources import DEFAULT_SOURCES
@@ -81,16 +81,16 @@ class AccountBill:
     lines: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: money as strings, never floats."""
+        """JSON-ready: money as plain strings with the currency's minor digits (``"210.00"``), never floats."""
         return {
             "account": self.account,
             "invoice_id": self.invoice_id,
             "number": self.number,
             "status": self.status,
             "currency": self.currency,
-            "subtotal": str(self.subtotal),
-            "tax": str(self.tax),
-            "total": str(self.total),
+            "subtotal": format_money(self.subtotal, self.currency),
+            "tax": format_money(self.tax, self.currency),
+            "total": format_money(self.total, self.currency),
         }
 
 
@@ -493,7 +493,8 @@ def _preview(
         currency=acct.currency,
         plan=f"{plan.code} v{plan.version}" if plan else None,
         lines=[
-            {"description": line.description, "source": src, "amount": str(line.rounded_amount)} for line, src in rated
+            {"description": line.description, "source": src, "amount": format_money(line.rounded_amount, acct.currency)}
+            for line, src in rated
         ],
         subtotal=subtotal,
         tax=tax,

@@ -7,6 +7,10 @@
 * Finalizing freezes a snapshot (account block, lines, totals, dates) that documents render
   from; the database refuses any later change of amounts, lines, number or snapshot.
 * A finalized invoice is corrected by voiding it (with a reason), never by editing it.
+* Amounts leave as plain text with the currency's minor digits (``"210.00"``; unrounded ones
+  keep their digits), quantities as plain decimals (``billing.domain.money.format_money`` and
+  ``format_quantity``). Snapshots frozen before that (``"2.1E+2"``, ``"0"``) are shown the same
+  way when read (``invoice_snapshot_view``); the stored snapshot and documents stay as they are.
 * Documents (HTML and PDF) render from the snapshot alone (it holds the issuer block too), so
   they can be rendered after the numbering transaction: a billing run numbers its drafts in
   short transactions, then renders in a pool of processes (both cores) and stores each document
@@ -27,6 +31,8 @@ from sqlalchemy import Connection, Engine, select, text, update
 
 from billing.adapters.models import AccountRow, InvoiceLineRow, InvoiceRow
 from billing.adapters.render import render_invoice
+from billing.domain.documents import invoice_snapshot_view
+from billing.domain.money import format_money
 from billing.settings import BillingSettings
 
 __all__ = [
@@ -73,6 +79,7 @@ def allocate_number(conn: Connection, prefix: str, year: int) -> str:
 
 
 def _lines(conn: Connection, invoice_id: int) -> list[dict[str, Any]]:
+    """The lines, numbers still ``Decimal``: ``invoice_snapshot_view`` writes them as text."""
     rows = conn.execute(
         select(InvoiceLineRow).where(InvoiceLineRow.invoice_id == invoice_id).order_by(InvoiceLineRow.position)
     ).all()
@@ -84,11 +91,11 @@ def _lines(conn: Connection, invoice_id: int) -> list[dict[str, Any]]:
             "meter": r.meter,
             "source": r.source,
             "topics": r.topics,
-            "quantity": None if r.quantity is None else str(r.quantity.normalize()),
+            "quantity": r.quantity,
             "unit": r.unit,
             "model": r.model,
-            "amount_unrounded": str(r.amount_unrounded.normalize()),
-            "amount": str(r.amount.normalize()),
+            "amount_unrounded": r.amount_unrounded,
+            "amount": r.amount,
             "breakdown": r.breakdown,
             "usage_ref": r.usage_ref,
         }
@@ -117,28 +124,30 @@ def finalize(
         issued = now.date()
         number = allocate_number(conn, prefix, issued.year)
         due = issued + timedelta(days=PAYMENT_TERMS_DAYS)
-        snapshot = {
-            "number": number,
-            "account": {
-                "code": acct.code,
-                "name": acct.name,
-                "email": acct.email,
-                "address": acct.address,
-            },
-            "period": {"start": inv.period_start.isoformat(), "end": inv.period_end.isoformat()},
-            "kind": inv.kind,
-            "currency": inv.currency,
-            "plan": {"code": inv.plan_code, "version": inv.plan_version},
-            "lines": _lines(conn, invoice_id),
-            "subtotal": str(inv.subtotal.normalize()),
-            "tax_rate": str(inv.tax_rate.normalize()),
-            "tax": str(inv.tax.normalize()),
-            "total": str(inv.total.normalize()),
-            "issued_on": issued.isoformat(),
-            "due_on": due.isoformat(),
-            "payment_terms_days": PAYMENT_TERMS_DAYS,
-            "issuer": issuer or DEFAULT_ISSUER,
-        }
+        snapshot = invoice_snapshot_view(
+            {
+                "number": number,
+                "account": {
+                    "code": acct.code,
+                    "name": acct.name,
+                    "email": acct.email,
+                    "address": acct.address,
+                },
+                "period": {"start": inv.period_start.isoformat(), "end": inv.period_end.isoformat()},
+                "kind": inv.kind,
+                "currency": inv.currency,
+                "plan": {"code": inv.plan_code, "version": inv.plan_version},
+                "lines": _lines(conn, invoice_id),
+                "subtotal": inv.subtotal,
+                "tax_rate": inv.tax_rate,
+                "tax": inv.tax,
+                "total": inv.total,
+                "issued_on": issued.isoformat(),
+                "due_on": due.isoformat(),
+                "payment_terms_days": PAYMENT_TERMS_DAYS,
+                "issuer": issuer or DEFAULT_ISSUER,
+            }
+        )
         html, pdf = render_invoice(snapshot, snapshot["issuer"]) if render else (None, None)
         conn.execute(
             update(InvoiceRow)
@@ -196,9 +205,9 @@ def list_invoices(
                 "kind": r.kind,
                 "status": r.status,
                 "currency": r.currency,
-                "subtotal": str(r.subtotal.normalize()),
-                "tax": str(r.tax.normalize()),
-                "total": str(r.total.normalize()),
+                "subtotal": format_money(r.subtotal, r.currency),
+                "tax": format_money(r.tax, r.currency),
+                "total": format_money(r.total, r.currency),
             }
             for r in conn.execute(stmt).all()
         ]
@@ -213,18 +222,19 @@ def invoice_view(engine: Engine, ref: str) -> dict[str, Any]:
             raise InvoiceError(f"there is no invoice {ref}")
         base = {"id": inv.id, "status": inv.status, "void_reason": inv.void_reason}
         if inv.snapshot is not None:
-            return {**inv.snapshot, **base}
-        return {
-            **base,
+            # formatted as it is read: a snapshot frozen by an earlier version may say "2.1E+2"
+            return {**invoice_snapshot_view(inv.snapshot), **base}
+        draft = {
             "number": None,
             "account": {"code": inv.account_code},
             "period": {"start": inv.period_start.isoformat(), "end": inv.period_end.isoformat()},
             "currency": inv.currency,
             "lines": _lines(conn, inv.id),
-            "subtotal": str(inv.subtotal.normalize()),
-            "tax": str(inv.tax.normalize()),
-            "total": str(inv.total.normalize()),
+            "subtotal": inv.subtotal,
+            "tax": inv.tax,
+            "total": inv.total,
         }
+        return {**base, **invoice_snapshot_view(draft)}
 
 
 def invoice_pdf(engine: Engine, number: str) -> bytes:

@@ -43,6 +43,7 @@ from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, To
 from sqlalchemy import Engine
 
 from billing.domain.accounts import UNASSIGNED, Attributor
+from billing.domain.money import format_money
 from billing.domain.sources import DEFAULT_SOURCES
 from billing.services.billing_run import preview_accounts
 from billing.services.usage import load_attributor, usage_rows
@@ -414,7 +415,11 @@ def read_base(
     )
     # the catalog is read once for all accounts (UNASSIGNED is not one)
     rated = {
-        account: {"currency": p.currency, "subtotal": str(p.subtotal), "total": str(p.total)}
+        account: {
+            "currency": p.currency,
+            "subtotal": format_money(p.subtotal, p.currency),
+            "total": format_money(p.total, p.currency),
+        }
         for account, p in preview_accounts(engine, period, month_rows, source_order).items()
     }
     return _Base(base_until=until, rows=rows, rated=rated, refreshed_at=now), attributor

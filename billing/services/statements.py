@@ -3,7 +3,9 @@
 Totals per source and meter, a daily series, breakdowns by topic, client id, principal and
 direction, the amount rated so far (what the invoice would say now), and — where two sources
 saw the same traffic — the difference between them, so finance can spot a proxy or exporter
-gap. As JSON (a dict), CSV (the daily series and breakdowns, via pandas) or PDF.
+gap. As JSON (a dict), CSV (the daily series, breakdowns and rated amount, via pandas) or PDF.
+Amounts are plain text with the currency's minor digits (``"168.00"``, JPY ``"1500"``),
+written by ``billing.domain.money.format_money``; quantities are integers.
 
 The API serves statements from a read model (``StatementStore``): each computed statement is
 stored with the period's usage mark and the catalog mark read *before* computing it (migration
@@ -31,6 +33,7 @@ import orjson
 import pandas as pd
 from sqlalchemy import Engine, text
 
+from billing.domain.money import format_money
 from billing.domain.sources import DEFAULT_SOURCES, format_sources
 from billing.services.billing_run import parse_period, preview
 from billing.services.usage import account_groups
@@ -42,7 +45,7 @@ log = logging.getLogger("streamtoll.statements")
 QUANTITIES = ("bytes", "records", "requests", "denied_requests")
 
 # what a stored statement's shape is; a stored one of another version is recomputed
-DOC_VERSION = 2
+DOC_VERSION = 3  # 3: amounts written by format_money
 
 
 def statement(
@@ -95,27 +98,45 @@ def statement(
         "source_differences": gaps,
         "rated_so_far": {
             "lines": rated.lines,
-            "subtotal": str(rated.subtotal),
-            "tax": str(rated.tax),
-            "total": str(rated.total),
+            "subtotal": format_money(rated.subtotal, rated.currency),
+            "tax": format_money(rated.tax, rated.currency),
+            "total": format_money(rated.total, rated.currency),
         },
     }
 
 
 def statement_csv(doc: dict[str, Any]) -> str:
-    """One CSV: every breakdown row with a ``section`` column naming where it comes from."""
+    """One CSV: every breakdown row with a ``section`` column naming where it comes from, then the
+    amount rated so far (section ``rated_so_far``: one row per line, then ``subtotal``, ``tax``
+    and ``total``) in the last columns ``description``, ``currency`` and ``amount``."""
     frames = []
     for section in ("totals", "daily", "by_topic", "by_client_id", "by_principal"):
         rows = doc[section]
         if rows:
-            frame = pd.DataFrame(rows)
+            # object, not int64: rows of other sections leave these cells empty, and pandas would
+            # turn an int64 column with empty cells into floats ("1.25e+12")
+            frame = pd.DataFrame(rows).astype({q: object for q in QUANTITIES if q in rows[0]})
             frame.insert(0, "section", section)
             frames.append(frame)
+    rated = doc.get("rated_so_far")
+    if rated:
+        currency = doc["currency"]
+        amounts = [
+            {"source": line.get("source"), "description": line["description"], "amount": line["amount"]}
+            for line in rated["lines"]
+        ] + [{"description": key, "amount": rated[key]} for key in ("subtotal", "tax", "total")]
+        # formatted again as read: a statement stored by an earlier version may hold other text
+        frame = pd.DataFrame(
+            [{**r, "currency": currency, "amount": format_money(r["amount"], currency)} for r in amounts], dtype=object
+        )
+        frame.insert(0, "section", "rated_so_far")
+        frames.append(frame)
     out = io.StringIO()
     if frames:
         merged = pd.concat(frames, ignore_index=True)
-        keys = [c for c in merged.columns if c not in QUANTITIES]
-        merged = merged[keys + [q for q in QUANTITIES if q in merged.columns]]
+        money = [c for c in ("description", "currency", "amount") if c in merged.columns]
+        keys = [c for c in merged.columns if c not in QUANTITIES and c not in money]
+        merged = merged[keys + [q for q in QUANTITIES if q in merged.columns] + money]
         merged.insert(0, "account", doc["account"])
         merged.insert(1, "period", doc["period"])
         merged.to_csv(out, index=False)
