@@ -426,7 +426,7 @@ def cmd_invoices(args: argparse.Namespace) -> int:
                 _report(args.output, sentence, doc)
             elif args.action == "pdf":
                 out = Path(args.out or f"{args.ref}.pdf")
-                out.write_bytes(invoice_pdf(engine, args.ref))
+                out.write_bytes(invoice_pdf(engine, _legacy_ref(args.ref)))
                 _report(args.output, f"wrote {out}", {"ref": args.ref, "path": str(out)})
             elif args.action == "send":
                 from billing.services.delivery import send_period

@@ -33,11 +33,13 @@ from billing.adapters.models import AccountRow, InvoiceLineRow, InvoiceRow
 from billing.adapters.render import render_invoice
 from billing.domain.documents import invoice_snapshot_view
 from billing.domain.money import format_money
+from billing.errors import NotFound
 from billing.settings import BillingSettings
 
 __all__ = [
     "PAYMENT_TERMS_DAYS",
     "InvoiceError",
+    "InvoiceNotFound",
     "finalize",
     "invoice_pdf",
     "invoice_view",
@@ -52,6 +54,10 @@ DEFAULT_ISSUER = BillingSettings().issuer
 
 class InvoiceError(Exception):
     """An invoice operation is not possible (unknown invoice, wrong status …); one sentence."""
+
+
+class InvoiceNotFound(InvoiceError, NotFound):
+    """There is no such invoice."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +122,7 @@ def finalize(
     with engine.begin() as conn:
         inv = conn.execute(select(InvoiceRow).where(InvoiceRow.id == invoice_id).with_for_update()).first()
         if inv is None:
-            raise InvoiceError(f"there is no invoice with id {invoice_id}")
+            raise InvoiceNotFound(f"there is no invoice with id {invoice_id}")
         if inv.status != "draft":
             raise InvoiceError(f"invoice {inv.number} is already {inv.status}")
         acct = conn.execute(select(AccountRow).where(AccountRow.code == inv.account_code)).one()
@@ -173,7 +179,7 @@ def void(engine: Engine, number: str, reason: str, clock: Callable[[], datetime]
     with engine.begin() as conn:
         inv = conn.execute(select(InvoiceRow.status).where(InvoiceRow.number == number).with_for_update()).first()
         if inv is None:
-            raise InvoiceError(f"there is no invoice numbered {number}")
+            raise InvoiceNotFound(f"there is no invoice numbered {number}")
         if inv.status != "finalized":
             raise InvoiceError(f"invoice {number} is {inv.status}; only a finalized invoice can be voided")
         now = clock()
@@ -219,7 +225,7 @@ def invoice_view(engine: Engine, ref: str) -> dict[str, Any]:
         cond = InvoiceRow.id == int(ref[1:]) if ref.startswith("#") and ref[1:].isdigit() else InvoiceRow.number == ref
         inv = conn.execute(select(InvoiceRow).where(cond)).first()
         if inv is None:
-            raise InvoiceError(f"there is no invoice {ref}")
+            raise InvoiceNotFound(f"there is no invoice {ref}")
         base = {"id": inv.id, "status": inv.status, "void_reason": inv.void_reason}
         if inv.snapshot is not None:
             # formatted as it is read: a snapshot frozen by an earlier version may say "2.1E+2"
@@ -244,7 +250,7 @@ def invoice_pdf(engine: Engine, number: str) -> bytes:
             select(InvoiceRow.id, InvoiceRow.status, InvoiceRow.pdf).where(InvoiceRow.number == number)
         ).first()
     if row is None:
-        raise InvoiceError(f"there is no invoice numbered {number}")
+        raise InvoiceNotFound(f"there is no invoice numbered {number}")
     if row.pdf is None:
         if row.status == "finalized":
             render_pending(engine, [row.id], workers=1)
