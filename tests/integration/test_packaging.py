@@ -5,6 +5,7 @@ says how to get the embedded parts instead of failing on an import."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -20,20 +21,29 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
-# lists every command path of the installed CLI (run by the installed Python)
-_COMMANDS = """
-import argparse
-from streamtoll.cli import build_parser
+# run by the installed Python: `--help` of every command path of the installed CLI, each in
+# main() as the `streamtoll` script runs it; prints each path and whether its help came out
+_HELP_OF_EVERY_COMMAND = """
+import argparse, contextlib, io, json
+from streamtoll.cli import build_parser, main
 
 def walk(parser, path):
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     if not subs:
-        print(" ".join(path))
+        yield path
     for action in subs:
         for name, child in action.choices.items():
-            walk(child, [*path, name])
+            yield from walk(child, [*path, name])
 
-walk(build_parser(), [])
+for path in [[], *walk(build_parser(), [])]:
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            main([*path, "--help"])
+        code = None
+    except SystemExit as exc:
+        code = exc.code
+    print(json.dumps([" ".join(path), code, out.getvalue().startswith("usage: streamtoll")]))
 """
 
 
@@ -150,11 +160,12 @@ def test_the_installed_wheel_migrates_and_bills(installed: Path, database: str, 
 
 
 def test_every_installed_command_answers_help(installed: Path, tmp_path: Path) -> None:
+    out = _run(installed, "--help", cwd=tmp_path)  # the installed script itself
+    assert out.returncode == 0 and "operator commands:" in out.stdout, out.stderr
     python = str(installed / "bin" / "python")
-    commands = subprocess.run(
-        [python, "-c", _COMMANDS], capture_output=True, text=True, cwd=tmp_path, check=True
-    ).stdout.splitlines()
-    assert {"worker", "sink", "api", "db upgrade", "db current", "invoices show", "top"} <= set(commands)
-    for command in ["", *commands]:
-        out = _run(installed, *command.split(), "--help", cwd=tmp_path)
-        assert out.returncode == 0 and "usage: streamtoll" in out.stdout, (command, out.stderr[-800:])
+    done = subprocess.run(
+        [python, "-c", _HELP_OF_EVERY_COMMAND], capture_output=True, text=True, cwd=tmp_path, env=_env(), check=True
+    )
+    answers = {path: (code, usage) for path, code, usage in map(json.loads, done.stdout.splitlines())}
+    assert {"worker", "sink", "api", "db upgrade", "db current", "invoices show", "top", "settings"} <= set(answers)
+    assert all(a == (0, True) for a in answers.values()), {p: a for p, a in answers.items() if a != (0, True)}
