@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -69,7 +70,8 @@ PROBLEMS: dict[str, ProblemType] = {
             404,
             "Not found",
             "No such resource — or one the key may not see (another account's invoice, a draft for a "
-            "partner): the answer is the same, so it never tells which. Also an unknown path.",
+            "partner): the answer is the same, so it never tells which. Also an unknown path, and the PDF "
+            "of a draft.",
         ),
         ProblemType("method-not-allowed", 405, "Method not allowed", "The path exists but not with this HTTP method."),
         ProblemType(
@@ -105,15 +107,14 @@ PROBLEMS: dict[str, ProblemType] = {
             "too-many-failed-authentications",
             429,
             "Too many failed authentications",
-            "Too many requests with a bad key from this client address in the last minute; every request "
-            "from it is refused until `Retry-After` seconds have passed.",
+            "Too many requests with a bad key from this client address within a minute; every request "
+            "from it is refused for `Retry-After` seconds.",
         ),
         ProblemType(
             "database-unavailable",
             503,
             "The database is unavailable",
-            "PostgreSQL cannot be reached; nothing was changed. Retry shortly (with the same "
-            "`Idempotency-Key` for a POST).",
+            "PostgreSQL cannot be reached. Retry shortly (a POST with the same `Idempotency-Key`).",
         ),
         ProblemType(
             "live-view-unavailable",
@@ -202,7 +203,8 @@ def problem_response(
             title = "Error"
         body = {"type": "about:blank", "title": title, "status": code}
     body["detail"] = detail
-    body["instance"] = request.url.path
+    # the path as a URI reference (percent-encoded again, like the request's own)
+    body["instance"] = quote(request.scope.get("root_path", "") + request.scope["path"], safe="/:@!$&'()*+,;=-._~")
     if errors is not None:
         body["errors"] = errors
     return Response(orjson.dumps(body), status_code=body["status"], headers=headers, media_type=MEDIA_TYPE)
