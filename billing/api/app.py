@@ -112,7 +112,7 @@ def _json(body: Any, status: int = 200) -> Response:
 
 def _nul_params(request: Request) -> list[dict[str, str]]:
     bad = []
-    if "\x00" in request.url.path:
+    if "\x00" in request.scope["path"]:
         bad.append({"name": "path", "in": "path", "reason": "contains a NUL character"})
     for k, v in request.query_params.multi_items():
         if "\x00" in k or "\x00" in v:
@@ -141,7 +141,6 @@ def create_app(
     settings = settings or BillingSettings()
     app = FastAPI(title="streamtoll", version="0.1.0", description="Usage statements and invoices for Kafka traffic.")
     limiter = AuthLimiter(limit=auth_limit)
-    app.state.limiter = limiter
     statements_store = StatementStore(engine, settings.statement_max_staleness, settings.source_order)
     app.state.statements = statements_store
     metrics = ApiCollector(engine, live)
