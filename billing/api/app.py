@@ -48,7 +48,7 @@ from billing.adapters.render import render_statement_pdf
 from billing.api import models
 from billing.api.limiter import AuthLimiter, client_address
 from billing.api.pagination import bad_cursor, decode_cursor, encode_cursor, next_link
-from billing.api.problems import InvalidParam, Problem, ProblemError, error_responses, problem_response
+from billing.api.problems import Problem, ProblemError, error_responses, problem_response
 from billing.services.billing_run import BillingError, parse_period, run_billing
 from billing.services.idempotency import KeyInUse, KeyReused, claim, fingerprint
 from billing.services.invoices import (
@@ -205,8 +205,7 @@ def create_app(
             problem_schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
             nested = problem_schema.pop("$defs", {})
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update({"Problem": problem_schema, **nested})
-            components.setdefault(InvalidParam.__name__, InvalidParam.model_json_schema())
+            components.update({"Problem": problem_schema, **nested})  # nested: InvalidParam
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -260,7 +259,9 @@ def create_app(
 
     async def request_print(request: Request) -> str:
         """What makes a retried POST the same request (for its Idempotency-Key)."""
-        return fingerprint(request.method, request.url.path, request.query_params.multi_items(), await request.body())
+        return fingerprint(
+            request.method, request.scope["path"], request.query_params.multi_items(), await request.body()
+        )
 
     IdempotencyKey = Annotated[
         str | None,
