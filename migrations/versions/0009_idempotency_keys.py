@@ -5,8 +5,8 @@ One row per API key and ``Idempotency-Key``. ``status`` is NULL while the first 
 key is in use); the answer's status, headers and body are written in that same transaction. A
 row without an answer and without a lock is a request that died: the next retry runs it again.
 ``expires_at`` bounds how long a key is remembered; expired rows are deleted a few at a time by
-later requests (the index keeps that cheap). A revoked API key's rows go with it only if the
-key itself is deleted (keys are only revoked today, so they expire instead).
+later requests (the index keeps that cheap). Rows go with their API key should it be deleted
+(keys are only revoked today: their rows expire).
 
 Revision ID: 0009
 Revises: 0008
