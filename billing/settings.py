@@ -6,6 +6,7 @@ configuration (billing reads nothing of metering but its contracts).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -67,6 +68,8 @@ class BillingSettings:
     # quantity → sources in order of preference (billing.domain.sources)
     source_order: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_SOURCES))
     smtp: SmtpSettings = SmtpSettings()
+    # proxies whose X-Forwarded-For the API believes (billing.api.limiter); empty: none
+    api_trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @property
     def issuer(self) -> dict[str, object]:
@@ -116,6 +119,15 @@ class BillingSettings:
                 values["source_order"] = parse_sources(sources)
             except ValueError as exc:
                 problems.append(f"{PREFIX}BILLING_SOURCES: {exc}")
+        if proxies := env.get(PREFIX + "API_TRUSTED_PROXIES"):
+            networks = []
+            for part in (p.strip() for p in proxies.split(",")):
+                try:
+                    if part:
+                        networks.append(ipaddress.ip_network(part, strict=False))
+                except ValueError:
+                    problems.append(f"{PREFIX}API_TRUSTED_PROXIES: {part!r} is not an IP address or CIDR block")
+            values["api_trusted_proxies"] = tuple(networks)
         values["smtp"] = SmtpSettings.from_env(env, problems)
         if problems:
             raise BillingSettingsError(problems)

@@ -414,31 +414,28 @@ def cmd_invoices(args: argparse.Namespace) -> int:
                 rows = list_invoices(engine, start, args.account, args.status)
                 print_rows(rows, args.output, _INVOICE_COLUMNS)
             elif args.action == "show":
-                _show_invoice(invoice_view(engine, _legacy_ref(args.ref)), args.output)
+                _show_invoice(invoice_view(engine, args.ref), args.output)
             elif args.action == "finalize":
-                draft = _legacy_ref(args.ref)
-                if not draft.startswith("#"):
-                    raise UserError("finalize takes a draft, like draft-42")
-                done = finalize(engine, int(draft[1:]), billing.invoice_number_prefix, issuer=billing.issuer)
+                done = finalize(engine, args.ref, billing.invoice_number_prefix, issuer=billing.issuer)
                 total = format_money(done.total, done.currency)
-                doc = {"ref": args.ref, "number": done.number, "account": done.account_code, "total": total}
+                doc = {"ref": done.ref, "number": done.number, "account": done.account_code, "total": total}
                 sentence = f"finalized invoice {done.number} for {done.account_code}: {done.currency} {total}"
                 _report(args.output, sentence, doc)
             elif args.action == "pdf":
                 out = Path(args.out or f"{args.ref}.pdf")
-                out.write_bytes(invoice_pdf(engine, _legacy_ref(args.ref)))
+                out.write_bytes(invoice_pdf(engine, args.ref))
                 _report(args.output, f"wrote {out}", {"ref": args.ref, "path": str(out)})
             elif args.action == "send":
                 from billing.services.delivery import send_period
 
                 report = send_period(engine, args.period, billing.smtp)
-                doc = {"queued": report.queued, "sent": report.sent, "failed": report.failed}
-                _report(args.output, f"queued {report.queued}, sent {report.sent}, failed {report.failed}", doc)
+                counts = {"queued": report.queued, "sent": report.sent, "failed": report.failed}
+                _report(args.output, f"queued {report.queued}, sent {report.sent}, failed {report.failed}", counts)
                 if report.failed:
                     return EXIT_FAILED
             elif args.action == "void":
-                void(engine, args.ref, args.reason)
-                _report(args.output, f"voided invoice {args.ref}", {"ref": args.ref, "status": "void"})
+                number = void(engine, args.ref, args.reason)
+                _report(args.output, f"voided invoice {number}", {"ref": number, "status": "void"})
         except (InvoiceError, BillingError) as exc:
             raise (NotFoundError if isinstance(exc, NotFound) else UserError)(str(exc)) from None
         except (smtplib.SMTPException, OSError) as exc:
@@ -446,10 +443,6 @@ def cmd_invoices(args: argparse.Namespace) -> int:
                 f"the mail server did not take the invoices ({exc}); run send again: none is lost"
             ) from None
     return 0
-
-
-def _legacy_ref(ref: str) -> str:  # until the invoice services take refs (draft-42)
-    return "#" + ref[6:] if ref.startswith("draft-") and ref[6:].isdigit() else ref
 
 
 def _report(fmt: str, sentence: str, doc: dict[str, Any]) -> None:
@@ -609,7 +602,16 @@ def cmd_api(args: argparse.Namespace) -> int:
         print(f"streamtoll API on http://{host}:{port} (OpenAPI at /openapi.json)", file=sys.stderr)
         print(f"live page on http://{host}:{port}/live", file=sys.stderr)
         try:
-            uvicorn.run(app, host=host, port=int(port), log_level=args.log_level.lower(), access_log=False)
+            # proxy_headers off: uvicorn would take X-Forwarded-For from any local peer; the app
+            # reads it only from STREAMTOLL_API_TRUSTED_PROXIES (billing.api.limiter)
+            uvicorn.run(
+                app,
+                host=host,
+                port=int(port),
+                log_level=args.log_level.lower(),
+                access_log=False,
+                proxy_headers=False,
+            )
         finally:
             if feed is not None:
                 feed.stop()

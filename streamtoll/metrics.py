@@ -3,7 +3,9 @@
 
 ``STREAMTOLL_METRICS_BIND`` (or ``--metrics-bind``) starts it. ``/healthz`` answers 200 with a
 JSON body while the process's ``health()`` says it can do its job, 503 with the same body saying
-what is wrong otherwise (e.g. the sink while its database is unreachable).
+what is wrong otherwise (e.g. the sink while its database is unreachable). ``/metrics`` also
+has the process's own metrics (``process_resident_memory_bytes``, ``process_cpu_seconds_total``,
+open file descriptors …), like the API's.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from wsgiref.simple_server import make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 from prometheus_client.registry import Collector
 
@@ -33,6 +35,7 @@ def serve_metrics(collector: Collector, bind: str | None, health: Health | None 
     host, _, port = bind.rpartition(":")
     registry = CollectorRegistry()
     registry.register(collector)
+    ProcessCollector(registry=registry)
     metrics = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

@@ -19,7 +19,10 @@ __all__ = ["running"]
 def running(app: Any, timeout: float = 20.0) -> Iterator[str]:
     """Serve ``app`` on 127.0.0.1 until the block ends; yields the base URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    # the app reads X-Forwarded-For itself, from the proxies STREAMTOLL_API_TRUSTED_PROXIES names
+    # only: uvicorn must not rewrite the client address first (it trusts 127.0.0.1 by default)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", proxy_headers=False)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

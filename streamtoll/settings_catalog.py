@@ -182,6 +182,14 @@ SETTINGS: list[Setting] = [
         "60",
     ),
     Setting("API_BIND", "127.0.0.1:8080", "api, top", "where the HTTP API listens", "0.0.0.0:8080"),
+    Setting(
+        "API_TRUSTED_PROXIES",
+        "",
+        "api",
+        "comma list of IPs/CIDRs of the proxies in front of the API (ingress, load balancer): only from "
+        "them is X-Forwarded-For believed for the client address (failed-auth limit); empty = none",
+        "10.0.0.0/8",
+    ),
     Setting("API_KEY", "", "top", "the ops or finance key `streamtoll top` uses", "", secret=True),
     Setting("ISSUER_NAME", "streamtoll", "billing", "the invoice issuer's name", "Example Streaming GmbH"),
     Setting(

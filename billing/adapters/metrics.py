@@ -5,8 +5,10 @@ Names (prefix ``streamtoll_``):
 * sink — ``sink_records_total`` (window records read), ``sink_upserts_total`` (rows written: a
   newer version arrived), ``sink_batches_total`` (committed to the database, then to Kafka),
   ``sink_database_errors_total``, ``sink_database_up`` (0 while it waits for the database)
-* API — ``http_requests_total{route, status}``, ``billing_runs_total{finalize}``,
-  ``invoices{status}`` (counted in the database at scrape time)
+* API — ``http_requests_total{route, status}``, ``http_request_duration_seconds{route, method,
+  status}`` (a histogram; ``route`` is the path template, e.g. ``/v1/invoices/{ref}``, or
+  ``unmatched``), ``billing_runs_total{finalize}``, ``invoices{status}`` (counted in the database
+  at scrape time)
 * live feed — ``metering_lag_records{topic, partition}``, ``metering_lag_seconds{topic, partition}``
   (the metering group against each input partition's end), ``dlq_records_today{reason}`` (from
   the DLQ topic, all workers), ``live_minutes_applied_total``, ``live_minutes_replayed_total``
@@ -20,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, text
@@ -65,12 +68,26 @@ class ApiCollector(Collector):
         self.feed = feed
         self.requests: Counter[tuple[str, str]] = Counter()
         self.billing_runs: Counter[str] = Counter()
+        # registered nowhere itself: collected through this collector, one per API process
+        self.latency = Histogram(
+            "streamtoll_http_request_duration_seconds",
+            "HTTP request latency, from the request to the response's start",
+            ["route", "method", "status"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
+            registry=None,
+        )
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request."""
+        self.requests[(route, str(status))] += 1
+        self.latency.labels(route, method, str(status)).observe(seconds)
 
     def collect(self) -> Iterator[Metric]:
         req = CounterMetricFamily("streamtoll_http_requests", "HTTP requests", labels=["route", "status"])
         for (route, status), n in sorted(self.requests.copy().items()):
             req.add_metric([route, status], n)
         yield req
+        yield from self.latency.collect()
         runs = CounterMetricFamily("streamtoll_billing_runs", "Billing runs through the API", labels=["finalize"])
         for fin, n in sorted(self.billing_runs.copy().items()):
             runs.add_metric([fin], n)

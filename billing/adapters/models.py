@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     Numeric,
+    SmallInteger,
     String,
     Text,
     func,
@@ -30,6 +31,7 @@ __all__ = [
     "ApiKeyRow",
     "Base",
     "ClientRuleRow",
+    "IdempotencyKeyRow",
     "InvoiceDeliveryRow",
     "InvoiceLineRow",
     "InvoiceNumberRow",
@@ -223,6 +225,21 @@ class ApiKeyRow(Base):
     account_code: Mapped[str | None] = mapped_column(Text, ForeignKey("accounts.code"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class IdempotencyKeyRow(Base):
+    """The first answer to a POST with an ``Idempotency-Key``, per API key (billing.services.idempotency)."""
+
+    __tablename__ = "idempotency_keys"
+
+    key_id: Mapped[str] = mapped_column(Text, ForeignKey("api_keys.key_id", ondelete="CASCADE"), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(Text, nullable=False)
+    status: Mapped[int | None] = mapped_column(SmallInteger)  # NULL while the first request runs
+    headers: Mapped[list[list[str]] | None] = mapped_column(JSONB)
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, index=True)
 
 
 class InvoiceDeliveryRow(Base):

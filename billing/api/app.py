@@ -1,72 +1,138 @@
 # No `from __future__ import annotations` here: FastAPI reads the dependencies in the annotations,
 # and the closures of create_app must be resolvable when each endpoint is defined.
-"""The partner and finance HTTP API (FastAPI; OpenAPI at ``/openapi.json``).
+"""The partner and finance HTTP API (FastAPI; OpenAPI at ``/openapi.json``; ``docs/api.md``).
 
-Auth: ``Authorization: Bearer stk_…``. A partner key sees only its own account; another
-account's invoice is a 404, exactly like one that does not exist. A finance key sees every
-account and may run billing, finalize and void. Missing, malformed, wrong or revoked keys are
-401 with no detail, and failed attempts are limited per client address. Input is validated by
-type (bad dates, an unknown group, a range over the limit → 422 with a message); queries are
-parameterized. While the database is unreachable, requests answer 503 with a clear body.
+Auth: ``Authorization: Bearer stk_…`` (the ``bearer`` security scheme). A partner key sees only
+its own account; another account's invoice is a 404, exactly like one that does not exist. A
+finance key sees every account and may run billing, finalize and void. Missing, malformed, wrong
+or revoked keys are 401, and failed attempts are limited per client address (``limiter``; behind
+trusted proxies, the address they forward). Input is validated by type (bad dates, an unknown
+group, a range over the limit → 422 naming the parameters); queries are parameterized. While the
+database is unreachable, requests answer 503.
+
+Every error is an RFC 9457 problem (``problems``), including an unexpected exception (500,
+logged, and counted like every answer). Invoices are named in paths by their ``ref`` (number, or
+``draft-<id>``). ``GET /v1/invoices`` and ``GET /v1/usage`` are paginated by cursor (``Link:
+rel="next"``). Every POST takes an ``Idempotency-Key``: a retry gets the first answer.
 
 Ops: ``/live`` is a self-contained page (no data in it, so no key to load it; it asks for an ops
 or finance key and calls ``/v1/live``). ``/v1/live`` needs an ops or finance key: it names every
 account. An ops key reads nothing else. ``/metrics`` (Prometheus) and ``/healthz`` need no key
-and show no account: counts, lag and reachability only. ``/healthz`` answers 200 when the
-database and the broker are reachable and 503 (with which one is not) otherwise — the readiness
-probe; ``/healthz/live`` answers 200 while the process serves — the liveness probe.
+and show no account: counts, latency, lag, the process's memory and CPU, and reachability only.
+``/healthz`` answers 200 when the database and the broker are reachable and 503 (with which one
+is not) otherwise — the readiness probe; ``/healthz/live`` answers 200 while the process serves —
+the liveness probe.
 """
 
+import logging
 import time
-from collections import defaultdict, deque
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from importlib.resources import files
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Header, Path, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DataError, OperationalError, SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from billing.adapters.metrics import ApiCollector
 from billing.adapters.render import render_statement_pdf
+from billing.api import models
+from billing.api.limiter import AuthLimiter, client_address
+from billing.api.pagination import bad_cursor, decode_cursor, encode_cursor, next_link
+from billing.api.problems import Problem, ProblemError, error_responses, problem_response
 from billing.domain.money import format_money
 from billing.services.billing_run import BillingError, parse_period, run_billing
-from billing.services.invoices import InvoiceError, finalize, invoice_pdf, invoice_view, list_invoices, void
+from billing.services.idempotency import KeyInUse, KeyReused, claim, fingerprint
+from billing.services.invoices import (
+    InvoiceError,
+    InvoiceNotFound,
+    finalize,
+    invoice_pdf,
+    invoice_view,
+    list_invoices,
+    list_position,
+    void,
+)
 from billing.services.keys import Caller, authenticate
 from billing.services.live import LiveFeed
 from billing.services.statements import StatementStore, statement_csv
-from billing.services.usage import GROUPS, usage_report
+from billing.services.usage import GROUPS, QUANTITIES, usage_page, usage_report
 from billing.settings import BillingSettings
 
 __all__ = ["create_app"]
 
+log = logging.getLogger("streamtoll.api")
+
 MAX_RANGE = timedelta(days=400)
+INVOICES_LIMIT, INVOICES_MAX_LIMIT = 100, 1000
+USAGE_LIMIT, USAGE_MAX_LIMIT = 10_000, 100_000
 _NOT_FOUND = "no such invoice"
-
-
-class _AuthLimiter:
-    """At most ``limit`` failed authentications per client address per ``window`` seconds."""
-
-    def __init__(self, limit: int = 20, window: float = 60.0) -> None:
-        self.limit, self.window = limit, window
-        self.failures: dict[str, deque[float]] = defaultdict(deque)
-
-    def blocked(self, who: str) -> bool:
-        q = self.failures[who]
-        now = time.monotonic()
-        while q and now - q[0] > self.window:
-            q.popleft()
-        return len(q) >= self.limit
-
-    def failed(self, who: str) -> None:
-        self.failures[who].append(time.monotonic())
-
+_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+# the headers of an answer an Idempotency-Key replay gives back with its body
+_REPLAYED_HEADERS = {"content-type", "content-disposition", "location", "link"}
 
 _LIVE_PAGE = files("billing") / "templates" / "live" / "index.html"
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    bearerFormat="stk_<key id>_<secret>",
+    description="An API key (`streamtoll keys create`): partner, finance or ops.",
+)
+
+_LINK = {
+    "Link": {"description": 'the next page: `<…>; rel="next"` (absent on the last page)', "schema": {"type": "string"}}
+}
+_REPLAYED = {
+    "Idempotent-Replayed": {
+        "description": "`true` when this is the stored answer to an earlier request with the same Idempotency-Key",
+        "schema": {"type": "string"},
+    }
+}
+_CSV = {"text/csv": {"schema": {"type": "string"}}}
+_PDF = {"application/pdf": {"schema": {"type": "string", "format": "binary"}}}
+
+
+def _ok(model: type[Any], description: str, extra: dict[str, Any] | None = None, **more: Any) -> dict[str, Any]:
+    """The OpenAPI entry of a 200 answer with ``model`` as its JSON body (and other media types)."""
+    return {"model": model, "description": description, **({"content": extra} if extra else {}), **more}
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _nul_params(request: Request) -> list[dict[str, str]]:
+    bad = []
+    if "\x00" in request.scope["path"]:
+        bad.append({"name": "path", "in": "path", "reason": "contains a NUL character"})
+    for k, v in request.query_params.multi_items():
+        if "\x00" in k or "\x00" in v:
+            bad.append({"name": k.replace("\x00", "\\0"), "in": "query", "reason": "contains a NUL character"})
+    return bad
+
+
+def _idempotency_key(raw: str) -> str:
+    """The key as sent: a plain string or a structured-field string (``"…"``, RFC 8941)."""
+    key = raw.strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    if not 1 <= len(key) <= 255 or not all(" " <= ch <= "~" for ch in key):
+        raise ProblemError(
+            "invalid-request",
+            "an Idempotency-Key is 1 to 255 printable ASCII characters (e.g. a UUID)",
+            errors=[{"name": "idempotency-key", "in": "header", "reason": "1-255 printable ASCII characters"}],
+        )
+    return key
 
 
 def create_app(
@@ -75,57 +141,113 @@ def create_app(
     """The HTTP app; ``live`` is the running live feed (None: ``/v1/live`` answers 503)."""
     settings = settings or BillingSettings()
     app = FastAPI(title="streamtoll", version="0.1.0", description="Usage statements and invoices for Kafka traffic.")
-    limiter = _AuthLimiter(limit=auth_limit)
+    limiter = AuthLimiter(limit=auth_limit)
     statements_store = StatementStore(engine, settings.statement_max_staleness, settings.source_order)
     app.state.statements = statements_store
     metrics = ApiCollector(engine, live)
     registry = CollectorRegistry()
     registry.register(metrics)
+    ProcessCollector(registry=registry)
+
+    # --- errors: every one a problem, every answer counted and timed ---
 
     @app.middleware("http")
-    async def count_requests(request: Request, call_next: Any) -> Any:
-        if "\x00" in request.url.path or any("\x00" in v for v in request.query_params.values()):
-            response: Any = JSONResponse({"detail": "parameters may not contain NUL characters"}, status_code=422)
+    async def observe(request: Request, call_next: Any) -> Any:
+        started = time.perf_counter()
+        bad = _nul_params(request)
+        if bad:
+            response: Any = problem_response(
+                request, "invalid-request", "parameters may not contain NUL characters", errors=bad
+            )
         else:
-            response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.requests[(getattr(route, "path", "unmatched"), str(response.status_code))] += 1
+            try:
+                response = await call_next(request)
+            except Exception:
+                route = getattr(request.scope.get("route"), "path", "unmatched")
+                log.exception("request failed", extra={"route": route, "method": request.method})
+                response = problem_response(request, "internal-error", "the request failed unexpectedly; it is logged")
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        method = request.method if request.method in _METHODS else "other"
+        metrics.observe(route, method, response.status_code, time.perf_counter() - started)
         return response
 
+    @app.exception_handler(ProblemError)
+    async def problem(request: Request, exc: ProblemError) -> Response:
+        return problem_response(request, exc.kind.slug, exc.detail, headers=exc.headers, errors=exc.errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = "there is nothing at this path"
+        return problem_response(request, None, detail, status=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        errors = []
+        for e in exc.errors():
+            loc = [str(part) for part in e.get("loc", ())]
+            errors.append({"name": ".".join(loc[1:]) or loc[0], "in": loc[0] if loc else "query", "reason": e["msg"]})
+        names = ", ".join(dict.fromkeys(e["name"] for e in errors))
+        return problem_response(request, "invalid-request", f"invalid parameters: {names}", errors=errors)
+
     @app.exception_handler(DataError)
-    async def bad_value(request: Request, exc: DataError) -> JSONResponse:
+    async def bad_value(request: Request, exc: DataError) -> Response:
         # a value no column can hold (e.g. a NUL character): the caller's mistake, not a 500
-        return JSONResponse({"detail": "a parameter holds a value that is not allowed"}, status_code=422)
+        return problem_response(request, "invalid-request", "a parameter holds a value that is not allowed")
 
     @app.exception_handler(OperationalError)
-    async def database_down(request: Request, exc: OperationalError) -> JSONResponse:
-        return JSONResponse({"detail": "the database is unavailable; try again shortly"}, status_code=503)
+    async def database_down(request: Request, exc: OperationalError) -> Response:
+        return problem_response(request, "database-unavailable", "the database is unavailable; try again shortly")
 
-    def any_caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
-        who = request.client.host if request.client else "?"
-        if limiter.blocked(who):
-            raise HTTPException(429, "too many failed authentications; wait a minute")
-        found = None
-        if authorization and authorization.startswith("Bearer "):
-            found = authenticate(engine, authorization[7:].strip())
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            problem_schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+            nested = problem_schema.pop("$defs", {})
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update({"Problem": problem_schema, **nested})  # nested: InvalidParam
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    # --- who is asking ---
+
+    def any_caller(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
+    ) -> Caller:
+        who = client_address(
+            request.client.host if request.client else None,
+            request.headers.getlist("x-forwarded-for"),
+            settings.api_trusted_proxies,
+        )
+        wait = limiter.retry_after(who)
+        if wait:
+            raise ProblemError(
+                "too-many-failed-authentications",
+                f"too many failed authentications from this address; retry in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+        found = authenticate(engine, credentials.credentials) if credentials else None
         if found is None:
             limiter.failed(who)
-            raise HTTPException(401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
+            raise ProblemError("unauthorized", "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
         return found
 
     def caller(c: Annotated[Caller, Depends(any_caller)]) -> Caller:
         if c.role == "ops":
-            raise HTTPException(403, "an ops key reads only /v1/live")
+            raise ProblemError("forbidden", "an ops key reads only /v1/live")
         return c
 
     def live_reader(c: Annotated[Caller, Depends(any_caller)]) -> Caller:
         if c.role not in ("ops", "finance"):
-            raise HTTPException(403, "the live view needs an ops or finance key")
+            raise ProblemError("forbidden", "the live view needs an ops or finance key")
         return c
 
     def finance(c: Annotated[Caller, Depends(caller)]) -> Caller:
         if c.role != "finance":
-            raise HTTPException(403, "this needs a finance key")
+            raise ProblemError("forbidden", "this needs a finance key")
         return c
 
     def scope(c: Caller, account: str | None) -> str | None:
@@ -133,10 +255,71 @@ def create_app(
         if c.role == "finance":
             return account
         if account is not None and account != c.account:
-            raise HTTPException(404, "no such account")
+            raise ProblemError("not-found", "no such account")
         return c.account
 
-    @app.get("/healthz")
+    async def request_print(request: Request) -> str:
+        """What makes a retried POST the same request (for its Idempotency-Key)."""
+        return fingerprint(
+            request.method, request.scope["path"], request.query_params.multi_items(), await request.body()
+        )
+
+    IdempotencyKey = Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="a unique string per request (e.g. a UUID): a retry with the same key gets the first "
+            "answer instead of doing the work again; kept 24 h",
+        ),
+    ]
+
+    def once(request: Request, c: Caller, key: str | None, print_: str, work: Callable[[], Response]) -> Response:
+        """``work()``'s answer — or, for a retried ``key`` of this caller, the first answer."""
+        if key is None:
+            return work()
+        key = _idempotency_key(key)
+        try:
+            with claim(engine, c.key_id, key, print_) as held:
+                if held.answer is not None:
+                    return Response(
+                        held.answer.body,
+                        status_code=held.answer.status,
+                        headers={**dict(held.answer.headers), "Idempotent-Replayed": "true"},
+                    )
+                try:
+                    response = work()
+                except ProblemError as exc:
+                    response = problem_response(
+                        request, exc.kind.slug, exc.detail, headers=exc.headers, errors=exc.errors
+                    )
+                if response.status_code < 500:  # a failure the caller should retry is not the answer
+                    kept = [(k, v) for k, v in response.headers.items() if k in _REPLAYED_HEADERS]
+                    held.complete(response.status_code, kept, bytes(response.body))
+                return response
+        except KeyInUse:
+            raise ProblemError(
+                "idempotency-key-in-use", "a request with this Idempotency-Key is still running; retry later"
+            ) from None
+        except KeyReused:
+            raise ProblemError(
+                "idempotency-key-reused",
+                "this Idempotency-Key was used for another request; use a new key for a new request",
+                errors=[{"name": "idempotency-key", "in": "header", "reason": "used for another request"}],
+            ) from None
+
+    # the problems every operation with a key can answer
+    keyed = ("unauthorized", "forbidden", "invalid-request", "too-many-failed-authentications", "database-unavailable")
+    reads = error_responses(*keyed, "not-found")
+
+    # --- health and ops ---
+
+    @app.get(
+        "/healthz",
+        responses={
+            200: _ok(models.Health, "the database (and the broker, with a live view) are reachable"),
+            503: {"model": models.Health, "description": "something is unreachable: the body says what"},
+        },
+    )
     def healthz() -> JSONResponse:
         checks: dict[str, str] = {}
         try:
@@ -153,7 +336,7 @@ def create_app(
         body = {"status": "ok" if ready else "unavailable", "live": True, "ready": ready, **checks}
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.get("/healthz/live")
+    @app.get("/healthz/live", responses={200: _ok(models.Liveness, "the process serves")})
     def liveness() -> dict[str, bool]:
         return {"live": True}
 
@@ -165,46 +348,80 @@ def create_app(
     def live_page() -> HTMLResponse:
         return HTMLResponse(_LIVE_PAGE.read_text(encoding="utf-8"))
 
-    @app.get("/v1/live")
+    @app.get(
+        "/v1/live",
+        responses={200: _ok(models.LiveView, "the live view"), **error_responses(*keyed, "live-view-unavailable")},
+    )
     def live_view(c: Annotated[Caller, Depends(live_reader)]) -> Any:
         if live is None:
-            raise HTTPException(503, "the live view is not running in this API process")
+            raise ProblemError("live-view-unavailable", "the live view is not running in this API process")
         return live.board.view(time.time())
 
-    @app.get("/v1/usage")
+    # --- usage and statements ---
+
+    @app.get(
+        "/v1/usage",
+        responses={
+            200: _ok(list[models.UsageRow], "usage rows, sorted by their grouping", _CSV, headers=_LINK),
+            **reads,
+        },
+    )
     def usage(
+        request: Request,
         c: Annotated[Caller, Depends(caller)],
         from_: Annotated[date, Query(alias="from")],
         to: Annotated[date, Query()],
         granularity: Annotated[Literal["hour", "day", "month"], Query()] = "day",
-        group_by: Annotated[str, Query(description=f"comma list of {', '.join(GROUPS)}")] = "source,direction",
+        group_by: Annotated[str, Query(description=f"comma list of {', '.join(GROUPS[:-2])}")] = "source,direction",
         account: str | None = None,
         format: Literal["json", "csv"] | None = None,
+        limit: Annotated[int, Query(ge=1, le=USAGE_MAX_LIMIT, description="rows per page")] = USAGE_LIMIT,
+        cursor: Annotated[str | None, Query(description='from the `Link: rel="next"` of the page before')] = None,
         accept: Annotated[str | None, Header()] = None,
     ) -> Any:
         if to <= from_:
-            raise HTTPException(422, "`to` must be after `from`")
+            raise ProblemError(
+                "invalid-request",
+                "`to` must be after `from`",
+                errors=[{"name": "to", "in": "query", "reason": "not after from"}],
+            )
         if to - from_ > MAX_RANGE:
-            raise HTTPException(422, f"the range may span at most {MAX_RANGE.days} days")
+            raise ProblemError(
+                "invalid-request",
+                f"the range may span at most {MAX_RANGE.days} days",
+                errors=[{"name": "to", "in": "query", "reason": f"more than {MAX_RANGE.days} days after from"}],
+            )
         groups = [g.strip() for g in group_by.split(",") if g.strip()]
         unknown = [g for g in groups if g not in GROUPS or g in ("hour", "day")]
         if unknown:
-            raise HTTPException(422, f"cannot group by {', '.join(unknown)}; use granularity for time")
+            raise ProblemError(
+                "invalid-request",
+                f"cannot group by {', '.join(unknown)}; use granularity for time",
+                errors=[{"name": "group_by", "in": "query", "reason": f"unknown: {', '.join(unknown)}"}],
+            )
         time_key = {"hour": "hour", "day": "day", "month": None}[granularity]
+        keys = ([time_key] if time_key else []) + groups
+        after = None if cursor is None else decode_cursor("usage", cursor, (str,) * len(keys))
         rows = usage_report(
-            engine,
-            datetime.combine(from_, dtime(), UTC),
-            datetime.combine(to, dtime(), UTC),
-            ([time_key] if time_key else []) + groups,
-            scope(c, account),
+            engine, datetime.combine(from_, dtime(), UTC), datetime.combine(to, dtime(), UTC), keys, scope(c, account)
         )
+        page, last = usage_page(rows, keys, after, limit)
+        headers = {"Link": next_link(request, encode_cursor("usage", list(last)))} if last is not None else {}
         if format == "csv" or (format is None and accept and "text/csv" in accept):
             import pandas as pd
 
-            return Response(pd.DataFrame(rows).to_csv(index=False), media_type="text/csv")
-        return rows
+            columns = [*keys, *QUANTITIES]
+            csv = pd.DataFrame(page, columns=columns).to_csv(index=False)
+            return Response(csv, media_type="text/csv", headers=headers)
+        return JSONResponse(page, headers=headers)
 
-    @app.get("/v1/statements/{period}")
+    @app.get(
+        "/v1/statements/{period}",
+        responses={
+            200: _ok(models.Statement, "the statement (`.pdf` or format=pdf: PDF)", {**_CSV, **_PDF}),
+            **reads,
+        },
+    )
     def statements(
         period: str,
         c: Annotated[Caller, Depends(caller)],
@@ -217,90 +434,202 @@ def create_app(
         try:
             parse_period(period)
         except BillingError as exc:
-            raise HTTPException(422, str(exc)) from None
+            raise ProblemError(
+                "invalid-request", str(exc), errors=[{"name": "period", "in": "path", "reason": "not YYYY-MM"}]
+            ) from None
         target = scope(c, account)
         if target is None:
-            raise HTTPException(422, "a finance key must name the account (?account=CODE)")
+            raise ProblemError(
+                "invalid-request",
+                "a finance key must name the account (?account=CODE)",
+                errors=[{"name": "account", "in": "query", "reason": "required with a finance key"}],
+            )
         try:
             body = statements_store.get(target, period)
         except BillingError:
-            raise HTTPException(404, "no such account") from None
+            raise ProblemError("not-found", "no such account") from None
         if format == "csv" or (format is None and accept and "text/csv" in accept):
             return Response(statement_csv(orjson.loads(body)), media_type="text/csv")
         if format == "pdf" or (format is None and accept and "application/pdf" in accept):
             return Response(render_statement_pdf(orjson.loads(body)), media_type="application/pdf")
         return Response(body, media_type="application/json")
 
-    @app.get("/v1/invoices")
-    def invoices(c: Annotated[Caller, Depends(caller)], period: str | None = None, account: str | None = None) -> Any:
+    # --- invoices ---
+
+    @app.get(
+        "/v1/invoices",
+        responses={
+            200: _ok(list[models.InvoiceSummary], "invoices by period, account and id", headers=_LINK),
+            **reads,
+        },
+    )
+    def invoices(
+        request: Request,
+        c: Annotated[Caller, Depends(caller)],
+        period: str | None = None,
+        account: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=INVOICES_MAX_LIMIT, description="invoices per page")] = INVOICES_LIMIT,
+        cursor: Annotated[str | None, Query(description='from the `Link: rel="next"` of the page before')] = None,
+    ) -> Any:
         start = None
         if period is not None:
             try:
                 start = parse_period(period)[0]
             except BillingError as exc:
-                raise HTTPException(422, str(exc)) from None
-        rows = list_invoices(engine, start, scope(c, account))
-        return rows if c.role == "finance" else [r for r in rows if r["status"] != "draft"]
+                raise ProblemError(
+                    "invalid-request", str(exc), errors=[{"name": "period", "in": "query", "reason": "not YYYY-MM"}]
+                ) from None
+        after = None
+        if cursor is not None:
+            key = decode_cursor("invoices", cursor, (str, str, int))
+            try:
+                after = (date.fromisoformat(key[0]), key[1], key[2])
+            except ValueError:
+                raise bad_cursor() from None
+        rows = list_invoices(engine, start, scope(c, account), drafts=c.role == "finance", after=after, limit=limit + 1)
+        headers = {}
+        if len(rows) > limit:
+            rows = rows[:limit]
+            position = list_position(rows[-1])
+            cursor = encode_cursor("invoices", [position[0].isoformat(), position[1], position[2]])
+            headers["Link"] = next_link(request, cursor)
+        return JSONResponse(rows, headers=headers)
 
-    def _visible(c: Caller, number: str) -> dict[str, Any]:
+    def _visible(c: Caller, ref: str) -> dict[str, Any]:
         try:
-            doc = invoice_view(engine, number)
+            doc = invoice_view(engine, ref)
         except InvoiceError:
-            raise HTTPException(404, _NOT_FOUND) from None
+            raise ProblemError("not-found", _NOT_FOUND) from None
         if not c.sees(doc["account"]["code"]) or (c.role == "partner" and doc["status"] == "draft"):
-            raise HTTPException(404, _NOT_FOUND)  # the same answer as for an invoice that does not exist
+            raise ProblemError("not-found", _NOT_FOUND)  # the same answer as for an invoice that does not exist
         return doc
 
-    @app.get("/v1/invoices/{number}")
-    def invoice(number: str, c: Annotated[Caller, Depends(caller)]) -> Any:
-        return _visible(c, number)
+    Ref = Annotated[str, Path(description="the invoice's number, or draft-<id> (which keeps naming it once finalized)")]
 
-    @app.get("/v1/invoices/{number}/pdf")
-    def invoice_document(number: str, c: Annotated[Caller, Depends(caller)]) -> Response:
-        _visible(c, number)
+    @app.get("/v1/invoices/{ref}", responses={200: _ok(models.Invoice, "the invoice"), **reads})
+    def invoice(ref: Ref, c: Annotated[Caller, Depends(caller)]) -> Any:
+        return _visible(c, ref)
+
+    @app.get(
+        "/v1/invoices/{ref}/pdf",
+        response_class=Response,
+        responses={200: {"description": "the invoice's PDF (stored at finalize)", "content": _PDF}, **reads},
+    )
+    def invoice_document(ref: Ref, c: Annotated[Caller, Depends(caller)]) -> Response:
+        doc = _visible(c, ref)
         try:
-            pdf = invoice_pdf(engine, number)
+            pdf = invoice_pdf(engine, ref)
         except InvoiceError:
-            raise HTTPException(404, _NOT_FOUND) from None
+            raise ProblemError("not-found", f"invoice {ref} has no document: it is a draft") from None
         return Response(
-            pdf, media_type="application/pdf", headers={"Content-Disposition": f'inline; filename="{number}.pdf"'}
+            pdf,
+            media_type="application/pdf",
+            headers={"Content-Disposition": f'inline; filename="{doc["number"]}.pdf"'},
         )
 
-    @app.post("/v1/billing/runs")
+    @app.post(
+        "/v1/billing/runs",
+        responses={
+            200: _ok(list[models.BillingRunResult], "each account's invoice", headers=_REPLAYED),
+            **error_responses(*keyed, "idempotency-key-in-use", "idempotency-key-reused"),
+        },
+    )
     def billing_run(
-        c: Annotated[Caller, Depends(finance)], period: str, finalize_drafts: bool = Query(False, alias="finalize")
-    ) -> Any:
-        try:
-            results = run_billing(
-                engine,
-                period,
-                finalize_drafts,
-                settings.invoice_number_prefix,
-                settings.issuer,
-                source_order=settings.source_order,
+        request: Request,
+        c: Annotated[Caller, Depends(finance)],
+        print_: Annotated[str, Depends(request_print)],
+        period: str,
+        finalize_drafts: bool = Query(False, alias="finalize"),
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response:
+        def work() -> Response:
+            try:
+                results = run_billing(
+                    engine,
+                    period,
+                    finalize_drafts,
+                    settings.invoice_number_prefix,
+                    settings.issuer,
+                    source_order=settings.source_order,
+                )
+            except BillingError as exc:
+                raise ProblemError(
+                    "invalid-request", str(exc), errors=[{"name": "period", "in": "query", "reason": str(exc)}]
+                ) from None
+            metrics.billing_runs[str(finalize_drafts).lower()] += 1
+            if live is not None:
+                live.refresh_database()
+            return _json([r.as_dict() for r in results])
+
+        return once(request, c, idempotency_key, print_, work)
+
+    @app.post(
+        "/v1/invoices/{ref}/finalize",
+        responses={
+            200: _ok(models.Finalized, "the invoice, numbered and frozen", headers=_REPLAYED),
+            **error_responses(
+                *keyed, "not-found", "invoice-state-conflict", "idempotency-key-in-use", "idempotency-key-reused"
+            ),
+        },
+    )
+    def finalize_invoice(
+        request: Request,
+        ref: Ref,
+        c: Annotated[Caller, Depends(finance)],
+        print_: Annotated[str, Depends(request_print)],
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response:
+        def work() -> Response:
+            try:
+                done = finalize(engine, ref, settings.invoice_number_prefix, issuer=settings.issuer)
+            except InvoiceNotFound:
+                raise ProblemError("not-found", _NOT_FOUND) from None
+            except InvoiceError as exc:
+                raise ProblemError("invoice-state-conflict", str(exc)) from None
+            return _json(
+                {
+                    "id": done.id,
+                    "ref": done.ref,
+                    "number": done.number,
+                    "account": done.account_code,
+                    "total": format_money(done.total, done.currency),
+                }
             )
-        except BillingError as exc:
-            raise HTTPException(422, str(exc)) from None
-        metrics.billing_runs[str(finalize_drafts).lower()] += 1
-        if live is not None:
-            live.refresh_database()
-        return [r.as_dict() for r in results]
 
-    @app.post("/v1/invoices/{invoice_id}/finalize")
-    def finalize_invoice(invoice_id: int, c: Annotated[Caller, Depends(finance)]) -> Any:
-        try:
-            done = finalize(engine, invoice_id, settings.invoice_number_prefix, issuer=settings.issuer)
-        except InvoiceError as exc:
-            raise HTTPException(409, str(exc)) from None
-        total = format_money(done.total, done.currency)
-        return {"id": done.id, "number": done.number, "account": done.account_code, "total": total}
+        return once(request, c, idempotency_key, print_, work)
 
-    @app.post("/v1/invoices/{number}/void")
-    def void_invoice(number: str, reason: str, c: Annotated[Caller, Depends(finance)]) -> Any:
-        try:
-            void(engine, number, reason)
-        except InvoiceError as exc:
-            raise HTTPException(409, str(exc)) from None
-        return {"number": number, "status": "void"}
+    @app.post(
+        "/v1/invoices/{ref}/void",
+        responses={
+            200: _ok(models.Voided, "the invoice, void", headers=_REPLAYED),
+            **error_responses(
+                *keyed, "not-found", "invoice-state-conflict", "idempotency-key-in-use", "idempotency-key-reused"
+            ),
+        },
+    )
+    def void_invoice(
+        request: Request,
+        ref: Ref,
+        reason: str,
+        c: Annotated[Caller, Depends(finance)],
+        print_: Annotated[str, Depends(request_print)],
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response:
+        def work() -> Response:
+            if not reason.strip():
+                raise ProblemError(
+                    "invalid-request",
+                    "give a reason to void an invoice",
+                    errors=[{"name": "reason", "in": "query", "reason": "empty"}],
+                )
+            try:
+                number = void(engine, ref, reason)
+            except InvoiceNotFound:
+                raise ProblemError("not-found", _NOT_FOUND) from None
+            except InvoiceError as exc:
+                raise ProblemError("invoice-state-conflict", str(exc)) from None
+            return _json({"ref": number, "number": number, "status": "void"})
+
+        return once(request, c, idempotency_key, print_, work)
 
     return app

@@ -45,7 +45,7 @@ from billing.domain.rating import Line, rate_period
 from billing.domain.sources import DEFAULT_SOURCES
 from billing.errors import NotFound
 from billing.services.catalog import plan_from_document
-from billing.services.invoices import InvoiceError, finalize, render_pending
+from billing.services.invoices import InvoiceError, finalize, invoice_ref, render_pending
 from billing.services.usage import load_attributor, usage_rows
 
 __all__ = [
@@ -85,6 +85,7 @@ class AccountBill:
         return {
             "account": self.account,
             "invoice_id": self.invoice_id,
+            "ref": self.number if self.invoice_id is None else invoice_ref(self.invoice_id, self.number),
             "number": self.number,
             "status": self.status,
             "currency": self.currency,

@@ -17,17 +17,22 @@
   once (the database accepts html/pdf only while they are empty). An invoice finalized but not
   yet rendered (a crash in between) is rendered by the next ``bill --finalize`` for its period,
   or when its PDF is first asked for — the same bytes either way.
+* An invoice is named by its reference (``ref``): its number once finalized, ``draft-<id>``
+  before — and ``draft-<id>`` keeps naming the same invoice after it is finalized (a retried
+  finalize or an old link still finds it). Every function here that takes one invoice takes a
+  ref and finds it with :func:`find_invoice`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, text, update
+from sqlalchemy import ColumnElement, Connection, Engine, Row, select, text, tuple_, update
 
 from billing.adapters.models import AccountRow, InvoiceLineRow, InvoiceRow
 from billing.adapters.render import render_invoice
@@ -41,9 +46,12 @@ __all__ = [
     "InvoiceError",
     "InvoiceNotFound",
     "finalize",
+    "find_invoice",
     "invoice_pdf",
+    "invoice_ref",
     "invoice_view",
     "list_invoices",
+    "list_position",
     "render_pending",
     "void",
 ]
@@ -57,7 +65,38 @@ class InvoiceError(Exception):
 
 
 class InvoiceNotFound(InvoiceError, NotFound):
-    """There is no such invoice."""
+    """No invoice has that reference (or it has no document yet: a draft's PDF)."""
+
+
+_DRAFT_REF = re.compile(r"draft-([1-9][0-9]{0,18})")
+_MAX_ID = 2**63 - 1  # bigint: a larger id names no invoice (and must not reach the database)
+
+
+def invoice_ref(invoice_id: int, number: str | None) -> str:
+    """An invoice's reference: its number once it has one, else ``draft-<id>``."""
+    return number if number is not None else f"draft-{invoice_id}"
+
+
+def _named(ref: str | int) -> ColumnElement[bool]:
+    """The condition selecting the invoice ``ref`` names: ``draft-<id>`` (for good, also once
+    finalized) or a number; an int is an id (a caller that holds the row, e.g. a billing run)."""
+    if isinstance(ref, int):
+        return InvoiceRow.id == ref
+    draft = _DRAFT_REF.fullmatch(ref)
+    if draft is not None:
+        invoice_id = int(draft[1])
+        return InvoiceRow.id == (invoice_id if invoice_id <= _MAX_ID else -1)
+    return InvoiceRow.number == ref
+
+
+def find_invoice(conn: Connection, ref: str | int, for_update: bool = False) -> Row[Any]:
+    """The invoice row ``ref`` names (``draft-<id>`` or a number), locked for update if asked;
+    :class:`InvoiceNotFound` when there is none. The one lookup of every function taking a ref."""
+    stmt = select(InvoiceRow).where(_named(ref))
+    found = conn.execute(stmt.with_for_update() if for_update else stmt).first()
+    if found is None:
+        raise InvoiceNotFound(f"there is no invoice {ref if isinstance(ref, str) else f'draft-{ref}'}")
+    return found
 
 
 @dataclass(frozen=True)
@@ -67,6 +106,10 @@ class Finalized:
     account_code: str
     total: Decimal
     currency: str
+
+    @property
+    def ref(self) -> str:
+        return self.number
 
 
 def _now() -> datetime:
@@ -111,18 +154,18 @@ def _lines(conn: Connection, invoice_id: int) -> list[dict[str, Any]]:
 
 def finalize(
     engine: Engine,
-    invoice_id: int,
+    ref: str | int,
     prefix: str,
     clock: Callable[[], datetime] = _now,
     issuer: dict[str, Any] | None = None,
     render: bool = True,
 ) -> Finalized:
-    """Number and freeze one draft in one transaction, and render its documents in it too unless
-    ``render`` is False (then :func:`render_pending` does, later; see the module docstring)."""
+    """Number and freeze one draft (``ref``: ``draft-<id>``; an int is the id) in one transaction,
+    and render its documents in it too unless ``render`` is False (then :func:`render_pending`
+    does, later; see the module docstring)."""
     with engine.begin() as conn:
-        inv = conn.execute(select(InvoiceRow).where(InvoiceRow.id == invoice_id).with_for_update()).first()
-        if inv is None:
-            raise InvoiceNotFound(f"there is no invoice with id {invoice_id}")
+        inv = find_invoice(conn, ref, for_update=True)
+        invoice_id = inv.id
         if inv.status != "draft":
             raise InvoiceError(f"invoice {inv.number} is already {inv.status}")
         acct = conn.execute(select(AccountRow).where(AccountRow.code == inv.account_code)).one()
@@ -173,27 +216,46 @@ def finalize(
         return Finalized(invoice_id, number, inv.account_code, inv.total, inv.currency)
 
 
-def void(engine: Engine, number: str, reason: str, clock: Callable[[], datetime] = _now) -> None:
+def void(engine: Engine, ref: str, reason: str, clock: Callable[[], datetime] = _now) -> str:
+    """Void the finalized invoice ``ref`` names (its number, or ``draft-<id>``); returns its number."""
     if not reason.strip():
         raise InvoiceError("give a reason to void an invoice")
     with engine.begin() as conn:
-        inv = conn.execute(select(InvoiceRow.status).where(InvoiceRow.number == number).with_for_update()).first()
-        if inv is None:
-            raise InvoiceNotFound(f"there is no invoice numbered {number}")
+        inv = find_invoice(conn, ref, for_update=True)
         if inv.status != "finalized":
-            raise InvoiceError(f"invoice {number} is {inv.status}; only a finalized invoice can be voided")
+            raise InvoiceError(
+                f"invoice {invoice_ref(inv.id, inv.number)} is {inv.status}; only a finalized invoice can be voided"
+            )
         now = clock()
         conn.execute(
             update(InvoiceRow)
-            .where(InvoiceRow.number == number)
+            .where(InvoiceRow.id == inv.id)
             .values(status="void", void_reason=reason.strip(), voided_at=now, updated_at=now)
         )
+        return str(inv.number)
 
 
 def list_invoices(
-    engine: Engine, period_start: date | None = None, account: str | None = None, status: str | None = None
+    engine: Engine,
+    period_start: date | None = None,
+    account: str | None = None,
+    status: str | None = None,
+    *,
+    drafts: bool = True,
+    after: tuple[date, str, int] | None = None,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    stmt = select(InvoiceRow).order_by(InvoiceRow.period_start, InvoiceRow.account_code, InvoiceRow.id)
+    """Invoices in a stable order (period, account, id), filtered; without drafts if ``drafts``
+    is False. A page: the first ``limit`` after the position ``after`` — the (period start,
+    account, id) of the last invoice of the page before (see :func:`list_position`)."""
+    order = (InvoiceRow.period_start, InvoiceRow.account_code, InvoiceRow.id)
+    stmt = select(InvoiceRow).order_by(*order)
+    if after is not None:
+        stmt = stmt.where(tuple_(*order) > tuple_(*after))
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    if not drafts:
+        stmt = stmt.where(InvoiceRow.status != "draft")
     if period_start is not None:
         stmt = stmt.where(InvoiceRow.period_start == period_start)
     if account is not None:
@@ -204,6 +266,7 @@ def list_invoices(
         return [
             {
                 "id": r.id,
+                "ref": invoice_ref(r.id, r.number),
                 "number": r.number,
                 "account": r.account_code,
                 "period_start": r.period_start.isoformat(),
@@ -219,14 +282,22 @@ def list_invoices(
         ]
 
 
-def invoice_view(engine: Engine, ref: str) -> dict[str, Any]:
-    """One invoice by number (or ``#id`` for a draft): the frozen snapshot once finalized."""
+def list_position(row: dict[str, Any]) -> tuple[date, str, int]:
+    """Where ``row`` (one of :func:`list_invoices`) stands in the listing's order: ``after`` for
+    the next page."""
+    return date.fromisoformat(row["period_start"]), row["account"], int(row["id"])
+
+
+def invoice_view(engine: Engine, ref: str | int) -> dict[str, Any]:
+    """One invoice by ref (its number, or ``draft-<id>``): the frozen snapshot once finalized."""
     with engine.connect() as conn:
-        cond = InvoiceRow.id == int(ref[1:]) if ref.startswith("#") and ref[1:].isdigit() else InvoiceRow.number == ref
-        inv = conn.execute(select(InvoiceRow).where(cond)).first()
-        if inv is None:
-            raise InvoiceNotFound(f"there is no invoice {ref}")
-        base = {"id": inv.id, "status": inv.status, "void_reason": inv.void_reason}
+        inv = find_invoice(conn, ref)
+        base = {
+            "id": inv.id,
+            "ref": invoice_ref(inv.id, inv.number),
+            "status": inv.status,
+            "void_reason": inv.void_reason,
+        }
         if inv.snapshot is not None:
             # formatted as it is read: a snapshot frozen by an earlier version may say "2.1E+2"
             return {**invoice_snapshot_view(inv.snapshot), **base}
@@ -243,14 +314,13 @@ def invoice_view(engine: Engine, ref: str) -> dict[str, Any]:
         return {**base, **invoice_snapshot_view(draft)}
 
 
-def invoice_pdf(engine: Engine, number: str) -> bytes:
-    """The stored PDF of a finalized (or void) invoice, rendered once from its snapshot."""
+def invoice_pdf(engine: Engine, ref: str | int) -> bytes:
+    """The stored PDF of a finalized (or void) invoice (``ref``: its number, or ``draft-<id>``),
+    rendered once from its snapshot; a draft has none (:class:`InvoiceNotFound`)."""
     with engine.connect() as conn:
-        row = conn.execute(
-            select(InvoiceRow.id, InvoiceRow.status, InvoiceRow.pdf).where(InvoiceRow.number == number)
-        ).first()
-    if row is None:
-        raise InvoiceNotFound(f"there is no invoice numbered {number}")
+        row = find_invoice(conn, ref)
+    if row.status == "draft":
+        raise InvoiceNotFound(f"invoice draft-{row.id} is a draft: it has no document until it is finalized")
     if row.pdf is None:
         if row.status == "finalized":
             render_pending(engine, [row.id], workers=1)

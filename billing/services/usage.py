@@ -9,6 +9,7 @@ the default grouping.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from operator import itemgetter
@@ -23,10 +24,12 @@ from billing.domain.accounts import UNASSIGNED, Attributor, ClientRule
 __all__ = [
     "ACCOUNT_GROUPINGS",
     "GROUPS",
+    "QUANTITIES",
     "account_groups",
     "account_report",
     "group",
     "load_attributor",
+    "usage_page",
     "usage_report",
     "usage_rows",
 ]
@@ -154,6 +157,20 @@ def usage_report(
         # one account by day or longer: PostgreSQL adds up its identities only (a partner's view)
         return account_report(engine, account, start.astimezone(UTC).date(), end.astimezone(UTC).date(), group_by)
     return group(usage_rows(engine, start, end, account, hourly="hour" in group_by), group_by)
+
+
+def usage_page(
+    rows: Sequence[dict[str, Any]], group_by: Sequence[str], after: Sequence[str] | None, limit: int
+) -> tuple[list[dict[str, Any]], tuple[str, ...] | None]:
+    """One page of ``usage_report``'s rows (sorted by their ``group_by`` values): at most ``limit``
+    rows whose key comes after ``after``, and the key to ask the next page after (None: this
+    was the last). Keys, not offsets: a group that appears between two pages never makes the
+    next page repeat or skip one."""
+    keys = [tuple(r[g] for g in group_by) for r in rows]
+    first = 0 if after is None else bisect_right(keys, tuple(after))
+    page = list(rows[first : first + limit])
+    more = first + limit < len(rows)
+    return page, (keys[first + limit - 1] if more and page else None)
 
 
 # The groupings a statement shows (and rates from), each with source and direction; the bit mask

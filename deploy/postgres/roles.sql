@@ -42,5 +42,7 @@ GRANT INSERT, UPDATE ON invoice_numbers TO streamtoll_api;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO streamtoll_api;
 -- … and stores the statements it computes (a read model: migration 0008)
 GRANT INSERT, UPDATE ON statement_docs TO streamtoll_api;
+-- … and the first answers to POSTs with an Idempotency-Key (migration 0009; expired ones deleted)
+GRANT INSERT, UPDATE, DELETE ON idempotency_keys TO streamtoll_api;
 -- and nothing else: no INSERT/UPDATE/DELETE/TRUNCATE on usage_shard_rows, accounts,
 -- client_rules, plans, plan_versions, subscriptions or api_keys; no DELETE of an invoice.

@@ -124,7 +124,7 @@ def test_every_endpoint_with_every_wrong_key(api: tuple[str, dict[str, str]]) ->
     assert {r["account"] for r in usage.json()} == {"globex"}
     for path in (
         "/v1/billing/runs?period=2026-11",
-        "/v1/invoices/1/finalize",
+        "/v1/invoices/draft-1/finalize",
         "/v1/invoices/INV-2026-000001/void?reason=x",
     ):
         for key in wrong:
@@ -133,7 +133,7 @@ def test_every_endpoint_with_every_wrong_key(api: tuple[str, dict[str, str]]) ->
     # partner keys on finance endpoints
     for path in (
         "/v1/billing/runs?period=2026-11",
-        "/v1/invoices/1/finalize",
+        "/v1/invoices/draft-1/finalize",
         "/v1/invoices/INV-2026-000001/void?reason=x",
     ):
         r = httpx.post(base + path, headers={"Authorization": f"Bearer {keys['acme']}"}, timeout=30)
@@ -159,7 +159,7 @@ def test_validation_gives_422_with_a_message(api: tuple[str, dict[str, str]]) ->
     for path, params in cases:
         r = get(base, path, k, **params)
         assert r.status_code == 422, (path, params, r.status_code, r.text)
-        assert r.json()["detail"]
+        assert r.headers["content-type"] == "application/problem+json" and r.json()["detail"]
     injection = "acme' OR '1'='1"
     assert get(base, "/v1/invoices", k, account=injection).json() == []
     assert get(base, "/v1/invoices/" + injection, k).status_code == 404

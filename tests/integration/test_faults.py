@@ -266,7 +266,14 @@ def test_postgres_restarted_under_the_sink_and_api(
             metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
             assert "streamtoll_sink_database_up 0.0" in metrics
             r = httpx.get(api + "/v1/invoices", headers=auth, timeout=30)
-            assert r.status_code == 503 and r.json() == {"detail": "the database is unavailable; try again shortly"}
+            assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json"
+            assert r.json() == {
+                "type": "https://streamtoll.dev/problems/database-unavailable",
+                "title": "The database is unavailable",
+                "status": 503,
+                "detail": "the database is unavailable; try again shortly",
+                "instance": "/v1/invoices",
+            }
             h = httpx.get(api + "/healthz", timeout=30)
             assert h.status_code == 503 and h.json()["database"] == "unreachable"
             time.sleep(8)  # an outage longer than a few sink retries

@@ -113,6 +113,8 @@ def test_hostile_strings_through_every_parameter_change_nothing(engine: sa.Engin
                         r.status_code,
                         r.text,
                     )
+                    if r.status_code >= 400:  # every error is a problem (RFC 9457)
+                        assert r.headers["content-type"] == "application/problem+json", (path, r.text[:200])
                     if r.status_code == 200 and key == keys["acme"]:
                         assert "globex" not in r.text and "initech" not in r.text, (path, params)
     assert tries > 300
@@ -242,7 +244,10 @@ def test_the_api_role_reads_and_bills_but_cannot_touch_usage_or_finalized_invoic
         with running(create_app(api_db, auth_limit=1000)) as base:
             auth = {"Authorization": f"Bearer {finance}"}
             run = httpx.post(
-                base + "/v1/billing/runs", params={"period": "2026-11", "finalize": "true"}, headers=auth, timeout=120
+                base + "/v1/billing/runs",
+                params={"period": "2026-11", "finalize": "true"},
+                headers={**auth, "Idempotency-Key": "run-2026-11"},  # the role keeps idempotency keys
+                timeout=120,
             )
             assert run.status_code == 200, run.text
             number = next(r["number"] for r in run.json() if r["account"] == "acme")
@@ -254,9 +259,19 @@ def test_the_api_role_reads_and_bills_but_cannot_touch_usage_or_finalized_invoic
                 == 200
             )
             voided = httpx.post(
-                base + f"/v1/invoices/{number}/void", params={"reason": "test"}, headers=auth, timeout=30
+                base + f"/v1/invoices/{number}/void",
+                params={"reason": "test"},
+                headers={**auth, "Idempotency-Key": "void-1"},
+                timeout=30,
             )
             assert voided.status_code == 200
+            again = httpx.post(
+                base + f"/v1/invoices/{number}/void",
+                params={"reason": "test"},
+                headers={**auth, "Idempotency-Key": "void-1"},
+                timeout=30,
+            )
+            assert again.content == voided.content and again.headers["idempotent-replayed"] == "true"
         # … and what it must never do is refused by the database itself
         attempts = [
             "UPDATE usage_shard_rows SET bytes = 0",

@@ -1,0 +1,219 @@
+"""The success bodies of the HTTP API, as pydantic models: they describe the answers in the
+OpenAPI document (``/openapi.json``). The endpoints serialize what the services return, as they
+did before these models; a test validates real answers against these models (``extra`` fields
+are refused), so the document cannot drift from what is served.
+
+Money is a decimal string (``"199.92"``), never a number; dates are ISO 8601 (``2026-11-01``),
+instants UTC with ``Z``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "BillingRunResult",
+    "Finalized",
+    "Health",
+    "Invoice",
+    "InvoiceLine",
+    "InvoiceSummary",
+    "LiveView",
+    "Liveness",
+    "Statement",
+    "UsageRow",
+    "Voided",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class UsageRow(_Model):
+    """One group of usage: the grouping fields asked for (``group_by``, and ``hour`` or ``day``
+    by ``granularity``) and the four quantities summed over it."""
+
+    hour: str | None = Field(None, description="UTC hour start (granularity=hour)")
+    day: str | None = Field(None, description="UTC day (granularity=day)")
+    source: str | None = None
+    account: str | None = None
+    principal: str | None = None
+    client_id: str | None = None
+    virtual_cluster: str | None = None
+    topic: str | None = None
+    direction: str | None = Field(None, description="produce or consume")
+    bytes: int
+    records: int
+    requests: int
+    denied_requests: int
+
+
+class Period(_Model):
+    start: str
+    end: str
+
+
+class InvoiceAccount(_Model):
+    code: str
+    name: str | None = None
+    email: str | None = None
+    address: list[str] | None = None
+
+
+class InvoicePlan(_Model):
+    code: str | None
+    version: int | None
+
+
+class InvoiceLine(_Model):
+    position: int
+    kind: str
+    description: str
+    meter: str | None
+    source: str | None
+    topics: list[str]
+    quantity: str | None
+    unit: str | None
+    model: str | None
+    amount_unrounded: str
+    amount: str
+    breakdown: list[Any]
+    usage_ref: dict[str, Any]
+
+
+class InvoiceSummary(_Model):
+    """One invoice in a listing."""
+
+    id: int
+    ref: str = Field(description="how to name it in paths: its number, or draft-<id> before it has one")
+    number: str | None
+    account: str
+    period_start: str
+    period_end: str
+    kind: str
+    status: str = Field(description="draft, finalized or void")
+    currency: str
+    subtotal: str
+    tax: str
+    total: str
+
+
+class Invoice(_Model):
+    """One invoice: the frozen snapshot once finalized (with the issuer, dates and terms); a
+    draft's current lines and totals before."""
+
+    id: int
+    ref: str
+    status: str
+    void_reason: str | None
+    number: str | None
+    account: InvoiceAccount
+    period: Period
+    kind: str | None = None
+    currency: str
+    plan: InvoicePlan | None = None
+    lines: list[InvoiceLine]
+    subtotal: str
+    tax_rate: str | None = None
+    tax: str
+    total: str
+    issued_on: str | None = None
+    due_on: str | None = None
+    payment_terms_days: int | None = None
+    issuer: dict[str, Any] | None = None
+
+
+class BillingRunResult(_Model):
+    """One account's invoice after a billing run."""
+
+    account: str
+    invoice_id: int | None
+    ref: str | None
+    number: str | None
+    status: str = Field(description="draft, finalized (by this run) or skipped-finalized")
+    currency: str
+    subtotal: str
+    tax: str
+    total: str
+
+
+class Finalized(_Model):
+    id: int
+    ref: str = Field(description="the invoice's number (draft-<id> keeps naming it too)")
+    number: str
+    account: str
+    total: str
+
+
+class Voided(_Model):
+    ref: str
+    number: str
+    status: str = Field(description="void")
+
+
+class RatedSoFar(_Model):
+    lines: list[dict[str, Any]]
+    subtotal: str
+    tax: str
+    total: str
+
+
+class Statement(_Model):
+    """An account's usage in a month so far, in every breakdown, and the amount rated so far."""
+
+    account: str
+    period: str
+    from_: str = Field(alias="from")
+    to: str
+    as_of: str
+    currency: str
+    plan: str | None
+    totals: list[dict[str, Any]] = Field(description="per source and direction")
+    daily: list[dict[str, Any]]
+    by_topic: list[dict[str, Any]]
+    by_client_id: list[dict[str, Any]]
+    by_principal: list[dict[str, Any]]
+    source_differences: list[dict[str, Any]] = Field(
+        description="where the proxy and the broker metrics both saw the traffic: both counts and the gap"
+    )
+    rated_so_far: RatedSoFar
+
+
+class LiveMinute(_Model):
+    start: str
+    end: str
+
+
+class DlqCounts(_Model):
+    last_hour: dict[str, int]
+    today: dict[str, int]
+
+
+class LiveView(_Model):
+    """The live view: per account and client, last-minute rates, hour-, day- and month-to-date
+    totals and the amount rated so far; metering lag per input partition; the DLQ by reason."""
+
+    generated_at: str
+    minute: LiveMinute
+    database_until: str | None
+    accounts: list[dict[str, Any]]
+    unassigned: dict[str, Any] | None
+    lag: list[dict[str, Any]]
+    lag_measured_at: str | None
+    dlq: DlqCounts
+    warnings: list[str]
+
+
+class Health(_Model):
+    status: str = Field(description="ok or unavailable")
+    live: bool
+    ready: bool
+    database: str = Field(description="reachable or unreachable")
+    kafka: str = Field(description="reachable, unreachable or not used by this process")
+
+
+class Liveness(_Model):
+    live: bool
