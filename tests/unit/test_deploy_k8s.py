@@ -221,6 +221,15 @@ def _release_job_name(image: str, kustomization: dict[str, Any]) -> str:
     return str(target["options"]["delimiter"].join(parts))
 
 
+def test_rollouts_keep_the_old_pods_until_the_new_ones_are_ready() -> None:
+    """The upgrade (runbook) may roll before the migration ends: new pods refuse a schema that is
+    not theirs, and the old ones keep serving meanwhile."""
+    for _, doc in _applied_docs():
+        if doc["kind"] == "Deployment":
+            strategy = doc["spec"]["strategy"]
+            assert strategy["type"] == "RollingUpdate" and strategy["rollingUpdate"]["maxUnavailable"] == 0
+
+
 def test_the_migration_job_is_a_new_job_per_release_and_checks_the_schema() -> None:
     job = next(d for _, d in _applied_docs() if d["kind"] == "Job")
     spec = job["spec"]["template"]["spec"]
