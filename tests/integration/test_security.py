@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import os
+import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -335,6 +337,52 @@ def test_the_sink_role_writes_usage_and_nothing_else(roles: sa.Engine, migrated:
             assert _refused(sink_db, sql), sql
     finally:
         sink_db.dispose()
+
+
+def test_the_logins_of_logins_sql_connect_in_their_roles(roles: sa.Engine, migrated: str) -> None:
+    """deploy/postgres/logins.sql (run by psql, as deploy/compose.yaml does, twice: idempotent)
+    makes the sink's and the API's logins; each connects with its password and acts in its role."""
+    psql = shutil.which("psql")
+    if psql is None:
+        pytest.skip("psql is not installed")
+    url = sa.make_url(migrated)
+    passwords = {"sink": secrets.token_hex(8), "api": secrets.token_hex(8)}
+    sql = ROOT / "deploy" / "postgres"
+    args = [psql, url.set(drivername="postgresql").render_as_string(hide_password=False), "-q"]
+    args += ["-v", "ON_ERROR_STOP=1", "-v", f"sink_password={passwords['sink']}"]
+    args += ["-v", f"api_password={passwords['api']}", "-f", str(sql / "roles.sql"), "-f", str(sql / "logins.sql")]
+    for _ in range(2):
+        subprocess.run(args, check=True, capture_output=True, timeout=60)
+    sink = sa.create_engine(url.set(username="streamtoll_sink_login", password=passwords["sink"]))
+    api = sa.create_engine(url.set(username="streamtoll_api_login", password=passwords["api"]))
+    try:
+        w = UsageWindow(
+            "2026-11-21T10:00:00.000Z",
+            "",
+            "proxy",
+            None,
+            "User:acme-y",
+            "",
+            "",
+            "orders",
+            "consume",
+            3,
+            1,
+            1,
+            0,
+            1,
+            "p/1",
+        )
+        assert upsert_windows(sink, [w]) == 1
+        assert _refused(sink, "SELECT * FROM api_keys")
+        with api.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM usage_shard_rows")).scalar_one() > 0
+        assert _refused(api, "DELETE FROM usage_shard_rows")
+    finally:
+        sink.dispose()
+        api.dispose()
+        with roles.begin() as conn:
+            conn.execute(sa.text("DROP ROLE IF EXISTS streamtoll_sink_login, streamtoll_api_login"))
 
 
 ADVERSARIAL_YAML = {
