@@ -1,8 +1,8 @@
 -- Database roles for streamtoll: least privilege per process. Run as a superuser (or the
 -- database owner with CREATEROLE) after `streamtoll db upgrade`, and again after each upgrade
 -- that adds tables (it is idempotent). Then give each process its own login, e.g.
---   CREATE ROLE api_login LOGIN PASSWORD '…' IN ROLE streamtoll_api;
--- and its STREAMTOLL_DATABASE_URL with that user.
+--   CREATE ROLE streamtoll_api_login LOGIN PASSWORD '…' IN ROLE streamtoll_api;
+-- (logins.sql does it for both) and its STREAMTOLL_DATABASE_URL with that user.
 --
 --   streamtoll_sink  the usage sink: writes usage rows, reads nothing else it does not need
 --   streamtoll_api   the HTTP API: reads everything; drafts, finalizes and voids invoices
@@ -29,7 +29,9 @@ REVOKE ALL ON ALL TABLES IN SCHEMA public FROM streamtoll_sink, streamtoll_api;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM streamtoll_sink, streamtoll_api;
 GRANT USAGE ON SCHEMA public TO streamtoll_sink, streamtoll_api;
 
--- the sink: upserts usage rows (INSERT … ON CONFLICT DO UPDATE) and checks the schema version
+-- the sink: upserts usage rows (INSERT … ON CONFLICT DO UPDATE) and checks the schema version;
+-- the triggers on usage_shard_rows keep usage_daily and usage_period_marks as their owner
+-- (SECURITY DEFINER, migrations 0007 and 0008), so the sink needs no grant on those
 GRANT SELECT, INSERT, UPDATE ON usage_shard_rows TO streamtoll_sink;
 GRANT SELECT ON alembic_version TO streamtoll_sink;
 

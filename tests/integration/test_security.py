@@ -5,7 +5,10 @@ keep the API away from usage rows and finalized invoices; hostile catalog files 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import os
+import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -18,9 +21,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
+from billing.adapters.db import schema_state
 from billing.api.app import create_app
 from billing.services.billing_run import run_billing
 from billing.services.keys import create_key, revoke_key
+from billing.services.live import read_base
 from billing.services.sink import upsert_windows
 from metering.contracts import UsageWindow
 from streamtoll.embedded import free_port
@@ -272,6 +277,26 @@ def test_the_api_role_reads_and_bills_but_cannot_touch_usage_or_finalized_invoic
                 timeout=30,
             )
             assert again.content == voided.content and again.headers["idempotent-replayed"] == "true"
+            # drafts recomputed in place (lines replaced), then one finalized alone, as the API does
+            for _ in range(2):
+                drafts = httpx.post(base + "/v1/billing/runs", params={"period": "2026-11"}, headers=auth, timeout=120)
+                assert drafts.status_code == 200, drafts.text
+            draft = next(r["ref"] for r in drafts.json() if r["account"] == "acme")
+            done = httpx.post(base + f"/v1/invoices/{draft}/finalize", headers=auth, timeout=60)
+            assert done.status_code == 200, done.text
+            for path, params in (
+                ("/v1/invoices", {"period": "2026-11"}),
+                (f"/v1/invoices/{done.json()['number']}", {}),
+                ("/v1/usage", {"from": "2026-11-01", "to": "2026-12-01", "account": "acme"}),
+                ("/v1/usage", {"from": "2026-11-20", "to": "2026-11-21", "granularity": "hour", "account": "acme"}),
+                ("/metrics", {}),
+                ("/healthz", {}),
+            ):
+                answer = httpx.get(base + path, params=params, headers=auth, timeout=60)
+                assert answer.status_code == 200, (path, answer.text)
+            assert 'streamtoll_invoices{status="finalized"}' in httpx.get(base + "/metrics", timeout=30).text
+        # the live view's database side (usage and the rated month) reads as that role too
+        read_base(api_db, DEC1.timestamp())
         # … and what it must never do is refused by the database itself
         attempts = [
             "UPDATE usage_shard_rows SET bytes = 0",
@@ -314,10 +339,65 @@ def test_the_sink_role_writes_usage_and_nothing_else(roles: sa.Engine, migrated:
             "p/9",
         )
         assert upsert_windows(sink_db, [w]) == 1
+        # a newer version of the same row: an UPDATE, through the triggers of the daily table
+        # and the statements' change marks (they write as the owner)
+        daily = sa.text("SELECT sum(bytes) FROM usage_daily WHERE principal = 'User:acme-x' AND day = '2026-11-20'")
+        with roles.connect() as conn:
+            before = conn.execute(daily).scalar_one()
+        assert upsert_windows(sink_db, [dataclasses.replace(w, bytes=7, version=w.version + 1)]) == 1
+        with roles.connect() as conn:
+            assert conn.execute(daily).scalar_one() == before + 2
+        assert schema_state(sink_db).is_current  # the sink checks the schema version at start
         for sql in ("UPDATE invoices SET total = 0", "SELECT * FROM api_keys", "DELETE FROM accounts"):
             assert _refused(sink_db, sql), sql
     finally:
         sink_db.dispose()
+
+
+def test_the_logins_of_logins_sql_connect_in_their_roles(roles: sa.Engine, migrated: str) -> None:
+    """deploy/postgres/logins.sql (run by psql, as deploy/compose.yaml does, twice: idempotent)
+    makes the sink's and the API's logins; each connects with its password and acts in its role."""
+    psql = shutil.which("psql")
+    if psql is None:
+        pytest.skip("psql is not installed")
+    url = sa.make_url(migrated)
+    passwords = {"sink": secrets.token_hex(8), "api": secrets.token_hex(8)}
+    sql = ROOT / "deploy" / "postgres"
+    args = [psql, url.set(drivername="postgresql").render_as_string(hide_password=False), "-q"]
+    args += ["-v", "ON_ERROR_STOP=1", "-v", f"sink_password={passwords['sink']}"]
+    args += ["-v", f"api_password={passwords['api']}", "-f", str(sql / "roles.sql"), "-f", str(sql / "logins.sql")]
+    for _ in range(2):
+        subprocess.run(args, check=True, capture_output=True, timeout=60)
+    sink = sa.create_engine(url.set(username="streamtoll_sink_login", password=passwords["sink"]))
+    api = sa.create_engine(url.set(username="streamtoll_api_login", password=passwords["api"]))
+    try:
+        w = UsageWindow(
+            "2026-11-21T10:00:00.000Z",
+            "",
+            "proxy",
+            None,
+            "User:acme-y",
+            "",
+            "",
+            "orders",
+            "consume",
+            3,
+            1,
+            1,
+            0,
+            1,
+            "p/1",
+        )
+        assert upsert_windows(sink, [w]) == 1
+        assert _refused(sink, "SELECT * FROM api_keys")
+        with api.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM usage_shard_rows")).scalar_one() > 0
+        assert _refused(api, "DELETE FROM usage_shard_rows")
+    finally:
+        sink.dispose()
+        api.dispose()
+        with roles.begin() as conn:
+            conn.execute(sa.text("DROP ROLE IF EXISTS streamtoll_sink_login, streamtoll_api_login"))
 
 
 ADVERSARIAL_YAML = {

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import posixpath
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ NAMES = {f"STREAMTOLL_{s.name}" for s in SETTINGS}
 
 
 def _k8s_docs() -> list[tuple[str, dict[str, Any]]]:
+    """Every document of the top-level manifests, the examples kept out of the kustomization
+    included (as the files the test reads, before kustomize)."""
     docs = []
     for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
         if path.name == "kustomization.yaml":
@@ -35,6 +39,30 @@ def _k8s_docs() -> list[tuple[str, dict[str, Any]]]:
             if doc:
                 docs.append((path.name, doc))
     return docs
+
+
+def _kustomization() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
+    return doc
+
+
+def _applied_docs() -> list[tuple[str, dict[str, Any]]]:
+    """The documents `kubectl apply -k deploy/k8s` sends (its resources), before kustomize."""
+    resources = set(_kustomization()["resources"])
+    return [(name, doc) for name, doc in _k8s_docs() if name in resources]
+
+
+def _pod_specs() -> dict[str, dict[str, Any]]:
+    """The pod spec of each Deployment and Job the kustomization applies, by workload name."""
+    return {
+        doc["metadata"]["name"]: doc["spec"]["template"]["spec"]
+        for _, doc in _applied_docs()
+        if doc["kind"] in ("Deployment", "Job")
+    }
+
+
+def _containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*spec.get("initContainers", []), *spec["containers"]]
 
 
 def _is_setting(name: str) -> bool:
@@ -69,6 +97,9 @@ def test_every_catalogued_setting_is_read(setting: Any) -> None:
     assert changed or read_by_cli or same_as_default, f"STREAMTOLL_{setting.name} is read by nothing"
 
 
+KEDA_KINDS = {"ScaledObject", "TriggerAuthentication"}  # CRDs: checked in test_deploy_keda.py
+
+
 def test_kubernetes_manifests_match_the_api_schemas() -> None:
     docs = _k8s_docs()
     kinds = {(d["kind"], d["metadata"]["name"]) for _, d in docs}
@@ -76,49 +107,54 @@ def test_kubernetes_manifests_match_the_api_schemas() -> None:
         ("Deployment", "streamtoll-worker"),
         ("Deployment", "streamtoll-sink"),
         ("Deployment", "streamtoll-api"),
-        ("Job", "streamtoll-migrate"),
+        ("Job", "streamtoll-migrate-release"),
         ("ConfigMap", "streamtoll"),
-        ("Secret", "streamtoll"),
-        ("HorizontalPodAutoscaler", "streamtoll-worker"),
+        ("Secret", "streamtoll-kafka"),
+        ("Secret", "streamtoll-database"),
+        ("ScaledObject", "streamtoll-worker"),
+        ("TriggerAuthentication", "streamtoll-kafka"),
         ("Service", "streamtoll-api"),
     } <= kinds
     for name, doc in docs:
+        if doc["kind"] in KEDA_KINDS:
+            continue
         try:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
             raise AssertionError(f"{name} {doc['kind']}: {exc.message} at {list(exc.path)}") from exc
-    kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
-    assert sorted(kustomization["resources"]) == sorted(
-        p.name for p in (DEPLOY / "k8s").glob("*.yaml") if p.name != "kustomization.yaml"
+    # every manifest is applied, but the examples (secret.example.yaml: never overwrite real ones)
+    assert sorted(_kustomization()["resources"]) == sorted(
+        p.name
+        for p in (DEPLOY / "k8s").glob("*.yaml")
+        if p.name != "kustomization.yaml" and not p.name.endswith(".example.yaml")
     )
 
 
 def test_kubernetes_pods_run_real_commands_with_real_settings() -> None:
-    docs = dict(((d["kind"], d["metadata"]["name"]), d) for _, d in _k8s_docs())
+    docs = {(d["kind"], d["metadata"]["name"]): d for _, d in _k8s_docs()}
     config = docs[("ConfigMap", "streamtoll")]["data"]
-    secret = docs[("Secret", "streamtoll")]["stringData"]
-    for key in [*config, *secret]:
+    kafka_secret = docs[("Secret", "streamtoll-kafka")]["stringData"]
+    for key in [*config, *kafka_secret]:
         assert _is_setting(key), f"{key} is not a streamtoll setting"
-    assert "STREAMTOLL_DATABASE_URL" in secret and "STREAMTOLL_KAFKA_SASL_PASSWORD" in secret  # secrets stay secret
+    secret_names = {f"STREAMTOLL_{s.name}" for s in SETTINGS if s.secret}
+    assert not secret_names & set(config), "secrets stay out of the ConfigMap"
+    assert "STREAMTOLL_KAFKA_SASL_PASSWORD" in kafka_secret
     roles = {}
-    for (kind, _name), doc in docs.items():
-        if kind not in ("Deployment", "Job"):
-            continue
-        for c in doc["spec"]["template"]["spec"]["containers"]:
+    for spec in _pod_specs().values():
+        for c in _containers(spec):
             _check_command(c["args"])
-            roles[c["args"][0]] = c
+            roles.setdefault(c["args"][0], c)
             for e in c.get("env", []):
                 assert _is_setting(e["name"]), f"{e['name']} is not a streamtoll setting"
-            refs = {next(iter(r.values()))["name"] for r in c["envFrom"]}
-            assert refs == {"streamtoll"}
+            refs = {(kind, ref["name"]) for r in c["envFrom"] for kind, ref in r.items()}
+            assert refs <= {("configMapRef", "streamtoll"), ("secretRef", "streamtoll-kafka")}, refs
+            assert ("configMapRef", "streamtoll") in refs
     assert {"worker", "sink", "api", "db"} <= set(roles)
     assert roles["api"]["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert roles["api"]["livenessProbe"]["httpGet"]["path"] == "/healthz/live"
-    # workers: a unique instance id per pod; never more replicas than input partitions
+    # workers: a unique instance id per pod (the replica bounds: test_deploy_keda.py)
     worker_env = {e["name"]: e["value"] for e in roles["worker"]["env"]}
     assert worker_env["STREAMTOLL_INSTANCE_ID"] == "@hostname"
-    hpa = docs[("HorizontalPodAutoscaler", "streamtoll-worker")]["spec"]
-    assert docs[("Deployment", "streamtoll-worker")]["spec"]["replicas"] <= hpa["maxReplicas"] <= 12
 
 
 def _compose_schema() -> dict[str, Any]:
@@ -150,6 +186,172 @@ def test_compose_file_matches_the_compose_spec_and_streamtoll() -> None:
             assert _is_setting(line.split("=", 1)[0])
 
 
+def _compose() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    return doc
+
+
+def _compose_env(svc: dict[str, Any]) -> dict[str, str]:
+    """A service's environment as the container sees it: its env files, then `environment`."""
+    env = {}
+    for name in svc.get("env_file", []):
+        for line in (DEPLOY / name).read_text().splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.partition("=")
+                env[key] = value
+    env.update({k: str(v) for k, v in svc.get("environment", {}).items()})
+    return env
+
+
+def _streamtoll_services() -> dict[str, dict[str, Any]]:
+    return {n: s for n, s in _compose()["services"].items() if s.get("image", "").startswith("streamtoll")}
+
+
+def test_compose_kafka_keeps_its_data_in_its_volume_and_runs_transactions_on_one_broker() -> None:
+    doc = _compose()
+    kafka = doc["services"]["kafka"]
+    env = {k: str(v) for k, v in kafka["environment"].items()}
+    # the image writes to /tmp/kraft-combined-logs unless told otherwise: the volume stayed empty
+    volumes = dict(v.split(":")[:2][::-1] for v in kafka["volumes"])  # container path -> volume
+    assert env["KAFKA_LOG_DIRS"] in volumes, "KAFKA_LOG_DIRS must be the mounted volume's path"
+    assert volumes[env["KAFKA_LOG_DIRS"]] in doc["volumes"]  # a named volume, kept across restarts
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", env["CLUSTER_ID"])  # fixed: the volume is formatted for it
+    # KRaft, one node as broker and its own controller
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    voters = dict(v.split("@") for v in env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(","))
+    assert list(voters) == [env["KAFKA_NODE_ID"]]
+    listeners = dict(entry.split("://") for entry in env["KAFKA_LISTENERS"].split(","))
+    advertised = dict(entry.split("://") for entry in env["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    protocols = dict(entry.split(":") for entry in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    controller = env["KAFKA_CONTROLLER_LISTENER_NAMES"]
+    assert set(listeners) <= set(protocols) and controller in listeners and controller not in advertised
+    assert voters[env["KAFKA_NODE_ID"]] == f"kafka:{listeners[controller].rsplit(':', 1)[1]}"
+    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in advertised
+    for name, address in advertised.items():
+        assert listeners[name].rsplit(":", 1)[1] == address.rsplit(":", 1)[1], name
+    # streamtoll and the host reach it at advertised addresses
+    bootstrap = {_compose_env(s)["STREAMTOLL_KAFKA_BOOTSTRAP"] for s in _streamtoll_services().values()}
+    assert bootstrap <= set(advertised.values())
+    published = {p.split(":")[0] for p in kafka["ports"]}
+    assert published == {a.rsplit(":", 1)[1] for a in advertised.values() if a.startswith("localhost:")}
+    # internal topics (group offsets, transaction state) and streamtoll's topics fit one broker:
+    # with the defaults (3, 2) group commits and transactions would fail
+    for key in (
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
+        "KAFKA_DEFAULT_REPLICATION_FACTOR",
+        "KAFKA_MIN_INSYNC_REPLICAS",
+    ):
+        assert env[key] == "1", key
+
+
+def _url_user(url: str) -> str:
+    match = re.match(r"postgresql\+psycopg://([^:@/]+)[:@]", url)
+    assert match, url
+    return match.group(1)
+
+
+def test_compose_services_never_embed_and_connect_as_their_database_roles() -> None:
+    doc = _compose()
+    services = doc["services"]
+    owner = services["postgres"]["environment"]["POSTGRES_USER"]
+    roles_sql = (DEPLOY / "postgres" / "roles.sql").read_text()
+    logins_sql = (DEPLOY / "postgres" / "logins.sql").read_text()
+    assert {"streamtoll_sink", "streamtoll_api"} <= set(re.findall(r"CREATE ROLE (\w+) NOLOGIN", roles_sql))
+    role_of = dict(re.findall(r"CREATE ROLE (\w+) LOGIN IN ROLE (\w+)", logins_sql))
+    expected = {"migrate": owner, "sink": "streamtoll_sink", "api": "streamtoll_api"}
+    for name, svc in _streamtoll_services().items():
+        env = _compose_env(svc)
+        assert env["STREAMTOLL_EMBEDDED"] == "never", name
+        command = svc["command"][0]
+        url = env.get("STREAMTOLL_DATABASE_URL")
+        if command == "worker":
+            assert url is None, f"{name}: workers use no database"
+            assert "migrate" not in svc.get("depends_on", {})
+            continue
+        assert url is not None, name
+        user = _url_user(url)
+        role = user if command == "db" else role_of.get(user)
+        assert role == expected[name], f"{name} connects as {user} (role {role})"
+        if command in ("sink", "api"):
+            assert svc["depends_on"]["db-roles"] == {"condition": "service_completed_successfully"}
+    # the roles and logins are made after the migration (roles.sql grants on existing tables),
+    # with the passwords the sink's and the API's URLs carry
+    roles = services["db-roles"]
+    assert roles["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+    mount, _, _ = next(v for v in roles["volumes"] if v.startswith("./postgres:")).partition(":ro")
+    target = mount.split(":")[1]
+    files = [a.split("=", 1)[1] for a in roles["command"] if a.startswith("--file=")]
+    assert files == [f"{target}/roles.sql", f"{target}/logins.sql"]
+    assert (DEPLOY / "postgres" / "roles.sql").exists() and (DEPLOY / "postgres" / "logins.sql").exists()
+    psql_vars = dict(a.split("=", 2)[1:] for a in roles["command"] if a.startswith("--set="))
+    assert psql_vars.pop("ON_ERROR_STOP") == "1"
+    assert set(psql_vars) == set(re.findall(r":'(\w+)'", logins_sql))
+    for var, service in (("sink_password", "sink"), ("api_password", "api")):
+        url = _compose_env(services[service])["STREAMTOLL_DATABASE_URL"]
+        assert f":{psql_vars[var]}@" in url, f"{service}'s URL and {var} differ"
+
+
+def test_compose_healthchecks_ask_the_health_endpoints() -> None:
+    for name, svc in _streamtoll_services().items():
+        command = svc["command"]
+        if command[0] in ("worker", "sink"):
+            port = _compose_env(svc)["STREAMTOLL_METRICS_BIND"].rsplit(":", 1)[1]
+        elif command[0] == "api":
+            port = command[command.index("--bind") + 1].rsplit(":", 1)[1]
+        else:
+            continue
+        test = " ".join(svc["healthcheck"]["test"])
+        assert f"http://127.0.0.1:{port}/healthz'" in test, f"{name}: {test}"
+        assert "urlopen" in test  # raises on a 503: unhealthy
+
+
+def test_dockerfile_installs_the_wheel_with_the_lock_file_from_files_that_exist() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    instructions = [
+        line.strip() for line in text.replace("\\\n", " ").splitlines() if line.strip() and not line.startswith("#")
+    ]
+    made: dict[str, set[str]] = {}  # build stage -> the paths it made (copied in, or the wheel dir)
+    stage, workdir = "", "/"
+    for ins in instructions:
+        op, _, rest = ins.partition(" ")
+        words = rest.split()
+        if op == "FROM":
+            stage, workdir = (words[2] if len(words) > 2 else ""), "/"
+            made[stage] = set()
+        elif op == "WORKDIR":
+            workdir = posixpath.join(workdir, words[0])
+        elif op == "COPY":
+            source_stage = next((w.split("=", 1)[1] for w in words if w.startswith("--from=")), None)
+            *sources, dest = [w for w in words if not w.startswith("--")]
+            for src in sources:
+                if source_stage is None:  # the build context: the repository root
+                    assert (DEPLOY.parent / src).exists(), f"COPY {src}: not in the build context"
+                else:
+                    assert any(src == m or src.startswith(m + "/") for m in made[source_stage]), (
+                        f"COPY --from={source_stage} {src}: that stage did not make it"
+                    )
+            target = posixpath.normpath(posixpath.join(workdir, dest))
+            if dest.endswith("/") or len(sources) > 1:
+                made[stage] |= {posixpath.join(target, posixpath.basename(src)) for src in sources}
+            else:
+                made[stage].add(target)
+        elif op == "RUN":
+            made[stage] |= set(re.findall(r"--wheel-dir[= ](\S+)", rest))
+    installs = [i for i in instructions if re.search(r"\bpip install\b", i)]
+    assert installs, "the image installs streamtoll with pip"
+    for ins in installs:
+        assert not re.search(r"\s(-e|--editable)\s", ins), "an editable install needs the source tree"
+    wheel = [i for i in installs if ".whl" in i]
+    assert wheel and all(re.search(r"\s-c\s+\S*constraints\.txt\s", i) for i in wheel), "pin with the lock file"
+    assert re.search(r"^ENV .*STREAMTOLL_EMBEDDED=never", text.replace("\\\n", " "), re.M)
+    assert instructions[-2:] == ['ENTRYPOINT ["streamtoll"]', 'CMD ["--help"]']
+    # the context is the repository root: its virtualenv and git history stay out of it
+    ignored = set((DEPLOY / "Dockerfile.dockerignore").read_text().split())
+    assert {".venv", ".git"} <= ignored
+
+
 def test_grafana_dashboard_is_valid_json_with_queries() -> None:
     doc = json.loads((DEPLOY / "grafana" / "streamtoll.json").read_text())
     assert doc["uid"] == "streamtoll" and all(p["targets"] for p in doc["panels"])
@@ -161,10 +363,21 @@ def test_runbook_commands_are_real_and_it_covers_the_operations() -> None:
     commands = [line.strip() for b in blocks for line in b.splitlines() if line.strip().startswith("streamtoll ")]
     assert len(commands) >= 5
     for line in commands:
-        _check_command(shlex.split(line)[1:])
+        # split as the shell does: an unquoted `#` starts a comment (`invoices show #42` lost its
+        # argument); drafts are draft-42
+        _check_command(shlex.split(line, comments=True)[1:])
     headings = [line[3:].lower() for line in text.splitlines() if line.startswith("## ")]
-    for topic in ("scaling", "backfill and replay", "month close", "backup and restore"):
+    for topic in ("scaling", "backfill and replay", "month close", "backup and restore", "upgrade", "secrets"):
         assert topic in headings, topic
+    assert "database roles" in headings
+    # the upgrade: the release's migration Job first, then the Deployments
+    upgrade = text[text.index("## Upgrade") :].split("\n## ")[0]
+    kubectl = [line.strip() for b in upgrade.split("```")[1::2] for line in b.splitlines() if "kubectl" in line]
+    migrate = next(i for i, line in enumerate(kubectl) if "component=migrate" in line)
+    wait = next(i for i, line in enumerate(kubectl) if "wait --for=condition=complete" in line)
+    rollout = next(i for i, line in enumerate(kubectl) if line == "kubectl apply -k deploy/k8s")
+    assert migrate < wait < rollout
+    assert "job/streamtoll-migrate-" in kubectl[wait]
 
 
 def test_readme_settings_table_is_generated_from_the_catalog() -> None:
