@@ -522,10 +522,12 @@ def cmd_statements(args: argparse.Namespace) -> int:
 # -- processes ---------------------------------------------------------------------------------
 
 
-def _metrics(collector: Any, bind: str | None, health: Any = None) -> contextlib.AbstractContextManager[int | None]:
+def _metrics(
+    collector: Any, bind: str | None, health: Any = None, alive: Any = None
+) -> contextlib.AbstractContextManager[int | None]:
     from streamtoll.metrics import serve_metrics
 
-    return serve_metrics(collector, bind, health)
+    return serve_metrics(collector, bind, health, alive)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -543,7 +545,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        with _metrics(EngineCollector(engine), args.metrics_bind or settings.metrics_bind, engine.health) as port:
+        bind = args.metrics_bind or settings.metrics_bind
+        with _metrics(EngineCollector(engine), bind, engine.health, engine.alive) as port:
             if port is not None:
                 print(f"worker metrics on port {port} (/metrics)", file=sys.stderr)
             engine.run()
@@ -574,7 +577,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
         def health() -> tuple[bool, dict[str, Any]]:
             return sink.db_up, {"database": "reachable" if sink.db_up else "unreachable", "records": sink.records}
 
-        with _metrics(SinkCollector(sink), args.metrics_bind or metering.metrics_bind, health):
+        with _metrics(SinkCollector(sink), args.metrics_bind or metering.metrics_bind, health, sink.alive):
             sink.run()
     return 0
 

@@ -1,9 +1,12 @@
 """A small HTTP server for a process without an API of its own (worker, sink): Prometheus
-``/metrics`` and a ``/healthz`` readiness answer.
+``/metrics``, a ``/healthz`` readiness and a ``/healthz/live`` liveness answer.
 
 ``STREAMTOLL_METRICS_BIND`` (or ``--metrics-bind``) starts it. ``/healthz`` answers 200 with a
 JSON body while the process's ``health()`` says it can do its job, 503 with the same body saying
-what is wrong otherwise (e.g. the sink while its database is unreachable). ``/metrics`` also
+what is wrong otherwise (e.g. the sink while its database is unreachable). ``/healthz/live``
+answers 200 while its ``alive()`` says the process's loop turns — whether or not Kafka or the
+database answer, since restarting the process cures a stuck loop, not an outage — and 503
+otherwise (the orchestrator restarts it). ``/metrics`` also
 has the process's own metrics (``process_resident_memory_bytes``, ``process_cpu_seconds_total``,
 open file descriptors …), like the API's.
 """
@@ -27,8 +30,11 @@ Health = Callable[[], tuple[bool, dict[str, Any]]]
 
 
 @contextlib.contextmanager
-def serve_metrics(collector: Collector, bind: str | None, health: Health | None = None) -> Iterator[int | None]:
-    """Serve ``/metrics`` (and ``/healthz``) in a thread while the block runs; yields the port."""
+def serve_metrics(
+    collector: Collector, bind: str | None, health: Health | None = None, alive: Health | None = None
+) -> Iterator[int | None]:
+    """Serve ``/metrics``, ``/healthz`` and ``/healthz/live`` in a thread while the block runs;
+    yields the port."""
     if not bind:
         yield None
         return
@@ -39,10 +45,12 @@ def serve_metrics(collector: Collector, bind: str | None, health: Health | None 
     metrics = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") == "/healthz":
-            ok, body = health() if health else (True, {})
+        path = environ.get("PATH_INFO")
+        if path in ("/healthz", "/healthz/live"):
+            check, word = (health, "ready") if path == "/healthz" else (alive, "live")
+            ok, body = check() if check else (True, {})
             start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")])
-            return [json.dumps({"ready": ok, **body}).encode()]
+            return [json.dumps({word: ok, **body}).encode()]
         return metrics(environ, start_response)  # type: ignore[no-any-return]
 
     server = make_server(host or "0.0.0.0", int(port), app, ThreadingWSGIServer, handler_class=_SilentHandler)

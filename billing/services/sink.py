@@ -9,6 +9,8 @@ While the database is unreachable the sink keeps the batch and retries with back
 doubling to 30 s), its partitions paused but the consumer polled between retries, so the
 group's poll-interval check does not drop it (tested with an outage of ~10 s; longer outages
 rely on the same polling); ``db_up`` (and ``/metrics``, ``/healthz``) say so meanwhile.
+A usage windows topic that does not exist yet (the sink started before any worker created it)
+is waited for, with a warning a minute, not a crash.
 
 ``STREAMTOLL_FAILPOINT=sink.after_db_commit:N`` makes the process exit right after its N-th
 database commit and before the Kafka commit — the narrowest window there is — so tests can
@@ -37,6 +39,8 @@ __all__ = ["UsageSink", "upsert_windows"]
 
 log = logging.getLogger("streamtoll.sink")
 
+# what a subscription to a topic nobody has created yet reports (librdkafka)
+_NO_TOPIC_YET = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC)
 _KEY = ("source", "principal", "client_id", "virtual_cluster", "topic", "direction", "hour", "shard")
 _VALUES = ("bytes", "records", "requests", "denied_requests", "version")
 
@@ -118,9 +122,16 @@ class UsageSink:
         self.db_failures = 0
         self.db_up = True
         self._stop = threading.Event()
+        self._missing_logged_at = -60.0
+        self.turned_at = time.monotonic()  # the consume loop's last turn (a database retry included)
 
     def stop(self) -> None:
         self._stop.set()
+
+    def alive(self, within_s: float = 300.0) -> tuple[bool, dict[str, Any]]:
+        """Live while the consume loop turns, the database reachable or not (``/healthz/live``)."""
+        age = time.monotonic() - self.turned_at
+        return age <= within_s, {"loop_turned_s_ago": round(age, 1)}
 
     def run(self) -> None:
         consumer = Consumer(
@@ -138,6 +149,7 @@ class UsageSink:
         consumer.subscribe([self.topic])
         try:
             while not self._stop.is_set():
+                self.turned_at = time.monotonic()
                 msgs = consumer.consume(self.batch_size, 0.5)
                 windows: list[UsageWindow] = []
                 offsets: dict[tuple[str, int], int] = {}
@@ -145,6 +157,9 @@ class UsageSink:
                     err = m.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
+                            continue
+                        if err.code() in _NO_TOPIC_YET:
+                            self._topic_missing()
                             continue
                         raise KafkaException(err)
                     offsets[(m.topic() or "", m.partition() or 0)] = (m.offset() or 0) + 1
@@ -174,6 +189,15 @@ class UsageSink:
                 self.batches += 1
         finally:
             consumer.close()
+
+    def _topic_missing(self) -> None:
+        now = time.monotonic()
+        if now - self._missing_logged_at >= 60:
+            self._missing_logged_at = now
+            log.warning(
+                "the usage windows topic does not exist yet; waiting for a worker to create it",
+                extra={"topic": self.topic},
+            )
 
     def _write(self, windows: list[UsageWindow], consumer: Consumer | None = None) -> None:
         backoff = 0.5
@@ -210,6 +234,7 @@ class UsageSink:
             return self._stop.wait(seconds)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
+            self.turned_at = time.monotonic()
             if self._stop.is_set():
                 return True
             m = consumer.poll(min(1.0, max(0.0, deadline - time.monotonic())))

@@ -73,6 +73,7 @@ class Engine:
         self._producer: Producer | None = None
         self._last_snapshot: dict[tuple[str, int], float] = {}
         self.progress_at = 0.0  # last time a poll returned (records or not): the loop is alive
+        self.turned_at = clock()  # last time the loop (re)started: alive between restarts too
         self.last_error: str | None = None
         self._full_reads = 0  # shards the last restore had to rebuild from the state topic's start
         self._rebalancing = False  # between a revoke (or the join) and the next assignment
@@ -90,11 +91,19 @@ class Engine:
             "last_error": self.last_error,
         }
 
+    def alive(self, within_s: float = 300.0) -> tuple[bool, dict[str, Any]]:
+        """Live while the loop turns — polls return, or it restarts after a failure (at most 30 s
+        apart) — whether or not Kafka answers (for ``/healthz/live``: a restart cures a stuck
+        loop, not an unreachable broker)."""
+        age = self.clock() - max(self.progress_at, self.turned_at)
+        return age <= within_s, {"loop_turned_s_ago": round(age, 1)}
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     def run(self) -> None:
         backoff = 1.0
         while not self._stop.is_set():
+            self.turned_at = self.clock()
             try:
                 self._start()
                 backoff = 1.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import random
 import signal
@@ -177,3 +179,39 @@ def test_daily_usage_stays_the_sum_of_the_hourly_shard_rows(migrated: str) -> No
         assert by_days and sorted(by_days, key=str) == sorted(by_hours, key=str)
     finally:
         engine.dispose()
+
+
+def test_a_sink_started_before_its_topic_exists_waits_for_it(
+    broker: EmbeddedBroker, env: dict[str, str], settings: MeteringSettings, migrated: str, logdir: Path
+) -> None:
+    """In compose or Kubernetes the sink may start before any worker created the usage windows
+    topic: it waits (alive, a warning), then sinks what arrives."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    env = {**env, "STREAMTOLL_DATABASE_URL": migrated}
+    with open(logdir / "sink.log", "ab") as sink_log:
+        sink = subprocess.Popen(
+            [sys.executable, "-m", "streamtoll.cli", "sink"], env=env, stdout=sink_log, stderr=sink_log
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while "does not exist yet" not in (logdir / "sink.log").read_text():
+                assert sink.poll() is None, (logdir / "sink.log").read_text()[-2000:]
+                assert time.monotonic() < deadline, "the sink never said it waits for its topic"
+                time.sleep(0.2)
+            admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+            admin.create_topics([NewTopic(settings.topic_usage_windows, 2, 1)])[settings.topic_usage_windows].result()
+            producer = Producer({"bootstrap.servers": broker.bootstrap})
+            w = window(3, 4242)
+            producer.produce(settings.topic_usage_windows, json.dumps(dataclasses.asdict(w)).encode())
+            producer.flush(10)
+            deadline = time.monotonic() + 90
+            while not hourly(migrated):
+                assert sink.poll() is None, (logdir / "sink.log").read_text()[-2000:]
+                assert time.monotonic() < deadline, "the window never reached the database"
+                time.sleep(0.5)
+            assert [v[0] for v in hourly(migrated).values()] == [4242]
+        finally:
+            sink.send_signal(signal.SIGTERM)
+            sink.wait(30)

@@ -166,8 +166,9 @@ def _port(container: dict[str, Any], port: int | str) -> int:
 
 
 def test_worker_and_sink_probes_ask_their_metrics_server() -> None:
-    """Worker and sink serve /metrics and /healthz on METRICS_BIND (streamtoll/metrics.py);
-    /healthz answers 503 while Kafka or the database is away, so it is readiness only."""
+    """Worker and sink serve /metrics, /healthz and /healthz/live on METRICS_BIND
+    (streamtoll/metrics.py); /healthz answers 503 while Kafka or the database is away, so it is
+    readiness only; /healthz/live says whether the loop turns."""
     for spec in _pod_specs().values():
         for c in _containers(spec):
             for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
@@ -180,10 +181,10 @@ def test_worker_and_sink_probes_ask_their_metrics_server() -> None:
             port = int(bind.rsplit(":", 1)[1])
             ready, live = c["readinessProbe"]["httpGet"], c["livenessProbe"]["httpGet"]
             assert ready["path"] == "/healthz"
-            assert live["path"] == "/metrics"  # no /healthz/live there (yet): alive = serving HTTP
+            assert live["path"] == "/healthz/live"
             assert _port(c, ready["port"]) == _port(c, live["port"]) == port, command
     metrics = (DEPLOY.parent / "streamtoll" / "metrics.py").read_text()
-    assert '"/healthz"' in metrics
+    assert '"/healthz"' in metrics and '"/healthz/live"' in metrics
 
 
 def test_the_kafka_ca_is_mounted_where_the_settings_look() -> None:
