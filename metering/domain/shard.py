@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from metering.decoders import confluent_audit, otlp, proxy
-from metering.decoders.common import Invalid, Limits
+from metering.decoders.common import Headers, Invalid, Limits, is_binary
 from metering.domain import counters
 from metering.domain.dedup import DedupSet
 from metering.domain.events import (
@@ -54,14 +54,17 @@ class InRecord(Protocol):
 
     def value(self) -> bytes | None: ...
 
+    def headers(self) -> list[tuple[str, bytes | None]] | None: ...
+
 
 class Record:
     """A plain :class:`InRecord` (tests, replays from files)."""
 
-    __slots__ = ("_offset", "_ts", "_value")
+    __slots__ = ("_headers", "_offset", "_ts", "_value")
 
-    def __init__(self, offset: int, timestamp_ms: int, value: bytes | None) -> None:
+    def __init__(self, offset: int, timestamp_ms: int, value: bytes | None, headers: Headers | None = None) -> None:
         self._offset, self._ts, self._value = offset, timestamp_ms, value
+        self._headers = None if headers is None else list(headers)
 
     def offset(self) -> int:
         return self._offset
@@ -71,6 +74,9 @@ class Record:
 
     def value(self) -> bytes | None:
         return self._value
+
+    def headers(self) -> list[tuple[str, bytes | None]] | None:
+        return self._headers
 
 
 @dataclass
@@ -123,6 +129,9 @@ class ShardState:
         max_ts = 0
         changed_series: set[tuple[str, ...]] = set()
         decode: Callable[[bytes, Limits], UsageEvent | str] = proxy.decode if kind == PROXY else confluent_audit.decode
+        decode_binary: Callable[[bytes, Headers, Limits], UsageEvent | str] = (
+            proxy.decode_binary if kind == PROXY else confluent_audit.decode_binary
+        )
         otlp_input = kind == BROKER_METRICS
 
         for rec in records:
@@ -139,7 +148,13 @@ class ShardState:
                     self._fold_samples(rec, otlp.decode(value, limits), events, changed_series, out)
                     got: UsageEvent | str | None = None
                 else:
-                    got = decode(value, limits)
+                    # CloudEvents binary content mode is recognised by its ce_specversion header;
+                    # a record without headers (the usual structured one) costs one call here.
+                    headers = rec.headers()
+                    if headers and is_binary(headers):
+                        got = decode_binary(value, headers, limits)
+                    else:
+                        got = decode(value, limits)
             except Invalid as exc:
                 rejected.append((rec, exc.rejection))
                 continue

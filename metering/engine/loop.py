@@ -408,7 +408,7 @@ class Engine:
                 rec.timestamp()[1],
                 key,
                 value,
-                rec.headers(),  # type: ignore[attr-defined]
+                rec.headers(),
                 received_at,
             )
             if value is not None and len(value) > DLQ_VALUE_LIMIT:
