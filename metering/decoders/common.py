@@ -131,10 +131,10 @@ def as_count(obj: dict[str, Any], name: str, where: str, limit: int) -> int:
     v = obj.get(name)
     if type(v) is int:
         n = v
-    elif type(v) is str and v.isascii() and v.strip().lstrip("+").isdigit():
+    elif type(v) is str and v.isascii() and _digits(v).isdigit():
         if len(v) > 30:
             raise Invalid("too_large", f"{where}{name} has {len(v)} digits")
-        n = int(v)
+        n = int(_digits(v))
     elif type(v) is float and math.isfinite(v) and v.is_integer():
         n = int(v)
     elif type(v) is str and v.strip().startswith("-") and v.strip()[1:].isdigit():
@@ -148,6 +148,12 @@ def as_count(obj: dict[str, Any], name: str, where: str, limit: int) -> int:
     if n > limit:
         raise Invalid("too_large", f"{where}{name} is {n}, over the limit of {limit}")
     return n
+
+
+def _digits(v: str) -> str:
+    """``v`` without surrounding (ASCII) whitespace and one leading ``+``."""
+    v = v.strip()
+    return v[1:] if v.startswith("+") else v
 
 
 def as_identity(obj: dict[str, Any], name: str, where: str, default: str = "", required: bool = False) -> str:

@@ -103,6 +103,8 @@ def test_hostile_bytes_get_reasons(raw: bytes, expected: str) -> None:
         ({"data": {"topic": "t", "records": 1.5, "bytes": 1}}, "schema"),
         ({"data": {"topic": "t", "records": True, "bytes": 1}}, "schema"),
         ({"data": {"topic": "t", "records": "-3", "bytes": 1}}, "negative"),
+        ({"data": {"topic": "t", "records": "++3", "bytes": 1}}, "schema"),
+        ({"data": {"topic": "t", "records": "3+", "bytes": 1}}, "schema"),
         ({"data": {"topic": "t", "records": 1, "bytes": 2**40}}, "too_large"),
         ({"data": {"topic": "t", "records": 1, "bytes": "9" * 400}}, "too_large"),
         ({"data": {"topic": "t" * 1_000_000, "records": 1, "bytes": 1}}, "schema"),
@@ -120,6 +122,12 @@ def test_tolerated_drift() -> None:
     ev = dec(good(subject=None, extra_field={"deep": [1, 2]}, data={"topic": "t", "records": 2.0, "bytes": "7"}))
     assert isinstance(ev, UsageEvent)
     assert (ev.principal, ev.records, ev.bytes) == ("unknown", 2, 7)
+
+
+def test_counts_as_strings_may_have_whitespace_and_a_plus() -> None:
+    for text in (" +7 ", "\x1c7", "7\x1f", "\t7\n", "+7"):
+        ev = dec(good(data={"topic": "t", "records": text, "bytes": 1}))
+        assert isinstance(ev, UsageEvent) and ev.records == 7, text
 
 
 def test_other_types_are_ignored_not_rejected() -> None:
