@@ -1,6 +1,6 @@
 """Broker metrics: an OTLP JSON ``ExportMetricsServiceRequest`` → counter samples.
 
-Spec FORMATS.md §2. This module only reads samples; turning cumulative samples into deltas
+Format: ``docs/formats.md`` (broker metrics). This module only reads samples; turning cumulative samples into deltas
 needs per-series state and lives in :mod:`metering.domain.counters`.
 
 One record carries many data points. A record that is not an OTLP request at all is rejected
@@ -79,7 +79,7 @@ def _nanos(v: Any, where: str, required: bool) -> int:
 def _value(point: dict[str, Any], where: str) -> int:
     if "asInt" in point:
         v = point["asInt"]
-        if type(v) is str and v.isascii() and v.lstrip("-").isdigit() and len(v) <= 40:
+        if type(v) is str and v.isascii() and v.removeprefix("-").isdigit() and len(v) <= 40:
             n = int(v)
         elif type(v) is int:
             n = v

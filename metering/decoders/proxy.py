@@ -157,8 +157,12 @@ def _decode_checked(doc: object, limits: Limits) -> UsageEvent | str:
     topic = as_identity(data, "topic", "data.", required=True)
     client_id = as_identity(data, "client_id", "data.")
     vcluster = as_identity(data, "virtual_cluster", "data.")
-    partition = data.get("partition")
-    if partition is not None and type(partition) is not int:
+    partition = data.get("partition")  # not metered; an integer in any JSON spelling (3 or 3.0)
+    if (
+        partition is not None
+        and type(partition) is not int
+        and not (type(partition) is float and partition.is_integer())
+    ):
         raise Invalid("schema", "data.partition must be an integer")
     records = as_count(data, "records", "data.", _RECORDS_LIMIT)
     nbytes = as_count(data, "bytes", "data.", limits.max_event_bytes)

@@ -95,6 +95,8 @@ def test_series_is_emitter_metric_and_sorted_attributes() -> None:
         (point(value=1e30), "counter_implausible"),
         (point(value=str(2**64)), "counter_implausible"),
         (point(value="-5"), "negative"),
+        (point(value="--5"), "schema"),
+        (point(value="5-"), "schema"),
         (point(t=10**12), "schema"),
     ],
 )

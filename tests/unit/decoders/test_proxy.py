@@ -110,6 +110,8 @@ def test_hostile_bytes_get_reasons(raw: bytes, expected: str) -> None:
         ({"data": {"topic": "t" * 1_000_000, "records": 1, "bytes": 1}}, "schema"),
         ({"data": {"topic": ["t"], "records": 1, "bytes": 1}}, "schema"),
         ({"data": {"topic": "t", "records": 1, "bytes": 1, "partition": "3"}}, "schema"),
+        ({"data": {"topic": "t", "records": 1, "bytes": 1, "partition": 3.5}}, "schema"),
+        ({"data": {"topic": "t", "records": 1, "bytes": 1, "partition": True}}, "schema"),
     ],
 )
 def test_malformed_fields(change: dict[str, object], expected: str) -> None:
@@ -153,6 +155,7 @@ def test_orjson_roundtrip_of_sample_is_stable(samples: Path) -> None:
         good(subject=""),
         good(data={"topic": "t", "records": 0, "bytes": 0, "client_id": None, "virtual_cluster": "vc"}),
         good(data={"topic": "t", "records": "5", "bytes": 1.0}),
+        good(data={"topic": "t", "records": 5, "bytes": 1, "partition": 3.0}),
     ],
 )
 def test_fast_path_and_checked_path_agree(doc: dict[str, object]) -> None:
