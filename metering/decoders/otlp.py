@@ -73,6 +73,8 @@ def _nanos(v: Any, where: str, required: bool) -> int:
         return v
     if type(v) is str and v.isascii() and v.isdigit() and len(v) <= 20:
         return int(v)
+    if type(v) is float and v.is_integer() and v >= 0:  # a JSON integer written as 1.7e18 or 5.0
+        return int(v)
     raise Invalid("schema", f"{where} must be unsigned nanoseconds")
 
 
@@ -83,6 +85,8 @@ def _value(point: dict[str, Any], where: str) -> int:
             n = int(v)
         elif type(v) is int:
             n = v
+        elif type(v) is float and v.is_integer():
+            n = int(v)
         else:
             raise Invalid("schema", f"{where}.asInt must be an integer (as a JSON string)")
     elif "asDouble" in point:
@@ -145,7 +149,7 @@ def decode(
                 if meaning is None or type(total) is not dict or total.get("isMonotonic") is False:
                     continue
                 temporality = total.get("aggregationTemporality")
-                if temporality not in (DELTA, CUMULATIVE):
+                if type(temporality) is not int or temporality not in (DELTA, CUMULATIVE):  # (true == 1)
                     out.append(Rejection("schema", f"{mwhere}.sum.aggregationTemporality must be 1 or 2"))
                     continue
                 points = total.get("dataPoints")
