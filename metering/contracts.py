@@ -23,7 +23,7 @@ import functools
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NotRequired, TypedDict
+from typing import Any, TypedDict
 
 __all__ = [
     "DLQ_REASONS",
@@ -151,9 +151,7 @@ class DlqTruncation(TypedDict):
     sha256: str
 
 
-class DlqRecord(TypedDict):
-    """One record on the DLQ topic: why, where from, and the original key, value and headers."""
-
+class _DlqRecordRequired(TypedDict):
     reason: str
     detail: str
     source: DlqSource
@@ -161,7 +159,14 @@ class DlqRecord(TypedDict):
     value_b64: str | None
     headers: list[list[str | None]]
     received_at: str
-    value_truncated: NotRequired[DlqTruncation]
+
+
+# (total=False rather than NotRequired[...]: with postponed annotations Python 3.11 would
+# count a NotRequired key among __required_keys__)
+class DlqRecord(_DlqRecordRequired, total=False):
+    """One record on the DLQ topic: why, where from, and the original key, value and headers."""
+
+    value_truncated: DlqTruncation
 
 
 def dlq_record(
