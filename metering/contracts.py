@@ -45,7 +45,7 @@ SOURCES = ("proxy", "broker_metrics", "audit_log")
 # Every reason a record (or one OTLP data point) is dead-lettered for, and what it means.
 DLQ_REASONS: dict[str, str] = {
     "not_json": "the value (or, in CloudEvents binary mode, the data) is not valid JSON",
-    "not_utf8": "the value, or a CloudEvents header streamtoll reads, is not valid UTF-8",
+    "not_utf8": "the value, a header name, or a CloudEvents header streamtoll reads is not valid UTF-8",
     "schema": "a required field is missing, a field has the wrong type or form, or an identifier is too long",
     "negative": "a count (bytes, records, a counter value) is negative",
     "too_large": "a count is over its limit",

@@ -35,7 +35,7 @@ from metering.domain.events import (
     event_key,
 )
 
-__all__ = ["BatchResult", "InRecord", "Record", "ShardState", "WindowKey"]
+__all__ = ["BatchResult", "HeadersUnreadable", "InRecord", "Record", "ShardState", "WindowKey"]
 
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
@@ -77,6 +77,34 @@ class Record:
 
     def headers(self) -> list[tuple[str, bytes | None]] | None:
         return self._headers
+
+
+class HeadersUnreadable:
+    """A record whose headers cannot be read: a header name that is not UTF-8 (a Kafka client
+    would never write one, a raw producer can). confluent-kafka raises on the first
+    ``headers()`` call and afterwards returns a list holding a NULL pointer, which crashes the
+    interpreter when touched, so the record travels on to the DLQ behind this wrapper, whose
+    ``headers()`` is None."""
+
+    __slots__ = ("_rec",)
+
+    def __init__(self, rec: InRecord) -> None:
+        self._rec = rec
+
+    def offset(self) -> int:
+        return self._rec.offset()
+
+    def timestamp(self) -> tuple[int, int]:
+        return self._rec.timestamp()
+
+    def value(self) -> bytes | None:
+        return self._rec.value()
+
+    def key(self) -> bytes | None:
+        return self._rec.key()  # type: ignore[attr-defined, no-any-return]
+
+    def headers(self) -> None:
+        return None
 
 
 @dataclass
@@ -150,7 +178,11 @@ class ShardState:
                 else:
                     # CloudEvents binary content mode is recognised by its ce_specversion header;
                     # a record without headers (the usual structured one) costs one call here.
-                    headers = rec.headers()
+                    try:
+                        headers = rec.headers()
+                    except Exception:
+                        rec = HeadersUnreadable(rec)
+                        raise Invalid("not_utf8", "a header name is not valid UTF-8 (no header can be read)") from None
                     if headers and is_binary(headers):
                         got = decode_binary(value, headers, limits)
                     else:

@@ -184,3 +184,81 @@ def test_binary_and_structured_modes_are_metered_exactly(
         for row in rows:
             errors = [e.message for e in v.iter_errors(row)]
             assert not errors, (name, errors[:3], row)
+
+
+_RAW_PRODUCER = r"""
+import asyncio, json, os, sys
+os.environ["AIOKAFKA_NO_EXTENSIONS"] = "1"  # the pure-Python record builder, which calls str.encode
+from aiokafka import AIOKafkaProducer
+
+class NotUtf8(str):
+    def encode(self, *args, **kwargs):
+        return b"trace\xff\xfe"
+
+async def main(bootstrap, records):
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await p.start()
+    ends = []
+    try:
+        for topic, value in records:
+            md = await p.send_and_wait(topic, value.encode(), key=b"User:x", headers=[(NotUtf8("x"), b"1")])
+            ends.append([md.topic, md.partition, md.offset + 1])
+    finally:
+        await p.stop()
+    print(json.dumps(ends))
+
+asyncio.run(main(sys.argv[1], json.loads(sys.argv[2])))
+"""
+
+
+def test_a_header_name_that_is_not_utf8_is_dead_lettered_and_the_worker_lives_on(
+    broker: EmbeddedBroker, env: dict[str, str], settings: MeteringSettings, logdir: Path
+) -> None:
+    """No Kafka client writes such a header name, but a raw producer can; confluent-kafka cannot
+    convert it (it raises once, then hands out a list holding a NULL pointer)."""
+    import subprocess
+    import sys
+
+    from streamtoll.traffic import otlp_export, otlp_point
+
+    now = time.time()
+
+    def event(i: int) -> str:
+        return json.dumps(
+            {
+                "specversion": "1.0",
+                "id": f"e{i}",
+                "source": "//p",
+                "type": "io.streamtoll.kafka.produce",
+                "time": rfc3339(now),
+                "subject": "User:x",
+                "data": {"topic": "a", "records": 1, "bytes": 10},
+            }
+        )
+
+    bad_point = otlp_point({"principal": "User:x"}, now - 60, now, 5)  # no topic: a schema error
+    raw = [
+        (settings.topic_proxy_audit, event(1)),
+        (settings.topic_broker_metrics, otlp_export("1", [("kafka.client.produce.bytes", [bad_point])]).decode()),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", _RAW_PRODUCER, broker.bootstrap, json.dumps(raw)],
+        check=True,
+        timeout=60,
+        capture_output=True,
+        text=True,
+    )
+    ends = {(t, p): o for t, p, o in json.loads(done.stdout.strip().splitlines()[-1])}
+    worker = Worker(env, logdir / "worker.log").start()
+    try:
+        after = [(settings.topic_proxy_audit, b"User:x", event(2).encode(), [("ce_none", None)])]
+        for k, v in produce(broker.bootstrap, after).items():
+            ends[k] = max(ends.get(k, 0), v)
+        wait_caught_up(broker.bootstrap, settings.group_id, ends)
+    finally:
+        assert worker.stop() == 0, (logdir / "worker.log").read_text()[-3000:]
+    dead = read_all(broker.bootstrap, settings.topic_dlq, 4)
+    assert sorted((d["reason"], d["headers"]) for d in dead) == [("not_utf8", []), ("schema", [])]
+    got = window_totals(read_all(broker.bootstrap, settings.topic_usage_windows, 4))
+    assert [v for k, v in got.items() if k[0] == "proxy"] == [[10, 1, 1, 0]]  # event 2 only
+    assert "metering loop failed" not in (logdir / "worker.log").read_text()

@@ -300,3 +300,31 @@ def test_fold_reads_binary_audit_records(samples: Path) -> None:
     out = state.fold(records, limits())
     assert (out.counted, out.duplicates, len(out.rejected)) == (2, 1, 0)
     assert [v for v in state.hours.values()] == [[0, 0, 1, 1]]  # one request allowed, one denied
+
+
+class BadHeaderName(Record):
+    """Like confluent-kafka's Message with a header name that is not UTF-8: the first
+    ``headers()`` raises, later ones return a list that must never be touched."""
+
+    calls = 0
+
+    def headers(self) -> list[tuple[str, bytes | None]] | None:
+        self.calls += 1
+        if self.calls == 1:
+            raise SystemError("<method 'headers'> returned a result with an exception set")
+        raise AssertionError("headers() called again: the list it returns would crash the worker")
+
+    def key(self) -> bytes | None:
+        return b"k"
+
+
+@pytest.mark.parametrize("kind", ["proxy", "audit_log"])
+def test_a_header_name_that_is_not_utf8_is_not_utf8_and_headers_are_never_read_again(samples: Path, kind: str) -> None:
+    doc = proxy_doc() if kind == "proxy" else audit_doc(samples)
+    bad = BadHeaderName(0, 1_000, json.dumps(doc).encode())
+    state = ShardState(f"{kind}/0", cfg(kind))
+    out = state.fold([bad, Record(1, 1_000, json.dumps({**doc, "id": "other"}).encode())], limits())
+    assert out.counted == 1 and [r.reason for _, r in out.rejected] == ["not_utf8"]
+    rec = out.rejected[0][0]
+    assert rec.headers() is None and rec.offset() == 0 and rec.value() == bad.value() and bad.calls == 1
+    assert rec.key() == b"k"  # type: ignore[attr-defined]
