@@ -1,4 +1,5 @@
-"""The records metering publishes, as other programs read them (spec FORMATS.md §5, §6).
+"""The records metering publishes, as other programs read them (``docs/formats.md``; JSON Schemas
+in ``docs/schemas/``, kept equal to the fields declared here by ``tests/unit/test_formats.py``).
 
 Standard library only: billing imports this module and nothing else from metering.
 
@@ -10,7 +11,8 @@ Standard library only: billing imports this module and nothing else from meterin
 * :class:`UsageMinute` — a partial sum of one batch for one (key, minute) on
   ``streamtoll.usage-minutes.v1`` for the live views; ``(shard, offset)`` makes folding it
   idempotent (:func:`apply_minute`, the one fold every live view uses).
-* :func:`dlq_record` — what a rejected input becomes on ``streamtoll.dlq.v1``.
+* :func:`dlq_record` — what a rejected input becomes on ``streamtoll.dlq.v1`` (:class:`DlqRecord`),
+  with one of the :data:`DLQ_REASONS`.
 """
 
 from __future__ import annotations
@@ -21,11 +23,36 @@ import functools
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
 
-__all__ = ["SOURCES", "LiveTotal", "UsageMinute", "UsageWindow", "apply_minute", "dlq_record", "empty_live", "iso_ms"]
+__all__ = [
+    "DLQ_REASONS",
+    "SOURCES",
+    "DlqRecord",
+    "DlqSource",
+    "DlqTruncation",
+    "LiveTotal",
+    "UsageMinute",
+    "UsageWindow",
+    "apply_minute",
+    "dlq_record",
+    "empty_live",
+    "iso_ms",
+]
 
 SOURCES = ("proxy", "broker_metrics", "audit_log")
+
+# Every reason a record (or one OTLP data point) is dead-lettered for, and what it means.
+DLQ_REASONS: dict[str, str] = {
+    "not_json": "the value (or, in CloudEvents binary mode, the data) is not valid JSON",
+    "not_utf8": "the value, a header name, or a CloudEvents header streamtoll reads is not valid UTF-8",
+    "schema": "a required field is missing, a field has the wrong type or form, or an identifier is too long",
+    "negative": "a count (bytes, records, a counter value) is negative",
+    "too_large": "a count is over its limit",
+    "future": "the event time is further ahead of the worker's clock than the allowed skew",
+    "too_old": "the event time is older than the lateness limit",
+    "counter_implausible": "a counter value or delta is NaN, infinite, over 2^63, or faster than the plausible rate",
+}
 
 
 @functools.lru_cache(maxsize=8192)
@@ -108,6 +135,40 @@ def apply_minute(current: LiveTotal | None, partial: dict[str, Any]) -> LiveTota
     }
 
 
+class DlqSource(TypedDict):
+    """Where the rejected record is: its input topic, partition, offset and Kafka timestamp (ms)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+
+
+class DlqTruncation(TypedDict):
+    """A value over the DLQ limit is cut; its full size and SHA-256 (hex) say what it was."""
+
+    size: int
+    sha256: str
+
+
+class _DlqRecordRequired(TypedDict):
+    reason: str
+    detail: str
+    source: DlqSource
+    key_b64: str | None
+    value_b64: str | None
+    headers: list[list[str | None]]
+    received_at: str
+
+
+# (total=False rather than NotRequired[...]: with postponed annotations Python 3.11 would
+# count a NotRequired key among __required_keys__)
+class DlqRecord(_DlqRecordRequired, total=False):
+    """One record on the DLQ topic: why, where from, and the original key, value and headers."""
+
+    value_truncated: DlqTruncation
+
+
 def dlq_record(
     reason: str,
     detail: str,
@@ -117,9 +178,9 @@ def dlq_record(
     timestamp_ms: int,
     key: bytes | None,
     value: bytes | None,
-    headers: list[tuple[str, bytes]] | None,
+    headers: list[tuple[str, bytes | None]] | None,
     received_at: str,
-) -> dict[str, Any]:
+) -> DlqRecord:
     def b64(b: bytes | None) -> str | None:
         return None if b is None else base64.b64encode(b).decode("ascii")
 

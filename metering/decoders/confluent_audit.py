@@ -1,19 +1,22 @@
 """Confluent audit log records (CloudEvents, type ``io.confluent.kafka.server/authorization``).
 
-Spec FORMATS.md §3. Each event is one request with no bytes or records. Produce and consumer
-fetches count; follower fetches and other methods are ignored (counted by the caller). A denied
-request counts in ``denied_requests`` only, never in ``requests``, so it is never billed.
-Drift tolerated: specversion 0.3, ``clientId`` vs ``client_id``, method-name case.
+Format: ``docs/formats.md`` (Confluent audit log), in structured content mode (:func:`decode`) or
+binary content mode (``ce_*`` headers, the value is ``data``; :func:`decode_binary`).
+
+Each event is one request with no bytes or records. Produce and consumer fetches count; follower
+fetches and other methods are ignored (counted by the caller). A denied request counts in
+``denied_requests`` only, never in ``requests``, so it is never billed. Drift tolerated:
+specversion 0.3, ``clientId`` vs ``client_id``, method-name case.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from metering.decoders.common import Invalid, Limits, as_identity, as_time_ms, load_json
+from metering.decoders.common import Headers, Invalid, Limits, as_identity, as_time_ms, binary_event, load_json
 from metering.domain.events import AUDIT_LOG, CONSUME, PRODUCE, UsageEvent, event_key
 
-__all__ = ["decode"]
+__all__ = ["decode", "decode_binary"]
 
 AUTHZ_TYPE = "io.confluent.kafka.server/authorization"
 _METHODS = {"kafka.produce": PRODUCE, "kafka.fetchconsumer": CONSUME, "kafka.fetch": CONSUME}
@@ -31,8 +34,16 @@ def _topic(authz: dict[str, Any], data: dict[str, Any]) -> str:
 
 
 def decode(value: bytes, limits: Limits) -> UsageEvent | str:
-    """One audit log record → a usage event (one request), or the ignored kind as a string."""
-    doc = load_json(value)
+    """One structured-mode audit log record → a usage event (one request), or the ignored kind."""
+    return _decode_doc(load_json(value), limits)
+
+
+def decode_binary(value: bytes, headers: Headers, limits: Limits) -> UsageEvent | str:
+    """One binary-mode audit log record → the same result its structured twin gives."""
+    return _decode_doc(binary_event(value, headers), limits)
+
+
+def _decode_doc(doc: Any, limits: Limits) -> UsageEvent | str:
     if type(doc) is not dict:
         raise Invalid("schema", "the record is not a JSON object")
     if doc.get("specversion") not in ("1.0", "0.3"):

@@ -1,6 +1,6 @@
 """Broker metrics: an OTLP JSON ``ExportMetricsServiceRequest`` → counter samples.
 
-Spec FORMATS.md §2. This module only reads samples; turning cumulative samples into deltas
+Format: ``docs/formats.md`` (broker metrics). This module only reads samples; turning cumulative samples into deltas
 needs per-series state and lives in :mod:`metering.domain.counters`.
 
 One record carries many data points. A record that is not an OTLP request at all is rejected
@@ -73,16 +73,20 @@ def _nanos(v: Any, where: str, required: bool) -> int:
         return v
     if type(v) is str and v.isascii() and v.isdigit() and len(v) <= 20:
         return int(v)
+    if type(v) is float and v.is_integer() and v >= 0:  # a JSON integer written as 1.7e18 or 5.0
+        return int(v)
     raise Invalid("schema", f"{where} must be unsigned nanoseconds")
 
 
 def _value(point: dict[str, Any], where: str) -> int:
     if "asInt" in point:
         v = point["asInt"]
-        if type(v) is str and v.isascii() and v.lstrip("-").isdigit() and len(v) <= 40:
+        if type(v) is str and v.isascii() and v.removeprefix("-").isdigit() and len(v) <= 40:
             n = int(v)
         elif type(v) is int:
             n = v
+        elif type(v) is float and v.is_integer():
+            n = int(v)
         else:
             raise Invalid("schema", f"{where}.asInt must be an integer (as a JSON string)")
     elif "asDouble" in point:
@@ -145,7 +149,7 @@ def decode(
                 if meaning is None or type(total) is not dict or total.get("isMonotonic") is False:
                     continue
                 temporality = total.get("aggregationTemporality")
-                if temporality not in (DELTA, CUMULATIVE):
+                if type(temporality) is not int or temporality not in (DELTA, CUMULATIVE):  # (true == 1)
                     out.append(Rejection("schema", f"{mwhere}.sum.aggregationTemporality must be 1 or 2"))
                     continue
                 points = total.get("dataPoints")

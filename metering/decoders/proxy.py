@@ -1,20 +1,34 @@
-"""Proxy audit records: CloudEvents 1.0, structured JSON, one per proxied Produce/Fetch.
+"""Proxy audit records: CloudEvents 1.0, one per proxied Produce/Fetch.
 
-Spec FORMATS.md §1. ``id`` + ``source`` identify the event (dedup key). Types other than
-produce/fetch are ignored (and counted by the caller), never dead-lettered.
+Format: ``docs/formats.md`` (proxy audit). Structured content mode (the whole event as JSON in the
+value, :func:`decode`) or binary content mode (attributes in ``ce_*`` headers, the value is
+``data``, :func:`decode_binary`); both give the same event. ``id`` + ``source`` identify the
+event (dedup key). Types other than produce/fetch are ignored (and counted by the caller), never
+dead-lettered.
 """
 
 from __future__ import annotations
 
 import hashlib
 from datetime import datetime
+from typing import Any
 
 import orjson
 
-from metering.decoders.common import MAX_ID_LEN, Invalid, Limits, as_count, as_identity, as_time_ms, load_json
+from metering.decoders.common import (
+    MAX_ID_LEN,
+    Headers,
+    Invalid,
+    Limits,
+    as_count,
+    as_identity,
+    as_time_ms,
+    binary_event,
+    load_json,
+)
 from metering.domain.events import CONSUME, PRODUCE, PROXY, UsageEvent, event_key
 
-__all__ = ["decode"]
+__all__ = ["decode", "decode_binary"]
 
 _DIRECTIONS = {"io.streamtoll.kafka.produce": PRODUCE, "io.streamtoll.kafka.fetch": CONSUME}
 _RECORDS_LIMIT = 2**31
@@ -37,11 +51,21 @@ def _second_ms(head: str) -> int | None:
 
 
 def decode(value: bytes, limits: Limits) -> UsageEvent | str:
-    """One proxy audit record → a usage event, or the ignored type's name as a string."""
+    """One structured-mode proxy audit record → a usage event, or the ignored type's name."""
     try:
         doc = orjson.loads(value)
     except orjson.JSONDecodeError:
         return _decode_checked(load_json(value), limits)
+    return _decode_doc(doc, limits)
+
+
+def decode_binary(value: bytes, headers: Headers, limits: Limits) -> UsageEvent | str:
+    """One binary-mode proxy audit record (``ce_*`` headers, the value is ``data``) → the same
+    result its structured twin gives."""
+    return _decode_doc(binary_event(value, headers), limits)
+
+
+def _decode_doc(doc: Any, limits: Limits) -> UsageEvent | str:
     # Fast path for the well-formed record (the common case, hundreds of thousands a second):
     # every check of _decode_checked, inlined and stricter; anything unusual (a missing or
     # odd field, a long identifier) goes the careful way, which gives the same event or the
@@ -133,8 +157,12 @@ def _decode_checked(doc: object, limits: Limits) -> UsageEvent | str:
     topic = as_identity(data, "topic", "data.", required=True)
     client_id = as_identity(data, "client_id", "data.")
     vcluster = as_identity(data, "virtual_cluster", "data.")
-    partition = data.get("partition")
-    if partition is not None and type(partition) is not int:
+    partition = data.get("partition")  # not metered; an integer in any JSON spelling (3 or 3.0)
+    if (
+        partition is not None
+        and type(partition) is not int
+        and not (type(partition) is float and partition.is_integer())
+    ):
         raise Invalid("schema", "data.partition must be an integer")
     records = as_count(data, "records", "data.", _RECORDS_LIMIT)
     nbytes = as_count(data, "bytes", "data.", limits.max_event_bytes)

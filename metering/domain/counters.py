@@ -1,4 +1,4 @@
-"""Cumulative counter samples → deltas, per series (spec FORMATS.md §2, rules 1–5).
+"""Cumulative counter samples → deltas, per series (``docs/formats.md``, broker metrics, rules 1–5).
 
 Pure: the state is a plain dict the caller persists (it travels in the metering state
 changelog so it survives restarts). Never adds cumulative values of different emitters: the

@@ -1,4 +1,4 @@
-"""The normalized usage event every decoder produces (spec FORMATS.md §4), and its dedup key."""
+"""The normalized usage event every decoder produces, and its dedup key (``docs/formats.md``)."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from metering.decoders import confluent_audit, otlp, proxy
-from metering.decoders.common import Invalid, Limits
+from metering.decoders.common import Headers, Invalid, Limits, is_binary
 from metering.domain import counters
 from metering.domain.dedup import DedupSet
 from metering.domain.events import (
@@ -35,7 +35,7 @@ from metering.domain.events import (
     event_key,
 )
 
-__all__ = ["BatchResult", "InRecord", "Record", "ShardState", "WindowKey"]
+__all__ = ["BatchResult", "HeadersUnreadable", "InRecord", "Record", "ShardState", "WindowKey"]
 
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
@@ -54,14 +54,17 @@ class InRecord(Protocol):
 
     def value(self) -> bytes | None: ...
 
+    def headers(self) -> list[tuple[str, bytes | None]] | None: ...
+
 
 class Record:
     """A plain :class:`InRecord` (tests, replays from files)."""
 
-    __slots__ = ("_offset", "_ts", "_value")
+    __slots__ = ("_headers", "_offset", "_ts", "_value")
 
-    def __init__(self, offset: int, timestamp_ms: int, value: bytes | None) -> None:
+    def __init__(self, offset: int, timestamp_ms: int, value: bytes | None, headers: Headers | None = None) -> None:
         self._offset, self._ts, self._value = offset, timestamp_ms, value
+        self._headers = None if headers is None else list(headers)
 
     def offset(self) -> int:
         return self._offset
@@ -71,6 +74,37 @@ class Record:
 
     def value(self) -> bytes | None:
         return self._value
+
+    def headers(self) -> list[tuple[str, bytes | None]] | None:
+        return self._headers
+
+
+class HeadersUnreadable:
+    """A record whose headers cannot be read: a header name that is not UTF-8 (a Kafka client
+    would never write one, a raw producer can). confluent-kafka raises on the first
+    ``headers()`` call and afterwards returns a list holding a NULL pointer, which crashes the
+    interpreter when touched, so the record travels on to the DLQ behind this wrapper, whose
+    ``headers()`` is None."""
+
+    __slots__ = ("_rec",)
+
+    def __init__(self, rec: InRecord) -> None:
+        self._rec = rec
+
+    def offset(self) -> int:
+        return self._rec.offset()
+
+    def timestamp(self) -> tuple[int, int]:
+        return self._rec.timestamp()
+
+    def value(self) -> bytes | None:
+        return self._rec.value()
+
+    def key(self) -> bytes | None:
+        return self._rec.key()  # type: ignore[attr-defined, no-any-return]
+
+    def headers(self) -> None:
+        return None
 
 
 @dataclass
@@ -123,6 +157,9 @@ class ShardState:
         max_ts = 0
         changed_series: set[tuple[str, ...]] = set()
         decode: Callable[[bytes, Limits], UsageEvent | str] = proxy.decode if kind == PROXY else confluent_audit.decode
+        decode_binary: Callable[[bytes, Headers, Limits], UsageEvent | str] = (
+            proxy.decode_binary if kind == PROXY else confluent_audit.decode_binary
+        )
         otlp_input = kind == BROKER_METRICS
 
         for rec in records:
@@ -139,7 +176,17 @@ class ShardState:
                     self._fold_samples(rec, otlp.decode(value, limits), events, changed_series, out)
                     got: UsageEvent | str | None = None
                 else:
-                    got = decode(value, limits)
+                    # CloudEvents binary content mode is recognised by its ce_specversion header;
+                    # a record without headers (the usual structured one) costs one call here.
+                    try:
+                        headers = rec.headers()
+                    except Exception:
+                        rec = HeadersUnreadable(rec)
+                        raise Invalid("not_utf8", "a header name is not valid UTF-8 (no header can be read)") from None
+                    if headers and is_binary(headers):
+                        got = decode_binary(value, headers, limits)
+                    else:
+                        got = decode(value, limits)
             except Invalid as exc:
                 rejected.append((rec, exc.rejection))
                 continue

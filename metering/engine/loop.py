@@ -375,6 +375,10 @@ class Engine:
         send = _sender(producer)
         for rec, rej in result.rejected:
             value, key = rec.value(), rec.key()  # type: ignore[attr-defined]
+            try:
+                headers = rec.headers()
+            except Exception:  # a header name that is not UTF-8 (see HeadersUnreadable): keep none
+                headers = None
             doc = dlq_record(
                 rej.reason,
                 rej.detail,
@@ -384,7 +388,7 @@ class Engine:
                 rec.timestamp()[1],
                 key,
                 value,
-                rec.headers(),  # type: ignore[attr-defined]
+                headers,
                 received_at,
             )
             if value is not None and len(value) > DLQ_VALUE_LIMIT:

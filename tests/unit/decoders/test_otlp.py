@@ -95,6 +95,8 @@ def test_series_is_emitter_metric_and_sorted_attributes() -> None:
         (point(value=1e30), "counter_implausible"),
         (point(value=str(2**64)), "counter_implausible"),
         (point(value="-5"), "negative"),
+        (point(value="--5"), "schema"),
+        (point(value="5-"), "schema"),
         (point(t=10**12), "schema"),
     ],
 )
@@ -160,3 +162,19 @@ def test_delta_temporality_and_time_limits() -> None:
     assert isinstance(got[0], otlp.Sample) and got[0].temporality == otlp.DELTA
     got = otlp.decode(request([point()], temporality=0), limits())
     assert isinstance(got[0], Rejection)
+
+
+def test_boolean_temporality_is_a_schema_error() -> None:
+    got = otlp.decode(request([point()], temporality=True), limits())
+    assert isinstance(got[0], Rejection) and got[0].reason == "schema"  # not DELTA because true == 1
+
+
+def test_integers_written_as_floats_are_integers() -> None:
+    p = point()
+    p["asInt"], p["timeUnixNano"], p["startTimeUnixNano"] = 100.0, float(T * 10**9), float((T - 10_000) * 10**9)
+    got = otlp.decode(request([p]), limits())
+    want = otlp.decode(request([point()]), limits())
+    assert got == want and isinstance(got[0], otlp.Sample)
+    p["asInt"] = 100.5
+    got = otlp.decode(request([p]), limits())
+    assert isinstance(got[0], Rejection) and got[0].reason == "schema"

@@ -103,11 +103,15 @@ def test_hostile_bytes_get_reasons(raw: bytes, expected: str) -> None:
         ({"data": {"topic": "t", "records": 1.5, "bytes": 1}}, "schema"),
         ({"data": {"topic": "t", "records": True, "bytes": 1}}, "schema"),
         ({"data": {"topic": "t", "records": "-3", "bytes": 1}}, "negative"),
+        ({"data": {"topic": "t", "records": "++3", "bytes": 1}}, "schema"),
+        ({"data": {"topic": "t", "records": "3+", "bytes": 1}}, "schema"),
         ({"data": {"topic": "t", "records": 1, "bytes": 2**40}}, "too_large"),
         ({"data": {"topic": "t", "records": 1, "bytes": "9" * 400}}, "too_large"),
         ({"data": {"topic": "t" * 1_000_000, "records": 1, "bytes": 1}}, "schema"),
         ({"data": {"topic": ["t"], "records": 1, "bytes": 1}}, "schema"),
         ({"data": {"topic": "t", "records": 1, "bytes": 1, "partition": "3"}}, "schema"),
+        ({"data": {"topic": "t", "records": 1, "bytes": 1, "partition": 3.5}}, "schema"),
+        ({"data": {"topic": "t", "records": 1, "bytes": 1, "partition": True}}, "schema"),
     ],
 )
 def test_malformed_fields(change: dict[str, object], expected: str) -> None:
@@ -120,6 +124,12 @@ def test_tolerated_drift() -> None:
     ev = dec(good(subject=None, extra_field={"deep": [1, 2]}, data={"topic": "t", "records": 2.0, "bytes": "7"}))
     assert isinstance(ev, UsageEvent)
     assert (ev.principal, ev.records, ev.bytes) == ("unknown", 2, 7)
+
+
+def test_counts_as_strings_may_have_whitespace_and_a_plus() -> None:
+    for text in (" +7 ", "\x1c7", "7\x1f", "\t7\n", "+7"):
+        ev = dec(good(data={"topic": "t", "records": text, "bytes": 1}))
+        assert isinstance(ev, UsageEvent) and ev.records == 7, text
 
 
 def test_other_types_are_ignored_not_rejected() -> None:
@@ -145,6 +155,7 @@ def test_orjson_roundtrip_of_sample_is_stable(samples: Path) -> None:
         good(subject=""),
         good(data={"topic": "t", "records": 0, "bytes": 0, "client_id": None, "virtual_cluster": "vc"}),
         good(data={"topic": "t", "records": "5", "bytes": 1.0}),
+        good(data={"topic": "t", "records": 5, "bytes": 1, "partition": 3.0}),
     ],
 )
 def test_fast_path_and_checked_path_agree(doc: dict[str, object]) -> None:

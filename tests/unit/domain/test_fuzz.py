@@ -1,11 +1,13 @@
 """Hostile input, property-based: the worker's decode-and-fold step (``ShardState.fold``, what the
 engine runs on every batch) over random bytes, mutated valid records, huge numbers, deep nesting,
-odd unicode and wrong types, for all three input kinds.
+odd unicode and wrong types, for all three input kinds; for the CloudEvents inputs also in binary
+content mode with hostile headers (not UTF-8, repeated, null, missing, junk names).
 
 Properties: it never raises; every record has exactly one outcome (counted, duplicate, ignored,
-tombstone, or rejected with a reason code of FORMATS.md §5 and a *specific* sentence — never the
-catch-all "undecodable record", which would mean a decoder bug); valid records around certainly
-invalid ones are counted exactly, compared with totals computed here from the generator.
+tombstone, or rejected with a reason code of ``docs/formats.md`` (``DLQ_REASONS``) and a *specific*
+sentence — never the catch-all "undecodable record", which would mean a decoder bug); valid
+records, in either mode, around certainly invalid ones are counted exactly (a retry in the other
+mode once), compared with totals computed here from the generator.
 
 ``make test`` runs a couple of hundred examples per property; ``-m soak`` runs thousands.
 """
@@ -20,11 +22,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from metering.contracts import DLQ_REASONS
 from metering.domain.shard import Record, ShardConfig, ShardState
 from streamtoll.traffic import otlp_export, otlp_point
-from tests.unit.decoders.helpers import NOW, limits
+from tests.unit.decoders.helpers import NOW, binary, limits
 
-REASONS = {"not_json", "not_utf8", "schema", "negative", "too_large", "future", "too_old", "counter_implausible"}
+REASONS = set(DLQ_REASONS)
+Headers = list[tuple[str, bytes | None]]
 EXAMPLES = int(os.environ.get("STREAMTOLL_FUZZ_EXAMPLES", "150"))
 T = "2026-11-10T11:30:00Z"
 NOW_S = NOW.timestamp()
@@ -135,9 +139,55 @@ def otlp_like_garbage() -> dict[str, Any]:
 HOSTILE = st.one_of(st.binary(max_size=300), special_values(), JSON_ANY.map(lambda v: json.dumps(v).encode()))
 
 
-def fold(kind: str, values: list[bytes | None]) -> tuple[ShardState, Any]:
+CE_NAMES = ["ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_subject", "content-type"]
+HEADER_VALUE = st.one_of(
+    st.none(),
+    st.binary(max_size=40),  # mostly not UTF-8
+    ODD_TEXT.map(lambda t: t.encode("utf-8", "surrogatepass")),
+    st.sampled_from([b"1.0", b"0.3", b"", b"io.streamtoll.kafka.produce", T.encode(), b"x" * 300, b"\xef\xbb\xbf1.0"]),
+)
+HEADER_NAME = st.one_of(st.sampled_from(CE_NAMES), st.text(max_size=12))
+
+
+@st.composite
+def binary_hostile(draw: st.DrawFn, base: dict[str, Any]) -> tuple[bytes | None, Headers]:
+    """A valid event in binary mode, then its headers dropped, repeated, nulled, replaced by junk
+    bytes or joined by junk headers, and its value (the data) sometimes hostile too."""
+    value, headers = binary(base)
+    hs: Headers = list(headers)
+    for _ in range(draw(st.integers(1, 5))):
+        op = draw(st.sampled_from(("drop", "repeat", "null", "junk", "add")))
+        i = draw(st.integers(0, max(0, len(hs) - 1)))
+        if op == "drop" and hs:
+            del hs[i]
+        elif op == "repeat" and hs:
+            hs.insert(draw(st.integers(0, len(hs))), hs[i])
+        elif op == "null" and hs:
+            hs[i] = (hs[i][0], None)
+        elif op == "junk" and hs:
+            hs[i] = (hs[i][0], draw(HEADER_VALUE))
+        else:
+            hs.insert(draw(st.integers(0, len(hs))), (draw(HEADER_NAME), draw(HEADER_VALUE)))
+    if draw(st.booleans()):
+        hs.append(("ce_specversion", draw(HEADER_VALUE)))  # binary mode, whatever else is there
+    choice = draw(st.integers(0, 3))
+    if choice == 1:
+        value = draw(HOSTILE)
+    elif choice == 2:
+        value = draw(mutated(value))
+    elif choice == 3:
+        value = json.dumps(draw(JSON_ANY)).encode()
+    return value, hs
+
+
+Item = bytes | None | tuple[bytes | None, Headers]
+
+
+def fold(kind: str, values: list[Item]) -> tuple[ShardState, Any]:
     state = ShardState(f"{kind}/0", cfg(kind))
-    records = [Record(i, 1_000 + i, v) for i, v in enumerate(values)]
+    records = [
+        Record(i, 1_000 + i, *v) if isinstance(v, tuple) else Record(i, 1_000 + i, v) for i, v in enumerate(values)
+    ]
     return state, state.fold(records, limits())
 
 
@@ -161,6 +211,20 @@ def test_any_bytes_get_exactly_one_outcome_and_a_specific_reason(kind: str, data
     raw = json.dumps(base).encode()
     values = data.draw(
         st.lists(st.one_of(HOSTILE, mutated(raw), wrong_typed(base), st.none()), min_size=1, max_size=12)
+    )
+    _, out = fold(kind, values)
+    check_outcomes(out, len(values))
+
+
+@fuzz
+@given(st.data())
+@pytest.mark.parametrize("kind", ["proxy", "audit_log"])
+def test_binary_mode_with_hostile_headers_gets_one_outcome_and_a_specific_reason(
+    kind: str, data: st.DataObject
+) -> None:
+    base = proxy_doc(1, 100, 2) if kind == "proxy" else audit_doc(1)
+    values: list[Item] = data.draw(
+        st.lists(st.one_of(binary_hostile(base), HOSTILE, st.just(binary(base))), min_size=1, max_size=12)
     )
     _, out = fold(kind, values)
     check_outcomes(out, len(values))
@@ -227,9 +291,15 @@ CERTAINLY_INVALID = st.one_of(
 def test_valid_records_around_hostile_ones_are_counted_exactly(
     valid: list[tuple[int, int, str]], hostile: list[bytes], rnd: Any
 ) -> None:
-    values: list[bytes | None] = [json.dumps(proxy_doc(i, b, r, d)).encode() for i, (b, r, d) in enumerate(valid)]
-    retries = [values[i] for i in range(0, len(values), 3)]  # retried: the same record again
-    stream = values + retries + list(hostile)
+    # every other valid event in binary mode; its retry in the other mode (or the same)
+    docs = [proxy_doc(i, b, r, d) for i, (b, r, d) in enumerate(valid)]
+    values: list[Item] = [binary(doc) if i % 2 else json.dumps(doc).encode() for i, doc in enumerate(docs)]
+    retries: list[Item] = [
+        (json.dumps(docs[i]).encode() if i % 2 else binary(docs[i])) if i % 9 else values[i]
+        for i in range(0, len(docs), 3)
+    ]
+    hostile_binary: list[Item] = [(h, binary(proxy_doc(-2, 1, 1))[1]) for h in hostile[::2]]
+    stream = values + retries + list(hostile) + hostile_binary
     rnd.shuffle(stream)
     state, out = fold("proxy", stream)
     want: dict[str, list[int]] = {}
@@ -241,7 +311,7 @@ def test_valid_records_around_hostile_ones_are_counted_exactly(
     got = {k[0][5]: list(v) for k, v in state.hours.items()}
     assert got == want
     assert out.counted == len(valid) and out.duplicates == len(retries)
-    assert len(out.rejected) == len(hostile)
+    assert len(out.rejected) == len(hostile) + len(hostile_binary)
     check_outcomes(out, len(stream))
 
 
