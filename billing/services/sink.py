@@ -144,6 +144,9 @@ class UsageSink:
                 "fetch.queue.backoff.ms": 10,
                 "session.timeout.ms": self.session_timeout_ms,
                 "heartbeat.interval.ms": max(100, self.session_timeout_ms // 4),
+                # a topic created after the sink subscribed is seen at the next metadata refresh
+                # (librdkafka's default is five minutes)
+                "topic.metadata.refresh.interval.ms": 10_000,
             }
         )
         consumer.subscribe([self.topic])
