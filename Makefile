@@ -18,13 +18,14 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 install: $(STAMP)
 
 # Tools the tests use as a person would: pdftotext/pdftoppm read the PDFs, headless Chromium
-# (driven through chromedriver) opens the live page.
+# (driven through chromedriver) opens the live page, psql runs deploy/postgres/*.sql as an
+# operator would.
 system-deps:
 	@command -v pdftotext >/dev/null && command -v pdftoppm >/dev/null && command -v chromium >/dev/null && \
-	  command -v chromedriver >/dev/null || \
+	  command -v chromedriver >/dev/null && command -v psql >/dev/null || \
 	  { command -v apt-get >/dev/null && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	    apt-get install -y -qq poppler-utils chromium chromium-driver >/dev/null) || \
-	    echo "install poppler-utils, chromium and chromium-driver for the document and page tests"; }
+	    apt-get install -y -qq poppler-utils chromium chromium-driver postgresql-client >/dev/null) || \
+	    echo "install poppler-utils, chromium, chromium-driver and postgresql-client for the document, page and role tests"; }
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
