@@ -9,7 +9,7 @@ It does not read files, compare with published versions or assign version number
 catalog service's job. ``parse_plan`` returns ``version=1``; the service replaces it
 (``dataclasses.replace``) when it publishes a changed plan as a new version.
 
-Interpretations of BILLING.md made here:
+Interpretations made here (docs/billing.md, "The plans file", says the same to whoever writes one):
 
 * Money and quantities are strings or ints (``Decimal`` too, for callers building documents in
   code); a YAML float such as ``0.08`` is rejected with a message to quote it.

@@ -4,7 +4,8 @@ Owns :func:`rate_period` and its result (:class:`Rated` made of :class:`Line`), 
 :func:`total_usage`, which adds usage windows up to the period total. Tiers apply to the
 billing period total, never window by window, so callers add windows up first and rate once.
 
-Rules (BILLING.md), and how they are read here:
+Rules (docs/billing.md, "Price models" and "Subscriptions, proration and the minimum commitment"),
+and how they are read here:
 
 * **Who takes which usage.** For each (meter, topic), the first price in plan order whose
   ``topics`` globs match the topic (:func:`fnmatch.fnmatchcase`) takes it; otherwise the

@@ -1,4 +1,4 @@
-"""Which source each quantity is billed from (BILLING.md: "the order is a setting").
+"""Which source each quantity is billed from, in an order that is a setting (docs/billing.md, "Meters and sources").
 
 Bytes and records come from ``proxy`` if the account has any proxy usage in the period, else from
 ``broker_metrics``; requests from ``audit_log``, else ``proxy``. Sources are never added together.

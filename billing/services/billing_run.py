@@ -3,10 +3,10 @@
 * Usage is read from ``usage_shard_rows`` (shards added up) for ``[period_start, period_end)``, attributed with the
   client rules as they are now (a rule fixed before finalizing re-attributes on the next run)
   and turned into meters: ``{produce,consume}_{bytes,records,requests}`` per topic.
-* Each meter reads one source per account and period (BILLING.md "Meters"): bytes and records
-  from ``proxy`` when the account has any proxy usage in the period, else ``broker_metrics``;
-  requests from ``audit_log`` when it has any there, else ``proxy``. Denied requests are never
-  billed.
+* Each meter reads one source per account and period (docs/billing.md, "Meters and sources"):
+  bytes and records from ``proxy`` when the account has any proxy usage in the period, else
+  ``broker_metrics``; requests from ``audit_log`` when it has any there, else ``proxy``. Denied
+  requests are never billed.
 * Usage is priced by the subscription active when it happened: a period with two
   subscriptions (a plan change) prices each one's days with its own plan version, on one
   invoice. An account with usage but no subscription gets a draft listing its usage at zero so

@@ -132,8 +132,9 @@ def test_two_concurrent_finalizing_runs_neither_duplicate_nor_skip_numbers(
 
 
 def test_billing_sources_setting_changes_which_source_is_billed(engine: sa.Engine) -> None:
-    """BILLING.md: the source order is a setting. Bytes from the broker metrics first: acme's
-    999 GB produced (the metrics saw no consume) replace the proxy's 1,250 GB and 2,000 GB."""
+    """docs/billing.md, "Meters and sources": the source order is a setting. Bytes from the broker
+    metrics first: acme's 999 GB produced (the metrics saw no consume) replace the proxy's 1,250 GB
+    and 2,000 GB."""
     from billing.services.statements import statement
     from billing.settings import BillingSettings
 
