@@ -358,8 +358,7 @@ def test_the_logins_of_logins_sql_connect_in_their_roles(roles: sa.Engine, migra
     """deploy/postgres/logins.sql (run by psql, as deploy/compose.yaml does, twice: idempotent)
     makes the sink's and the API's logins; each connects with its password and acts in its role."""
     psql = shutil.which("psql")
-    if psql is None:
-        pytest.skip("psql is not installed")
+    assert psql is not None, "psql is missing: `make test` installs it (postgresql-client)"
     url = sa.make_url(migrated)
     passwords = {"sink": secrets.token_hex(8), "api": secrets.token_hex(8)}
     sql = ROOT / "deploy" / "postgres"
