@@ -150,7 +150,7 @@ def _progress(bootstrap: str, settings: MeteringSettings) -> int:
 
 # soak only on the dev broker: measured 2026-12-02 on this project's 2-core machine, tansu's group
 # coordinator never finished the rebalance after "w1 back, w0 removed" in 1 of 4 runs of the code
-# before issue 13 and 2 of 4 after (3 of 6 in whole-suite runs): no member was assigned anything
+# before issue 13 and 2 of 4 after (and 2 of 4 whole-suite runs): no member was assigned anything
 # for 90 s, the stopped member still waiting for the rebalance it had to let end. Apache Kafka:
 # STREAMTOLL_TEST_KAFKA_BOOTSTRAP=host:9092 pytest -m soak tests/integration/test_faults.py
 @pytest.mark.soak
