@@ -20,6 +20,7 @@ from sqlalchemy import text
 
 from billing.api.app import create_app
 from billing.services.billing_run import PERIOD_PATTERN
+from billing.services.keys import create_key
 from billing.services.sink import upsert_windows
 from metering.contracts import UsageWindow
 from streamtoll.serving import running
@@ -71,15 +72,15 @@ def test_partner_input_never_reaches_a_5xx(api: Api) -> None:
     assert not [k for k, v in samples.items() if k[0] == "streamtoll_http_requests_total" and k[1][1][1] >= "5"]
 
 
-def test_only_an_unreachable_database_is_a_503_and_every_5xx_is_counted(api: Api) -> None:
-    app = create_app(api.engine)
+def test_only_an_unreachable_database_is_a_503_and_every_5xx_is_counted(engine: sa.Engine) -> None:
+    app = create_app(engine)
 
     def too_wide() -> None:  # a query PostgreSQL refuses (54011, an OperationalError to psycopg)
-        with api.engine.connect() as conn:
+        with engine.connect() as conn:
             conn.execute(text("SELECT " + ", ".join(["1"] * 1700)))
 
     def lost() -> None:  # the server ends the connection under the request (57P01)
-        with api.engine.connect() as conn:
+        with engine.connect() as conn:
             conn.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
 
     app.add_api_route("/v1/test/too-wide", too_wide)
@@ -93,7 +94,7 @@ def test_only_an_unreachable_database_is_a_503_and_every_5xx_is_counted(api: Api
     assert _requests(samples, "/v1/test/lost", 503) == 1
     nowhere = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none", connect_args={"connect_timeout": 2})
     with running(create_app(nowhere)) as base:
-        r = httpx.get(base + "/v1/invoices", headers={"Authorization": f"Bearer {api.keys['acme']}"}, timeout=30)
+        r = httpx.get(base + "/v1/invoices", headers={"Authorization": "Bearer stk_1_x"}, timeout=30)
         _problem(r, 503, "database-unavailable")
         assert _requests(_samples(base), "/v1/invoices", 503) == 1
     nowhere.dispose()
@@ -261,36 +262,46 @@ def test_csv_cells_never_start_a_formula(api: Api) -> None:
 # --- 6: the failed-auth limiter -------------------------------------------------------------
 
 
-def test_forged_forwarded_for_neither_escapes_the_limit_nor_locks_out_another_address(api: Api) -> None:
+def test_forged_forwarded_for_neither_escapes_the_limit_nor_locks_out_another_address(engine: sa.Engine) -> None:
+    good = create_key(engine, "partner", "acme")
+
     def get(base: str, key: str, local: str, forwarded: str | None = None) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key}"} | ({"X-Forwarded-For": forwarded} if forwarded else {})
         with httpx.Client(transport=httpx.HTTPTransport(local_address=local), timeout=30) as client:
             return client.get(base + "/v1/invoices", headers=headers)
 
-    with running(create_app(api.engine, auth_limit=5)) as base:
+    with running(create_app(engine, auth_limit=5)) as base:
         # an attacker on 127.0.0.1 rotates X-Forwarded-For, and names its victim 127.0.0.2 in it
         codes = [get(base, "stk_bad_guess", "127.0.0.1", f"198.51.100.{i}").status_code for i in range(30)]
         assert codes == [401] * 5 + [429] * 25
         codes = [get(base, "stk_bad_guess", "127.0.0.1", "127.0.0.2").status_code for _ in range(3)]
         assert codes == [429] * 3
-        blocked = get(base, api.keys["acme"], "127.0.0.1")
+        blocked = get(base, good, "127.0.0.1")
         _problem(blocked, 429, "too-many-failed-authentications")
         assert 0 < int(blocked.headers["retry-after"]) <= 60
         # the victim's good key still works
-        assert get(base, api.keys["acme"], "127.0.0.2").status_code == 200
+        assert get(base, good, "127.0.0.2").status_code == 200
 
 
 # --- 7: HTTP conventions --------------------------------------------------------------------
 
 
-def test_no_redirect_to_a_forged_host(api: Api) -> None:
+def test_http_conventions(api: Api) -> None:
+    """No redirect to a forged host, Accept with q-values, the auth scheme in any case, no CDN."""
+    _no_redirect_to_a_forged_host(api)
+    _accept_is_negotiated_with_q_values(api)
+    _the_auth_scheme_is_case_insensitive(api)
+    _docs_load_nothing_from_a_cdn(api)
+
+
+def _no_redirect_to_a_forged_host(api: Api) -> None:
     for path in ("/v1/invoices/", "/v1/usage/", "/healthz/"):
         r = httpx.get(api.base + path, headers={"Host": "evil.example"}, timeout=30, follow_redirects=False)
         assert "evil.example" not in r.headers.get("location", ""), (path, r.headers)
         assert not r.is_redirect or not r.headers["location"].startswith(("http:", "https:", "//")), r.headers
 
 
-def test_accept_is_negotiated_with_q_values(api: Api) -> None:
+def _accept_is_negotiated_with_q_values(api: Api) -> None:
     def get(path: str, accept: str, **params: str) -> httpx.Response:
         return api.request("GET", path, "acme", params=params, headers={"Accept": accept})
 
@@ -325,7 +336,7 @@ def test_accept_is_negotiated_with_q_values(api: Api) -> None:
     _problem(get(usage, "text/csv;q=0", **NOVEMBER), 406, "not-acceptable")
 
 
-def test_the_auth_scheme_is_case_insensitive(api: Api) -> None:
+def _the_auth_scheme_is_case_insensitive(api: Api) -> None:
     for scheme in ("Bearer", "bearer", "BEARER", "bEaReR"):
         r = httpx.get(api.base + "/v1/invoices", headers={"Authorization": f"{scheme} {api.keys['acme']}"}, timeout=30)
         assert r.status_code == 200, (scheme, r.text)
@@ -336,7 +347,7 @@ def test_the_auth_scheme_is_case_insensitive(api: Api) -> None:
     )
 
 
-def test_docs_load_nothing_from_a_cdn(api: Api) -> None:
+def _docs_load_nothing_from_a_cdn(api: Api) -> None:
     for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
         r = httpx.get(api.base + path, timeout=30)
         assert "cdn.jsdelivr.net" not in r.text and "unpkg.com" not in r.text, path
