@@ -599,6 +599,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from billing.api.app import create_app
+    from streamtoll.serving import SERVER_OPTIONS
 
     billing = _billing_settings()
     metering = _settings()
@@ -610,15 +611,9 @@ def cmd_api(args: argparse.Namespace) -> int:
         print(f"streamtoll API on http://{host}:{port} (OpenAPI at /openapi.json)", file=sys.stderr)
         print(f"live page on http://{host}:{port}/live", file=sys.stderr)
         try:
-            # proxy_headers off: uvicorn would take X-Forwarded-For from any local peer; the app
-            # reads it only from STREAMTOLL_API_TRUSTED_PROXIES (billing.api.limiter)
+            # SERVER_OPTIONS: X-Forwarded-For is not rewritten (the tests' servers run with them too)
             uvicorn.run(
-                app,
-                host=host,
-                port=int(port),
-                log_level=args.log_level.lower(),
-                access_log=False,
-                proxy_headers=False,
+                app, host=host, port=int(port), log_level=args.log_level.lower(), access_log=False, **SERVER_OPTIONS
             )
         finally:
             if feed is not None:

@@ -31,7 +31,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -39,6 +38,7 @@ from sqlalchemy import Engine as Database
 from sqlalchemy import text
 
 from billing.adapters.db import make_engine, upgrade
+from billing.adapters.spreadsheet import csv_text
 from billing.services.billing_run import parse_period, run_billing
 from billing.services.catalog import load_accounts, load_plans
 from billing.services.invoices import invoice_pdf
@@ -147,14 +147,11 @@ def run_demo(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     cols = ["source", "principal", "client_id", "virtual_cluster", "topic", "direction", "window_start"]
-    pd.DataFrame(
-        [(*k, *v) for k, v in sorted(got_windows.items())],
-        columns=[*cols, "bytes", "records", "requests", "denied_requests"],
-    ).to_csv(out_dir / "usage-windows.csv", index=False)
-    pd.DataFrame(
-        [(d["reason"], *(d["source"][f] for f in ("topic", "partition", "offset")), d["detail"]) for d in dlq],
-        columns=["reason", "topic", "partition", "offset", "detail"],
-    ).to_csv(out_dir / "dlq.csv", index=False)
+    columns = [*cols, "bytes", "records", "requests", "denied_requests"]
+    windows = [(*k, *v) for k, v in sorted(got_windows.items())]
+    (out_dir / "usage-windows.csv").write_text(csv_text(columns, windows))
+    dlq_rows = [(d["reason"], *(d["source"][f] for f in ("topic", "partition", "offset")), d["detail"]) for d in dlq]
+    (out_dir / "dlq.csv").write_text(csv_text(["reason", "topic", "partition", "offset", "detail"], dlq_rows))
 
     db = _prepare_database(database_url)
     sunk_exactly = _sink(settings, db, want, console)

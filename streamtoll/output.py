@@ -2,12 +2,12 @@
 
 ``-o table`` (the default, for people: aligned columns), ``-o json`` (for programs: the data as
 JSON, amounts and quantities as strings, times as ISO 8601) or ``-o csv`` (a header row, always,
-even with no rows). ``--json`` and ``--csv`` are short for ``-o json`` / ``-o csv``.
+even with no rows; text a spreadsheet would run as a formula gets a ``'`` in front:
+``billing.adapters.spreadsheet``). ``--json`` and ``--csv`` are short for ``-o json`` / ``-o csv``.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import sys
@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, TextIO
+
+from billing.adapters.spreadsheet import csv_text
 
 __all__ = ["FORMATS", "plain", "print_document", "print_rows"]
 
@@ -56,9 +58,7 @@ def print_rows(rows: Sequence[Any], fmt: str, columns: Sequence[str] | None = No
         print(json.dumps(records, indent=1), file=out)
         return
     if fmt == "csv":
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(cols)
-        writer.writerows([_cell(r.get(c)) for c in cols] for r in records)
+        out.write(csv_text(cols, ([_cell(r.get(c)) for c in cols] for r in records)))
         return
     cells = [[_cell(r.get(c)) for c in cols] for r in records]
     widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(cols)]

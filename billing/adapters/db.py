@@ -18,6 +18,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine
+from sqlalchemy.exc import OperationalError
 
 __all__ = [
     "MIGRATIONS",
@@ -27,14 +28,29 @@ __all__ = [
     "head_revision",
     "make_engine",
     "schema_state",
+    "unreachable",
     "upgrade",
 ]
+
+# SQLSTATEs that mean the server cannot serve this process now: 08 connection exceptions,
+# 53300 too_many_connections, 57P01-57P03 admin/crash shutdown and cannot_connect_now (starting up)
+_UNREACHABLE = {"53300", "57P01", "57P02", "57P03"}
 
 MIGRATIONS = Path(str(files("billing.migrations")))
 
 
 def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, future=True)
+
+
+def unreachable(exc: OperationalError) -> bool:
+    """Whether ``exc`` says the database cannot be reached (retry later), rather than that it
+    refused this statement (too many columns, a cancelled query, a lock not available …: psycopg
+    raises those as OperationalError too, and retrying the same request would not help).
+    A connection that failed or broke has no SQLSTATE from the server, or SQLAlchemy saw it as
+    a disconnect."""
+    state = getattr(exc.orig, "sqlstate", None)
+    return exc.connection_invalidated or state is None or state.startswith("08") or state in _UNREACHABLE
 
 
 def alembic_config(url: str) -> Config:

@@ -6,9 +6,13 @@ Auth: ``Authorization: Bearer stk_…`` (the ``bearer`` security scheme). A part
 its own account; another account's invoice is a 404, exactly like one that does not exist. A
 finance key sees every account and may run billing, finalize and void. Missing, malformed, wrong
 or revoked keys are 401, and failed attempts are limited per client address (``limiter``; behind
-trusted proxies, the address they forward). Input is validated by type (bad dates, an unknown
-group, a range over the limit → 422 naming the parameters); queries are parameterized. While the
-database is unreachable, requests answer 503.
+trusted proxies, the address they forward). Input is validated by type and pattern (bad dates,
+a period not spelled ``YYYY-MM``, an unknown or repeated group, a range over the limit → 422
+naming the parameters; the patterns are in OpenAPI), so only one spelling of a value reaches the
+statement store and the database; queries are parameterized. ``Accept`` is read with its
+q-values (``negotiation``; nothing acceptable → 406). While the database is unreachable, requests
+answer 503; a statement it refuses is a 500. No ``/docs`` (Swagger UI would come from a CDN) and
+no slash redirects (they are built from the forgeable ``Host`` header).
 
 Every error is an RFC 9457 problem (``problems``), including an unexpected exception (500,
 logged, and counted like every answer). Invoices are named in paths by their ``ref`` (number, or
@@ -43,14 +47,18 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DataError, OperationalError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from billing.adapters.db import unreachable
 from billing.adapters.metrics import ApiCollector
 from billing.adapters.render import render_statement_pdf
+from billing.adapters.spreadsheet import csv_text
 from billing.api import models
 from billing.api.limiter import AuthLimiter, client_address
+from billing.api.negotiation import negotiate
 from billing.api.pagination import bad_cursor, decode_cursor, encode_cursor, next_link
 from billing.api.problems import Problem, ProblemError, error_responses, problem_response
+from billing.domain.accounts import CODE_PATTERN
 from billing.domain.money import format_money
-from billing.services.billing_run import BillingError, parse_period, run_billing
+from billing.services.billing_run import PERIOD_PATTERN, BillingError, parse_period, run_billing
 from billing.services.idempotency import KeyInUse, KeyReused, claim, fingerprint
 from billing.services.invoices import (
     InvoiceError,
@@ -101,6 +109,24 @@ _REPLAYED = {
 _CSV = {"text/csv": {"schema": {"type": "string"}}}
 _PDF = {"application/pdf": {"schema": {"type": "string", "format": "binary"}}}
 
+# Inputs are checked against these patterns (declared in OpenAPI) before anything else reads them:
+# one spelling per value, so only the normal form reaches the caches and the database.
+_STATEMENT_PATTERN = PERIOD_PATTERN.removesuffix("$") + r"(\.pdf)?$"
+_GROUPINGS = GROUPS[:-2]  # hour and day come from granularity
+_GROUP = "(" + "|".join(_GROUPINGS) + ")"
+_GROUP_BY_PATTERN = rf"^({_GROUP}(,{_GROUP})*)?$"
+_PATTERN_REASONS = {
+    PERIOD_PATTERN: "not a billing period YYYY-MM (ASCII digits, 1970-01 to 9998-12)",
+    _STATEMENT_PATTERN: "not a billing period YYYY-MM (ASCII digits, 1970-01 to 9998-12), or one with .pdf",
+    CODE_PATTERN: "not an account code (lowercase letters, digits, - and _)",
+    _GROUP_BY_PATTERN: f"not a comma list (no spaces) of {', '.join(_GROUPINGS)}",
+}
+Period = Annotated[str, Query(pattern=PERIOD_PATTERN, description="a billing period, `YYYY-MM`")]
+Account = Annotated[str | None, Query(pattern=CODE_PATTERN, description="an account's code")]
+_MEDIA = {"json": "application/json", "csv": "text/csv", "pdf": "application/pdf"}  # format=…
+_USAGE_MEDIA = ("application/json", "text/csv")
+_STATEMENT_MEDIA = ("application/json", "text/csv", "application/pdf")
+
 
 def _ok(model: type[Any], description: str, extra: dict[str, Any] | None = None, **more: Any) -> dict[str, Any]:
     """The OpenAPI entry of a 200 answer with ``model`` as its JSON body (and other media types)."""
@@ -140,7 +166,16 @@ def create_app(
 ) -> FastAPI:
     """The HTTP app; ``live`` is the running live feed (None: ``/v1/live`` answers 503)."""
     settings = settings or BillingSettings()
-    app = FastAPI(title="streamtoll", version="0.1.0", description="Usage statements and invoices for Kafka traffic.")
+    app = FastAPI(
+        title="streamtoll",
+        version="0.1.0",
+        description="Usage statements and invoices for Kafka traffic.",
+        # no /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a public CDN
+        docs_url=None,
+        redoc_url=None,
+        # no redirect from /path/ to /path: Starlette builds its absolute URL from the Host header
+        redirect_slashes=False,
+    )
     limiter = AuthLimiter(limit=auth_limit)
     statements_store = StatementStore(engine, settings.statement_max_staleness, settings.source_order)
     app.state.statements = statements_store
@@ -187,7 +222,10 @@ def create_app(
         errors = []
         for e in exc.errors():
             loc = [str(part) for part in e.get("loc", ())]
-            errors.append({"name": ".".join(loc[1:]) or loc[0], "in": loc[0] if loc else "query", "reason": e["msg"]})
+            reason = e["msg"]
+            if e.get("type") == "string_pattern_mismatch":
+                reason = _PATTERN_REASONS.get(e.get("ctx", {}).get("pattern"), reason)
+            errors.append({"name": ".".join(loc[1:]) or loc[0], "in": loc[0] if loc else "query", "reason": reason})
         names = ", ".join(dict.fromkeys(e["name"] for e in errors))
         return problem_response(request, "invalid-request", f"invalid parameters: {names}", errors=errors)
 
@@ -198,7 +236,18 @@ def create_app(
 
     @app.exception_handler(OperationalError)
     async def database_down(request: Request, exc: OperationalError) -> Response:
-        return problem_response(request, "database-unavailable", "the database is unavailable; try again shortly")
+        if unreachable(exc):
+            return problem_response(request, "database-unavailable", "the database is unavailable; try again shortly")
+        # the database refused the statement (too many columns, a cancelled query …): a bug
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        log.exception("request failed", extra={"route": route, "method": request.method}, exc_info=exc)
+        return problem_response(request, "internal-error", "the request failed unexpectedly; it is logged")
+
+    def acceptable(accept: str | None, offers: tuple[str, ...]) -> str:
+        media = negotiate(accept, offers)
+        if media is None:
+            raise ProblemError("not-acceptable", f"this endpoint answers with {', '.join(offers)} only")
+        return media
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -310,6 +359,7 @@ def create_app(
     # the problems every operation with a key can answer
     keyed = ("unauthorized", "forbidden", "invalid-request", "too-many-failed-authentications", "database-unavailable")
     reads = error_responses(*keyed, "not-found")
+    negotiated = error_responses(*keyed, "not-found", "not-acceptable")  # Accept picks the media type
 
     # --- health and ops ---
 
@@ -363,7 +413,7 @@ def create_app(
         "/v1/usage",
         responses={
             200: _ok(list[models.UsageRow], "usage rows, sorted by their grouping", _CSV, headers=_LINK),
-            **reads,
+            **negotiated,
         },
     )
     def usage(
@@ -372,8 +422,11 @@ def create_app(
         from_: Annotated[date, Query(alias="from")],
         to: Annotated[date, Query()],
         granularity: Annotated[Literal["hour", "day", "month"], Query()] = "day",
-        group_by: Annotated[str, Query(description=f"comma list of {', '.join(GROUPS[:-2])}")] = "source,direction",
-        account: str | None = None,
+        group_by: Annotated[
+            str,
+            Query(pattern=_GROUP_BY_PATTERN, description=f"comma list of {', '.join(_GROUPINGS)}, each at most once"),
+        ] = "source,direction",
+        account: Account = None,
         format: Literal["json", "csv"] | None = None,
         limit: Annotated[int, Query(ge=1, le=USAGE_MAX_LIMIT, description="rows per page")] = USAGE_LIMIT,
         cursor: Annotated[str | None, Query(description='from the `Link: rel="next"` of the page before')] = None,
@@ -391,13 +444,13 @@ def create_app(
                 f"the range may span at most {MAX_RANGE.days} days",
                 errors=[{"name": "to", "in": "query", "reason": f"more than {MAX_RANGE.days} days after from"}],
             )
-        groups = [g.strip() for g in group_by.split(",") if g.strip()]
-        unknown = [g for g in groups if g not in GROUPS or g in ("hour", "day")]
-        if unknown:
+        groups = group_by.split(",") if group_by else []
+        repeated = sorted({g for g in groups if groups.count(g) > 1})
+        if repeated:
             raise ProblemError(
                 "invalid-request",
-                f"cannot group by {', '.join(unknown)}; use granularity for time",
-                errors=[{"name": "group_by", "in": "query", "reason": f"unknown: {', '.join(unknown)}"}],
+                f"group by each field at most once ({', '.join(repeated)} repeated)",
+                errors=[{"name": "group_by", "in": "query", "reason": f"repeated: {', '.join(repeated)}"}],
             )
         time_key = {"hour": "hour", "day": "day", "month": None}[granularity]
         keys = ([time_key] if time_key else []) + groups
@@ -407,11 +460,9 @@ def create_app(
         )
         page, last = usage_page(rows, keys, after, limit)
         headers = {"Link": next_link(request, encode_cursor("usage", list(last)))} if last is not None else {}
-        if format == "csv" or (format is None and accept and "text/csv" in accept):
-            import pandas as pd
-
+        if (_MEDIA[format] if format else acceptable(accept, _USAGE_MEDIA)) == "text/csv":
             columns = [*keys, *QUANTITIES]
-            csv = pd.DataFrame(page, columns=columns).to_csv(index=False)
+            csv = csv_text(columns, ([row.get(c) for c in columns] for row in page))
             return Response(csv, media_type="text/csv", headers=headers)
         return JSONResponse(page, headers=headers)
 
@@ -419,24 +470,34 @@ def create_app(
         "/v1/statements/{period}",
         responses={
             200: _ok(models.Statement, "the statement (`.pdf` or format=pdf: PDF)", {**_CSV, **_PDF}),
-            **reads,
+            **negotiated,
         },
     )
     def statements(
-        period: str,
+        period: Annotated[
+            str, Path(pattern=_STATEMENT_PATTERN, description="a billing period, `YYYY-MM` (`YYYY-MM.pdf`: the PDF)")
+        ],
         c: Annotated[Caller, Depends(caller)],
-        account: str | None = None,
+        account: Account = None,
         format: Literal["json", "csv", "pdf"] | None = None,
         accept: Annotated[str | None, Header()] = None,
     ) -> Any:
         if period.endswith(".pdf"):
             period, format = period[:-4], "pdf"
         try:
-            parse_period(period)
+            start = parse_period(period)[0]
         except BillingError as exc:
             raise ProblemError(
                 "invalid-request", str(exc), errors=[{"name": "period", "in": "path", "reason": "not YYYY-MM"}]
             ) from None
+        if start > datetime.now(UTC).date():
+            # its statement would run from the period's start to now, before it
+            raise ProblemError(
+                "invalid-request",
+                f"the period {period} has not begun",
+                errors=[{"name": "period", "in": "path", "reason": "after the current month"}],
+            )
+        media = _MEDIA[format] if format else acceptable(accept, _STATEMENT_MEDIA)
         target = scope(c, account)
         if target is None:
             raise ProblemError(
@@ -448,9 +509,9 @@ def create_app(
             body = statements_store.get(target, period)
         except BillingError:
             raise ProblemError("not-found", "no such account") from None
-        if format == "csv" or (format is None and accept and "text/csv" in accept):
+        if media == "text/csv":
             return Response(statement_csv(orjson.loads(body)), media_type="text/csv")
-        if format == "pdf" or (format is None and accept and "application/pdf" in accept):
+        if media == "application/pdf":
             return Response(render_statement_pdf(orjson.loads(body)), media_type="application/pdf")
         return Response(body, media_type="application/json")
 
@@ -466,8 +527,8 @@ def create_app(
     def invoices(
         request: Request,
         c: Annotated[Caller, Depends(caller)],
-        period: str | None = None,
-        account: str | None = None,
+        period: Annotated[str | None, Query(pattern=PERIOD_PATTERN, description="a billing period, `YYYY-MM`")] = None,
+        account: Account = None,
         limit: Annotated[int, Query(ge=1, le=INVOICES_MAX_LIMIT, description="invoices per page")] = INVOICES_LIMIT,
         cursor: Annotated[str | None, Query(description='from the `Link: rel="next"` of the page before')] = None,
     ) -> Any:
@@ -538,7 +599,7 @@ def create_app(
         request: Request,
         c: Annotated[Caller, Depends(finance)],
         print_: Annotated[str, Depends(request_print)],
-        period: str,
+        period: Period,
         finalize_drafts: bool = Query(False, alias="finalize"),
         idempotency_key: IdempotencyKey = None,
     ) -> Response:

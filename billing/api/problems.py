@@ -75,6 +75,13 @@ PROBLEMS: dict[str, ProblemType] = {
         ),
         ProblemType("method-not-allowed", 405, "Method not allowed", "The path exists but not with this HTTP method."),
         ProblemType(
+            "not-acceptable",
+            406,
+            "No acceptable media type",
+            "The `Accept` header accepts none of the media types this endpoint answers with (the "
+            "`detail` names them; `q=0` excludes one). Accept one of them, or ask with `format=`.",
+        ),
+        ProblemType(
             "invoice-state-conflict",
             409,
             "The invoice's status does not allow this",
@@ -99,9 +106,9 @@ PROBLEMS: dict[str, ProblemType] = {
             "invalid-request",
             422,
             "Invalid request",
-            "A parameter is missing or invalid (a bad date, an unknown grouping, a range over the limit, "
-            "a bad cursor, a NUL character …); `errors` lists each one with `name`, `in` and `reason` "
-            "where they are known.",
+            "A parameter is missing or invalid (a bad date, a period not spelled `YYYY-MM` in ASCII "
+            "digits, an unknown or repeated grouping, a range over the limit, a bad cursor, a NUL "
+            "character …); `errors` lists each one with `name`, `in` and `reason` where they are known.",
         ),
         ProblemType(
             "too-many-failed-authentications",
@@ -114,7 +121,8 @@ PROBLEMS: dict[str, ProblemType] = {
             "database-unavailable",
             503,
             "The database is unavailable",
-            "PostgreSQL cannot be reached. Retry shortly (a POST with the same `Idempotency-Key`).",
+            "PostgreSQL cannot be reached (no connection, or the connection was lost). Retry shortly (a "
+            "POST with the same `Idempotency-Key`). A statement the database refused is a 500, not this.",
         ),
         ProblemType(
             "live-view-unavailable",
@@ -137,6 +145,7 @@ _BY_STATUS = {
     403: "forbidden",
     404: "not-found",
     405: "method-not-allowed",
+    406: "not-acceptable",
     422: "invalid-request",
 }
 

@@ -21,6 +21,7 @@ from itertools import pairwise
 from typing import Any
 
 __all__ = [
+    "CODE_PATTERN",
     "UNASSIGNED",
     "Account",
     "AccountError",
@@ -31,7 +32,8 @@ __all__ = [
 ]
 
 UNASSIGNED = "unassigned"
-_CODE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+CODE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"  # an account's code (the API declares it in OpenAPI)
+_CODE = re.compile(CODE_PATTERN)
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
@@ -215,7 +217,7 @@ def parse_accounts(doc: Any, source: str = "accounts") -> list[Account]:
         code = _text(entry, "code", where, problems)
         if code is not None:
             where = f"{where} ({code})"
-            if code == UNASSIGNED or not _CODE.match(code):
+            if code == UNASSIGNED or not _CODE.fullmatch(code):  # fullmatch: "$" alone would let "acme\n" in
                 problems.append(f"{where}.code: use lowercase letters, digits, - and _ (and not 'unassigned')")
             elif code in seen:
                 problems.append(f"{where}.code: {code!r} appears twice")

@@ -49,6 +49,7 @@ from billing.services.invoices import InvoiceError, finalize, invoice_ref, rende
 from billing.services.usage import load_attributor, usage_rows
 
 __all__ = [
+    "PERIOD_PATTERN",
     "AccountBill",
     "AccountNotFound",
     "BillingError",
@@ -95,6 +96,9 @@ class AccountBill:
         }
 
 
+# A billing period's one spelling: ASCII digits, years 1970-9998 (the end of 9999-12 is not a
+# date), months 01-12. The API declares this pattern in OpenAPI and enforces it before any lookup.
+PERIOD_PATTERN = r"^(19[7-9][0-9]|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-(0[1-9]|1[0-2])$"
 _PERIOD = re.compile(r"([0-9]{4})-([0-9]{2})")
 
 

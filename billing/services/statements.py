@@ -21,7 +21,6 @@ computation. ``statement()`` computes afresh (the CLI and the demo use it).
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 from collections.abc import Mapping
@@ -33,6 +32,7 @@ import orjson
 import pandas as pd
 from sqlalchemy import Engine, text
 
+from billing.adapters.spreadsheet import frame_csv
 from billing.domain.money import format_money
 from billing.domain.sources import DEFAULT_SOURCES, format_sources
 from billing.services.billing_run import parse_period, preview
@@ -108,7 +108,8 @@ def statement(
 def statement_csv(doc: dict[str, Any]) -> str:
     """One CSV: every breakdown row with a ``section`` column naming where it comes from, then the
     amount rated so far (section ``rated_so_far``: one row per line, then ``subtotal``, ``tax``
-    and ``total``) in the last columns ``description``, ``currency`` and ``amount``."""
+    and ``total``) in the last columns ``description``, ``currency`` and ``amount``. No cell is a
+    formula (``billing.adapters.spreadsheet``)."""
     frames = []
     for section in ("totals", "daily", "by_topic", "by_client_id", "by_principal"):
         rows = doc[section]
@@ -131,7 +132,6 @@ def statement_csv(doc: dict[str, Any]) -> str:
         )
         frame.insert(0, "section", "rated_so_far")
         frames.append(frame)
-    out = io.StringIO()
     if frames:
         merged = pd.concat(frames, ignore_index=True)
         money = [c for c in ("description", "currency", "amount") if c in merged.columns]
@@ -139,8 +139,8 @@ def statement_csv(doc: dict[str, Any]) -> str:
         merged = merged[keys + [q for q in QUANTITIES if q in merged.columns] + money]
         merged.insert(0, "account", doc["account"])
         merged.insert(1, "period", doc["period"])
-        merged.to_csv(out, index=False)
-    return out.getvalue()
+        return frame_csv(merged)  # client ids, topics, principals: never a formula
+    return ""
 
 
 _MARKS = text(

@@ -151,6 +151,8 @@ def usage_report(
     unknown = [g for g in group_by if g not in GROUPS]
     if unknown:
         raise ValueError(f"cannot group by {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
+    if len(set(group_by)) != len(group_by):
+        raise ValueError("group by each field at most once")
     if end <= start:
         raise ValueError("the end of the interval must be after its start")
     if account not in (None, UNASSIGNED) and "hour" not in group_by and _midnight(start) and _midnight(end):
