@@ -20,12 +20,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
+from billing.api import app as app_module
 from billing.api.app import create_app
 from billing.api.problems import MEDIA_TYPE, TYPE_BASE
 from billing.api.quota import DEFAULT_LIMITS, Limit
@@ -241,9 +243,18 @@ def test_liveness_answers_while_every_worker_thread_is_busy(engine: sa.Engine) -
         assert all(f.result().status_code == 200 for f in held)
 
 
-def test_a_slot_is_released_whatever_the_request_ends_with(engine: sa.Engine) -> None:
+def test_a_slot_is_released_whatever_the_request_ends_with(engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     """One request at a time for partners: answers, problems, a bug and a 422 all free the slot;
-    a second request while one runs waits for it (up to a second), then gets a 429."""
+    a second request while one runs waits for it (up to a second), then gets a 429 — without
+    having been authenticated (no worker thread, no database query)."""
+    authenticated: list[str] = []
+    real_authenticate = app_module.authenticate
+
+    def counting(engine: sa.Engine, presented: str) -> Any:
+        authenticated.append(presented)
+        return real_authenticate(engine, presented)
+
+    monkeypatch.setattr(app_module, "authenticate", counting)
     limits = {**DEFAULT_LIMITS, "partner": Limit(rate=1000.0, burst=1000, concurrent=1)}
     app = create_app(engine, BillingSettings(api_limits=limits))
     store = app.state.statements
@@ -276,9 +287,10 @@ def test_a_slot_is_released_whatever_the_request_ends_with(engine: sa.Engine) ->
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(get, "/v1/statements/2026-11")
             assert entered.wait(30)
-            started = time.perf_counter()
+            started, before = time.perf_counter(), len(authenticated)
             refused = get("/v1/statements/2026-11")
             waited = time.perf_counter() - started
+            assert 0 < len(authenticated) == before  # refused before authentication
             assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
             assert refused.json()["type"] == TYPE_BASE + "too-many-requests"
             assert 0.9 < waited < 5  # it waited for the slot first
