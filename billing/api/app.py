@@ -8,7 +8,10 @@ finance key sees every account and may run billing, finalize and void. Missing, 
 or revoked keys are 401, and failed attempts are limited per client address (``limiter``; behind
 trusted proxies, the address they forward). Input is validated by type (bad dates, an unknown
 group, a range over the limit → 422 naming the parameters); queries are parameterized. While the
-database is unreachable, requests answer 503.
+database is unreachable, requests answer 503. The expensive endpoints (statements, usage, invoice
+PDFs, the live view, billing runs, finalize, void) are limited per key — a rate, a burst and a
+number running at once, per role (``quota``; 429 ``too-many-requests`` with ``Retry-After``), the
+slot taken in the event loop before any worker thread is.
 
 Every error is an RFC 9457 problem (``problems``), including an unexpected exception (500,
 logged, and counted like every answer). Invoices are named in paths by their ``ref`` (number, or
@@ -21,7 +24,7 @@ account. An ops key reads nothing else. ``/metrics`` (Prometheus) and ``/healthz
 and show no account: counts, latency, lag, the process's memory and CPU, and reachability only.
 ``/healthz`` answers 200 when the database and the broker are reachable and 503 (with which one
 is not) otherwise — the readiness probe; ``/healthz/live`` answers 200 while the process serves —
-the liveness probe.
+the liveness probe, answered in the event loop so that busy worker threads never delay it.
 """
 
 import logging

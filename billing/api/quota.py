@@ -3,8 +3,8 @@
 Every API key has a token bucket (``rate`` requests per second sustained, up to ``burst`` at
 once after a quiet spell) and ``concurrent`` slots; the limits come from the key's role
 (``STREAMTOLL_API_LIMITS_PARTNER`` / ``_FINANCE`` / ``_OPS``, :func:`parse_limit`). A request
-over either limit is refused at once (429 with ``Retry-After``) instead of waiting for a worker
-thread: one key looping on statement PDFs must not hold the threads every other caller needs.
+over either limit is refused (429 with ``Retry-After``) before it gets a worker thread: one key
+looping on statement PDFs must not hold the threads every other caller needs.
 
 Where the API checks (``billing.api.app``), in the event loop (no worker thread): a request
 takes a slot before its endpoint runs and releases it when the work ends, whatever its outcome.
@@ -54,9 +54,6 @@ class Limit:
     rate: float
     burst: int
     concurrent: int
-
-    def __str__(self) -> str:
-        return f"rate={self.rate:g}/s,burst={self.burst},concurrent={self.concurrent}"
 
 
 # far above what a dashboard, a monthly download script or the live page asks for, far below
