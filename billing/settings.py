@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from billing.api.quota import DEFAULT_LIMITS, Limit, parse_limit
 from billing.domain.sources import DEFAULT_SOURCES, parse_sources
 
 __all__ = ["BillingSettings", "BillingSettingsError", "SmtpSettings"]
@@ -70,6 +71,8 @@ class BillingSettings:
     smtp: SmtpSettings = SmtpSettings()
     # proxies whose X-Forwarded-For the API believes (billing.api.limiter); empty: none
     api_trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # role → the per-key limit on the API's expensive endpoints (billing.api.quota); None: off
+    api_limits: Mapping[str, Limit | None] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
 
     @property
     def issuer(self) -> dict[str, object]:
@@ -128,6 +131,15 @@ class BillingSettings:
                 except ValueError:
                     problems.append(f"{PREFIX}API_TRUSTED_PROXIES: {part!r} is not an IP address or CIDR block")
             values["api_trusted_proxies"] = tuple(networks)
+        limits: dict[str, Limit | None] = dict(DEFAULT_LIMITS)
+        for role in ("partner", "finance", "ops"):
+            name = f"{PREFIX}API_LIMITS_{role.upper()}"
+            if given := env.get(name):
+                try:
+                    limits[role] = parse_limit(given, DEFAULT_LIMITS[role])
+                except ValueError as exc:
+                    problems.append(f"{name}: {exc}")
+        values["api_limits"] = limits
         values["smtp"] = SmtpSettings.from_env(env, problems)
         if problems:
             raise BillingSettingsError(problems)

@@ -190,6 +190,29 @@ SETTINGS: list[Setting] = [
         "them is X-Forwarded-For believed for the client address (failed-auth limit); empty = none",
         "10.0.0.0/8",
     ),
+    Setting(
+        "API_LIMITS_PARTNER",
+        "rate=5/s,burst=30,concurrent=4",
+        "api",
+        "per partner key on the expensive endpoints (statements, usage, invoice PDFs): requests per second "
+        "(N/s, N/m or N/h), a burst above that rate, requests running at once; over it: 429 with Retry-After. "
+        "Any of the three (the rest keep their default), or off",
+        "rate=5/s,burst=30,concurrent=4",
+    ),
+    Setting(
+        "API_LIMITS_FINANCE",
+        "rate=20/s,burst=100,concurrent=8",
+        "api",
+        "the same per finance key (also billing runs, finalize, void, the live view)",
+        "rate=20/s,burst=100,concurrent=8",
+    ),
+    Setting(
+        "API_LIMITS_OPS",
+        "rate=5/s,burst=30,concurrent=4",
+        "api",
+        "the same per ops key (the live view)",
+        "rate=5/s,burst=30,concurrent=4",
+    ),
     Setting("API_KEY", "", "top", "the ops or finance key `streamtoll top` uses", "", secret=True),
     Setting("ISSUER_NAME", "streamtoll", "billing", "the invoice issuer's name", "Example Streaming GmbH"),
     Setting(

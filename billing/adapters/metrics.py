@@ -8,7 +8,9 @@ Names (prefix ``streamtoll_``):
 * API — ``http_requests_total{route, status}``, ``http_request_duration_seconds{route, method,
   status}`` (a histogram; ``route`` is the path template, e.g. ``/v1/invoices/{ref}``, or
   ``unmatched``), ``billing_runs_total{finalize}``, ``invoices{status}`` (counted in the database
-  at scrape time)
+  at scrape time), ``api_limited_total{role, reason}`` (requests refused by a key's limits:
+  ``rate`` or ``concurrency``), ``statements_served_total{how}`` (``stored``, ``stale`` or
+  ``computed``) and ``statement_pdfs_total{how}`` (``stored`` or ``rendered``)
 * live feed — ``metering_lag_records{topic, partition}``, ``metering_lag_seconds{topic, partition}``
   (the metering group against each input partition's end), ``dlq_records_today{reason}`` (from
   the DLQ topic, all workers), ``live_minutes_applied_total``, ``live_minutes_replayed_total``
@@ -31,6 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 if TYPE_CHECKING:
     from billing.services.live import LiveFeed
     from billing.services.sink import UsageSink
+    from billing.services.statements import StatementStore
 
 __all__ = ["ApiCollector", "SinkCollector"]
 
@@ -63,11 +66,13 @@ class SinkCollector(Collector):
 class ApiCollector(Collector):
     """Request and billing-run counts of one API process, its live feed, and invoices by status."""
 
-    def __init__(self, engine: Engine, feed: LiveFeed | None) -> None:
+    def __init__(self, engine: Engine, feed: LiveFeed | None, statements: StatementStore | None = None) -> None:
         self.engine = engine
         self.feed = feed
+        self.statements = statements
         self.requests: Counter[tuple[str, str]] = Counter()
         self.billing_runs: Counter[str] = Counter()
+        self.limited: Counter[tuple[str, str]] = Counter()  # (role, rate | concurrency)
         # registered nowhere itself: collected through this collector, one per API process
         self.latency = Histogram(
             "streamtoll_http_request_duration_seconds",
@@ -92,6 +97,21 @@ class ApiCollector(Collector):
         for fin, n in sorted(self.billing_runs.copy().items()):
             runs.add_metric([fin], n)
         yield runs
+        limited = CounterMetricFamily(
+            "streamtoll_api_limited", "Requests refused by their key's limits", labels=["role", "reason"]
+        )
+        for (role, reason), n in sorted(self.limited.copy().items()):
+            limited.add_metric([role, reason], n)
+        yield limited
+        if self.statements is not None:
+            for name, doc, counts in (
+                ("streamtoll_statements_served", "Statements answered, by how", self.statements.served),
+                ("streamtoll_statement_pdfs", "Statement PDFs answered: stored or rendered", self.statements.pdfs),
+            ):
+                family = CounterMetricFamily(name, doc, labels=["how"])
+                for how, n in sorted(counts.copy().items()):
+                    family.add_metric([how], n)
+                yield family
         invoices = GaugeMetricFamily("streamtoll_invoices", "Invoices by status", labels=["status"])
         try:
             with self.engine.connect() as conn:

@@ -12,7 +12,10 @@ naming the parameters; the patterns are in OpenAPI), so only one spelling of a v
 statement store and the database; queries are parameterized. ``Accept`` is read with its
 q-values (``negotiation``; nothing acceptable → 406). While the database is unreachable, requests
 answer 503; a statement it refuses is a 500. No ``/docs`` (Swagger UI would come from a CDN) and
-no slash redirects (they are built from the forgeable ``Host`` header).
+no slash redirects (they are built from the forgeable ``Host`` header). The expensive endpoints (statements, usage,
+invoice PDFs, the live view, billing runs, finalize, void) are limited per key — a rate, a burst
+and a number running at once, per role (``quota``; 429 ``too-many-requests`` with
+``Retry-After``), the slot taken in the event loop before any worker thread is.
 
 Every error is an RFC 9457 problem (``problems``), including an unexpected exception (500,
 logged, and counted like every answer). Invoices are named in paths by their ``ref`` (number, or
@@ -25,12 +28,12 @@ account. An ops key reads nothing else. ``/metrics`` (Prometheus) and ``/healthz
 and show no account: counts, latency, lag, the process's memory and CPU, and reachability only.
 ``/healthz`` answers 200 when the database and the broker are reachable and 503 (with which one
 is not) otherwise — the readiness probe; ``/healthz/live`` answers 200 while the process serves —
-the liveness probe.
+the liveness probe, answered in the event loop so that busy worker threads never delay it.
 """
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from importlib.resources import files
@@ -56,6 +59,7 @@ from billing.api.limiter import AuthLimiter, client_address
 from billing.api.negotiation import negotiate
 from billing.api.pagination import bad_cursor, decode_cursor, encode_cursor, next_link
 from billing.api.problems import Problem, ProblemError, error_responses, problem_response
+from billing.api.quota import KeyQuota, Slot, TooMany, admit, key_digest
 from billing.domain.accounts import CODE_PATTERN
 from billing.domain.money import format_money
 from billing.services.billing_run import PERIOD_PATTERN, BillingError, parse_period, run_billing
@@ -147,6 +151,12 @@ def _nul_params(request: Request) -> list[dict[str, str]]:
     return bad
 
 
+def _key_id(presented: str) -> str:
+    """The key id part of ``stk_<key id>_<secret>`` ("" when malformed)."""
+    parts = presented.split("_", 2)
+    return parts[1] if len(parts) == 3 else ""
+
+
 def _idempotency_key(raw: str) -> str:
     """The key as sent: a plain string or a structured-field string (``"…"``, RFC 8941)."""
     key = raw.strip()
@@ -177,9 +187,11 @@ def create_app(
         redirect_slashes=False,
     )
     limiter = AuthLimiter(limit=auth_limit)
+    quota = KeyQuota(settings.api_limits)
+    app.state.quota = quota
     statements_store = StatementStore(engine, settings.statement_max_staleness, settings.source_order)
     app.state.statements = statements_store
-    metrics = ApiCollector(engine, live)
+    metrics = ApiCollector(engine, live, statements_store)
     registry = CollectorRegistry()
     registry.register(metrics)
     ProcessCollector(registry=registry)
@@ -299,6 +311,59 @@ def create_app(
             raise ProblemError("forbidden", "this needs a finance key")
         return c
 
+    # --- per-key limits on the expensive endpoints (billing.api.quota) ---
+
+    def too_many(exc: TooMany) -> ProblemError:
+        metrics.limited[(exc.role, exc.reason)] += 1
+        return ProblemError("too-many-requests", exc.detail, headers={"Retry-After": str(exc.retry_after)})
+
+    async def early_slot(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    ) -> AsyncIterator[tuple[bytes, Slot | None]]:
+        """Before authentication, in the event loop: the slot of a key seen before (a request
+        over its limit costs no worker thread and no database query); None for another key."""
+        digest = key_digest(credentials.credentials) if credentials else b""
+        held = None
+        if credentials is not None:
+            try:
+                held = await admit(lambda: quota.acquire_known(_key_id(credentials.credentials), digest))
+            except TooMany as exc:
+                raise too_many(exc) from None
+        try:
+            yield digest, held
+        finally:  # whatever happened next: authentication failed, the endpoint answered or raised
+            if held is not None:
+                held.release()
+
+    def limited(role_check: Callable[..., Caller]) -> Callable[..., AsyncIterator[Caller]]:
+        """``role_check``'s caller, holding a slot of its key's limits while the endpoint runs
+        (async: taking and releasing the slot need no worker thread)."""
+
+        async def slot(
+            early: Annotated[tuple[bytes, Slot | None], Depends(early_slot)],
+            c: Annotated[Caller, Depends(role_check)],
+        ) -> AsyncIterator[Caller]:
+            digest, held = early
+            if held is not None:  # taken before authentication; early_slot releases it
+                yield c
+                return
+            try:
+                held = await admit(lambda: quota.acquire(c.key_id, c.role, digest))
+            except TooMany as exc:
+                raise too_many(exc) from None
+            try:
+                yield c
+            finally:
+                held.release()
+
+        return slot
+
+    # the expensive endpoints (docs/api.md "Limits per key"): statements in every format, usage,
+    # invoice PDFs, the live view, billing runs, finalize and void
+    reader = limited(caller)
+    live_viewer = limited(live_reader)
+    biller = limited(finance)
+
     def scope(c: Caller, account: str | None) -> str | None:
         """The account a request may read: a partner's own, whatever it asks."""
         if c.role == "finance":
@@ -359,7 +424,9 @@ def create_app(
     # the problems every operation with a key can answer
     keyed = ("unauthorized", "forbidden", "invalid-request", "too-many-failed-authentications", "database-unavailable")
     reads = error_responses(*keyed, "not-found")
-    negotiated = error_responses(*keyed, "not-found", "not-acceptable")  # Accept picks the media type
+    limited_reads = error_responses(*keyed, "not-found", "too-many-requests")
+    # Accept picks the media type
+    limited_negotiated = error_responses(*keyed, "not-found", "not-acceptable", "too-many-requests")
 
     # --- health and ops ---
 
@@ -386,8 +453,9 @@ def create_app(
         body = {"status": "ok" if ready else "unavailable", "live": True, "ready": ready, **checks}
         return JSONResponse(body, status_code=200 if ready else 503)
 
+    # async: answered in the event loop, never queued behind requests waiting for a worker thread
     @app.get("/healthz/live", responses={200: _ok(models.Liveness, "the process serves")})
-    def liveness() -> dict[str, bool]:
+    async def liveness() -> dict[str, bool]:
         return {"live": True}
 
     @app.get("/metrics", include_in_schema=False)
@@ -400,9 +468,12 @@ def create_app(
 
     @app.get(
         "/v1/live",
-        responses={200: _ok(models.LiveView, "the live view"), **error_responses(*keyed, "live-view-unavailable")},
+        responses={
+            200: _ok(models.LiveView, "the live view"),
+            **error_responses(*keyed, "live-view-unavailable", "too-many-requests"),
+        },
     )
-    def live_view(c: Annotated[Caller, Depends(live_reader)]) -> Any:
+    def live_view(c: Annotated[Caller, Depends(live_viewer)]) -> Any:
         if live is None:
             raise ProblemError("live-view-unavailable", "the live view is not running in this API process")
         return live.board.view(time.time())
@@ -413,12 +484,12 @@ def create_app(
         "/v1/usage",
         responses={
             200: _ok(list[models.UsageRow], "usage rows, sorted by their grouping", _CSV, headers=_LINK),
-            **negotiated,
+            **limited_negotiated,
         },
     )
     def usage(
         request: Request,
-        c: Annotated[Caller, Depends(caller)],
+        c: Annotated[Caller, Depends(reader)],
         from_: Annotated[date, Query(alias="from")],
         to: Annotated[date, Query()],
         granularity: Annotated[Literal["hour", "day", "month"], Query()] = "day",
@@ -470,14 +541,14 @@ def create_app(
         "/v1/statements/{period}",
         responses={
             200: _ok(models.Statement, "the statement (`.pdf` or format=pdf: PDF)", {**_CSV, **_PDF}),
-            **negotiated,
+            **limited_negotiated,
         },
     )
     def statements(
         period: Annotated[
             str, Path(pattern=_STATEMENT_PATTERN, description="a billing period, `YYYY-MM` (`YYYY-MM.pdf`: the PDF)")
         ],
-        c: Annotated[Caller, Depends(caller)],
+        c: Annotated[Caller, Depends(reader)],
         account: Account = None,
         format: Literal["json", "csv", "pdf"] | None = None,
         accept: Annotated[str | None, Header()] = None,
@@ -506,13 +577,14 @@ def create_app(
                 errors=[{"name": "account", "in": "query", "reason": "required with a finance key"}],
             )
         try:
+            if media == "application/pdf":  # rendered once per stored statement, then served as stored
+                document = statements_store.pdf(target, period, render_statement_pdf)
+                return Response(document, media_type="application/pdf")
             body = statements_store.get(target, period)
         except BillingError:
             raise ProblemError("not-found", "no such account") from None
         if media == "text/csv":
             return Response(statement_csv(orjson.loads(body)), media_type="text/csv")
-        if media == "application/pdf":
-            return Response(render_statement_pdf(orjson.loads(body)), media_type="application/pdf")
         return Response(body, media_type="application/json")
 
     # --- invoices ---
@@ -574,9 +646,9 @@ def create_app(
     @app.get(
         "/v1/invoices/{ref}/pdf",
         response_class=Response,
-        responses={200: {"description": "the invoice's PDF (stored at finalize)", "content": _PDF}, **reads},
+        responses={200: {"description": "the invoice's PDF (stored at finalize)", "content": _PDF}, **limited_reads},
     )
-    def invoice_document(ref: Ref, c: Annotated[Caller, Depends(caller)]) -> Response:
+    def invoice_document(ref: Ref, c: Annotated[Caller, Depends(reader)]) -> Response:
         doc = _visible(c, ref)
         try:
             pdf = invoice_pdf(engine, ref)
@@ -592,12 +664,12 @@ def create_app(
         "/v1/billing/runs",
         responses={
             200: _ok(list[models.BillingRunResult], "each account's invoice", headers=_REPLAYED),
-            **error_responses(*keyed, "idempotency-key-in-use", "idempotency-key-reused"),
+            **error_responses(*keyed, "idempotency-key-in-use", "idempotency-key-reused", "too-many-requests"),
         },
     )
     def billing_run(
         request: Request,
-        c: Annotated[Caller, Depends(finance)],
+        c: Annotated[Caller, Depends(biller)],
         print_: Annotated[str, Depends(request_print)],
         period: Period,
         finalize_drafts: bool = Query(False, alias="finalize"),
@@ -629,14 +701,19 @@ def create_app(
         responses={
             200: _ok(models.Finalized, "the invoice, numbered and frozen", headers=_REPLAYED),
             **error_responses(
-                *keyed, "not-found", "invoice-state-conflict", "idempotency-key-in-use", "idempotency-key-reused"
+                *keyed,
+                "not-found",
+                "invoice-state-conflict",
+                "idempotency-key-in-use",
+                "idempotency-key-reused",
+                "too-many-requests",
             ),
         },
     )
     def finalize_invoice(
         request: Request,
         ref: Ref,
-        c: Annotated[Caller, Depends(finance)],
+        c: Annotated[Caller, Depends(biller)],
         print_: Annotated[str, Depends(request_print)],
         idempotency_key: IdempotencyKey = None,
     ) -> Response:
@@ -664,7 +741,12 @@ def create_app(
         responses={
             200: _ok(models.Voided, "the invoice, void", headers=_REPLAYED),
             **error_responses(
-                *keyed, "not-found", "invoice-state-conflict", "idempotency-key-in-use", "idempotency-key-reused"
+                *keyed,
+                "not-found",
+                "invoice-state-conflict",
+                "idempotency-key-in-use",
+                "idempotency-key-reused",
+                "too-many-requests",
             ),
         },
     )
@@ -672,7 +754,7 @@ def create_app(
         request: Request,
         ref: Ref,
         reason: str,
-        c: Annotated[Caller, Depends(finance)],
+        c: Annotated[Caller, Depends(biller)],
         print_: Annotated[str, Depends(request_print)],
         idempotency_key: IdempotencyKey = None,
     ) -> Response:

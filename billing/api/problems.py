@@ -118,6 +118,15 @@ PROBLEMS: dict[str, ProblemType] = {
             "from it is refused for `Retry-After` seconds.",
         ),
         ProblemType(
+            "too-many-requests",
+            429,
+            "Too many requests for this key",
+            "This API key is over its limit on the expensive endpoints (statements, usage, invoice "
+            "PDFs, the live view, billing runs, finalize, void): too many requests per second, or too "
+            "many running at once. Nothing was done; retry after `Retry-After` seconds. The limits "
+            "depend on the key's role (`STREAMTOLL_API_LIMITS_*`).",
+        ),
+        ProblemType(
             "database-unavailable",
             503,
             "The database is unavailable",

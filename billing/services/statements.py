@@ -16,15 +16,19 @@ since is served for at most ``max_staleness`` seconds after it was computed (def
 the open month every few seconds, and recomputing on each request would put a second of work
 behind every page view. A catalog change (prices, client rules) or a stale statement older than
 that is recomputed before answering; concurrent requests for the same statement wait for one
-computation. ``statement()`` computes afresh (the CLI and the demo use it).
+computation. A statement's PDF (about half a second of WeasyPrint) is rendered once per stored
+statement, kept next to it and cleared when it is replaced (migration 0010); concurrent requests
+for it wait for one rendering. ``statement()`` computes afresh (the CLI and the demo use it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime, time
 from typing import Any
 
@@ -143,29 +147,80 @@ def statement_csv(doc: dict[str, Any]) -> str:
     return ""
 
 
-_MARKS = text(
+_READ = (
     "SELECT (SELECT coalesce(sum(mark), 0) FROM usage_period_marks WHERE month = :month) AS usage_mark, "
     "(SELECT mark FROM catalog_marks WHERE id = 1) AS catalog_mark, "
     "d.usage_mark AS stored_usage, d.catalog_mark AS stored_catalog, d.doc_version, d.sources, d.computed_at, "
-    "d.body "
-    "FROM (SELECT 1) AS one LEFT JOIN statement_docs AS d ON d.account = :account AND d.period = :period"
+    "d.body, d.revision, "
 )
+_OF = "FROM (SELECT 1) AS one LEFT JOIN statement_docs AS d ON d.account = :account AND d.period = :period"
+_MARKS = text(_READ + "NULL::bytea AS pdf " + _OF)
+_MARKS_PDF = text(_READ + "d.pdf " + _OF)
 
 _STORE = text(
-    "INSERT INTO statement_docs AS d VALUES (:account, :period, :usage_mark, :catalog_mark, :doc_version, "
-    ":sources, :computed_at, :body) ON CONFLICT (account, period) DO UPDATE SET usage_mark = excluded.usage_mark, "
+    "INSERT INTO statement_docs AS d (account, period, usage_mark, catalog_mark, doc_version, sources, "
+    "computed_at, body) VALUES (:account, :period, :usage_mark, :catalog_mark, :doc_version, :sources, "
+    ":computed_at, :body) ON CONFLICT (account, period) DO UPDATE SET usage_mark = excluded.usage_mark, "
     "catalog_mark = excluded.catalog_mark, doc_version = excluded.doc_version, sources = excluded.sources, "
-    "computed_at = excluded.computed_at, body = excluded.body "
+    "computed_at = excluded.computed_at, body = excluded.body, "
+    # the PDF was of the body replaced here (migration 0010)
+    "revision = d.revision + 1, pdf = NULL "
     # never replace a statement by one computed from older marks (a slow, late refresh)
     "WHERE d.doc_version <> excluded.doc_version OR d.sources <> excluded.sources "
     "OR (d.usage_mark <= excluded.usage_mark "
-    "AND d.catalog_mark <= excluded.catalog_mark AND d.computed_at <= excluded.computed_at)"
+    "AND d.catalog_mark <= excluded.catalog_mark AND d.computed_at <= excluded.computed_at) "
+    "RETURNING revision"
 )
+
+_STORED_PDF = text(
+    "SELECT pdf FROM statement_docs WHERE account = :account AND period = :period AND revision = :revision"
+)
+
+# only next to the body it was rendered from, and never over one stored meanwhile
+_KEEP_PDF = text(
+    "UPDATE statement_docs SET pdf = :pdf "
+    "WHERE account = :account AND period = :period AND revision = :revision AND pdf IS NULL"
+)
+
+
+@dataclass(frozen=True)
+class _Doc:
+    body: bytes
+    revision: int | None  # of the stored row; None: computed but not stored (a newer one was)
+    pdf: bytes | None  # the stored PDF of this revision, when asked for and there is one
+
+
+class _Locks:
+    """A lock per key, kept only while a thread holds or waits for it (statements that were
+    asked for once do not each keep a lock for the life of the process)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._held: dict[tuple[str, ...], tuple[threading.Lock, list[int]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    @contextlib.contextmanager
+    def hold(self, *key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._held.setdefault(key, (threading.Lock(), [0]))
+            users[0] += 1
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                users[0] -= 1
+                if users[0] == 0:
+                    del self._held[key]
 
 
 class StatementStore:
     """Statements served as stored, recomputed when their usage or the catalog changed (module
-    docstring). ``get`` returns the statement as JSON bytes."""
+    docstring). ``get`` returns the statement as JSON bytes, ``pdf`` its PDF: rendered once per
+    stored statement and kept with it (migration 0010). ``served`` counts how statements were
+    answered, ``pdfs`` how their PDFs were (``stored`` or ``rendered``)."""
 
     def __init__(
         self, engine: Engine, max_staleness: float = 60.0, source_order: Mapping[str, tuple[str, ...]] | None = None
@@ -175,39 +230,75 @@ class StatementStore:
         self.source_order = dict(source_order or DEFAULT_SOURCES)
         # a statement stored under another source order (another API configuration) is not ours
         self.sources = format_sources(self.source_order)
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks = _Locks()
         self._guard = threading.Lock()
         self._refreshing: set[tuple[str, str]] = set()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="statement-refresh")
         self.served = {"stored": 0, "stale": 0, "computed": 0}
+        self.pdfs = {"stored": 0, "rendered": 0}
 
     def get(self, account: str, period: str) -> bytes:
-        marks = self._read(account, period)
+        return self._document(account, period, with_pdf=False).body
+
+    def pdf(self, account: str, period: str, render: Callable[[dict[str, Any]], bytes]) -> bytes:
+        """The PDF of the statement ``get`` would answer: the one stored with it, or ``render``
+        of it — once: concurrent requests for the same statement wait for that rendering — then
+        stored with the version it was rendered from."""
+        doc = self._document(account, period, with_pdf=True)
+        if doc.pdf is not None:
+            self._count(self.pdfs, "stored")
+            return doc.pdf
+        with self._locks.hold("pdf", account, period):
+            if doc.revision is not None:  # another request may have rendered it while this one waited
+                with self.engine.connect() as conn:
+                    stored = conn.execute(
+                        _STORED_PDF, {"account": account, "period": period, "revision": doc.revision}
+                    ).scalar()
+                if stored is not None:
+                    self._count(self.pdfs, "stored")
+                    return bytes(stored)
+            pdf = render(orjson.loads(doc.body))
+            self._count(self.pdfs, "rendered")
+            if doc.revision is not None:
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        _KEEP_PDF, {"pdf": pdf, "account": account, "period": period, "revision": doc.revision}
+                    )
+            return pdf
+
+    def _document(self, account: str, period: str, with_pdf: bool) -> _Doc:
+        marks = self._read(account, period, with_pdf)
         state = self._state(marks)
         if state == "current":
-            self._count("stored")
-            return bytes(marks.body, "utf-8")
+            self._count(self.served, "stored")
+            return self._stored(marks)
         if state == "stale":
-            self._count("stale")
+            self._count(self.served, "stale")
             self._refresh_later(account, period)
-            return bytes(marks.body, "utf-8")
-        with self._lock(account, period):
+            return self._stored(marks)
+        with self._locks.hold("compute", account, period):
             # another request may have computed it while this one waited
-            marks = self._read(account, period)
+            marks = self._read(account, period, with_pdf)
             if self._state(marks) == "current":
-                self._count("stored")
-                return bytes(marks.body, "utf-8")
-            self._count("computed")
+                self._count(self.served, "stored")
+                return self._stored(marks)
+            self._count(self.served, "computed")
             return self._compute(account, period, marks)
 
-    def _count(self, how: str) -> None:
-        with self._guard:  # requests run in a thread pool
-            self.served[how] += 1
+    @staticmethod
+    def _stored(marks: Any) -> _Doc:
+        return _Doc(bytes(marks.body, "utf-8"), marks.revision, None if marks.pdf is None else bytes(marks.pdf))
 
-    def _read(self, account: str, period: str) -> Any:
+    def _count(self, counts: dict[str, int], how: str) -> None:
+        with self._guard:  # requests run in a thread pool
+            counts[how] += 1
+
+    def _read(self, account: str, period: str, with_pdf: bool = False) -> Any:
         month = parse_period(period)[0]
         with self.engine.connect() as conn:
-            return conn.execute(_MARKS, {"month": month, "account": account, "period": period}).one()
+            return conn.execute(
+                _MARKS_PDF if with_pdf else _MARKS, {"month": month, "account": account, "period": period}
+            ).one()
 
     def _state(self, m: Any) -> str:
         if m.body is None or m.doc_version != DOC_VERSION or m.sources != self.sources:
@@ -219,13 +310,13 @@ class StatementStore:
             return "stale"
         return "missing"
 
-    def _compute(self, account: str, period: str, marks: Any) -> bytes:
+    def _compute(self, account: str, period: str, marks: Any) -> _Doc:
         """Compute with the marks read before (any change after them moves them: the stored
         statement is then out of date at once, never wrongly current) and store it."""
         now = datetime.now(UTC)
         body = orjson.dumps(statement(self.engine, account, period, now=now, source_order=self.source_order))
         with self.engine.begin() as conn:
-            conn.execute(
+            revision = conn.execute(
                 _STORE,
                 {
                     "account": account,
@@ -237,12 +328,8 @@ class StatementStore:
                     "computed_at": now,
                     "body": body.decode(),
                 },
-            )
-        return body
-
-    def _lock(self, account: str, period: str) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault((account, period), threading.Lock())
+            ).scalar()
+        return _Doc(body, revision, None)
 
     def _refresh_later(self, account: str, period: str) -> None:
         with self._guard:
@@ -252,7 +339,7 @@ class StatementStore:
 
         def refresh() -> None:
             try:
-                with self._lock(account, period):
+                with self._locks.hold("compute", account, period):
                     marks = self._read(account, period)
                     if self._state(marks) != "current":
                         self._compute(account, period, marks)

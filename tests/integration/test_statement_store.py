@@ -143,3 +143,78 @@ def test_open_month_reads_todays_hours(engine: sa.Engine) -> None:
     assert proxy_bytes(after) == proxy_bytes(before) + 5 * GB and same(after, fresh(engine, period=period))
     doc = orjson.loads(after)
     assert doc["from"] == f"{period}-01T00:00:00Z" and doc["to"] == doc["as_of"]
+
+
+class Renderer:
+    """A stand-in for WeasyPrint (ours to fake): the document's bytes, counted; ``during`` runs
+    inside the first rendering."""
+
+    def __init__(self, during: Any = None) -> None:
+        self.calls = 0
+        self.during = during
+        self._lock = threading.Lock()
+
+    def __call__(self, doc: dict[str, Any]) -> bytes:
+        with self._lock:
+            self.calls += 1
+            first = self.calls == 1
+        if first and self.during is not None:
+            self.during()
+        time.sleep(0.05)  # long enough for concurrent requests to meet
+        return b"%PDF " + orjson.dumps(doc)
+
+
+def stored_pdf(engine: sa.Engine) -> bytes | None:
+    with engine.connect() as conn:
+        pdf = conn.execute(
+            sa.text("SELECT pdf FROM statement_docs WHERE account = 'acme' AND period = '2026-11'")
+        ).scalar()
+    return None if pdf is None else bytes(pdf)
+
+
+def test_pdf_rendered_once_per_stored_statement(engine: sa.Engine) -> None:
+    store = StatementStore(engine, max_staleness=0)
+    render = Renderer()
+    first = store.pdf("acme", "2026-11", render)
+    assert first == b"%PDF " + store.get("acme", "2026-11") and stored_pdf(engine) == first
+    assert store.pdf("acme", "2026-11", render) == first and render.calls == 1
+    assert store.pdfs == {"stored": 1, "rendered": 1}
+    # another API process (a new store) serves the stored bytes too
+    assert StatementStore(engine, max_staleness=0).pdf("acme", "2026-11", render) == first and render.calls == 1
+    # new usage: a new statement, so a new PDF — of the new body
+    upsert_windows(engine, [w(9, 1, "proxy", "User:acme-orders", "produce", "orders", b=7 * GB)])
+    second = store.pdf("acme", "2026-11", render)
+    assert render.calls == 2 and second != first and proxy_bytes(second[5:]) == proxy_bytes(first[5:]) + 7 * GB
+    assert second == b"%PDF " + store.get("acme", "2026-11") == b"%PDF " + store.get("acme", "2026-11")
+
+
+def test_concurrent_pdf_requests_render_once(engine: sa.Engine) -> None:
+    store = StatementStore(engine, max_staleness=0)
+    render = Renderer()
+    pdfs: list[bytes] = []
+    threads = [threading.Thread(target=lambda: pdfs.append(store.pdf("acme", "2026-11", render))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(pdfs) == 8 and len(set(pdfs)) == 1 and render.calls == 1
+    assert store.pdfs == {"stored": 7, "rendered": 1} and store.served["computed"] == 1
+    assert len(store._locks) == 0  # no lock kept once nobody waits
+
+
+def test_a_pdf_of_a_replaced_statement_is_not_stored(engine: sa.Engine) -> None:
+    """The statement is recomputed while its PDF renders: that PDF is served to its request (it
+    is of the body that request read) but never stored next to the newer body."""
+    store = StatementStore(engine, max_staleness=0)
+    other = StatementStore(engine, max_staleness=0)  # another API process
+
+    def recompute() -> None:
+        upsert_windows(engine, [w(12, 3, "proxy", "User:acme-orders", "produce", "orders", b=2 * GB)])
+        other.get("acme", "2026-11")
+
+    render = Renderer(during=recompute)
+    old = store.pdf("acme", "2026-11", render)
+    assert stored_pdf(engine) is None
+    new = store.pdf("acme", "2026-11", render)
+    assert render.calls == 2 and proxy_bytes(new[5:]) == proxy_bytes(old[5:]) + 2 * GB
+    assert stored_pdf(engine) == new == b"%PDF " + store.get("acme", "2026-11")
