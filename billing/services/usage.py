@@ -388,7 +388,7 @@ def _hourly_sums(spans: dict[str, list[Any]], start: datetime, end: datetime, gr
         .lateral("h")
     )
     by = {"hour": hourly.c.hour, "day": cast(func.timezone("UTC", hourly.c.hour), Date), **{k: m.c[k] for k in keys}}
-    columns = [by[g].label(g) for g in group_by if g != "account"]
+    columns = [by[g].label(g) for g in _columns(group_by)]
     return (
         select(
             *columns,
@@ -400,6 +400,12 @@ def _hourly_sums(spans: dict[str, list[Any]], start: datetime, end: datetime, gr
         .select_from(m.join(hourly, true()))
         .group_by(*columns)
     )
+
+
+def _columns(group_by: Sequence[str]) -> list[str]:
+    """The columns ``group_by`` groups by, each once (a field named twice groups as once; SQL
+    would find the twice-selected column ambiguous), ``account`` aside (it is the one asked)."""
+    return [g for g in dict.fromkeys(group_by) if g != "account"]
 
 
 def _utc(t: date) -> datetime:
@@ -434,7 +440,7 @@ def account_report(
             return []
         if whole_days:
             u = UsageDailyRow.__table__.alias("u")
-            columns = [u.c[g].label(g) for g in group_by if g != "account"]
+            columns = [u.c[g].label(g) for g in _columns(group_by)]
             query = _sums_over(spans, first, last, u, columns).group_by(*columns)
         else:
             query = _hourly_sums(spans, start, end, group_by)

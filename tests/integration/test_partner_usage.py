@@ -167,6 +167,8 @@ GROUPINGS = [
     ("day", "account", "principal"),
     ("source", "account", "direction"),
     ("principal", "client_id", "hour"),
+    ("source", "source", "hour"),  # a field named twice groups as once
+    ("day", "source", "day"),
 ]
 BOUNDS = [
     (datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)),
