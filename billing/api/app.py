@@ -206,6 +206,10 @@ def create_app(
             response: Any = problem_response(
                 request, "invalid-request", "parameters may not contain NUL characters", errors=bad
             )
+        elif b"%2f" in request.scope.get("raw_path", b"").lower():
+            # a '/' in a path parameter (no ref or period has one): routed as a separator once
+            # decoded, it would reach another operation (GET /v1/invoices/x%2Ffinalize: a 405)
+            response = problem_response(request, "not-found", "there is nothing at this path")
         else:
             try:
                 response = await call_next(request)

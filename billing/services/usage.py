@@ -11,14 +11,29 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Date, Engine, Text, and_, cast, func, or_, select, text, true, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Date,
+    DateTime,
+    Engine,
+    Text,
+    and_,
+    cast,
+    func,
+    or_,
+    select,
+    text,
+    true,
+    tuple_,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from billing.adapters.models import AccountRow, ClientRuleRow, UsageDailyRow
+from billing.adapters.models import AccountRow, ClientRuleRow, UsageDailyRow, UsageShardRow
 from billing.domain.accounts import UNASSIGNED, Attributor, ClientRule
 
 __all__ = [
@@ -155,9 +170,10 @@ def usage_report(
         raise ValueError("group by each field at most once")
     if end <= start:
         raise ValueError("the end of the interval must be after its start")
-    if account not in (None, UNASSIGNED) and "hour" not in group_by and _midnight(start) and _midnight(end):
-        # one account by day or longer: PostgreSQL adds up its identities only (a partner's view)
-        return account_report(engine, account, start.astimezone(UTC).date(), end.astimezone(UTC).date(), group_by)
+    if account not in (None, UNASSIGNED):
+        # one account (a partner's view), by hour or longer: PostgreSQL reads and adds up only the
+        # rows of that account's identities, never another tenant's
+        return account_report(engine, account, start, end, group_by)
     return group(usage_rows(engine, start, end, account, hourly="hour" in group_by), group_by)
 
 
@@ -213,25 +229,27 @@ def _could_be(rules: Sequence[ClientRule]) -> ColumnElement[bool]:
 
 
 def _account_spans(
-    conn: Connection, attributor: Attributor, account: str, start: date, end: date
+    conn: Connection, attributor: Attributor, account: str, start: date, end: date, keys: bool = False
 ) -> dict[str, list[Any]]:
     """The identities (and their spans of days) whose usage in ``[start, end)`` is ``account``'s,
     as parallel arrays for the queries below: the identities the account's rules could match are
-    read first and attributed in Python, per span of days in which their account does not change."""
+    read first and attributed in Python, per span of days in which their account does not change.
+    With ``keys``, one entry per whole usage key (source, identity, topic, direction) and span,
+    so that the hourly rows can be looked up by their primary key."""
     t = UsageDailyRow.__table__.c
-    spans: dict[str, list[Any]] = {k: [] for k in ("principals", "client_ids", "clusters", "since", "until")}
+    fields = ["principals", "client_ids", "clusters", "since", "until"]
+    if keys:
+        fields += ["sources", "topics", "directions"]
+    spans: dict[str, list[Any]] = {k: [] for k in fields}
     rules = attributor.rules_of(account)
     if not rules or end <= start:
         return spans
-    identities = conn.execute(
-        select(t.principal, t.client_id, t.virtual_cluster)
-        .where(t.day >= start, t.day < end, _could_be(rules))
-        .distinct()
-    ).all()
-    for principal, client_id, cluster in identities:
+    columns = [t.principal, t.client_id, t.virtual_cluster] + ([t.source, t.topic, t.direction] if keys else [])
+    identities = conn.execute(select(*columns).where(t.day >= start, t.day < end, _could_be(rules)).distinct()).all()
+    for principal, client_id, cluster, *key in identities:
         for since, until, code in attributor.spans(principal, client_id, cluster, start, end):
             if code == account:
-                for k, v in zip(spans, (principal, client_id, cluster, since, until), strict=True):
+                for k, v in zip(spans, (principal, client_id, cluster, since, until, *key), strict=True):
                     spans[k].append(v)
     return spans
 
@@ -332,29 +350,109 @@ def account_groups(
     return out
 
 
+def _hourly_sums(spans: dict[str, list[Any]], start: datetime, end: datetime, group_by: Sequence[str]) -> Any:
+    """The summed quantities of the ``usage_shard_rows`` rows in ``[start, end)`` of the usage keys
+    and day spans in ``spans`` (``_account_spans(keys=True)``), grouped by ``group_by`` (but
+    ``account``), one column each.
+
+    Each key's rows are looked up by the primary key and its hour range, in a LATERAL subquery
+    per key: its aggregate keeps PostgreSQL from turning the join into a scan of the whole table
+    (which reads every tenant's rows), whatever the table's size and statistics."""
+
+    def at(d: date) -> datetime:
+        return datetime.combine(d, time(), UTC)
+
+    keys = ("source", "principal", "client_id", "virtual_cluster", "topic", "direction")
+    arrays = ("sources", "principals", "client_ids", "clusters", "topics", "directions")
+    m = (
+        func.unnest(
+            *(cast(spans[a], ARRAY(Text)) for a in arrays),
+            cast([max(start, at(d)) for d in spans["since"]], ARRAY(DateTime(timezone=True))),
+            cast([min(end, at(d)) for d in spans["until"]], ARRAY(DateTime(timezone=True))),
+        )
+        .table_valued(*keys, "since", "until")
+        .render_derived(name="m")
+    )
+    s = UsageShardRow.__table__.alias("s")
+    hourly = (
+        select(
+            s.c.hour,
+            func.sum(s.c.bytes).label("bytes"),
+            func.sum(s.c.records).label("records"),
+            func.sum(s.c.requests).label("requests"),
+            func.sum(s.c.denied_requests).label("denied_requests"),
+        )
+        .where(*(s.c[k] == m.c[k] for k in keys), s.c.hour >= m.c.since, s.c.hour < m.c.until)
+        # quantities are never negative: a group's sum is non-zero exactly when one of its rows
+        # is, so this keeps the same groups as usage_rows' HAVING
+        .where(or_(s.c.bytes != 0, s.c.records != 0, s.c.requests != 0, s.c.denied_requests != 0))
+        .group_by(s.c.hour)
+        .lateral("h")
+    )
+    by = {"hour": hourly.c.hour, "day": cast(func.timezone("UTC", hourly.c.hour), Date), **{k: m.c[k] for k in keys}}
+    columns = [by[g].label(g) for g in _columns(group_by)]
+    return (
+        select(
+            *columns,
+            func.sum(hourly.c.bytes).label("bytes"),
+            func.sum(hourly.c.records).label("records"),
+            func.sum(hourly.c.requests).label("requests"),
+            func.sum(hourly.c.denied_requests).label("denied_requests"),
+        )
+        .select_from(m.join(hourly, true()))
+        .group_by(*columns)
+    )
+
+
+def _columns(group_by: Sequence[str]) -> list[str]:
+    """The columns ``group_by`` groups by, each once (a field named twice groups as once; SQL
+    would find the twice-selected column ambiguous), ``account`` aside (it is the one asked)."""
+    return [g for g in dict.fromkeys(group_by) if g != "account"]
+
+
+def _utc(t: date) -> datetime:
+    """A date as its UTC midnight; a time as UTC."""
+    return t.astimezone(UTC) if isinstance(t, datetime) else datetime.combine(t, time(), UTC)
+
+
 def account_report(
     engine: Engine,
     account: str,
-    start: date,
-    end: date,
+    start: date | datetime,
+    end: date | datetime,
     group_by: Sequence[str],
     attributor: Attributor | None = None,
 ) -> list[dict[str, Any]]:
-    """``group(usage_rows(…, account), group_by)`` for whole UTC days and no ``hour`` grouping,
-    added up by PostgreSQL over the account's identities only (as ``account_groups``)."""
+    """``group(usage_rows(…, account, hourly="hour" in group_by), group_by)`` in ``[start, end)``
+    (dates: whole UTC days), added up by PostgreSQL over the account's identities only (as
+    ``account_groups``). Whole days without ``hour`` come from ``usage_daily``; hours and other
+    bounds from the hourly shard rows, looked up by each of the account's usage keys (found in
+    ``usage_daily``), so that no hourly row of another account is read: a partner's hourly report
+    costs what its own usage costs, not what the whole database holds."""
     attributor = attributor or load_attributor(engine)
+    start, end = _utc(start), _utc(end)
+    if end <= start:
+        return []
+    whole_days = "hour" not in group_by and _midnight(start) and _midnight(end)
+    first = start.date()
+    last = end.date() if _midnight(end) else end.date() + timedelta(days=1)
     with engine.connect() as conn:
-        spans = _account_spans(conn, attributor, account, start, end)
+        spans = _account_spans(conn, attributor, account, first, last, keys=not whole_days)
         if not spans["since"]:
             return []
-        u = UsageDailyRow.__table__.alias("u")
-        columns = [u.c[g].label(g) for g in group_by if g != "account"]
-        query = _sums_over(spans, start, end, u, columns).group_by(*columns)
+        if whole_days:
+            u = UsageDailyRow.__table__.alias("u")
+            columns = [u.c[g].label(g) for g in _columns(group_by)]
+            query = _sums_over(spans, first, last, u, columns).group_by(*columns)
+        else:
+            query = _hourly_sums(spans, start, end, group_by)
         result = conn.execute(query).all()
     out = []
     for row in result:
         values: dict[str, Any] = {g: account if g == "account" else getattr(row, g) for g in group_by}
         if "day" in values:
             values["day"] = values["day"].isoformat()
+        if "hour" in values:
+            values["hour"] = values["hour"].astimezone(UTC).isoformat().replace("+00:00", "Z")
         out.append({**values, **_quantities(row)})
     return sorted(out, key=lambda r: tuple(r[g] for g in group_by))

@@ -5,7 +5,7 @@ They must agree exactly, for hostile rules and identities too."""
 from __future__ import annotations
 
 import random
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -82,6 +82,16 @@ def test_account_groups_equal_row_by_row_attribution(migrated: str) -> None:
                 report = account_report(engine, account, start.date(), end.date(), fields, attributor)
                 assert report == group(mine, fields), (account, fields)
                 compared += bool(mine)
+            # by hour (the hourly shard rows), for whole days and between times that are not midnight
+            since = start + timedelta(days=rnd.randint(0, 10), hours=rnd.randint(0, 23))
+            until = end - timedelta(days=rnd.randint(0, 10), hours=rnd.randint(1, 23))
+            for a, b in ((start, end), (since, until)):
+                hourly = usage_rows(engine, a, b, hourly=True, attributor=attributor)
+                for account in ("acme", "globex", "initech"):
+                    mine = [r for r in hourly if r["account"] == account]
+                    fields = rnd.sample([g for g in GROUPS if g != "hour"], rnd.randint(0, 3))
+                    for f in (["hour", *fields], fields or ["day"]):
+                        assert account_report(engine, account, a, b, f, attributor) == group(mine, f), (account, f)
         assert compared > 20  # most draws give an account some traffic
     finally:
         engine.dispose()

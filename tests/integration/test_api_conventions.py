@@ -478,6 +478,11 @@ def test_invoice_refs_name_an_invoice_on_every_path(api: Api) -> None:
     for ref in ("draft-0", "draft-01", "draft-99999999999999999999", "DRAFT-1", "draft-", "%231", "1"):
         _problem(api.get(f"/v1/invoices/{ref}"), 404, "not-found")
         _problem(api.post(f"/v1/invoices/{ref}/finalize"), 404, "not-found")
+    # an encoded '/' in a ref or period never reaches another operation (a 405 or a redirect)
+    for path in ("/v1/invoices/x%2Ffinalize", "/v1/invoices/INV-2026-000001%2fpdf", "/v1/statements/2026-11%2F"):
+        r = api.get(path)
+        assert (r.status_code, r.headers["content-type"]) == (404, MEDIA_TYPE), (path, r.status_code)
+        assert r.json()["type"] == TYPE_BASE + "not-found"
     done = api.post(f"/v1/invoices/{draft}/finalize").json()
     number = done["number"]
     assert done["ref"] == number
