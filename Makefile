@@ -31,8 +31,8 @@ test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
 check: $(STAMP)
-	$(BIN)/ruff check metering billing streamtoll tests
-	$(BIN)/ruff format --check metering billing streamtoll tests
+	$(BIN)/ruff check metering billing gateway streamtoll tests
+	$(BIN)/ruff format --check metering billing gateway streamtoll tests
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -587,6 +587,30 @@ def cmd_sink(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from gateway.errors import GatewaySettingsError, UpstreamError
+    from gateway.run import run_gateway
+    from gateway.settings import GatewaySettings
+
+    try:
+        gw = GatewaySettings.from_env()
+    except GatewaySettingsError as exc:
+        raise UserError("invalid settings:\n  " + "\n  ".join(exc.problems)) from exc
+    with _kafka(_settings()) as metering:
+        try:
+            run_gateway(gw, metering)
+        except UpstreamError as exc:
+            raise Unavailable(
+                f"{exc}; check STREAMTOLL_GATEWAY_UPSTREAM_BOOTSTRAP (or STREAMTOLL_KAFKA_BOOTSTRAP)"
+            ) from exc
+        except OSError as exc:
+            raise UserError(
+                f"the gateway cannot listen ({exc}); "
+                "check STREAMTOLL_GATEWAY_LISTEN and STREAMTOLL_GATEWAY_BROKER_PORTS"
+            ) from exc
+    return 0
+
+
 def _api_bind(given: str | None) -> str:
     bind = given or os.environ.get("STREAMTOLL_API_BIND") or "127.0.0.1:8080"
     try:
@@ -861,6 +885,7 @@ OPERATOR_COMMANDS = (
     ("worker", "the metering worker; scale by running more (up to the input partitions)"),
     ("sink", "usage windows topic → PostgreSQL"),
     ("api", "HTTP server: partner, finance and ops API and the live page"),
+    ("gateway", "Kafka-protocol gateway: clients connect through it, every Produce and Fetch is metered"),
     ("db", "database schema: upgrade, current"),
     ("accounts", "accounts: load a YAML file, list"),
     ("plans", "plans: load a YAML file, list"),
@@ -966,6 +991,7 @@ def build_parser() -> argparse.ArgumentParser:
     sk = command(sub, "sink", cmd_sink)
     sk.add_argument("--batch-size", type=_positive, default=50_000, help="window records per database transaction")
     sk.add_argument("--metrics-bind", type=_bind, default=None, help="HOST:PORT for /metrics (default METRICS_BIND)")
+    command(sub, "gateway", cmd_gateway)
     ap = command(sub, "api", cmd_api)
     ap.add_argument("--bind", type=_bind, default=None, help="HOST:PORT (default STREAMTOLL_API_BIND, 127.0.0.1:8080)")
 

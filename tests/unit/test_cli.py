@@ -24,6 +24,7 @@ NOT_DATA = {
     "worker",
     "sink",
     "api",
+    "gateway",
     "up",
     "demo",
     "broker",
