@@ -859,6 +859,16 @@ def cmd_bench_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_gateway(args: argparse.Namespace) -> int:
+    from streamtoll.bench_gateway import bench_gateway
+
+    with _kafka(_settings()) as settings:
+        assert settings.kafka_bootstrap
+        result = bench_gateway(settings.kafka_bootstrap, args.messages, args.size)
+    print(result.table())
+    return 0
+
+
 def cmd_bench_billing(args: argparse.Namespace) -> int:
     from streamtoll.bench_billing import bench_billing
 
@@ -899,7 +909,7 @@ OPERATOR_COMMANDS = (
 )
 DEVELOPER_COMMANDS = (
     ("broker", "run the embedded dev broker in the foreground"),
-    ("bench", "benchmarks: ingest, memory, billing, api"),
+    ("bench", "benchmarks: ingest, memory, gateway, billing, api"),
     ("live", "the Faust live-views worker (one-minute tables)"),
 )
 
@@ -1093,6 +1103,9 @@ def build_parser() -> argparse.ArgumentParser:
     bi.add_argument("--workers", type=_positive, default=1, help="worker processes")
     bm = command(bench, "memory", cmd_bench_memory, "worker RSS holding N live series (window keys)")
     bm.add_argument("--series", type=_positive, default=100_000, help="window keys to hold")
+    bg = command(bench, "gateway", cmd_bench_gateway, "produce and consume throughput through the gateway vs direct")
+    bg.add_argument("--messages", type=_positive, default=300_000, help="records per leg")
+    bg.add_argument("--size", type=_positive, default=200, help="value bytes per record")
     bb = command(bench, "billing", cmd_bench_billing, "a billing run over many accounts with a month of hourly usage")
     bb.add_argument("--accounts", type=_positive, default=1000, help="accounts to bill")
     bb.add_argument("--clients", type=_positive, default=1, help="clients per account")

@@ -31,6 +31,7 @@ NOT_DATA = {
     "live",
     "bench ingest",
     "bench memory",
+    "bench gateway",
     "bench billing",
     "bench api",
 }
