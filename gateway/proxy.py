@@ -32,6 +32,7 @@ import io
 import itertools
 import logging
 import socket
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -284,9 +285,6 @@ class Connection:
                     self.unanswered[head.correlation_id] = None
                     if len(self.unanswered) > 1000:
                         del self.unanswered[next(iter(self.unanswered))]
-                    pending = Pending(key, version, head.client_id, produced)
-                    gw.meter(PRODUCE_TYPE, self._context(pending), produced, acks=0, acknowledged=False)
-                    produced = None
             if expects_response:
                 if head.correlation_id in self.inflight:
                     raise ProtocolViolation(f"correlation id {head.correlation_id} is already in flight")
@@ -294,6 +292,9 @@ class Connection:
                 self.idle.clear()
             upstream.write(len(frame).to_bytes(4, "big") + frame)
             await upstream.drain()
+            if not expects_response:  # acks=0: no answer will come; metered as sent
+                pending = Pending(key, version, head.client_id, produced)
+                gw.meter(PRODUCE_TYPE, self._context(pending), produced or [], acks=0, acknowledged=False)
 
     async def _responses(self, upstream: asyncio.StreamReader) -> None:
         gw = self.gateway
@@ -344,6 +345,9 @@ class Gateway:
         self.requests: Counter[int] = Counter()
         self.metered: Counter[str] = Counter()  # produce_records, produce_bytes, fetch_records, fetch_bytes
         self.violations = 0
+        self.accepted = 0
+        self.serving = False
+        self.heartbeat = time.monotonic()
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = asyncio.Event()
@@ -351,6 +355,7 @@ class Gateway:
     # -- metering -----------------------------------------------------------------------------
 
     def meter(self, kind: str, ctx: RequestContext, counted: list[Counted], **extra: Any) -> None:
+        counted = [c for c in counted if c.bytes]  # a partition the request named without data
         if not counted:
             return
         direction = "produce" if kind == PRODUCE_TYPE else "fetch"
@@ -392,6 +397,8 @@ class Gateway:
         for node_id, port in sorted(self.topology.port_of.items(), key=lambda kv: kv[1]):
             self.servers.append(await self._listen(port, self._broker_address(node_id)))
         self.topology.on_new_broker = self._new_broker
+        self.serving = True
+        self._beat = asyncio.create_task(self._heartbeat())
         log.info(
             "gateway listening",
             extra={
@@ -400,6 +407,20 @@ class Gateway:
                 "advertised_host": s.advertised_host,
             },
         )
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self.heartbeat = time.monotonic()
+            await asyncio.sleep(1)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Ready while the listeners are open."""
+        return self.serving, {"connections": len(self.connections), "brokers": len(self.topology.port_of)}
+
+    def alive(self) -> tuple[bool, dict[str, Any]]:
+        """Live while the event loop turns (a stuck loop is cured by a restart)."""
+        stalled = time.monotonic() - self.heartbeat
+        return stalled < 10, {"loop_stalled_s": round(stalled, 1)}
 
     def _broker_address(self, node_id: int) -> Callable[[], list[tuple[str, int]]]:
         return lambda: [self.topology.upstream[node_id]]
@@ -416,6 +437,7 @@ class Gateway:
 
     async def _listen(self, port: int, upstream: Callable[[], list[tuple[str, int]]]) -> asyncio.Server:
         async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.accepted += 1
             conn = Connection(self, next(self._ids), reader, writer, upstream())
             self.connections.add(conn)
             await conn.run()
@@ -426,6 +448,7 @@ class Gateway:
         """Stop accepting, stop reading new requests, let requests in flight be answered (and
         metered), then close every connection."""
         self._stopped.set()
+        self.serving = False
         for server in self.servers:
             server.close()
         conns = list(self.connections)

@@ -7,8 +7,11 @@ their responses (and are metered), then the audit writer flushes every event it 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -59,7 +62,11 @@ async def serve(gateway: Gateway) -> None:
     await gateway.drain()
 
 
-def run_gateway(settings: GatewaySettings, metering: MeteringSettings) -> None:
+Observe = Callable[[Gateway, AuditWriter], AbstractContextManager[object]]
+
+
+def run_gateway(settings: GatewaySettings, metering: MeteringSettings, observe: Observe | None = None) -> None:
+    """Run until SIGTERM; ``observe`` wraps the run (the command line serves /metrics with it)."""
     upstream = settings.upstream(metering.kafka_bootstrap)
     if not upstream:
         raise UpstreamError("no upstream cluster is set")
@@ -67,7 +74,8 @@ def run_gateway(settings: GatewaySettings, metering: MeteringSettings) -> None:
     audit = AuditWriter(metering.kafka_config(), metering.topic_proxy_audit)
     gateway = Gateway(settings, upstream, audit)
     try:
-        asyncio.run(serve(gateway))
+        with observe(gateway, audit) if observe else contextlib.nullcontext():
+            asyncio.run(serve(gateway))
     finally:
         left = audit.close()
         log.info(

@@ -589,6 +589,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
 
 def cmd_gateway(args: argparse.Namespace) -> int:
     from gateway.errors import GatewaySettingsError, UpstreamError
+    from gateway.metrics import GatewayCollector
     from gateway.run import run_gateway
     from gateway.settings import GatewaySettings
 
@@ -597,8 +598,13 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     except GatewaySettingsError as exc:
         raise UserError("invalid settings:\n  " + "\n  ".join(exc.problems)) from exc
     with _kafka(_settings()) as metering:
+        bind = args.metrics_bind or metering.metrics_bind
+
+        def observe(gateway: Any, audit: Any) -> contextlib.AbstractContextManager[object]:
+            return _metrics(GatewayCollector(gateway, audit), bind, gateway.health, gateway.alive)
+
         try:
-            run_gateway(gw, metering)
+            run_gateway(gw, metering, observe)
         except UpstreamError as exc:
             raise Unavailable(
                 f"{exc}; check STREAMTOLL_GATEWAY_UPSTREAM_BOOTSTRAP (or STREAMTOLL_KAFKA_BOOTSTRAP)"
@@ -1001,7 +1007,8 @@ def build_parser() -> argparse.ArgumentParser:
     sk = command(sub, "sink", cmd_sink)
     sk.add_argument("--batch-size", type=_positive, default=50_000, help="window records per database transaction")
     sk.add_argument("--metrics-bind", type=_bind, default=None, help="HOST:PORT for /metrics (default METRICS_BIND)")
-    command(sub, "gateway", cmd_gateway)
+    gwc = command(sub, "gateway", cmd_gateway)
+    gwc.add_argument("--metrics-bind", type=_bind, default=None, help="HOST:PORT for /metrics (default METRICS_BIND)")
     ap = command(sub, "api", cmd_api)
     ap.add_argument("--bind", type=_bind, default=None, help="HOST:PORT (default STREAMTOLL_API_BIND, 127.0.0.1:8080)")
 

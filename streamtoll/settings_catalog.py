@@ -162,7 +162,11 @@ SETTINGS: list[Setting] = [
         "",
     ),
     Setting(
-        "METRICS_BIND", "", "worker, sink", "HOST:PORT where the process serves /metrics; unset = off", "0.0.0.0:9464"
+        "METRICS_BIND",
+        "",
+        "worker, sink, gateway",
+        "HOST:PORT where the process serves /metrics; unset = off",
+        "0.0.0.0:9464",
     ),
     # --- gateway
     Setting(

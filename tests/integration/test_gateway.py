@@ -58,9 +58,10 @@ class GatewayProcess:
     """``streamtoll gateway`` as a child process on free ports."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port, self.broker_port = free_port(), free_port()
+        self.port, self.broker_port, self.metrics_port = free_port(), free_port(), free_port()
         self.env = {
             **env,
+            "STREAMTOLL_METRICS_BIND": f"127.0.0.1:{self.metrics_port}",
             "STREAMTOLL_GATEWAY_LISTEN": f"127.0.0.1:{self.port}",
             "STREAMTOLL_GATEWAY_BROKER_PORTS": str(self.broker_port),
             "STREAMTOLL_GATEWAY_VIRTUAL_CLUSTER": "vc-test",
@@ -527,3 +528,30 @@ def test_sigterm_drains_every_acknowledged_produce_is_metered(
     assert delivered[True] > 0
     assert stored[0] >= delivered[True]
     assert log.totals(topic, PRODUCE) == stored
+
+
+def test_metrics_and_health(broker: EmbeddedBroker, gateway: GatewayProcess, audit: AuditLog) -> None:
+    import httpx
+
+    topic = _topic(broker, "metrics")
+    p = Producer({"bootstrap.servers": gateway.bootstrap, "linger.ms": 5})
+    for v in _values(50, 1):
+        p.produce(topic, v)
+    assert p.flush(10) == 0
+    audit.wait(lambda: audit.totals(topic, PRODUCE)[0] >= 50)
+    base = f"http://127.0.0.1:{gateway.metrics_port}"
+    text = httpx.get(base + "/metrics").text
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("streamtoll_gateway_")
+    }
+    # (the audit topic also holds another gateway's events: this one's counters are checked alone)
+    assert values['streamtoll_gateway_metered_records_total{direction="produce"}'] >= 50
+    assert values['streamtoll_gateway_metered_bytes_total{direction="produce"}'] >= audit.totals(topic, PRODUCE)[1]
+    assert values['streamtoll_gateway_requests_total{api="produce"}'] > 0
+    assert values['streamtoll_gateway_audit_events_total{outcome="delivered"}'] > 0
+    assert values['streamtoll_gateway_audit_events_total{outcome="failed"}'] == 0
+    ready = httpx.get(base + "/healthz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True and ready.json()["brokers"] == 1
+    assert httpx.get(base + "/healthz/live").json()["live"] is True
