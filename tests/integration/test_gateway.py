@@ -272,6 +272,58 @@ def test_consumer_group_fetches_are_metered_as_delivered(
     _decodes(audit.raw)
 
 
+def test_transactional_producer_through_the_gateway(
+    broker: EmbeddedBroker, gateway: GatewayProcess, audit: AuditLog
+) -> None:
+    """Transactions work through the gateway (their coordinator is found through it); a
+    committed transaction is metered as the broker stores it, an aborted one as acknowledged
+    produces (the records went over the wire and the broker took them; aborting is the client's
+    later decision)."""
+    committed, aborted = _topic(broker, "txn-commit"), _topic(broker, "txn-abort")
+    p = Producer(
+        {
+            "bootstrap.servers": gateway.bootstrap,
+            "transactional.id": f"txn-{uuid.uuid4().hex[:6]}",
+            "client.id": "txn-producer",
+            "linger.ms": 5,
+        }
+    )
+    p.init_transactions(20)
+    for topic, n, commit in ((committed, 300, True), (aborted, 100, False)):
+        p.begin_transaction()
+        for v in _values(n, 3):
+            p.produce(topic, v)
+        assert p.flush(20) == 0
+        (p.commit_transaction if commit else p.abort_transaction)(20)
+
+    c = Consumer(
+        {
+            "bootstrap.servers": gateway.bootstrap,
+            "group.id": f"g-{uuid.uuid4().hex[:6]}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+        }
+    )
+    c.assign([TopicPartition(committed, p, 0) for p in range(PARTITIONS)])
+    got = 0
+    deadline = time.monotonic() + 20
+    while got < 300 and time.monotonic() < deadline:
+        got += sum(1 for m in c.consume(1000, 0.5) if not m.error())
+    c.close()
+    assert got == 300
+    stored = broker_batches(broker.bootstrap, committed, PARTITIONS)
+    audit.wait(
+        lambda: (
+            audit.totals(committed, FETCH)[0] >= 300
+            and audit.totals(committed, PRODUCE)[0] >= 300
+            and audit.totals(aborted, PRODUCE)[0] >= 100
+        )
+    )
+    assert audit.totals(committed, PRODUCE) == stored
+    assert audit.totals(committed, FETCH) == stored
+    assert audit.totals(aborted, PRODUCE)[0] == 100
+
+
 def test_aiokafka_through_the_gateway_is_metered(
     broker: EmbeddedBroker, gateway: GatewayProcess, audit: AuditLog
 ) -> None:
