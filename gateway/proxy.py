@@ -186,43 +186,44 @@ class Connection:
         self.idle.set()
         self.client_gone = False
         self.requests_task: asyncio.Task[None] | None = None
+        self.responses_task: asyncio.Task[None] | None = None
+        self.upstream_writer: asyncio.StreamWriter | None = None
 
     def _context(self, p: Pending) -> RequestContext:
         return RequestContext(self.principal, p.client_id, self.client_ip, self.gateway.virtual_cluster, p.api_version)
 
     async def run(self) -> None:
-        gw = self.gateway
+        requests = self.requests_task = asyncio.create_task(self._requests())
         try:
-            up_reader, up_writer = await _connect_any(self.upstream_addresses)
-        except UpstreamError as exc:
-            log.warning("client connection closed: upstream unreachable", extra={"conn": self.id, "error": str(exc)})
-            self.writer.close()
-            return
-        requests = self.requests_task = asyncio.create_task(self._requests(up_writer))
-        responses = asyncio.create_task(self._responses(up_reader))
-        try:
-            await asyncio.wait({requests, responses}, return_when=asyncio.FIRST_COMPLETED)
-            if requests.done():
-                if not requests.cancelled() and (err := requests.exception()) is not None:
-                    self._closing(err)
-                if self.inflight and not responses.done():
-                    idle = asyncio.create_task(self.idle.wait())
-                    await asyncio.wait({responses, idle}, timeout=INFLIGHT_GRACE, return_when=asyncio.FIRST_COMPLETED)
-                    idle.cancel()
-                    if self.inflight:
-                        log.warning(
-                            "closed with requests unanswered upstream",
-                            extra={"conn": self.id, "requests": len(self.inflight)},
-                        )
-            elif not responses.cancelled() and (err := responses.exception()) is not None:
+            await asyncio.wait({requests})
+            if not requests.cancelled() and (err := requests.exception()) is not None:
+                self._closing(err)
+            responses = self.responses_task
+            if responses is not None and self.inflight and not responses.done():
+                idle = asyncio.create_task(self.idle.wait())
+                await asyncio.wait({responses, idle}, timeout=INFLIGHT_GRACE, return_when=asyncio.FIRST_COMPLETED)
+                idle.cancel()
+                if self.inflight:
+                    log.warning(
+                        "closed with requests unanswered upstream",
+                        extra={"conn": self.id, "requests": len(self.inflight)},
+                    )
+            if (
+                responses is not None
+                and responses.done()
+                and not responses.cancelled()
+                and (err := responses.exception()) is not None
+            ):
                 self._closing(err)
         finally:
-            for task in (requests, responses):
+            tasks = [t for t in (requests, self.responses_task) if t is not None]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(requests, responses, return_exceptions=True)
-            up_writer.close()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.upstream_writer is not None:
+                self.upstream_writer.close()
             self.writer.close()
-            gw.connections.discard(self)
+            self.gateway.connections.discard(self)
 
     def _closing(self, exc: BaseException) -> None:
         if isinstance(exc, ProtocolViolation):
@@ -236,7 +237,21 @@ class Connection:
         else:
             log.error("client connection failed", extra={"conn": self.id, "error": repr(exc)}, exc_info=exc)
 
-    async def _requests(self, upstream: asyncio.StreamWriter) -> None:
+    async def _connect_upstream(self) -> asyncio.StreamWriter | None:
+        """The upstream connection, opened at the first request the gateway forwards (so bytes
+        that are not a request never reach a broker); None if no broker answers."""
+        if self.upstream_writer is None:
+            try:
+                reader, self.upstream_writer = await _connect_any(self.upstream_addresses)
+            except UpstreamError as exc:
+                log.warning(
+                    "client connection closed: upstream unreachable", extra={"conn": self.id, "error": str(exc)}
+                )
+                return None
+            self.responses_task = asyncio.create_task(self._responses(reader))
+        return self.upstream_writer
+
+    async def _requests(self) -> None:
         gw = self.gateway
         limit = gw.settings.max_request_bytes
         while True:
@@ -271,6 +286,9 @@ class Connection:
                 raise ProtocolViolation(f"API key {key} is not one the gateway forwards")
             elif not span[0] <= version <= span[1]:
                 raise ProtocolViolation(f"{protocol.api_name(key)} version {version} is outside {span[0]}–{span[1]}")
+            upstream = await self._connect_upstream()
+            if upstream is None:
+                return
             gw.requests[key] += 1
             produced = None
             acks = 0
@@ -297,6 +315,13 @@ class Connection:
                 gw.meter(PRODUCE_TYPE, self._context(pending), produced or [], acks=0, acknowledged=False)
 
     async def _responses(self, upstream: asyncio.StreamReader) -> None:
+        try:
+            await self._answer(upstream)
+        finally:  # the upstream connection ended: so does the client's
+            if self.requests_task is not None:
+                self.requests_task.cancel()
+
+    async def _answer(self, upstream: asyncio.StreamReader) -> None:
         gw = self.gateway
         while True:
             try:

@@ -6,7 +6,9 @@ producer settings write ``--messages`` records direct and through the gateway (t
 then the same consumer reads each topic back, direct and through the gateway. Each leg is run
 twice, alternating, and the better run of each is kept (the machine is shared). Rates are
 records and MB of values per second of wall time; CPU seconds per GB are the gateway process's
-own (psutil) over the bytes it carried.
+own (psutil) over the bytes it carried (taken before the latency legs). Latency: 2,000 produces
+one at a time (``acks=all``, no linger), each from ``produce`` to its delivery report, direct and
+through the gateway; the difference of the percentiles is what the gateway adds.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class GatewayBenchResult:
     consume_gateway: float
     cpu_s_per_gb: float
     metered_ok: bool
+    latency_direct_ms: tuple[float, float] = (0.0, 0.0)  # p50, p99 of one produce, sent and acknowledged
+    latency_gateway_ms: tuple[float, float] = (0.0, 0.0)
 
     def table(self) -> str:
         mb = self.size / 1e6
@@ -56,6 +60,11 @@ class GatewayBenchResult:
             f"consume via gateway   rec/s (MB/s)     {self.consume_gateway:>10,.0f} ({self.consume_gateway * mb:,.1f})",
             f"consume ratio gateway/direct           {self.consume_gateway / self.consume_direct:>10.3f}",
             f"gateway CPU s per GB carried           {self.cpu_s_per_gb:>10.2f}",
+            "produce latency direct  p50 / p99 ms   {:>10.2f} / {:.2f}".format(*self.latency_direct_ms),
+            "produce latency gateway p50 / p99 ms   {:>10.2f} / {:.2f}".format(*self.latency_gateway_ms),
+            f"added latency           p50 / p99 ms   "
+            f"{self.latency_gateway_ms[0] - self.latency_direct_ms[0]:>10.2f} / "
+            f"{self.latency_gateway_ms[1] - self.latency_direct_ms[1]:.2f}",
             f"metered records == records moved       {'yes' if self.metered_ok else 'NO':>10}",
         ]
         return "\n".join(rows)
@@ -83,6 +92,21 @@ def _produce(bootstrap: str, topic: str, messages: int, value: bytes) -> float:
                 p.poll(0.01)
     assert p.flush(120) == 0
     return messages / (time.perf_counter() - start)
+
+
+def _latency(bootstrap: str, topic: str, n: int = 2000) -> tuple[float, float]:
+    """p50 and p99 (ms) of one produce at a time, from ``produce`` to its delivery report."""
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "acks": "all", "enable.idempotence": True})
+    p.produce(topic, b"warm-up")
+    p.flush(10)
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        p.produce(topic, b"x" * 200)
+        p.flush(10)
+        samples.append((time.perf_counter() - start) * 1000)
+    samples.sort()
+    return samples[n // 2], samples[int(n * 0.99)]
 
 
 def _consume(bootstrap: str, topic: str, messages: int) -> float:
@@ -141,7 +165,7 @@ def bench_gateway(bootstrap: str, messages: int, size: int) -> GatewayBenchResul
         STREAMTOLL_GATEWAY_BROKER_PORTS=str(broker_port),
         STREAMTOLL_LOG_LEVEL="WARNING",
     )
-    names = [f"bench-{tag}-{leg}-{run}" for leg in ("direct", "gateway") for run in (0, 1)]
+    names = [f"bench-{tag}-{leg}-{run}" for leg in ("direct", "gateway") for run in (0, 1, "latency")]
     admin = AdminClient({"bootstrap.servers": bootstrap})
     for fut in admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in names]).values():
         fut.result(30)
@@ -166,6 +190,8 @@ def bench_gateway(bootstrap: str, messages: int, size: int) -> GatewayBenchResul
             leg("consume direct", lambda g=g: _consume(bootstrap, g, messages))  # type: ignore[misc]
             leg("consume gateway", lambda d=d: _consume(gw, d, messages))  # type: ignore[misc]
         cpu = sum(ps.cpu_times()[:2]) - cpu0
+        lat_direct = _latency(bootstrap, f"bench-{tag}-direct-latency")
+        lat_gateway = _latency(gw, f"bench-{tag}-gateway-latency")
         carried_gb = 4 * messages * size / 1e9  # two produce and two consume legs went through it
         metered = _metered(bootstrap, audit)
         ok = all(metered.get(f"produce bench-{tag}-gateway-{r}") == messages for r in (0, 1)) and all(
@@ -186,6 +212,8 @@ def bench_gateway(bootstrap: str, messages: int, size: int) -> GatewayBenchResul
         best["consume gateway"],
         cpu / carried_gb,
         ok,
+        lat_direct,
+        lat_gateway,
     )
 
 
