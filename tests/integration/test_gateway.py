@@ -607,3 +607,23 @@ def test_metrics_and_health(broker: EmbeddedBroker, gateway: GatewayProcess, aud
     ready = httpx.get(base + "/healthz")
     assert ready.status_code == 200 and ready.json()["ready"] is True and ready.json()["brokers"] == 1
     assert httpx.get(base + "/healthz/live").json()["live"] is True
+
+
+def test_an_api_versions_request_newer_than_the_gateway_gets_the_versions_it_reads(gateway: GatewayProcess) -> None:
+    """KIP-511: a client asks with its newest ApiVersions version; the answer (version 0, error
+    UNSUPPORTED_VERSION) lists the versions to ask with instead, and the connection goes on."""
+    from kio.schema.api_versions.v0.response import ApiVersionsResponse as V0
+    from kio.serial import entity_reader
+
+    client = RawClient("127.0.0.1", gateway.port)
+    body = struct.pack(">hhih", 18, 99, 5, 1) + b"c" + b"\x00" + b"\x00" * 8
+    client.send_bytes(struct.pack(">i", len(body)) + body)
+    (size,) = struct.unpack(">i", client._read(4))
+    frame = client._read(size)
+    answer, _ = entity_reader(V0)(frame, 4)
+    assert struct.unpack(">i", frame[:4])[0] == 5
+    assert answer.error_code == 35
+    assert [(k.api_key, k.max_version) for k in answer.api_keys] == [(18, 4)]
+    versions = client.request(18, 4, ApiVersionsRequest(client_software_name="t", client_software_version="1"))
+    assert versions.error_code == 0 and len(versions.api_keys) > 10
+    client.close()

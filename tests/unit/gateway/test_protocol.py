@@ -195,3 +195,42 @@ def test_produce_and_fetch_stop_before_topic_ids() -> None:
     assert protocol.SUPPORTED[protocol.PRODUCE] == (3, 12)
     assert protocol.SUPPORTED[protocol.FETCH][1] == 12
     assert not {78, 79, 76, 77} & set(protocol.SUPPORTED)  # share groups
+
+
+@pytest.mark.parametrize(
+    "version", range(protocol.SUPPORTED[protocol.PRODUCE][0], protocol.SUPPORTED[protocol.PRODUCE][1] + 1)
+)
+def test_produce_node_endpoints_are_the_gateways(version: int) -> None:
+    """From v10 a Produce response names the new leader's address when a leader moved (KIP-951)."""
+    cls = load_response_schema(protocol.PRODUCE, version)
+    mod = _module(cls)
+    partition = _make(
+        mod.PartitionProduceResponse,
+        index=i32(0),
+        error_code=ErrorCode.not_leader_or_follower,
+        base_offset=-1,
+        log_append_time=None,
+        record_errors=(),
+    )
+    topic = _make(mod.TopicProduceResponse, name="orders", partition_responses=(partition,))
+    endpoints = tuple(
+        mod.NodeEndpoint(node_id=i32(n), host=h, port=i32(p), rack=r)
+        for n, h, p, r in BROKERS[:2]
+        if hasattr(mod, "NodeEndpoint")
+    )
+    value = _make(cls, responses=(topic,), throttle_time=timedelta(0), node_endpoints=endpoints)
+    frame = _frame(protocol.PRODUCE, version, value)
+    topology = Topology(GatewaySettings(listen_port=19092, advertised_host="gw"))
+
+    body = protocol.response_body_offset(frame, protocol.PRODUCE, version)
+    decoded = protocol.decode_response(frame, protocol.PRODUCE, version, body)
+    rewritten = protocol.rewrite_body(protocol.PRODUCE, version, decoded, topology.address)
+
+    if version < 10:
+        assert rewritten is None  # nothing to rewrite: the response goes out as the broker sent it
+        return
+    again, _ = entity_reader(cls)(protocol.encode(rewritten), 0)
+    assert [(e.node_id, e.host, e.port) for e in again.node_endpoints] == [
+        (n, "gw", topology.port_of[n]) for n, _, _, _ in BROKERS[:2]
+    ]
+    assert again.responses == value.responses
