@@ -31,8 +31,8 @@ test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
 check: $(STAMP)
-	$(BIN)/ruff check metering billing streamtoll tests
-	$(BIN)/ruff format --check metering billing streamtoll tests
+	$(BIN)/ruff check metering billing gateway streamtoll tests
+	$(BIN)/ruff format --check metering billing gateway streamtoll tests
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/streamtoll --log-level WARNING bench ingest --events 1000000
 	$(BIN)/streamtoll --log-level WARNING bench ingest --events 1000000 --workers 2
 	$(BIN)/streamtoll --log-level WARNING bench memory --series 100000
+	$(BIN)/streamtoll --log-level WARNING bench gateway --messages 300000
 	$(BIN)/streamtoll --log-level WARNING bench billing --accounts 1000 --clients 20
 	$(BIN)/streamtoll --log-level WARNING bench api --clients 1000
 

@@ -587,6 +587,36 @@ def cmd_sink(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from gateway.errors import GatewaySettingsError, UpstreamError
+    from gateway.metrics import GatewayCollector
+    from gateway.run import run_gateway
+    from gateway.settings import GatewaySettings
+
+    try:
+        gw = GatewaySettings.from_env()
+    except GatewaySettingsError as exc:
+        raise UserError("invalid settings:\n  " + "\n  ".join(exc.problems)) from exc
+    with _kafka(_settings()) as metering:
+        bind = args.metrics_bind or metering.metrics_bind
+
+        def observe(gateway: Any, audit: Any) -> contextlib.AbstractContextManager[object]:
+            return _metrics(GatewayCollector(gateway, audit), bind, gateway.health, gateway.alive)
+
+        try:
+            run_gateway(gw, metering, observe)
+        except UpstreamError as exc:
+            raise Unavailable(
+                f"{exc}; check STREAMTOLL_GATEWAY_UPSTREAM_BOOTSTRAP (or STREAMTOLL_KAFKA_BOOTSTRAP)"
+            ) from exc
+        except OSError as exc:
+            raise UserError(
+                f"the gateway cannot listen ({exc}); "
+                "check STREAMTOLL_GATEWAY_LISTEN and STREAMTOLL_GATEWAY_BROKER_PORTS"
+            ) from exc
+    return 0
+
+
 def _api_bind(given: str | None) -> str:
     bind = given or os.environ.get("STREAMTOLL_API_BIND") or "127.0.0.1:8080"
     try:
@@ -830,6 +860,16 @@ def cmd_bench_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_gateway(args: argparse.Namespace) -> int:
+    from streamtoll.bench_gateway import bench_gateway
+
+    with _kafka(_settings()) as settings:
+        assert settings.kafka_bootstrap
+        result = bench_gateway(settings.kafka_bootstrap, args.messages, args.size)
+    print(result.table())
+    return 0
+
+
 def cmd_bench_billing(args: argparse.Namespace) -> int:
     from streamtoll.bench_billing import bench_billing
 
@@ -856,6 +896,7 @@ OPERATOR_COMMANDS = (
     ("worker", "the metering worker; scale by running more (up to the input partitions)"),
     ("sink", "usage windows topic → PostgreSQL"),
     ("api", "HTTP server: partner, finance and ops API and the live page"),
+    ("gateway", "Kafka-protocol gateway: clients connect through it, every Produce and Fetch is metered"),
     ("db", "database schema: upgrade, current"),
     ("accounts", "accounts: load a YAML file, list"),
     ("plans", "plans: load a YAML file, list"),
@@ -869,7 +910,7 @@ OPERATOR_COMMANDS = (
 )
 DEVELOPER_COMMANDS = (
     ("broker", "run the embedded dev broker in the foreground"),
-    ("bench", "benchmarks: ingest, memory, billing, api"),
+    ("bench", "benchmarks: ingest, memory, gateway, billing, api"),
     ("live", "the Faust live-views worker (one-minute tables)"),
 )
 
@@ -961,6 +1002,8 @@ def build_parser() -> argparse.ArgumentParser:
     sk = command(sub, "sink", cmd_sink)
     sk.add_argument("--batch-size", type=_positive, default=50_000, help="window records per database transaction")
     sk.add_argument("--metrics-bind", type=_bind, default=None, help="HOST:PORT for /metrics (default METRICS_BIND)")
+    gwc = command(sub, "gateway", cmd_gateway)
+    gwc.add_argument("--metrics-bind", type=_bind, default=None, help="HOST:PORT for /metrics (default METRICS_BIND)")
     ap = command(sub, "api", cmd_api)
     ap.add_argument("--bind", type=_bind, default=None, help="HOST:PORT (default STREAMTOLL_API_BIND, 127.0.0.1:8080)")
 
@@ -1062,6 +1105,9 @@ def build_parser() -> argparse.ArgumentParser:
     bi.add_argument("--workers", type=_positive, default=1, help="worker processes")
     bm = command(bench, "memory", cmd_bench_memory, "worker RSS holding N live series (window keys)")
     bm.add_argument("--series", type=_positive, default=100_000, help="window keys to hold")
+    bg = command(bench, "gateway", cmd_bench_gateway, "produce and consume throughput through the gateway vs direct")
+    bg.add_argument("--messages", type=_positive, default=300_000, help="records per leg")
+    bg.add_argument("--size", type=_positive, default=200, help="value bytes per record")
     bb = command(bench, "billing", cmd_bench_billing, "a billing run over many accounts with a month of hourly usage")
     bb.add_argument("--accounts", type=_positive, default=1000, help="accounts to bill")
     bb.add_argument("--clients", type=_positive, default=1, help="clients per account")

@@ -162,7 +162,49 @@ SETTINGS: list[Setting] = [
         "",
     ),
     Setting(
-        "METRICS_BIND", "", "worker, sink", "HOST:PORT where the process serves /metrics; unset = off", "0.0.0.0:9464"
+        "METRICS_BIND",
+        "",
+        "worker, sink, gateway",
+        "HOST:PORT where the process serves /metrics; unset = off",
+        "0.0.0.0:9464",
+    ),
+    # --- gateway
+    Setting(
+        "GATEWAY_LISTEN",
+        "127.0.0.1:19092",
+        "gateway",
+        "the gateway's bootstrap listener (HOST:PORT); clients set bootstrap.servers to it",
+        "0.0.0.0:19092",
+    ),
+    Setting(
+        "GATEWAY_BROKER_PORTS",
+        "",
+        "gateway",
+        "comma list of the gateway ports of the upstream brokers, by node id order; unset = the ports after "
+        "the GATEWAY_LISTEN port",
+        "19093,19094,19095",
+    ),
+    Setting(
+        "GATEWAY_ADVERTISED_HOST",
+        "the GATEWAY_LISTEN host",
+        "gateway",
+        "the host clients are told to connect to (required when listening on 0.0.0.0)",
+        "gateway.example.com",
+    ),
+    Setting(
+        "GATEWAY_UPSTREAM_BOOTSTRAP",
+        "KAFKA_BOOTSTRAP",
+        "gateway",
+        "the Kafka cluster behind the gateway (HOST:PORT list)",
+        "kafka-0:9092,kafka-1:9092",
+    ),
+    Setting("GATEWAY_VIRTUAL_CLUSTER", "default", "gateway", "written into every audit event", "prod"),
+    Setting(
+        "GATEWAY_MAX_REQUEST_BYTES",
+        "104857600",
+        "gateway",
+        "a client request larger than this closes its connection (Kafka's socket.request.max.bytes)",
+        "",
     ),
     # --- billing and API
     Setting("INVOICE_NUMBER_PREFIX", "INV", "billing", "invoice numbers are PREFIX-YEAR-NNNNNN", "INV"),

@@ -57,7 +57,7 @@ def test_the_package_list_holds_every_package_of_the_tree() -> None:
     listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
     found = {
         ".".join(p.parent.relative_to(ROOT).parts)
-        for top in ("metering", "billing", "streamtoll")
+        for top in ("metering", "billing", "gateway", "streamtoll")
         for p in (ROOT / top).rglob("__init__.py")
     }
     assert listed == found | {"billing.migrations", "billing.migrations.versions"}

@@ -83,12 +83,15 @@ def test_env_example_is_generated_from_the_settings_catalog() -> None:
 @pytest.mark.parametrize("setting", [s for s in SETTINGS if s.example], ids=lambda s: s.name)
 def test_every_catalogued_setting_is_read(setting: Any) -> None:
     """Each name with an example is read and its example accepted: by metering's settings, or by
-    billing's, or by the command line."""
+    billing's, or by the gateway's, or by the command line."""
     from billing.settings import BillingSettings
+    from gateway.settings import GatewaySettings
 
     env = {f"STREAMTOLL_{setting.name}": setting.example}
-    m, b = MeteringSettings.from_env(env), BillingSettings.from_env(env)
-    changed = m != MeteringSettings() or b != BillingSettings()
+    if setting.name == "GATEWAY_LISTEN":  # a wildcard listen address needs the host clients use
+        env["STREAMTOLL_GATEWAY_ADVERTISED_HOST"] = "gw.example.com"
+    m, b, g = MeteringSettings.from_env(env), BillingSettings.from_env(env), GatewaySettings.from_env(env)
+    changed = m != MeteringSettings() or b != BillingSettings() or g != GatewaySettings()
     cli = Path(__file__).parents[2] / "streamtoll"
     read_by_cli = any(
         f"STREAMTOLL_{setting.name}" in p.read_text() for p in cli.glob("*.py") if p.name != "settings_catalog.py"

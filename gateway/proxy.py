@@ -1,0 +1,496 @@
+"""The asyncio Kafka-protocol proxy: listeners, client connections, metering hooks, drain.
+
+Clients bootstrap against the gateway's listen address; each upstream broker has a gateway port
+of its own (:class:`Topology`), and every response that carries broker addresses is rewritten to
+them, so a client never learns an upstream address and all its traffic passes the gateway.
+
+Per client connection the gateway opens one upstream connection (to the bootstrap cluster for the
+bootstrap port, to that broker for a broker port) and runs two loops: requests client → broker
+and responses broker → client. Clients pipeline (several requests before the first response);
+Kafka answers in order on a connection and every response starts with its request's correlation
+id, so responses are matched by that id and a response to an unknown id ends the connection.
+
+Requests pass through as the bytes the client sent. Only Produce requests are decoded (for their
+counts, never their record data); of the responses, ApiVersions, Metadata, FindCoordinator and
+DescribeCluster are decoded and rewritten, Produce and Fetch decoded for metering (a Produce
+response is rewritten only when it carries node endpoints).
+
+A client that sends something the gateway cannot forward (a length over
+``GATEWAY_MAX_REQUEST_BYTES`` or under a header, a truncated header, an API or version outside
+``gateway.protocol.SUPPORTED``, a Produce that does not decode, a reused correlation id) has its
+connection closed with one log line; the gateway and other clients go on.
+
+A client that goes away with requests in flight still has them answered upstream: the gateway
+waits for those responses (up to :data:`INFLIGHT_GRACE`) so an acknowledged produce is metered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import itertools
+import logging
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, NamedTuple, Protocol
+
+from kio.schema.metadata.v4.request import MetadataRequest
+from kio.schema.request_header.v1.header import RequestHeader as RequestHeaderV1
+from kio.serial import entity_writer
+from kio.static.primitive import i16, i32
+
+from gateway import protocol
+from gateway.errors import ProtocolViolation, UpstreamError
+from gateway.metering import CONSUME_TYPE, PRODUCE_TYPE, Counted, RequestContext, acknowledged, events, fetch_counts
+from gateway.metering import produce_counts as count_produce
+from gateway.settings import GatewaySettings
+from gateway.wire import parse_request_header
+
+__all__ = ["ANONYMOUS", "INFLIGHT_GRACE", "AuditSink", "Gateway", "Topology", "discover_brokers"]
+
+log = logging.getLogger(__name__)
+
+ANONYMOUS = "User:ANONYMOUS"
+INFLIGHT_GRACE = 30.0  # seconds a closing connection waits for responses to requests in flight
+CONNECT_TIMEOUT = 10.0
+_SIZE = 4
+
+
+class AuditSink(Protocol):
+    def write(self, events: list[tuple[bytes, bytes]]) -> None: ...
+
+
+class Topology:
+    """Upstream brokers (node id → address, as the cluster last advertised it) and the gateway port
+    each one has. Ports go by node id order at start; a broker first seen later takes the next
+    free one (and ``on_new_broker`` opens its listener)."""
+
+    def __init__(self, settings: GatewaySettings, on_new_broker: Callable[[int, int], None] | None = None) -> None:
+        self.settings = settings
+        self.port_of: dict[int, int] = {}
+        self.node_of: dict[int, int] = {}
+        self.upstream: dict[int, tuple[str, int]] = {}
+        self.on_new_broker = on_new_broker
+        self._warned: set[int] = set()
+
+    def seed(self, brokers: dict[int, tuple[str, int]]) -> None:
+        for node_id in sorted(brokers):
+            self.address(node_id, *brokers[node_id])
+
+    def address(self, node_id: int, host: str, port: int) -> tuple[str, int]:
+        """The address clients are told for upstream broker ``node_id`` (which the upstream
+        advertised as ``host:port``)."""
+        self.upstream[node_id] = (host, port)
+        gw_port = self.port_of.get(node_id)
+        if gw_port is None:
+            gw_port = self.settings.broker_port(len(self.port_of))
+            if gw_port is None:
+                if node_id not in self._warned:
+                    self._warned.add(node_id)
+                    log.error(
+                        "an upstream broker has no gateway port (GATEWAY_BROKER_PORTS is too short): its clients "
+                        "are sent to the bootstrap port",
+                        extra={"node_id": node_id, "upstream": f"{host}:{port}"},
+                    )
+                return self.settings.advertised_host, self.settings.listen_port
+            self.port_of[node_id] = gw_port
+            self.node_of[gw_port] = node_id
+            log.info(
+                "upstream broker mapped", extra={"node_id": node_id, "upstream": f"{host}:{port}", "port": gw_port}
+            )
+            if self.on_new_broker is not None:
+                self.on_new_broker(node_id, gw_port)
+        return self.settings.advertised_host, gw_port
+
+
+class Pending(NamedTuple):
+    api_key: int
+    api_version: int
+    client_id: str
+    produced: list[Counted] | None  # a Produce's per-partition counts
+    acks: int = 0  # a Produce's acks (1 or -1: all)
+
+
+def _frame(header: Any, body: Any) -> bytes:
+    buf = io.BytesIO()
+    entity_writer(type(header))(buf, header)
+    entity_writer(type(body))(buf, body)
+    data = buf.getvalue()
+    return len(data).to_bytes(4, "big") + data
+
+
+async def _read_frame(reader: asyncio.StreamReader, limit: int) -> bytes:
+    size = int.from_bytes(await reader.readexactly(_SIZE), "big", signed=True)
+    if size < 0 or size > limit:
+        raise ProtocolViolation(f"a frame length of {size} bytes is outside 0–{limit}")
+    return await reader.readexactly(size)
+
+
+async def _connect_any(addresses: list[tuple[str, int]]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    errors = []
+    for host, port in addresses:
+        try:
+            return await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            errors.append(f"{host}:{port}: {exc or type(exc).__name__}")
+    raise UpstreamError("no upstream broker could be reached (" + "; ".join(errors) + ")")
+
+
+async def discover_brokers(addresses: list[tuple[str, int]]) -> dict[int, tuple[str, int]]:
+    """The upstream cluster's brokers (node id → advertised address), from a Metadata request."""
+    reader, writer = await _connect_any(addresses)
+    try:
+        header = RequestHeaderV1(
+            request_api_key=i16(protocol.METADATA), request_api_version=i16(4), correlation_id=i32(1), client_id="gw"
+        )
+        writer.write(_frame(header, MetadataRequest(topics=(), allow_auto_topic_creation=False)))
+        await writer.drain()
+        frame = await asyncio.wait_for(_read_frame(reader, 64 << 20), CONNECT_TIMEOUT)
+        resp = protocol.decode_response(frame, protocol.METADATA, 4, 4)
+        return {int(b.node_id): (b.host, int(b.port)) for b in resp.brokers}
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, ProtocolViolation) as exc:
+        raise UpstreamError(f"the upstream cluster did not answer a Metadata request ({exc!r})") from exc
+    finally:
+        writer.close()
+
+
+class Connection:
+    """One client connection and its upstream connection. ``principal`` is who the client is:
+    ``User:ANONYMOUS`` until the gateway learns it from a SASL exchange or a client certificate."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        conn_id: int,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        upstream: list[tuple[str, int]],
+    ) -> None:
+        self.gateway = gateway
+        self.id = conn_id
+        self.reader = reader
+        self.writer = writer
+        self.upstream_addresses = upstream
+        peer = writer.get_extra_info("peername")
+        self.client_ip = str(peer[0]) if peer else ""
+        self.principal = ANONYMOUS
+        self.inflight: dict[int, Pending] = {}
+        # correlation ids of acks=0 produces: Kafka sends them no response, but a broker that
+        # does (tansu) must not have it mistaken for a protocol error; the newest few are kept
+        self.unanswered: dict[int, None] = {}
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.client_gone = False
+        self.requests_task: asyncio.Task[None] | None = None
+        self.responses_task: asyncio.Task[None] | None = None
+        self.upstream_writer: asyncio.StreamWriter | None = None
+
+    def _context(self, p: Pending) -> RequestContext:
+        return RequestContext(self.principal, p.client_id, self.client_ip, self.gateway.virtual_cluster, p.api_version)
+
+    async def run(self) -> None:
+        requests = self.requests_task = asyncio.create_task(self._requests())
+        try:
+            await asyncio.wait({requests})
+            if not requests.cancelled() and (err := requests.exception()) is not None:
+                self._closing(err)
+            responses = self.responses_task
+            if responses is not None and self.inflight and not responses.done():
+                idle = asyncio.create_task(self.idle.wait())
+                await asyncio.wait({responses, idle}, timeout=INFLIGHT_GRACE, return_when=asyncio.FIRST_COMPLETED)
+                idle.cancel()
+                if self.inflight:
+                    log.warning(
+                        "closed with requests unanswered upstream",
+                        extra={"conn": self.id, "requests": len(self.inflight)},
+                    )
+            if (
+                responses is not None
+                and responses.done()
+                and not responses.cancelled()
+                and (err := responses.exception()) is not None
+            ):
+                self._closing(err)
+        finally:
+            tasks = [t for t in (requests, self.responses_task) if t is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.upstream_writer is not None:
+                self.upstream_writer.close()
+            self.writer.close()
+            self.gateway.connections.discard(self)
+
+    def _closing(self, exc: BaseException) -> None:
+        if isinstance(exc, ProtocolViolation):
+            self.gateway.violations += 1
+            log.warning(
+                "client connection closed: not a request the gateway forwards",
+                extra={"conn": self.id, "client_ip": self.client_ip, "error": str(exc)},
+            )
+        elif isinstance(exc, asyncio.IncompleteReadError | ConnectionError):
+            log.debug("connection ended", extra={"conn": self.id})
+        else:
+            log.error("client connection failed", extra={"conn": self.id, "error": repr(exc)}, exc_info=exc)
+
+    async def _connect_upstream(self) -> asyncio.StreamWriter | None:
+        """The upstream connection, opened at the first request the gateway forwards (so bytes
+        that are not a request never reach a broker); None if no broker answers."""
+        if self.upstream_writer is None:
+            try:
+                reader, self.upstream_writer = await _connect_any(self.upstream_addresses)
+            except UpstreamError as exc:
+                log.warning(
+                    "client connection closed: upstream unreachable", extra={"conn": self.id, "error": str(exc)}
+                )
+                return None
+            self.responses_task = asyncio.create_task(self._responses(reader))
+        return self.upstream_writer
+
+    async def _requests(self) -> None:
+        gw = self.gateway
+        limit = gw.settings.max_request_bytes
+        while True:
+            try:
+                frame = await _read_frame(self.reader, limit)
+            except asyncio.IncompleteReadError as exc:
+                if exc.partial:
+                    raise ProtocolViolation(
+                        f"the connection ended inside a request ({len(exc.partial)} bytes)"
+                    ) from None
+                self.client_gone = True
+                return
+            except ConnectionError:
+                self.client_gone = True
+                return
+            head = parse_request_header(frame)
+            key, version = head.api_key, head.api_version
+            span = protocol.SUPPORTED.get(key)
+            if key == protocol.API_VERSIONS:
+                if version < 0:
+                    raise ProtocolViolation(f"ApiVersions version {version}")
+                if version > protocol.SUPPORTED[key][1]:
+                    # newer than the gateway reads: answer as a broker would (KIP-511), and the
+                    # client asks again with a version both understand
+                    if self.inflight:
+                        raise ProtocolViolation("ApiVersions of an unknown version behind other requests")
+                    answer = protocol.unsupported_api_versions(head.correlation_id)
+                    self.writer.write(len(answer).to_bytes(4, "big") + answer)
+                    await self.writer.drain()
+                    continue
+            elif span is None:
+                raise ProtocolViolation(f"API key {key} is not one the gateway forwards")
+            elif not span[0] <= version <= span[1]:
+                raise ProtocolViolation(f"{protocol.api_name(key)} version {version} is outside {span[0]}–{span[1]}")
+            upstream = await self._connect_upstream()
+            if upstream is None:
+                return
+            gw.requests[key] += 1
+            produced = None
+            acks = 0
+            expects_response = True
+            if key == protocol.PRODUCE:
+                body = protocol.request_body_offset(frame, key, version, head.end)
+                request = protocol.decode_request(frame, key, version, body)
+                produced = count_produce(request)
+                acks = int(request.acks)
+                if request.acks == 0:
+                    expects_response = False
+                    self.unanswered[head.correlation_id] = None
+                    if len(self.unanswered) > 1000:
+                        del self.unanswered[next(iter(self.unanswered))]
+            if expects_response:
+                if head.correlation_id in self.inflight:
+                    raise ProtocolViolation(f"correlation id {head.correlation_id} is already in flight")
+                self.inflight[head.correlation_id] = Pending(key, version, head.client_id, produced, acks)
+                self.idle.clear()
+            upstream.write(len(frame).to_bytes(4, "big") + frame)
+            await upstream.drain()
+            if not expects_response:  # acks=0: no answer will come; metered as sent
+                pending = Pending(key, version, head.client_id, produced)
+                gw.meter(PRODUCE_TYPE, self._context(pending), produced or [], acks=0, acknowledged=False)
+
+    async def _responses(self, upstream: asyncio.StreamReader) -> None:
+        try:
+            await self._answer(upstream)
+        finally:  # the upstream connection ended: so does the client's
+            if self.requests_task is not None:
+                self.requests_task.cancel()
+
+    async def _answer(self, upstream: asyncio.StreamReader) -> None:
+        gw = self.gateway
+        while True:
+            try:
+                frame = await _read_frame(upstream, 2**31 - 1)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            correlation_id = int.from_bytes(frame[:4], "big", signed=True)
+            pending = self.inflight.pop(correlation_id, None)
+            if pending is None:
+                if self.unanswered.pop(correlation_id, 0) is None:
+                    continue  # a response to an acks=0 produce: the client expects none
+                log.error("upstream answered a request not in flight", extra={"conn": self.id, "id": correlation_id})
+                return
+            if not self.inflight:
+                self.idle.set()
+            frame = gw.handle_response(self, pending, frame)
+            if self.client_gone:
+                continue
+            try:
+                self.writer.write(len(frame).to_bytes(4, "big") + frame)
+                await self.writer.drain()
+            except ConnectionError:
+                self.client_gone = True
+
+
+class Gateway:
+    """The listeners and their connections; :meth:`drain` stops it gracefully."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        upstream: list[tuple[str, int]],
+        audit: AuditSink,
+        source: str | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.upstream = upstream
+        self.audit = audit
+        self.source = source or f"//streamtoll-gateway/{socket.gethostname()}"
+        self.virtual_cluster = settings.virtual_cluster
+        self.clock = clock
+        self.topology = Topology(settings, self._new_broker)
+        self.servers: list[asyncio.Server] = []
+        self.connections: set[Connection] = set()
+        self.requests: Counter[int] = Counter()
+        self.metered: Counter[str] = Counter()  # produce_records, produce_bytes, fetch_records, fetch_bytes
+        self.violations = 0
+        self.accepted = 0
+        self.serving = False
+        self.heartbeat = time.monotonic()
+        self._ids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = asyncio.Event()
+
+    # -- metering -----------------------------------------------------------------------------
+
+    def meter(self, kind: str, ctx: RequestContext, counted: list[Counted], **extra: Any) -> None:
+        counted = [c for c in counted if c.bytes]  # a partition the request named without data
+        if not counted:
+            return
+        direction = "produce" if kind == PRODUCE_TYPE else "fetch"
+        for c in counted:
+            self.metered[direction + "_records"] += c.records
+            self.metered[direction + "_bytes"] += c.bytes
+        self.audit.write(events(kind, self.source, ctx, counted, self.clock(), **extra))
+
+    def handle_response(self, conn: Connection, pending: Pending, frame: bytes) -> bytes:
+        key, version = pending.api_key, pending.api_version
+        if key == protocol.API_VERSIONS:
+            return protocol.cap_api_versions(frame, version)
+        if protocol.rewrites(key):
+            return protocol.rewrite_response(frame, key, version, self.topology.address)
+        if key == protocol.PRODUCE:
+            body = protocol.response_body_offset(frame, key, version)
+            response = protocol.decode_response(frame, key, version, body)
+            acked = acknowledged(response)
+            produced = [c for c in pending.produced or () if (c.topic, c.partition) in acked]
+            self.meter(PRODUCE_TYPE, conn._context(pending), produced, acks=pending.acks, acknowledged=True)
+            rewritten = protocol.rewrite_body(key, version, response, self.topology.address)
+            return frame if rewritten is None else frame[:body] + protocol.encode(rewritten)
+        if key == protocol.FETCH:
+            body = protocol.response_body_offset(frame, key, version)
+            response = protocol.decode_response(frame, key, version, body)
+            self.meter(CONSUME_TYPE, conn._context(pending), list(fetch_counts(response)))
+        return frame
+
+    # -- listeners ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Learn the upstream brokers and open the bootstrap listener and one per broker."""
+        self._loop = asyncio.get_running_loop()
+        brokers = await discover_brokers(self.upstream)
+        s = self.settings
+        self.servers.append(await self._listen(s.listen_port, lambda: self.upstream))
+        self.topology.on_new_broker = None  # the seeded brokers' listeners open here, in order
+        self.topology.seed(brokers)
+        for node_id, port in sorted(self.topology.port_of.items(), key=lambda kv: kv[1]):
+            self.servers.append(await self._listen(port, self._broker_address(node_id)))
+        self.topology.on_new_broker = self._new_broker
+        self.serving = True
+        self._beat = asyncio.create_task(self._heartbeat())
+        log.info(
+            "gateway listening",
+            extra={
+                "bootstrap": f"{s.listen_host}:{s.listen_port}",
+                "brokers": {str(n): p for n, p in self.topology.port_of.items()},
+                "advertised_host": s.advertised_host,
+            },
+        )
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self.heartbeat = time.monotonic()
+            await asyncio.sleep(1)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Ready while the listeners are open."""
+        return self.serving, {"connections": len(self.connections), "brokers": len(self.topology.port_of)}
+
+    def alive(self) -> tuple[bool, dict[str, Any]]:
+        """Live while the event loop turns (a stuck loop is cured by a restart)."""
+        stalled = time.monotonic() - self.heartbeat
+        return stalled < 10, {"loop_stalled_s": round(stalled, 1)}
+
+    def _broker_address(self, node_id: int) -> Callable[[], list[tuple[str, int]]]:
+        return lambda: [self.topology.upstream[node_id]]
+
+    def _new_broker(self, node_id: int, port: int) -> None:
+        async def open_listener() -> None:
+            try:
+                self.servers.append(await self._listen(port, self._broker_address(node_id)))
+            except OSError as exc:
+                log.error("could not open a broker's gateway port", extra={"port": port, "error": str(exc)})
+
+        if self._loop is not None and not self._stopped.is_set():
+            self._loop.create_task(open_listener())
+
+    async def _listen(self, port: int, upstream: Callable[[], list[tuple[str, int]]]) -> asyncio.Server:
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.accepted += 1
+            conn = Connection(self, next(self._ids), reader, writer, upstream())
+            self.connections.add(conn)
+            await conn.run()
+
+        return await asyncio.start_server(accept, self.settings.listen_host, port, reuse_address=True)
+
+    async def drain(self, timeout: float = INFLIGHT_GRACE) -> None:
+        """Stop accepting, stop reading new requests, let requests in flight be answered (and
+        metered), then close every connection."""
+        self._stopped.set()
+        self.serving = False
+        for server in self.servers:
+            server.close()
+        conns = list(self.connections)
+        for conn in conns:
+            if conn.requests_task is not None:
+                conn.requests_task.cancel()
+        waits = [asyncio.create_task(c.idle.wait()) for c in conns]
+        if waits:
+            await asyncio.wait(waits, timeout=timeout)
+            for w in waits:
+                w.cancel()
+        deadline = asyncio.get_running_loop().time() + 5
+        while self.connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)  # each connection closes itself once its last response went out
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 5)
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()

@@ -1,0 +1,84 @@
+"""``streamtoll gateway``: the audit topic, the audit writer and the proxy, until SIGTERM.
+
+SIGTERM (or SIGINT) drains: the listeners close, no new request is read, requests in flight get
+their responses (and are metered), then the audit writer flushes every event it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from gateway.audit import AuditWriter
+from gateway.errors import UpstreamError
+from gateway.proxy import Gateway
+from gateway.settings import GatewaySettings
+from metering.engine.topics import topic_specs
+from metering.settings import MeteringSettings
+
+__all__ = ["ensure_audit_topic", "run_gateway"]
+
+log = logging.getLogger(__name__)
+
+
+def ensure_audit_topic(metering: MeteringSettings, timeout: float = 15.0) -> None:
+    """Create the proxy audit topic if it is missing, as the worker would (same partitions,
+    replication and settings), so no event waits for a worker to start first."""
+    admin = AdminClient(metering.kafka_config())
+    try:
+        existing = admin.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise UpstreamError(f"the audit cluster at {metering.kafka_bootstrap} is unreachable ({exc})") from exc
+    if metering.topic_proxy_audit in existing:
+        return
+    spec = next(s for s in topic_specs(metering) if s.name == metering.topic_proxy_audit)
+    new = NewTopic(spec.name, spec.partitions, metering.topic_replication_factor, config=dict(spec.config))
+    for topic, fut in admin.create_topics([new], operation_timeout=timeout).items():
+        try:
+            fut.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise UpstreamError(f"could not create the audit topic {topic} ({exc})") from exc
+        else:
+            log.info("created topic", extra={"topic": topic})
+
+
+async def serve(gateway: Gateway) -> None:
+    """Run until SIGTERM/SIGINT, then drain."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await gateway.start()
+    await stop.wait()
+    log.info("gateway draining", extra={"connections": len(gateway.connections)})
+    await gateway.drain()
+
+
+Observe = Callable[[Gateway, AuditWriter], AbstractContextManager[object]]
+
+
+def run_gateway(settings: GatewaySettings, metering: MeteringSettings, observe: Observe | None = None) -> None:
+    """Run until SIGTERM; ``observe`` wraps the run (the command line serves /metrics with it)."""
+    upstream = settings.upstream(metering.kafka_bootstrap)
+    if not upstream:
+        raise UpstreamError("no upstream cluster is set")
+    ensure_audit_topic(metering)
+    audit = AuditWriter(metering.kafka_config(), metering.topic_proxy_audit)
+    gateway = Gateway(settings, upstream, audit)
+    try:
+        with observe(gateway, audit) if observe else contextlib.nullcontext():
+            asyncio.run(serve(gateway))
+    finally:
+        left = audit.close()
+        log.info(
+            "gateway stopped",
+            extra={"audit_events": audit.written, "not_written": left, "metered": dict(gateway.metered)},
+        )
