@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from gateway.wire import count_batches
+from gateway.wire import batch_identity, count_batches
 
 __all__ = [
     "CONSUME_TYPE",
@@ -47,6 +47,7 @@ class Counted(NamedTuple):
     partition: int
     records: int
     bytes: int
+    batch: tuple[int, int, int, int] | None = None  # a Produce batch's identity (wire.batch_identity)
 
 
 class RequestContext(NamedTuple):
@@ -65,7 +66,7 @@ def produce_counts(request: Any) -> list[Counted]:
     for topic in request.topic_data:
         for part in topic.partition_data:
             c = count_batches(part.records)
-            out.append(Counted(str(topic.name), int(part.index), c.records, c.bytes))
+            out.append(Counted(str(topic.name), int(part.index), c.records, c.bytes, batch_identity(part.records)))
     return out
 
 
@@ -91,6 +92,14 @@ def _time(now: datetime) -> str:
     return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
+_BATCH_IDS = uuid.UUID("6f1c2b1e-58a4-4d8e-9a8e-3c0d1f5b7a21")
+
+
+def _batch_id(ctx: RequestContext, c: Counted) -> uuid.UUID:
+    name = orjson.dumps([ctx.virtual_cluster, ctx.principal, c.topic, c.partition, c.batch]).decode()
+    return uuid.uuid5(_BATCH_IDS, name)
+
+
 def audit_event(
     kind: str,
     source: str,
@@ -99,8 +108,12 @@ def audit_event(
     now: datetime,
     extra: dict[str, Any] | None = None,
 ) -> tuple[bytes, bytes]:
-    """(key, value) of one proxy audit record. The id is drawn here, once: a retried write of the
-    same record carries the same id, so the worker's dedup drops the copy."""
+    """(key, value) of one proxy audit record. The id is fixed here, once: a retried write of the
+    same record (or one sent again from the journal) carries the same id, so the worker's dedup
+    drops the copy. For a batch an idempotent or transactional producer wrote, the id is derived
+    from the batch's identity (producer id, epoch, base sequence, record count), so a batch the
+    client sends again — it never saw the answer, e.g. the gateway was killed after journaling
+    it — is the same event; otherwise it is a random UUID."""
     data: dict[str, Any] = {
         "client_id": ctx.client_id,
         "client_ip": ctx.client_ip,
@@ -115,7 +128,7 @@ def audit_event(
         data.update(extra)
     event = {
         "specversion": "1.0",
-        "id": str(uuid.uuid4()),
+        "id": str(_batch_id(ctx, counted) if counted.batch is not None else uuid.uuid4()),
         "source": source,
         "type": kind,
         "time": _time(now),

@@ -9,9 +9,16 @@ Served on ``/metrics`` with ``/healthz`` (ready while the listeners are open) an
 * ``metered_records_total`` / ``metered_bytes_total{direction}`` — what the audit events carry
   (``produce`` or ``fetch``)
 * ``protocol_violations_total`` — connections closed for bytes the gateway does not forward
-* ``audit_events_total{outcome}`` — ``written`` (handed to the producer), ``delivered``
-  (acknowledged by the audit cluster), ``failed`` (given up on: unmetered, and logged)
-* ``audit_pending`` — events not yet acknowledged by the audit cluster
+* ``audit_events_total{outcome}`` — ``written`` (appended to the journal), ``delivered``
+  (acknowledged by the audit cluster), ``failed`` (a delivery attempt failed: the event stays in
+  the journal and is sent again), ``dropped`` (never journaled — the journal was full under
+  ``GATEWAY_JOURNAL_FULL=drop``, or its disk refused a write: unmetered, and logged)
+* ``audit_pending`` — events in the journal not yet confirmed delivered (the journal's depth)
+* ``audit_journal_bytes`` / ``audit_journal_max_bytes`` — what the journal's segments take, and
+  its bound; ``audit_journal_age_seconds`` — how long its oldest unconfirmed event has waited
+  (0 when none waits); ``audit_journal_full`` — 1 while it is full
+* ``refused_requests_total{api}`` — Produce and Fetch the gateway answered itself because the
+  journal was full (``GATEWAY_JOURNAL_FULL=refuse``)
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.protocol import api_name
+from gateway.protocol import FETCH, PRODUCE, api_name
 
 if TYPE_CHECKING:
     from gateway.audit import AuditWriter
@@ -53,7 +60,16 @@ class GatewayCollector(Collector):
             yield m
         yield CounterMetricFamily(P + "protocol_violations", "connections closed for bad bytes", value=gw.violations)
         events = CounterMetricFamily(P + "audit_events", "audit events by outcome", labels=["outcome"])
-        for outcome in ("written", "delivered", "failed"):
+        for outcome in ("written", "delivered", "failed", "dropped"):
             events.add_metric([outcome], getattr(self.audit, outcome))
         yield events
-        yield GaugeMetricFamily(P + "audit_pending", "audit events not yet acknowledged", value=self.audit.pending())
+        audit, journal = self.audit, self.audit.journal
+        yield GaugeMetricFamily(P + "audit_pending", "audit events not yet confirmed delivered", value=audit.pending())
+        yield GaugeMetricFamily(P + "audit_journal_bytes", "bytes of the audit journal", value=journal.bytes())
+        yield GaugeMetricFamily(P + "audit_journal_max_bytes", "bound of the audit journal", value=journal.max_bytes)
+        yield GaugeMetricFamily(P + "audit_journal_age_seconds", "wait of its oldest event", value=audit.age())
+        yield GaugeMetricFamily(P + "audit_journal_full", "1 while the journal is full", value=int(journal.full()))
+        refused = CounterMetricFamily(P + "refused_requests", "answered by the gateway: journal full", labels=["api"])
+        for key in (PRODUCE, FETCH):
+            refused.add_metric([api_name(key)], gw.refused[key])
+        yield refused

@@ -47,6 +47,7 @@ __all__ = [
     "decode_request",
     "decode_response",
     "encode",
+    "refusal",
     "request_body_offset",
     "response_body_offset",
     "rewrite_response",
@@ -216,3 +217,66 @@ def rewrite_response(frame: bytes, api_key: int, version: int, addresses: Addres
     body = response_body_offset(frame, api_key, version)
     value = rewrite_body(api_key, version, decode_response(frame, api_key, version, body), addresses)
     return frame if value is None else frame[:body] + encode(value)
+
+
+REFUSE_THROTTLE_MS = 1000
+NOT_ENOUGH_REPLICAS = 19
+
+
+def _build(cls: Any, **values: Any) -> Any:
+    """An instance of a kio response class of any version: the values it has fields for, empty
+    tuples for the lists it requires."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    args = {k: v for k, v in values.items() if k in names}
+    for name, f in names.items():
+        if name not in args and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            args[name] = ()
+    return cls(**args)
+
+
+def refusal(api_key: int, version: int, correlation_id: int, request: Any = None) -> bytes:
+    """The response frame (correlation id first, no size prefix) a broker under pressure gives a
+    Produce or Fetch it does not serve now, throttled by :data:`REFUSE_THROTTLE_MS` (KIP-219:
+    clients back off for that long before sending to this broker again).
+
+    * Produce: every partition of the (decoded) request answers ``NOT_ENOUGH_REPLICAS`` — what a
+      broker says when it cannot take writes at the required durability; nothing was written,
+      the error is retriable, and producers (idempotent ones included) retry the batch.
+    * Fetch: an empty response with error 0, as a broker answers a consumer over its fetch
+      quota; the consumer fetches again after the throttle time.
+    """
+    import datetime
+    import sys
+
+    from kio.schema.errors import ErrorCode
+    from kio.static.primitive import i32Timedelta, i64
+
+    cls = _response_type(api_key, version)
+    mod = sys.modules[cls.__module__]
+    throttle = i32Timedelta.parse(datetime.timedelta(milliseconds=REFUSE_THROTTLE_MS))
+    if api_key == PRODUCE:
+        topics = tuple(
+            _build(
+                mod.TopicProduceResponse,
+                name=t.name,
+                partition_responses=tuple(
+                    _build(
+                        mod.PartitionProduceResponse,
+                        index=p.index,
+                        error_code=ErrorCode.not_enough_replicas,
+                        base_offset=i64(-1),
+                        log_start_offset=i64(-1),
+                        error_message="the gateway's audit journal is full",
+                    )
+                    for p in t.partition_data
+                ),
+            )
+            for t in request.topic_data
+        )
+        body = _build(cls, responses=topics, throttle_time=throttle)
+    elif api_key == FETCH:
+        body = _build(cls, throttle_time=throttle, error_code=ErrorCode.none, session_id=i32(0), responses=())
+    else:
+        raise ValueError(f"no refusal for {api_name(api_key)}")
+    head = correlation_id.to_bytes(4, "big", signed=True) + (b"\x00" if cls.__flexible__ else b"")
+    return head + encode(body)

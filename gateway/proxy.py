@@ -63,6 +63,14 @@ _SIZE = 4
 class AuditSink(Protocol):
     def write(self, events: list[tuple[bytes, bytes]]) -> None: ...
 
+    def accepting(self) -> bool:
+        """False while Produce and Fetch are to be refused (the audit journal is full)."""
+        ...
+
+    def synced(self) -> asyncio.Future[None] | None:
+        """What a Produce response waits for before it goes back (the journal's fsync), if anything."""
+        ...
+
 
 class Topology:
     """Upstream brokers (node id → address, as the cluster last advertised it) and the gateway port
@@ -113,6 +121,7 @@ class Pending(NamedTuple):
     client_id: str
     produced: list[Counted] | None  # a Produce's per-partition counts
     acks: int = 0  # a Produce's acks (1 or -1: all)
+    refusal: bytes | None = None  # the gateway's own answer (journal full), sent in its turn
 
 
 def _frame(header: Any, body: Any) -> bytes:
@@ -188,6 +197,7 @@ class Connection:
         self.requests_task: asyncio.Task[None] | None = None
         self.responses_task: asyncio.Task[None] | None = None
         self.upstream_writer: asyncio.StreamWriter | None = None
+        self.answering = False  # a response is on its way to the client (taken from inflight, not yet written)
 
     def _context(self, p: Pending) -> RequestContext:
         return RequestContext(self.principal, p.client_id, self.client_ip, self.gateway.virtual_cluster, p.api_version)
@@ -286,6 +296,9 @@ class Connection:
                 raise ProtocolViolation(f"API key {key} is not one the gateway forwards")
             elif not span[0] <= version <= span[1]:
                 raise ProtocolViolation(f"{protocol.api_name(key)} version {version} is outside {span[0]}–{span[1]}")
+            if key in (protocol.PRODUCE, protocol.FETCH) and not gw.audit.accepting():
+                await self._refuse(frame, head.correlation_id, key, version, head.client_id, head.end)
+                continue
             upstream = await self._connect_upstream()
             if upstream is None:
                 return
@@ -314,6 +327,40 @@ class Connection:
                 pending = Pending(key, version, head.client_id, produced)
                 gw.meter(PRODUCE_TYPE, self._context(pending), produced or [], acks=0, acknowledged=False)
 
+    async def _refuse(
+        self, frame: bytes, correlation_id: int, key: int, version: int, client_id: str, end: int
+    ) -> None:
+        """Answer a Produce or Fetch as a broker under pressure would (``protocol.refusal``),
+        without forwarding it: nothing is written upstream, so nothing is metered. An ``acks=0``
+        Produce expects no answer and gets none."""
+        gw = self.gateway
+        gw.refuse(key)
+        request = None
+        if key == protocol.PRODUCE:
+            body = protocol.request_body_offset(frame, key, version, end)
+            request = protocol.decode_request(frame, key, version, body)
+            if request.acks == 0:
+                return
+        answer = protocol.refusal(key, version, correlation_id, request)
+        if correlation_id in self.inflight:
+            raise ProtocolViolation(f"correlation id {correlation_id} is already in flight")
+        if self.inflight or self.answering:  # answers go back in request order
+            self.inflight[correlation_id] = Pending(key, version, client_id, None, refusal=answer)
+            self.idle.clear()
+            return
+        self.writer.write(len(answer).to_bytes(4, "big") + answer)
+        await self.writer.drain()
+
+    def _answer_refusals(self) -> None:
+        """Send the refusals that are next in line (every request before them is answered)."""
+        while self.inflight:
+            correlation_id, first = next(iter(self.inflight.items()))
+            if first.refusal is None:
+                return
+            del self.inflight[correlation_id]
+            if not self.client_gone:
+                self.writer.write(len(first.refusal).to_bytes(4, "big") + first.refusal)
+
     async def _responses(self, upstream: asyncio.StreamReader) -> None:
         try:
             await self._answer(upstream)
@@ -335,13 +382,19 @@ class Connection:
                     continue  # a response to an acks=0 produce: the client expects none
                 log.error("upstream answered a request not in flight", extra={"conn": self.id, "id": correlation_id})
                 return
+            self.answering = True
+            frame = gw.handle_response(self, pending, frame)
+            if pending.api_key == protocol.PRODUCE and (durable := gw.audit.synced()) is not None:
+                await durable  # GATEWAY_JOURNAL_FSYNC=always: its events are on disk before the answer
+            self.answering = False
+            if not self.client_gone:
+                self.writer.write(len(frame).to_bytes(4, "big") + frame)
+            self._answer_refusals()
             if not self.inflight:
                 self.idle.set()
-            frame = gw.handle_response(self, pending, frame)
             if self.client_gone:
                 continue
             try:
-                self.writer.write(len(frame).to_bytes(4, "big") + frame)
                 await self.writer.drain()
             except ConnectionError:
                 self.client_gone = True
@@ -371,6 +424,8 @@ class Gateway:
         self.metered: Counter[str] = Counter()  # produce_records, produce_bytes, fetch_records, fetch_bytes
         self.violations = 0
         self.accepted = 0
+        self.refused: Counter[int] = Counter()  # Produce / Fetch answered by the gateway: the audit journal was full
+        self._refusing_logged = 0.0
         self.serving = False
         self.heartbeat = time.monotonic()
         self._ids = itertools.count(1)
@@ -388,6 +443,17 @@ class Gateway:
             self.metered[direction + "_records"] += c.records
             self.metered[direction + "_bytes"] += c.bytes
         self.audit.write(events(kind, self.source, ctx, counted, self.clock(), **extra))
+
+    def refuse(self, api_key: int) -> None:
+        self.refused[api_key] += 1
+        now = time.monotonic()
+        if now - self._refusing_logged >= 5:
+            self._refusing_logged = now
+            log.error(
+                "the audit journal is full: Produce and Fetch are refused until the audit topic takes its events "
+                "(GATEWAY_JOURNAL_FULL=refuse)",
+                extra={"refused": {protocol.api_name(k): n for k, n in self.refused.items()}},
+            )
 
     def handle_response(self, conn: Connection, pending: Pending, frame: bytes) -> bytes:
         key, version = pending.api_key, pending.api_version
@@ -439,8 +505,15 @@ class Gateway:
             await asyncio.sleep(1)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Ready while the listeners are open."""
-        return self.serving, {"connections": len(self.connections), "brokers": len(self.topology.port_of)}
+        """Ready while the listeners are open and the audit sink takes events (``journal`` says how
+        many wait, for how long, and whether they are stuck)."""
+        ready, info = self.serving, {"connections": len(self.connections), "brokers": len(self.topology.port_of)}
+        audit_health = getattr(self.audit, "health", None)
+        if audit_health is not None:
+            accepting, extra = audit_health()
+            ready = ready and accepting
+            info.update(extra)
+        return ready, info
 
     def alive(self) -> tuple[bool, dict[str, Any]]:
         """Live while the event loop turns (a stuck loop is cured by a restart)."""

@@ -1,4 +1,6 @@
-"""``streamtoll gateway``: the audit topic, the audit writer and the proxy, until SIGTERM.
+"""``streamtoll gateway``: the audit journal and writer, the audit topic, and the proxy, until
+SIGTERM. An audit cluster that is unavailable at start does not stop the gateway: its events
+wait in the journal, and the writer creates the topic when the cluster answers.
 
 SIGTERM (or SIGINT) drains: the listeners close, no new request is read, requests in flight get
 their responses (and are metered), then the audit writer flushes every event it holds.
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import Callable
@@ -18,6 +21,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from gateway.audit import AuditWriter
 from gateway.errors import UpstreamError
+from gateway.journal import Journal
 from gateway.proxy import Gateway
 from gateway.settings import GatewaySettings
 from metering.engine.topics import topic_specs
@@ -70,8 +74,21 @@ def run_gateway(settings: GatewaySettings, metering: MeteringSettings, observe: 
     upstream = settings.upstream(metering.kafka_bootstrap)
     if not upstream:
         raise UpstreamError("no upstream cluster is set")
-    ensure_audit_topic(metering)
-    audit = AuditWriter(metering.kafka_config(), metering.topic_proxy_audit)
+    journal = Journal(settings.journal_dir, settings.journal_max_bytes)
+    try:
+        ensure_audit_topic(metering, timeout=5.0)
+        ensure = None
+    except UpstreamError as exc:  # the gateway serves anyway: its events wait in the journal
+        log.warning("the audit cluster is unavailable at start: events wait in the journal", extra={"error": str(exc)})
+        ensure = functools.partial(ensure_audit_topic, metering)
+    audit = AuditWriter(
+        metering.kafka_config(),
+        metering.topic_proxy_audit,
+        journal,
+        on_full=settings.journal_full,
+        fsync=settings.journal_fsync,
+        ensure_topic=ensure,
+    )
     gateway = Gateway(settings, upstream, audit)
     try:
         with observe(gateway, audit) if observe else contextlib.nullcontext():
@@ -80,5 +97,10 @@ def run_gateway(settings: GatewaySettings, metering: MeteringSettings, observe: 
         left = audit.close()
         log.info(
             "gateway stopped",
-            extra={"audit_events": audit.written, "not_written": left, "metered": dict(gateway.metered)},
+            extra={
+                "audit_events": audit.written,
+                "not_written": left,
+                "dropped": audit.dropped,
+                "metered": dict(gateway.metered),
+            },
         )

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.errors import GatewaySettingsError
+from metering.settings import parse_duration
 
 __all__ = ["GatewaySettings"]
 
@@ -37,6 +38,10 @@ class GatewaySettings:
     upstream_bootstrap: str | None = None  # None: KAFKA_BOOTSTRAP
     virtual_cluster: str = "default"
     max_request_bytes: int = 100 * 1024 * 1024  # Kafka's socket.request.max.bytes default
+    journal_dir: str = ".streamtoll/gateway-journal"
+    journal_max_bytes: int = 1 << 30
+    journal_full: str = "refuse"  # or "drop"
+    journal_fsync: float | None = 1.0  # seconds between background fsyncs; None: before each Produce response
 
     def broker_port(self, index: int) -> int | None:
         """The gateway port of the ``index``-th upstream broker (by node id), if there is one."""
@@ -107,6 +112,33 @@ class GatewaySettings:
                 values["max_request_bytes"] = int(v)
             else:
                 problems.append(f"{PREFIX}GATEWAY_MAX_REQUEST_BYTES={v!r} must be an integer from 1024 to 2147483647")
+        if (v := get("GATEWAY_JOURNAL_DIR")) is not None:
+            values["journal_dir"] = v
+        if (v := get("GATEWAY_JOURNAL_MAX_BYTES")) is not None:
+            if v.isdigit() and int(v) >= 65536:
+                values["journal_max_bytes"] = int(v)
+            else:
+                problems.append(f"{PREFIX}GATEWAY_JOURNAL_MAX_BYTES={v!r} must be an integer of at least 65536")
+        if (v := get("GATEWAY_JOURNAL_FULL")) is not None:
+            if v.lower() in ("refuse", "drop"):
+                values["journal_full"] = v.lower()
+            else:
+                problems.append(f"{PREFIX}GATEWAY_JOURNAL_FULL={v!r} must be refuse or drop")
+        if (v := get("GATEWAY_JOURNAL_FSYNC")) is not None:
+            if v.lower() == "always":
+                values["journal_fsync"] = None
+            else:
+                try:
+                    seconds = parse_duration(v)
+                except ValueError:
+                    seconds = -1.0
+                if 0 < seconds <= 3600:
+                    values["journal_fsync"] = seconds
+                else:
+                    problems.append(
+                        f"{PREFIX}GATEWAY_JOURNAL_FSYNC={v!r} must be always or a duration from 1ms to 1h, "
+                        "e.g. 1s or 200ms"
+                    )
         if problems:
             raise GatewaySettingsError(problems)
         return cls(**values)  # type: ignore[arg-type]

@@ -33,6 +33,7 @@ __all__ = [
     "BATCH_HEADER",
     "BatchCount",
     "RequestHeader",
+    "batch_identity",
     "count_batches",
     "parse_request_header",
     "read_uvarint",
@@ -139,3 +140,19 @@ def count_batches(records: bytes | None) -> BatchCount:
             nbatch += 1
         pos = end
     return BatchCount(nrec, nbytes, nbatch, n - pos)
+
+
+def batch_identity(records: bytes | None) -> tuple[int, int, int, int] | None:
+    """(producer id, producer epoch, base sequence, record count) of the first batch of a Produce
+    partition's ``records`` when an idempotent or transactional producer wrote it, else None.
+
+    This is the identity by which a broker recognises a retried batch (KIP-98); a producer
+    retries a batch with the same four values, so an audit event derived from them is the same
+    event however often the batch is sent.
+    """
+    if not records or len(records) < BATCH_HEADER or records[16] < 2:
+        return None
+    producer_id, epoch, base_sequence, count = struct.unpack_from(">qhii", records, 43)
+    if producer_id < 0:
+        return None
+    return producer_id, epoch, base_sequence, count

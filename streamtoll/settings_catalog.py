@@ -206,6 +206,40 @@ SETTINGS: list[Setting] = [
         "a client request larger than this closes its connection (Kafka's socket.request.max.bytes)",
         "",
     ),
+    Setting(
+        "GATEWAY_JOURNAL_DIR",
+        ".streamtoll/gateway-journal",
+        "gateway",
+        "where audit events wait on disk until the audit topic has them (one gateway per directory; "
+        "in production a persistent volume: what it holds is replayed at start)",
+        "/var/lib/streamtoll/gateway-journal",
+    ),
+    Setting(
+        "GATEWAY_JOURNAL_MAX_BYTES",
+        "1073741824",
+        "gateway",
+        "bound of the audit journal (about 2 million events of ~500 bytes): size it for the longest "
+        "audit-cluster outage to ride out at your request rate",
+        "4294967296",
+    ),
+    Setting(
+        "GATEWAY_JOURNAL_FULL",
+        "refuse",
+        "gateway",
+        "when the journal is full: refuse (Produce answered NOT_ENOUGH_REPLICAS, Fetch empty, both throttled "
+        "1 s; nothing goes unmetered) or drop (traffic flows; events that do not fit are counted and logged as "
+        "errors, unmetered)",
+        "drop",
+    ),
+    Setting(
+        "GATEWAY_JOURNAL_FSYNC",
+        "1s",
+        "gateway",
+        "always: a Produce response waits for an fsync of its audit events (survives power loss); a duration: "
+        "fsync that often in the background (events are written before the response either way, so killing "
+        "the process loses none)",
+        "always",
+    ),
     # --- billing and API
     Setting("INVOICE_NUMBER_PREFIX", "INV", "billing", "invoice numbers are PREFIX-YEAR-NNNNNN", "INV"),
     Setting("SINK_GROUP", "streamtoll-sink", "sink", "consumer group of the usage sink", "streamtoll-sink"),

@@ -65,6 +65,8 @@ class GatewayProcess:
             "STREAMTOLL_GATEWAY_LISTEN": f"127.0.0.1:{self.port}",
             "STREAMTOLL_GATEWAY_BROKER_PORTS": str(self.broker_port),
             "STREAMTOLL_GATEWAY_VIRTUAL_CLUSTER": "vc-test",
+            "STREAMTOLL_GATEWAY_JOURNAL_DIR": str(log_path.parent / f"journal-{self.port}"),
+            **env,
         }
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
