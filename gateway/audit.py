@@ -73,7 +73,6 @@ class AuditWriter:
         self.replayed = journal.recovered  # unconfirmed at start: sent again
         self._config = dict(kafka_config)
         self._producer = self._new_producer()
-        self._ensure = ensure_topic
         self._mark = journal.confirmed  # every seq up to it is delivered
         self._done: set[int] = set()  # delivered seqs above the mark
         self._gaps: dict[int, int] = {}  # seqs the journal lost (first → after the last)
@@ -96,6 +95,11 @@ class AuditWriter:
                 "the audit journal holds events not confirmed delivered: sending them again",
                 extra={"events": journal.recovered, "torn_bytes": journal.torn_bytes},
             )
+        self._topic_ready = threading.Event()
+        if ensure_topic is None:
+            self._topic_ready.set()
+        else:  # its own thread: a check that hangs on an unreachable cluster holds up nothing else
+            threading.Thread(target=self._check_topic, args=(ensure_topic,), name="audit-topic", daemon=True).start()
         self._sender = threading.Thread(target=self._send, name="audit-sender", daemon=True)
         self._sender.start()
         self._syncer: threading.Thread | None = None
@@ -243,24 +247,14 @@ class AuditWriter:
             stopping = self._stop.is_set()
             if stopping and (
                 now >= self._deadline
-                or self._ensure is not None
+                or not self._topic_ready.is_set()
                 or self._error is not None  # the topic is failing: the events wait on disk for the next start
                 or (self._inflight == 0 and self._mark >= self.journal.next_seq - 1)
             ):
                 break
-            if self._ensure is not None:
-                try:
-                    self._ensure()
-                    self._ensure = None
-                except Exception as exc:  # the audit cluster is unreachable: events wait on disk
-                    if self._due("ensure"):
-                        log.warning(
-                            "the audit topic cannot be checked: events wait in the journal",
-                            extra={"error": str(exc), "journal_events": self.journal.depth()},
-                        )
-                    self._stop.wait(min(backoff, max(0.0, self._deadline - now)))
-                    backoff = min(backoff * 2, 10.0)
-                    continue
+            if not self._topic_ready.is_set():
+                self._topic_ready.wait(0.05)
+                continue
             self._producer.poll(0)
             self._advance()
             if self._mark > self.journal.confirmed and (now >= next_confirm or stopping):
@@ -310,6 +304,23 @@ class AuditWriter:
         self._advance()
         if self._mark > self.journal.confirmed:
             self.journal.confirm(self._mark)
+
+    def _check_topic(self, ensure: Callable[[], None]) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                ensure()
+            except Exception as exc:  # the audit cluster is unreachable: events wait on disk
+                if self._due("ensure"):
+                    log.warning(
+                        "the audit topic cannot be checked: events wait in the journal",
+                        extra={"error": str(exc), "journal_events": self.journal.depth()},
+                    )
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+            else:
+                self._topic_ready.set()
+                return
 
     def _sync_always(self) -> None:
         while not self._stop.is_set() or self._waiters:

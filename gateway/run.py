@@ -75,12 +75,9 @@ def run_gateway(settings: GatewaySettings, metering: MeteringSettings, observe: 
     if not upstream:
         raise UpstreamError("no upstream cluster is set")
     journal = Journal(settings.journal_dir, settings.journal_max_bytes)
-    try:
-        ensure_audit_topic(metering, timeout=5.0)
-        ensure = None
-    except UpstreamError as exc:  # the gateway serves anyway: its events wait in the journal
-        log.warning("the audit cluster is unavailable at start: events wait in the journal", extra={"error": str(exc)})
-        ensure = functools.partial(ensure_audit_topic, metering)
+    # the writer checks (creates) the audit topic before its first event, retrying while the
+    # audit cluster is unavailable: the gateway serves meanwhile and its events wait on disk
+    ensure = functools.partial(ensure_audit_topic, metering, timeout=5.0)
     audit = AuditWriter(
         metering.kafka_config(),
         metering.topic_proxy_audit,
