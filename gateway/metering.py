@@ -70,9 +70,21 @@ def produce_counts(request: Any) -> list[Counted]:
     return out
 
 
+DUPLICATE_SEQUENCE_NUMBER = 46
+
+
 def acknowledged(response: Any) -> set[tuple[str, int]]:
-    """The topic-partitions a decoded Produce response acknowledges (error code 0)."""
-    return {(str(t.name), int(p.index)) for t in response.responses for p in t.partition_responses if p.error_code == 0}
+    """The topic-partitions a decoded Produce response acknowledges: error code 0, or
+    ``DUPLICATE_SEQUENCE_NUMBER`` — the broker already holds that idempotent batch and the
+    producer counts it as delivered (some brokers answer a retried batch so, Apache Kafka answers
+    0). Its first write may never have been metered (the gateway was killed before that answer
+    came back); if it was, the event has the same batch-derived id and the worker drops the copy."""
+    return {
+        (str(t.name), int(p.index))
+        for t in response.responses
+        for p in t.partition_responses
+        if p.error_code in (0, DUPLICATE_SEQUENCE_NUMBER)
+    }
 
 
 def fetch_counts(response: Any) -> Iterator[Counted]:

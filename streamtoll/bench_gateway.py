@@ -170,6 +170,7 @@ def bench_gateway(bootstrap: str, messages: int, size: int) -> GatewayBenchResul
     for fut in admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in names]).values():
         fut.result(30)
     log = Path(tempfile.mkdtemp(prefix="bench-gateway-")) / "gateway.log"
+    env["STREAMTOLL_GATEWAY_JOURNAL_DIR"] = str(log.parent / "journal")  # its own: never another gateway's
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "streamtoll.cli", "gateway"], env=env, stdout=out, stderr=out)
     try:

@@ -242,3 +242,25 @@ def test_a_retried_idempotent_batch_is_the_same_event() -> None:
     plain = _batch(-1, -1, -1, 5)
     assert batch_identity(plain) is None
     assert event_id(plain) != event_id(plain)  # no identity: every event its own
+
+
+def test_a_duplicate_of_a_stored_idempotent_batch_is_acknowledged() -> None:
+    """A broker may answer a retried idempotent batch it already holds with
+    DUPLICATE_SEQUENCE_NUMBER; the producer counts it delivered, so the gateway meters it (its
+    batch-derived id makes a metered first write and this one a single event)."""
+    from kio.schema.errors import ErrorCode
+    from kio.schema.produce.v9.response import PartitionProduceResponse, ProduceResponse, TopicProduceResponse
+    from kio.schema.types import TopicName
+    from kio.static.primitive import i64
+
+    def part(index: int, error: int) -> Any:
+        return PartitionProduceResponse(
+            index=i32(index),
+            error_code=ErrorCode(error),
+            base_offset=i64(0),
+            record_errors=(),
+        )
+
+    parts = (part(0, 0), part(1, 46), part(2, 19))
+    r = ProduceResponse(responses=(TopicProduceResponse(name=TopicName("t"), partition_responses=parts),))
+    assert acknowledged(r) == {("t", 0), ("t", 1)}
