@@ -589,6 +589,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
 
 def cmd_gateway(args: argparse.Namespace) -> int:
     from gateway.errors import GatewaySettingsError, UpstreamError
+    from gateway.journal import JournalBusy
     from gateway.metrics import GatewayCollector
     from gateway.run import run_gateway
     from gateway.settings import GatewaySettings
@@ -609,6 +610,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             raise Unavailable(
                 f"{exc}; check STREAMTOLL_GATEWAY_UPSTREAM_BOOTSTRAP (or STREAMTOLL_KAFKA_BOOTSTRAP)"
             ) from exc
+        except JournalBusy as exc:
+            raise UserError(f"{exc}; give each gateway its own STREAMTOLL_GATEWAY_JOURNAL_DIR") from exc
         except OSError as exc:
             raise UserError(
                 f"the gateway cannot listen ({exc}); "
