@@ -55,6 +55,7 @@ __all__ = [
 ]
 
 PRODUCE, FETCH, METADATA, FIND_COORDINATOR, API_VERSIONS, DESCRIBE_CLUSTER = 0, 1, 3, 10, 18, 60
+SASL_HANDSHAKE, SASL_AUTHENTICATE = 17, 36
 UNSUPPORTED_VERSION = 35
 
 # node id, upstream host, upstream port → the host and port clients are told
@@ -71,6 +72,8 @@ _LEFT_OUT = {
     *range(90, 93),  # share group offsets
 }
 _CAPS = {PRODUCE: 12, FETCH: 12}
+# SaslHandshake v0 is followed by raw SASL tokens, not framed as requests (Kafka 4 dropped it too)
+_FLOORS = {SASL_HANDSHAKE: 1}
 
 
 def _versions(name: str) -> tuple[int, int] | None:
@@ -88,7 +91,7 @@ def _supported() -> dict[int, tuple[int, int]]:
         if key in _LEFT_OUT or (span := _versions(name)) is None:
             continue
         low, high = span
-        high = min(high, _CAPS.get(key, high))
+        low, high = max(low, _FLOORS.get(key, low)), min(high, _CAPS.get(key, high))
         if low <= high:
             out[key] = (low, high)
     return out

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.errors import GatewaySettingsError
+from gateway.security import ListenerTLS, UpstreamSecurity, parse_security
 
 __all__ = ["GatewaySettings"]
 
@@ -37,6 +38,10 @@ class GatewaySettings:
     upstream_bootstrap: str | None = None  # None: KAFKA_BOOTSTRAP
     virtual_cluster: str = "default"
     max_request_bytes: int = 100 * 1024 * 1024  # Kafka's socket.request.max.bytes default
+    # TLS on the client listeners, plaintext off loopback, upstream TLS/SASL (gateway.security)
+    tls: ListenerTLS | None = None
+    allow_plaintext: bool = False
+    upstream_security: UpstreamSecurity = field(default_factory=UpstreamSecurity)
 
     def broker_port(self, index: int) -> int | None:
         """The gateway port of the ``index``-th upstream broker (by node id), if there is one."""
@@ -107,6 +112,10 @@ class GatewaySettings:
                 values["max_request_bytes"] = int(v)
             else:
                 problems.append(f"{PREFIX}GATEWAY_MAX_REQUEST_BYTES={v!r} must be an integer from 1024 to 2147483647")
+        upstream_set = get("GATEWAY_UPSTREAM_BOOTSTRAP") is not None
+        security, security_problems = parse_security(get, host, upstream_set, PREFIX)
+        values.update(security)
+        problems += security_problems
         if problems:
             raise GatewaySettingsError(problems)
         return cls(**values)  # type: ignore[arg-type]
