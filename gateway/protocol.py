@@ -8,6 +8,8 @@ version). The gateway forwards a request only if its API key and version are in
   data it does not meter, are left out: ShareFetch / ShareAcknowledge and the rest of share
   groups (KIP-932), and the controller- and broker-internal APIs (Raft, broker registration,
   ``Envelope``…) that no client sends to a broker.
+* SaslHandshake starts at version 1: a v0 handshake is followed by raw SASL tokens that are not
+  framed as requests (Kafka 4 dropped v0 as well).
 * Produce and Fetch stop at version 12: from 13 they name topics by id (KIP-516), which the
   gateway does not map to names yet, and Fetch 16+ carries node endpoints (KIP-951).
 
