@@ -53,7 +53,7 @@ class Counted(NamedTuple):
 class RequestContext(NamedTuple):
     """Who sent a request: what every event of it carries."""
 
-    principal: str  # Type:name, e.g. User:ANONYMOUS until the gateway authenticates clients
+    principal: str  # Type:name, e.g. User:alice (gateway.principals)
     client_id: str
     client_ip: str
     virtual_cluster: str

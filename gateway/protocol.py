@@ -8,6 +8,8 @@ version). The gateway forwards a request only if its API key and version are in
   data it does not meter, are left out: ShareFetch / ShareAcknowledge and the rest of share
   groups (KIP-932), and the controller- and broker-internal APIs (Raft, broker registration,
   ``Envelope``…) that no client sends to a broker.
+* SaslHandshake starts at version 1: a v0 handshake is followed by raw SASL tokens that are not
+  framed as requests (Kafka 4 dropped v0 as well).
 * Produce and Fetch stop at version 12: from 13 they name topics by id (KIP-516), which the
   gateway does not map to names yet, and Fetch 16+ carries node endpoints (KIP-951).
 
@@ -56,6 +58,7 @@ __all__ = [
 ]
 
 PRODUCE, FETCH, METADATA, FIND_COORDINATOR, API_VERSIONS, DESCRIBE_CLUSTER = 0, 1, 3, 10, 18, 60
+SASL_HANDSHAKE, SASL_AUTHENTICATE = 17, 36
 UNSUPPORTED_VERSION = 35
 
 # node id, upstream host, upstream port → the host and port clients are told
@@ -72,6 +75,8 @@ _LEFT_OUT = {
     *range(90, 93),  # share group offsets
 }
 _CAPS = {PRODUCE: 12, FETCH: 12}
+# SaslHandshake v0 is followed by raw SASL tokens, not framed as requests (Kafka 4 dropped it too)
+_FLOORS = {SASL_HANDSHAKE: 1}
 
 
 def _versions(name: str) -> tuple[int, int] | None:
@@ -89,7 +94,7 @@ def _supported() -> dict[int, tuple[int, int]]:
         if key in _LEFT_OUT or (span := _versions(name)) is None:
             continue
         low, high = span
-        high = min(high, _CAPS.get(key, high))
+        low, high = max(low, _FLOORS.get(key, low)), min(high, _CAPS.get(key, high))
         if low <= high:
             out[key] = (low, high)
     return out

@@ -32,6 +32,7 @@ import io
 import itertools
 import logging
 import socket
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -47,6 +48,8 @@ from gateway import protocol
 from gateway.errors import ProtocolViolation, UpstreamError
 from gateway.metering import CONSUME_TYPE, PRODUCE_TYPE, Counted, RequestContext, acknowledged, events, fetch_counts
 from gateway.metering import produce_counts as count_produce
+from gateway.principals import ANONYMOUS, ClientIdentity, observe_request, observe_response
+from gateway.security import UpstreamSecurity, authenticate, cert_principal
 from gateway.settings import GatewaySettings
 from gateway.wire import parse_request_header
 
@@ -54,7 +57,6 @@ __all__ = ["ANONYMOUS", "INFLIGHT_GRACE", "AuditSink", "Gateway", "Topology", "d
 
 log = logging.getLogger(__name__)
 
-ANONYMOUS = "User:ANONYMOUS"
 INFLIGHT_GRACE = 30.0  # seconds a closing connection waits for responses to requests in flight
 CONNECT_TIMEOUT = 10.0
 _SIZE = 4
@@ -139,20 +141,31 @@ async def _read_frame(reader: asyncio.StreamReader, limit: int) -> bytes:
     return await reader.readexactly(size)
 
 
-async def _connect_any(addresses: list[tuple[str, int]]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _connect_any(
+    addresses: list[tuple[str, int]], tls: ssl.SSLContext | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     errors = []
     for host, port in addresses:
         try:
-            return await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT)
+            return await asyncio.wait_for(
+                asyncio.open_connection(host, port, ssl=tls, server_hostname=host if tls else None), CONNECT_TIMEOUT
+            )
         except (OSError, TimeoutError) as exc:
             errors.append(f"{host}:{port}: {exc or type(exc).__name__}")
     raise UpstreamError("no upstream broker could be reached (" + "; ".join(errors) + ")")
 
 
-async def discover_brokers(addresses: list[tuple[str, int]]) -> dict[int, tuple[str, int]]:
-    """The upstream cluster's brokers (node id → advertised address), from a Metadata request."""
-    reader, writer = await _connect_any(addresses)
+async def discover_brokers(
+    addresses: list[tuple[str, int]],
+    security: UpstreamSecurity | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> dict[int, tuple[str, int]]:
+    """The upstream cluster's brokers (node id → advertised address), from a Metadata request
+    (over TLS with ``tls``; authenticated with the gateway's own identity when ``security`` is SASL)."""
+    reader, writer = await _connect_any(addresses, tls)
     try:
+        if security is not None and security.sasl:
+            await asyncio.wait_for(authenticate(reader, writer, security), CONNECT_TIMEOUT)
         header = RequestHeaderV1(
             request_api_key=i16(protocol.METADATA), request_api_version=i16(4), correlation_id=i32(1), client_id="gw"
         )
@@ -169,7 +182,8 @@ async def discover_brokers(addresses: list[tuple[str, int]]) -> dict[int, tuple[
 
 class Connection:
     """One client connection and its upstream connection. ``principal`` is who the client is:
-    ``User:ANONYMOUS`` until the gateway learns it from a SASL exchange or a client certificate."""
+    ``User:ANONYMOUS`` until the gateway learns it from a SASL exchange or a client certificate
+    (``identity``, :mod:`gateway.principals`)."""
 
     def __init__(
         self,
@@ -186,7 +200,7 @@ class Connection:
         self.upstream_addresses = upstream
         peer = writer.get_extra_info("peername")
         self.client_ip = str(peer[0]) if peer else ""
-        self.principal = ANONYMOUS
+        self.identity = ClientIdentity(tls_principal=cert_principal(writer.get_extra_info("peercert")))
         self.inflight: dict[int, Pending] = {}
         # correlation ids of acks=0 produces: Kafka sends them no response, but a broker that
         # does (tansu) must not have it mistaken for a protocol error; the newest few are kept
@@ -198,6 +212,10 @@ class Connection:
         self.responses_task: asyncio.Task[None] | None = None
         self.upstream_writer: asyncio.StreamWriter | None = None
         self.answering = False  # a response is on its way to the client (taken from inflight, not yet written)
+
+    @property
+    def principal(self) -> str:
+        return self.identity.principal
 
     def _context(self, p: Pending) -> RequestContext:
         return RequestContext(self.principal, p.client_id, self.client_ip, self.gateway.virtual_cluster, p.api_version)
@@ -252,7 +270,7 @@ class Connection:
         that are not a request never reach a broker); None if no broker answers."""
         if self.upstream_writer is None:
             try:
-                reader, self.upstream_writer = await _connect_any(self.upstream_addresses)
+                reader, self.upstream_writer = await _connect_any(self.upstream_addresses, self.gateway.upstream_tls)
             except UpstreamError as exc:
                 log.warning(
                     "client connection closed: upstream unreachable", extra={"conn": self.id, "error": str(exc)}
@@ -303,6 +321,7 @@ class Connection:
             if upstream is None:
                 return
             gw.requests[key] += 1
+            observe_request(self.identity, key, version, frame, head.end)
             produced = None
             acks = 0
             expects_response = True
@@ -417,6 +436,8 @@ class Gateway:
         self.source = source or f"//streamtoll-gateway/{socket.gethostname()}"
         self.virtual_cluster = settings.virtual_cluster
         self.clock = clock
+        self.listener_tls = settings.tls.context() if settings.tls else None
+        self.upstream_tls = settings.upstream_security.context()
         self.topology = Topology(settings, self._new_broker)
         self.servers: list[asyncio.Server] = []
         self.connections: set[Connection] = set()
@@ -457,6 +478,9 @@ class Gateway:
 
     def handle_response(self, conn: Connection, pending: Pending, frame: bytes) -> bytes:
         key, version = pending.api_key, pending.api_version
+        if key in (protocol.SASL_HANDSHAKE, protocol.SASL_AUTHENTICATE):
+            observe_response(conn.identity, key, version, frame, conn.id)
+            return frame
         if key == protocol.API_VERSIONS:
             return protocol.cap_api_versions(frame, version)
         if protocol.rewrites(key):
@@ -480,7 +504,7 @@ class Gateway:
     async def start(self) -> None:
         """Learn the upstream brokers and open the bootstrap listener and one per broker."""
         self._loop = asyncio.get_running_loop()
-        brokers = await discover_brokers(self.upstream)
+        brokers = await discover_brokers(self.upstream, self.settings.upstream_security, self.upstream_tls)
         s = self.settings
         self.servers.append(await self._listen(s.listen_port, lambda: self.upstream))
         self.topology.on_new_broker = None  # the seeded brokers' listeners open here, in order
@@ -496,6 +520,8 @@ class Gateway:
                 "bootstrap": f"{s.listen_host}:{s.listen_port}",
                 "brokers": {str(n): p for n, p in self.topology.port_of.items()},
                 "advertised_host": s.advertised_host,
+                "tls": "mutual" if s.tls and s.tls.client_ca else "on" if s.tls else "off",
+                "upstream": s.upstream_security.protocol,
             },
         )
 
@@ -540,7 +566,9 @@ class Gateway:
             self.connections.add(conn)
             await conn.run()
 
-        return await asyncio.start_server(accept, self.settings.listen_host, port, reuse_address=True)
+        return await asyncio.start_server(
+            accept, self.settings.listen_host, port, reuse_address=True, ssl=self.listener_tls
+        )
 
     async def drain(self, timeout: float = INFLIGHT_GRACE) -> None:
         """Stop accepting, stop reading new requests, let requests in flight be answered (and

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.errors import GatewaySettingsError
+from gateway.security import ListenerTLS, UpstreamSecurity, parse_security
 from metering.settings import parse_duration
 
 __all__ = ["GatewaySettings"]
@@ -42,6 +43,10 @@ class GatewaySettings:
     journal_max_bytes: int = 1 << 30
     journal_full: str = "refuse"  # or "drop"
     journal_fsync: float | None = 1.0  # seconds between background fsyncs; None: before each Produce response
+    # TLS on the client listeners, plaintext off loopback, upstream TLS/SASL (gateway.security)
+    tls: ListenerTLS | None = None
+    allow_plaintext: bool = False
+    upstream_security: UpstreamSecurity = field(default_factory=UpstreamSecurity)
 
     def broker_port(self, index: int) -> int | None:
         """The gateway port of the ``index``-th upstream broker (by node id), if there is one."""
@@ -139,6 +144,10 @@ class GatewaySettings:
                         f"{PREFIX}GATEWAY_JOURNAL_FSYNC={v!r} must be always or a duration from 1ms to 1h, "
                         "e.g. 1s or 200ms"
                     )
+        upstream_set = get("GATEWAY_UPSTREAM_BOOTSTRAP") is not None
+        security, security_problems = parse_security(get, host, upstream_set, PREFIX)
+        values.update(security)
+        problems += security_problems
         if problems:
             raise GatewaySettingsError(problems)
         return cls(**values)  # type: ignore[arg-type]

@@ -240,6 +240,58 @@ SETTINGS: list[Setting] = [
         "the process loses none)",
         "always",
     ),
+    Setting(
+        "GATEWAY_TLS_CERT",
+        "",
+        "gateway",
+        "certificate chain (PEM) of the gateway's TLS on the bootstrap and broker ports; with GATEWAY_TLS_KEY",
+        "",
+    ),
+    Setting("GATEWAY_TLS_KEY", "", "gateway", "private key (PEM) of GATEWAY_TLS_CERT", "", secret=True),
+    Setting(
+        "GATEWAY_TLS_CLIENT_CA",
+        "",
+        "gateway",
+        "CA bundle (PEM): clients must present a certificate it signed (mutual TLS), and its subject is their "
+        "principal (User:CN=…) unless they authenticate with SASL",
+        "",
+    ),
+    Setting(
+        "GATEWAY_ALLOW_PLAINTEXT",
+        "false",
+        "gateway",
+        "true lets a GATEWAY_LISTEN that is not a loopback address run without TLS (a private network, TLS "
+        "ended in front of the gateway); false: that is a start-up error",
+        "true",
+    ),
+    Setting(
+        "GATEWAY_UPSTREAM_SECURITY_PROTOCOL",
+        "KAFKA_SECURITY_PROTOCOL if GATEWAY_UPSTREAM_BOOTSTRAP is unset, else PLAINTEXT",
+        "gateway",
+        "toward the upstream cluster: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; clients' own SASL passes "
+        "through to the brokers, the gateway's SASL identity below is for its own requests. Each "
+        "GATEWAY_UPSTREAM_* security setting that is unset takes its KAFKA_* value while "
+        "GATEWAY_UPSTREAM_BOOTSTRAP is unset",
+        "SSL",
+    ),
+    Setting(
+        "GATEWAY_UPSTREAM_SASL_MECHANISM",
+        "",
+        "gateway",
+        "the gateway's own SASL login upstream: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+        "",
+    ),
+    Setting("GATEWAY_UPSTREAM_SASL_USERNAME", "", "gateway", "the gateway's SASL user upstream", ""),
+    Setting("GATEWAY_UPSTREAM_SASL_PASSWORD", "", "gateway", "the gateway's SASL password upstream", "", secret=True),
+    Setting(
+        "GATEWAY_UPSTREAM_SSL_CA_LOCATION",
+        "",
+        "gateway",
+        "CA bundle (PEM) for the upstream brokers' certificates (unset: the system's)",
+        "",
+    ),
+    Setting("GATEWAY_UPSTREAM_SSL_CERTIFICATE_LOCATION", "", "gateway", "client certificate upstream (mTLS)", ""),
+    Setting("GATEWAY_UPSTREAM_SSL_KEY_LOCATION", "", "gateway", "client key upstream (mTLS)", "", secret=True),
     # --- billing and API
     Setting("INVOICE_NUMBER_PREFIX", "INV", "billing", "invoice numbers are PREFIX-YEAR-NNNNNN", "INV"),
     Setting("SINK_GROUP", "streamtoll-sink", "sink", "consumer group of the usage sink", "streamtoll-sink"),

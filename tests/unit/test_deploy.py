@@ -90,7 +90,11 @@ def test_every_catalogued_setting_is_read(setting: Any) -> None:
     env = {f"STREAMTOLL_{setting.name}": setting.example}
     if setting.name == "GATEWAY_LISTEN":  # a wildcard listen address needs the host clients use
         env["STREAMTOLL_GATEWAY_ADVERTISED_HOST"] = "gw.example.com"
-    m, b, g = MeteringSettings.from_env(env), BillingSettings.from_env(env), GatewaySettings.from_env(env)
+        env["STREAMTOLL_GATEWAY_ALLOW_PLAINTEXT"] = "true"  # and TLS, or plaintext said to be meant
+    m, b = MeteringSettings.from_env(env), BillingSettings.from_env(env)
+    # the gateway takes KAFKA_SECURITY_PROTOCOL upstream too, where SASL_SSL alone lacks a user
+    upstream_alone = setting.name == "KAFKA_SECURITY_PROTOCOL"
+    g = GatewaySettings() if upstream_alone else GatewaySettings.from_env(env)
     changed = m != MeteringSettings() or b != BillingSettings() or g != GatewaySettings()
     cli = Path(__file__).parents[2] / "streamtoll"
     read_by_cli = any(

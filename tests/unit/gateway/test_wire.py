@@ -94,6 +94,7 @@ def test_settings_defaults_and_derived_ports() -> None:
         {
             "STREAMTOLL_GATEWAY_LISTEN": "0.0.0.0:9092",
             "STREAMTOLL_GATEWAY_ADVERTISED_HOST": "gw.example.com",
+            "STREAMTOLL_GATEWAY_ALLOW_PLAINTEXT": "true",
             "STREAMTOLL_GATEWAY_BROKER_PORTS": "9101, 9102",
             "STREAMTOLL_GATEWAY_UPSTREAM_BOOTSTRAP": "k0:9092,k1:9092",
         }
