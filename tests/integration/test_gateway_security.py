@@ -271,6 +271,12 @@ class ListSink:
     def write(self, events: list[tuple[bytes, bytes]]) -> None:
         self.events.extend(events)
 
+    def accepting(self) -> bool:
+        return True
+
+    def synced(self) -> asyncio.Future[None] | None:
+        return None
+
     def subjects(self) -> list[tuple[str, str]]:
         return [(k.decode(), json.loads(v)["subject"]) for k, v in self.events]
 
