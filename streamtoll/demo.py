@@ -350,7 +350,8 @@ def _print_gateway(console: Console, gateway: dict[str, Any]) -> None:
     for r in gateway["rows"]:
         want = [r["sent_bytes"], r["sent_records"]]
         priced = ", ".join(
-            f"{m} {Decimal(v['quantity']).normalize():f} {v['unit'] or ''}".rstrip() for m, v in r["invoice_lines"].items()
+            f"{m} {Decimal(v['quantity']).normalize():f} {v['unit'] or ''}".rstrip()
+            for m, v in r["invoice_lines"].items()
         )
         t.add_row(
             r["account"],

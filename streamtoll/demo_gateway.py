@@ -37,12 +37,13 @@ from streamtoll.gateway_clients import (
     broker_batches,
     consume_through,
     create_topics,
-    gateway_child,
+    gateway_env,
     produce_through,
     read_ends,
     run_parallel,
     wait_listening,
 )
+from streamtoll.up import Child
 
 __all__ = ["CLIENTS", "VIRTUAL_CLUSTER", "DemoClient", "GatewayLeg", "compare", "gateway_windows", "run_clients"]
 
@@ -96,11 +97,13 @@ def run_clients(settings: MeteringSettings, env: Mapping[str, str], log_path: Pa
     broker = settings.kafka_bootstrap
     config = settings.kafka_config()
     create_topics(broker, config, TOPICS)
-    gateway, bootstrap = gateway_child(env, broker, log_path, VIRTUAL_CLUSTER)
+    child_env, bootstrap = gateway_env(env, broker, VIRTUAL_CLUSTER)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    gateway = Child("gateway", ["gateway"], child_env, log_path)
     leg = GatewayLeg(datetime.now(UTC).strftime("%Y-%m"))
     gateway.start()
     try:
-        if not wait_listening(gateway, bootstrap):
+        if not wait_listening(bootstrap, gateway.alive):
             raise RuntimeError(f"the gateway did not come up; see {log_path}")
         producers = [c for c in CLIENTS if c.direction == "produce"]
         leg.reports = run_parallel(

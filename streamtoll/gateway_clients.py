@@ -1,7 +1,7 @@
 """Real Kafka clients through ``streamtoll gateway``, for ``streamtoll up`` and ``streamtoll demo``.
 
-* :func:`gateway_child` — the gateway as a supervised child process (``streamtoll.up.Child``)
-  in front of a cluster, on free local ports unless ``GATEWAY_LISTEN`` is set.
+* :func:`gateway_env` — the environment of a ``streamtoll gateway`` child in front of a cluster,
+  on free local ports unless ``GATEWAY_LISTEN`` is set; :func:`wait_listening` until it serves.
 * :func:`produce_through` / :func:`consume_through` — confluent-kafka producers and consumers
   with their own client ids, and what their delivery reports and consumed messages say.
 * :func:`broker_batches` — records and record-batch bytes a topic holds, read straight from the
@@ -19,10 +19,9 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -37,14 +36,13 @@ from kio.static.primitive import i8, i16, i32, i32Timedelta, i64
 
 from gateway.protocol import response_body_offset
 from streamtoll.embedded import free_port
-from streamtoll.up import Child
 
 __all__ = [
     "ClientReport",
     "broker_batches",
     "consume_through",
     "create_topics",
-    "gateway_child",
+    "gateway_env",
     "produce_through",
     "read_ends",
     "wait_listening",
@@ -53,12 +51,12 @@ __all__ = [
 FETCH = 1
 
 
-def gateway_child(
-    env: Mapping[str, str], kafka_bootstrap: str, log_path: Path, virtual_cluster: str | None = None
-) -> tuple[Child, str]:
-    """``streamtoll gateway`` in front of ``kafka_bootstrap`` (its audit events go there too) and
-    the bootstrap address clients use: ``GATEWAY_LISTEN`` when set, else free ports on 127.0.0.1
-    (the bootstrap port and one broker port: a local broker is a single node)."""
+def gateway_env(
+    env: Mapping[str, str], kafka_bootstrap: str, virtual_cluster: str | None = None
+) -> tuple[dict[str, str], str]:
+    """The environment of ``streamtoll gateway`` in front of ``kafka_bootstrap`` (its audit events
+    go there too) and the bootstrap address its clients use: ``GATEWAY_LISTEN`` when set, else
+    free ports on 127.0.0.1 (the bootstrap port and one broker port: a local broker is one node)."""
     child_env = {**env, "STREAMTOLL_KAFKA_BOOTSTRAP": kafka_bootstrap}
     child_env.pop("STREAMTOLL_METRICS_BIND", None)
     if not child_env.get("STREAMTOLL_GATEWAY_LISTEN"):
@@ -66,23 +64,17 @@ def gateway_child(
         child_env["STREAMTOLL_GATEWAY_BROKER_PORTS"] = str(free_port())
     if virtual_cluster is not None:
         child_env["STREAMTOLL_GATEWAY_VIRTUAL_CLUSTER"] = virtual_cluster
-    listen = child_env["STREAMTOLL_GATEWAY_LISTEN"]
-    host, port = listen.rsplit(":", 1)
+    host, port = child_env["STREAMTOLL_GATEWAY_LISTEN"].rsplit(":", 1)
     advertised = child_env.get("STREAMTOLL_GATEWAY_ADVERTISED_HOST") or host
-    if advertised in ("0.0.0.0", "::", "[::]"):
-        advertised = "127.0.0.1"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    return Child("gateway", ["gateway"], child_env, log_path), f"{advertised}:{port}"
+    return child_env, f"{advertised}:{port}"
 
 
-def wait_listening(child: Child, bootstrap: str, timeout: float = 30.0) -> bool:
+def wait_listening(bootstrap: str, alive: Callable[[], bool], timeout: float = 30.0) -> bool:
     """True once the gateway accepts connections on ``bootstrap`` (it listens only after it has
-    learned the upstream brokers); False if it exits first or ``timeout`` passes."""
+    learned the upstream brokers); False if it stops being ``alive`` or ``timeout`` passes."""
     host, port = bootstrap.rsplit(":", 1)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.proc is not None and child.proc.poll() is not None:
-            return False
+    while time.monotonic() < deadline and alive():
         try:
             socket.create_connection((host.strip("[]"), int(port)), timeout=0.2).close()
             return True
