@@ -693,6 +693,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from billing.services.keys import create_key
     from metering.engine.topics import ensure_topics
     from streamtoll import up
+    from streamtoll.gateway_clients import wait_listening
 
     billing = _billing_settings()
     metering = _settings()
@@ -731,20 +732,33 @@ def cmd_up(args: argparse.Namespace) -> int:
             if not up.wait_healthy(urls["api"]):
                 raise UserError(f"the API did not become healthy; see {kids[-1].log_path}")
             traffic = args.traffic if args.traffic is not None else embedded_kafka
-            with up.trickle(settings, traffic):
+            gateway = next(k for k in kids if k.name == "gateway")
+            if not wait_listening(urls["gateway"], gateway.alive):
+                print(f"the gateway did not come up; see {gateway.log_path}", file=sys.stderr, flush=True)
+            with up.traffic(settings, urls["gateway"] if gateway.alive() else None, traffic):
                 live = urls["api"] + "/live" + (f"#key={key}" if key else "")
                 print("streamtoll is up:", flush=True)
                 print(f"  live page    {live}", flush=True)
                 if not key:
                     print("               (create a key: streamtoll keys create --role ops)", flush=True)
                 print(f"  API          {urls['api']}  (OpenAPI: {urls['api']}/openapi.json)", flush=True)
-                print(f"  metrics      {urls['api']}/metrics  {urls['worker_metrics']}  {urls['sink_metrics']}")
+                print(
+                    f"  metrics      {urls['api']}/metrics  {urls['worker_metrics']}  {urls['sink_metrics']}  "
+                    f"{urls['gateway_metrics']}"
+                )
                 kafka_kind = "embedded, memory storage" if embedded_kafka else "STREAMTOLL_KAFKA_BOOTSTRAP"
                 print(f"  Kafka        {settings.kafka_bootstrap}  ({kafka_kind})", flush=True)
+                print(
+                    f"  gateway      {urls['gateway']}  (Kafka clients connect here; every Produce and Fetch metered)"
+                )
                 print(f"  PostgreSQL   {'embedded, .streamtoll/pg' if embedded_db else 'STREAMTOLL_DATABASE_URL'}")
                 print(f"  logs         {Path('.streamtoll') / 'logs'}/", flush=True)
                 if traffic:
-                    print("  traffic      a few hundred proxy audit records/s for the sample principals", flush=True)
+                    print(
+                        "  traffic      confluent-kafka producers and consumers through the gateway, a few hundred "
+                        "records/s (client ids acme-*, initech-*, hooli-test)",
+                        flush=True,
+                    )
                 print("Ctrl-C stops everything.", flush=True)
                 stop.wait()
                 print("stopping …", file=sys.stderr, flush=True)

@@ -6,13 +6,19 @@ principals and some unassigned ones (proxy audit with retries, late, bad and ign
 tombstones; broker metrics with a counter reset and retried exports; audit log with denied
 requests), meter it with the real worker loop, check the published usage windows against the
 generator's own ground truth, sink them into PostgreSQL with the real sink (checked again), bill
-the month, finalize, and write to ``out/``:
+the month, finalize. A gateway leg (``streamtoll.demo_gateway``) runs ``streamtoll gateway`` in
+front of the broker with a few real confluent-kafka producers and consumers going through it
+now; their usage goes through the same worker and sink, is billed on the current month's draft
+invoices and is checked against what the clients sent. Everything is written to ``out/``:
 
 * ``invoices/<number>.pdf`` — the stored PDF of every finalized invoice
 * ``statements/<account>-<period>.csv`` — each billed account's usage statement
 * ``summary.json`` — period, records, usage per account, source and direction, invoices, DLQ
   counts, whether everything matched the ground truth, wall time
 * ``usage-windows.csv``, ``dlq.csv``, ``invoices.json``
+* ``gateway.json`` — the gateway leg: each client's report, and per account and direction what
+  the clients sent against the metered windows, stored usage, statement and invoice lines;
+  ``gateway.log`` — the gateway's log
 
 The billed month is the last complete calendar month (``--period`` to choose). Its traffic is
 up to two months old when produced, so the demo's worker accepts events that late
@@ -24,10 +30,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +56,7 @@ from billing.services.usage import usage_report
 from metering.engine import Engine
 from metering.engine.topics import ensure_topics
 from metering.settings import MeteringSettings
+from streamtoll import demo_gateway
 from streamtoll.traffic import HOUR, Traffic, committed, produce, read_all, window_totals
 
 __all__ = ["PRINCIPALS", "default_period", "demo_traffic", "run_demo"]
@@ -121,9 +130,14 @@ def run_demo(
     engine = Engine(settings)
     thread = threading.Thread(target=engine.run, name="metering", daemon=True)
     thread.start()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with console.status("gateway: real clients produce and consume through streamtoll gateway"):
+        leg = demo_gateway.run_clients(settings, os.environ, out_dir / "gateway.log")
     with _progress(console) as progress:
         task = progress.add_task("producing audit records", total=len(traffic.records))
         ends = produce(bootstrap, _counting(traffic.records, progress, task))
+        for k, v in leg.audit_ends.items():  # the gateway's audit events are the worker's input too
+            ends[k] = max(ends.get(k, 0), v)
         total = sum(ends.values())
         meter = progress.add_task("metering", total=total)
         deadline = time.monotonic() + 900
@@ -142,10 +156,12 @@ def run_demo(
     rows = read_all(bootstrap, settings.topic_usage_windows, 4)
     got_windows = window_totals(rows)
     want = {k: v for k, v in traffic.truth.items() if any(v)}
-    metered_exactly = {k: v for k, v in got_windows.items() if any(v)} == want
+    synthetic = {k: v for k, v in got_windows.items() if any(v) and k[3] != demo_gateway.VIRTUAL_CLUSTER}
+    metered_exactly = synthetic == want
+    # the gateway leg's windows are checked against its clients (below); the sink must store them too
+    want_stored = {**want, **{k: v for k, v in got_windows.items() if k[3] == demo_gateway.VIRTUAL_CLUSTER}}
     dlq = read_all(bootstrap, settings.topic_dlq, 4)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     cols = ["source", "principal", "client_id", "virtual_cluster", "topic", "direction", "window_start"]
     columns = [*cols, "bytes", "records", "requests", "denied_requests"]
     windows = [(*k, *v) for k, v in sorted(got_windows.items())]
@@ -154,8 +170,14 @@ def run_demo(
     (out_dir / "dlq.csv").write_text(csv_text(["reason", "topic", "partition", "offset", "detail"], dlq_rows))
 
     db = _prepare_database(database_url)
-    sunk_exactly = _sink(settings, db, want, console)
+    sunk_exactly = _sink(settings, db, want_stored, console)
     bills = _bill(db, period, out_dir, console, issuer)
+    gateway = demo_gateway.compare(db, leg, demo_gateway.gateway_windows(got_windows))
+    if gateway["period"] != period:
+        for account in gateway["invoices"]:
+            doc = statement(db, account, gateway["period"])
+            (out_dir / "statements" / f"{account}-{gateway['period']}.csv").write_text(statement_csv(doc))
+    (out_dir / "gateway.json").write_text(json.dumps(gateway, indent=1, default=str))
     usage = usage_report(
         db,
         datetime(start.year, start.month, start.day, tzinfo=UTC),
@@ -163,7 +185,7 @@ def run_demo(
         ("account", "source", "direction"),
     )
     dlq_counts = dict(sorted(Counter(d["reason"] for d in dlq).items()))
-    exact = metered_exactly and sunk_exactly and dlq_counts == dict(sorted(traffic.dlq.items()))
+    exact = metered_exactly and sunk_exactly and dlq_counts == dict(sorted(traffic.dlq.items())) and gateway["matches"]
     wall = time.monotonic() - started
     summary: dict[str, Any] = {
         "period": period,
@@ -174,6 +196,7 @@ def run_demo(
         "dlq": dlq_counts,
         "metered_exactly": metered_exactly,
         "sunk_exactly": sunk_exactly,
+        "gateway": gateway,
         "matches_ground_truth": exact,
         "wall_time_s": round(wall, 1),
         "seed": seed,
@@ -181,6 +204,7 @@ def run_demo(
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     (out_dir / "invoices.json").write_text(json.dumps(summary["invoices"], indent=1))
     _print_summary(console, summary, usage, out_dir)
+    _print_gateway(console, gateway)
     db.dispose()
     return exact
 
@@ -296,4 +320,54 @@ def _print_summary(console: Console, summary: dict[str, Any], usage: list[dict[s
     console.print(f"DLQ by reason            {summary['dlq']}")
     console.print(f"matches ground truth     {'yes' if summary['matches_ground_truth'] else 'NO'}")
     console.print(f"wall time                {summary['wall_time_s']:.1f} s")
-    console.print(f"written to {out_dir}/: invoices/*.pdf, statements/*.csv, summary.json, usage-windows.csv, dlq.csv")
+    console.print(
+        f"written to {out_dir}/: invoices/*.pdf, statements/*.csv, summary.json, gateway.json, "
+        "usage-windows.csv, dlq.csv, gateway.log"
+    )
+
+
+def _print_gateway(console: Console, gateway: dict[str, Any]) -> None:
+    """The gateway leg: what the clients sent, then each stage — "same" or what it held instead."""
+    t = Table(title=f"gateway leg · {gateway['period']} · real clients through streamtoll gateway")
+    for col in (
+        "account",
+        "direction",
+        "records sent",
+        "bytes sent",
+        "metered",
+        "stored",
+        "statement",
+        "invoice",
+        "ok",
+    ):
+        t.add_column(col, justify="left" if col in ("account", "direction") else "right")
+
+    def stage(want: list[int], got: list[int] | None) -> str:
+        if got is None:
+            return "—"
+        return "same" if got == want else f"[red]{got[1]:,} rec, {got[0]:,} B[/]"
+
+    for r in gateway["rows"]:
+        want = [r["sent_bytes"], r["sent_records"]]
+        priced = ", ".join(
+            f"{m} {Decimal(v['quantity']).normalize():f} {v['unit'] or ''}".rstrip()
+            for m, v in r["invoice_lines"].items()
+        )
+        t.add_row(
+            r["account"],
+            r["direction"],
+            f"{r['sent_records']:,}",
+            f"{r['sent_bytes']:,}",
+            stage(want, r["metered"]),
+            stage(want, r["stored"]),
+            stage(want, r["statement"]),
+            f"{r['invoice']}: {priced}" if r["invoice"] else "— (no account)",
+            "yes" if r["matches"] else "[red]NO[/]",
+        )
+    console.print()
+    console.print(t)
+    console.print(
+        f"gateway leg matches      {'yes' if gateway['matches'] else 'NO'} "
+        f"(clients' delivery reports and reads vs metered, stored, statement, invoice lines; "
+        f"{gateway['wall_time_s']:.1f} s)"
+    )

@@ -2,23 +2,25 @@
 
 The command line starts the embedded broker and PostgreSQL where their settings are unset; this
 module migrates the database, loads the sample catalog into an *embedded* database that has no
-accounts yet, and runs three children — ``streamtoll worker``, ``streamtoll sink`` and
-``streamtoll api`` (with the live page) — each with its own log under ``.streamtoll/logs``. A
-child that exits on its own is restarted with backoff (1 s doubling to 30 s). Ctrl-C or SIGTERM
-stops the children in order (API, sink, worker: each finishes its batch and commits), then the
-broker and the database. Every child gets SIGTERM if the supervisor itself dies, however it
-dies (Linux ``PR_SET_PDEATHSIG``), so no orphan worker or API is left behind.
+accounts yet, and runs four children — ``streamtoll worker``, ``streamtoll sink``,
+``streamtoll gateway`` (in front of the broker: ``GATEWAY_LISTEN`` when set, else free local
+ports) and ``streamtoll api`` (with the live page) — each with its own log under
+``.streamtoll/logs``. A child that exits on its own is restarted with backoff (1 s doubling to
+30 s). Ctrl-C or SIGTERM stops the children in order (API; gateway, which drains and flushes its
+audit events; sink; worker: each finishes its batch and commits), then the broker and the
+database. Every child gets SIGTERM if the supervisor itself dies, however it dies (Linux
+``PR_SET_PDEATHSIG``), so no orphan worker or API is left behind.
 
-With an embedded broker there is no other traffic, so a small generator produces proxy audit
-records for the sample principals (a few hundred a second, some retries and a bad record now and
-then) to make the live page move; ``--no-traffic`` turns it off, ``--traffic`` turns it on
-against a real cluster (it writes to the proxy audit topic: never do that in production).
+With an embedded broker there is no other traffic, so :func:`gateway_traffic` runs real
+confluent-kafka producers and consumers through the gateway (client ids the sample client rules
+give to acme and initech, and one nobody's), a few hundred records a second, to make the live
+page move with gateway-metered usage; ``--no-traffic`` turns it off, ``--traffic`` turns it on
+against a real cluster (it creates and writes ``demo.*`` topics there: never in production).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import signal
@@ -26,23 +28,21 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 import httpx
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 
 from metering.settings import MeteringSettings
 from streamtoll.embedded import _die_with_parent, free_port
-from streamtoll.traffic import rfc3339
+from streamtoll.gateway_clients import create_topics, gateway_env
 
-__all__ = ["Child", "Supervisor", "demo_trickle"]
+__all__ = ["Child", "Supervisor", "gateway_traffic", "traffic"]
 
 SAMPLES = Path(__file__).parent / "samples"
-PRINCIPALS = ["User:acme-orders", "User:acme-billing", "User:globex-analytics", "User:initech-iot", "User:hooli-test"]
 
 
 @dataclass
@@ -66,6 +66,9 @@ class Child:
             stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
         )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = 30.0) -> None:
         proc = self.proc
@@ -127,63 +130,81 @@ def wait_healthy(base: str, timeout: float = 90.0) -> bool:
     return False
 
 
-def demo_trickle(settings: MeteringSettings, stop: threading.Event, per_second: int = 200) -> None:
-    """Proxy audit records for the sample principals, now, until ``stop`` (with retries and a
-    bad record every ten seconds or so, so the DLQ and dedup show up too)."""
-    assert settings.kafka_bootstrap
-    producer = Producer({**settings.kafka_config(), "linger.ms": 20})
+TRAFFIC_TOPICS = {"demo.orders": 3, "demo.payments": 2, "demo.telemetry": 2}
+# client id, topic, records a second, value bytes (about): acme-* and initech-* are the sample
+# accounts' client id rules; hooli-test matches no rule (unassigned)
+TRAFFIC_PRODUCERS = [
+    ("acme-orders", "demo.orders", 60, 500),
+    ("acme-billing", "demo.payments", 30, 300),
+    ("initech-sensors", "demo.telemetry", 120, 120),
+    ("hooli-test", "demo.orders", 10, 1000),
+]
+TRAFFIC_CONSUMERS = [("acme-fulfilment", "demo.orders"), ("initech-dashboard", "demo.telemetry")]
+
+
+def gateway_traffic(bootstrap: str, stop: threading.Event) -> None:
+    """Producers and consumers through the gateway at ``bootstrap`` until ``stop``."""
+    producers = [
+        (Producer({"bootstrap.servers": bootstrap, "client.id": cid, "linger.ms": 20}), topic, rate, size)
+        for cid, topic, rate, size in TRAFFIC_PRODUCERS
+    ]
+    readers = [threading.Thread(target=_read, args=(bootstrap, c, t, stop), daemon=True) for c, t in TRAFFIC_CONSUMERS]
+    for r in readers:
+        r.start()
     rnd = random.Random()
-    recent: list[bytes] = []
-    tick = 0
     while not stop.wait(0.1):
-        tick += 1
-        for _ in range(per_second // 10):
-            principal = rnd.choice(PRINCIPALS)
-            direction = rnd.choice(("produce", "consume", "consume"))
-            doc = {
-                "specversion": "1.0",
-                "id": str(uuid.uuid4()),
-                "source": "//proxy/streamtoll-up",
-                "type": "io.streamtoll.kafka.produce" if direction == "produce" else "io.streamtoll.kafka.fetch",
-                "time": rfc3339(time.time()),
-                "subject": principal,
-                "data": {
-                    "client_id": rnd.choice(("app-1", "app-2")),
-                    "topic": rnd.choice(("orders", "payments", "telemetry.raw")),
-                    "records": rnd.randint(1, 500),
-                    "bytes": rnd.randint(1_000, 400_000),
-                },
-            }
-            value = json.dumps(doc).encode()
-            recent = [*recent[-99:], value]
-            producer.produce(settings.topic_proxy_audit, value, key=principal.encode())
-        if rnd.random() < 0.05:
-            producer.produce(settings.topic_proxy_audit, rnd.choice(recent))  # a retry
-        if tick % 100 == 0:
-            producer.produce(settings.topic_proxy_audit, b'{"specversion":"1.0","id":', key=b"User:hooli-test")
-        producer.poll(0)
-    producer.flush(10)
+        for p, topic, rate, size in producers:
+            for _ in range(rate // 10):
+                with contextlib.suppress(BufferError):  # the gateway is restarting: skip, not pile up
+                    p.produce(topic, rnd.randbytes(rnd.randint(size // 2, size * 3 // 2)), key=str(rnd.randrange(64)))
+            p.poll(0)
+    for p, *_ in producers:
+        p.flush(5)
+    for r in readers:
+        r.join(15)
+
+
+def _read(bootstrap: str, client_id: str, topic: str, stop: threading.Event) -> None:
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "client.id": client_id,
+            "group.id": client_id,
+            "session.timeout.ms": 6000,
+            "auto.offset.reset": "latest",
+            "fetch.queue.backoff.ms": 10,
+        }
+    )
+    c.subscribe([topic])
+    try:
+        while not stop.is_set():
+            c.consume(1000, 0.5)
+    finally:
+        c.close()
 
 
 @contextlib.contextmanager
-def trickle(settings: MeteringSettings, enabled: bool) -> Iterator[None]:
-    if not enabled:
+def traffic(settings: MeteringSettings, gateway: str | None, enabled: bool) -> Iterator[None]:
+    """:func:`gateway_traffic` in a thread while the block runs (nothing without a gateway)."""
+    if not enabled or gateway is None:
         yield
         return
+    assert settings.kafka_bootstrap
+    create_topics(settings.kafka_bootstrap, settings.kafka_config(), TRAFFIC_TOPICS)
     stop = threading.Event()
-    thread = threading.Thread(target=demo_trickle, args=(settings, stop), name="traffic", daemon=True)
+    thread = threading.Thread(target=gateway_traffic, args=(gateway, stop), name="traffic", daemon=True)
     thread.start()
     try:
         yield
     finally:
         stop.set()
-        thread.join(15)
+        thread.join(20)
 
 
 def children(
     settings: MeteringSettings, database_url: str, api_bind: str, logs: Path
 ) -> tuple[list[Child], dict[str, str]]:
-    """The three children and the URLs they serve."""
+    """The four children, the URLs they serve and the gateway's bootstrap address."""
     assert settings.kafka_bootstrap
     base = {k: v for k, v in os.environ.items()}
     base.update(
@@ -198,16 +219,20 @@ def children(
         }
     )
     base.pop("STREAMTOLL_METRICS_BIND", None)
-    worker_port, sink_port = free_port(), free_port()
+    worker_port, sink_port, gateway_port = free_port(), free_port(), free_port()
+    gw_env, gateway = gateway_env(base, settings.kafka_bootstrap)
     logs.mkdir(parents=True, exist_ok=True)
-    kids = [
+    kids = [  # stopped in reverse: the API, the gateway (its last events still reach the worker), …
         Child("worker", ["worker", "--metrics-bind", f"127.0.0.1:{worker_port}"], base, logs / "worker.log"),
         Child("sink", ["sink", "--metrics-bind", f"127.0.0.1:{sink_port}"], base, logs / "sink.log"),
+        Child("gateway", ["gateway", "--metrics-bind", f"127.0.0.1:{gateway_port}"], gw_env, logs / "gateway.log"),
         Child("api", ["api", "--bind", api_bind], base, logs / "api.log"),
     ]
     urls = {
         "api": f"http://{api_bind}",
         "worker_metrics": f"http://127.0.0.1:{worker_port}/metrics",
         "sink_metrics": f"http://127.0.0.1:{sink_port}/metrics",
+        "gateway_metrics": f"http://127.0.0.1:{gateway_port}/metrics",
+        "gateway": gateway,
     }
     return kids, urls

@@ -1,5 +1,6 @@
-"""`streamtoll up` on embedded defaults: comes up with its URLs, shows live traffic, restarts a
-child that dies, and Ctrl-C leaves no process behind (no orphan broker, database or worker)."""
+"""`streamtoll up` on embedded defaults: comes up with its URLs, shows live traffic (real clients
+through the gateway, which meters them), restarts a child that dies, and Ctrl-C leaves no
+process behind (no orphan broker, database, gateway or worker)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from confluent_kafka import Producer
 
 from streamtoll.embedded import free_port
 
@@ -75,6 +77,28 @@ def test_up_runs_everything_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
         while acme_bytes() == 0:
             assert time.monotonic() < deadline, "no live traffic shown within 60 s"
             time.sleep(1)
+
+        # the traffic is real clients through the gateway: it meters their produces and fetches
+        gateway = re.search(r"^  gateway +(\S+)", out, re.M)
+        assert gateway, out
+        gateway_metrics = re.search(r"^  metrics .* (http://\S+/metrics)$", out, re.M)
+        assert gateway_metrics, out
+
+        def metered(direction: str) -> float:
+            text = httpx.get(gateway_metrics.group(1), timeout=10).text
+            line = f'streamtoll_gateway_metered_records_total{{direction="{direction}"}} '
+            return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith(line))
+
+        deadline = time.monotonic() + 60
+        while metered("produce") == 0 or metered("fetch") == 0:
+            assert time.monotonic() < deadline, "the gateway metered no produce and fetch within 60 s"
+            time.sleep(1)
+        # and a client of our own reaches the broker through the printed address
+        delivered: list[object] = []
+        producer = Producer({"bootstrap.servers": gateway.group(1), "client.id": "acme-probe"})
+        producer.produce("demo.orders", b"probe", on_delivery=lambda err, msg: delivered.append(err))
+        producer.flush(15)
+        assert delivered == [None]
 
         # a child that dies is restarted by the supervisor, and metering goes on
         worker = [pid for pid, cmd in _processes_in(tmp_path).items() if "streamtoll.cli worker" in cmd]

@@ -53,11 +53,12 @@ def _applied_docs() -> list[tuple[str, dict[str, Any]]]:
 
 
 def _pod_specs() -> dict[str, dict[str, Any]]:
-    """The pod spec of each Deployment and Job the kustomization applies, by workload name."""
+    """The pod spec of each Deployment, StatefulSet and Job the kustomization applies, by workload
+    name."""
     return {
         doc["metadata"]["name"]: doc["spec"]["template"]["spec"]
         for _, doc in _applied_docs()
-        if doc["kind"] in ("Deployment", "Job")
+        if doc["kind"] in ("Deployment", "StatefulSet", "Job")
     }
 
 
@@ -121,6 +122,8 @@ def test_kubernetes_manifests_match_the_api_schemas() -> None:
         ("ScaledObject", "streamtoll-worker"),
         ("TriggerAuthentication", "streamtoll-kafka"),
         ("Service", "streamtoll-api"),
+        ("StatefulSet", "streamtoll-gateway"),
+        ("Service", "streamtoll-gateway"),
     } <= kinds
     for name, doc in docs:
         if doc["kind"] in KEDA_KINDS:
@@ -156,7 +159,7 @@ def test_kubernetes_pods_run_real_commands_with_real_settings() -> None:
             refs = {(kind, ref["name"]) for r in c["envFrom"] for kind, ref in r.items()}
             assert refs <= {("configMapRef", "streamtoll"), ("secretRef", "streamtoll-kafka")}, refs
             assert ("configMapRef", "streamtoll") in refs
-    assert {"worker", "sink", "api", "db"} <= set(roles)
+    assert {"worker", "sink", "api", "db", "gateway"} <= set(roles)
     assert roles["api"]["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert roles["api"]["livenessProbe"]["httpGet"]["path"] == "/healthz/live"
     # workers: a unique instance id per pod (the replica bounds: test_deploy_keda.py)
@@ -177,7 +180,7 @@ def test_compose_file_matches_the_compose_spec_and_streamtoll() -> None:
     errors = sorted(jsonschema.Draft7Validator(_compose_schema()).iter_errors(doc), key=lambda e: list(e.path))
     assert not errors, [f"{list(e.path)}: {e.message}" for e in errors[:5]]
     services = doc["services"]
-    assert {"kafka", "postgres", "migrate", "worker-0", "worker-1", "sink", "api"} <= set(services)
+    assert {"kafka", "postgres", "migrate", "worker-0", "worker-1", "sink", "api", "gateway"} <= set(services)
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
     instance_ids = set()
     for name, svc in services.items():
@@ -273,8 +276,8 @@ def test_compose_services_never_embed_and_connect_as_their_database_roles() -> N
         assert env["STREAMTOLL_EMBEDDED"] == "never", name
         command = svc["command"][0]
         url = env.get("STREAMTOLL_DATABASE_URL")
-        if command == "worker":
-            assert url is None, f"{name}: workers use no database"
+        if command in ("worker", "gateway"):
+            assert url is None, f"{name}: workers and the gateway use no database"
             assert "migrate" not in svc.get("depends_on", {})
             continue
         assert url is not None, name
@@ -300,10 +303,38 @@ def test_compose_services_never_embed_and_connect_as_their_database_roles() -> N
         assert f":{psql_vars[var]}@" in url, f"{service}'s URL and {var} differ"
 
 
+def _interpolated(value: str) -> str:
+    """A compose value with ``${NAME:-default}`` as compose makes it when NAME is unset."""
+    return re.sub(r"\$\{[A-Za-z0-9_]+:-([^}]*)\}", r"\1", value)
+
+
+def test_compose_gateway_fronts_the_broker_on_the_ports_it_publishes() -> None:
+    """Clients on the host bootstrap at the gateway and are sent to its broker ports: every port
+    the gateway listens on is published as itself, the advertised host is one the host reaches,
+    and the upstream is the broker's listener inside the network."""
+    from gateway.settings import GatewaySettings
+
+    services = _compose()["services"]
+    gw = services["gateway"]
+    env = {k: _interpolated(v) for k, v in _compose_env(gw).items()}
+    settings = GatewaySettings.from_env(env)  # raises on any invalid gateway setting
+    ports = {settings.listen_port, *settings.broker_ports}
+    assert len(settings.broker_ports) >= 1  # one broker in this file
+    published = {tuple(p.split(":")) for p in gw["ports"]}
+    assert published == {(str(p), str(p)) for p in ports}  # the port clients are told is the one published
+    assert settings.advertised_host == "localhost" and settings.listen_host == "0.0.0.0"
+    kafka_env = services["kafka"]["environment"]
+    advertised = dict(e.split("://") for e in kafka_env["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    assert settings.upstream_bootstrap == advertised[kafka_env["KAFKA_INTER_BROKER_LISTENER_NAME"]]
+    assert gw["depends_on"]["kafka"] == {"condition": "service_healthy"}
+    # SIGTERM drains (in-flight requests answered for up to 30 s, then the audit flush)
+    assert int(gw["stop_grace_period"].rstrip("s")) >= 45
+
+
 def test_compose_healthchecks_ask_the_health_endpoints() -> None:
     for name, svc in _streamtoll_services().items():
         command = svc["command"]
-        if command[0] in ("worker", "sink"):
+        if command[0] in ("worker", "sink", "gateway"):
             port = _compose_env(svc)["STREAMTOLL_METRICS_BIND"].rsplit(":", 1)[1]
         elif command[0] == "api":
             port = command[command.index("--bind") + 1].rsplit(":", 1)[1]

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from streamtoll.cli import build_parser
+from tests.tls import make_ca
 
 from .test_deploy import (
     DEPLOY,
@@ -141,8 +142,8 @@ def test_each_component_connects_to_the_database_as_its_own_role() -> None:
         for c in _containers(spec):
             command = c["args"][0]
             url = _env(c).get("STREAMTOLL_DATABASE_URL")
-            if command == "worker":
-                assert url is None, f"{workload}: workers use no database"
+            if command in ("worker", "gateway"):
+                assert url is None, f"{workload}: workers and the gateway use no database"
                 continue
             assert isinstance(url, dict) and "valueFrom" in url, f"{workload}/{c['name']}: the URL is a secret"
             ref = url["valueFrom"]["secretKeyRef"]
@@ -165,8 +166,8 @@ def _port(container: dict[str, Any], port: int | str) -> int:
     return int(next(p["containerPort"] for p in container["ports"] if p.get("name") == port))
 
 
-def test_worker_and_sink_probes_ask_their_metrics_server() -> None:
-    """Worker and sink serve /metrics, /healthz and /healthz/live on METRICS_BIND
+def test_worker_sink_and_gateway_probes_ask_their_metrics_server() -> None:
+    """Worker, sink and gateway serve /metrics, /healthz and /healthz/live on METRICS_BIND
     (streamtoll/metrics.py); /healthz answers 503 while Kafka or the database is away, so it is
     readiness only; /healthz/live says whether the loop turns."""
     for spec in _pod_specs().values():
@@ -174,7 +175,7 @@ def test_worker_and_sink_probes_ask_their_metrics_server() -> None:
             for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
                 assert "tcpSocket" not in c.get(probe, {}), f"{c['name']}: {probe} only sees the port open"
             command = c["args"][0]
-            if command not in ("worker", "sink"):
+            if command not in ("worker", "sink", "gateway"):
                 continue
             args = build_parser().parse_args(c["args"])
             bind = args.metrics_bind or _env(c)["STREAMTOLL_METRICS_BIND"]
@@ -185,6 +186,56 @@ def test_worker_and_sink_probes_ask_their_metrics_server() -> None:
             assert _port(c, ready["port"]) == _port(c, live["port"]) == port, command
     metrics = (DEPLOY.parent / "streamtoll" / "metrics.py").read_text()
     assert '"/healthz"' in metrics and '"/healthz/live"' in metrics
+
+
+def _gateway() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The gateway's StatefulSet, its container and its Service."""
+    docs = {(d["kind"], d["metadata"]["name"]): d for _, d in _applied_docs()}
+    deployment = docs[("StatefulSet", "streamtoll-gateway")]
+    container = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["args"][0] == "gateway")
+    return deployment, container, docs[("Service", "streamtoll-gateway")]
+
+
+def test_the_gateway_service_has_a_port_per_gateway_port(tmp_path: Path) -> None:
+    """Clients bootstrap at the Service and are sent to ``GATEWAY_ADVERTISED_HOST`` and a broker's
+    gateway port: the Service names the pods, resolves under the advertised host, and carries the
+    bootstrap port and every broker port to the same port of whichever replica takes it."""
+    from gateway.settings import GatewaySettings
+
+    deployment, container, service = _gateway()
+    env = {k: v for k, v in _env(container).items() if isinstance(v, str)}
+    # TLS on the client ports from the mounted streamtoll-gateway-tls Secret: a real pair here
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert env["STREAMTOLL_GATEWAY_TLS_CERT"] == mounts["gateway-tls"] + "/tls.crt"
+    assert env["STREAMTOLL_GATEWAY_TLS_KEY"] == mounts["gateway-tls"] + "/tls.key"
+    assert "STREAMTOLL_GATEWAY_ALLOW_PLAINTEXT" not in env
+    ca = make_ca(tmp_path)
+    env |= {"STREAMTOLL_GATEWAY_TLS_CERT": str(ca.server_cert), "STREAMTOLL_GATEWAY_TLS_KEY": str(ca.server_key)}
+    settings = GatewaySettings.from_env(env)  # raises on any invalid gateway setting
+    assert settings.tls is not None
+    # each replica's audit journal on a volume of its own
+    claims = {c["metadata"]["name"] for c in deployment["spec"]["volumeClaimTemplates"]}
+    assert env["STREAMTOLL_GATEWAY_JOURNAL_DIR"] == mounts["journal"] and "journal" in claims
+    gateway_ports = {settings.listen_port, *settings.broker_ports}
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    metrics = int(env["STREAMTOLL_METRICS_BIND"].rsplit(":", 1)[1])
+    assert set(named.values()) == gateway_ports | {metrics}
+    assert metrics not in gateway_ports
+    served = {
+        p["port"]: named[p["targetPort"]] if isinstance(p["targetPort"], str) else p["targetPort"]
+        for p in service["spec"]["ports"]
+    }
+    assert served == {p: p for p in gateway_ports}, "each gateway port is the Service port of the same number"
+    # the Service selects the gateway's pods, and clients resolve the advertised host to it
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    namespace = _kustomization()["namespace"]
+    assert settings.advertised_host.startswith(f"{service['metadata']['name']}.{namespace}.svc")
+    # a port for every broker of the upstream cluster, and spares for brokers it gains
+    upstream = settings.upstream(_configmap()["STREAMTOLL_KAFKA_BOOTSTRAP"])
+    assert len(settings.broker_ports) > len(upstream) >= 1
+    # the drain (requests in flight answered for up to 30 s, then the audit flush) fits the grace
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 45
 
 
 def test_the_kafka_ca_is_mounted_where_the_settings_look() -> None:
@@ -293,9 +344,10 @@ def test_kustomize_builds_the_release() -> None:
     assert all(d["metadata"].get("namespace") == "streamtoll" for d in docs if d["kind"] != "Namespace")
     assert not any(d["kind"] == "Secret" for d in docs)
     for d in docs:
-        if d["kind"] in ("Deployment", "Job"):
+        if d["kind"] in ("Deployment", "StatefulSet", "Job"):
             for c in _containers(d["spec"]["template"]["spec"]):
                 assert c["image"] == f"{image['newName']}:{image['newTag']}"
+    assert {("StatefulSet", "streamtoll-gateway"), ("Service", "streamtoll-gateway")} <= set(by_kind)
     config = by_kind[("ConfigMap", "streamtoll")]["data"]
     trigger = by_kind[("ScaledObject", "streamtoll-worker")]["spec"]["triggers"][0]["metadata"]
     assert trigger["bootstrapServers"] == config["STREAMTOLL_KAFKA_BOOTSTRAP"]
