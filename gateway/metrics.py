@@ -17,6 +17,10 @@ Served on ``/metrics`` with ``/healthz`` (ready while the listeners are open) an
 * ``audit_journal_bytes`` / ``audit_journal_max_bytes`` — what the journal's segments take, and
   its bound; ``audit_journal_age_seconds`` — how long its oldest unconfirmed event has waited
   (0 when none waits); ``audit_journal_full`` — 1 while it is full
+* ``upstream_latency_seconds{api}`` — histogram of the time from forwarding a request upstream
+  to reading its response, by API name (every API the gateway forwards and expects an answer
+  to; ``gateway.latency``). **Fetch's includes the broker's wait for data** (``max_wait_ms``),
+  so an idle consumer's fetches sit near that wait
 * ``refused_requests_total{api}`` — Produce and Fetch the gateway answered itself because the
   journal was full (``GATEWAY_JOURNAL_FULL=refuse``)
 """
@@ -26,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.protocol import FETCH, PRODUCE, api_name
@@ -53,6 +57,14 @@ class GatewayCollector(Collector):
         for key, n in sorted(dict(gw.requests).items()):
             requests.add_metric([api_name(key)], n)
         yield requests
+        latency = HistogramMetricFamily(
+            P + "upstream_latency_seconds",
+            "time from forwarding a request upstream to its response, by API (Fetch's includes the broker's max wait)",
+            labels=["api"],
+        )
+        for key, (buckets, total) in sorted(gw.latency.snapshot().items()):
+            latency.add_metric([api_name(key)], buckets, total)
+        yield latency
         for unit in ("records", "bytes"):
             m = CounterMetricFamily(P + f"metered_{unit}", f"{unit} in audit events", labels=["direction"])
             for direction in ("produce", "fetch"):

@@ -46,6 +46,7 @@ from kio.static.primitive import i16, i32
 
 from gateway import protocol
 from gateway.errors import ProtocolViolation, UpstreamError
+from gateway.latency import LatencyHistogram
 from gateway.metering import CONSUME_TYPE, PRODUCE_TYPE, Counted, RequestContext, acknowledged, events, fetch_counts
 from gateway.metering import produce_counts as count_produce
 from gateway.principals import ANONYMOUS, ClientIdentity, observe_request, observe_response
@@ -124,6 +125,7 @@ class Pending(NamedTuple):
     produced: list[Counted] | None  # a Produce's per-partition counts
     acks: int = 0  # a Produce's acks (1 or -1: all)
     refusal: bytes | None = None  # the gateway's own answer (journal full), sent in its turn
+    sent: float = 0.0  # time.monotonic() when it was written upstream (upstream latency)
 
 
 def _frame(header: Any, body: Any) -> bytes:
@@ -338,7 +340,9 @@ class Connection:
             if expects_response:
                 if head.correlation_id in self.inflight:
                     raise ProtocolViolation(f"correlation id {head.correlation_id} is already in flight")
-                self.inflight[head.correlation_id] = Pending(key, version, head.client_id, produced, acks)
+                self.inflight[head.correlation_id] = Pending(
+                    key, version, head.client_id, produced, acks, sent=time.monotonic()
+                )
                 self.idle.clear()
             upstream.write(len(frame).to_bytes(4, "big") + frame)
             await upstream.drain()
@@ -401,6 +405,7 @@ class Connection:
                     continue  # a response to an acks=0 produce: the client expects none
                 log.error("upstream answered a request not in flight", extra={"conn": self.id, "id": correlation_id})
                 return
+            gw.latency.observe(pending.api_key, time.monotonic() - pending.sent)
             self.answering = True
             frame = gw.handle_response(self, pending, frame)
             if pending.api_key == protocol.PRODUCE and (durable := gw.audit.synced()) is not None:
@@ -442,6 +447,7 @@ class Gateway:
         self.servers: list[asyncio.Server] = []
         self.connections: set[Connection] = set()
         self.requests: Counter[int] = Counter()
+        self.latency = LatencyHistogram()  # upstream latency by API key
         self.metered: Counter[str] = Counter()  # produce_records, produce_bytes, fetch_records, fetch_bytes
         self.violations = 0
         self.accepted = 0

@@ -592,6 +592,14 @@ def test_metrics_and_health(broker: EmbeddedBroker, gateway: GatewayProcess, aud
     for v in _values(50, 1):
         p.produce(topic, v)
     assert p.flush(10) == 0
+    c = Consumer({"bootstrap.servers": gateway.bootstrap, "group.id": "unused", "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, part, 0) for part in range(PARTITIONS)])
+    got = 0
+    deadline = time.monotonic() + 10
+    while got < 50 and time.monotonic() < deadline:
+        got += sum(1 for m in c.consume(100, 0.2) if not m.error())
+    c.close()
+    assert got == 50
     audit.wait(lambda: audit.totals(topic, PRODUCE)[0] >= 50)
     base = f"http://127.0.0.1:{gateway.metrics_port}"
     text = httpx.get(base + "/metrics").text
@@ -606,6 +614,17 @@ def test_metrics_and_health(broker: EmbeddedBroker, gateway: GatewayProcess, aud
     assert values['streamtoll_gateway_requests_total{api="produce"}'] > 0
     assert values['streamtoll_gateway_audit_events_total{outcome="delivered"}'] > 0
     assert values['streamtoll_gateway_audit_events_total{outcome="failed"}'] == 0
+    # upstream latency: one observation per answered request of that API, cumulative buckets
+    lat = "streamtoll_gateway_upstream_latency_seconds"
+    for api in ("produce", "fetch", "metadata"):
+        count, total = values[f'{lat}_count{{api="{api}"}}'], values[f'{lat}_sum{{api="{api}"}}']
+        buckets = [v for k, v in values.items() if k.startswith(f'{lat}_bucket{{api="{api}",')]
+        assert buckets == sorted(buckets) and buckets[-1] == count, api
+        # every forwarded request is answered (acks=0 produces are not: they expect no answer)
+        assert 0 < count <= values[f'streamtoll_gateway_requests_total{{api="{api}"}}'], api
+        assert 0 < total / count < 1.0, api  # a local broker; a Fetch waits at most its 500 ms
+    assert values[f'{lat}_count{{api="metadata"}}'] == values['streamtoll_gateway_requests_total{api="metadata"}']
+    assert values[f'{lat}_bucket{{api="produce",le="0.25"}}'] >= 0.9 * values[f'{lat}_count{{api="produce"}}']
     ready = httpx.get(base + "/healthz")
     assert ready.status_code == 200 and ready.json()["ready"] is True and ready.json()["brokers"] == 1
     assert httpx.get(base + "/healthz/live").json()["live"] is True
