@@ -274,6 +274,117 @@ def test_consumer_group_fetches_are_metered_as_delivered(
     _decodes(audit.raw)
 
 
+def _audit_pending(gateway: GatewayProcess) -> float:
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{gateway.metrics_port}/metrics").text
+    lines = text.splitlines()
+    return next(float(line.split()[-1]) for line in lines if line.startswith("streamtoll_gateway_audit_pending "))
+
+
+def test_a_rebalancing_group_is_metered_at_least_what_it_consumed_plus_bounded_discards(
+    broker: EmbeddedBroker, gateway: GatewayProcess, audit: AuditLog
+) -> None:
+    """Two confluent-kafka members through the gateway, the second joining mid-stream, so a
+    rebalance revokes partitions whose prefetched records the first member discards. The gateway
+    meters Fetch as what went over the wire: per partition, metered records ≥ records consumed
+    (each consumption, a record consumed twice after a rebalance was also fetched twice), and the
+    excess is what librdkafka prefetched and dropped at a revoke — at most its prefetch queue
+    (``queued.max.messages.kbytes``) plus one fetch in flight (``fetch.max.bytes``) per revoke,
+    counted at ≥ 100 bytes a record — plus, per assignment, one batch (≤ 20 records) begun
+    before the committed offset it resumes from."""
+    per_partition, batch_records, value = 500, 20, b"v" * 100
+    topic = _topic(broker, "rebalance")
+    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5, "batch.num.messages": batch_records})
+    for i in range(per_partition):
+        for part in range(PARTITIONS):
+            p.produce(topic, value, partition=part)
+        if i % 100 == 0:
+            p.poll(0)
+    assert p.flush(30) == 0
+
+    queue_kb, fetch_max = 16, 16_384
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    assigned: Counter[str] = Counter()
+    revokes: Counter[str] = Counter()
+
+    def member(name: str) -> Consumer:
+        c = Consumer(
+            {
+                "bootstrap.servers": gateway.bootstrap,
+                "group.id": group,
+                "client.id": f"rebalance-{name}",
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": 6000,
+                "heartbeat.interval.ms": 300,
+                "partition.assignment.strategy": "range",
+                "fetch.queue.backoff.ms": 10,
+                "queued.max.messages.kbytes": queue_kb,
+                "fetch.max.bytes": fetch_max,
+                "message.max.bytes": fetch_max,
+                "max.partition.fetch.bytes": 4096,
+            }
+        )
+
+        def on_assign(consumer: Consumer, parts: list[TopicPartition]) -> None:
+            assigned[name] += len(parts)
+
+        def on_revoke(consumer: Consumer, parts: list[TopicPartition]) -> None:
+            if parts and not finished:  # at close every record was consumed: nothing queued to discard
+                revokes[name] += 1
+
+        c.subscribe([topic], on_assign=on_assign, on_revoke=on_revoke)
+        return c
+
+    consumed: Counter[int] = Counter()
+    seen: dict[int, set[int]] = {part: set() for part in range(PARTITIONS)}
+    by_member: Counter[str] = Counter()
+
+    def take(name: str, c: Consumer, n: int, timeout: float) -> None:
+        for m in c.consume(n, timeout):
+            if m.error() is None:
+                consumed[m.partition()] += 1
+                seen[m.partition()].add(m.offset())
+                by_member[name] += 1
+
+    finished = False
+    started = time.monotonic()
+    a = member("a")
+    while sum(consumed.values()) < 300 and time.monotonic() - started < 20:
+        take("a", a, 100, 0.1)
+    b = member("b")
+    while not b.assignment() and time.monotonic() - started < 25:  # a slowly, with a queue to discard
+        take("a", a, 5, 0.05)
+        take("b", b, 100, 0.05)
+        time.sleep(0.05)
+    while any(len(s) < per_partition for s in seen.values()) and time.monotonic() - started < 30:
+        take("a", a, 500, 0.05)
+        take("b", b, 500, 0.05)
+    finished = True
+    a.close()
+    b.close()
+    elapsed = time.monotonic() - started
+    assert all(len(s) == per_partition for s in seen.values()), {k: len(v) for k, v in seen.items()}
+    assert by_member["b"] > 0 and revokes["a"] >= 1  # the rebalance moved partitions to b
+
+    def metered() -> Counter[int]:
+        out: Counter[int] = Counter()
+        for e in audit.for_topic(topic):
+            if e["type"] == FETCH:
+                out[e["data"]["partition"]] += e["data"]["records"]
+        return out
+
+    audit.wait(lambda: all(metered()[k] >= consumed[k] for k in consumed) and _audit_pending(gateway) == 0)
+    got = metered()
+    excess = {k: got[k] - consumed[k] for k in range(PARTITIONS)}
+    assert all(x >= 0 for x in excess.values()), (got, consumed)
+    bound = sum(revokes.values()) * (queue_kb * 1024 + fetch_max) // len(value) + sum(assigned.values()) * batch_records
+    print(f"rebalance: {elapsed:.1f}s consumed {dict(consumed)} metered {dict(got)} excess {excess} bound {bound}")
+    print(f"  assigned {dict(assigned)} revokes {dict(revokes)} by member {dict(by_member)}")
+    assert sum(excess.values()) <= bound
+    assert {e["data"]["client_id"] for e in audit.for_topic(topic)} == {"rebalance-a", "rebalance-b"}
+
+
 def test_transactional_producer_through_the_gateway(
     broker: EmbeddedBroker, gateway: GatewayProcess, audit: AuditLog
 ) -> None:
