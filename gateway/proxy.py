@@ -45,12 +45,13 @@ from kio.serial import entity_writer
 from kio.static.primitive import i16, i32
 
 from gateway import protocol
+from gateway.authn import ClientAuth
 from gateway.errors import ProtocolViolation, UpstreamError
 from gateway.latency import LatencyHistogram
 from gateway.metering import CONSUME_TYPE, PRODUCE_TYPE, Counted, RequestContext, acknowledged, events, fetch_counts
 from gateway.metering import produce_counts as count_produce
 from gateway.principals import ANONYMOUS, ClientIdentity, observe_request, observe_response
-from gateway.security import UpstreamSecurity, authenticate, cert_principal
+from gateway.security import UpstreamAuth, UpstreamSecurity, authenticate, cert_principal
 from gateway.settings import GatewaySettings
 from gateway.wire import parse_request_header
 
@@ -182,6 +183,11 @@ async def discover_brokers(
         writer.close()
 
 
+class ClientRefused(ProtocolViolation):
+    """The gateway refused a client's authentication or a request before it: the connection closes
+    once the answer (if any) is sent."""
+
+
 class Connection:
     """One client connection and its upstream connection. ``principal`` is who the client is:
     ``User:ANONYMOUS`` until the gateway learns it from a SASL exchange or a client certificate
@@ -214,6 +220,11 @@ class Connection:
         self.responses_task: asyncio.Task[None] | None = None
         self.upstream_writer: asyncio.StreamWriter | None = None
         self.answering = False  # a response is on its way to the client (taken from inflight, not yet written)
+        # GATEWAY_AUTH=streamtoll: the gateway answers this client's SASL itself (gateway.authn)
+        self.auth: ClientAuth | None = None
+        if gateway.credentials is not None:
+            self.auth = ClientAuth(gateway.credentials.find, writer.get_extra_info("sslcontext") is not None)
+            self.identity.upstream_auth = UpstreamAuth.GATEWAY
 
     @property
     def principal(self) -> str:
@@ -255,8 +266,24 @@ class Connection:
             self.writer.close()
             self.gateway.connections.discard(self)
 
+    def revoke(self) -> None:
+        """Its credential was revoked: close the connection now (requests in flight are dropped)."""
+        log.info("client connection closed: its credential was revoked", extra={"conn": self.id})
+        for task in (self.requests_task, self.responses_task):
+            if task is not None:
+                task.cancel()
+        self.inflight.clear()
+        self.idle.set()
+        self.writer.close()
+
+    @property
+    def credential_id(self) -> str | None:
+        return None if self.auth is None or self.auth.credential is None else self.auth.credential.id
+
     def _closing(self, exc: BaseException) -> None:
-        if isinstance(exc, ProtocolViolation):
+        if isinstance(exc, ClientRefused):
+            log.warning("client connection closed: " + str(exc), extra={"conn": self.id, "client_ip": self.client_ip})
+        elif isinstance(exc, ProtocolViolation):
             self.gateway.violations += 1
             log.warning(
                 "client connection closed: not a request the gateway forwards",
@@ -273,7 +300,10 @@ class Connection:
         if self.upstream_writer is None:
             try:
                 reader, self.upstream_writer = await _connect_any(self.upstream_addresses, self.gateway.upstream_tls)
-            except UpstreamError as exc:
+                security = self.gateway.settings.upstream_security
+                if self.identity.upstream_auth is UpstreamAuth.GATEWAY and security.sasl:
+                    await asyncio.wait_for(authenticate(reader, self.upstream_writer, security), CONNECT_TIMEOUT)
+            except (UpstreamError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
                 log.warning(
                     "client connection closed: upstream unreachable", extra={"conn": self.id, "error": str(exc)}
                 )
@@ -316,6 +346,8 @@ class Connection:
                 raise ProtocolViolation(f"API key {key} is not one the gateway forwards")
             elif not span[0] <= version <= span[1]:
                 raise ProtocolViolation(f"{protocol.api_name(key)} version {version} is outside {span[0]}–{span[1]}")
+            if self.auth is not None and await self._authenticate(frame, head.correlation_id, key, version, head):
+                continue
             if key in (protocol.PRODUCE, protocol.FETCH) and not gw.audit.accepting():
                 await self._refuse(frame, head.correlation_id, key, version, head.client_id, head.end)
                 continue
@@ -349,6 +381,38 @@ class Connection:
             if not expects_response:  # acks=0: no answer will come; metered as sent
                 pending = Pending(key, version, head.client_id, produced)
                 gw.meter(PRODUCE_TYPE, self._context(pending), produced or [], acks=0, acknowledged=False)
+
+    async def _authenticate(self, frame: bytes, correlation_id: int, key: int, version: int, head: Any) -> bool:
+        """GATEWAY_AUTH=streamtoll: answer SaslHandshake / SaslAuthenticate here (True: answered),
+        refuse anything but ApiVersions before authentication (the connection closes)."""
+        auth = self.auth
+        assert auth is not None
+        if key not in (protocol.SASL_HANDSHAKE, protocol.SASL_AUTHENTICATE):
+            if not auth.allows(key):
+                raise ClientRefused(f"{protocol.api_name(key)} before authentication")
+            return False
+        body = protocol.request_body_offset(frame, key, version, head.end)
+        request = protocol.decode_request(frame, key, version, body)
+        answer, close = auth.answer(key, version, correlation_id, request)
+        await self._answer_locally(correlation_id, key, version, head.client_id, answer)
+        if close:
+            raise ClientRefused(auth.refusal)
+        if auth.credential is not None and self.identity.gateway_principal is None:
+            self.identity.gateway_principal = auth.credential.principal
+            log.info("client authenticated", extra={"conn": self.id, "principal": self.principal})
+        return True
+
+    async def _answer_locally(self, correlation_id: int, key: int, version: int, client_id: str, answer: bytes) -> None:
+        """Send the gateway's own answer to a request in its turn (after the answers of the
+        requests before it)."""
+        if correlation_id in self.inflight:
+            raise ProtocolViolation(f"correlation id {correlation_id} is already in flight")
+        if self.inflight or self.answering:  # answers go back in request order
+            self.inflight[correlation_id] = Pending(key, version, client_id, None, refusal=answer)
+            self.idle.clear()
+            return
+        self.writer.write(len(answer).to_bytes(4, "big") + answer)
+        await self.writer.drain()
 
     async def _refuse(
         self, frame: bytes, correlation_id: int, key: int, version: int, client_id: str, end: int
@@ -451,6 +515,7 @@ class Gateway:
         self.metered: Counter[str] = Counter()  # produce_records, produce_bytes, fetch_records, fetch_bytes
         self.violations = 0
         self.accepted = 0
+        self.credentials: Any = None  # GATEWAY_AUTH=streamtoll: a gateway.credentials.CredentialStore
         self.refused: Counter[int] = Counter()  # Produce / Fetch answered by the gateway: the audit journal was full
         self._refusing_logged = 0.0
         self.serving = False
@@ -470,6 +535,12 @@ class Gateway:
             self.metered[direction + "_records"] += c.records
             self.metered[direction + "_bytes"] += c.bytes
         self.audit.write(events(kind, self.source, ctx, counted, self.clock(), **extra))
+
+    def credential_changed(self, credential: Any) -> None:
+        """A credential stopped being active (revoked): close its open connections."""
+        for conn in list(self.connections):
+            if conn.credential_id == credential.id:
+                conn.revoke()
 
     def refuse(self, api_key: int) -> None:
         self.refused[api_key] += 1

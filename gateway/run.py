@@ -20,6 +20,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from gateway.audit import AuditWriter
+from gateway.credentials import CredentialStore
 from gateway.errors import UpstreamError
 from gateway.journal import Journal
 from gateway.proxy import Gateway
@@ -60,6 +61,9 @@ async def serve(gateway: Gateway) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if gateway.credentials is not None:
+        gateway.credentials.loop = loop
+        gateway.credentials.on_change = gateway.credential_changed
     await gateway.start()
     await stop.wait()
     log.info("gateway draining", extra={"connections": len(gateway.connections)})
@@ -87,10 +91,16 @@ def run_gateway(settings: GatewaySettings, metering: MeteringSettings, observe: 
         ensure_topic=ensure,
     )
     gateway = Gateway(settings, upstream, audit)
+    if settings.auth == "streamtoll":
+        # the credentials streamtoll issued, read to the end before the listeners open, then followed
+        gateway.credentials = CredentialStore(metering.kafka_config(), metering.topic_credentials)
+        gateway.credentials.start()
     try:
         with observe(gateway, audit) if observe else contextlib.nullcontext():
             asyncio.run(serve(gateway))
     finally:
+        if gateway.credentials is not None:
+            gateway.credentials.stop()
         left = audit.close()
         log.info(
             "gateway stopped",

@@ -47,6 +47,7 @@ class GatewaySettings:
     tls: ListenerTLS | None = None
     allow_plaintext: bool = False
     upstream_security: UpstreamSecurity = field(default_factory=UpstreamSecurity)
+    auth: str = "passthrough"  # or "streamtoll": the gateway authenticates clients itself (gateway.authn)
 
     def broker_port(self, index: int) -> int | None:
         """The gateway port of the ``index``-th upstream broker (by node id), if there is one."""
@@ -144,6 +145,11 @@ class GatewaySettings:
                         f"{PREFIX}GATEWAY_JOURNAL_FSYNC={v!r} must be always or a duration from 1ms to 1h, "
                         "e.g. 1s or 200ms"
                     )
+        if (v := get("GATEWAY_AUTH")) is not None:
+            if v.lower() in ("passthrough", "streamtoll"):
+                values["auth"] = v.lower()
+            else:
+                problems.append(f"{PREFIX}GATEWAY_AUTH={v!r} must be passthrough or streamtoll")
         upstream_set = get("GATEWAY_UPSTREAM_BOOTSTRAP") is not None
         security, security_problems = parse_security(get, host, upstream_set, PREFIX)
         values.update(security)

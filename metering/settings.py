@@ -52,6 +52,7 @@ class MeteringSettings:
     topic_usage_windows: str = "streamtoll.usage-windows.v1"
     topic_usage_minutes: str = "streamtoll.usage-minutes.v1"
     topic_state: str = "streamtoll.metering-state.v1"
+    topic_credentials: str = "streamtoll.credentials"  # credentials streamtoll issued, for the gateways
     state_partitions: int = 12
     # the topics streamtoll creates when they are missing (metering.engine.topics)
     topic_partitions: int = 12
@@ -126,6 +127,7 @@ class MeteringSettings:
             "TOPIC_USAGE_WINDOWS",
             "TOPIC_USAGE_MINUTES",
             "TOPIC_STATE",
+            "TOPIC_CREDENTIALS",
         ):
             if (v := get(name)) is not None:
                 if _TOPIC.match(v):

@@ -49,7 +49,7 @@ from sqlalchemy.exc import OperationalError
 from billing.errors import NotFound
 from billing.settings import BillingSettings, BillingSettingsError
 from metering.errors import MeteringError, SettingsError
-from metering.settings import MeteringSettings
+from metering.settings import MeteringSettings, parse_duration
 from streamtoll import logs
 from streamtoll.embedded import EmbeddedBroker, EmbeddedError, EmbeddedPostgres
 from streamtoll.environment import embedded_mode, unknown_settings
@@ -357,6 +357,105 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _overlap(text_: str) -> float:
+    try:
+        seconds = parse_duration(text_)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 90 * 86400:
+        raise argparse.ArgumentTypeError(f"{text_!r} must be a duration from 0s to 90d, e.g. 24h")
+    return seconds
+
+
+def _publish_credentials(engine: Engine, strict: bool) -> int | None:
+    """Every credential's state to the credentials topic (the gateways follow it); None when the
+    cluster is not set (or, unless ``strict``, does not take them: the next change or start repeats it)."""
+    from billing.services.credentials import CredentialError, publish_credentials
+
+    metering = _settings()
+    if not metering.kafka_bootstrap:
+        print(
+            "credentials not published: STREAMTOLL_KAFKA_BOOTSTRAP (the gateways' credentials topic) is not set",
+            file=sys.stderr,
+        )
+        return None
+    try:
+        return publish_credentials(
+            engine, metering.kafka_config(), metering.topic_credentials, metering.topic_replication_factor
+        )
+    except CredentialError as exc:
+        if strict:
+            raise Unavailable(str(exc)) from None
+        log.error("credentials not published", extra={"error": str(exc)})
+        return None
+
+
+def cmd_credentials(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from billing.services.credentials import (
+        CredentialError,
+        create_credential,
+        list_credentials,
+        revoke_credential,
+        rotate_credential,
+    )
+
+    with _engine() as engine:
+        try:
+            if args.action in ("create", "rotate"):
+                if args.action == "create":
+                    issued = create_credential(engine, args.account, args.name)
+                else:
+                    issued = rotate_credential(engine, args.credential_id, timedelta(seconds=args.overlap))
+                doc = {
+                    "id": issued.id,
+                    "account": issued.account,
+                    "username": issued.username,
+                    "password": issued.password,
+                    "principal": issued.principal,
+                    "mechanisms": "SCRAM-SHA-512, SCRAM-SHA-256 (PLAIN over TLS)",
+                }
+                if args.output == "table":
+                    for k, v in doc.items():
+                        print(f"{k:<11} {v}")
+                else:
+                    print_document(doc, args.output)
+                print("store the password now: it is shown once and kept only as SCRAM keys", file=sys.stderr)
+                sys.stdout.flush()
+                _publish_credentials(engine, strict=True)
+            elif args.action == "list":
+                rows = list_credentials(engine, args.account, include_revoked=args.all)
+                print_rows(
+                    rows,
+                    args.output,
+                    [
+                        "id",
+                        "account",
+                        "username",
+                        "principal",
+                        "state",
+                        "created_at",
+                        "revoked_at",
+                        "old_password_valid_until",
+                    ],
+                )
+            elif args.action == "revoke":
+                revoke_credential(engine, args.credential_id)
+                if args.output == "table":
+                    print(f"revoked credential {args.credential_id}")
+                else:
+                    print_document({"id": args.credential_id, "revoked": True}, args.output)
+                sys.stdout.flush()
+                _publish_credentials(engine, strict=True)
+            else:
+                count = _publish_credentials(engine, strict=True)
+                print(f"published {count} credential(s)")
+        except CredentialError as exc:
+            raise (NotFoundError if isinstance(exc, NotFound) else UserError)(str(exc)) from None
+    return 0
+
+
 # -- usage, billing, invoices, statements ------------------------------------------------------
 
 
@@ -639,6 +738,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     host, _, port = _api_bind(args.bind).rpartition(":")
     with _database(billing) as url:
         engine = _connect(url)
+        _publish_credentials(engine, strict=False)  # repairs a publication a crash cut short
         feed = _live_feed(metering, engine, billing)
         app = create_app(engine, billing, live=feed)
         print(f"streamtoll API on http://{host}:{port} (OpenAPI at /openapi.json)", file=sys.stderr)
@@ -918,6 +1018,7 @@ OPERATOR_COMMANDS = (
     ("accounts", "accounts: load a YAML file, list"),
     ("plans", "plans: load a YAML file, list"),
     ("keys", "API keys: create, list, revoke"),
+    ("credentials", "Kafka credentials for the gateway: create, list, rotate, revoke, publish"),
     ("usage", "usage as the database holds it (finance view)"),
     ("bill", "billing run for a period: drafts (and --finalize)"),
     ("invoices", "invoice lifecycle: list, show, pdf, finalize, void, send"),
@@ -1054,6 +1155,24 @@ def build_parser() -> argparse.ArgumentParser:
     kr.add_argument("key_id", help="the id part of stk_<id>_<secret>")
     for kp in (kc, kl, kr):
         _output(kp)
+
+    creds = group("credentials")
+    cc = command(
+        creds, "create", cmd_credentials, "issue a Kafka credential of an account; the password is printed once"
+    )
+    cc.add_argument("--account", required=True, help="the account code its traffic is billed to")
+    cc.add_argument("--name", default=None, help="the name after <account>/ in the user name (default: random)")
+    cl = command(creds, "list", cmd_credentials, "the credentials (never passwords or keys)")
+    cl.add_argument("--account", default=None, help="only this account's credentials")
+    cl.add_argument("--all", action="store_true", help="include revoked credentials")
+    cr = command(creds, "revoke", cmd_credentials, "revoke a credential at once; gateways close its connections")
+    cr.add_argument("credential_id", help="the credential's id (cred_…)")
+    co = command(creds, "rotate", cmd_credentials, "a new password; the old one stays valid for --overlap")
+    co.add_argument("credential_id", help="the credential's id (cred_…)")
+    co.add_argument("--overlap", type=_overlap, default=86400.0, help="how long the old password stays valid (24h)")
+    cp = command(creds, "publish", cmd_credentials, "publish every credential's state to the gateways' topic again")
+    for p_ in (cc, cl, cr, co, cp):
+        _output(p_)
 
     us = command(sub, "usage", cmd_usage)
     us.add_argument("--from", dest="start", type=_day_or_time, required=True, help="start (inclusive), UTC")

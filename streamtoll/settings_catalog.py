@@ -64,6 +64,13 @@ SETTINGS: list[Setting] = [
         production=True,
     ),
     # --- topics
+    Setting(
+        "TOPIC_CREDENTIALS",
+        "streamtoll.credentials",
+        "gateway, credentials",
+        "control topic (compacted): each credential's SCRAM salted keys and state, which every gateway follows",
+        "streamtoll.credentials",
+    ),
     Setting("TOPIC_PROXY_AUDIT", "proxy-audit", "worker", "input: proxy audit records", "proxy-audit"),
     Setting(
         "TOPIC_BROKER_METRICS", "broker-metrics", "worker", "input: OTLP/JSON broker client metrics", "broker-metrics"
@@ -197,6 +204,14 @@ SETTINGS: list[Setting] = [
         "gateway",
         "the Kafka cluster behind the gateway (HOST:PORT list)",
         "kafka-0:9092,kafka-1:9092",
+    ),
+    Setting(
+        "GATEWAY_AUTH",
+        "passthrough",
+        "gateway",
+        "passthrough: clients' SASL goes to the brokers; streamtoll: the gateway authenticates clients with the "
+        "credentials streamtoll issues (streamtoll credentials) and logs in upstream as itself",
+        "streamtoll",
     ),
     Setting("GATEWAY_VIRTUAL_CLUSTER", "default", "gateway", "written into every audit event", "prod"),
     Setting(

@@ -227,6 +227,35 @@ class ApiKeyRow(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class CredentialRow(Base):
+    """A Kafka credential streamtoll issued (billing.services.credentials); no password is stored."""
+
+    __tablename__ = "credentials"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    account_code: Mapped[str] = mapped_column(Text, ForeignKey("accounts.code"), nullable=False)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    username: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class CredentialKeyRow(Base):
+    """One password generation's SCRAM salted keys for one mechanism (RFC 5802/7677)."""
+
+    __tablename__ = "credential_keys"
+
+    credential_id: Mapped[str] = mapped_column(Text, ForeignKey("credentials.id", ondelete="CASCADE"), primary_key=True)
+    mechanism: Mapped[str] = mapped_column(Text, primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer, primary_key=True)
+    salt: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    iterations: Mapped[int] = mapped_column(Integer, nullable=False)
+    stored_key: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    server_key: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    valid_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class IdempotencyKeyRow(Base):
     """The first answer to a POST with an ``Idempotency-Key``, per API key (billing.services.idempotency)."""
 

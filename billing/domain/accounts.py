@@ -94,8 +94,12 @@ class Attributor:
     is the same as trying every rule.
     """
 
-    def __init__(self, rules: Iterable[tuple[str, ClientRule]]) -> None:
-        """``rules``: (account code, rule) pairs in the order they are tried."""
+    def __init__(self, rules: Iterable[tuple[str, ClientRule]], credentials: Mapping[str, str] | None = None) -> None:
+        """``rules``: (account code, rule) pairs in the order they are tried. ``credentials``:
+        principal → account of the credentials streamtoll issued (``User:acme/orders-svc`` →
+        ``acme``): such a principal is its account's, always, before any rule (the gateway
+        authenticated it; no rule is needed, and none can give its traffic to another account)."""
+        self._credentials = dict(credentials or {})
         self._rules = list(rules)
         self._exact: dict[str, list[int]] = {}
         self._prefix: dict[str, list[int]] = {}
@@ -131,6 +135,8 @@ class Attributor:
         return out
 
     def account_for(self, principal: str, client_id: str, virtual_cluster: str, on: date) -> str:
+        if (owner := self._credentials.get(principal)) is not None:
+            return owner
         key = (principal, client_id, virtual_cluster, on)
         got = self._memo.get(key)
         if got is None:
@@ -150,6 +156,8 @@ class Attributor:
         """``[since, until)`` day spans of ``[start, end)`` in which the identity's account is one
         and the same, as (since, until, account): the account can change only where a rule that
         matches the identity starts or stops being valid."""
+        if (owner := self._credentials.get(principal)) is not None:
+            return [(start, end, owner)] if start < end else []
         ident = (principal, client_id, virtual_cluster)
         rules = self._candidates.get(ident)
         if rules is None:

@@ -54,7 +54,11 @@ QUANTITIES = ("bytes", "records", "requests", "denied_requests")
 
 
 def load_attributor(engine: Engine) -> Attributor:
-    """The attribution rules as stored, in their stated order (accounts by position)."""
+    """The attribution rules as stored, in their stated order (accounts by position), and the
+    principals of the credentials streamtoll issued (each its account's, before any rule)."""
+    from billing.services.credentials import credential_principals
+
+    credentials = credential_principals(engine)
     with engine.connect() as conn:
         rows = conn.execute(
             select(ClientRuleRow)
@@ -62,8 +66,11 @@ def load_attributor(engine: Engine) -> Attributor:
             .order_by(AccountRow.position, AccountRow.code, ClientRuleRow.position)
         )
         return Attributor(
-            (r.account_code, ClientRule(r.principal, r.client_id, r.virtual_cluster, r.valid_from, r.valid_until))
-            for r in rows
+            [
+                (r.account_code, ClientRule(r.principal, r.client_id, r.virtual_cluster, r.valid_from, r.valid_until))
+                for r in rows
+            ],
+            credentials,
         )
 
 

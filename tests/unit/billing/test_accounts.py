@@ -172,3 +172,21 @@ def test_spans_are_where_the_account_stays_the_same(
     assert {r for code in ("acme", "globex") for r in Attributor(pairs).rules_of(code)} == {
         r for code, r in pairs if code in ("acme", "globex")
     }
+
+
+def test_a_credentials_principal_is_its_accounts_before_any_rule() -> None:
+    """A credential streamtoll issued (User:acme/orders-svc) belongs to its account with no client
+    rule, and a rule that would match it for another account does not take it."""
+    from datetime import date as date_
+
+    from billing.domain.accounts import Attributor, ClientRule
+
+    rules = [("other", ClientRule(principal="User:*"))]
+    attributor = Attributor(rules, {"User:acme/orders-svc": "acme"})
+    on = date_(2026, 12, 1)
+    assert attributor.account_for("User:acme/orders-svc", "any-client", "default", on) == "acme"
+    assert attributor.spans("User:acme/orders-svc", "c", "default", on, date_(2026, 12, 3)) == [
+        (on, date_(2026, 12, 3), "acme")
+    ]
+    assert attributor.account_for("User:acme/other", "c", "default", on) == "other"
+    assert Attributor([]).account_for("User:acme/orders-svc", "c", "default", on) == "unassigned"

@@ -1,0 +1,257 @@
+"""Kafka credentials streamtoll issues, bound to an account, and their publication to the gateways.
+
+* :func:`create_credential` — a user name ``<account>/<name>`` (principal ``User:<account>/<name>``,
+  which billing attributes to the account without a client rule) and a random password, returned
+  once; PostgreSQL keeps only its SCRAM-SHA-512 and SCRAM-SHA-256 salted keys
+  (:func:`metering.credentials.scram_key`).
+* :func:`rotate_credential` — a new password (same salt), the old one valid for ``overlap`` more.
+* :func:`revoke_credential` — at once; the gateways close the credential's connections.
+* :func:`publish_credentials` — every credential's state, from the database, to the credentials
+  topic (compacted, keyed by id; the full record each time). It runs after every change and at
+  ``streamtoll api`` start, so a crash between a database write and its publication is repaired by
+  the next run; publishing the same state again changes nothing for a reader.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from sqlalchemy import Engine, insert, select, update
+
+from billing.adapters.models import AccountRow, CredentialKeyRow, CredentialRow
+from billing.errors import NotFound
+from metering.credentials import MECHANISMS, Credential, ScramKey, encode, scram_key
+
+__all__ = [
+    "CredentialError",
+    "CredentialNotFound",
+    "CredentialView",
+    "IssuedCredential",
+    "create_credential",
+    "credential_principals",
+    "list_credentials",
+    "publish_credentials",
+    "revoke_credential",
+    "rotate_credential",
+]
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+class CredentialError(Exception):
+    """A credential cannot be created, rotated or revoked as asked; one sentence."""
+
+
+class CredentialNotFound(CredentialError, NotFound):
+    """No such (active) credential, or no such account."""
+
+
+@dataclass(frozen=True)
+class IssuedCredential:
+    id: str
+    account: str
+    username: str
+    password: str  # shown once, stored nowhere
+
+    @property
+    def principal(self) -> str:
+        return "User:" + self.username
+
+
+@dataclass(frozen=True)
+class CredentialView:
+    """A credential as operators see it: never a password or a key."""
+
+    id: str
+    account: str
+    name: str
+    username: str
+    principal: str
+    state: str
+    created_at: datetime
+    revoked_at: datetime | None
+    old_password_valid_until: datetime | None  # during a rotation's overlap
+
+
+def _password() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def _keys(conn: Any, credential_id: str, generation: int, password: str, salts: dict[str, tuple[bytes, int]]) -> None:
+    for mechanism in MECHANISMS:
+        salt, iterations = salts.get(mechanism, (None, 0))
+        key = scram_key(mechanism, password, salt) if salt is None else scram_key(mechanism, password, salt, iterations)
+        conn.execute(
+            insert(CredentialKeyRow).values(
+                credential_id=credential_id,
+                mechanism=mechanism,
+                generation=generation,
+                salt=key.salt,
+                iterations=key.iterations,
+                stored_key=key.stored_key,
+                server_key=key.server_key,
+            )
+        )
+
+
+def create_credential(engine: Engine, account: str, name: str | None = None) -> IssuedCredential:
+    """A new credential of ``account``; its password is in the result and nowhere else."""
+    name = name or "cred-" + secrets.token_hex(3)
+    if not NAME.match(name):
+        raise CredentialError(
+            f"--name {name!r} must be 1–63 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    username = f"{account}/{name}"
+    password = _password()
+    with engine.begin() as conn:
+        if conn.execute(select(AccountRow.code).where(AccountRow.code == account)).first() is None:
+            raise CredentialNotFound(f"there is no account {account!r}; load accounts first")
+        if conn.execute(select(CredentialRow.id).where(CredentialRow.username == username)).first() is not None:
+            raise CredentialError(f"account {account!r} already has a credential named {name!r}")
+        cid = "cred_" + secrets.token_hex(6)
+        conn.execute(insert(CredentialRow).values(id=cid, account_code=account, name=name, username=username))
+        _keys(conn, cid, 1, password, {})
+    return IssuedCredential(cid, account, username, password)
+
+
+def rotate_credential(engine: Engine, credential_id: str, overlap: timedelta) -> IssuedCredential:
+    """A new password for an active credential; the passwords before it stay valid for ``overlap``."""
+    now = datetime.now(UTC)
+    password = _password()
+    with engine.begin() as conn:
+        row = conn.execute(
+            select(CredentialRow).where(CredentialRow.id == credential_id, CredentialRow.revoked_at.is_(None))
+        ).first()
+        if row is None:
+            raise CredentialNotFound(f"there is no active credential {credential_id!r}")
+        keys = conn.execute(select(CredentialKeyRow).where(CredentialKeyRow.credential_id == credential_id)).all()
+        generation = max(k.generation for k in keys) + 1
+        salts = {k.mechanism: (k.salt, k.iterations) for k in keys if k.generation == generation - 1}
+        conn.execute(
+            update(CredentialKeyRow)
+            .where(CredentialKeyRow.credential_id == credential_id, CredentialKeyRow.valid_until.is_(None))
+            .values(valid_until=now + overlap)
+        )
+        _keys(conn, credential_id, generation, password, salts)
+    return IssuedCredential(row.id, row.account_code, row.username, password)
+
+
+def revoke_credential(engine: Engine, credential_id: str) -> None:
+    with engine.begin() as conn:
+        done = conn.execute(
+            update(CredentialRow)
+            .where(CredentialRow.id == credential_id, CredentialRow.revoked_at.is_(None))
+            .values(revoked_at=datetime.now(UTC))
+        )
+        if done.rowcount != 1:
+            raise CredentialNotFound(f"there is no active credential {credential_id!r}")
+
+
+def list_credentials(engine: Engine, account: str | None = None, include_revoked: bool = False) -> list[CredentialView]:
+    now = datetime.now(UTC)
+    query = select(CredentialRow).order_by(CredentialRow.created_at, CredentialRow.id)
+    if account is not None:
+        query = query.where(CredentialRow.account_code == account)
+    if not include_revoked:
+        query = query.where(CredentialRow.revoked_at.is_(None))
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+        overlaps: dict[str, datetime] = {}
+        for k in conn.execute(select(CredentialKeyRow).where(CredentialKeyRow.valid_until > now)):
+            overlaps[k.credential_id] = max(k.valid_until, overlaps.get(k.credential_id, k.valid_until))
+    return [
+        CredentialView(
+            r.id,
+            r.account_code,
+            r.name,
+            r.username,
+            "User:" + r.username,
+            "revoked" if r.revoked_at is not None else "active",
+            r.created_at,
+            r.revoked_at,
+            None if r.revoked_at is not None else overlaps.get(r.id),
+        )
+        for r in rows
+    ]
+
+
+def credential_principals(engine: Engine) -> dict[str, str]:
+    """principal → account of every credential ever issued (revoked ones too: their past traffic
+    stays theirs)."""
+    with engine.connect() as conn:
+        return {
+            "User:" + r.username: r.account_code
+            for r in conn.execute(select(CredentialRow.username, CredentialRow.account_code))
+        }
+
+
+def _published(engine: Engine) -> list[Credential]:
+    now = datetime.now(UTC)
+    with engine.connect() as conn:
+        rows = conn.execute(select(CredentialRow).order_by(CredentialRow.id)).all()
+        keys = conn.execute(
+            select(CredentialKeyRow).order_by(
+                CredentialKeyRow.credential_id, CredentialKeyRow.generation, CredentialKeyRow.mechanism
+            )
+        ).all()
+    by_id: dict[str, list[ScramKey]] = {}
+    for k in keys:
+        if k.valid_until is None or k.valid_until > now:
+            by_id.setdefault(k.credential_id, []).append(
+                ScramKey(k.mechanism, k.salt, k.iterations, k.stored_key, k.server_key, k.valid_until)
+            )
+    return [
+        Credential(
+            r.id,
+            r.account_code,
+            r.username,
+            "revoked" if r.revoked_at is not None else "active",
+            () if r.revoked_at is not None else tuple(by_id.get(r.id, ())),
+        )
+        for r in rows
+    ]
+
+
+def ensure_credentials_topic(kafka_config: dict[str, Any], topic: str, replication: int = -1) -> None:
+    admin = AdminClient(kafka_config)
+    if topic in admin.list_topics(timeout=10).topics:
+        return
+    new = NewTopic(topic, 1, replication, config={"cleanup.policy": "compact"})
+    for fut in admin.create_topics([new], operation_timeout=10).values():
+        try:
+            fut.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+
+
+def publish_credentials(engine: Engine, kafka_config: dict[str, Any], topic: str, replication: int = -1) -> int:
+    """Publish every credential's current state (the database's) to ``topic``; how many.
+    Raises :class:`CredentialError` if the cluster does not take them."""
+    credentials = _published(engine)
+    try:
+        ensure_credentials_topic(kafka_config, topic, replication)
+    except KafkaException as exc:
+        raise CredentialError(f"the credentials topic {topic} could not be created ({exc})") from None
+    producer = Producer({**kafka_config, "enable.idempotence": True, "acks": "all", "linger.ms": 0})
+    failed: list[str] = []
+
+    def done(err: Any, msg: Any) -> None:
+        if err is not None:
+            failed.append(str(err))
+
+    for c in credentials:
+        producer.produce(topic, key=c.id.encode(), value=encode(c), on_delivery=done)
+    left = producer.flush(15)
+    if left or failed:
+        raise CredentialError(
+            f"the credentials could not all be published to {topic} ({failed[0] if failed else 'timed out'}); "
+            "run streamtoll credentials publish when the cluster answers"
+        )
+    return len(credentials)
