@@ -1,0 +1,277 @@
+"""Clients authenticating to the gateway with credentials streamtoll issued
+(``streamtoll credentials``, ``GATEWAY_AUTH=streamtoll``): real broker, real gateway process, the
+real command line against PostgreSQL, confluent-kafka and aiokafka with SCRAM, and a raw client
+for what no library sends (requests before authentication, a second handshake)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from kio.schema.metadata.v12.request import MetadataRequest
+from kio.schema.sasl_authenticate.v1.request import SaslAuthenticateRequest
+from kio.schema.sasl_handshake.v1.request import SaslHandshakeRequest
+
+from gateway import protocol
+from gateway.security import scram_client_final
+from streamtoll.embedded import EmbeddedBroker
+
+from .conftest import isolated_env
+from .kafka_wire import RawClient
+from .test_gateway import AuditLog, GatewayProcess
+
+pytestmark = pytest.mark.integration
+
+PRODUCE, FETCH = "io.streamtoll.kafka.produce", "io.streamtoll.kafka.fetch"
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streamtoll.cli", "credentials", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+class Setup:
+    def __init__(self, env: dict[str, str], gw: GatewayProcess, audit: AuditLog, engine: sa.Engine) -> None:
+        self.env, self.gw, self.audit, self.engine = env, gw, audit, engine
+
+    def issue(self, name: str) -> dict[str, Any]:
+        out = _cli(self.env, "create", "--account", "acme", "--name", name, "-o", "json")
+        assert out.returncode == 0, out.stderr
+        doc: dict[str, Any] = json.loads(out.stdout)
+        return doc
+
+
+@pytest.fixture(scope="module")
+def setup(broker: EmbeddedBroker, pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    from billing.adapters.db import upgrade
+    from billing.services.catalog import load_accounts, load_plans
+
+    tmp = tmp_path_factory.mktemp("gwcreds")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(pg_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(pg_server).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    engine = sa.create_engine(url)
+    samples = Path(__file__).parents[2] / "streamtoll" / "samples"
+    load_plans(engine, samples / "plans.yaml")
+    load_accounts(engine, samples / "accounts.yaml")
+    env = isolated_env(broker.bootstrap)
+    env["STREAMTOLL_TOPIC_CREDENTIALS"] = env["STREAMTOLL_TOPIC_PROXY_AUDIT"].replace("proxy-audit", "credentials")
+    env["STREAMTOLL_DATABASE_URL"] = url
+    setup = Setup(env, None, None, engine)  # type: ignore[arg-type]
+    setup.first = setup.issue("orders-svc")  # type: ignore[attr-defined]
+    gw = GatewayProcess({**env, "STREAMTOLL_GATEWAY_AUTH": "streamtoll"}, tmp / "gateway.log").start()
+    setup.gw = gw
+    setup.audit = AuditLog(broker.bootstrap, env["STREAMTOLL_TOPIC_PROXY_AUDIT"])
+    try:
+        yield setup
+    finally:
+        gw.stop()
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _topic(broker: EmbeddedBroker, prefix: str) -> str:
+    topic = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    AdminClient({"bootstrap.servers": broker.bootstrap}).create_topics([NewTopic(topic, 2, 1)])[topic].result(10)
+    return topic
+
+
+def _sasl(gw: GatewayProcess, mechanism: str, cred: dict[str, Any], password: str | None = None) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": gw.bootstrap,
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": mechanism,
+        "sasl.username": cred["username"],
+        "sasl.password": password or cred["password"],
+    }
+
+
+def _scram_login(raw: RawClient, mechanism: str, username: str, password: str) -> tuple[int, int]:
+    """(handshake error, final authenticate error) of a SCRAM login over a raw connection."""
+    hs = raw.request(protocol.SASL_HANDSHAKE, 1, SaslHandshakeRequest(mechanism=mechanism))
+    if hs.error_code != 0:
+        return int(hs.error_code), -1
+    nonce = uuid.uuid4().hex
+    bare = f"n={username},r={nonce}"
+    first = raw.request(protocol.SASL_AUTHENTICATE, 1, SaslAuthenticateRequest(auth_bytes=("n,," + bare).encode()))
+    if first.error_code != 0:
+        return 0, int(first.error_code)
+    final, _ = scram_client_final(mechanism, password, bare, bytes(first.auth_bytes).decode(), nonce)
+    last = raw.request(protocol.SASL_AUTHENTICATE, 1, SaslAuthenticateRequest(auth_bytes=final.encode()))
+    return 0, int(last.error_code)
+
+
+def _metadata() -> MetadataRequest:
+    return MetadataRequest(topics=None, allow_auto_topic_creation=False, include_topic_authorized_operations=False)
+
+
+def test_a_partner_produces_and_consumes_with_its_scram_credential_billed_to_its_account(
+    broker: EmbeddedBroker, setup: Setup
+) -> None:
+    cred = setup.first  # type: ignore[attr-defined]
+    assert cred["username"] == "acme/orders-svc" and cred["principal"] == "User:acme/orders-svc"
+    # PostgreSQL holds salted keys, never the password
+    with setup.engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT * FROM credential_keys")).all()
+    assert {r.mechanism for r in stored} == {"SCRAM-SHA-512", "SCRAM-SHA-256"}
+    assert all(cred["password"].encode() not in b"".join(bytes(x) for x in r if isinstance(x, bytes)) for r in stored)
+
+    topic = _topic(broker, "creds")
+    producer = Producer({**_sasl(setup.gw, "SCRAM-SHA-512", cred), "linger.ms": 5, "client.id": "cred-producer"})
+    delivered: list[Any] = []
+    for i in range(100):
+        producer.produce(topic, b"v%03d" % i, partition=i % 2, on_delivery=lambda err, msg: delivered.append(err))
+    assert producer.flush(20) == 0 and delivered == [None] * 100
+    consumer = Consumer(
+        {**_sasl(setup.gw, "SCRAM-SHA-256", cred), "group.id": f"g-{uuid.uuid4().hex}", "client.id": "cred-consumer"}
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(2)])
+    got = 0
+    deadline = time.monotonic() + 20
+    while got < 100 and time.monotonic() < deadline:
+        got += sum(1 for m in consumer.consume(500, 0.2) if not m.error())
+    consumer.close()
+    assert got == 100
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import TopicPartition as AioTP
+
+    async def aio() -> int:
+        common = {
+            "bootstrap_servers": setup.gw.bootstrap,
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_plain_username": cred["username"],
+            "sasl_plain_password": cred["password"],
+        }
+        p = AIOKafkaProducer(client_id="aio-cred-producer", acks=1, **common)
+        await p.start()
+        try:
+            await asyncio.gather(*[await p.send(topic, b"a%03d" % i, partition=i % 2) for i in range(50)])
+        finally:
+            await p.stop()
+        c = AIOKafkaConsumer(client_id="aio-cred-consumer", group_id=None, **common)
+        await c.start()
+        n = 0
+        try:
+            tps = [AioTP(topic, p) for p in range(2)]
+            c.assign(tps)
+            await c.seek_to_beginning(*tps)
+            end = time.monotonic() + 20
+            while n < 150 and time.monotonic() < end:
+                n += sum(len(v) for v in (await c.getmany(timeout_ms=500)).values())
+        finally:
+            await c.stop()
+        return n
+
+    assert asyncio.run(aio()) == 150
+
+    audit = setup.audit
+    audit.wait(lambda: audit.totals(topic, PRODUCE)[0] >= 150 and audit.totals(topic, FETCH)[0] >= 250)
+    assert audit.totals(topic, PRODUCE)[0] == 150
+    assert {e["subject"] for e in audit.for_topic(topic)} == {"User:acme/orders-svc"}
+
+    # billing attributes the credential's principal to its account with no client rule (the sample
+    # accounts' rules would give "User:acme/..." to nobody: they name "User:acme-*")
+    from billing.services.usage import load_attributor
+
+    attributor = load_attributor(setup.engine)
+    assert attributor.account_for("User:acme/orders-svc", "cred-producer", "vc-test", time_today()) == "acme"
+
+    # a wrong password fails authentication (and nothing of it reaches the broker)
+    errors: list[KafkaError] = []
+    bad = Producer({**_sasl(setup.gw, "SCRAM-SHA-512", cred, "not-the-password"), "error_cb": errors.append})
+    bad.produce(topic, b"never")
+    deadline = time.monotonic() + 10
+    while not any(e.code() == KafkaError._AUTHENTICATION for e in errors) and time.monotonic() < deadline:
+        bad.poll(0.1)
+    assert any(e.code() == KafkaError._AUTHENTICATION for e in errors), errors
+    assert bad.flush(0) == 1  # still undelivered
+    host, port = setup.gw.bootstrap.rsplit(":", 1)
+    raw = RawClient(host, int(port))
+    assert _scram_login(raw, "SCRAM-SHA-256", "acme/orders-svc", "wrong") == (0, 58)
+    assert raw.closed_by_peer()
+
+
+def time_today() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).date()
+
+
+def test_requests_before_authentication_unoffered_mechanisms_and_second_handshakes_are_refused(
+    setup: Setup,
+) -> None:
+    host, port = setup.gw.bootstrap.rsplit(":", 1)
+    cred = setup.first  # type: ignore[attr-defined]
+    # a request other than ApiVersions / SaslHandshake before authentication: closed, unanswered
+    raw = RawClient(host, int(port))
+    raw.send(protocol.METADATA, 12, _metadata())
+    assert raw.closed_by_peer()
+    # a mechanism not offered (PLAIN is offered only over TLS)
+    for mechanism in ("PLAIN", "GSSAPI"):
+        raw = RawClient(host, int(port))
+        hs = raw.request(protocol.SASL_HANDSHAKE, 1, SaslHandshakeRequest(mechanism=mechanism))
+        assert hs.error_code == 33 and set(hs.mechanisms) == {"SCRAM-SHA-512", "SCRAM-SHA-256"}
+        assert raw.closed_by_peer()
+    # a second handshake on an authenticated connection
+    raw = RawClient(host, int(port))
+    assert _scram_login(raw, "SCRAM-SHA-512", cred["username"], cred["password"]) == (0, 0)
+    assert raw.request(protocol.METADATA, 12, _metadata()).brokers  # authenticated: forwarded
+    hs = raw.request(protocol.SASL_HANDSHAKE, 1, SaslHandshakeRequest(mechanism="SCRAM-SHA-512"))
+    assert hs.error_code == 34
+    assert raw.closed_by_peer()
+
+
+def test_a_revoked_credential_fails_and_its_open_connections_close(setup: Setup) -> None:
+    cred = setup.issue("revoked-svc")
+    host, port = setup.gw.bootstrap.rsplit(":", 1)
+    raw = RawClient(host, int(port))
+    deadline = time.monotonic() + 10
+    while True:  # the gateway learns the new credential from the topic
+        result = _scram_login(raw, "SCRAM-SHA-512", cred["username"], cred["password"])
+        if result == (0, 0) or time.monotonic() > deadline:
+            break
+        raw = RawClient(host, int(port))
+        time.sleep(0.05)
+    assert result == (0, 0)
+    assert raw.request(protocol.METADATA, 12, _metadata()).brokers
+    started = time.monotonic()
+    out = _cli(setup.env, "revoke", cred["id"])
+    cli_done = time.monotonic()
+    assert out.returncode == 0, out.stderr
+    assert raw.closed_by_peer(timeout=10)
+    closed = time.monotonic()
+    print(
+        f"revocation: command {cli_done - started:.2f} s, connection closed {closed - started:.2f} s after the "
+        f"command started ({closed - cli_done:.2f} s after it returned)"
+    )
+    assert closed - started < 10
+    raw = RawClient(host, int(port))
+    assert _scram_login(raw, "SCRAM-SHA-512", cred["username"], cred["password"]) == (0, 58)
+    listed = json.loads(_cli(setup.env, "list", "--all", "-o", "json").stdout)
+    assert {(c["username"], c["state"]) for c in listed} >= {
+        ("acme/revoked-svc", "revoked"),
+        ("acme/orders-svc", "active"),
+    }
