@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kio.schema.errors import ErrorCode
+from kio.static.primitive import i16
 
 from gateway import protocol
 from gateway.sasl_server import AuthenticationFailed, SaslServer, server_for
@@ -41,6 +42,24 @@ def _response(api_key: int, version: int, correlation_id: int, **values: Any) ->
     body = cls(**{k: v for k, v in values.items() if k in names})
     head = correlation_id.to_bytes(4, "big", signed=True) + (b"\x00" if cls.__flexible__ else b"")
     return head + protocol.encode(body)
+
+
+def advertise_sasl(frame: bytes, version: int) -> bytes:
+    """An ApiVersions response frame (already capped) that lists SaslHandshake and SaslAuthenticate
+    with the versions the gateway answers itself, whatever the broker behind it offers."""
+    import dataclasses
+
+    if len(frame) >= 6 and int.from_bytes(frame[4:6], "big", signed=True) != 0:
+        return frame  # an error answer (an unknown ApiVersions version): the client asks again
+    resp = protocol.decode_response(frame, protocol.API_VERSIONS, version, 4)
+    ours = {k: protocol.SUPPORTED[k] for k in (protocol.SASL_HANDSHAKE, protocol.SASL_AUTHENTICATE)}
+    template = type(resp.api_keys[0]) if resp.api_keys else None
+    if template is None:
+        return frame
+    keys = [k for k in resp.api_keys if int(k.api_key) not in ours]
+    keys += [template(api_key=i16(k), min_version=i16(lo), max_version=i16(hi)) for k, (lo, hi) in ours.items()]
+    keys.sort(key=lambda k: int(k.api_key))
+    return frame[:4] + protocol.encode(dataclasses.replace(resp, api_keys=tuple(keys)))
 
 
 class ClientAuth:

@@ -45,7 +45,7 @@ from kio.serial import entity_writer
 from kio.static.primitive import i16, i32
 
 from gateway import protocol
-from gateway.authn import ClientAuth
+from gateway.authn import ClientAuth, advertise_sasl
 from gateway.errors import ProtocolViolation, UpstreamError
 from gateway.latency import LatencyHistogram
 from gateway.metering import CONSUME_TYPE, PRODUCE_TYPE, Counted, RequestContext, acknowledged, events, fetch_counts
@@ -559,7 +559,8 @@ class Gateway:
             observe_response(conn.identity, key, version, frame, conn.id)
             return frame
         if key == protocol.API_VERSIONS:
-            return protocol.cap_api_versions(frame, version)
+            capped = protocol.cap_api_versions(frame, version)
+            return capped if conn.auth is None else advertise_sasl(capped, version)
         if protocol.rewrites(key):
             return protocol.rewrite_response(frame, key, version, self.topology.address)
         if key == protocol.PRODUCE:

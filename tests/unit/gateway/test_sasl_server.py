@@ -147,3 +147,28 @@ def test_client_auth_refuses_a_wrong_password_with_sasl_authentication_failed() 
     assert _handshake(auth, "PLAIN") == (0, False)
     code, _, close = _authenticate(auth, b"\0acme/svc\0wrong")
     assert (code, close) == (58, True) and not auth.authenticated
+
+
+def test_apiversions_advertises_the_sasl_apis_the_gateway_answers_itself() -> None:
+    """Under GATEWAY_AUTH=streamtoll the gateway answers SASL whatever the broker behind it offers."""
+    from kio.schema.api_versions.v3.response import ApiVersion, ApiVersionsResponse
+    from kio.schema.errors import ErrorCode
+    from kio.static.primitive import i16, i64
+
+    from gateway.authn import advertise_sasl
+
+    body = ApiVersionsResponse(
+        error_code=ErrorCode.none,
+        api_keys=(ApiVersion(api_key=i16(0), min_version=i16(3), max_version=i16(9)),),
+        throttle_time=timedelta(0),
+        supported_features=(),
+        finalized_features_epoch=i64(-1),
+        finalized_features=(),
+        zk_migration_ready=False,
+    )
+    frame = (5).to_bytes(4, "big") + protocol.encode(body)
+    out = protocol.decode_response(advertise_sasl(frame, 3), protocol.API_VERSIONS, 3, 4)
+    spans = {int(k.api_key): (int(k.min_version), int(k.max_version)) for k in out.api_keys}
+    assert spans[0] == (3, 9)
+    assert spans[protocol.SASL_HANDSHAKE] == protocol.SUPPORTED[protocol.SASL_HANDSHAKE]
+    assert spans[protocol.SASL_AUTHENTICATE] == protocol.SUPPORTED[protocol.SASL_AUTHENTICATE]
