@@ -93,7 +93,8 @@ def setup(broker: EmbeddedBroker, pg_server: str, tmp_path_factory: pytest.TempP
 
 def _topic(broker: EmbeddedBroker, prefix: str) -> str:
     topic = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    AdminClient({"bootstrap.servers": broker.bootstrap}).create_topics([NewTopic(topic, 2, 1)])[topic].result(10)
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.create_topics([NewTopic(topic, 2, 1)])[topic].result(10)
     return topic
 
 
@@ -258,14 +259,21 @@ def test_a_revoked_credential_fails_and_its_open_connections_close(setup: Setup)
     assert result == (0, 0)
     assert raw.request(protocol.METADATA, 12, _metadata()).brokers
     started = time.monotonic()
-    out = _cli(setup.env, "revoke", cred["id"])
-    cli_done = time.monotonic()
-    assert out.returncode == 0, out.stderr
-    assert raw.closed_by_peer(timeout=10)
+    revoke = subprocess.Popen(
+        [sys.executable, "-m", "streamtoll.cli", "credentials", "revoke", cred["id"]],
+        env=setup.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert raw.closed_by_peer(timeout=15)
     closed = time.monotonic()
+    _, err = revoke.communicate(timeout=30)
+    assert revoke.returncode == 0, err
+    cli_done = time.monotonic()
     print(
-        f"revocation: command {cli_done - started:.2f} s, connection closed {closed - started:.2f} s after the "
-        f"command started ({closed - cli_done:.2f} s after it returned)"
+        f"revocation: connection closed {closed - started:.2f} s after `credentials revoke` started "
+        f"(the command, Python start-up included, took {cli_done - started:.2f} s)"
     )
     assert closed - started < 10
     raw = RawClient(host, int(port))
