@@ -245,18 +245,38 @@ def test_requests_before_authentication_unoffered_mechanisms_and_second_handshak
     assert raw.closed_by_peer()
 
 
+def _login_eventually(gw: GatewayProcess, username: str, password: str) -> RawClient:
+    """An authenticated raw connection, retried while the gateway has not yet read the change."""
+    host, port = gw.bootstrap.rsplit(":", 1)
+    deadline = time.monotonic() + 10
+    while True:
+        raw = RawClient(host, int(port))
+        result = _scram_login(raw, "SCRAM-SHA-512", username, password)
+        if result == (0, 0):
+            return raw
+        raw.close()
+        assert time.monotonic() < deadline, result
+        time.sleep(0.05)
+
+
+def test_a_rotated_credential_takes_both_passwords_during_the_overlap(setup: Setup) -> None:
+    cred = setup.issue("rotated-svc")
+    _login_eventually(setup.gw, cred["username"], cred["password"]).close()
+    out = _cli(setup.env, "rotate", cred["id"], "--overlap", "1h", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    rotated = json.loads(out.stdout)
+    assert rotated["username"] == cred["username"] and rotated["password"] != cred["password"]
+    _login_eventually(setup.gw, cred["username"], rotated["password"]).close()
+    _login_eventually(setup.gw, cred["username"], cred["password"]).close()  # the overlap
+    listed = json.loads(_cli(setup.env, "list", "--account", "acme", "-o", "json").stdout)
+    row = next(c for c in listed if c["id"] == cred["id"])
+    assert row["state"] == "active" and row["old_password_valid_until"]
+
+
 def test_a_revoked_credential_fails_and_its_open_connections_close(setup: Setup) -> None:
     cred = setup.issue("revoked-svc")
     host, port = setup.gw.bootstrap.rsplit(":", 1)
-    raw = RawClient(host, int(port))
-    deadline = time.monotonic() + 10
-    while True:  # the gateway learns the new credential from the topic
-        result = _scram_login(raw, "SCRAM-SHA-512", cred["username"], cred["password"])
-        if result == (0, 0) or time.monotonic() > deadline:
-            break
-        raw = RawClient(host, int(port))
-        time.sleep(0.05)
-    assert result == (0, 0)
+    raw = _login_eventually(setup.gw, cred["username"], cred["password"])
     assert raw.request(protocol.METADATA, 12, _metadata()).brokers
     started = time.monotonic()
     revoke = subprocess.Popen(
