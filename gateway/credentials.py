@@ -112,11 +112,15 @@ class CredentialStore:
     def _follow(self, consumer: Consumer) -> None:
         try:
             while not self._stop.is_set():
-                for msg in consumer.consume(500, 0.2):
-                    if msg.error() is None:
-                        self.apply(msg.value(), msg.key())
-                    else:
-                        log.warning("credentials topic", extra={"error": str(msg.error())})
+                try:
+                    for msg in consumer.consume(500, 0.2):
+                        if msg.error() is None:
+                            self.apply(msg.value(), msg.key())
+                        else:
+                            log.warning("credentials topic", extra={"error": str(msg.error())})
+                except KafkaException as exc:  # keep following: a revocation must still arrive
+                    log.error("reading the credentials topic failed", extra={"error": str(exc)})
+                    self._stop.wait(1.0)
         finally:
             consumer.close()
 

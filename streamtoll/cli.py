@@ -374,6 +374,8 @@ def _publish_credentials(engine: Engine, strict: bool) -> int | None:
 
     metering = _settings()
     if not metering.kafka_bootstrap:
+        if not strict:
+            return None
         print(
             "credentials not published: STREAMTOLL_KAFKA_BOOTSTRAP (the gateways' credentials topic) is not set",
             file=sys.stderr,
@@ -381,7 +383,11 @@ def _publish_credentials(engine: Engine, strict: bool) -> int | None:
         return None
     try:
         return publish_credentials(
-            engine, metering.kafka_config(), metering.topic_credentials, metering.topic_replication_factor
+            engine,
+            metering.kafka_config(),
+            metering.topic_credentials,
+            metering.topic_replication_factor,
+            skip_empty=not strict,
         )
     except CredentialError as exc:
         if strict:

@@ -231,10 +231,15 @@ def ensure_credentials_topic(kafka_config: dict[str, Any], topic: str, replicati
                 raise
 
 
-def publish_credentials(engine: Engine, kafka_config: dict[str, Any], topic: str, replication: int = -1) -> int:
-    """Publish every credential's current state (the database's) to ``topic``; how many.
+def publish_credentials(
+    engine: Engine, kafka_config: dict[str, Any], topic: str, replication: int = -1, skip_empty: bool = False
+) -> int:
+    """Publish every credential's current state (the database's) to ``topic``; how many (with
+    ``skip_empty``, nothing at all — not even the topic — while no credential was ever issued).
     Raises :class:`CredentialError` if the cluster does not take them."""
     credentials = _published(engine)
+    if skip_empty and not credentials:
+        return 0
     try:
         ensure_credentials_topic(kafka_config, topic, replication)
     except KafkaException as exc:

@@ -194,11 +194,19 @@ def test_a_partner_produces_and_consumes_with_its_scram_credential_billed_to_its
     assert {e["subject"] for e in audit.for_topic(topic)} == {"User:acme/orders-svc"}
 
     # billing attributes the credential's principal to its account with no client rule (the sample
-    # accounts' rules would give "User:acme/..." to nobody: they name "User:acme-*")
-    from billing.services.usage import load_attributor
+    # accounts' rules would give "User:acme/..." to nobody: they name "User:acme-*"): the usage the
+    # events became, read and attributed where reports, statements and billing runs read it
+    from datetime import UTC, datetime
 
-    attributor = load_attributor(setup.engine)
-    assert attributor.account_for("User:acme/orders-svc", "cred-producer", "vc-test", time_today()) == "acme"
+    from billing.services.sink import upsert_windows
+    from billing.services.usage import usage_rows
+
+    from .seed import w
+
+    records, size = audit.totals(topic, PRODUCE)
+    upsert_windows(setup.engine, [w(3, 10, "proxy", "User:acme/orders-svc", "produce", topic, b=size, r=records)])
+    rows = usage_rows(setup.engine, datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
+    assert [(r["account"], r["records"]) for r in rows if r["topic"] == topic] == [("acme", 150)]
 
     # a wrong password fails authentication (and nothing of it reaches the broker)
     errors: list[KafkaError] = []
@@ -213,12 +221,6 @@ def test_a_partner_produces_and_consumes_with_its_scram_credential_billed_to_its
     raw = RawClient(host, int(port))
     assert _scram_login(raw, "SCRAM-SHA-256", "acme/orders-svc", "wrong") == (0, 58)
     assert raw.closed_by_peer()
-
-
-def time_today() -> Any:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).date()
 
 
 def test_requests_before_authentication_unoffered_mechanisms_and_second_handshakes_are_refused(
@@ -303,3 +305,20 @@ def test_a_revoked_credential_fails_and_its_open_connections_close(setup: Setup)
         ("acme/revoked-svc", "revoked"),
         ("acme/orders-svc", "active"),
     }
+
+
+def test_a_revocation_whose_publication_a_crash_cut_short_is_repaired_by_the_next_publication(
+    setup: Setup,
+) -> None:
+    """The database write happened, the publication did not (the process died between them):
+    ``credentials publish`` (and ``streamtoll api`` at start, which runs the same) publishes the
+    database's state, and the gateway closes the connection then."""
+    from billing.services.credentials import revoke_credential
+
+    cred = setup.issue("crashed-svc")
+    raw = _login_eventually(setup.gw, cred["username"], cred["password"])
+    revoke_credential(setup.engine, cred["id"])  # and nothing published
+    assert raw.request(protocol.METADATA, 12, _metadata()).brokers  # the gateways do not know yet
+    out = _cli(setup.env, "publish")
+    assert out.returncode == 0, out.stderr
+    assert raw.closed_by_peer(timeout=10)
