@@ -322,3 +322,34 @@ def test_a_revocation_whose_publication_a_crash_cut_short_is_repaired_by_the_nex
     out = _cli(setup.env, "publish")
     assert out.returncode == 0, out.stderr
     assert raw.closed_by_peer(timeout=10)
+
+
+def test_a_client_the_gateway_authenticated_reaches_a_sasl_broker_as_the_gateway() -> None:
+    """UpstreamAuth.GATEWAY: the client logs in to the gateway with its streamtoll credential; its
+    upstream connection logs in to the (SASL-only) broker with the gateway's own identity
+    (GATEWAY_UPSTREAM_SASL_*), never the client's; its events carry the credential's principal."""
+    from metering.credentials import Credential, scram_key
+
+    from .test_gateway_security import FakeUpstream, _connect, _gateway
+
+    credential = Credential(
+        "cred_x", "acme", "acme/orders-svc", "active", (scram_key("SCRAM-SHA-512", "partner-pw", iterations=4096),)
+    )
+
+    class Store:
+        def find(self, username: str) -> Credential | None:
+            return credential if username == credential.username else None
+
+    own = {"protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN", "sasl_username": "gw", "sasl_password": "gw-secret"}
+
+    async def main() -> None:
+        async with FakeUpstream() as up, _gateway(up, **own) as (gw, sink):
+            gw.credentials = Store()
+            client = await _connect(gw)
+            assert await client.scram("acme/orders-svc", "partner-pw") == 0
+            assert (await client.produce("t-cred", 3)).responses[0].partition_responses[0].error_code == 0
+            client.close()
+            assert up.logins == ["gw", "gw"]  # discovery, then the client's upstream connection
+            assert sink.subjects() == [("User:acme/orders-svc", "User:acme/orders-svc")]
+
+    asyncio.run(main())
