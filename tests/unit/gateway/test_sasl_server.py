@@ -172,3 +172,13 @@ def test_apiversions_advertises_the_sasl_apis_the_gateway_answers_itself() -> No
     assert spans[0] == (3, 9)
     assert spans[protocol.SASL_HANDSHAKE] == protocol.SUPPORTED[protocol.SASL_HANDSHAKE]
     assert spans[protocol.SASL_AUTHENTICATE] == protocol.SUPPORTED[protocol.SASL_AUTHENTICATE]
+
+
+def test_gateway_auth_setting() -> None:
+    from gateway.errors import GatewaySettingsError
+    from gateway.settings import GatewaySettings
+
+    assert GatewaySettings.from_env({}).auth == "passthrough"  # nothing existing changes
+    assert GatewaySettings.from_env({"STREAMTOLL_GATEWAY_AUTH": "StreamToll"}).auth == "streamtoll"
+    with pytest.raises(GatewaySettingsError, match="GATEWAY_AUTH='ldap' must be passthrough or streamtoll"):
+        GatewaySettings.from_env({"STREAMTOLL_GATEWAY_AUTH": "ldap"})
