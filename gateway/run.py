@@ -91,11 +91,17 @@ def run_gateway(settings: GatewaySettings, metering: MeteringSettings, observe: 
         ensure_topic=ensure,
     )
     gateway = Gateway(settings, upstream, audit)
-    if settings.auth == "streamtoll":
-        # the credentials streamtoll issued, read to the end before the listeners open, then followed
-        gateway.credentials = CredentialStore(metering.kafka_config(), metering.topic_credentials)
-        gateway.credentials.start()
     try:
+        if settings.auth == "streamtoll":
+            # the credentials streamtoll issued, read to the end before the listeners open, then followed
+            store = CredentialStore(metering.kafka_config(), metering.topic_credentials)
+            try:
+                store.start()
+            except KafkaException as exc:
+                raise UpstreamError(
+                    f"the credentials topic {metering.topic_credentials} cannot be read ({exc})"
+                ) from exc
+            gateway.credentials = store
         with observe(gateway, audit) if observe else contextlib.nullcontext():
             asyncio.run(serve(gateway))
     finally:
