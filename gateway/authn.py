@@ -62,6 +62,36 @@ def advertise_sasl(frame: bytes, version: int) -> bytes:
     return frame[:4] + protocol.encode(dataclasses.replace(resp, api_keys=tuple(keys)))
 
 
+def api_versions_answer(spans: dict[int, tuple[int, int]], version: int, correlation_id: int) -> bytes:
+    """The gateway's own ApiVersions response frame (correlation id first) in ``version``: the
+    upstream's ranges (``spans``, learnt at start) capped to :data:`protocol.SUPPORTED`, and the
+    SASL APIs the gateway answers. Sent before authentication, so an unauthenticated client
+    never makes the gateway open a connection to a broker."""
+    import datetime
+    import sys
+
+    from kio.static.primitive import i32Timedelta
+
+    cls = protocol._response_type(protocol.API_VERSIONS, version)
+    entry = sys.modules[cls.__module__].ApiVersion
+    keys = []
+    for key, (low, high) in sorted(spans.items()):
+        if (span := protocol.SUPPORTED.get(key)) is None:
+            continue
+        lo, hi = max(low, span[0]), min(high, span[1])
+        if lo <= hi:
+            keys.append(entry(api_key=i16(key), min_version=i16(lo), max_version=i16(hi)))
+    names = set(cls.__dataclass_fields__)
+    values = {
+        "error_code": ErrorCode.none,
+        "api_keys": tuple(keys),
+        "throttle_time": i32Timedelta.parse(datetime.timedelta(0)),
+    }
+    body = cls(**{k: v for k, v in values.items() if k in names})
+    frame = correlation_id.to_bytes(4, "big", signed=True) + protocol.encode(body)  # response header v0 always
+    return advertise_sasl(frame, version)
+
+
 class ClientAuth:
     def __init__(
         self,

@@ -45,7 +45,7 @@ from kio.serial import entity_writer
 from kio.static.primitive import i16, i32
 
 from gateway import protocol
-from gateway.authn import ClientAuth, advertise_sasl
+from gateway.authn import ClientAuth, advertise_sasl, api_versions_answer
 from gateway.errors import ProtocolViolation, UpstreamError
 from gateway.latency import LatencyHistogram
 from gateway.metering import CONSUME_TYPE, PRODUCE_TYPE, Counted, RequestContext, acknowledged, events, fetch_counts
@@ -179,6 +179,36 @@ async def discover_brokers(
         return {int(b.node_id): (b.host, int(b.port)) for b in resp.brokers}
     except (OSError, TimeoutError, asyncio.IncompleteReadError, ProtocolViolation) as exc:
         raise UpstreamError(f"the upstream cluster did not answer a Metadata request ({exc!r})") from exc
+    finally:
+        writer.close()
+
+
+async def upstream_api_versions(
+    addresses: list[tuple[str, int]],
+    security: UpstreamSecurity | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> dict[int, tuple[int, int]]:
+    """The upstream's API ranges (ApiVersions v0, logged in as the gateway when SASL): what the
+    gateway answers an ApiVersions before authentication with (GATEWAY_AUTH=streamtoll)."""
+    from kio.schema.api_versions.v0.request import ApiVersionsRequest
+
+    reader, writer = await _connect_any(addresses, tls)
+    try:
+        if security is not None and security.sasl:
+            await asyncio.wait_for(authenticate(reader, writer, security), CONNECT_TIMEOUT)
+        header = RequestHeaderV1(
+            request_api_key=i16(protocol.API_VERSIONS),
+            request_api_version=i16(0),
+            correlation_id=i32(1),
+            client_id="gw",
+        )
+        writer.write(_frame(header, ApiVersionsRequest()))
+        await writer.drain()
+        frame = await asyncio.wait_for(_read_frame(reader, 1 << 20), CONNECT_TIMEOUT)
+        resp = protocol.decode_response(frame, protocol.API_VERSIONS, 0, 4)
+        return {int(k.api_key): (int(k.min_version), int(k.max_version)) for k in resp.api_keys}
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, ProtocolViolation) as exc:
+        raise UpstreamError(f"the upstream cluster did not answer an ApiVersions request ({exc!r})") from exc
     finally:
         writer.close()
 
@@ -390,6 +420,10 @@ class Connection:
         if key not in (protocol.SASL_HANDSHAKE, protocol.SASL_AUTHENTICATE):
             if not auth.allows(key):
                 raise ClientRefused(f"{protocol.api_name(key)} before authentication")
+            if key == protocol.API_VERSIONS and not auth.authenticated and self.gateway.api_versions:
+                answer = api_versions_answer(self.gateway.api_versions, version, correlation_id)
+                await self._answer_locally(correlation_id, key, version, head.client_id, answer)
+                return True
             return False
         body = protocol.request_body_offset(frame, key, version, head.end)
         request = protocol.decode_request(frame, key, version, body)
@@ -516,6 +550,7 @@ class Gateway:
         self.violations = 0
         self.accepted = 0
         self.credentials: Any = None  # GATEWAY_AUTH=streamtoll: a gateway.credentials.CredentialStore
+        self.api_versions: dict[int, tuple[int, int]] = {}  # the upstream's, for ApiVersions before authentication
         self.refused: Counter[int] = Counter()  # Produce / Fetch answered by the gateway: the audit journal was full
         self._refusing_logged = 0.0
         self.serving = False
@@ -583,6 +618,13 @@ class Gateway:
         """Learn the upstream brokers and open the bootstrap listener and one per broker."""
         self._loop = asyncio.get_running_loop()
         brokers = await discover_brokers(self.upstream, self.settings.upstream_security, self.upstream_tls)
+        if self.credentials is not None:
+            try:
+                self.api_versions = await upstream_api_versions(
+                    self.upstream, self.settings.upstream_security, self.upstream_tls
+                )
+            except UpstreamError as exc:  # then ApiVersions before authentication is forwarded
+                log.warning("the upstream's API versions are unknown", extra={"error": str(exc)})
         s = self.settings
         self.servers.append(await self._listen(s.listen_port, lambda: self.upstream))
         self.topology.on_new_broker = None  # the seeded brokers' listeners open here, in order

@@ -238,6 +238,22 @@ def test_requests_before_authentication_unoffered_mechanisms_and_second_handshak
         hs = raw.request(protocol.SASL_HANDSHAKE, 1, SaslHandshakeRequest(mechanism=mechanism))
         assert hs.error_code == 33 and set(hs.mechanisms) == {"SCRAM-SHA-512", "SCRAM-SHA-256"}
         assert raw.closed_by_peer()
+    # ApiVersions before authentication is answered by the gateway itself (with the SASL APIs it
+    # answers): an unauthenticated client never makes it open a broker connection
+    from kio.schema.api_versions.v3.request import ApiVersionsRequest
+
+    raw = RawClient(host, int(port))
+    versions = raw.request(
+        protocol.API_VERSIONS, 3, ApiVersionsRequest(client_software_name="raw", client_software_version="1")
+    )
+    offered = {int(k.api_key) for k in versions.api_keys}
+    assert {protocol.PRODUCE, protocol.FETCH, protocol.SASL_HANDSHAKE, protocol.SASL_AUTHENTICATE} <= offered
+    raw.close()
+    import httpx
+
+    metrics = httpx.get(f"http://127.0.0.1:{setup.gw.metrics_port}/metrics").text
+    assert 'streamtoll_gateway_requests_total{api="api_versions"}' not in metrics  # none forwarded, by anyone
+    assert 'streamtoll_gateway_requests_total{api="metadata"}' in metrics
     # a second handshake on an authenticated connection
     raw = RawClient(host, int(port))
     assert _scram_login(raw, "SCRAM-SHA-512", cred["username"], cred["password"]) == (0, 0)

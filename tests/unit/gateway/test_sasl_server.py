@@ -182,3 +182,17 @@ def test_gateway_auth_setting() -> None:
     assert GatewaySettings.from_env({"STREAMTOLL_GATEWAY_AUTH": "StreamToll"}).auth == "streamtoll"
     with pytest.raises(GatewaySettingsError, match="GATEWAY_AUTH='ldap' must be passthrough or streamtoll"):
         GatewaySettings.from_env({"STREAMTOLL_GATEWAY_AUTH": "ldap"})
+
+
+@pytest.mark.parametrize("version", range(protocol.SUPPORTED[protocol.API_VERSIONS][1] + 1))
+def test_the_gateways_own_apiversions_answer_caps_the_upstreams_and_adds_sasl(version: int) -> None:
+    from gateway.authn import api_versions_answer
+
+    upstream = {protocol.PRODUCE: (0, 11), protocol.FETCH: (0, 17), 27: (0, 1)}  # 27: broker-internal
+    frame = api_versions_answer(upstream, version, 42)
+    assert int.from_bytes(frame[:4], "big") == 42
+    body = protocol.decode_response(frame, protocol.API_VERSIONS, version, 4)
+    spans = {int(k.api_key): (int(k.min_version), int(k.max_version)) for k in body.api_keys}
+    assert spans[protocol.PRODUCE] == (max(0, protocol.SUPPORTED[protocol.PRODUCE][0]), 11)
+    assert spans[protocol.FETCH][1] == min(17, protocol.SUPPORTED[protocol.FETCH][1])
+    assert 27 not in spans and protocol.SASL_HANDSHAKE in spans and protocol.SASL_AUTHENTICATE in spans
