@@ -1,24 +1,23 @@
 """A raw Kafka-protocol client for tests (kio types over a socket): requests no client library
-sends (a produce to a partition that does not exist, pipelined requests), and record batches
-read back from the broker without going through the gateway."""
+sends (a produce to a partition that does not exist, pipelined requests). What a topic holds is
+read back from the broker by ``streamtoll.gateway_clients.broker_batches`` (re-exported here):
+its own parsing of the batch headers, not the gateway's ``gateway.wire``, and the demo's check."""
 
 from __future__ import annotations
 
 import io
 import socket
 import struct
-from datetime import timedelta
 from typing import Any
 
 from kio.index import load_request_schema, load_response_schema
-from kio.schema.fetch.v12.request import FetchPartition, FetchRequest, FetchTopic
 from kio.schema.request_header.v1.header import RequestHeader as HeaderV1
 from kio.schema.request_header.v2.header import RequestHeader as HeaderV2
 from kio.serial import entity_reader, entity_writer
-from kio.static.primitive import i8, i16, i32, i64
+from kio.static.primitive import i16, i32
 
 from gateway.protocol import response_body_offset
-from gateway.wire import count_batches
+from streamtoll.gateway_clients import broker_batches
 
 __all__ = ["RawClient", "broker_batches", "encode_request"]
 
@@ -93,58 +92,3 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def broker_batches(bootstrap: str, topic: str, partitions: int) -> tuple[int, int]:
-    """(records, record-batch bytes) stored in a topic, read straight from the broker with Fetch
-    requests up to each partition's high watermark."""
-    host, port = bootstrap.rsplit(":", 1)
-    client = RawClient(host, int(port))
-    records = nbytes = 0
-    try:
-        for partition in range(partitions):
-            offset = 0
-            while True:
-                req = FetchRequest(
-                    replica_id=i32(-1),
-                    max_wait=timedelta(milliseconds=10),
-                    min_bytes=i32(1),
-                    max_bytes=i32(8 << 20),
-                    isolation_level=i8(0),
-                    session_id=i32(0),
-                    session_epoch=i32(-1),
-                    topics=(
-                        FetchTopic(
-                            topic=topic,
-                            partitions=(
-                                FetchPartition(
-                                    partition=i32(partition),
-                                    fetch_offset=i64(offset),
-                                    partition_max_bytes=i32(8 << 20),
-                                ),
-                            ),
-                        ),
-                    ),
-                    forgotten_topics_data=(),
-                    rack_id="",
-                )
-                resp = client.request(1, 12, req)
-                part = resp.responses[0].partitions[0]
-                data = part.records or b""
-                counted = count_batches(data)
-                records += counted.records
-                nbytes += counted.bytes
-                pos, last = 0, offset
-                while pos + 12 <= len(data):
-                    base, length = struct.unpack_from(">qi", data, pos)
-                    if pos + 12 + length > len(data):
-                        break
-                    (delta,) = struct.unpack_from(">i", data, pos + 23)
-                    last = base + delta + 1
-                    pos += 12 + length
-                if last <= offset or last >= part.high_watermark:
-                    break
-                offset = last
-    finally:
-        client.close()
-    return records, nbytes
