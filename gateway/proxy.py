@@ -463,14 +463,7 @@ class Connection:
             if request.acks == 0:
                 return
         answer = protocol.refusal(key, version, correlation_id, request)
-        if correlation_id in self.inflight:
-            raise ProtocolViolation(f"correlation id {correlation_id} is already in flight")
-        if self.inflight or self.answering:  # answers go back in request order
-            self.inflight[correlation_id] = Pending(key, version, client_id, None, refusal=answer)
-            self.idle.clear()
-            return
-        self.writer.write(len(answer).to_bytes(4, "big") + answer)
-        await self.writer.drain()
+        await self._answer_locally(correlation_id, key, version, client_id, answer)
 
     def _answer_refusals(self) -> None:
         """Send the refusals that are next in line (every request before them is answered)."""
