@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import httpx
 
 from streamtoll.traffic import Traffic, committed, produce, read_all, wait_caught_up, window_totals
 
-__all__ = ["Traffic", "Worker", "committed", "produce", "read_all", "wait_caught_up", "window_totals"]
+__all__ = ["Traffic", "Worker", "api_server", "committed", "produce", "read_all", "wait_caught_up", "window_totals"]
 
 
 class Worker:
@@ -46,3 +51,34 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self.kill9()
         return self.proc.returncode
+
+
+@contextlib.contextmanager
+def api_server(env: dict[str, str], log: Path, *options: str, ready: str = "/healthz") -> Iterator[str]:
+    """``streamtoll [options] api`` as a real child process on a free port: its base URL once
+    ``ready`` answers 200 (within 60 s), stopped with SIGTERM afterwards."""
+    from streamtoll.embedded import free_port
+
+    port = free_port()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamtoll.cli", *options, "api", "--bind", f"127.0.0.1:{port}"],
+            env=env,
+            stdout=out,
+            stderr=out,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(base + ready, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -34,9 +34,9 @@ from billing.api.quota import DEFAULT_LIMITS, Limit
 from billing.services.billing_run import run_billing
 from billing.services.keys import create_key
 from billing.settings import BillingSettings
-from streamtoll.embedded import free_port
 from streamtoll.serving import running
 
+from .harness import api_server
 from .seed import DEC1
 
 pytestmark = pytest.mark.integration
@@ -85,32 +85,11 @@ def server(engine: sa.Engine, migrated: str, tmp_path: Path) -> Iterator[Server]
         "globex": create_key(engine, "partner", "globex"),
         "finance": create_key(engine, "finance", None),
     }
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMTOLL_")}
     # partners keep the default limits (the flood meets them); finance gets a tight one
     env |= {"STREAMTOLL_DATABASE_URL": migrated, "STREAMTOLL_API_LIMITS_FINANCE": "rate=1/h,burst=2"}
-    log = tmp_path / "api.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamtoll.cli", "api", "--bind", f"127.0.0.1:{port}"],
-            env=env,
-            stdout=out,
-            stderr=out,
-        )
-        try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    httpx.get(base + "/healthz/live", timeout=2)
-                    break
-                except httpx.HTTPError:
-                    assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
-                    time.sleep(0.1)
-            yield Server(base, keys)
-        finally:
-            proc.terminate()
-            proc.wait(30)
+    with api_server(env, tmp_path / "api.log", ready="/healthz/live") as base:
+        yield Server(base, keys)
 
 
 def _metric(base: str, name: str, **labels: str) -> float:

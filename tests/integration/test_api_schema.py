@@ -9,15 +9,11 @@ requests; the finance key may run billing, finalize and void: the database is th
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import requests
 import schemathesis
@@ -38,8 +34,8 @@ from billing.services.billing_run import run_billing
 from billing.services.keys import create_key
 from metering.engine.topics import ensure_topics
 from metering.settings import MeteringSettings
-from streamtoll.embedded import free_port
 
+from .harness import api_server
 from .seed import DEC1
 
 pytestmark = pytest.mark.integration
@@ -73,37 +69,16 @@ def served(
         "finance": create_key(engine, "finance", None),
         "ops": create_key(engine, "ops", None),
     }
-    port = free_port()
-    log = tmp_path / "api.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamtoll.cli", "api", "--bind", f"127.0.0.1:{port}"],
-            env={
-                **env,
-                "STREAMTOLL_DATABASE_URL": migrated,
-                "STREAMTOLL_LOG_LEVEL": "WARNING",
-                # the per-key limits have their own test (test_api_limits); here a request over
-                # them would wait a second for its 429 and the run would reach fewer operations
-                **{f"STREAMTOLL_API_LIMITS_{role}": "off" for role in ("PARTNER", "FINANCE", "OPS")},
-            },
-            stdout=out,
-            stderr=out,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
-            time.sleep(0.1)
+    env = {
+        **env,
+        "STREAMTOLL_DATABASE_URL": migrated,
+        "STREAMTOLL_LOG_LEVEL": "WARNING",
+        # the per-key limits have their own test (test_api_limits); here a request over them
+        # would wait a second for its 429 and the run would reach fewer operations
+        **{f"STREAMTOLL_API_LIMITS_{role}": "off" for role in ("PARTNER", "FINANCE", "OPS")},
+    }
+    with api_server(env, tmp_path / "api.log") as base:
         yield base, keys
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 class Run:

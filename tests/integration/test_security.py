@@ -11,7 +11,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -29,9 +28,9 @@ from billing.services.live import read_base
 from billing.services.sink import upsert_windows
 from billing.settings import BillingSettings
 from metering.contracts import UsageWindow
-from streamtoll.embedded import free_port
 from streamtoll.serving import running
 
+from .harness import api_server
 from .seed import DEC1
 
 pytestmark = pytest.mark.integration
@@ -167,43 +166,23 @@ def test_api_keys_never_appear_in_logs(engine: sa.Engine, keys: dict[str, str], 
     revoked = create_key(engine, "partner", "acme")
     revoke_key(engine, revoked.split("_")[1])
     secrets_ = [k.split("_", 2)[2] for k in (*keys.values(), revoked)]
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMTOLL_")}
     env["STREAMTOLL_DATABASE_URL"] = migrated
     log = tmp_path / "api.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamtoll.cli", "--log-level", "DEBUG", "api", "--bind", f"127.0.0.1:{port}"],
+    with api_server(env, log, "--log-level", "DEBUG") as base:
+        for key in [*keys.values(), revoked, keys["acme"] + "x", keys["finance"][:-3]]:
+            for path in ("/v1/invoices", "/v1/statements/2026-11", "/v1/invoices/INV-2026-000001/pdf", "/nope"):
+                httpx.get(base + path, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+                httpx.get(base + path, params={"api_key": key}, timeout=30)  # a key in the wrong place
+        cli = subprocess.run(
+            [sys.executable, "-m", "streamtoll.cli", "--log-level", "DEBUG", "keys", "create", "--role", "finance"],
             env=env,
-            stdout=out,
-            stderr=out,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
-        try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    httpx.get(base + "/healthz", timeout=2)
-                    break
-                except httpx.HTTPError:
-                    assert time.monotonic() < deadline, log.read_text()[-2000:]
-                    time.sleep(0.3)
-            for key in [*keys.values(), revoked, keys["acme"] + "x", keys["finance"][:-3]]:
-                for path in ("/v1/invoices", "/v1/statements/2026-11", "/v1/invoices/INV-2026-000001/pdf", "/nope"):
-                    httpx.get(base + path, headers={"Authorization": f"Bearer {key}"}, timeout=30)
-                    httpx.get(base + path, params={"api_key": key}, timeout=30)  # a key in the wrong place
-            cli = subprocess.run(
-                [sys.executable, "-m", "streamtoll.cli", "--log-level", "DEBUG", "keys", "create", "--role", "finance"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            assert cli.returncode == 0
-            new_secret = cli.stdout.strip().split("_", 2)[2]
-        finally:
-            proc.terminate()
-            proc.wait(30)
+        assert cli.returncode == 0
+        new_secret = cli.stdout.strip().split("_", 2)[2]
     text = log.read_text() + cli.stderr
     assert "streamtoll API on http" in text  # the log was captured (it has the start line)
     for s in [*secrets_, new_secret]:
