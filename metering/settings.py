@@ -53,6 +53,8 @@ class MeteringSettings:
     topic_usage_minutes: str = "streamtoll.usage-minutes.v1"
     topic_state: str = "streamtoll.metering-state.v1"
     topic_credentials: str = "streamtoll.credentials"  # credentials streamtoll issued, for the gateways
+    topic_entitlements: str = "streamtoll.entitlements"  # each account's access, rates and caps
+    topic_enforcement: str = "streamtoll.enforcement"  # the caps fold's decisions, for the gateways
     state_partitions: int = 12
     # the topics streamtoll creates when they are missing (metering.engine.topics)
     topic_partitions: int = 12
@@ -128,6 +130,8 @@ class MeteringSettings:
             "TOPIC_USAGE_MINUTES",
             "TOPIC_STATE",
             "TOPIC_CREDENTIALS",
+            "TOPIC_ENTITLEMENTS",
+            "TOPIC_ENFORCEMENT",
         ):
             if (v := get(name)) is not None:
                 if _TOPIC.match(v):

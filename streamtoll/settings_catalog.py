@@ -71,6 +71,20 @@ SETTINGS: list[Setting] = [
         "control topic (compacted): each credential's SCRAM salted keys and state, which every gateway follows",
         "streamtoll.credentials",
     ),
+    Setting(
+        "TOPIC_ENTITLEMENTS",
+        "streamtoll.entitlements",
+        "gateway, caps, billing",
+        "control topic (compacted): each account's topic and group grants, rate limits and monthly caps",
+        "streamtoll.entitlements",
+    ),
+    Setting(
+        "TOPIC_ENFORCEMENT",
+        "streamtoll.enforcement",
+        "gateway, caps",
+        "control topic (compacted): the caps fold's decision per account and capped meter",
+        "streamtoll.enforcement",
+    ),
     Setting("TOPIC_PROXY_AUDIT", "proxy-audit", "worker", "input: proxy audit records", "proxy-audit"),
     Setting(
         "TOPIC_BROKER_METRICS", "broker-metrics", "worker", "input: OTLP/JSON broker client metrics", "broker-metrics"
