@@ -1,8 +1,8 @@
 """The credentials a gateway authenticates clients with (``GATEWAY_AUTH=streamtoll``), followed
 from the credentials topic (``TOPIC_CREDENTIALS``) that streamtoll's credential store publishes to.
 
-At start the store reads the topic to its end (every partition, from the beginning; no consumer
-group) before the gateway opens its listeners, then keeps following it in a thread: a record
+At start the store reads the topic to its end before the gateway opens its listeners, then keeps
+following it in a thread (:class:`gateway.control.TopicFollower`): a record
 replaces the credential of its key (the newest record per credential id wins, so the topic is
 compacted and republishing is harmless). A credential that stops being active — revoked —
 is handed to ``on_change`` on the event loop, which closes its open connections.
@@ -14,14 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
-
-from gateway.errors import UpstreamError
+from gateway.control import TopicFollower
 from metering.credentials import Credential, decode
 
 __all__ = ["CredentialStore"]
@@ -31,20 +27,21 @@ log = logging.getLogger(__name__)
 
 class CredentialStore:
     def __init__(self, kafka_config: dict[str, Any], topic: str) -> None:
-        self.config = {
-            **kafka_config,
-            "group.id": "streamtoll-gateway-credentials",  # required by the client; never joins or commits
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 100,
-        }
         self.topic = topic
+        self._follower = TopicFollower(
+            kafka_config,
+            topic,
+            self.apply,
+            name="credentials",
+            missing=(
+                f"the credentials topic {topic} does not exist: issue a credential first "
+                "(streamtoll credentials create), or run streamtoll credentials publish"
+            ),
+        )
         self.by_id: dict[str, Credential] = {}
         self.by_username: dict[str, str] = {}
         self.on_change: Callable[[Credential], None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.applied = 0
 
     def find(self, username: str) -> Credential | None:
@@ -77,54 +74,8 @@ class CredentialStore:
 
     def start(self, timeout: float = 30.0) -> None:
         """Read the topic to its end, then follow it in a thread."""
-        consumer = Consumer(self.config)
-        try:
-            meta = consumer.list_topics(self.topic, timeout=timeout).topics.get(self.topic)
-            if meta is None or meta.error is not None or not meta.partitions:
-                raise UpstreamError(
-                    f"the credentials topic {self.topic} does not exist: issue a credential first "
-                    "(streamtoll credentials create), or run streamtoll credentials publish"
-                )
-            parts = [TopicPartition(self.topic, p, 0) for p in sorted(meta.partitions)]
-            ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=timeout)[1] for tp in parts}
-            consumer.assign([TopicPartition(self.topic, p, -2) for p in ends])  # -2: the beginning
-            deadline = time.monotonic() + timeout
-            positions = dict.fromkeys(ends, 0)
-            while any(positions[p] < ends[p] for p in ends):
-                if time.monotonic() > deadline:
-                    raise UpstreamError(f"the credentials topic {self.topic} could not be read to its end")
-                for msg in consumer.consume(500, 0.2):
-                    if msg.error() is None:
-                        self.apply(msg.value(), msg.key())
-                        part, offset = msg.partition(), msg.offset()
-                        if part is not None and offset is not None:
-                            positions[part] = offset + 1
-                for tp in consumer.position([TopicPartition(self.topic, p) for p in ends]):
-                    if tp.offset >= 0:
-                        positions[tp.partition] = max(positions[tp.partition], tp.offset)
-        except (KafkaException, UpstreamError):
-            consumer.close()
-            raise
+        self._follower.start(timeout)
         log.info("credentials read", extra={"topic": self.topic, "credentials": len(self.by_id)})
-        self._thread = threading.Thread(target=self._follow, args=(consumer,), name="credentials", daemon=True)
-        self._thread.start()
-
-    def _follow(self, consumer: Consumer) -> None:
-        try:
-            while not self._stop.is_set():
-                try:
-                    for msg in consumer.consume(500, 0.2):
-                        if msg.error() is None:
-                            self.apply(msg.value(), msg.key())
-                        else:
-                            log.warning("credentials topic", extra={"error": str(msg.error())})
-                except KafkaException as exc:  # keep following: a revocation must still arrive
-                    log.error("reading the credentials topic failed", extra={"error": str(exc)})
-                    self._stop.wait(1.0)
-        finally:
-            consumer.close()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        self._follower.stop()

@@ -54,6 +54,7 @@ from gateway.principals import ANONYMOUS, ClientIdentity, observe_request, obser
 from gateway.security import UpstreamAuth, UpstreamSecurity, authenticate, cert_principal
 from gateway.settings import GatewaySettings
 from gateway.wire import parse_request_header
+from metering.entitlements import Entitlement
 
 __all__ = ["ANONYMOUS", "INFLIGHT_GRACE", "AuditSink", "Gateway", "Topology", "discover_brokers"]
 
@@ -310,6 +311,16 @@ class Connection:
     def credential_id(self) -> str | None:
         return None if self.auth is None or self.auth.credential is None else self.auth.credential.id
 
+    @property
+    def account(self) -> str | None:
+        """The account of the credential the client authenticated with (GATEWAY_AUTH=streamtoll)."""
+        return None if self.auth is None or self.auth.credential is None else self.auth.credential.account
+
+    def entitlement(self) -> Entitlement | None:
+        """The account's entitlements now; None: unrestricted (no credential, or no record)."""
+        store, account = self.gateway.entitlements, self.account
+        return None if store is None or account is None else store.get(account)
+
     def _closing(self, exc: BaseException) -> None:
         if isinstance(exc, ClientRefused):
             log.warning("client connection closed: " + str(exc), extra={"conn": self.id, "client_ip": self.client_ip})
@@ -543,6 +554,8 @@ class Gateway:
         self.violations = 0
         self.accepted = 0
         self.credentials: Any = None  # GATEWAY_AUTH=streamtoll: a gateway.credentials.CredentialStore
+        # GATEWAY_AUTH=streamtoll: a gateway.control.EntitlementStore (grants, rates, caps per account)
+        self.entitlements: Any = None
         self.api_versions: dict[int, tuple[int, int]] = {}  # the upstream's, for ApiVersions before authentication
         self.refused: Counter[int] = Counter()  # Produce / Fetch answered by the gateway: the audit journal was full
         self._refusing_logged = 0.0

@@ -20,6 +20,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from gateway.audit import AuditWriter
+from gateway.control import EntitlementStore
 from gateway.credentials import CredentialStore
 from gateway.errors import UpstreamError
 from gateway.journal import Journal
@@ -102,11 +103,25 @@ def run_gateway(settings: GatewaySettings, metering: MeteringSettings, observe: 
                     f"the credentials topic {metering.topic_credentials} cannot be read ({exc})"
                 ) from exc
             gateway.credentials = store
+            # each account's grants, rates and caps, and the caps fold's decisions
+            entitlements = EntitlementStore(
+                metering.kafka_config(), metering.topic_entitlements, metering.topic_enforcement
+            )
+            try:
+                entitlements.start()
+            except KafkaException as exc:
+                raise UpstreamError(
+                    f"the entitlements topics {metering.topic_entitlements}, {metering.topic_enforcement} "
+                    f"cannot be read ({exc})"
+                ) from exc
+            gateway.entitlements = entitlements
         with observe(gateway, audit) if observe else contextlib.nullcontext():
             asyncio.run(serve(gateway))
     finally:
         if gateway.credentials is not None:
             gateway.credentials.stop()
+        if gateway.entitlements is not None:
+            gateway.entitlements.stop()
         left = audit.close()
         log.info(
             "gateway stopped",
