@@ -39,6 +39,13 @@ def _check_outputs(broker: EmbeddedBroker, settings: MeteringSettings, traffic: 
         assert d["value_b64"] and d["detail"]
 
 
+def _log_tail(log: Path, lines: int = 40) -> str:
+    """The last lines of a worker's log (its periodic progress lines left out)."""
+    text = log.read_text() if log.exists() else ""
+    kept = [ln[:600] for ln in text.splitlines() if '"metering progress"' not in ln]
+    return f"--- {log.name} (last {lines} lines)\n" + "\n".join(kept[-lines:])
+
+
 def test_known_stream_is_metered_exactly(
     broker: EmbeddedBroker, env: dict[str, str], settings: MeteringSettings, logdir: Path
 ) -> None:
@@ -207,6 +214,9 @@ def test_two_workers_share_the_partitions_and_one_killed_hands_them_back_exactly
         wait(lambda: holds_everything(logdir / "w2.log"), "the killed worker's partitions moving to the other", 90)
         feeder.join()
         wait_caught_up(broker.bootstrap, settings.group_id, ends)
+    except AssertionError as exc:
+        # what each worker said, for a failure seen only elsewhere (a CI machine)
+        raise AssertionError(f"{exc}\n{_log_tail(logdir / 'w1.log')}\n{_log_tail(logdir / 'w2.log')}") from None
     finally:
         if one.proc is not None and one.proc.poll() is None:
             one.stop()
