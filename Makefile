@@ -27,8 +27,12 @@ system-deps:
 	    apt-get install -y -qq poppler-utils chromium chromium-driver postgresql-client >/dev/null) || \
 	    echo "install poppler-utils, chromium, chromium-driver and postgresql-client for the document, page and role tests"; }
 
+# Two passes: everything that neither kills processes nor measures latency on two processes
+# (pytest-xdist, a file per process at a time: each process has its own broker and database
+# server), then the `serial` tests alone, so their timings see no neighbour's load.
 test: $(STAMP) system-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m 'not soak and not serial'
+	$(BIN)/python -m pytest -q -m 'serial and not soak'
 
 check: $(STAMP)
 	$(BIN)/ruff check metering billing gateway streamtoll tests

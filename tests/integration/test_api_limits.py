@@ -39,7 +39,8 @@ from streamtoll.serving import running
 from .harness import api_server
 from .seed import DEC1
 
-pytestmark = pytest.mark.integration
+# serial: make test runs this file alone (its kills and timings see no parallel neighbour)
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 # 50 threads, each on its own keep-alive connection, asking for the PDF as fast as answers come
 FLOOD = r"""

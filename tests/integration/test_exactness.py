@@ -18,7 +18,8 @@ from streamtoll.traffic import otlp_export, otlp_point, rfc3339
 
 from .harness import Traffic, Worker, committed, produce, read_all, wait_caught_up, window_totals
 
-pytestmark = pytest.mark.integration
+# serial: make test runs this file alone (its kills and timings see no parallel neighbour)
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 
 def _check_outputs(broker: EmbeddedBroker, settings: MeteringSettings, traffic: Traffic) -> None:

@@ -33,7 +33,8 @@ from .harness import Traffic, Worker, committed, produce, wait_caught_up
 from .test_exactness import _check_outputs
 from .test_sink import hourly
 
-pytestmark = pytest.mark.integration
+# serial: make test runs this file alone (its kills and timings see no parallel neighbour)
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 
 def _traffic(settings: MeteringSettings, n: int, seed: int) -> Traffic:
