@@ -63,7 +63,8 @@ PROBLEMS: dict[str, ProblemType] = {
             403,
             "Not allowed for this key",
             "The key is valid but its role may not do this: a partner key on a finance endpoint, an ops "
-            "key anywhere but `/v1/live`, a partner key on `/v1/live`.",
+            "key anywhere but `/v1/live`, entitlements and credentials, a partner key on `/v1/live` or issuing "
+            "or revoking a credential.",
         ),
         ProblemType(
             "not-found",

@@ -82,6 +82,7 @@ def _required(path: tuple[str, ...]) -> list[str]:
         ("credentials", "create"): ["--account", "acme"],
         ("credentials", "revoke"): ["cred_1"],
         ("credentials", "rotate"): ["cred_1"],
+        ("entitlements", "show"): ["--account", "acme"],
         ("usage",): ["--from", "2026-11-01", "--to", "2026-12-01"],
         ("bill",): ["--period", "2026-11"],
         ("invoices", "show"): ["draft-1"],
