@@ -278,3 +278,12 @@ def test_entitlement_worked_examples() -> None:
     assert not entitlement_for("acme", "p", 1, Access(topics=())).may_topic("orders.eu", "read")
     # no plan in force: nothing restricted, whatever the account says
     assert entitlement_for("acme", account_access=extra) == Entitlement("acme")
+
+
+def test_the_entitlements_record_in_docs_formats_is_what_the_code_writes() -> None:
+    text = (Path(__file__).parents[3] / "docs" / "formats.md").read_text(encoding="utf-8")
+    section = text[text.index("## Entitlements (control topic)") :]
+    example = section[section.index("```json\n") + 8 : section.index("\n```", section.index("```json"))]
+    e = decode_entitlement(example.encode())
+    assert encode_entitlement(e) == example.encode()  # keys sorted, compact: byte for byte
+    assert e.account == "acme" and e.may_topic("orders.eu", "write") and not e.may_topic("prices", "write")
