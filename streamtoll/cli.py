@@ -430,7 +430,8 @@ def _publish_entitlements(engine: Engine, strict: bool, when_set: bool = False) 
             raise Unavailable(str(exc)) from None
         if when_set:
             print(f"entitlements not published: {exc}", file=sys.stderr)
-        log.error("entitlements not published", extra={"error": str(exc)})
+        else:
+            log.error("entitlements not published", extra={"error": str(exc)})
         return None
 
 

@@ -7,6 +7,7 @@ topic is created (one partition, ``cleanup.policy=compact``) when it is missing.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,8 +21,20 @@ class PublishError(Exception):
     """The cluster did not take the records (or the topic); one sentence."""
 
 
+class _Debug(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """librdkafka's own lines (a refused connection, every 50 ms) at DEBUG: a publication that
+    fails says so in one sentence (:class:`PublishError`), not in hundreds of lines on stderr."""
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        self.logger.debug(msg, *args)
+
+
+def _quiet(kafka_config: dict[str, Any]) -> dict[str, Any]:
+    return {**kafka_config, "logger": _Debug(logging.getLogger("streamtoll.control.librdkafka"), {})}
+
+
 def ensure_compacted_topic(kafka_config: dict[str, Any], topic: str, replication: int = -1) -> None:
-    admin = AdminClient(kafka_config)
+    admin = AdminClient(_quiet(kafka_config))
     if topic in admin.list_topics(timeout=10).topics:
         return
     new = NewTopic(topic, 1, replication, config={"cleanup.policy": "compact"})
@@ -42,7 +55,7 @@ def publish_records(
         ensure_compacted_topic(kafka_config, topic, replication)
     except KafkaException as exc:
         raise PublishError(f"the topic {topic} could not be created ({exc})") from None
-    producer = Producer({**kafka_config, "enable.idempotence": True, "acks": "all", "linger.ms": 0})
+    producer = Producer({**_quiet(kafka_config), "enable.idempotence": True, "acks": "all", "linger.ms": 0})
     failed: list[str] = []
 
     def done(err: Any, msg: Any) -> None:

@@ -13,7 +13,7 @@ statement store and the database; queries are parameterized. ``Accept`` is read 
 q-values (``negotiation``; nothing acceptable → 406). While the database is unreachable, requests
 answer 503; a statement it refuses is a 500. No ``/docs`` (Swagger UI would come from a CDN) and
 no slash redirects (they are built from the forgeable ``Host`` header). The expensive endpoints (statements, usage,
-invoice PDFs, the live view, billing runs, finalize, void) are limited per key — a rate, a burst
+invoice PDFs, the live view, entitlements, billing runs, finalize, void) are limited per key — a rate, a burst
 and a number running at once, per role (``quota``; 429 ``too-many-requests`` with
 ``Retry-After``), the slot taken in the event loop before any worker thread is.
 
@@ -134,10 +134,14 @@ _STATEMENT_PATTERN = PERIOD_PATTERN.removesuffix("$") + r"(\.pdf)?$"
 _GROUPINGS = GROUPS[:-2]  # hour and day come from granularity
 _GROUP = "(" + "|".join(_GROUPINGS) + ")"
 _GROUP_BY_PATTERN = rf"^({_GROUP}(,{_GROUP})*)?$"
+CREDENTIAL_NAME_PATTERN = NAME.pattern
+CREDENTIAL_ID_PATTERN = r"^cred_[0-9a-f]{1,64}$"
 _PATTERN_REASONS = {
     PERIOD_PATTERN: "not a billing period YYYY-MM (ASCII digits, 1970-01 to 9998-12)",
     _STATEMENT_PATTERN: "not a billing period YYYY-MM (ASCII digits, 1970-01 to 9998-12), or one with .pdf",
     CODE_PATTERN: "not an account code (lowercase letters, digits, - and _)",
+    CREDENTIAL_NAME_PATTERN: "not a credential name (1–63 lowercase letters, digits, '.', '_' or '-')",
+    CREDENTIAL_ID_PATTERN: "not a credential id (cred_ and hex digits)",
     _GROUP_BY_PATTERN: f"not a comma list (no spaces) of {', '.join(_GROUPINGS)}",
 }
 Period = Annotated[str, Query(pattern=PERIOD_PATTERN, description="a billing period, `YYYY-MM`")]
@@ -863,10 +867,12 @@ def create_app(
         if not any(v.id == credential_id for v in views):
             raise ProblemError("not-found", "no such active credential")
 
-    CredentialId = Annotated[str, Path(pattern=r"^cred_[0-9a-f]{1,64}$", description="the credential's id (cred_…)")]
+    CredentialId = Annotated[str, Path(pattern=CREDENTIAL_ID_PATTERN, description="the credential's id (cred_…)")]
     Name = Annotated[
         str | None,
-        Query(pattern=NAME.pattern, description="the name after <account>/ in the user name (default: random)"),
+        Query(
+            pattern=CREDENTIAL_NAME_PATTERN, description="the name after <account>/ in the user name (default: random)"
+        ),
     ]
     posted = error_responses(*keyed, "not-found", "idempotency-key-in-use", "idempotency-key-reused")
 

@@ -123,7 +123,7 @@ PROBLEMS: dict[str, ProblemType] = {
             429,
             "Too many requests for this key",
             "This API key is over its limit on the expensive endpoints (statements, usage, invoice "
-            "PDFs, the live view, billing runs, finalize, void): too many requests per second, or too "
+            "PDFs, the live view, entitlements, billing runs, finalize, void): too many requests per second, or too "
             "many running at once. Nothing was done; retry after `Retry-After` seconds. The limits "
             "depend on the key's role (`STREAMTOLL_API_LIMITS_*`).",
         ),

@@ -271,7 +271,6 @@ def test_api_start_publishes_entitlements_and_credentials_issued_over_http_reach
     """``streamtoll api`` publishes every account's entitlement at start (in the background) and
     publishes a credential issued through it, as the command line does."""
     env = {**isolated_env(broker.bootstrap), "STREAMTOLL_DATABASE_URL": migrated, "STREAMTOLL_LOG_LEVEL": "WARNING"}
-    env["STREAMTOLL_TOPIC_CREDENTIALS"] = env["STREAMTOLL_TOPIC_ENTITLEMENTS"].replace("entitlements", "credentials")
     finance = create_key(engine, "finance", None)
     with api_server(env, tmp_path / "api.log", ready="/healthz/live") as base:
         deadline = time.monotonic() + 30
