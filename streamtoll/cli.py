@@ -36,8 +36,9 @@ import signal
 import smtplib
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import FrameType
@@ -435,6 +436,20 @@ def _publish_entitlements(engine: Engine, strict: bool, when_set: bool = False) 
         return None
 
 
+def seconds_to_next_utc_day(now: datetime) -> float:
+    """Seconds from ``now`` to just after the next UTC midnight (5 s after: clocks differ a little)."""
+    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (day + timedelta(days=1, seconds=5) - now).total_seconds()
+
+
+def _entitlements_daily(engine: Engine) -> None:
+    """``streamtoll api``'s publication of every account's entitlement: at start, then after each
+    UTC midnight, so a subscription that starts or ends on a day reaches the gateways that day."""
+    while True:
+        _publish_entitlements(engine, strict=False)
+        time.sleep(seconds_to_next_utc_day(datetime.now(UTC)))
+
+
 def cmd_entitlements(args: argparse.Namespace) -> int:
     from billing.services.entitlements import EntitlementError, entitlement_view
 
@@ -456,8 +471,6 @@ def cmd_entitlements(args: argparse.Namespace) -> int:
 
 
 def cmd_credentials(args: argparse.Namespace) -> int:
-    from datetime import timedelta
-
     from billing.services.credentials import (
         CredentialError,
         create_credential,
@@ -804,10 +817,9 @@ def cmd_api(args: argparse.Namespace) -> int:
     with _database(billing) as url:
         engine = _connect(url)
         _publish_credentials(engine, strict=False)  # repairs a publication a crash cut short
-        # only when there are accounts; in the background, so an absent cluster delays nothing
-        threading.Thread(
-            target=_publish_entitlements, args=(engine, False), name="entitlements-publish", daemon=True
-        ).start()
+        # only when there are accounts; in the background, so an absent cluster delays nothing;
+        # again after every UTC midnight, when subscriptions start and end
+        threading.Thread(target=_entitlements_daily, args=(engine,), name="entitlements-publish", daemon=True).start()
         feed = _live_feed(metering, engine, billing)
         app = create_app(
             engine,

@@ -9,11 +9,9 @@ to partners and finance.
 * :func:`publish_entitlements` — every account's record to ``TOPIC_ENTITLEMENTS`` (compacted,
   key = account code, value = :func:`~metering.entitlements.encode_entitlement`; the full record
   each time). It runs after ``streamtoll plans load`` / ``accounts load``, at ``streamtoll api``
-  start (when there are accounts) and by ``streamtoll entitlements publish``; publishing the
-  same state again changes nothing for a reader. A subscription that starts (or ends) on a
-  later day is published by the first of these to run on or after that day: run
-  ``streamtoll entitlements publish`` daily (e.g. just after midnight UTC) if plans change hands
-  on set dates.
+  start (when there are accounts) and just after every UTC midnight while the API runs (a
+  subscription starts and ends on a day), and by ``streamtoll entitlements publish``; publishing
+  the same state again changes nothing for a reader.
 * :func:`entitlement_view` — what ``GET /v1/entitlements`` and ``streamtoll entitlements show``
   answer: the plan, grants, limits, caps with their month-to-date usage (from the billing
   database's usage tables, the source billing would pick per quantity — so it lags the gateway by
