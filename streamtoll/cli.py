@@ -36,8 +36,9 @@ import signal
 import smtplib
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import FrameType
@@ -298,17 +299,23 @@ def cmd_catalog_load(args: argparse.Namespace) -> int:
             report = loader(engine, args.file)
         except CatalogError as exc:
             raise UserError(f"{args.file} was not loaded; nothing changed:\n  " + "\n  ".join(exc.problems)) from None
-    if args.output == "table":
-        for label, names in (("created", report.created), ("updated", report.updated), ("unchanged", report.unchanged)):
-            if names:
-                print(f"{args.kind} {label}: {', '.join(names)}")
-    else:
-        rows = [
-            {"name": n, "change": label}
-            for label in ("created", "updated", "unchanged")
-            for n in getattr(report, label)
-        ]
-        print_rows(rows, args.output, ["name", "change"])
+        if args.output == "table":
+            for label, names in (
+                ("created", report.created),
+                ("updated", report.updated),
+                ("unchanged", report.unchanged),
+            ):
+                if names:
+                    print(f"{args.kind} {label}: {', '.join(names)}")
+        else:
+            rows = [
+                {"name": n, "change": label}
+                for label in ("created", "updated", "unchanged")
+                for n in getattr(report, label)
+            ]
+            print_rows(rows, args.output, ["name", "change"])
+        sys.stdout.flush()
+        _publish_entitlements(engine, strict=False, when_set=True)  # the gateways follow plans and accounts
     return 0
 
 
@@ -396,9 +403,74 @@ def _publish_credentials(engine: Engine, strict: bool) -> int | None:
         return None
 
 
-def cmd_credentials(args: argparse.Namespace) -> int:
-    from datetime import timedelta
+def _publish_entitlements(engine: Engine, strict: bool, when_set: bool = False) -> int | None:
+    """Every account's entitlement to the entitlements topic (the gateways follow it); None when
+    the cluster is not set or (unless ``strict``) does not take them — the next load, start or
+    ``entitlements publish`` repeats it. ``when_set``: after a catalog load, say nothing when no
+    cluster is set (billing alone needs none), and a failure is a note, not an error."""
+    from billing.services.entitlements import EntitlementError, publish_entitlements
 
+    metering = _settings()
+    if not metering.kafka_bootstrap:
+        if strict:
+            print(
+                "entitlements not published: STREAMTOLL_KAFKA_BOOTSTRAP (the gateways' entitlements topic) is not set",
+                file=sys.stderr,
+            )
+        return None
+    try:
+        return publish_entitlements(
+            engine,
+            metering.kafka_config(),
+            metering.topic_entitlements,
+            metering.topic_replication_factor,
+            skip_empty=not strict,
+        )
+    except EntitlementError as exc:
+        if strict:
+            raise Unavailable(str(exc)) from None
+        if when_set:
+            print(f"entitlements not published: {exc}", file=sys.stderr)
+        else:
+            log.error("entitlements not published", extra={"error": str(exc)})
+        return None
+
+
+def seconds_to_next_utc_day(now: datetime) -> float:
+    """Seconds from ``now`` to just after the next UTC midnight (5 s after: clocks differ a little)."""
+    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (day + timedelta(days=1, seconds=5) - now).total_seconds()
+
+
+def _entitlements_daily(engine: Engine) -> None:
+    """``streamtoll api``'s publication of every account's entitlement: at start, then after each
+    UTC midnight, so a subscription that starts or ends on a day reaches the gateways that day."""
+    while True:
+        _publish_entitlements(engine, strict=False)
+        time.sleep(seconds_to_next_utc_day(datetime.now(UTC)))
+
+
+def cmd_entitlements(args: argparse.Namespace) -> int:
+    from billing.services.entitlements import EntitlementError, entitlement_view
+
+    with _engine() as engine:
+        try:
+            if args.action == "show":
+                view = entitlement_view(engine, args.account, source_order=_billing_settings().source_order)
+                print_document(view, args.output)
+            else:
+                count = _publish_entitlements(engine, strict=True)
+                if count is not None:
+                    if args.output == "table":
+                        print(f"published {count} entitlement(s)")
+                    else:
+                        print_document({"published": count}, args.output)
+        except EntitlementError as exc:
+            raise (NotFoundError if isinstance(exc, NotFound) else UserError)(str(exc)) from None
+    return 0
+
+
+def cmd_credentials(args: argparse.Namespace) -> int:
     from billing.services.credentials import (
         CredentialError,
         create_credential,
@@ -745,8 +817,16 @@ def cmd_api(args: argparse.Namespace) -> int:
     with _database(billing) as url:
         engine = _connect(url)
         _publish_credentials(engine, strict=False)  # repairs a publication a crash cut short
+        # only when there are accounts; in the background, so an absent cluster delays nothing;
+        # again after every UTC midnight, when subscriptions start and end
+        threading.Thread(target=_entitlements_daily, args=(engine,), name="entitlements-publish", daemon=True).start()
         feed = _live_feed(metering, engine, billing)
-        app = create_app(engine, billing, live=feed)
+        app = create_app(
+            engine,
+            billing,
+            live=feed,
+            publish_credentials=lambda: _publish_credentials(engine, strict=False) is not None,
+        )
         print(f"streamtoll API on http://{host}:{port} (OpenAPI at /openapi.json)", file=sys.stderr)
         print(f"live page on http://{host}:{port}/live", file=sys.stderr)
         try:
@@ -1025,6 +1105,7 @@ OPERATOR_COMMANDS = (
     ("plans", "plans: load a YAML file, list"),
     ("keys", "API keys: create, list, revoke"),
     ("credentials", "Kafka credentials for the gateway: create, list, rotate, revoke, publish"),
+    ("entitlements", "what each account may do at the gateway (access, limits, caps): show, publish"),
     ("usage", "usage as the database holds it (finance view)"),
     ("bill", "billing run for a period: drafts (and --finalize)"),
     ("invoices", "invoice lifecycle: list, show, pdf, finalize, void, send"),
@@ -1179,6 +1260,13 @@ def build_parser() -> argparse.ArgumentParser:
     cp = command(creds, "publish", cmd_credentials, "publish every credential's state to the gateways' topic again")
     for p_ in (cc, cl, cr, co, cp):
         _output(p_)
+
+    ents = group("entitlements")
+    es = command(ents, "show", cmd_entitlements, "an account's access, limits, caps and month-to-date usage (JSON)")
+    es.add_argument("--account", required=True, help="the account code")
+    _output(es, ("json", "table"), default="json")
+    ep = command(ents, "publish", cmd_entitlements, "publish every account's entitlement to the gateways' topic again")
+    _output(ep)
 
     us = command(sub, "usage", cmd_usage)
     us.add_argument("--from", dest="start", type=_day_or_time, required=True, help="start (inclusive), UTC")

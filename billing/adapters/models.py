@@ -102,6 +102,7 @@ class AccountRow(Base):
     currency: Mapped[str] = mapped_column(CHAR(3), nullable=False)
     tax_rate: Mapped[Decimal] = mapped_column(Numeric(9, 6), nullable=False)
     address: Mapped[list[str]] = mapped_column(JSONB, nullable=False)
+    access: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))  # grants added to its plan's
     position: Mapped[int] = mapped_column(Integer, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 

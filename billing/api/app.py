@@ -13,7 +13,7 @@ statement store and the database; queries are parameterized. ``Accept`` is read 
 q-values (``negotiation``; nothing acceptable → 406). While the database is unreachable, requests
 answer 503; a statement it refuses is a 500. No ``/docs`` (Swagger UI would come from a CDN) and
 no slash redirects (they are built from the forgeable ``Host`` header). The expensive endpoints (statements, usage,
-invoice PDFs, the live view, billing runs, finalize, void) are limited per key — a rate, a burst
+invoice PDFs, the live view, entitlements, billing runs, finalize, void) are limited per key — a rate, a burst
 and a number running at once, per role (``quota``; 429 ``too-many-requests`` with
 ``Retry-After``), the slot taken in the event loop before any worker thread is.
 
@@ -24,8 +24,10 @@ rel="next"``). Every POST takes an ``Idempotency-Key``: a retry gets the first a
 
 Ops: ``/live`` is a self-contained page (no data in it, so no key to load it; it asks for an ops
 or finance key and calls ``/v1/live``). ``/v1/live`` needs an ops or finance key: it names every
-account. An ops key reads nothing else. ``/metrics`` (Prometheus) and ``/healthz`` need no key
-and show no account: counts, latency, lag, the process's memory and CPU, and reachability only.
+account. An ops key reads nothing else but entitlements and credentials (it may issue, rotate and
+revoke credentials, as finance may; a partner key lists and rotates its own account's).
+``/metrics`` (Prometheus) and ``/healthz`` need no key and show no account: counts, latency,
+lag, the process's memory and CPU, and reachability only.
 ``/healthz`` answers 200 when the database and the broker are reachable and 503 (with which one
 is not) otherwise — the readiness probe; ``/healthz/live`` answers 200 while the process serves —
 the liveness probe, answered in the event loop so that busy worker threads never delay it.
@@ -63,6 +65,18 @@ from billing.api.quota import KeyQuota, Slot, TooMany, admit, key_digest
 from billing.domain.accounts import CODE_PATTERN
 from billing.domain.money import format_money
 from billing.services.billing_run import PERIOD_PATTERN, BillingError, parse_period, run_billing
+from billing.services.credentials import (
+    NAME,
+    CredentialError,
+    CredentialNotFound,
+    IssuedCredential,
+    create_credential,
+    credential_doc,
+    list_credentials,
+    revoke_credential,
+    rotate_credential,
+)
+from billing.services.entitlements import EntitlementNotFound, entitlement_view
 from billing.services.idempotency import KeyInUse, KeyReused, claim, fingerprint
 from billing.services.invoices import (
     InvoiceError,
@@ -79,6 +93,7 @@ from billing.services.live import LiveFeed
 from billing.services.statements import StatementStore, statement_csv
 from billing.services.usage import GROUPS, QUANTITIES, usage_page, usage_report
 from billing.settings import BillingSettings
+from metering.credentials import MECHANISMS
 
 __all__ = ["create_app"]
 
@@ -119,10 +134,14 @@ _STATEMENT_PATTERN = PERIOD_PATTERN.removesuffix("$") + r"(\.pdf)?$"
 _GROUPINGS = GROUPS[:-2]  # hour and day come from granularity
 _GROUP = "(" + "|".join(_GROUPINGS) + ")"
 _GROUP_BY_PATTERN = rf"^({_GROUP}(,{_GROUP})*)?$"
+CREDENTIAL_NAME_PATTERN = NAME.pattern
+CREDENTIAL_ID_PATTERN = r"^cred_[0-9a-f]{1,64}$"
 _PATTERN_REASONS = {
     PERIOD_PATTERN: "not a billing period YYYY-MM (ASCII digits, 1970-01 to 9998-12)",
     _STATEMENT_PATTERN: "not a billing period YYYY-MM (ASCII digits, 1970-01 to 9998-12), or one with .pdf",
     CODE_PATTERN: "not an account code (lowercase letters, digits, - and _)",
+    CREDENTIAL_NAME_PATTERN: "not a credential name (1–63 lowercase letters, digits, '.', '_' or '-')",
+    CREDENTIAL_ID_PATTERN: "not a credential id (cred_ and hex digits)",
     _GROUP_BY_PATTERN: f"not a comma list (no spaces) of {', '.join(_GROUPINGS)}",
 }
 Period = Annotated[str, Query(pattern=PERIOD_PATTERN, description="a billing period, `YYYY-MM`")]
@@ -172,9 +191,15 @@ def _idempotency_key(raw: str) -> str:
 
 
 def create_app(
-    engine: Engine, settings: BillingSettings | None = None, auth_limit: int = 20, live: LiveFeed | None = None
+    engine: Engine,
+    settings: BillingSettings | None = None,
+    auth_limit: int = 20,
+    live: LiveFeed | None = None,
+    publish_credentials: Callable[[], bool] | None = None,
 ) -> FastAPI:
-    """The HTTP app; ``live`` is the running live feed (None: ``/v1/live`` answers 503)."""
+    """The HTTP app; ``live`` is the running live feed (None: ``/v1/live`` answers 503);
+    ``publish_credentials()`` publishes every credential's state to the gateways after a change
+    made through the API, True when the cluster took it (None: nothing is published)."""
     settings = settings or BillingSettings()
     app = FastAPI(
         title="streamtoll",
@@ -302,12 +327,17 @@ def create_app(
 
     def caller(c: Annotated[Caller, Depends(any_caller)]) -> Caller:
         if c.role == "ops":
-            raise ProblemError("forbidden", "an ops key reads only /v1/live")
+            raise ProblemError("forbidden", "an ops key reads only /v1/live, entitlements and credentials")
         return c
 
     def live_reader(c: Annotated[Caller, Depends(any_caller)]) -> Caller:
         if c.role not in ("ops", "finance"):
             raise ProblemError("forbidden", "the live view needs an ops or finance key")
+        return c
+
+    def staff(c: Annotated[Caller, Depends(any_caller)]) -> Caller:
+        if c.role not in ("finance", "ops"):
+            raise ProblemError("forbidden", "this needs a finance or ops key")
         return c
 
     def finance(c: Annotated[Caller, Depends(caller)]) -> Caller:
@@ -367,10 +397,11 @@ def create_app(
     reader = limited(caller)
     live_viewer = limited(live_reader)
     biller = limited(finance)
+    anyone = limited(any_caller)
 
     def scope(c: Caller, account: str | None) -> str | None:
         """The account a request may read: a partner's own, whatever it asks."""
-        if c.role == "finance":
+        if c.role in ("finance", "ops"):
             return account
         if account is not None and account != c.account:
             raise ProblemError("not-found", "no such account")
@@ -391,8 +422,16 @@ def create_app(
         ),
     ]
 
-    def once(request: Request, c: Caller, key: str | None, print_: str, work: Callable[[], Response]) -> Response:
-        """``work()``'s answer — or, for a retried ``key`` of this caller, the first answer."""
+    def once(
+        request: Request,
+        c: Caller,
+        key: str | None,
+        print_: str,
+        work: Callable[[], Response],
+        kept_as: Callable[[bytes], bytes] | None = None,
+    ) -> Response:
+        """``work()``'s answer — or, for a retried ``key`` of this caller, the first answer
+        (``kept_as``: what of its body is kept for a retry, e.g. without a password)."""
         if key is None:
             return work()
         key = _idempotency_key(key)
@@ -412,7 +451,10 @@ def create_app(
                     )
                 if response.status_code < 500:  # a failure the caller should retry is not the answer
                     kept = [(k, v) for k, v in response.headers.items() if k in _REPLAYED_HEADERS]
-                    held.complete(response.status_code, kept, bytes(response.body))
+                    body = bytes(response.body)
+                    held.complete(
+                        response.status_code, kept, kept_as(body) if kept_as and response.status_code == 200 else body
+                    )
                 return response
         except KeyInUse:
             raise ProblemError(
@@ -776,6 +818,140 @@ def create_app(
             except InvoiceError as exc:
                 raise ProblemError("invoice-state-conflict", str(exc)) from None
             return _json({"ref": number, "number": number, "status": "void"})
+
+        return once(request, c, idempotency_key, print_, work)
+
+    # --- entitlements and Kafka credentials (billing.services.entitlements, .credentials) ---
+
+    @app.get(
+        "/v1/entitlements",
+        responses={
+            200: _ok(models.Entitlements, "the account's access, limits, caps and credentials"),
+            **limited_reads,
+        },
+    )
+    def entitlements(c: Annotated[Caller, Depends(anyone)], account: Account = None) -> Any:
+        target = scope(c, account)
+        if target is None:
+            raise ProblemError(
+                "invalid-request",
+                "a finance or ops key must name the account (?account=CODE)",
+                errors=[{"name": "account", "in": "query", "reason": "required with a finance or ops key"}],
+            )
+        try:
+            return entitlement_view(engine, target, source_order=settings.source_order)
+        except EntitlementNotFound:
+            raise ProblemError("not-found", "no such account") from None
+
+    def published() -> bool:
+        return publish_credentials() if publish_credentials is not None else False
+
+    def issued_doc(issued: IssuedCredential) -> dict[str, Any]:
+        return {
+            "id": issued.id,
+            "account": issued.account,
+            "username": issued.username,
+            "principal": issued.principal,
+            "password": issued.password,
+            "mechanisms": [*MECHANISMS, "PLAIN"],
+            "published": published(),
+        }
+
+    def without_password(body: bytes) -> bytes:
+        doc = orjson.loads(body)
+        return orjson.dumps({**doc, "password": None})
+
+    def own_credential(c: Caller, credential_id: str) -> None:
+        """404 unless the caller may act on the credential (a partner: its account's, active)."""
+        views = list_credentials(engine, None if c.role != "partner" else c.account)
+        if not any(v.id == credential_id for v in views):
+            raise ProblemError("not-found", "no such active credential")
+
+    CredentialId = Annotated[str, Path(pattern=CREDENTIAL_ID_PATTERN, description="the credential's id (cred_…)")]
+    Name = Annotated[
+        str | None,
+        Query(
+            pattern=CREDENTIAL_NAME_PATTERN, description="the name after <account>/ in the user name (default: random)"
+        ),
+    ]
+    posted = error_responses(*keyed, "not-found", "idempotency-key-in-use", "idempotency-key-reused")
+
+    @app.get(
+        "/v1/credentials",
+        responses={200: _ok(list[models.Credential], "the credentials, oldest first (never a secret)"), **reads},
+    )
+    def credentials(
+        c: Annotated[Caller, Depends(any_caller)], account: Account = None, include_revoked: bool = False
+    ) -> Any:
+        views = list_credentials(engine, scope(c, account), include_revoked=include_revoked)
+        return [credential_doc(v) for v in views]
+
+    @app.post(
+        "/v1/credentials",
+        responses={200: _ok(models.IssuedCredential, "the credential and its password", headers=_REPLAYED), **posted},
+    )
+    def create_credential_(
+        request: Request,
+        c: Annotated[Caller, Depends(staff)],
+        print_: Annotated[str, Depends(request_print)],
+        account: Annotated[str, Query(pattern=CODE_PATTERN, description="the account its traffic is billed to")],
+        name: Name = None,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response:
+        def work() -> Response:
+            try:
+                issued = create_credential(engine, account, name)
+            except CredentialNotFound:
+                raise ProblemError("not-found", "no such account") from None
+            except CredentialError as exc:
+                raise ProblemError(
+                    "invalid-request", str(exc), errors=[{"name": "name", "in": "query", "reason": str(exc)}]
+                ) from None
+            return _json(issued_doc(issued))
+
+        return once(request, c, idempotency_key, print_, work, kept_as=without_password)
+
+    @app.post(
+        "/v1/credentials/{credential_id}/rotate",
+        responses={200: _ok(models.IssuedCredential, "the new password", headers=_REPLAYED), **posted},
+    )
+    def rotate_credential_(
+        request: Request,
+        credential_id: CredentialId,
+        c: Annotated[Caller, Depends(any_caller)],
+        print_: Annotated[str, Depends(request_print)],
+        overlap: Annotated[
+            int, Query(ge=0, le=90 * 86400, description="seconds the old password stays valid (default 24 h)")
+        ] = 86400,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response:
+        def work() -> Response:
+            own_credential(c, credential_id)
+            try:
+                issued = rotate_credential(engine, credential_id, timedelta(seconds=overlap))
+            except CredentialError:
+                raise ProblemError("not-found", "no such active credential") from None
+            return _json(issued_doc(issued))
+
+        return once(request, c, idempotency_key, print_, work, kept_as=without_password)
+
+    @app.post(
+        "/v1/credentials/{credential_id}/revoke",
+        responses={200: _ok(models.Revoked, "revoked; gateways close its connections", headers=_REPLAYED), **posted},
+    )
+    def revoke_credential_(
+        request: Request,
+        credential_id: CredentialId,
+        c: Annotated[Caller, Depends(staff)],
+        print_: Annotated[str, Depends(request_print)],
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response:
+        def work() -> Response:
+            try:
+                revoke_credential(engine, credential_id)
+            except CredentialError:
+                raise ProblemError("not-found", "no such active credential") from None
+            return _json({"id": credential_id, "revoked": True, "published": published()})
 
         return once(request, c, idempotency_key, print_, work)
 

@@ -15,13 +15,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "BillingRunResult",
+    "Credential",
+    "Entitlements",
     "Finalized",
     "Health",
     "Invoice",
     "InvoiceLine",
     "InvoiceSummary",
+    "IssuedCredential",
     "LiveView",
     "Liveness",
+    "Revoked",
     "Statement",
     "UsageRow",
     "Voided",
@@ -217,3 +221,81 @@ class Health(_Model):
 
 class Liveness(_Model):
     live: bool
+
+
+class Grant(_Model):
+    pattern: str
+    match: str = Field(description="literal, prefix or glob")
+    operations: list[str] | None = Field(None, description="read and/or write (topic grants)")
+
+
+class Limits(_Model):
+    produce_bytes_per_second: int | None = Field(description="null: no limit")
+    consume_bytes_per_second: int | None
+    requests_per_second: int | None
+
+
+class CapUsage(_Model):
+    """A monthly cap and where the account stands this month, as the billing database holds it."""
+
+    meter: str
+    included: int = Field(description="base units: bytes, records or requests")
+    unit: str | None = Field(description="the unit the plan writes it in (GB, million …)")
+    included_in_unit: str | None = Field(description="included in that unit, a decimal string")
+    policy: str = Field(description="soft, throttle or block")
+    floor_bytes_per_second: int | None = Field(description="the rate a throttle holds the account to")
+    block_fetch: bool
+    month: str = Field(description="YYYY-MM, UTC")
+    used: int = Field(description="month to date, base units, from the billing database's usage")
+    used_source: str | None = Field(description="the usage source billing would bill it from")
+    remaining: int
+    reached: bool
+
+
+class Credential(_Model):
+    """A Kafka credential of an account: never its password or keys."""
+
+    id: str
+    account: str
+    name: str
+    username: str = Field(description="what a client logs in with: <account>/<name>")
+    principal: str
+    mechanisms: list[str] = Field(description="SCRAM-SHA-512, SCRAM-SHA-256 (PLAIN over TLS only)")
+    state: str = Field(description="active or revoked")
+    created_at: str
+    rotated_at: str | None = Field(description="when its newest password was issued, if not the first")
+    revoked_at: str | None
+    old_password_valid_until: str | None = Field(description="the end of a rotation's overlap")
+
+
+class IssuedCredential(_Model):
+    """A credential just issued or rotated: the password is in this answer and nowhere else."""
+
+    id: str
+    account: str
+    username: str
+    principal: str
+    password: str | None = Field(
+        description="shown once; null in a replay of the same Idempotency-Key (rotate again if it was lost)"
+    )
+    mechanisms: list[str]
+    published: bool = Field(description="whether the gateways' credentials topic took the change")
+
+
+class Revoked(_Model):
+    id: str
+    revoked: bool
+    published: bool = Field(description="whether the gateways' credentials topic took the change")
+
+
+class Entitlements(_Model):
+    """What an account may do at the gateway and where it stands against its monthly caps."""
+
+    account: str
+    plan: str | None = Field(description="the plan in force today (null: none, nothing restricted)")
+    plan_version: int | None
+    topics: list[Grant] | None = Field(description="null: every topic")
+    groups: list[Grant] | None = Field(description="null: every consumer group")
+    limits: Limits
+    caps: list[CapUsage]
+    credentials: list[Credential]

@@ -63,7 +63,8 @@ PROBLEMS: dict[str, ProblemType] = {
             403,
             "Not allowed for this key",
             "The key is valid but its role may not do this: a partner key on a finance endpoint, an ops "
-            "key anywhere but `/v1/live`, a partner key on `/v1/live`.",
+            "key anywhere but `/v1/live`, entitlements and credentials, a partner key on `/v1/live` or issuing "
+            "or revoking a credential.",
         ),
         ProblemType(
             "not-found",
@@ -122,7 +123,7 @@ PROBLEMS: dict[str, ProblemType] = {
             429,
             "Too many requests for this key",
             "This API key is over its limit on the expensive endpoints (statements, usage, invoice "
-            "PDFs, the live view, billing runs, finalize, void): too many requests per second, or too "
+            "PDFs, the live view, entitlements, billing runs, finalize, void): too many requests per second, or too "
             "many running at once. Nothing was done; retry after `Retry-After` seconds. The limits "
             "depend on the key's role (`STREAMTOLL_API_LIMITS_*`).",
         ),

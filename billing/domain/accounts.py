@@ -20,6 +20,8 @@ from fnmatch import fnmatchcase
 from itertools import pairwise
 from typing import Any
 
+from billing.domain.access import Access, parse_access
+
 __all__ = [
     "CODE_PATTERN",
     "UNASSIGNED",
@@ -83,6 +85,7 @@ class Account:
     address: tuple[str, ...]
     rules: tuple[ClientRule, ...]
     subscription: Subscription | None
+    access: Access | None = None  # grants added to its plan's (billing.domain.access)
 
 
 class Attributor:
@@ -291,9 +294,10 @@ def parse_accounts(doc: Any, source: str = "accounts") -> list[Account]:
                     problems.append(f"{sw}.ends_on: must be after starts_on")
                 if plan and starts:
                     subscription = Subscription(plan, starts, ends)
+        access = parse_access(entry["access"], f"{where}.access", problems) if "access" in entry else None
         if len(problems) == before:
             assert code and name and email and currency
-            out.append(Account(code, name, email, currency, tax, tuple(address), tuple(rules), subscription))
+            out.append(Account(code, name, email, currency, tax, tuple(address), tuple(rules), subscription, access))
     if problems:
         raise AccountError(problems)
     return out

@@ -22,6 +22,8 @@ Interpretations made here (docs/billing.md, "The plans file", says the same to w
 * A meter has at most one price without ``topics`` (the one that "takes the rest"); two prices
   for the same meter with the same ``topics`` are refused, since the second could never take usage.
 * ``topics`` are :func:`fnmatch.fnmatchcase` globs (case-sensitive, like Kafka topic names).
+* ``access``, ``limits`` and ``caps`` (what the plan grants at the gateway) are optional and
+  validated by :mod:`billing.domain.access`; a plan without them is unrestricted.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final, Literal, get_args
 
+from billing.domain.access import Access, CapSpec, parse_access, parse_caps, parse_limits
 from billing.domain.money import minor_unit, round_money, to_decimal
 from billing.domain.units import METERS, Meter, check_unit, is_meter
+from metering.entitlements import Limits
 
 __all__ = [
     "METERS",
@@ -96,9 +100,13 @@ class PlanVersion:
     base_fee: Decimal = _ZERO
     minimum_commitment: Decimal = _ZERO
     prices: tuple[Price, ...] = ()
+    # what the plan grants at the gateway (billing.domain.access); None = the plan has no such section
+    access: Access | None = None
+    limits: Limits | None = None
+    caps: tuple[CapSpec, ...] | None = None
 
 
-_PLAN_KEYS: Final = ("code", "name", "currency", "base_fee", "minimum_commitment", "prices")
+_PLAN_KEYS: Final = ("code", "name", "currency", "base_fee", "minimum_commitment", "prices", "access", "limits", "caps")
 _PRICE_KEYS: Final = (
     "meter",
     "model",
@@ -178,6 +186,10 @@ def parse_plan(doc: Mapping[str, Any], where: str) -> PlanVersion:
     if len(prices) == len(raw_prices):
         _check_overlaps(prices, where, problems)
 
+    access = parse_access(doc["access"], f"{where}.access", problems) if "access" in doc else None
+    limits = parse_limits(doc["limits"], f"{where}.limits", problems) if "limits" in doc else None
+    caps = parse_caps(doc["caps"], f"{where}.caps", problems) if "caps" in doc else None
+
     if problems:
         raise PlanError(problems)
     return PlanVersion(
@@ -188,6 +200,9 @@ def parse_plan(doc: Mapping[str, Any], where: str) -> PlanVersion:
         base_fee=fees.get("base_fee", _ZERO),
         minimum_commitment=fees.get("minimum_commitment", _ZERO),
         prices=tuple(prices),
+        access=access,
+        limits=limits,
+        caps=caps,
     )
 
 

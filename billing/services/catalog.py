@@ -24,6 +24,7 @@ from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert
 
 from billing.adapters.models import AccountRow, ClientRuleRow, PlanRow, PlanVersionRow, SubscriptionRow
+from billing.domain.access import access_doc, access_from_doc, caps_doc, caps_from_doc, limits_doc, limits_from_doc
 from billing.domain.accounts import Account, AccountError, parse_accounts
 from billing.domain.plans import PlanError, PlanVersion, Price, Tier, parse_plan
 
@@ -85,9 +86,14 @@ def _latest_versions(conn: Connection) -> dict[str, int]:
 
 def _account_state(conn: Connection, code: str) -> tuple[Any, list[tuple[Any, ...]]]:
     row = conn.execute(
-        select(AccountRow.name, AccountRow.email, AccountRow.currency, AccountRow.tax_rate, AccountRow.address).where(
-            AccountRow.code == code
-        )
+        select(
+            AccountRow.name,
+            AccountRow.email,
+            AccountRow.currency,
+            AccountRow.tax_rate,
+            AccountRow.address,
+            AccountRow.access,
+        ).where(AccountRow.code == code)
     ).first()
     rules = conn.execute(
         select(
@@ -135,7 +141,8 @@ def load_accounts(engine: Engine, path: Path) -> LoadReport:
 def _write_account(conn: Connection, a: Account, position: int) -> str | None:
     """Write an account and its rules when they differ: "created", "updated" or None."""
     before, rules_before = _account_state(conn, a.code)
-    wanted = (a.name, a.email, a.currency, a.tax_rate, list(a.address))
+    access = None if a.access is None else access_doc(a.access)
+    wanted = (a.name, a.email, a.currency, a.tax_rate, list(a.address), access)
     rules = [(r.principal, r.client_id, r.virtual_cluster, r.valid_from, r.valid_until) for r in a.rules]
     if before is not None and before == wanted and rules_before == rules:
         conn.execute(
@@ -144,7 +151,9 @@ def _write_account(conn: Connection, a: Account, position: int) -> str | None:
             .values(position=position)
         )
         return None
-    values = dict(zip(("name", "email", "currency", "tax_rate", "address"), wanted, strict=True), position=position)
+    values = dict(
+        zip(("name", "email", "currency", "tax_rate", "address", "access"), wanted, strict=True), position=position
+    )
     stmt = insert(AccountRow).values(code=a.code, **values)
     conn.execute(
         stmt.on_conflict_do_update(index_elements=["code"], set_={**values, "updated_at": stmt.excluded.updated_at})
@@ -214,8 +223,10 @@ def _dec(v: Decimal | None) -> str | None:
 
 
 def plan_document(pv: PlanVersion) -> dict[str, Any]:
-    """A plan version as stored (JSON; money and quantities as strings, never floats)."""
-    return {
+    """A plan version as stored (JSON; money and quantities as strings, never floats). ``access``,
+    ``limits`` and ``caps`` are in it only when the plan has them, so a plan written before they
+    existed keeps its document, digest and version."""
+    doc: dict[str, Any] = {
         "code": pv.code,
         "name": pv.name,
         "currency": pv.currency,
@@ -240,6 +251,13 @@ def plan_document(pv: PlanVersion) -> dict[str, Any]:
             for p in pv.prices
         ],
     }
+    if pv.access is not None:
+        doc["access"] = access_doc(pv.access)
+    if pv.limits is not None:
+        doc["limits"] = limits_doc(pv.limits)
+    if pv.caps is not None:
+        doc["caps"] = caps_doc(pv.caps)
+    return doc
 
 
 def plan_from_document(version: int, doc: dict[str, Any]) -> PlanVersion:
@@ -268,6 +286,9 @@ def plan_from_document(version: int, doc: dict[str, Any]) -> PlanVersion:
             )
             for p in doc["prices"]
         ),
+        access=None if "access" not in doc else access_from_doc(doc["access"]),
+        limits=None if "limits" not in doc else limits_from_doc(doc["limits"]),
+        caps=None if "caps" not in doc else caps_from_doc(doc["caps"]),
     )
 
 

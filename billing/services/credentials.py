@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 from sqlalchemy import Engine, insert, select, update
 
+from billing.adapters.control import PublishError, publish_records
 from billing.adapters.models import AccountRow, CredentialKeyRow, CredentialRow
 from billing.errors import NotFound
 from metering.credentials import MECHANISMS, Credential, ScramKey, encode, scram_key
@@ -34,6 +33,7 @@ __all__ = [
     "CredentialView",
     "IssuedCredential",
     "create_credential",
+    "credential_doc",
     "credential_principals",
     "list_credentials",
     "publish_credentials",
@@ -77,6 +77,29 @@ class CredentialView:
     created_at: datetime
     revoked_at: datetime | None
     old_password_valid_until: datetime | None  # during a rotation's overlap
+    rotated_at: datetime | None = None  # the newest password's, when it is not the first
+    mechanisms: tuple[str, ...] = ()  # SASL mechanisms its keys serve (PLAIN too, over TLS)
+
+
+def _instant(t: datetime | None) -> str | None:
+    return None if t is None else t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def credential_doc(v: CredentialView) -> dict[str, Any]:
+    """A credential as the API and ``entitlements show`` give it (JSON-ready; never a secret)."""
+    return {
+        "id": v.id,
+        "account": v.account,
+        "name": v.name,
+        "username": v.username,
+        "principal": v.principal,
+        "mechanisms": list(v.mechanisms),
+        "state": v.state,
+        "created_at": _instant(v.created_at),
+        "rotated_at": _instant(v.rotated_at),
+        "revoked_at": _instant(v.revoked_at),
+        "old_password_valid_until": _instant(v.old_password_valid_until),
+    }
 
 
 def _password() -> str:
@@ -163,8 +186,25 @@ def list_credentials(engine: Engine, account: str | None = None, include_revoked
     with engine.connect() as conn:
         rows = conn.execute(query).all()
         overlaps: dict[str, datetime] = {}
-        for k in conn.execute(select(CredentialKeyRow).where(CredentialKeyRow.valid_until > now)):
-            overlaps[k.credential_id] = max(k.valid_until, overlaps.get(k.credential_id, k.valid_until))
+        newest: dict[str, tuple[int, datetime]] = {}
+        mechanisms: dict[str, set[str]] = {}
+        keys = select(
+            CredentialKeyRow.credential_id,
+            CredentialKeyRow.mechanism,
+            CredentialKeyRow.generation,
+            CredentialKeyRow.created_at,
+            CredentialKeyRow.valid_until,
+        )
+        if account is not None:
+            keys = keys.join(CredentialRow, CredentialRow.id == CredentialKeyRow.credential_id).where(
+                CredentialRow.account_code == account
+            )
+        for k in conn.execute(keys):
+            if k.valid_until is not None and k.valid_until > now:
+                overlaps[k.credential_id] = max(k.valid_until, overlaps.get(k.credential_id, k.valid_until))
+            if k.generation > newest.get(k.credential_id, (0, now))[0]:
+                newest[k.credential_id] = (k.generation, k.created_at)
+            mechanisms.setdefault(k.credential_id, set()).add(k.mechanism)
     return [
         CredentialView(
             r.id,
@@ -176,6 +216,8 @@ def list_credentials(engine: Engine, account: str | None = None, include_revoked
             r.created_at,
             r.revoked_at,
             None if r.revoked_at is not None else overlaps.get(r.id),
+            newest[r.id][1] if newest.get(r.id, (1, now))[0] > 1 else None,
+            (*sorted(mechanisms.get(r.id, ()), reverse=True), "PLAIN") if r.id in mechanisms else (),
         )
         for r in rows
     ]
@@ -218,19 +260,6 @@ def _published(engine: Engine) -> list[Credential]:
     ]
 
 
-def ensure_credentials_topic(kafka_config: dict[str, Any], topic: str, replication: int = -1) -> None:
-    admin = AdminClient(kafka_config)
-    if topic in admin.list_topics(timeout=10).topics:
-        return
-    new = NewTopic(topic, 1, replication, config={"cleanup.policy": "compact"})
-    for fut in admin.create_topics([new], operation_timeout=10).values():
-        try:
-            fut.result()
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
-
-
 def publish_credentials(
     engine: Engine, kafka_config: dict[str, Any], topic: str, replication: int = -1, skip_empty: bool = False
 ) -> int:
@@ -241,22 +270,6 @@ def publish_credentials(
     if skip_empty and not credentials:
         return 0
     try:
-        ensure_credentials_topic(kafka_config, topic, replication)
-    except KafkaException as exc:
-        raise CredentialError(f"the credentials topic {topic} could not be created ({exc})") from None
-    producer = Producer({**kafka_config, "enable.idempotence": True, "acks": "all", "linger.ms": 0})
-    failed: list[str] = []
-
-    def done(err: Any, msg: Any) -> None:
-        if err is not None:
-            failed.append(str(err))
-
-    for c in credentials:
-        producer.produce(topic, key=c.id.encode(), value=encode(c), on_delivery=done)
-    left = producer.flush(15)
-    if left or failed:
-        raise CredentialError(
-            f"the credentials could not all be published to {topic} ({failed[0] if failed else 'timed out'}); "
-            "run streamtoll credentials publish when the cluster answers"
-        )
-    return len(credentials)
+        return publish_records(kafka_config, topic, ((c.id.encode(), encode(c)) for c in credentials), replication)
+    except PublishError as exc:
+        raise CredentialError(f"{exc}; run streamtoll credentials publish when the cluster answers") from None

@@ -6,7 +6,8 @@
 --
 --   streamtoll_sink  the usage sink: writes usage rows, reads nothing else it does not need
 --   streamtoll_api   the HTTP API: reads everything; drafts, finalizes and voids invoices
---                    (POST /v1/billing/runs …); can never write usage rows or the catalog, and
+--                    (POST /v1/billing/runs …); issues, rotates and revokes Kafka credentials
+--                    (POST /v1/credentials …); can never write usage rows or the catalog, and
 --                    — like everyone — never change a finalized invoice but to void it (triggers)
 --   the owner        `streamtoll db upgrade`, `accounts load`, `plans load`, `keys create`,
 --                    `bill` and `invoices send` from an operator's shell
@@ -46,5 +47,9 @@ GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO streamtoll_api;
 GRANT INSERT, UPDATE ON statement_docs TO streamtoll_api;
 -- … and the first answers to POSTs with an Idempotency-Key (migration 0009; expired ones deleted)
 GRANT INSERT, UPDATE, DELETE ON idempotency_keys TO streamtoll_api;
+-- … and issues, rotates and revokes Kafka credentials (POST /v1/credentials …, for finance and
+-- ops keys; migration 0011): salted keys only, never deleted (a revoked one keeps its row)
+GRANT INSERT, UPDATE ON credentials TO streamtoll_api;
+GRANT INSERT, UPDATE ON credential_keys TO streamtoll_api;
 -- and nothing else: no INSERT/UPDATE/DELETE/TRUNCATE on usage_shard_rows, accounts,
 -- client_rules, plans, plan_versions, subscriptions or api_keys; no DELETE of an invoice.

@@ -49,6 +49,8 @@ def isolated_env(bootstrap: str) -> dict[str, str]:
         "STREAMTOLL_TOPIC_USAGE_WINDOWS": f"t{tag}.usage-windows",
         "STREAMTOLL_TOPIC_USAGE_MINUTES": f"t{tag}.usage-minutes",
         "STREAMTOLL_TOPIC_STATE": f"t{tag}.state",
+        "STREAMTOLL_TOPIC_ENTITLEMENTS": f"t{tag}.entitlements",
+        "STREAMTOLL_TOPIC_CREDENTIALS": f"t{tag}.credentials",
         "STREAMTOLL_STATE_PARTITIONS": "3",
         "STREAMTOLL_TOPIC_PARTITIONS": "4",
         "STREAMTOLL_METERING_GROUP": f"g{tag}",

@@ -107,7 +107,7 @@ def test_openapi_has_the_bearer_scheme_models_errors_and_media_types(api: Api) -
     schemas = doc["components"]["schemas"]
     assert set(schemas["Problem"]["required"]) == {"type", "title", "status", "detail", "instance"}
     operations = [(m, p, op) for p, ops in doc["paths"].items() for m, op in ops.items()]
-    assert len(operations) == 11
+    assert len(operations) == 16
     for method, path, op in operations:
         where = f"{method.upper()} {path}"
         protected = path.startswith("/v1/")
@@ -144,7 +144,14 @@ def test_openapi_has_the_bearer_scheme_models_errors_and_media_types(api: Api) -
     assert set(paths["/v1/invoices/{ref}/pdf"]["get"]["responses"]["200"]["content"]) == {"application/pdf"}
     for path in ("/v1/usage", "/v1/invoices"):
         assert "Link" in paths[path]["get"]["responses"]["200"]["headers"]
-    for path in ("/v1/billing/runs", "/v1/invoices/{ref}/finalize", "/v1/invoices/{ref}/void"):
+    for path in (
+        "/v1/billing/runs",
+        "/v1/invoices/{ref}/finalize",
+        "/v1/invoices/{ref}/void",
+        "/v1/credentials",
+        "/v1/credentials/{credential_id}/rotate",
+        "/v1/credentials/{credential_id}/revoke",
+    ):
         params = {p["name"] for p in paths[path]["post"]["parameters"]}
         assert "Idempotency-Key" in params, path
 

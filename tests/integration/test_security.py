@@ -276,6 +276,14 @@ def test_the_api_role_reads_and_bills_but_cannot_touch_usage_or_finalized_invoic
                 answer = httpx.get(base + path, params=params, headers=auth, timeout=60)
                 assert answer.status_code == 200, (path, answer.text)
             assert 'streamtoll_invoices{status="finalized"}' in httpx.get(base + "/metrics", timeout=30).text
+            # Kafka credentials issued, rotated and revoked, and entitlements read, as that role
+            cred = httpx.post(base + "/v1/credentials", params={"account": "acme"}, headers=auth, timeout=30)
+            assert cred.status_code == 200, cred.text
+            for action in ("rotate", "revoke"):
+                done = httpx.post(base + f"/v1/credentials/{cred.json()['id']}/{action}", headers=auth, timeout=30)
+                assert done.status_code == 200, (action, done.text)
+            ents = httpx.get(base + "/v1/entitlements", params={"account": "acme"}, headers=auth, timeout=30)
+            assert ents.status_code == 200 and ents.json()["credentials"][0]["state"] == "revoked", ents.text
         # the live view's database side (usage and the rated month) reads as that role too
         read_base(api_db, DEC1.timestamp())
         # … and what it must never do is refused by the database itself
@@ -292,6 +300,8 @@ def test_the_api_role_reads_and_bills_but_cannot_touch_usage_or_finalized_invoic
             "UPDATE plan_versions SET document = '{}'",
             "INSERT INTO api_keys (key_id, secret_sha256, role) VALUES ('x', 'y', 'finance')",
             "UPDATE api_keys SET revoked_at = NULL",
+            "DELETE FROM credential_keys",
+            "DELETE FROM credentials",
         ]
         refused = [sql for sql in attempts if _refused(api_db, sql)]
         assert refused == attempts

@@ -82,6 +82,7 @@ def _required(path: tuple[str, ...]) -> list[str]:
         ("credentials", "create"): ["--account", "acme"],
         ("credentials", "revoke"): ["cred_1"],
         ("credentials", "rotate"): ["cred_1"],
+        ("entitlements", "show"): ["--account", "acme"],
         ("usage",): ["--from", "2026-11-01", "--to", "2026-12-01"],
         ("bill",): ["--period", "2026-11"],
         ("invoices", "show"): ["draft-1"],
@@ -191,3 +192,14 @@ def test_settings_lists_values_and_hides_secrets(tmp_path: Path) -> None:
     assert rows["STREAMTOLL_MAX_LATENESS"]["value"] == "40d" and rows["STREAMTOLL_MAX_LATENESS"]["default"] == "35d"
     assert rows["STREAMTOLL_KAFKA_SASL_PASSWORD"]["value"] == "(set, secret)" and "hunter2" not in out.stdout
     assert "STREAMTOLL_TEST_DATABASE_URL" not in rows  # developer settings only with --all
+
+
+def test_the_api_republishes_entitlements_just_after_each_utc_midnight() -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from streamtoll.cli import seconds_to_next_utc_day
+
+    assert seconds_to_next_utc_day(datetime(2026, 12, 7, 23, 59, 0, tzinfo=UTC)) == 65
+    assert seconds_to_next_utc_day(datetime(2026, 12, 31, 0, 0, 0, tzinfo=UTC)) == 86405
+    # a local time is the same instant: 01:00 in UTC+2 is 23:00 UTC the day before
+    assert seconds_to_next_utc_day(datetime(2026, 12, 8, 1, 0, tzinfo=timezone(timedelta(hours=2)))) == 3605

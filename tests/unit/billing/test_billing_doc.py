@@ -42,7 +42,7 @@ EXAMPLE = re.compile(r"<!-- example: (?P<kind>\S+)(?: (?P<file>\S+))? -->\n```ya
 TABLE = re.compile(r"<!-- worked-example: (?P<name>[^>]*?) -->\n(?P<rows>(?:\|.*\|\n)+)")
 
 # what parse_accounts reads from an account entry (it keeps no list of them)
-ACCOUNT_FIELDS = ("code", "name", "email", "currency", "tax_rate", "address", "clients", "subscription")
+ACCOUNT_FIELDS = ("code", "name", "email", "currency", "tax_rate", "address", "clients", "subscription", "access")
 
 
 @cache
@@ -145,6 +145,7 @@ def test_the_account_fields_listed_here_are_the_ones_parse_accounts_reads() -> N
         "address": ["x"],
         "clients": [{"principal": "User:a"}],
         "subscription": {"plan": "p", "starts_on": "2026-01-01"},
+        "access": {"topics": [{"prefix": "a."}]},
     }
     assert tuple(entry) == ACCOUNT_FIELDS
     full = parse_accounts({"accounts": [entry]})[0]
