@@ -28,7 +28,7 @@ NOT_DATA = {
     "up",
     "demo",
     "broker",
-    "live",
+    "caps",
     "bench ingest",
     "bench memory",
     "bench gateway",
