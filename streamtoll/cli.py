@@ -703,17 +703,14 @@ def cmd_caps(args: argparse.Namespace) -> int:
     settings = _settings()
     if not settings.kafka_bootstrap:
         raise UserError("set STREAMTOLL_KAFKA_BOOTSTRAP to the broker the metering worker uses")
-    security = {k for k in settings.kafka_extra if k.startswith(("security.", "sasl.", "ssl."))}
-    if security and str(settings.kafka_extra.get("security.protocol", "")).lower() not in ("", "plaintext"):
-        raise UserError(
-            "streamtoll caps connects without the STREAMTOLL_KAFKA_* security settings (its Faust client "
-            "does not take librdkafka options yet): run it where the broker takes a plaintext connection"
-        )
+    try:
+        caps = CapsApp(settings, store=args.store, web_port=args.web_port, refresh_s=args.refresh)
+    except (ValueError, OSError) as exc:  # a security setting it cannot use, a CA file it cannot read
+        raise UserError(f"streamtoll caps: {exc}") from exc
     try:
         ensure_control_topics(settings.kafka_config(), (settings.topic_entitlements, settings.topic_enforcement))
     except KafkaException as exc:
         raise Unavailable(f"the broker at {settings.kafka_bootstrap} cannot be reached: {exc}") from exc
-    caps = CapsApp(settings, store=args.store, web_port=args.web_port, refresh_s=args.refresh)
     worker = faust.Worker(caps.app, loglevel=args.log_level.lower())
     try:
         worker.execute_from_commandline()

@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -94,6 +95,8 @@ __all__ = [
     "Minute",
     "account_of",
     "decide",
+    "ensure_control_topics",
+    "faust_credentials",
     "fold_items",
     "route_items",
 ]
@@ -335,6 +338,44 @@ def ensure_control_topics(kafka_config: Mapping[str, Any], topics: Iterable[str]
                 raise
 
 
+def faust_credentials(kafka_extra: Mapping[str, str]) -> Any:
+    """Faust's credentials for the ``STREAMTOLL_KAFKA_*`` security settings every other client
+    passes to librdkafka: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL with PLAIN or SCRAM-SHA-256/512,
+    the CA (``ssl.ca.location``) and a client certificate. None: plaintext. Raises ValueError for
+    what aiokafka cannot do here (other mechanisms, other librdkafka security options)."""
+    protocol = str(kafka_extra.get("security.protocol", "PLAINTEXT")).upper()
+    if protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+        raise ValueError(f"security protocol {protocol} is not one streamtoll caps can use")
+    known = {
+        "security.protocol",
+        "sasl.mechanism",
+        "sasl.username",
+        "sasl.password",
+        "ssl.ca.location",
+        "ssl.certificate.location",
+        "ssl.key.location",
+    }
+    other = sorted(k for k in kafka_extra if k.startswith(("sasl.", "ssl.")) and k not in known)
+    if other:
+        raise ValueError(f"streamtoll caps cannot use the Kafka setting(s) {', '.join(other)}")
+    context = None
+    if protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=kafka_extra.get("ssl.ca.location"))
+        if cert := kafka_extra.get("ssl.certificate.location"):
+            context.load_cert_chain(cert, kafka_extra.get("ssl.key.location"))
+    if protocol.startswith("SASL_"):
+        mechanism = str(kafka_extra.get("sasl.mechanism", "PLAIN")).upper()
+        if mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            raise ValueError(f"SASL mechanism {mechanism} is not one streamtoll caps can use")
+        return faust.SASLCredentials(
+            username=kafka_extra.get("sasl.username"),
+            password=kafka_extra.get("sasl.password"),
+            ssl_context=context,
+            mechanism=mechanism,
+        )
+    return None if context is None else faust.SSLCredentials(context)
+
+
 class _ReadCommittedThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -382,6 +423,9 @@ class CapsApp:
             topic_allow_declare=True,
             producer_acks=-1,
             producer_linger_ms=5,
+            broker_credentials=faust_credentials(s.kafka_extra),
+            # one record per batch where the broker's ListOffsets is wrong (CAPS_ONE_RECORD_BATCHES)
+            producer_max_batch_size=1 if s.caps_one_record_batches else 16384,
         )
         self.app.transport.Consumer = _ReadCommittedConsumer  # type: ignore[misc]
         self.minutes = self.app.topic(s.topic_usage_minutes, value_type=Minute)

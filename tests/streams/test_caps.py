@@ -4,9 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
+
+import faust
+import pytest
 
 from metering.contracts import UsageMinute
 from metering.entitlements import Cap, Decision, Entitlement, encode_entitlement
@@ -17,9 +22,11 @@ from metering.streams.caps import (
     Minute,
     account_of,
     decide,
+    faust_credentials,
     fold_items,
     route_items,
 )
+from tests.tls import make_ca
 
 NOV = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 BASE = int(NOV.timestamp())
@@ -214,3 +221,34 @@ def test_the_fold_agent_decides_once_per_change_through_redeliveries() -> None:
     asyncio.run(run())
     assert [(d.state, d.used) for d in published] == [("ok", 200), ("block", 250)]
     assert published[-1].reason == "monthly cap reached: produce_bytes 250 of 250 included in 2026-11 (policy block)"
+
+
+def test_the_kafka_security_settings_reach_faust(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path)
+    tls = faust_credentials({"security.protocol": "SSL", "ssl.ca.location": str(ca.ca)})
+    assert isinstance(tls, faust.SSLCredentials) and tls.context.verify_mode == ssl.CERT_REQUIRED
+    scram = faust_credentials(
+        {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-256", "ssl.ca.location": str(ca.ca)}
+    )
+    assert scram.protocol.value == "SASL_SSL" and scram.ssl_context is not None
+
+    assert faust_credentials({}) is None
+    sasl = faust_credentials(
+        {
+            "security.protocol": "sasl_plaintext",
+            "sasl.mechanism": "SCRAM-SHA-512",
+            "sasl.username": "u",
+            "sasl.password": "p",
+        }
+    )
+    assert isinstance(sasl, faust.SASLCredentials)
+    assert (sasl.protocol.value, sasl.mechanism.value, sasl.username, sasl.password) == (
+        "SASL_PLAINTEXT",
+        "SCRAM-SHA-512",
+        "u",
+        "p",
+    )
+    with pytest.raises(ValueError, match="GSSAPI"):
+        faust_credentials({"security.protocol": "SASL_SSL", "sasl.mechanism": "GSSAPI"})
+    with pytest.raises(ValueError, match=r"ssl\.endpoint\.identification\.algorithm"):
+        faust_credentials({"security.protocol": "SSL", "ssl.endpoint.identification.algorithm": "none"})
