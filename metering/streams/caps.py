@@ -380,6 +380,7 @@ class _ReadCommittedThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         consumer._isolation_level = "read_committed"  # Faust reads committed only under exactly_once
+        consumer._fetch_max_wait_ms = 300  # Faust's 1500 ms: a broker without long-poll wake-up waits it out
         return consumer
 
 
