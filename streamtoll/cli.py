@@ -709,7 +709,8 @@ def cmd_caps(args: argparse.Namespace) -> int:
         raise UserError(f"streamtoll caps: {exc}") from exc
     try:
         ensure_control_topics(settings.kafka_config(), (settings.topic_entitlements, settings.topic_enforcement))
-    except KafkaException as exc:
+        caps.follower.start()  # every account's caps, read to the end before anything is decided
+    except (KafkaException, TimeoutError) as exc:
         raise Unavailable(f"the broker at {settings.kafka_bootstrap} cannot be reached: {exc}") from exc
     worker = faust.Worker(caps.app, loglevel=args.log_level.lower())
     try:

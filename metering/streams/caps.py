@@ -50,13 +50,19 @@ rebalances; the minutes topic is only read forward. A caps service started for t
 watermark scheme). Run ``streamtoll caps`` from the start, or set ``USAGE_MINUTES_RETENTION`` to
 32 days where the first start may come mid-month.
 
-Entitlements (``TOPIC_ENTITLEMENTS``, every account's caps) are followed from the beginning by a
-plain consumer thread in every worker (:class:`EntitlementsFollower`); an account whose caps
-change is re-evaluated (a tick record on the internal topic, so the table is only written by the
-agent that owns the account). A timer also re-evaluates, once a new month has begun, the accounts
-whose last decision was not ``ok``, publishing ``ok`` for the new month (the gateways lift caps at
-the month's turn by themselves). A cap removed from a plan gets an ``ok`` decision with
-``included`` 0.
+Entitlements (``TOPIC_ENTITLEMENTS``, every account's caps) are read to the end by every worker
+before it starts (:class:`EntitlementsFollower`; the fold waits for that), then followed by a
+plain consumer thread; an account whose caps change is re-evaluated (a tick record on the
+internal topic, so the table is only written by the agent that owns the account). An account with
+no entitlements record is folded but never decided (nothing to enforce; and a cap is never taken
+as removed because its record is not there yet). A cap removed from a plan gets an ``ok``
+decision with ``included`` 0. A timer also re-evaluates, once a new month has begun, the
+accounts whose last decision was not ``ok``, publishing ``ok`` for the new month (the gateways
+lift caps at the month's turn by themselves).
+
+Latency: Faust's consumer waits up to 1.5 s in a fetch; a broker that does not answer a waiting
+fetch as soon as data arrives (tansu) makes each of the two hops wait it out, so the fetch wait is
+300 ms here (measured: 0.25–0.35 s from the crossing minute on its topic to the decision on its).
 """
 
 from __future__ import annotations
@@ -254,8 +260,9 @@ def decide(
 
 
 class EntitlementsFollower:
-    """Every account's entitlements, followed from the topic's beginning in a thread (no group);
-    ``on_change(account)`` runs in that thread after an account's record changed."""
+    """Every account's entitlements, read from the topic's beginning to its end (:meth:`start`,
+    before the fold decides anything), then followed in a thread (no group). ``on_change(account)``
+    runs in that thread after an account's caps changed."""
 
     def __init__(self, kafka_config: Mapping[str, Any], topic: str) -> None:
         self.config = {
@@ -268,40 +275,65 @@ class EntitlementsFollower:
         self.topic = topic
         self.by_account: dict[str, Entitlement] = {}
         self.on_change: Callable[[str], None] | None = None
+        self.ready = threading.Event()  # set once the topic was read to its end
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def caps(self, account: str) -> tuple[Cap, ...]:
-        e = self.by_account.get(account)
-        return () if e is None else e.caps
+    def entitlement(self, account: str) -> Entitlement | None:
+        return self.by_account.get(account)
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         account = (key or b"").decode("utf-8", "replace")
         if value is None:
             old = self.by_account.pop(account, None)
+            new = None
         else:
             try:
-                e = decode_entitlement(value)
+                new = decode_entitlement(value)
             except (ValueError, KeyError, TypeError) as exc:
                 log.error("an entitlements record that is not one was skipped", extra={"error": repr(exc)})
                 return
-            account = e.account
+            account = new.account
             old = self.by_account.get(account)
-            self.by_account[account] = e
-        if (old.caps if old else ()) != self.caps(account) and self.on_change is not None:
+            self.by_account[account] = new
+        if (old.caps if old else None) != (new.caps if new else None) and self.on_change is not None:
             self.on_change(account)
 
-    def start(self) -> EntitlementsFollower:
-        self._thread = threading.Thread(target=self._follow, name="entitlements", daemon=True)
+    def start(self, timeout: float = 60.0) -> EntitlementsFollower:
+        """Read the topic to its end (raises KafkaException, TimeoutError), then follow it."""
+        consumer = Consumer(self.config)
+        try:
+            meta = consumer.list_topics(self.topic, timeout=timeout).topics.get(self.topic)
+            parts = sorted(meta.partitions) if meta is not None and meta.partitions else [0]
+            ends = {p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=timeout)[1] for p in parts}
+            consumer.assign([TopicPartition(self.topic, p, -2) for p in parts])  # -2: the beginning
+            positions = dict.fromkeys(parts, 0)
+            deadline = time.monotonic() + timeout
+            idle = 0
+            # to the ends the broker reports, then until a poll brings nothing (a broker may report
+            # an end short of the real one: see the kafka-stack notes on ListOffsets)
+            while any(positions[p] < ends[p] for p in parts) or idle < 2:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the entitlements topic {self.topic} could not be read to its end")
+                msgs = consumer.consume(500, 0.2)
+                idle = 0 if msgs else idle + 1
+                for msg in msgs:
+                    if msg.error() is None:
+                        self.apply(msg.key(), msg.value())
+                        part, offset = msg.partition(), msg.offset()
+                        if part is not None and offset is not None:
+                            positions[part] = offset + 1
+        except BaseException:
+            consumer.close()
+            raise
+        log.info("entitlements read", extra={"accounts": len(self.by_account)})
+        self.ready.set()
+        self._thread = threading.Thread(target=self._follow, args=(consumer,), name="entitlements", daemon=True)
         self._thread.start()
         return self
 
-    def _follow(self) -> None:
-        consumer = Consumer(self.config)
+    def _follow(self, consumer: Consumer) -> None:
         try:
-            meta = consumer.list_topics(self.topic, timeout=30).topics.get(self.topic)
-            parts = sorted(meta.partitions) if meta is not None and meta.partitions else [0]
-            consumer.assign([TopicPartition(self.topic, p, -2) for p in parts])  # -2: the beginning
             while not self._stop.is_set():
                 try:
                     for msg in consumer.consume(500, 0.2):
@@ -442,12 +474,8 @@ class CapsApp:
         self.route = self.app.agent(self.minutes, name="route")(self._route)
         self.fold = self.app.agent(self.usage, name="fold")(self._fold)
         self.app.timer(1.0)(self._tick)
-        self.app.task(self._start_follower)
         self.published = 0
         self.publish: Callable[[Decision], Awaitable[None]] = self._send_decision
-
-    async def _start_follower(self) -> None:
-        self.follower.start()
 
     def _caps_changed(self, account: str) -> None:
         with self._pending_lock:
@@ -465,6 +493,8 @@ class CapsApp:
 
     async def _fold(self, stream: Any) -> Any:
         async for account, value in stream.items():
+            while not self.follower.ready.is_set():  # never decide on caps not yet read
+                await asyncio.sleep(0.05)
             current = self.table.get(account)
             state = current
             if value.get("items"):
@@ -474,7 +504,12 @@ class CapsApp:
             if base is None:
                 yield []
                 continue
-            decisions, decided = decide(account, base, self.follower.caps(account), month_of(now), now, self.refresh_s)
+            entitlement = self.follower.entitlement(account)
+            decisions, decided = (
+                ([], base)  # no entitlements record (yet): nothing to decide, not even a cap removed
+                if entitlement is None
+                else decide(account, base, entitlement.caps, month_of(now), now, self.refresh_s)
+            )
             if state is not None or decisions:
                 self.table[account] = decided
             for d in decisions:

@@ -186,6 +186,13 @@ def test_a_crossed_cap_is_decided_on_the_enforcement_topic_within_seconds(
         6_000,
         11_000,
     ]
+    # a raised cap (a plan change) lifts the block without new usage
+    raised = Entitlement("gamma", caps=(Cap("produce_bytes", 20_000, "block"),))
+    send(producer, caps_env["STREAMTOLL_TOPIC_ENTITLEMENTS"], [(b"gamma", encode_entitlement(raised))])
+    decisions.wait(lambda lt: lt[decision_key("gamma", "produce_bytes")]["state"] == "ok", log)
+    gamma = decisions.latest[decision_key("gamma", "produce_bytes")]
+    assert (gamma["used"], gamma["included"]) == (11_000, 20_000)
+    assert decisions.latest[decision_key("gamma", "consume_bytes")]["included"] == 0  # its cap was removed
     print("cap crossed → decision on the topic: " + ", ".join(f"{x:.2f} s" for x in latencies))
     assert max(latencies) < 30
     assert proc.poll() is None

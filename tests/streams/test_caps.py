@@ -189,6 +189,7 @@ def test_a_new_month_lifts_the_cap_and_caps_changes_are_decided() -> None:
 
 def test_the_fold_agent_decides_once_per_change_through_redeliveries() -> None:
     follower = EntitlementsFollower({}, "entitlements")
+    follower.ready.set()  # as after reading the topic to its end
     caps = CapsApp(
         MeteringSettings.from_env({"STREAMTOLL_KAFKA_BOOTSTRAP": "127.0.0.1:1", "STREAMTOLL_TOPIC_PARTITIONS": "2"}),
         clock=lambda: NOV,
@@ -216,11 +217,29 @@ def test_the_fold_agent_decides_once_per_change_through_redeliveries() -> None:
             await agent.put({"p": 1, "items": items(minute(offset=3, b=1))}, key="acme")  # crosses
             await agent.put({"p": 1, "items": items(minute(offset=3, b=1))}, key="acme")
             await agent.put({"tick": 1}, key="acme")  # nothing changed
+            # an account with no entitlements record: folded, never decided
+            await agent.put({"p": 0, "items": items(minute(offset=12, b=10**9))}, key="zeta")
+            assert caps.table["zeta"]["used"]["2026-11"]["produce_bytes"] == 10**9
             assert caps.table["acme"]["used"]["2026-11"]["produce_bytes"] == 250
 
     asyncio.run(run())
     assert [(d.state, d.used) for d in published] == [("ok", 200), ("block", 250)]
     assert published[-1].reason == "monthly cap reached: produce_bytes 250 of 250 included in 2026-11 (policy block)"
+
+
+def test_the_follower_reports_accounts_whose_caps_changed() -> None:
+    follower = EntitlementsFollower({}, "entitlements")
+    changed: list[str] = []
+    follower.on_change = changed.append
+    capped = Entitlement("acme", caps=(Cap("produce_bytes", 250, "block"),))
+    follower.apply(b"acme", encode_entitlement(capped))
+    follower.apply(b"acme", encode_entitlement(capped))  # republished: no change
+    follower.apply(b"acme", encode_entitlement(Entitlement("acme", plan="gold", caps=capped.caps)))  # not a cap
+    follower.apply(b"acme", encode_entitlement(Entitlement("acme")))  # caps removed
+    follower.apply(b"beta", b"not json")  # skipped
+    follower.apply(b"acme", None)  # the account's record deleted
+    assert changed == ["acme", "acme", "acme"]
+    assert follower.entitlement("acme") is None
 
 
 def test_the_kafka_security_settings_reach_faust(tmp_path: Path) -> None:
