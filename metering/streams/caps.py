@@ -408,17 +408,23 @@ def faust_credentials(kafka_extra: Mapping[str, str]) -> Any:
     return None if context is None else faust.SSLCredentials(context)
 
 
-class _ReadCommittedThread(faust_aiokafka.AIOKafkaConsumerThread):
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        consumer._isolation_level = "read_committed"  # Faust reads committed only under exactly_once
-        consumer._fetch_max_wait_ms = 300  # Faust's 1500 ms: a broker without long-poll wake-up waits it out
-        return consumer
+def _consumer_class(isolation_level: str, fetch_max_wait_ms: int = 300) -> type[faust_aiokafka.Consumer]:
+    """Faust's aiokafka consumer with our isolation level (Faust reads committed only under
+    exactly_once, which tansu cannot run) and fetch wait (Faust's is 1500 ms: a broker that does
+    not answer a waiting fetch when data arrives makes every hop wait it out)."""
 
+    class Thread(faust_aiokafka.AIOKafkaConsumerThread):
+        def _create_worker_consumer(self, transport: Any) -> Any:
+            consumer = super()._create_worker_consumer(transport)
+            consumer._isolation_level = isolation_level
+            consumer._fetch_max_wait_ms = fetch_max_wait_ms
+            return consumer
 
-class _ReadCommittedConsumer(faust_aiokafka.Consumer):
-    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return _ReadCommittedThread(self, loop=self.loop, beacon=self.beacon)
+    class CapsConsumer(faust_aiokafka.Consumer):
+        def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+            return Thread(self, loop=self.loop, beacon=self.beacon)
+
+    return CapsConsumer
 
 
 class CapsApp:
@@ -457,10 +463,11 @@ class CapsApp:
             producer_acks=-1,
             producer_linger_ms=5,
             broker_credentials=faust_credentials(s.kafka_extra),
-            # one record per batch where the broker's ListOffsets is wrong (CAPS_ONE_RECORD_BATCHES)
-            producer_max_batch_size=1 if s.caps_one_record_batches else 16384,
+            # one record per batch where the broker's ListOffsets is wrong (CAPS_EMBEDDED_BROKER)
+            producer_max_batch_size=1 if s.caps_embedded_broker else 16384,
         )
-        self.app.transport.Consumer = _ReadCommittedConsumer  # type: ignore[misc]
+        # read_committed: what an aborted metering transaction wrote never counts
+        self.app.transport.Consumer = _consumer_class("read_committed")  # type: ignore[misc]
         self.minutes = self.app.topic(s.topic_usage_minutes, value_type=Minute)
         self.usage = self.app.topic(
             f"{s.group_id}-caps-usage",

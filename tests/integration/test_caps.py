@@ -36,8 +36,8 @@ def caps_env(broker: EmbeddedBroker) -> dict[str, str]:
     env["STREAMTOLL_TOPIC_ENTITLEMENTS"] = f"t{tag}.entitlements"
     env["STREAMTOLL_TOPIC_ENFORCEMENT"] = f"t{tag}.enforcement"
     env["STREAMTOLL_TOPIC_PARTITIONS"] = str(PARTITIONS)
-    if not os.environ.get("STREAMTOLL_TEST_KAFKA_BOOTSTRAP"):  # tansu recovers a table whole only so
-        env["STREAMTOLL_CAPS_ONE_RECORD_BATCHES"] = "true"
+    if not os.environ.get("STREAMTOLL_TEST_KAFKA_BOOTSTRAP"):  # the embedded tansu
+        env["STREAMTOLL_CAPS_EMBEDDED_BROKER"] = "true"
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     for f in admin.create_topics([NewTopic(env["STREAMTOLL_TOPIC_USAGE_MINUTES"], PARTITIONS, 1)]).values():
         f.result(15)
