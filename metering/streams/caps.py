@@ -524,7 +524,7 @@ class CapsApp:
                 self.published += 1
                 if d.state != "ok":
                     log.info(
-                        "cap decision",
+                        f"cap decision: {account} {d.state}: {d.reason}",  # Faust's log format drops extras
                         extra={"account": account, "meter": d.meter, "state": d.state, "reason": d.reason},
                     )
             yield decisions

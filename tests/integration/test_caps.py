@@ -244,3 +244,78 @@ def test_month_to_date_survives_a_restart_and_redelivered_partials_count_once(
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+@pytest.mark.soak
+def test_two_caps_workers_hand_accounts_over_without_counting_a_partial_twice(
+    caps_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Partials (each sent twice) flow while a second caps worker joins and the first leaves:
+    every account's month-to-date ends exactly at what was sent once."""
+    import threading
+
+    bootstrap = caps_env["STREAMTOLL_KAFKA_BOOTSTRAP"]
+    minutes_topic = caps_env["STREAMTOLL_TOPIC_USAGE_MINUTES"]
+    accounts = [f"acct{i}" for i in range(8)]
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    send(
+        producer,
+        caps_env["STREAMTOLL_TOPIC_ENTITLEMENTS"],
+        [
+            (a.encode(), encode_entitlement(Entitlement(a, caps=(Cap("produce_bytes", 10**15, "soft"),))))
+            for a in accounts
+        ],
+    )
+    expected = dict.fromkeys(accounts, 0)
+    stop = threading.Event()
+
+    def feed() -> None:
+        offset = 0
+        while not stop.is_set():
+            offset += 1
+            for shard in ("proxy-audit/0", "proxy-audit/1"):
+                batch = []
+                for k in range(12):
+                    a = accounts[(offset + k) % len(accounts)]
+                    expected[a] += k + 1
+                    batch.append((f"{a}-{k}".encode(), minute(a, shard, offset, k + 1, client=f"c{k}")))
+                send(producer, minutes_topic, batch + batch)
+            time.sleep(0.05)
+
+    def run(name: str) -> subprocess.Popen[bytes]:
+        with open(tmp_path / f"{name}.log", "ab") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "streamtoll.cli", "caps", "--refresh", "0"],
+                env=caps_env,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+
+    decisions = Decisions(bootstrap, caps_env["STREAMTOLL_TOPIC_ENFORCEMENT"])
+    first = run("first")
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    second = None
+    try:
+        decisions.wait(lambda lt: len(lt) == len(accounts), tmp_path / "first.log")
+        second = run("second")
+        time.sleep(15)  # the second joins: a rebalance
+        first.send_signal(signal.SIGTERM)
+        first.wait(60)
+        time.sleep(10)  # the first leaves: another
+    finally:
+        stop.set()
+        feeder.join()
+        try:
+            key = {a: decision_key(a, "produce_bytes") for a in accounts}
+            decisions.wait(
+                lambda lt: all(lt.get(key[a], {}).get("used") == n for a, n in expected.items()),
+                tmp_path / "second.log",
+                timeout=120,
+            )
+        finally:
+            for proc in (first, second):
+                if proc is not None and proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(60)
