@@ -17,7 +17,9 @@ Two Faust agents, one app (``<METERING_GROUP>-caps``):
    publishes a :class:`~metering.entitlements.Decision` to ``TOPIC_ENFORCEMENT`` (key
    ``decision_key(account, meter)``) when the state, the month or the cap changed — and
    otherwise at most every ``refresh_s`` (60 s) while ``used`` moves, so partners see their
-   month-to-date usage.
+   month-to-date usage. A decision is acknowledged by the broker before the table remembers it
+   was made, so a crash can repeat a decision (harmless: the topic is compacted, newest wins)
+   but never lose one.
 
 What is counted (decided here; the gateway is where caps are enforced):
 
@@ -517,8 +519,8 @@ class CapsApp:
                 if entitlement is None
                 else decide(account, base, entitlement.caps, month_of(now), now, self.refresh_s)
             )
-            if state is not None or decisions:
-                self.table[account] = decided
+            # published (and acknowledged) before the table remembers it: a crash in between
+            # publishes the same decision again, never loses it
             for d in decisions:
                 await self.publish(d)
                 self.published += 1
@@ -527,10 +529,13 @@ class CapsApp:
                         f"cap decision: {account} {d.state}: {d.reason}",  # Faust's log format drops extras
                         extra={"account": account, "meter": d.meter, "state": d.state, "reason": d.reason},
                     )
+            if state is not None or decisions:
+                self.table[account] = decided
             yield decisions
 
     async def _send_decision(self, d: Decision) -> None:
-        await self.decisions.send(key=decision_key(d.account, d.meter), value=encode_decision(d))
+        delivered = await self.decisions.send(key=decision_key(d.account, d.meter), value=encode_decision(d))
+        await delivered  # the broker has it
 
     async def _tick(self) -> None:
         """Re-evaluate accounts whose caps changed, and at a new month those not ``ok``."""

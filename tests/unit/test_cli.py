@@ -191,3 +191,13 @@ def test_settings_lists_values_and_hides_secrets(tmp_path: Path) -> None:
     assert rows["STREAMTOLL_MAX_LATENESS"]["value"] == "40d" and rows["STREAMTOLL_MAX_LATENESS"]["default"] == "35d"
     assert rows["STREAMTOLL_KAFKA_SASL_PASSWORD"]["value"] == "(set, secret)" and "hunter2" not in out.stdout
     assert "STREAMTOLL_TEST_DATABASE_URL" not in rows  # developer settings only with --all
+
+
+def test_caps_says_what_it_needs_in_one_sentence(tmp_path: Path) -> None:
+    unset = _cli(["caps"], tmp_path)
+    assert unset.returncode == 2 and "set STREAMTOLL_KAFKA_BOOTSTRAP" in unset.stderr, unset.stderr
+    assert "Traceback" not in unset.stderr and not (tmp_path / ".streamtoll").exists()
+    kafka = {"KAFKA_BOOTSTRAP": "127.0.0.1:1", "KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}
+    gssapi = _cli(["caps"], tmp_path, **kafka, KAFKA_SASL_MECHANISM="GSSAPI")
+    assert gssapi.returncode == 2 and "SASL mechanism GSSAPI is not one streamtoll caps can use" in gssapi.stderr
+    assert "Traceback" not in gssapi.stderr
