@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from metering.entitlements import Cap, Entitlement, decision_key, encode_entitlement
 from streamtoll.embedded import EmbeddedBroker
 from tests.integration.conftest import isolated_env
+from tests.integration.harness import Worker
 
 PARTITIONS = 4
 
@@ -319,3 +321,67 @@ def test_two_caps_workers_hand_accounts_over_without_counting_a_partial_twice(
                 if proc is not None and proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)
                     proc.wait(60)
+
+
+def audit_event(account: str, nbytes: int) -> tuple[bytes, bytes]:
+    """A proxy audit event as the gateway writes it for an issued credential's produce."""
+    principal = f"User:{account}/svc"
+    doc = {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "source": "//proxy/gw-0",
+        "type": "io.streamtoll.kafka.produce",
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "subject": principal,
+        "data": {
+            "client_id": "c1",
+            "virtual_cluster": "",
+            "topic": "orders",
+            "partition": 0,
+            "records": 1,
+            "bytes": nbytes,
+        },
+    }
+    return principal.encode(), json.dumps(doc).encode()
+
+
+def test_from_audit_event_to_decision_through_a_real_worker(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """The whole path a gateway's traffic takes: proxy audit event → ``streamtoll worker`` →
+    usage minute → ``streamtoll caps`` → decision; the time from the event that crosses the cap
+    being on the audit topic to the decision is printed."""
+    env = isolated_env(broker.bootstrap)
+    tag = uuid.uuid4().hex[:8]
+    env["STREAMTOLL_TOPIC_ENTITLEMENTS"] = f"t{tag}.entitlements"
+    env["STREAMTOLL_TOPIC_ENFORCEMENT"] = f"t{tag}.enforcement"
+    if not os.environ.get("STREAMTOLL_TEST_KAFKA_BOOTSTRAP"):
+        env["STREAMTOLL_CAPS_EMBEDDED_BROKER"] = "true"
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0})
+    capped = Entitlement("acme", caps=(Cap("produce_bytes", 10_000, "block"),))
+    send(producer, env["STREAMTOLL_TOPIC_ENTITLEMENTS"], [(b"acme", encode_entitlement(capped))])
+    worker = Worker(env, tmp_path / "worker.log").start()
+    caps = None
+    try:
+        decisions = Decisions(broker.bootstrap, env["STREAMTOLL_TOPIC_ENFORCEMENT"])
+        send(producer, env["STREAMTOLL_TOPIC_PROXY_AUDIT"], [audit_event("acme", 6_000)])
+        with open(tmp_path / "caps.log", "wb") as out:
+            caps = subprocess.Popen(
+                [sys.executable, "-m", "streamtoll.cli", "caps"],
+                env=env,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+        key = decision_key("acme", "produce_bytes")
+        decisions.wait(lambda lt: key in lt, tmp_path / "caps.log")
+        assert decisions.latest[key]["used"] == 6_000 and decisions.latest[key]["state"] == "ok"
+        send(producer, env["STREAMTOLL_TOPIC_PROXY_AUDIT"], [audit_event("acme", 5_000)])
+        t0 = time.monotonic()
+        t1 = decisions.wait(lambda lt: lt[key]["state"] == "block", tmp_path / "caps.log")
+        print(f"\naudit event crossing the cap → decision on the enforcement topic: {t1 - t0:.2f} s")
+        assert decisions.latest[key]["used"] == 11_000
+        assert t1 - t0 < 30
+    finally:
+        if caps is not None:
+            caps.send_signal(signal.SIGTERM)
+            caps.wait(30)
+        worker.stop()
