@@ -21,6 +21,14 @@ Two Faust agents, one app (``<METERING_GROUP>-caps``):
    was made, so a crash can repeat a decision (harmless: the topic is compacted, newest wins)
    but never lose one.
 
+Why two agents: the minutes topic is keyed by minute key (principal, client, topic, …), so one
+account's partials are spread over every minutes partition, and a Faust table written from
+several source partitions would keep one changelog per partition and recover whichever came last.
+Re-keying by account puts each account's total in one partition, one changelog, one owner. The
+route forwards a partition's records in order; a rebalance hands a minutes partition over only
+after its old owner stopped (Faust flushes its producer when partitions are revoked), which keeps
+the per-(shard, partition) order the dedup relies on.
+
 What is counted (decided here; the gateway is where caps are enforced):
 
 * Only partials of ``source == "proxy"`` (what the gateway, and any proxy, meters) whose
