@@ -78,6 +78,7 @@ class MeteringSettings:
     state_retention_s: float = 7 * 86400.0
     session_timeout_ms: int = 10_000
     static_membership: bool = True
+    caps_embedded_broker: bool = False  # tansu quirks the caps fold works around (metering.streams.caps)
     metrics_bind: str | None = None  # HOST:PORT where this process serves /metrics; unset = off
     kafka_extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -196,6 +197,11 @@ class MeteringSettings:
                 values["static_membership"] = v.lower() == "true"
             else:
                 problems.append(f"{PREFIX}STATIC_MEMBERSHIP={v!r} must be true or false")
+        if (v := get("CAPS_EMBEDDED_BROKER")) is not None:
+            if v.lower() in ("true", "false"):
+                values["caps_embedded_broker"] = v.lower() == "true"
+            else:
+                problems.append(f"{PREFIX}CAPS_EMBEDDED_BROKER={v!r} must be true or false")
         if (v := get("METRICS_BIND")) is not None:
             port = v.rpartition(":")[2]
             if port.isdigit() and int(port) < 65536:

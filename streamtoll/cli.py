@@ -764,6 +764,34 @@ def cmd_sink(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_caps(args: argparse.Namespace) -> int:
+    """The monthly caps fold (a Faust worker): usage minutes → month-to-date per account and
+    meter → decisions on the enforcement topic the gateways follow (scale by running more)."""
+    import faust
+    from confluent_kafka import KafkaException
+
+    from metering.streams.caps import CapsApp, ensure_control_topics
+
+    settings = _settings()
+    if not settings.kafka_bootstrap:
+        raise UserError("set STREAMTOLL_KAFKA_BOOTSTRAP to the broker the metering worker uses")
+    try:
+        caps = CapsApp(settings, store=args.store, web_port=args.web_port, refresh_s=args.refresh)
+    except (ValueError, OSError) as exc:  # a security setting it cannot use, a CA file it cannot read
+        raise UserError(f"streamtoll caps: {exc}") from exc
+    try:
+        ensure_control_topics(settings.kafka_config(), (settings.topic_entitlements, settings.topic_enforcement))
+        caps.follower.start()  # every account's caps, read to the end before anything is decided
+    except (KafkaException, TimeoutError) as exc:
+        raise Unavailable(f"the broker at {settings.kafka_bootstrap} cannot be reached: {exc}") from exc
+    worker = faust.Worker(caps.app, loglevel=args.log_level.lower())
+    try:
+        worker.execute_from_commandline()
+    finally:
+        caps.stop()
+    return 0
+
+
 def cmd_gateway(args: argparse.Namespace) -> int:
     from gateway.errors import GatewaySettingsError, UpstreamError
     from gateway.journal import JournalBusy
@@ -1017,21 +1045,6 @@ def cmd_settings(args: argparse.Namespace) -> int:
 # -- developer commands ------------------------------------------------------------------------
 
 
-def cmd_live(args: argparse.Namespace) -> int:
-    """The Faust live-views worker: usage minutes → one-minute tables (scale by running more)."""
-    import faust
-
-    from metering.streams.live import LiveApp
-
-    settings = _settings()
-    if not settings.kafka_bootstrap:
-        raise UserError("set STREAMTOLL_KAFKA_BOOTSTRAP to the broker the metering worker uses")
-    live = LiveApp(settings, store=args.store, web_port=args.web_port)
-    worker = faust.Worker(live.app, loglevel=args.log_level.lower())
-    worker.execute_from_commandline()
-    return 0
-
-
 def cmd_broker(args: argparse.Namespace) -> int:
     """Run the embedded broker in the foreground (dev helper)."""
     broker = EmbeddedBroker(port=args.port).start()
@@ -1112,11 +1125,11 @@ OPERATOR_COMMANDS = (
     ("statements", "a partner's usage statement for a period"),
     ("top", "live consumption tables in the terminal (reads the API's /v1/live)"),
     ("settings", "every STREAMTOLL_* setting, its value here and its default"),
+    ("caps", "monthly caps: usage minutes → month-to-date per account → decisions the gateways enforce"),
 )
 DEVELOPER_COMMANDS = (
     ("broker", "run the embedded dev broker in the foreground"),
     ("bench", "benchmarks: ingest, memory, gateway, billing, api"),
-    ("live", "the Faust live-views worker (one-minute tables)"),
 )
 
 
@@ -1209,6 +1222,12 @@ def build_parser() -> argparse.ArgumentParser:
     sk.add_argument("--metrics-bind", type=_bind, default=None, help="HOST:PORT for /metrics (default METRICS_BIND)")
     gwc = command(sub, "gateway", cmd_gateway)
     gwc.add_argument("--metrics-bind", type=_bind, default=None, help="HOST:PORT for /metrics (default METRICS_BIND)")
+    cp = command(sub, "caps", cmd_caps)
+    cp.add_argument("--store", default="memory://", help="Faust table store, e.g. rocksdb:// (default memory://)")
+    cp.add_argument("--web-port", type=int, default=None, help="Faust's web port (default: none)")
+    cp.add_argument(
+        "--refresh", type=float, default=60.0, help="seconds between decisions that only refresh month-to-date usage"
+    )
     ap = command(sub, "api", cmd_api)
     ap.add_argument("--bind", type=_bind, default=None, help="HOST:PORT (default STREAMTOLL_API_BIND, 127.0.0.1:8080)")
 
@@ -1326,9 +1345,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = command(sub, "broker", cmd_broker)
     b.add_argument("--port", type=int, default=None, help="TCP port (default: a free one)")
-    lv = command(sub, "live", cmd_live)
-    lv.add_argument("--store", default="memory://", help="Faust table store, e.g. rocksdb://")
-    lv.add_argument("--web-port", type=int, default=None, help="Faust's web port (default: none)")
     bench = group("bench")
     bi = command(bench, "ingest", cmd_bench_ingest, "worker throughput on proxy audit records vs. a raw consumer")
     bi.add_argument("--events", type=_positive, default=1_000_000, help="records to meter")

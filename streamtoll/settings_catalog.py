@@ -98,15 +98,22 @@ SETTINGS: list[Setting] = [
     ),
     Setting("TOPIC_DLQ", "streamtoll.dlq.v1", "worker, api", "rejected records, with the reason", "streamtoll.dlq.v1"),
     Setting("TOPIC_USAGE_WINDOWS", "streamtoll.usage-windows.v1", "worker, sink", "hourly full-total snapshots", ""),
-    Setting("TOPIC_USAGE_MINUTES", "streamtoll.usage-minutes.v1", "worker, api", "minute partials (live views)", ""),
+    Setting(
+        "TOPIC_USAGE_MINUTES",
+        "streamtoll.usage-minutes.v1",
+        "worker, api, caps",
+        "minute partials (live views, monthly caps)",
+        "",
+    ),
     Setting("TOPIC_STATE", "streamtoll.metering-state.v1", "worker", "the workers' state changelog", ""),
     Setting("STATE_PARTITIONS", "12", "worker", "partitions of the state topic when streamtoll creates it", ""),
     Setting(
         "TOPIC_PARTITIONS",
         "12",
-        "worker",
+        "worker, caps",
         "partitions of the input, DLQ, usage windows and usage minutes topics when streamtoll creates them "
-        "(workers scale up to the input partitions; the embedded dev broker uses 4)",
+        "(workers scale up to the input partitions; the embedded dev broker uses 4), and of the caps "
+        "service's own topics",
         "12",
     ),
     Setting(
@@ -128,7 +135,8 @@ SETTINGS: list[Setting] = [
         "USAGE_MINUTES_RETENTION",
         "1d",
         "worker",
-        "retention of the usage minutes topic when streamtoll creates it (≥ 2h: the live views read an hour back)",
+        "retention of the usage minutes topic when streamtoll creates it (≥ 2h: the live views read an hour "
+        "back; 32d if `streamtoll caps` may first start mid-month: it counts only what is retained)",
         "",
     ),
     Setting(
@@ -154,7 +162,11 @@ SETTINGS: list[Setting] = [
     Setting("METER_SINCE", "", "worker", "counters that started before this instant are a baseline", ""),
     Setting("COUNTER_MAX_RATE", "1e10", "worker", "bytes/s above which a counter delta is implausible", ""),
     Setting(
-        "METERING_GROUP", "streamtoll-metering", "worker, api", "consumer group of the workers", "streamtoll-metering"
+        "METERING_GROUP",
+        "streamtoll-metering",
+        "worker, api, caps",
+        "consumer group of the workers (the caps service's is this + `-caps`)",
+        "streamtoll-metering",
     ),
     Setting(
         "INSTANCE_ID",
@@ -172,7 +184,7 @@ SETTINGS: list[Setting] = [
         "true",
     ),
     Setting("BATCH_SIZE", "100000", "worker", "records per transaction at most", ""),
-    Setting("SESSION_TIMEOUT_MS", "10000", "worker", "consumer group session timeout", ""),
+    Setting("SESSION_TIMEOUT_MS", "10000", "worker, caps", "consumer group session timeout", ""),
     Setting("STATE_SNAPSHOT_INTERVAL", "10m", "worker", "how often a partition's full state is written", ""),
     Setting(
         "STATE_RETENTION",
@@ -390,6 +402,15 @@ SETTINGS: list[Setting] = [
     Setting("BROKER_LOG", "warn", "embedded broker", "log level of the embedded dev broker (RUST_LOG)", dev=True),
     Setting(
         "FAILPOINT", "", "sink", "test suite: sink.after_db_commit:N exits the sink after its N-th commit", dev=True
+    ),
+    Setting(
+        "CAPS_EMBEDDED_BROKER",
+        "false",
+        "caps",
+        "true on the embedded dev broker (tansu): `streamtoll caps` sends one record per batch (tansu's "
+        "ListOffsets is wrong for longer ones, and a restart would recover a stale table; it halves the "
+        "fold's throughput); the tests set it",
+        dev=True,
     ),
     Setting("TEST_KAFKA_BOOTSTRAP", "", "tests", "run the integration tests against this cluster", dev=True),
     Setting("TEST_DATABASE_URL", "", "tests", "run the tests on this PostgreSQL server", dev=True),

@@ -28,7 +28,7 @@ NOT_DATA = {
     "up",
     "demo",
     "broker",
-    "live",
+    "caps",
     "bench ingest",
     "bench memory",
     "bench gateway",
@@ -203,3 +203,13 @@ def test_the_api_republishes_entitlements_just_after_each_utc_midnight() -> None
     assert seconds_to_next_utc_day(datetime(2026, 12, 31, 0, 0, 0, tzinfo=UTC)) == 86405
     # a local time is the same instant: 01:00 in UTC+2 is 23:00 UTC the day before
     assert seconds_to_next_utc_day(datetime(2026, 12, 8, 1, 0, tzinfo=timezone(timedelta(hours=2)))) == 3605
+
+
+def test_caps_says_what_it_needs_in_one_sentence(tmp_path: Path) -> None:
+    unset = _cli(["caps"], tmp_path)
+    assert unset.returncode == 2 and "set STREAMTOLL_KAFKA_BOOTSTRAP" in unset.stderr, unset.stderr
+    assert "Traceback" not in unset.stderr and not (tmp_path / ".streamtoll").exists()
+    kafka = {"KAFKA_BOOTSTRAP": "127.0.0.1:1", "KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}
+    gssapi = _cli(["caps"], tmp_path, **kafka, KAFKA_SASL_MECHANISM="GSSAPI")
+    assert gssapi.returncode == 2 and "SASL mechanism GSSAPI is not one streamtoll caps can use" in gssapi.stderr
+    assert "Traceback" not in gssapi.stderr

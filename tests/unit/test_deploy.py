@@ -159,7 +159,7 @@ def test_kubernetes_pods_run_real_commands_with_real_settings() -> None:
             refs = {(kind, ref["name"]) for r in c["envFrom"] for kind, ref in r.items()}
             assert refs <= {("configMapRef", "streamtoll"), ("secretRef", "streamtoll-kafka")}, refs
             assert ("configMapRef", "streamtoll") in refs
-    assert {"worker", "sink", "api", "db", "gateway"} <= set(roles)
+    assert {"worker", "caps", "sink", "api", "db", "gateway"} <= set(roles)
     assert roles["api"]["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert roles["api"]["livenessProbe"]["httpGet"]["path"] == "/healthz/live"
     # workers: a unique instance id per pod (the replica bounds: test_deploy_keda.py)
@@ -180,7 +180,7 @@ def test_compose_file_matches_the_compose_spec_and_streamtoll() -> None:
     errors = sorted(jsonschema.Draft7Validator(_compose_schema()).iter_errors(doc), key=lambda e: list(e.path))
     assert not errors, [f"{list(e.path)}: {e.message}" for e in errors[:5]]
     services = doc["services"]
-    assert {"kafka", "postgres", "migrate", "worker-0", "worker-1", "sink", "api", "gateway"} <= set(services)
+    assert {"kafka", "postgres", "migrate", "worker-0", "worker-1", "caps", "sink", "api", "gateway"} <= set(services)
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
     instance_ids = set()
     for name, svc in services.items():
@@ -276,8 +276,8 @@ def test_compose_services_never_embed_and_connect_as_their_database_roles() -> N
         assert env["STREAMTOLL_EMBEDDED"] == "never", name
         command = svc["command"][0]
         url = env.get("STREAMTOLL_DATABASE_URL")
-        if command in ("worker", "gateway"):
-            assert url is None, f"{name}: workers and the gateway use no database"
+        if command in ("worker", "gateway", "caps"):
+            assert url is None, f"{name}: workers, the caps fold and the gateway use no database"
             assert "migrate" not in svc.get("depends_on", {})
             continue
         assert url is not None, name
