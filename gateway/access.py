@@ -513,15 +513,17 @@ def _metadata(ent: Entitlement, req: Request) -> Screened | None:
                     out.append(blank(topic_cls, error_code=TOPIC_AUTHORIZATION_FAILED, name=name))
                 elif name is not None and name in by_name:
                     out.append(by_name.pop(name))
-            if req.version > 0:  # topics asked for by id (v10+): a denied one answers 29, unnamed
-                for t in response.topics:
-                    if t.name is not None and str(t.name) in names:
-                        continue
-                    if t.name is None or ent.may_see(str(t.name)):
-                        out.append(t)
-                    else:
-                        code = type(t.error_code)(TOPIC_AUTHORIZATION_FAILED)
-                        out.append(dataclasses.replace(t, error_code=code, name=None, partitions=()))
+            by_id = None in names  # v10+: topics asked for by id
+            for t in response.topics:  # topics the request did not name (by id, or a broker's extra)
+                if t.name is not None and str(t.name) in names:
+                    continue
+                if req.version == 0 and not [n for n in names if n not in denied]:
+                    continue  # v0 asked for every topic when nothing was left to ask for
+                if t.name is None or ent.may_see(str(t.name)):
+                    out.append(t)
+                elif by_id:  # a denied topic asked for by id: 29, and its name is not told
+                    code = type(t.error_code)(TOPIC_AUTHORIZATION_FAILED)
+                    out.append(dataclasses.replace(t, error_code=code, name=None, partitions=()))
         return response_frame[:body] + protocol.encode(dataclasses.replace(response, topics=tuple(out)))
 
     return Screened(frame, after=after, denied=tuple(Denied(n, 1) for n in denied))

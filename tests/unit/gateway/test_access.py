@@ -512,3 +512,12 @@ def test_denied_events_count_denied_requests_only_and_are_never_metered() -> Non
     ]
     doc = orjson.loads(evs[0][1])
     assert doc["data"]["outcome"] == "denied" and "partition" not in doc["data"]
+
+
+@pytest.mark.parametrize("version", versions(protocol.METADATA))
+def test_metadata_topics_a_broker_adds_to_a_named_request_are_screened_too(version: int) -> None:
+    screened, _ = run(ENT, protocol.METADATA, version, metadata_request(version, ["orders-a"]))
+    assert screened is not None and screened.after is not None and screened.denied == ()
+    broker = answer_frame(protocol.METADATA, version, metadata_answer(version, ["secret", "orders-a", "feed"]))
+    got = decode_answer(protocol.METADATA, version, screened.after(broker))
+    assert [t.name for t in got.topics] == ["orders-a", "feed"]
