@@ -26,6 +26,7 @@ from metering.entitlements import Entitlement, Grant, encode_entitlement
 from streamtoll.embedded import EmbeddedBroker
 
 from .conftest import isolated_env
+from .harness import Worker, read_all, wait_caught_up, window_totals
 from .test_gateway import AuditLog, GatewayProcess
 from .test_gateway_credentials import PRODUCE, _cli, _sasl
 
@@ -35,8 +36,10 @@ FETCH = "io.streamtoll.kafka.fetch"
 
 
 class World:
-    def __init__(self, gw: GatewayProcess, audit: AuditLog, cred: dict[str, Any], topics: dict[str, str]) -> None:
-        self.gw, self.audit, self.cred, self.topics = gw, audit, cred, topics
+    def __init__(
+        self, env: dict[str, str], gw: GatewayProcess, audit: AuditLog, cred: dict[str, Any], topics: dict[str, str]
+    ) -> None:
+        self.env, self.gw, self.audit, self.cred, self.topics = env, gw, audit, cred, topics
 
     def conf(self, **extra: Any) -> dict[str, Any]:
         return {**_sasl(self.gw, "SCRAM-SHA-512", self.cred), **extra}
@@ -108,7 +111,7 @@ def world(broker: EmbeddedBroker, pg_server: str, tmp_path_factory: pytest.TempP
     gw = GatewayProcess({**env, "STREAMTOLL_GATEWAY_AUTH": "streamtoll"}, tmp / "gateway.log").start()
     audit = AuditLog(broker.bootstrap, env["STREAMTOLL_TOPIC_PROXY_AUDIT"])
     try:
-        yield World(gw, audit, cred, topics)
+        yield World(env, gw, audit, cred, topics)
     finally:
         gw.stop()
         engine.dispose()
@@ -272,3 +275,31 @@ def test_aiokafka_works_within_its_grants_and_is_refused_outside_them(world: Wor
     audit.wait(lambda: any(e["data"].get("client_id") == "aio-acl" for e in audit.for_topic(t["read_only"])))
     denied = [e for e in audit.for_topic(t["read_only"]) if e["data"].get("client_id") == "aio-acl"]
     assert denied and all(e["data"]["outcome"] == "denied" and e["data"]["bytes"] == 0 for e in denied)
+
+
+def test_the_worker_counts_denied_requests_apart_and_never_as_usage(world: World, tmp_path: Path) -> None:
+    """The metered output: the worker over the gateway's audit events, as billing reads it."""
+    t, audit = world.topics, world.audit
+    audit.wait(lambda: any(e["data"].get("outcome") == "denied" for e in audit.for_topic(t["read_only"])))
+    worker = Worker(world.env, tmp_path / "worker.log").start()
+    try:
+        wait_caught_up(
+            world.env["STREAMTOLL_KAFKA_BOOTSTRAP"], world.env["STREAMTOLL_METERING_GROUP"], dict(audit.ends), 60
+        )
+    finally:
+        assert worker.stop() == 0
+    rows = read_all(world.env["STREAMTOLL_KAFKA_BOOTSTRAP"], world.env["STREAMTOLL_TOPIC_USAGE_WINDOWS"], 4)
+    by_topic: dict[tuple[str, str], list[int]] = {}
+    for key, quantities in window_totals(rows).items():
+        source, principal, _, _, topic, direction, _ = key
+        assert (source, principal) == ("proxy", "User:acme/orders-svc")
+        acc = by_topic.setdefault((topic, direction), [0, 0, 0, 0])
+        for i, q in enumerate(quantities):
+            acc[i] += q
+    denied = [e["data"] for e in audit.events if e["data"].get("outcome") == "denied"]
+    expected = sum(d["denied_requests"] for d in denied if d["topic"] == t["read_only"])
+    assert by_topic[(t["read_only"], "produce")] == [0, 0, 0, expected] and expected >= 1
+    wo = by_topic[(t["write_only"], "consume")]
+    assert wo[:3] == [0, 0, 0] and wo[3] >= 1
+    orders = by_topic[(t["orders"], "produce")]
+    assert orders[0] > 0 and orders[1] == audit.totals(t["orders"], PRODUCE)[0] and orders[3] == 0
