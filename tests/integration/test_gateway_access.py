@@ -6,6 +6,7 @@ command line against PostgreSQL, the account's entitlements published to the ent
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import time
 import uuid
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from gateway import protocol
 from gateway.control import ensure_control_topic
 from metering.decoders import proxy as proxy_decoder
 from metering.decoders.common import Limits
@@ -303,3 +305,71 @@ def test_the_worker_counts_denied_requests_apart_and_never_as_usage(world: World
     assert wo[:3] == [0, 0, 0] and wo[3] >= 1
     orders = by_topic[(t["orders"], "produce")]
     assert orders[0] > 0 and orders[1] == audit.totals(t["orders"], PRODUCE)[0] and orders[3] == 0
+
+
+def test_a_fetch_session_naming_a_denied_partition_becomes_a_sessionless_fetch(world: World) -> None:
+    """KIP-227: a client opening a fetch session (epoch 0) with a denied partition gets session id
+    0 (none), the denied partition error 29 without records, and the allowed partitions' records
+    from the real broker; an acks=0 produce of a denied topic gets no answer and writes nothing."""
+    from kio.schema.fetch.v12.request import FetchPartition, FetchRequest, FetchTopic
+    from kio.schema.produce.v9.request import PartitionProduceData, ProduceRequest, TopicProduceData
+    from kio.static.primitive import i8, i32, i32Timedelta, i64
+
+    from gateway.access import blank
+
+    from .test_gateway_credentials import _login_eventually
+
+    t = world.topics
+    assert _deliver(world.conf(), t["orders"], 2) == [None, None]
+    raw = _login_eventually(world.gw, world.cred["username"], world.cred["password"])
+
+    def part(p: int) -> FetchPartition:
+        return FetchPartition(
+            partition=i32(p),
+            current_leader_epoch=i32(-1),
+            fetch_offset=i64(0),
+            last_fetched_epoch=i32(-1),
+            log_start_offset=i64(-1),
+            partition_max_bytes=i32(1 << 20),
+        )
+
+    request = FetchRequest(
+        cluster_id=None,
+        replica_id=i32(-1),
+        max_wait=i32Timedelta.parse(datetime.timedelta(milliseconds=100)),
+        min_bytes=i32(1),
+        max_bytes=i32(1 << 22),
+        isolation_level=i8(0),
+        session_id=i32(0),
+        session_epoch=i32(0),  # open a session
+        topics=(
+            FetchTopic(topic=t["write_only"], partitions=(part(0),)),
+            FetchTopic(topic=t["orders"], partitions=(part(0), part(1))),
+        ),
+        forgotten_topics_data=(),
+        rack_id="",
+    )
+    response = raw.request(protocol.FETCH, 12, request)
+    assert response.session_id == 0 and response.error_code == 0
+    got = {(r.topic, int(p.partition_index)): p for r in response.responses for p in r.partitions}
+    denied = got[(t["write_only"], 0)]
+    assert (int(denied.error_code), int(denied.high_watermark), denied.records) == (29, -1, b"")
+    assert all(int(got[(t["orders"], p)].error_code) == 0 for p in (0, 1))
+    assert sum(len(got[(t["orders"], p)].records or b"") for p in (0, 1)) > 0
+
+    # acks=0 to a denied topic: no answer; the next request on the connection is answered in turn
+    produce = blank(
+        ProduceRequest,
+        acks=0,
+        timeout=i32Timedelta.parse(datetime.timedelta(seconds=5)),
+        topic_data=(
+            TopicProduceData(name=t["read_only"], partition_data=(PartitionProduceData(index=i32(0), records=b""),)),
+        ),
+    )
+    raw.send(protocol.PRODUCE, 9, produce)
+    again = raw.request(protocol.FETCH, 12, request)
+    assert again.session_id == 0 and {r.topic for r in again.responses} == {t["write_only"], t["orders"]}
+    raw.close()
+    direct = Consumer({"bootstrap.servers": world.env["STREAMTOLL_KAFKA_BOOTSTRAP"], "group.id": "x"})
+    assert direct.get_watermark_offsets(TopicPartition(t["read_only"], 0), timeout=10) == (0, 0)  # nothing written
+    direct.close()
