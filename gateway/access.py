@@ -25,7 +25,8 @@ A connection whose credential's account has an entitlements record
   the account may not use are answered ``GROUP_AUTHORIZATION_FAILED`` (30) by the gateway.
   OffsetCommit's partitions of topics the account may not read answer 29 (the others are
   forwarded); OffsetFetch answers 30 for a denied group and 29 for a denied topic it names, and
-  leaves denied topics out when it asks for all; DescribeGroups answers 30 for a denied group;
+  leaves denied topics out when it asks for all; DescribeGroups and ConsumerGroupDescribe answer
+  30 for a denied group;
   ListGroups and DeleteGroups leave out / refuse (30) denied groups.
 * **Topic administration** — CreateTopics and DeleteTopics answer 29 for every topic (partners do
   not create or delete topics through the gateway; the operator does); DeleteRecords answers 29
@@ -85,7 +86,7 @@ DELETE = "delete"  # no plan grants it: DeleteRecords is denied to every restric
 SASL_HANDSHAKE, API_VERSIONS, CREATE_TOPICS, DELETE_TOPICS, DELETE_RECORDS, INIT_PRODUCER_ID = 17, 18, 19, 20, 21, 22
 OFFSET_FOR_LEADER_EPOCH, ADD_PARTITIONS_TO_TXN, ADD_OFFSETS_TO_TXN, END_TXN, TXN_OFFSET_COMMIT = 23, 24, 25, 26, 28
 SASL_AUTHENTICATE, DELETE_GROUPS, OFFSET_DELETE, DESCRIBE_CLUSTER = 36, 42, 47, 60
-CONSUMER_GROUP_HEARTBEAT, GET_TELEMETRY_SUBSCRIPTIONS, PUSH_TELEMETRY = 68, 71, 72
+CONSUMER_GROUP_HEARTBEAT, CONSUMER_GROUP_DESCRIBE, GET_TELEMETRY_SUBSCRIPTIONS, PUSH_TELEMETRY = 68, 69, 71, 72
 
 # forwarded as they are: nothing in them names a topic or group, or what they touch is screened elsewhere
 PASS = frozenset(
@@ -396,8 +397,8 @@ def screen(
     return handler(ent, req)
 
 
-def _topic_split(ent: Entitlement, req: Request, shape: Shape) -> Screened | None:
-    request = req.decode()
+def _topic_split(ent: Entitlement, req: Request, shape: Shape, request: Any = None) -> Screened | None:
+    request = req.decode() if request is None else request
     kept, denied = split(ent, shape, request)
     if not denied:
         return None
@@ -417,7 +418,7 @@ def _topic_split(ent: Entitlement, req: Request, shape: Shape) -> Screened | Non
 
 def _produce(ent: Entitlement, req: Request) -> Screened | None:
     request = req.decode()
-    screened = _topic_split(ent, req, _PRODUCE)
+    screened = _topic_split(ent, req, _PRODUCE, request)
     if screened is not None and request.acks == 0:
         return screened._replace(answer=None, after=None)  # no answer is expected
     return screened
@@ -545,7 +546,7 @@ def _group_keyed(ent: Entitlement, req: Request) -> Screened | None:
     if not ent.may_group(group):
         return Screened(None, req.answer(_group_refusal(req, request)), denied=(Denied(group, 1),))
     if req.key in (OFFSET_COMMIT, TXN_OFFSET_COMMIT, OFFSET_DELETE) and ent.topics is not None:
-        return _topic_split(ent, req, _COMMIT)
+        return _topic_split(ent, req, _COMMIT, request)
     return None
 
 
@@ -660,7 +661,8 @@ def _describe_groups(ent: Entitlement, req: Request) -> Screened | None:
     if ent.groups is None:
         return None
     request = req.decode()
-    denied = tuple(Denied(str(g), 1) for g in request.groups if not ent.may_group(str(g)))
+    asked = request.groups if req.key == DESCRIBE_GROUPS else request.group_ids
+    denied = tuple(Denied(str(g), 1) for g in asked if not ent.may_group(str(g)))
 
     def after(frame: bytes) -> bytes:
         body = protocol.response_body_offset(frame, req.key, req.version)
@@ -770,6 +772,7 @@ _HANDLERS: dict[int, Callable[[Entitlement, Request], Screened | None]] = {
     FIND_COORDINATOR: _find_coordinator,
     OFFSET_FETCH: _offset_fetch,
     DESCRIBE_GROUPS: _describe_groups,
+    CONSUMER_GROUP_DESCRIBE: _describe_groups,
     LIST_GROUPS: _list_groups,
     DELETE_GROUPS: _delete_groups,
     CREATE_TOPICS: _topic_admin,

@@ -521,3 +521,14 @@ def test_metadata_topics_a_broker_adds_to_a_named_request_are_screened_too(versi
     broker = answer_frame(protocol.METADATA, version, metadata_answer(version, ["secret", "orders-a", "feed"]))
     got = decode_answer(protocol.METADATA, version, screened.after(broker))
     assert [t.name for t in got.topics] == ["orders-a", "feed"]
+
+
+@pytest.mark.parametrize("version", versions(69))
+def test_consumer_group_describe_answers_30_for_a_denied_group(version: int) -> None:
+    screened, _ = run(ENT, 69, version, blank(protocol._request_type(69, version), group_ids=("other", "orders-g")))
+    assert screened is not None and screened.after is not None and screened.denied == (Denied("other", 1),)
+    resp_cls = protocol._response_type(69, version)
+    g = element(resp_cls, "groups")
+    broker = blank(resp_cls, groups=(blank(g, group_id="other", group_state="Stable"), blank(g, group_id="orders-g")))
+    got = decode_answer(69, version, screened.after(answer_frame(69, version, broker)))
+    assert [(x.group_id, int(x.error_code)) for x in got.groups] == [("other", 30), ("orders-g", 0)]
