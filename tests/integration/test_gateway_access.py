@@ -373,3 +373,41 @@ def test_a_fetch_session_naming_a_denied_partition_becomes_a_sessionless_fetch(w
     direct = Consumer({"bootstrap.servers": world.env["STREAMTOLL_KAFKA_BOOTSTRAP"], "group.id": "x"})
     assert direct.get_watermark_offsets(TopicPartition(t["read_only"], 0), timeout=10) == (0, 0)  # nothing written
     direct.close()
+
+
+def test_a_withdrawn_grant_applies_to_open_connections_from_their_next_request(world: World) -> None:
+    """Runs last in this module: it takes the orders grant away."""
+    from kio.schema.list_offsets.v7.request import ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic
+    from kio.static.primitive import i8, i32, i64
+
+    from .test_gateway_credentials import _login_eventually
+
+    t = world.topics
+    raw = _login_eventually(world.gw, world.cred["username"], world.cred["password"])
+    request = ListOffsetsRequest(
+        replica_id=i32(-1),
+        isolation_level=i8(0),
+        topics=(
+            ListOffsetsTopic(
+                name=t["orders"],
+                partitions=(
+                    ListOffsetsPartition(partition_index=i32(0), current_leader_epoch=i32(-1), timestamp=i64(-1)),
+                ),
+            ),
+        ),
+    )
+
+    def error() -> int:
+        return int(raw.request(2, 7, request).topics[0].partitions[0].error_code)
+
+    assert error() == 0
+    narrower = Entitlement("acme", topics=(Grant(t["read_only"], "literal", frozenset({"read"})),), groups=())
+    producer = Producer({"bootstrap.servers": world.env["STREAMTOLL_KAFKA_BOOTSTRAP"]})
+    started = time.monotonic()
+    producer.produce(world.env["STREAMTOLL_TOPIC_ENTITLEMENTS"], encode_entitlement(narrower), key=b"acme")
+    assert producer.flush(10) == 0
+    while error() != 29:
+        assert time.monotonic() - started < 10
+        time.sleep(0.02)
+    print(f"a withdrawn grant applied {time.monotonic() - started:.2f} s after it was published")
+    raw.close()
