@@ -13,7 +13,9 @@ id, so responses are matched by that id and a response to an unknown id ends the
 Requests pass through as the bytes the client sent. Only Produce requests are decoded (for their
 counts, never their record data); of the responses, ApiVersions, Metadata, FindCoordinator and
 DescribeCluster are decoded and rewritten, Produce and Fetch decoded for metering (a Produce
-response is rewritten only when it carries node endpoints).
+response is rewritten only when it carries node endpoints). Under ``GATEWAY_AUTH=streamtoll`` an
+account with restricted access has its requests screened by :mod:`gateway.access` (the denied
+part answered by the gateway, or merged back into the broker's answer).
 
 A client that sends something the gateway cannot forward (a length over
 ``GATEWAY_MAX_REQUEST_BYTES`` or under a header, a truncated header, an API or version outside
