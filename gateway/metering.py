@@ -12,6 +12,11 @@ decompressed or decoded.
   batches, so the first may hold records before the fetch offset that the client drops: the
   gateway meters what went over the wire, as a broker's byte-out metric does.
 
+A request the account's access denied (:mod:`gateway.access`) is never metered: it gives one
+*denied* event per request and denied topic (:func:`denied_events`: ``"outcome": "denied"``,
+``denied_requests`` the partitions of that topic the request named, 0 records and bytes), which
+the worker counts in the ``denied_requests`` quantity only.
+
 One event per request and topic-partition, in the proxy audit format (CloudEvents 1.0,
 structured JSON; README "Proxy audit records"), keyed by principal.
 """
@@ -34,6 +39,7 @@ __all__ = [
     "RequestContext",
     "acknowledged",
     "audit_event",
+    "denied_events",
     "fetch_counts",
     "produce_counts",
 ]
@@ -136,6 +142,8 @@ def audit_event(
         "bytes": counted.bytes,
         "api_version": ctx.api_version,
     }
+    if counted.partition < 0:  # a denied topic: the event is per topic
+        del data["partition"]
     if extra:
         data.update(extra)
     event = {
@@ -155,3 +163,25 @@ def events(
     kind: str, source: str, ctx: RequestContext, counted: Iterable[Counted], now: datetime, **extra: Any
 ) -> list[tuple[bytes, bytes]]:
     return [audit_event(kind, source, ctx, c, now, extra or None) for c in counted]
+
+
+TOPIC_AUTHORIZATION_FAILED = 29
+
+
+def denied_events(
+    kind: str, source: str, ctx: RequestContext, denied: Iterable[Any], now: datetime
+) -> list[tuple[bytes, bytes]]:
+    """Events of a request's denied topics (``gateway.access.Denied``: name, partitions): one per
+    topic, ``"outcome": "denied"``, ``denied_requests`` = its partitions (what the request would
+    have counted as requests had it been allowed), no records or bytes. Each has a random id."""
+    return [
+        audit_event(
+            kind,
+            source,
+            ctx,
+            Counted(d.name, -1, 0, 0),
+            now,
+            {"outcome": "denied", "denied_requests": d.partitions, "error_code": TOPIC_AUTHORIZATION_FAILED},
+        )
+        for d in denied
+    ]

@@ -23,6 +23,8 @@ Served on ``/metrics`` with ``/healthz`` (ready while the listeners are open) an
   so an idle consumer's fetches sit near that wait
 * ``refused_requests_total{api}`` — Produce and Fetch the gateway answered itself because the
   journal was full (``GATEWAY_JOURNAL_FULL=refuse``)
+* ``denied_requests_total{api}`` — requests the account's topic or group access denied, wholly or
+  in part (``gateway.access``; a restricted account's API that closes the connection counts too)
 """
 
 from __future__ import annotations
@@ -85,3 +87,7 @@ class GatewayCollector(Collector):
         for key in (PRODUCE, FETCH):
             refused.add_metric([api_name(key)], gw.refused[key])
         yield refused
+        denied = CounterMetricFamily(P + "denied_requests", "denied by the account's access", labels=["api"])
+        for key, n in sorted(dict(gw.denied).items()):
+            denied.add_metric([api_name(key)], n)
+        yield denied

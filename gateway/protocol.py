@@ -11,7 +11,8 @@ version). The gateway forwards a request only if its API key and version are in
 * SaslHandshake starts at version 1: a v0 handshake is followed by raw SASL tokens that are not
   framed as requests (Kafka 4 dropped v0 as well).
 * Produce and Fetch stop at version 12: from 13 they name topics by id (KIP-516), which the
-  gateway does not map to names yet, and Fetch 16+ carries node endpoints (KIP-951).
+  gateway does not map to names yet, and Fetch 16+ carries node endpoints (KIP-951). OffsetCommit
+  and OffsetFetch stop at version 9 for the same reason (topic access is checked by name).
 
 ApiVersions responses are capped to :data:`SUPPORTED`, so well-behaved clients never send
 anything else; a request outside it closes the connection (:class:`ProtocolViolation`).
@@ -74,7 +75,7 @@ _LEFT_OUT = {
     *range(76, 88),  # share groups (ShareFetch moves records the gateway does not meter yet), Raft voters
     *range(90, 93),  # share group offsets
 }
-_CAPS = {PRODUCE: 12, FETCH: 12}
+_CAPS = {PRODUCE: 12, FETCH: 12, 8: 9, 9: 9}  # OffsetCommit, OffsetFetch: v10 names topics by id
 # SaslHandshake v0 is followed by raw SASL tokens, not framed as requests (Kafka 4 dropped it too)
 _FLOORS = {SASL_HANDSHAKE: 1}
 

@@ -13,7 +13,9 @@ id, so responses are matched by that id and a response to an unknown id ends the
 Requests pass through as the bytes the client sent. Only Produce requests are decoded (for their
 counts, never their record data); of the responses, ApiVersions, Metadata, FindCoordinator and
 DescribeCluster are decoded and rewritten, Produce and Fetch decoded for metering (a Produce
-response is rewritten only when it carries node endpoints).
+response is rewritten only when it carries node endpoints). Under ``GATEWAY_AUTH=streamtoll`` an
+account with restricted access has its requests screened by :mod:`gateway.access` (the denied
+part answered by the gateway, or merged back into the broker's answer).
 
 A client that sends something the gateway cannot forward (a length over
 ``GATEWAY_MAX_REQUEST_BYTES`` or under a header, a truncated header, an API or version outside
@@ -44,11 +46,20 @@ from kio.schema.request_header.v1.header import RequestHeader as RequestHeaderV1
 from kio.serial import entity_writer
 from kio.static.primitive import i16, i32
 
-from gateway import protocol
+from gateway import access, protocol
 from gateway.authn import ClientAuth, advertise_sasl, api_versions_answer
 from gateway.errors import ProtocolViolation, UpstreamError
 from gateway.latency import LatencyHistogram
-from gateway.metering import CONSUME_TYPE, PRODUCE_TYPE, Counted, RequestContext, acknowledged, events, fetch_counts
+from gateway.metering import (
+    CONSUME_TYPE,
+    PRODUCE_TYPE,
+    Counted,
+    RequestContext,
+    acknowledged,
+    denied_events,
+    events,
+    fetch_counts,
+)
 from gateway.metering import produce_counts as count_produce
 from gateway.principals import ANONYMOUS, ClientIdentity, observe_request, observe_response
 from gateway.security import UpstreamAuth, UpstreamSecurity, authenticate, cert_principal
@@ -128,6 +139,7 @@ class Pending(NamedTuple):
     acks: int = 0  # a Produce's acks (1 or -1: all)
     refusal: bytes | None = None  # the gateway's own answer (journal full), sent in its turn
     sent: float = 0.0  # time.monotonic() when it was written upstream (upstream latency)
+    after: Callable[[bytes], bytes] | None = None  # access: puts the denied part back into the answer
 
 
 def _frame(header: Any, body: Any) -> bytes:
@@ -389,6 +401,12 @@ class Connection:
                 raise ProtocolViolation(f"{protocol.api_name(key)} version {version} is outside {span[0]}–{span[1]}")
             if self.auth is not None and await self._authenticate(frame, head.correlation_id, key, version, head):
                 continue
+            after = None
+            if (ent := self.entitlement()) is not None:  # topic and group access (gateway.access)
+                screened = await self._screen(ent, frame, head)
+                if screened is None:
+                    continue
+                frame, after = screened
             if key in (protocol.PRODUCE, protocol.FETCH) and not gw.audit.accepting():
                 await self._refuse(frame, head.correlation_id, key, version, head.client_id, head.end)
                 continue
@@ -414,7 +432,7 @@ class Connection:
                 if head.correlation_id in self.inflight:
                     raise ProtocolViolation(f"correlation id {head.correlation_id} is already in flight")
                 self.inflight[head.correlation_id] = Pending(
-                    key, version, head.client_id, produced, acks, sent=time.monotonic()
+                    key, version, head.client_id, produced, acks, sent=time.monotonic(), after=after
                 )
                 self.idle.clear()
             upstream.write(len(frame).to_bytes(4, "big") + frame)
@@ -422,6 +440,26 @@ class Connection:
             if not expects_response:  # acks=0: no answer will come; metered as sent
                 pending = Pending(key, version, head.client_id, produced)
                 gw.meter(PRODUCE_TYPE, self._context(pending), produced or [], acks=0, acknowledged=False)
+
+    async def _screen(self, ent: Entitlement, frame: bytes, head: Any) -> tuple[bytes, Any] | None:
+        """The request to forward and what to do with its answer, after the account's access was
+        checked (:func:`gateway.access.screen`); None: the gateway answered it (or dropped a denied
+        ``acks=0`` produce)."""
+        key, version = head.api_key, head.api_version
+        try:
+            screened = access.screen(ent, key, version, frame, head.end, head.correlation_id)
+        except access.AccessRefused as exc:
+            self.gateway.deny(self, key, version, head.client_id, ())
+            raise ClientRefused(str(exc)) from None
+        if screened is None:
+            return frame, None
+        if screened.denied:
+            self.gateway.deny(self, key, version, head.client_id, screened.denied)
+        if screened.frame is None:
+            if screened.answer is not None:
+                await self._answer_locally(head.correlation_id, key, version, head.client_id, screened.answer)
+            return None
+        return screened.frame, screened.after
 
     async def _authenticate(self, frame: bytes, correlation_id: int, key: int, version: int, head: Any) -> bool:
         """GATEWAY_AUTH=streamtoll: answer SaslHandshake / SaslAuthenticate here (True: answered),
@@ -509,6 +547,8 @@ class Connection:
                 return
             gw.latency.observe(pending.api_key, time.monotonic() - pending.sent)
             self.answering = True
+            if pending.after is not None:
+                frame = pending.after(frame)
             frame = gw.handle_response(self, pending, frame)
             if pending.api_key == protocol.PRODUCE and (durable := gw.audit.synced()) is not None:
                 await durable  # GATEWAY_JOURNAL_FSYNC=always: its events are on disk before the answer
@@ -558,6 +598,7 @@ class Gateway:
         self.entitlements: Any = None
         self.api_versions: dict[int, tuple[int, int]] = {}  # the upstream's, for ApiVersions before authentication
         self.refused: Counter[int] = Counter()  # Produce / Fetch answered by the gateway: the audit journal was full
+        self.denied: Counter[int] = Counter()  # requests the account's access denied (in part or whole), by API
         self._refusing_logged = 0.0
         self.serving = False
         self.heartbeat = time.monotonic()
@@ -582,6 +623,19 @@ class Gateway:
         for conn in list(self.connections):
             if conn.credential_id == credential.id:
                 conn.revoke()
+
+    def deny(self, conn: Connection, key: int, version: int, client_id: str, denied: Any) -> None:
+        """A request (or part of it) the account may not make: counted, and for Produce and Fetch
+        written as denied audit events (never metered as usage)."""
+        self.denied[key] += 1
+        log.info(
+            "request denied",
+            extra={"conn": conn.id, "principal": conn.principal, "api": protocol.api_name(key), "denied": denied},
+        )
+        if key in (protocol.PRODUCE, protocol.FETCH) and denied and self.audit.accepting():
+            kind = PRODUCE_TYPE if key == protocol.PRODUCE else CONSUME_TYPE
+            ctx = RequestContext(conn.principal, client_id, conn.client_ip, self.virtual_cluster, version)
+            self.audit.write(denied_events(kind, self.source, ctx, denied, self.clock()))
 
     def refuse(self, api_key: int) -> None:
         self.refused[api_key] += 1

@@ -4,7 +4,9 @@ Format: ``docs/formats.md`` (proxy audit). Structured content mode (the whole ev
 value, :func:`decode`) or binary content mode (attributes in ``ce_*`` headers, the value is
 ``data``, :func:`decode_binary`); both give the same event. ``id`` + ``source`` identify the
 event (dedup key). Types other than produce/fetch are ignored (and counted by the caller), never
-dead-lettered.
+dead-lettered. ``data.outcome`` ``"denied"`` (a request the gateway's access denied) counts
+``data.denied_requests`` denied requests and nothing else: no bytes, records or requests, so it is
+never billed.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = ["decode", "decode_binary"]
 
 _DIRECTIONS = {"io.streamtoll.kafka.produce": PRODUCE, "io.streamtoll.kafka.fetch": CONSUME}
 _RECORDS_LIMIT = 2**31
+_OUTCOMES = ("allowed", "denied")
 _blake = hashlib.blake2b
 _dumps = orjson.dumps
 _new = tuple.__new__
@@ -100,6 +103,7 @@ def _decode_doc(doc: Any, limits: Limits) -> UsageEvent | str:
             and 0 <= records <= _RECORDS_LIMIT
             and 0 <= nbytes <= limits.max_event_bytes
             and type(data.get("partition", 0)) is int
+            and data.get("outcome") is None
             and len(t) == 24
             and t[23] == "Z"
             and t[19] == "."
@@ -164,8 +168,28 @@ def _decode_checked(doc: object, limits: Limits) -> UsageEvent | str:
         and not (type(partition) is float and partition.is_integer())
     ):
         raise Invalid("schema", "data.partition must be an integer")
+    outcome = data.get("outcome")
+    if outcome is not None and outcome not in _OUTCOMES:
+        raise Invalid("schema", 'data.outcome must be "allowed" or "denied"')
     records = as_count(data, "records", "data.", _RECORDS_LIMIT)
     nbytes = as_count(data, "bytes", "data.", limits.max_event_bytes)
+    if outcome == "denied":  # never billed: denied requests only, whatever records and bytes say
+        denied = as_count(data, "denied_requests", "data.", _RECORDS_LIMIT)
+        limits.check_time(occurred)
+        return UsageEvent(
+            event_key(PROXY, source, ev_id),
+            PROXY,
+            occurred,
+            principal,
+            client_id,
+            vcluster,
+            topic,
+            direction,
+            0,
+            0,
+            0,
+            denied,
+        )
     limits.check_time(occurred)
     return UsageEvent(
         event_key(PROXY, source, ev_id),

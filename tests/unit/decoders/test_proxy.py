@@ -165,3 +165,19 @@ def test_fast_path_and_checked_path_agree(doc: dict[str, object]) -> None:
 
 def test_unhashable_type_field_is_a_schema_error() -> None:
     assert reason(json.dumps(good(type=["io.streamtoll.kafka.produce"])).encode()) == "schema"
+
+
+def test_a_denied_event_counts_denied_requests_only_never_bytes_records_or_requests() -> None:
+    doc = good(data={"topic": "secret", "records": 0, "bytes": 0, "outcome": "denied", "denied_requests": 3})
+    ev = dec(doc)
+    assert isinstance(ev, UsageEvent)
+    assert (ev.topic, ev.bytes, ev.records, ev.requests, ev.denied_requests) == ("secret", 0, 0, 0, 3)
+    # whatever a denied event's records and bytes say, they are not metered
+    ev = dec(good(data={"topic": "s", "records": 9, "bytes": 900, "outcome": "denied", "denied_requests": 1}))
+    assert isinstance(ev, UsageEvent) and (ev.bytes, ev.records, ev.requests, ev.denied_requests) == (0, 0, 0, 1)
+    allowed = dec(good(data={"topic": "s", "records": 2, "bytes": 20, "outcome": "allowed"}))
+    assert isinstance(allowed, UsageEvent) and (allowed.bytes, allowed.requests, allowed.denied_requests) == (20, 1, 0)
+    missing = good(data={"topic": "s", "records": 0, "bytes": 0, "outcome": "denied"})
+    assert reason(json.dumps(missing).encode()) == "schema"
+    odd = good(data={"topic": "s", "records": 0, "bytes": 0, "outcome": "maybe", "denied_requests": 1})
+    assert reason(json.dumps(odd).encode()) == "schema"
