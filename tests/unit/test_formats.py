@@ -46,6 +46,7 @@ SCHEMAS = ROOT / "docs" / "schemas"
 SAMPLES = ROOT / "streamtoll" / "samples"
 INPUTS = ("proxy-audit", "confluent-audit-log", "broker-metrics-otlp")
 OUTPUTS = ("usage-window", "usage-minute", "dlq-record")
+CONTROLS = ("entitlement", "enforcement-decision")  # the control topics gateways follow
 SAMPLE_METRICS_NOW = datetime(2025, 11, 3, 12, 0, tzinfo=UTC)  # the sample metrics file is from 2025-11-03
 
 
@@ -57,7 +58,9 @@ def schema(name: str) -> dict[str, Any]:
 
 @cache
 def registry() -> Registry[Any]:
-    return Registry().with_resources((schema(n)["$id"], Resource.from_contents(schema(n))) for n in INPUTS + OUTPUTS)
+    return Registry().with_resources(
+        (schema(n)["$id"], Resource.from_contents(schema(n))) for n in INPUTS + OUTPUTS + CONTROLS
+    )
 
 
 @cache
@@ -104,7 +107,7 @@ def same_verdict(kind: str, doc: object, lim: Limits | None = None) -> None:
 
 
 def test_one_schema_per_record_format() -> None:
-    assert sorted(p.name for p in SCHEMAS.iterdir()) == sorted(f"{n}.schema.json" for n in INPUTS + OUTPUTS)
+    assert sorted(p.name for p in SCHEMAS.iterdir()) == sorted(f"{n}.schema.json" for n in INPUTS + OUTPUTS + CONTROLS)
 
 
 CONDITIONAL = {"if", "then", "else", "allOf", "anyOf", "oneOf", "not", "contains"}
@@ -124,7 +127,7 @@ def undescribed(node: Any, where: str = "") -> Iterator[str]:
             yield from undescribed(sub, f"{where}[{i}]")
 
 
-@pytest.mark.parametrize("name", INPUTS + OUTPUTS)
+@pytest.mark.parametrize("name", INPUTS + OUTPUTS + CONTROLS)
 def test_schema_is_valid_2020_12_with_id_title_and_descriptions(name: str) -> None:
     s = schema(name)
     Draft202012Validator.check_schema(s)
@@ -135,7 +138,7 @@ def test_schema_is_valid_2020_12_with_id_title_and_descriptions(name: str) -> No
 
 
 def test_schema_ids_are_unique() -> None:
-    ids = [schema(n)["$id"] for n in INPUTS + OUTPUTS]
+    ids = [schema(n)["$id"] for n in INPUTS + OUTPUTS + CONTROLS]
     assert len(set(ids)) == len(ids)
 
 
