@@ -27,7 +27,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from gateway.errors import UpstreamError
@@ -78,6 +78,8 @@ class TopicFollower:
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 100,
+            # the end is where a fetch says it is: ListOffsets can understate it (the dev broker)
+            "enable.partition.eof": True,
         }
         self.topic = topic
         self.name = name
@@ -97,23 +99,20 @@ class TopicFollower:
                 meta = consumer.list_topics(self.topic, timeout=timeout).topics.get(self.topic)
                 if meta is None or not meta.partitions:
                     raise UpstreamError(f"the {self.name} topic {self.topic} could not be created")
-            parts = [TopicPartition(self.topic, p, 0) for p in sorted(meta.partitions)]
-            ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=timeout)[1] for tp in parts}
-            consumer.assign([TopicPartition(self.topic, p, -2) for p in ends])  # -2: the beginning
+            pending = set(meta.partitions)
+            consumer.assign([TopicPartition(self.topic, p, -2) for p in sorted(pending)])  # -2: the beginning
             deadline = time.monotonic() + timeout
-            positions = dict.fromkeys(ends, 0)
-            while any(positions[p] < ends[p] for p in ends):
+            while pending:  # to the end of every partition, as its fetches report it
                 if time.monotonic() > deadline:
                     raise UpstreamError(f"the {self.name} topic {self.topic} could not be read to its end")
                 for msg in consumer.consume(500, 0.2):
-                    if msg.error() is None:
+                    err = msg.error()
+                    if err is None:
                         self.apply(msg.value(), msg.key())
-                        part, offset = msg.partition(), msg.offset()
-                        if part is not None and offset is not None:
-                            positions[part] = offset + 1
-                for tp in consumer.position([TopicPartition(self.topic, p) for p in ends]):
-                    if tp.offset >= 0:
-                        positions[tp.partition] = max(positions[tp.partition], tp.offset)
+                    elif err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(msg.partition())
+                    else:  # transient (a topic just created); the deadline ends a lasting one
+                        log.warning(f"{self.name} topic", extra={"error": str(err)})
         except (KafkaException, UpstreamError):
             consumer.close()
             raise
@@ -125,9 +124,10 @@ class TopicFollower:
             while not self._stop.is_set():
                 try:
                     for msg in consumer.consume(500, 0.2):
-                        if msg.error() is None:
+                        err = msg.error()
+                        if err is None:
                             self.apply(msg.value(), msg.key())
-                        else:
+                        elif err.code() != KafkaError._PARTITION_EOF:
                             log.warning(f"{self.name} topic", extra={"error": str(msg.error())})
                 except KafkaException as exc:  # keep following: a change must still arrive
                     log.error(f"reading the {self.name} topic failed", extra={"error": str(exc)})
