@@ -23,6 +23,11 @@ Served on ``/metrics`` with ``/healthz`` (ready while the listeners are open) an
   so an idle consumer's fetches sit near that wait
 * ``refused_requests_total{api}`` — Produce and Fetch the gateway answered itself because the
   journal was full (``GATEWAY_JOURNAL_FULL=refuse``)
+* ``throttle_seconds_total{account,direction}`` — seconds the account's connections were held
+  (muted) for its rate quotas (``produce``, ``consume``, ``requests``; ``gateway.quota``), summed
+  over its connections; ``throttled_responses_total{account,direction}`` — responses that carried
+  a throttle of the gateway's; ``blocked_requests_total{account,api}`` — Produce and Fetch refused
+  because a monthly cap blocks the account
 """
 
 from __future__ import annotations
@@ -85,3 +90,20 @@ class GatewayCollector(Collector):
         for key in (PRODUCE, FETCH):
             refused.add_metric([api_name(key)], gw.refused[key])
         yield refused
+        quotas = gw.quotas
+        held = CounterMetricFamily(
+            P + "throttle_seconds", "seconds connections were held by rate quotas", labels=["account", "direction"]
+        )
+        for (account, direction), seconds in sorted(quotas.throttle_seconds.items()):
+            held.add_metric([account, direction], seconds)
+        yield held
+        throttled = CounterMetricFamily(
+            P + "throttled_responses", "responses throttled by rate quotas", labels=["account", "direction"]
+        )
+        for (account, direction), n in sorted(quotas.throttled_responses.items()):
+            throttled.add_metric([account, direction], n)
+        yield throttled
+        blocked = CounterMetricFamily(P + "blocked_requests", "refused: a cap blocks", labels=["account", "api"])
+        for (account, api), n in sorted(quotas.blocked_requests.items()):
+            blocked.add_metric([account, api], n)
+        yield blocked
