@@ -391,7 +391,8 @@ class Connection:
                 raise ProtocolViolation(f"{protocol.api_name(key)} version {version} is outside {span[0]}–{span[1]}")
             if self.auth is not None and await self._authenticate(frame, head.correlation_id, key, version, head):
                 continue
-            await gw.quotas.hold(self)  # throttled: this connection is muted until its throttle ends
+            if self.quota.muted_until:  # throttled: muted until its throttle ends (gateway.quota)
+                await gw.quotas.hold(self)
             blocked = gw.quotas.refusal(self, frame, key, version, head.correlation_id, head.end)
             if blocked is not None:  # a monthly cap blocks the account: answered here, never metered
                 if blocked:

@@ -16,10 +16,13 @@ from kio.schema.errors import ErrorCode
 from kio.static.primitive import i32Timedelta, i64Timedelta
 
 from gateway import protocol
+from gateway.metering import Counted
 from gateway.quota import (
     BLOCKED_FETCH_THROTTLE_MS,
     MAX_THROTTLE,
     POLICY_VIOLATION,
+    ConnectionQuota,
+    QuotaManager,
     SampledRate,
     blocked_answer,
     enforcement,
@@ -237,3 +240,133 @@ def test_a_blocked_fetch_is_refused_on_every_partition_and_throttled(version: in
     assert [(t.topic, p.partition_index, p.error_code) for t in resp.responses for p in t.partitions] == [
         ("orders", 1, POLICY_VIOLATION)
     ]
+
+
+# -- the manager: what a connection gets --------------------------------------------------------
+
+
+class _Store:
+    def __init__(self, entitlement: Entitlement | None, decisions: list[Decision] | None = None) -> None:
+        self.entitlement, self.decisions = entitlement, decisions or []
+
+    def get(self, account: str) -> Entitlement | None:
+        return self.entitlement
+
+    def in_force(self, account: str) -> list[Decision]:
+        return self.decisions
+
+
+class _Conn:
+    def __init__(self, account: str | None = "acme") -> None:
+        self.account = account
+        self.quota = ConnectionQuota()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _produce_frame(version: int, acks: int, correlation_id: int = 5) -> tuple[bytes, int]:
+    """A Produce request frame (no size prefix) and where its header's client id ends."""
+    from kio.schema.request_header.v1.header import RequestHeader as HeaderV1
+    from kio.schema.request_header.v2.header import RequestHeader as HeaderV2
+    from kio.static.primitive import i16, i32
+
+    from gateway.wire import parse_request_header
+
+    req_cls = protocol._request_type(protocol.PRODUCE, version)
+    mod = sys.modules[req_cls.__module__]
+    request = _instance(
+        req_cls,
+        acks=i16(acks),
+        topic_data=(
+            _instance(mod.TopicProduceData, name="t", partition_data=(_instance(mod.PartitionProduceData, index=0),)),
+        ),
+    )
+    header_cls = HeaderV2 if req_cls.__flexible__ else HeaderV1
+    header = header_cls(
+        request_api_key=i16(protocol.PRODUCE),
+        request_api_version=i16(version),
+        correlation_id=i32(correlation_id),
+        client_id="c",
+    )
+    frame = protocol.encode(header) + protocol.encode(request)
+    return frame, parse_request_header(frame).end
+
+
+def _produced(n: int) -> list[Counted]:
+    return [Counted("t", 0, 1, n)]
+
+
+def test_a_throttle_mutes_the_connection_from_when_it_is_known_and_goes_into_the_response() -> None:
+    clock = _Clock()
+    manager = QuotaManager(lambda: _Store(Entitlement("acme", limits=Limits(1000, None, None))), clock)
+    conn = _Conn()
+    manager.requested(conn, 1, protocol.PRODUCE, _produced(900), True)  # under the quota
+    assert conn.quota.muted_until == 0 and not conn.quota.throttles
+    manager.requested(conn, 2, protocol.PRODUCE, _produced(1600), True)  # 2500 B in 1 s: 1.5 s
+    assert conn.quota.muted_until == pytest.approx(clock.now + 1.5)
+    # a request pipelined behind it waits (hold) before it is forwarded; the response carries it
+    frame = _frame(protocol.PRODUCE, 9, _instance(protocol._response_type(protocol.PRODUCE, 9)), 2)
+    patched = manager.answered(conn, 2, protocol.PRODUCE, 9, frame)
+    body = protocol.response_body_offset(patched, protocol.PRODUCE, 9)
+    assert protocol.decode_response(patched, protocol.PRODUCE, 9, body).throttle_time == timedelta(seconds=1.5)
+    assert manager.answered(conn, 1, protocol.PRODUCE, 9, frame) == frame  # not throttled
+    assert manager.throttled_responses == {("acme", "produce"): 1}
+    assert manager.throttle_seconds[("acme", "produce")] == pytest.approx(1.5)
+    # the rate is the account's: its other connection is throttled by what the first sent
+    other = _Conn()
+    manager.requested(other, 1, protocol.PRODUCE, _produced(10), True)
+    assert other.quota.muted_until > clock.now
+
+
+def test_connections_without_an_account_or_limits_are_never_throttled() -> None:
+    clock = _Clock()
+    manager = QuotaManager(lambda: _Store(None), clock)
+    for conn in (_Conn(None), _Conn("acme")):
+        manager.requested(conn, 1, protocol.PRODUCE, _produced(10**9), True)
+        assert conn.quota.muted_until == 0 and not conn.quota.throttles
+    assert QuotaManager(lambda: None, clock).refusal(_Conn(), b"", protocol.PRODUCE, 9, 1, 0) is None
+
+
+def test_a_consume_throttle_comes_from_the_fetched_bytes_and_requests_per_second_count() -> None:
+    clock = _Clock()
+    manager = QuotaManager(lambda: _Store(Entitlement("acme", limits=Limits(None, 1000, 10))), clock)
+    conn = _Conn()
+    manager.consumed(conn, 3000)
+    assert conn.quota.muted_until == pytest.approx(clock.now + 2.0)
+    frame = _frame(protocol.FETCH, 12, _instance(protocol._response_type(protocol.FETCH, 12)), 4)
+    patched = manager.answered(conn, 4, protocol.FETCH, 12, frame)
+    body = protocol.response_body_offset(patched, protocol.FETCH, 12)
+    assert protocol.decode_response(patched, protocol.FETCH, 12, body).throttle_time == timedelta(seconds=2)
+    for i in range(12):  # 12 requests in a second against 10/s
+        manager.requested(conn, 100 + i, protocol.METADATA, None, True)
+    assert conn.quota.throttles[111] == (pytest.approx(0.2), "requests")
+    # an acks=0 Produce has no response: the mute alone holds it
+    manager.requested(conn, 200, protocol.PRODUCE, None, False)
+    assert 200 not in conn.quota.throttles
+
+
+def test_a_block_answers_produce_and_fetch_only_when_the_decision_says_so() -> None:
+    clock = _Clock()
+    store = _Store(Entitlement("acme"), [_decision("produce_bytes", "block")])
+    manager = QuotaManager(lambda: store, clock)
+    conn = _Conn()
+    frame, end = _produce_frame(9, acks=-1)
+    answer = manager.refusal(conn, frame, protocol.PRODUCE, 9, 5, end)
+    assert answer is not None and answer[:4] == (5).to_bytes(4, "big")
+    resp = protocol.decode_response(answer, protocol.PRODUCE, 9, protocol.response_body_offset(answer, 0, 9))
+    assert resp.responses[0].partition_responses[0].error_message == store.decisions[0].reason
+    frame0, end0 = _produce_frame(9, acks=0)
+    assert manager.refusal(conn, frame0, protocol.PRODUCE, 9, 6, end0) == b""  # no answer expected
+    assert manager.refusal(conn, b"", protocol.FETCH, 12, 7, 0) is None  # fetch keeps working
+    assert manager.refusal(conn, b"", protocol.METADATA, 12, 8, 0) is None
+    assert manager.blocked_requests == {("acme", "produce"): 2}
+    assert manager.refusal(_Conn("globex"), frame, protocol.PRODUCE, 9, 5, end) is not None  # same store
+    store.decisions = []
+    clock.now += 1  # entitlements are re-read every 0.1 s at most
+    assert manager.refusal(conn, frame, protocol.PRODUCE, 9, 5, end) is None
