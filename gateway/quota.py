@@ -38,8 +38,8 @@ mutes the channel), counted from when the throttle is known (a Produce's: when i
 broker reads one request per connection at a time; clients pipeline through the gateway
 (librdkafka keeps many Produce requests in flight), and a mute starting only when the response
 goes out let every request already sent through in a burst (measured: up to 3.7× the quota in a
-second, 1.2–1.95× over 8 s). Clients that honour ``throttle_time_ms`` (librdkafka, the Java client) wait by
-themselves; clients that do not (or request versions without the field, or an ``acks=0``
+second, 1.16–1.95× over 8 s). Clients that honour ``throttle_time_ms`` (librdkafka, the Java
+client) wait by themselves; clients that do not (or request versions without the field, or an ``acks=0``
 Produce, which gets no response and is muted at once) are held by the mute. Older request
 versions get the same (Kafka delayed their responses instead; the mute holds them either way).
 A Fetch response is delivered with its data and the connection muted from then (Kafka instead

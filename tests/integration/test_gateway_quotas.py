@@ -37,7 +37,7 @@ from streamtoll.embedded import EmbeddedBroker
 from .conftest import isolated_env
 from .kafka_wire import RawClient
 from .test_gateway import AuditLog, GatewayProcess
-from .test_gateway_credentials import PRODUCE, _cli, _sasl, _scram_login, _topic
+from .test_gateway_credentials import PRODUCE, _sasl, _scram_login, _topic
 
 pytestmark = pytest.mark.integration
 
@@ -79,6 +79,7 @@ def quotas(broker: EmbeddedBroker, pg_server: str, tmp_path_factory: pytest.Temp
 
     from billing.adapters.db import upgrade
     from billing.services.catalog import load_accounts, load_plans
+    from billing.services.credentials import create_credential, publish_credentials
 
     tmp = tmp_path_factory.mktemp("gwquota")
     name = f"t_{uuid.uuid4().hex[:12]}"
@@ -101,10 +102,11 @@ def quotas(broker: EmbeddedBroker, pg_server: str, tmp_path_factory: pytest.Temp
         ensure_control_topic({"bootstrap.servers": broker.bootstrap}, topic)
     gw = GatewayProcess({**env, "STREAMTOLL_GATEWAY_AUTH": "streamtoll"}, tmp / "gateway.log")
     setup = Setup(broker, env, gw)
+    # issued in-process (the command line's own path is proven in test_gateway_credentials.py)
     for account in ("acme", "globex", "initech"):
-        out = _cli(env, "create", "--account", account, "--name", "quota-svc", "-o", "json")
-        assert out.returncode == 0, out.stderr
-        setup.creds[account] = json.loads(out.stdout)
+        issued = create_credential(engine, account, "quota-svc")
+        setup.creds[account] = {"username": issued.username, "password": issued.password}
+    publish_credentials(engine, {"bootstrap.servers": broker.bootstrap}, env["STREAMTOLL_TOPIC_CREDENTIALS"])
     setup.entitle(Entitlement("acme", limits=Limits(QUOTA, QUOTA, None)))
     setup.entitle(Entitlement("globex"))
     setup.entitle(Entitlement("initech"))
