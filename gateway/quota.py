@@ -23,6 +23,8 @@ first throttle, and then holds it almost still until that burst ages out: a prod
 quota then swings between 3× and ~0 with an 11 s period (simulated), so an 8 s measurement can
 be anywhere from 0.3× to 1.4×. Here the time is at least one sample (1 s): the first throttle
 comes after about one second's quota, and the rate holds at the quota from then on.
+As in Kafka, the rate is an average over the window: an account that used less than its quota
+in the last 11 s bursts until the average reaches it (at most 11 s × quota) before a throttle.
 
 **The throttle** when the rate is above the quota after recording a value:
 ``(rate − quota) ÷ quota × window`` seconds (Kafka's formula: the time after which the same bytes
@@ -61,9 +63,10 @@ average is held).
 * ``soft``: nothing on the wire.
 
 Entitlements and decisions are re-read at most every :data:`REFRESH_SECONDS` per account, so a
-change reaches traffic within that after the store has it. The gateway logs one line when an
-account starts being throttled in a direction and when it has not been throttled for a whole
-window, and when it starts and stops being blocked.
+change reaches traffic within that after the store has it (logged, ``account limits``, when the
+account next sends something). The gateway logs one line when an account starts being throttled
+in a direction and when it has not been throttled for a whole window, and when it starts and
+stops being blocked.
 """
 
 from __future__ import annotations
@@ -355,7 +358,19 @@ class QuotaManager:
             state.checked = now
             store = self.store()
             if store is not None:
-                state.enforcement = enforcement(store.get(account), store.in_force(account))
+                new = enforcement(store.get(account), store.in_force(account))
+                if new != state.enforcement:
+                    log.info(
+                        "account limits",
+                        extra={
+                            "account": account,
+                            "produce_bytes_per_second": new.produce,
+                            "consume_bytes_per_second": new.consume,
+                            "requests_per_second": new.requests,
+                            "blocked_by": None if new.block is None else new.block.meter,
+                        },
+                    )
+                state.enforcement = new
         return state
 
     # -- hooks of gateway.proxy.Connection -------------------------------------------------------

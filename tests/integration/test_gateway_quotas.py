@@ -73,8 +73,8 @@ class Setup:
 
 @pytest.fixture(scope="module")
 def quotas(broker: EmbeddedBroker, pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    """A gateway authenticating acme (produce and consume limited to :data:`QUOTA`), globex and
-    initech (no limits) with their own credentials."""
+    """A gateway authenticating acme (produce and consume limited to :data:`QUOTA`), globex,
+    initech and hooli (no limits) with their own credentials."""
     import sqlalchemy as sa
 
     from billing.adapters.db import upgrade
@@ -91,7 +91,14 @@ def quotas(broker: EmbeddedBroker, pg_server: str, tmp_path_factory: pytest.Temp
     engine = sa.create_engine(url)
     samples = Path(__file__).parents[2] / "streamtoll" / "samples"
     load_plans(engine, samples / "plans.yaml")
-    load_accounts(engine, samples / "accounts.yaml")
+    accounts = tmp / "accounts.yaml"  # the samples and one account more: each test its own rates
+    accounts.write_text(
+        (samples / "accounts.yaml").read_text()
+        + "  - code: hooli\n    name: Hooli\n    email: ap@hooli.example\n    currency: EUR\n"
+        + '    tax_rate: "0.00"\n    subscription: {plan: growth, starts_on: 2026-01-01}\n'
+        + '    clients:\n      - principal: "User:hooli-*"\n'
+    )
+    load_accounts(engine, accounts)
     env = isolated_env(broker.bootstrap)
     base = env["STREAMTOLL_TOPIC_PROXY_AUDIT"].replace(".proxy-audit", "")
     env["STREAMTOLL_TOPIC_CREDENTIALS"] = f"{base}.credentials"
@@ -103,13 +110,14 @@ def quotas(broker: EmbeddedBroker, pg_server: str, tmp_path_factory: pytest.Temp
     gw = GatewayProcess({**env, "STREAMTOLL_GATEWAY_AUTH": "streamtoll"}, tmp / "gateway.log")
     setup = Setup(broker, env, gw)
     # issued in-process (the command line's own path is proven in test_gateway_credentials.py)
-    for account in ("acme", "globex", "initech"):
+    for account in ("acme", "globex", "initech", "hooli"):
         issued = create_credential(engine, account, "quota-svc")
         setup.creds[account] = {"username": issued.username, "password": issued.password}
     publish_credentials(engine, {"bootstrap.servers": broker.bootstrap}, env["STREAMTOLL_TOPIC_CREDENTIALS"])
     setup.entitle(Entitlement("acme", limits=Limits(QUOTA, QUOTA, None)))
     setup.entitle(Entitlement("globex"))
     setup.entitle(Entitlement("initech"))
+    setup.entitle(Entitlement("hooli"))
     gw.start()
     try:
         yield setup
@@ -362,3 +370,42 @@ def test_a_throttle_decision_holds_an_aiokafka_producer_at_the_floor(quotas: Set
     print(f"floor {floor} B/s: aiokafka held at {rate:.0f} B/s ({rate / floor:.3f}× over 2–6 s; {per_second})")
     quotas.decide("initech", "produce_records", "ok")
     assert 0.75 * floor <= rate <= 1.25 * floor
+
+
+def test_a_client_that_ignores_throttle_time_is_held_at_its_requests_per_second(quotas: Setup) -> None:
+    """A raw client pipelines Metadata requests and never waits: the mute alone holds it at the
+    account's requests per second, and every response it gets carries ``throttle_time_ms``."""
+    from kio.schema.metadata.v12.request import MetadataRequest
+
+    limit = 20
+    quotas.entitle(Entitlement("hooli", limits=Limits(None, None, limit)))
+    host, port = quotas.gw.bootstrap.rsplit(":", 1)
+    raw = RawClient(host, int(port))
+    cred = quotas.creds["hooli"]
+    assert _scram_login(raw, "SCRAM-SHA-512", cred["username"], cred["password"]) == (0, 0)
+    metadata = MetadataRequest(topics=(), allow_auto_topic_creation=False, include_topic_authorized_operations=False)
+    in_force = (
+        '"account limits", "account": "hooli", "produce_bytes_per_second": null, '
+        f'"consume_bytes_per_second": null, "requests_per_second": {limit}.0'
+    )
+    deadline = time.monotonic() + 10
+    while in_force not in quotas.gw.log():  # probes well under the limit until the gateway has it
+        assert time.monotonic() < deadline
+        assert not raw.request(protocol.METADATA, 12, metadata).throttle_time
+        time.sleep(0.2)
+    n = 3 * limit
+    for _ in range(n):
+        raw.send(protocol.METADATA, 12, metadata)
+    throttles, at = [], []
+    for _ in range(n):
+        throttles.append(raw.receive()[1].throttle_time)
+        at.append(time.monotonic())
+    raw.close()
+    quotas.entitle(Entitlement("hooli"))
+    # the first second's allowance goes at once and the requests after it wait until that second
+    # is paid for (throttles of 50, 100, … ms); then the mute alone holds the client at the limit
+    rate = limit / (at[-1] - at[-limit - 1])
+    print(f"requests quota {limit}/s: a pipelining client that ignores throttle_time held at {rate:.1f}/s")
+    assert 0.5 * limit <= rate <= 1.25 * limit
+    assert all(t > timedelta(0) for t in throttles[-limit:])
+    assert 'streamtoll_gateway_throttle_seconds_total{account="hooli",direction="requests"}' in quotas.metrics()
