@@ -59,7 +59,9 @@ average is held).
   versions carry the code only) — nothing forwarded, nothing metered; an ``acks=0`` Produce is
   dropped unanswered. Fetch is answered the same way (each partition 44, throttled
   :data:`BLOCKED_FETCH_THROTTLE_MS` so consumers do not spin) when the decision says
-  ``block_fetch`` or its meter is a consume meter; otherwise Fetch keeps working.
+  ``block_fetch`` or its meter is a consume meter; otherwise Fetch keeps working. The refused
+  Fetch answers with fetch session 0, so a client in an incremental fetch session (KIP-227, the
+  Java client) starts a full one when it fetches again.
 * ``soft``: nothing on the wire.
 
 Entitlements and decisions are re-read at most every :data:`REFRESH_SECONDS` per account, so a

@@ -370,3 +370,36 @@ def test_a_block_answers_produce_and_fetch_only_when_the_decision_says_so() -> N
     store.decisions = []
     clock.now += 1  # entitlements are re-read every 0.1 s at most
     assert manager.refusal(conn, frame, protocol.PRODUCE, 9, 5, end) is None
+
+
+def test_ops_see_one_line_when_an_account_starts_and_stops_being_throttled_or_blocked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = _Clock()
+    store = _Store(Entitlement("acme", limits=Limits(1000, None, None)))
+    manager = QuotaManager(lambda: store, clock)
+    conn = _Conn()
+    with caplog.at_level("INFO", logger="gateway.quota"):
+        for i in range(5):
+            manager.requested(conn, i, protocol.PRODUCE, _produced(800), True)
+        manager.sweep()
+        clock.now += MAX_THROTTLE
+        manager.sweep()
+        store.decisions = [_decision("produce_bytes", "block")]
+        clock.now += 1
+        frame, end = _produce_frame(9, acks=-1)
+        for _ in range(3):
+            assert manager.refusal(conn, frame, protocol.PRODUCE, 9, 5, end)
+        store.decisions = []
+        clock.now += 1
+        manager.sweep()
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "account limits",
+        "account throttled",
+        "account no longer throttled",
+        "account limits",
+        "account blocked",
+        "account limits",
+        "account no longer blocked",
+    ]
