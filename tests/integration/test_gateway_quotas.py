@@ -39,7 +39,8 @@ from .kafka_wire import RawClient
 from .test_gateway import AuditLog, GatewayProcess
 from .test_gateway_credentials import PRODUCE, _sasl, _scram_login, _topic
 
-pytestmark = pytest.mark.integration
+# serial (registered on main by the two-pass make test): rates measured alone, no neighbour's load
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 QUOTA = 1_000_000  # acme's produce and consume bytes per second
 VALUE = 1000  # bytes per record
@@ -170,6 +171,7 @@ class PacedProducer(threading.Thread):
             self.producer.poll(0.005)
         self.producer.purge()  # the backlog a throttled producer holds is not what is measured
         self.producer.flush(5)
+        del self.producer  # no reconnecting to a gateway the module fixture has stopped
 
     def rate_between(self, start: float, end: float) -> float:
         """Delivered bytes per second between ``start`` and ``end`` seconds after it started."""
