@@ -25,6 +25,11 @@ Served on ``/metrics`` with ``/healthz`` (ready while the listeners are open) an
   journal was full (``GATEWAY_JOURNAL_FULL=refuse``)
 * ``denied_requests_total{api}`` — requests the account's topic or group access denied, wholly or
   in part (``gateway.access``; a restricted account's API that closes the connection counts too)
+* ``throttle_seconds_total{account,direction}`` — seconds the account's connections were held
+  (muted) for its rate quotas (``produce``, ``consume``, ``requests``; ``gateway.quota``), summed
+  over its connections; ``throttled_responses_total{account,direction}`` — responses that carried
+  a throttle of the gateway's; ``blocked_requests_total{account,api}`` — Produce and Fetch refused
+  because a monthly cap blocks the account
 """
 
 from __future__ import annotations
@@ -91,3 +96,20 @@ class GatewayCollector(Collector):
         for key, n in sorted(dict(gw.denied).items()):
             denied.add_metric([api_name(key)], n)
         yield denied
+        quotas = gw.quotas
+        held = CounterMetricFamily(
+            P + "throttle_seconds", "seconds connections were held by rate quotas", labels=["account", "direction"]
+        )
+        for (account, direction), seconds in sorted(quotas.throttle_seconds.items()):
+            held.add_metric([account, direction], seconds)
+        yield held
+        throttled = CounterMetricFamily(
+            P + "throttled_responses", "responses throttled by rate quotas", labels=["account", "direction"]
+        )
+        for (account, direction), n in sorted(quotas.throttled_responses.items()):
+            throttled.add_metric([account, direction], n)
+        yield throttled
+        blocked = CounterMetricFamily(P + "blocked_requests", "refused: a cap blocks", labels=["account", "api"])
+        for (account, api), n in sorted(quotas.blocked_requests.items()):
+            blocked.add_metric([account, api], n)
+        yield blocked

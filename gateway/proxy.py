@@ -62,6 +62,7 @@ from gateway.metering import (
 )
 from gateway.metering import produce_counts as count_produce
 from gateway.principals import ANONYMOUS, ClientIdentity, observe_request, observe_response
+from gateway.quota import ConnectionQuota, QuotaManager
 from gateway.security import UpstreamAuth, UpstreamSecurity, authenticate, cert_principal
 from gateway.settings import GatewaySettings
 from gateway.wire import parse_request_header
@@ -263,6 +264,7 @@ class Connection:
         self.responses_task: asyncio.Task[None] | None = None
         self.upstream_writer: asyncio.StreamWriter | None = None
         self.answering = False  # a response is on its way to the client (taken from inflight, not yet written)
+        self.quota = ConnectionQuota()  # KIP-219 throttling (gateway.quota)
         # GATEWAY_AUTH=streamtoll: the gateway answers this client's SASL itself (gateway.authn)
         self.auth: ClientAuth | None = None
         if gateway.credentials is not None:
@@ -401,6 +403,13 @@ class Connection:
                 raise ProtocolViolation(f"{protocol.api_name(key)} version {version} is outside {span[0]}–{span[1]}")
             if self.auth is not None and await self._authenticate(frame, head.correlation_id, key, version, head):
                 continue
+            if self.quota.muted_until:  # throttled: muted until its throttle ends (gateway.quota)
+                await gw.quotas.hold(self)
+            blocked = gw.quotas.refusal(self, frame, key, version, head.correlation_id, head.end)
+            if blocked is not None:  # a monthly cap blocks the account: answered here, never metered
+                if blocked:
+                    await self._answer_locally(head.correlation_id, key, version, head.client_id, blocked)
+                continue
             after = None
             if (ent := self.entitlement()) is not None:  # topic and group access (gateway.access)
                 screened = await self._screen(ent, frame, head)
@@ -435,6 +444,7 @@ class Connection:
                     key, version, head.client_id, produced, acks, sent=time.monotonic(), after=after
                 )
                 self.idle.clear()
+            gw.quotas.requested(self, head.correlation_id, key, produced, expects_response)
             upstream.write(len(frame).to_bytes(4, "big") + frame)
             await upstream.drain()
             if not expects_response:  # acks=0: no answer will come; metered as sent
@@ -550,6 +560,7 @@ class Connection:
             if pending.after is not None:
                 frame = pending.after(frame)
             frame = gw.handle_response(self, pending, frame)
+            frame = gw.quotas.answered(self, correlation_id, pending.api_key, pending.api_version, frame)
             if pending.api_key == protocol.PRODUCE and (durable := gw.audit.synced()) is not None:
                 await durable  # GATEWAY_JOURNAL_FSYNC=always: its events are on disk before the answer
             self.answering = False
@@ -597,6 +608,7 @@ class Gateway:
         # GATEWAY_AUTH=streamtoll: a gateway.control.EntitlementStore (grants, rates, caps per account)
         self.entitlements: Any = None
         self.api_versions: dict[int, tuple[int, int]] = {}  # the upstream's, for ApiVersions before authentication
+        self.quotas = QuotaManager(lambda: self.entitlements)  # rate quotas and caps per account
         self.refused: Counter[int] = Counter()  # Produce / Fetch answered by the gateway: the audit journal was full
         self.denied: Counter[int] = Counter()  # requests the account's access denied (in part or whole), by API
         self._refusing_logged = 0.0
@@ -669,7 +681,9 @@ class Gateway:
         if key == protocol.FETCH:
             body = protocol.response_body_offset(frame, key, version)
             response = protocol.decode_response(frame, key, version, body)
-            self.meter(CONSUME_TYPE, conn._context(pending), list(fetch_counts(response)))
+            fetched = list(fetch_counts(response))
+            self.meter(CONSUME_TYPE, conn._context(pending), fetched)
+            self.quotas.consumed(conn, sum(c.bytes for c in fetched))
         return frame
 
     # -- listeners ----------------------------------------------------------------------------
@@ -708,6 +722,7 @@ class Gateway:
     async def _heartbeat(self) -> None:
         while True:
             self.heartbeat = time.monotonic()
+            self.quotas.sweep()
             await asyncio.sleep(1)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
