@@ -22,6 +22,13 @@ current plan version and the account's own grants:
 ``[account, meter]``: where an account's month-to-date usage of a capped meter stands
 (:class:`Decision`); the gateways apply the newest decision per key whose ``month`` is the
 current one (a new month lifts every cap without anyone publishing).
+
+**Episodes** — ``TOPIC_ENFORCEMENT_EVENTS`` (default ``streamtoll.enforcement-events``, compacted),
+keyed by the episode's ``id``: each throttle or block a gateway applied to an account
+(:class:`Episode`), published when it starts (``ended`` null) and again, under the same key,
+when it ends (and at most once a minute while it lasts, with the figures so far), so the newest
+record per key is the episode as known. A gateway killed mid-episode leaves it open: readers
+take an open episode whose ``updated`` is older than two minutes as ended at ``updated``.
 """
 
 from __future__ import annotations
@@ -40,13 +47,16 @@ __all__ = [
     "Cap",
     "Decision",
     "Entitlement",
+    "Episode",
     "Grant",
     "Limits",
     "decision_key",
     "decode_decision",
     "decode_entitlement",
+    "decode_episode",
     "encode_decision",
     "encode_entitlement",
+    "encode_episode",
     "month_of",
 ]
 
@@ -267,4 +277,89 @@ def decode_decision(value: bytes) -> Decision:
         at=datetime.fromisoformat(d["at"]),
         floor_bytes_per_second=d.get("floor_bytes_per_second"),
         block_fetch=bool(d.get("block_fetch", False)),
+    )
+
+
+EPISODE_KINDS: Final = ("throttle", "block")
+EPISODE_CAUSES: Final = ("quota", "cap")  # a plan's rate limit, or a monthly cap's decision
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One throttle or block a gateway applied to one account, for partners and ops to see.
+
+    ``id`` is unique per gateway and episode (``<gateway>/<account>/<kind>/<direction>/<started
+    epoch ms>``). ``direction``: ``produce``, ``consume`` or ``requests``. ``cause``: ``quota``
+    (the plan's rate ``limit`` per second was exceeded) or ``cap`` (a monthly cap's decision;
+    ``meter`` names it). ``held_seconds``: how long the account's connections were held (a
+    throttle, summed over its connections); ``requests``: responses throttled, or requests
+    refused by a block. ``ended`` is None while it lasts; ``updated`` is when this record was
+    written."""
+
+    id: str
+    gateway: str
+    account: str
+    kind: Literal["throttle", "block"]
+    direction: Literal["produce", "consume", "requests"]
+    cause: Literal["quota", "cap"]
+    reason: str
+    started: datetime
+    updated: datetime
+    ended: datetime | None = None
+    held_seconds: float = 0.0
+    requests: int = 0
+    limit: int | None = None  # the rate held to (bytes or requests per second), when one applies
+    meter: str | None = None  # cause "cap": the capped meter
+
+    def ended_by(self, now: datetime, stale_after_s: float = 120.0) -> datetime | None:
+        """When it ended as far as anyone can know: ``ended``, or ``updated`` for an open episode
+        not refreshed for ``stale_after_s`` (its gateway died)."""
+        if self.ended is not None:
+            return self.ended
+        return self.updated if (now - self.updated).total_seconds() > stale_after_s else None
+
+
+def encode_episode(e: Episode) -> bytes:
+    doc = {
+        "id": e.id,
+        "gateway": e.gateway,
+        "account": e.account,
+        "kind": e.kind,
+        "direction": e.direction,
+        "cause": e.cause,
+        "reason": e.reason,
+        "started": _iso(e.started),
+        "updated": _iso(e.updated),
+        "ended": None if e.ended is None else _iso(e.ended),
+        "held_seconds": round(e.held_seconds, 3),
+        "requests": e.requests,
+        "limit": e.limit,
+        "meter": e.meter,
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode_episode(value: bytes) -> Episode:
+    d = json.loads(value)
+    if d.get("kind") not in EPISODE_KINDS or d.get("cause") not in EPISODE_CAUSES:
+        raise ValueError(f"not an enforcement episode: kind {d.get('kind')!r}, cause {d.get('cause')!r}")
+    return Episode(
+        id=str(d["id"]),
+        gateway=str(d["gateway"]),
+        account=str(d["account"]),
+        kind=d["kind"],
+        direction=d["direction"],
+        cause=d["cause"],
+        reason=str(d["reason"]),
+        started=datetime.fromisoformat(d["started"]),
+        updated=datetime.fromisoformat(d["updated"]),
+        ended=None if d.get("ended") is None else datetime.fromisoformat(d["ended"]),
+        held_seconds=float(d.get("held_seconds", 0.0)),
+        requests=int(d.get("requests", 0)),
+        limit=d.get("limit"),
+        meter=d.get("meter"),
     )

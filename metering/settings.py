@@ -55,6 +55,7 @@ class MeteringSettings:
     topic_credentials: str = "streamtoll.credentials"  # credentials streamtoll issued, for the gateways
     topic_entitlements: str = "streamtoll.entitlements"  # each account's access, rates and caps
     topic_enforcement: str = "streamtoll.enforcement"  # the caps fold's decisions, for the gateways
+    topic_enforcement_events: str = "streamtoll.enforcement-events"  # throttles and blocks gateways applied
     state_partitions: int = 12
     # the topics streamtoll creates when they are missing (metering.engine.topics)
     topic_partitions: int = 12
@@ -133,6 +134,7 @@ class MeteringSettings:
             "TOPIC_CREDENTIALS",
             "TOPIC_ENTITLEMENTS",
             "TOPIC_ENFORCEMENT",
+            "TOPIC_ENFORCEMENT_EVENTS",
         ):
             if (v := get(name)) is not None:
                 if _TOPIC.match(v):

@@ -85,6 +85,13 @@ SETTINGS: list[Setting] = [
         "control topic (compacted): the caps fold's decision per account and capped meter",
         "streamtoll.enforcement",
     ),
+    Setting(
+        "TOPIC_ENFORCEMENT_EVENTS",
+        "streamtoll.enforcement-events",
+        "gateway, sink, api",
+        "control topic (compacted): each throttle and block a gateway applied to an account (when, how long, why)",
+        "streamtoll.enforcement-events",
+    ),
     Setting("TOPIC_PROXY_AUDIT", "proxy-audit", "worker", "input: proxy audit records", "proxy-audit"),
     Setting(
         "TOPIC_BROKER_METRICS", "broker-metrics", "worker", "input: OTLP/JSON broker client metrics", "broker-metrics"

@@ -57,3 +57,31 @@ def test_records_round_trip() -> None:
     assert decode_decision(encode_decision(d)) == d
     assert "monthly cap reached" in d.reason and d.direction == "produce"
     assert month_of(datetime(2026, 12, 31, 23, 59, tzinfo=UTC)) == "2026-12"
+
+
+def test_an_episode_round_trips_and_an_open_one_a_dead_gateway_left_ends_at_its_last_update() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from metering.entitlements import Episode, decode_episode, encode_episode
+
+    t0 = datetime(2026, 12, 7, 13, 0, tzinfo=UTC)
+    e = Episode(
+        "gw1/acme/throttle/produce/1796648400000",
+        "gw1",
+        "acme",
+        "throttle",
+        "produce",
+        "quota",
+        "produce 3.0 MB/s over the plan's 1.0 MB/s",
+        t0,
+        t0 + timedelta(seconds=60),
+        None,
+        41.25,
+        87,
+        1_000_000,
+    )
+    assert decode_episode(encode_episode(e)) == e
+    assert e.ended_by(t0 + timedelta(seconds=90)) is None  # refreshed a minute ago: still on
+    assert e.ended_by(t0 + timedelta(minutes=10)) == t0 + timedelta(seconds=60)  # its gateway went away
+    closed = decode_episode(encode_episode(Episode(**{**e.__dict__, "ended": t0 + timedelta(seconds=70)})))
+    assert closed.ended_by(t0 + timedelta(minutes=10)) == t0 + timedelta(seconds=70)
