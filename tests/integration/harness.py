@@ -37,10 +37,19 @@ class Worker:
         )
         return self
 
-    def kill9(self) -> None:
+    def kill9(self, *, for_good: bool = False) -> None:
+        """``kill -9``. ``for_good``: the worker will not come back, so on the dev broker its open
+        transaction is aborted here, as Apache Kafka's transaction coordinator does by itself after
+        ``transaction.timeout.ms`` (30 s): tansu never does, and the dead worker's pending
+        TxnOffsetCommit then hides its partitions' committed offsets from the whole group for good:
+        every later commit of them reads as none (measured on tansu, 2026-12-07; the cause of the
+        two-worker handover test's failures). A restarted worker aborts it itself (same
+        ``transactional.id``)."""
         assert self.proc is not None
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+        if for_good and not os.environ.get("STREAMTOLL_TEST_KAFKA_BOOTSTRAP"):
+            abort_transaction_of(self.env)
 
     def stop(self) -> int:
         assert self.proc is not None
@@ -51,6 +60,17 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self.kill9()
         return self.proc.returncode
+
+
+def abort_transaction_of(env: dict[str, str]) -> None:
+    """Fence the worker's ``transactional.id`` (``<METERING_GROUP>-<INSTANCE_ID>``, as
+    ``metering.engine.loop`` sets it): ``init_transactions`` aborts what it left open."""
+    from confluent_kafka import Producer
+
+    transactional_id = f"{env['STREAMTOLL_METERING_GROUP']}-{env['STREAMTOLL_INSTANCE_ID']}"
+    fence = Producer({"bootstrap.servers": env["STREAMTOLL_KAFKA_BOOTSTRAP"], "transactional.id": transactional_id})
+    fence.init_transactions(30)
+    fence.flush(5)
 
 
 @contextlib.contextmanager

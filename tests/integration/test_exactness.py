@@ -211,7 +211,7 @@ def test_two_workers_share_the_partitions_and_one_killed_hands_them_back_exactly
         wait(lambda: "partitions assigned" in (logdir / "w2.log").read_text(), "the second worker getting partitions")
         before = progress()
         wait(lambda: progress() > before, "metering progress with two workers")
-        one.kill9()
+        one.kill9(for_good=True)
         wait(lambda: holds_everything(logdir / "w2.log"), "the killed worker's partitions moving to the other", 90)
         feeder.join()
         wait_caught_up(broker.bootstrap, settings.group_id, ends)
