@@ -7,6 +7,12 @@ gap. As JSON (a dict), CSV (the daily series, breakdowns and rated amount, via p
 Amounts are plain text with the currency's minor digits (``"168.00"``, JPY ``"1500"``),
 written by ``billing.domain.money.format_money``; quantities are integers.
 
+``throttles_and_blocks``: every throttle or block a gateway applied to the account that overlaps
+the period (:mod:`billing.services.episodes`; in the CSV as section ``throttles_and_blocks``, on
+the PDF as "Throttles and blocks", which says so when there were none). An episode stored by the
+sink moves the month's usage mark (migration 0013), so a stored statement shows it at its next
+request like new usage.
+
 The API serves statements from a read model (``StatementStore``): each computed statement is
 stored with the period's usage mark and the catalog mark read *before* computing it (migration
 0008 keeps the marks: every committed usage or catalog change moves them). A stored statement
@@ -40,6 +46,7 @@ from billing.adapters.spreadsheet import frame_csv
 from billing.domain.money import format_money
 from billing.domain.sources import DEFAULT_SOURCES, format_sources
 from billing.services.billing_run import parse_period, preview
+from billing.services.episodes import episodes_between
 from billing.services.usage import account_groups
 
 __all__ = ["StatementStore", "statement", "statement_csv"]
@@ -49,7 +56,7 @@ log = logging.getLogger("streamtoll.statements")
 QUANTITIES = ("bytes", "records", "requests", "denied_requests")
 
 # what a stored statement's shape is; a stored one of another version is recomputed
-DOC_VERSION = 3  # 3: amounts written by format_money
+DOC_VERSION = 4  # 3: amounts written by format_money; 4: throttles_and_blocks
 
 
 def statement(
@@ -100,6 +107,9 @@ def statement(
         "by_client_id": groups.get("by_client_id", []),
         "by_principal": groups.get("by_principal", []),
         "source_differences": gaps,
+        "throttles_and_blocks": episodes_between(engine, account, start, min(end, as_of), as_of)
+        if as_of > start
+        else [],
         "rated_so_far": {
             "lines": rated.lines,
             "subtotal": format_money(rated.subtotal, rated.currency),
@@ -115,8 +125,8 @@ def statement_csv(doc: dict[str, Any]) -> str:
     and ``total``) in the last columns ``description``, ``currency`` and ``amount``. No cell is a
     formula (``billing.adapters.spreadsheet``)."""
     frames = []
-    for section in ("totals", "daily", "by_topic", "by_client_id", "by_principal"):
-        rows = doc[section]
+    for section in ("totals", "daily", "by_topic", "by_client_id", "by_principal", "throttles_and_blocks"):
+        rows = doc.get(section) or []
         if rows:
             # object, not int64: rows of other sections leave these cells empty, and pandas would
             # turn an int64 column with empty cells into floats ("1.25e+12")
