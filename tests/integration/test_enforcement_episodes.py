@@ -153,6 +153,25 @@ def test_a_block_decision_makes_a_cap_episode_with_its_reason_ended_when_lifted(
     del producer
 
 
+def test_a_gateway_stopping_ends_the_episodes_it_has_open(quotas: Setup, episodes: EpisodeTopic) -> None:
+    topic = _topic(quotas.broker, "episode-drain")
+    began = datetime.now(UTC)
+    client = PacedProducer(quotas, "acme", topic, 3 * QUOTA, 2)
+    client.start()
+    opened = episodes.wait(
+        lambda e: e.account == "acme" and e.started >= began - timedelta(seconds=1), 10, "opened for acme"
+    )
+    client.join(30)
+    assert quotas.gw.stop() == 0  # SIGTERM: drained within the 11 s the episode would still last
+    stopped = datetime.now(UTC)
+    try:
+        ended = episodes.wait(lambda e: e.id == opened.id and e.ended is not None, 10, "ended at the drain")
+        assert ended.ended is not None and opened.started < ended.ended <= ended.updated <= stopped
+        assert ended.held_seconds > 0 and "enforcement episodes published" in quotas.gw.log()
+    finally:
+        quotas.gw.start()  # the module's other tests go on with it
+
+
 def _episode(id_: str, updated: datetime, ended: datetime | None = None) -> Episode:
     start = updated - timedelta(seconds=30)
     return Episode(id_, "gw", "globex", "throttle", "produce", "quota", "plan rate", start, updated, ended, 1.5, 3, 10)
