@@ -32,7 +32,9 @@ its open episodes open: readers end them at their ``updated`` after two minutes
 (:meth:`~metering.entitlements.Episode.ended_by`).
 
 The gateway's name in each record (``gateway``, and the ``id``'s first part) is
-``GATEWAY_INSTANCE_ID``, by default ``<host name>:<listen port>``.
+``GATEWAY_INSTANCE_ID``, by default ``<host name>:<listen port>``. The id's last part is the start
+in epoch milliseconds, one more when an episode of the same account, kind and direction started in
+that millisecond (a cause changing ends one and starts the next at once): ids never repeat.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class Episodes:
         self.clock = clock
         self.open: dict[tuple[str, str, str], _Open] = {}
         self.published = 0
+        self._last_ms: dict[tuple[str, str, str], int] = {}  # ids stay unique: one episode may follow another at once
 
     def _send(self, o: _Open, now: float) -> None:
         o.published = now
@@ -91,7 +94,9 @@ class Episodes:
 
     def _start(self, account: str, kind: str, direction: str, **fields: Any) -> _Open:
         at = self.wall()
-        started_ms = int(at.timestamp() * 1000)
+        key = (account, kind, direction)
+        started_ms = max(int(at.timestamp() * 1000), self._last_ms.get(key, -1) + 1)
+        self._last_ms[key] = started_ms
         episode = Episode(
             id=f"{self.gateway}/{account}/{kind}/{direction}/{started_ms}",
             gateway=self.gateway,
@@ -102,7 +107,7 @@ class Episodes:
             updated=at,
             **fields,
         )
-        o = self.open[(account, kind, direction)] = _Open(episode, self.clock())
+        o = self.open[key] = _Open(episode, self.clock())
         self._send(o, o.published)
         return o
 

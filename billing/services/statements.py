@@ -10,8 +10,8 @@ written by ``billing.domain.money.format_money``; quantities are integers.
 ``throttles_and_blocks``: every throttle or block a gateway applied to the account that overlaps
 the period (:mod:`billing.services.episodes`; in the CSV as section ``throttles_and_blocks``, on
 the PDF as "Throttles and blocks", which says so when there were none). An episode stored by the
-sink moves the month's usage mark (migration 0013), so a stored statement shows it at its next
-request like new usage.
+sink moves the month's usage mark (migration 0013), so a stored statement is refreshed with it as
+with new usage (served as stored for at most ``max_staleness`` meanwhile).
 
 The API serves statements from a read model (``StatementStore``): each computed statement is
 stored with the period's usage mark and the catalog mark read *before* computing it (migration

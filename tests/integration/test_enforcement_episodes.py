@@ -294,6 +294,22 @@ def test_partners_see_every_episode_in_their_entitlements_and_statement_as_the_g
                     assert e.started.strftime("%Y-%m-%d %H:%M:%S UTC") in text
                     # the cell wraps, its lines interleaved with the next cells': every word is there
                     assert set(e.reason.split()) <= set(text.split())
+            # an episode stored after the statement was: it is refreshed with it (the month's mark moved)
+            later = datetime.now(UTC)
+            late = Episode(
+                f"gw-late/{accounts[0]}/block/produce/1", "gw-late", accounts[0], "block", "produce", "cap",
+                "monthly cap reached", later, later, later + timedelta(seconds=2), 0.0, 4, None, "produce_bytes",
+            )  # fmt: skip
+            upsert_episodes(engine, [late])
+            deadline = time.monotonic() + 10  # a stored statement is served for up to a minute while it is refreshed
+            while (
+                _get(base, f"/v1/statements/{period}", keys[accounts[0]]).json()["throttles_and_blocks"][-1]["id"]
+                != late.id
+            ):
+                assert time.monotonic() < deadline, "the statement never showed an episode stored after it"
+                time.sleep(0.2)
+            with engine.begin() as conn:
+                conn.execute(sa.text("DELETE FROM enforcement_episodes WHERE id = :id"), {"id": late.id})
             # an account the gateways never held: its statement says so
             globex = create_key(engine, "partner", "globex")
             assert "globex" not in accounts

@@ -473,3 +473,27 @@ def test_throttles_and_blocks_become_episodes_published_at_start_while_they_last
     manager.requested(conn, 10, protocol.METADATA, None, True)
     assert sent[-1].direction == "requests" and sent[-1].ended is None
     assert manager.episodes.close_all() == 1 and sent[-1].ended is not None and not manager.episodes.open
+
+
+def test_a_caps_floor_makes_a_cap_throttle_episode_and_a_change_of_cause_starts_another() -> None:
+    from gateway.episodes import Episodes
+    from metering.entitlements import Episode
+
+    clock = _Clock()
+    sent: list[Episode] = []
+    floor = _decision("produce_bytes", "throttle", floor_bytes_per_second=500)
+    store = _Store(Entitlement("acme", limits=Limits(1000, None, None)), [floor])
+    manager = QuotaManager(lambda: store, clock)
+    manager.episodes = Episodes("gw-1", sent.append, clock=clock)
+    conn = _Conn()
+    manager.requested(conn, 1, protocol.PRODUCE, _produced(800), True)  # over the 500 B/s floor
+    capped = sent[-1]
+    assert (capped.cause, capped.meter, capped.limit, capped.reason) == ("cap", "produce_bytes", 500, floor.reason)
+    store.decisions = []  # the cap lifted while acme is still over its plan rate
+    clock.now += 1
+    manager.requested(conn, 2, protocol.PRODUCE, _produced(5000), True)
+    assert [(e.id == capped.id, e.cause, e.ended is None) for e in sent[1:]] == [
+        (True, "cap", False),  # the cap's episode ends
+        (False, "quota", True),  # and the plan rate's starts
+    ]
+    assert sent[-1].limit == 1000 and sent[-1].meter is None
