@@ -80,6 +80,7 @@ class Episodes:
     ) -> None:
         self.gateway = gateway
         self.publish = publish
+        self.publisher: EpisodePublisher | None = None  # its delivery counts, for /metrics
         self.wall = wall
         self.clock = clock
         self.open: dict[tuple[str, str, str], _Open] = {}

@@ -126,6 +126,7 @@ def run_gateway(settings: GatewaySettings, metering: MeteringSettings, observe: 
             )
             gateway.quotas.episodes.gateway = settings.instance()
             gateway.quotas.episodes.publish = episodes.publish
+            gateway.quotas.episodes.publisher = episodes
         with observe(gateway, audit) if observe else contextlib.nullcontext():
             asyncio.run(serve(gateway))
     finally:

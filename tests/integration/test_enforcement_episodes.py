@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 import time
@@ -107,6 +108,8 @@ def test_a_producer_over_its_quota_makes_a_quota_episode_that_ends_after_the_tra
     )
     assert (opened.cause, opened.direction, opened.limit, opened.meter) == ("quota", "produce", QUOTA, None)
     assert opened.gateway and opened.id.startswith(opened.gateway + "/acme/throttle/produce/")
+    gauge = 'streamtoll_gateway_enforcement_episodes_open{account="acme",direction="produce",kind="throttle"} 1.0'
+    assert gauge in quotas.metrics()  # ops see it in force
     client.join(30)
     stopped = time.monotonic()
     # the gateway ends it once acme has not been throttled for a whole quota window (11 s)
@@ -116,6 +119,10 @@ def test_a_producer_over_its_quota_makes_a_quota_episode_that_ends_after_the_tra
     assert opened.started < ended.ended <= datetime.now(UTC)
     assert ended.ended - ended.started < timedelta(seconds=4 + 11)  # held while the 4 s of traffic lasted
     assert ended.requests > 0
+    metrics = quotas.metrics()
+    assert gauge not in metrics
+    delivered = re.search(r'enforcement_episode_records_total\{outcome="delivered"\} (\d+)', metrics)
+    assert delivered and int(delivered.group(1)) >= 2
     told = sum(client.told_ms) / 1000  # throttle_time_ms summed over the responses the client got
     print(
         f"\nquota episode: held {ended.held_seconds:.2f} s over {ended.requests} throttled requests, "
