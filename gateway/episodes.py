@@ -234,7 +234,7 @@ class EpisodePublisher:
                 try:
                     self._ensure()
                     break
-                except KafkaException as exc:
+                except Exception as exc:  # polling must go on whatever the check raised
                     log.warning(
                         "the episodes topic cannot be checked yet", extra={"topic": self.topic, "error": str(exc)}
                     )
