@@ -11,7 +11,9 @@ written by ``billing.domain.money.format_money``; quantities are integers.
 the period (:mod:`billing.services.episodes`; in the CSV as section ``throttles_and_blocks``, on
 the PDF as "Throttles and blocks", which says so when there were none). An episode stored by the
 sink moves the month's usage mark (migration 0013), so a stored statement is refreshed with it as
-with new usage (served as stored for at most ``max_staleness`` meanwhile).
+with new usage (served as stored for at most ``max_staleness`` meanwhile); one showing an episode
+still open is refreshed after ``max_staleness`` even if nothing moved (its gateway may have died:
+the episode then counts as ended at its last report).
 
 The API serves statements from a read model (``StatementStore``): each computed statement is
 stored with the period's usage mark and the catalog mark read *before* computing it (migration
@@ -182,6 +184,8 @@ _STORE = text(
     "RETURNING revision"
 )
 
+_OPEN = '"open":true'  # an episode still in force, in a stored statement's body (orjson: no spaces)
+
 _STORED_PDF = text(
     "SELECT pdf FROM statement_docs WHERE account = :account AND period = :period AND revision = :revision"
 )
@@ -313,9 +317,11 @@ class StatementStore:
     def _state(self, m: Any) -> str:
         if m.body is None or m.doc_version != DOC_VERSION or m.sources != self.sources:
             return "missing"
-        if (m.stored_usage, m.stored_catalog) == (m.usage_mark, m.catalog_mark):
-            return "current"
         age = (datetime.now(UTC) - m.computed_at).total_seconds()
+        if (m.stored_usage, m.stored_catalog) == (m.usage_mark, m.catalog_mark):
+            # an open throttle or block is reported again each minute while it lasts (moving the
+            # mark); one whose gateway died stops moving it and must still be shown as ended
+            return "stale" if _OPEN in m.body and age >= self.max_staleness else "current"
         if m.stored_catalog == m.catalog_mark and age < self.max_staleness:
             return "stale"
         return "missing"
