@@ -30,6 +30,10 @@ Served on ``/metrics`` with ``/healthz`` (ready while the listeners are open) an
   over its connections; ``throttled_responses_total{account,direction}`` — responses that carried
   a throttle of the gateway's; ``blocked_requests_total{account,api}`` — Produce and Fetch refused
   because a monthly cap blocks the account
+* ``enforcement_episodes_open{account,kind,direction}`` — throttle and block episodes in force now
+  (1 each; ``gateway.episodes``); ``enforcement_episode_records_total{outcome}`` — episode records
+  ``published`` (handed to the producer), ``delivered`` (acknowledged), ``failed`` (not taken:
+  logged, the episode's next record carries its state)
 """
 
 from __future__ import annotations
@@ -113,3 +117,17 @@ class GatewayCollector(Collector):
         for (account, api), n in sorted(quotas.blocked_requests.items()):
             blocked.add_metric([account, api], n)
         yield blocked
+        episodes = quotas.episodes
+        open_ = GaugeMetricFamily(
+            P + "enforcement_episodes_open", "throttles and blocks in force", labels=["account", "kind", "direction"]
+        )
+        for account, kind, direction in sorted(episodes.open):
+            open_.add_metric([account, kind, direction], 1)
+        yield open_
+        records = CounterMetricFamily(
+            P + "enforcement_episode_records", "episode records by outcome", labels=["outcome"]
+        )
+        records.add_metric(["published"], episodes.published)
+        for outcome in ("delivered", "failed"):
+            records.add_metric([outcome], getattr(episodes.publisher, outcome, 0))
+        yield records

@@ -86,6 +86,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway import protocol
+from gateway.episodes import Episodes
 from metering.entitlements import Decision, Entitlement
 
 if TYPE_CHECKING:
@@ -173,6 +174,11 @@ class Enforcement:
     requests: float | None = None
     block: Decision | None = None
     capped: frozenset[str] = frozenset()  # directions a throttle decision lowered
+    floors: tuple[Decision, ...] = ()  # those throttle decisions
+
+    def floor(self, direction: str) -> Decision | None:
+        """The throttle decision holding ``direction`` to its floor, if one does."""
+        return next((d for d in self.floors if d.direction == direction), None)
 
     @property
     def blocks_fetch(self) -> bool:
@@ -199,9 +205,11 @@ def enforcement(entitlement: Entitlement | None, decisions: Iterable[Decision]) 
     requests: float | None = None if limits is None else limits.requests_per_second
     block: Decision | None = None
     capped: set[str] = set()
+    floors: list[Decision] = []
     for d in sorted(decisions, key=lambda d: (d.since, d.meter)):
         if d.state == "throttle" and d.floor_bytes_per_second is not None:
             capped.add(d.direction)
+            floors.append(d)
             if d.direction == "produce":
                 produce = _lower(produce, d.floor_bytes_per_second)
             else:
@@ -216,7 +224,13 @@ def enforcement(entitlement: Entitlement | None, decisions: Iterable[Decision]) 
         None if requests is None else float(requests),
         block,
         frozenset(capped),
+        tuple(floors),
     )
+
+
+def _other_block(a: Decision, b: Decision) -> bool:
+    """Not the same block (a decision republished with newer usage is the same one)."""
+    return (a.meter, a.since) != (b.meter, b.since)
 
 
 # -- the wire ---------------------------------------------------------------------------------
@@ -351,6 +365,7 @@ class QuotaManager:
         self.throttle_seconds: Counter[tuple[str, str]] = Counter()  # (account, direction) → seconds held
         self.throttled_responses: Counter[tuple[str, str]] = Counter()  # (account, direction)
         self.blocked_requests: Counter[tuple[str, str]] = Counter()  # (account, api name)
+        self.episodes = Episodes()  # throttle and block episodes (gateway.episodes); run.py names and publishes
 
     def _account(self, account: str, now: float) -> _Account:
         state = self.accounts.get(account)
@@ -395,6 +410,7 @@ class QuotaManager:
         if block is None or (key == protocol.FETCH and not state.enforcement.blocks_fetch):
             return None
         self.blocked_requests[(account, protocol.api_name(key))] += 1
+        self.episodes.refused(account, block)
         request = protocol.decode_request(frame, key, version, protocol.request_body_offset(frame, key, version, end))
         if key == protocol.PRODUCE and request.acks == 0:
             return b""
@@ -465,6 +481,7 @@ class QuotaManager:
                     },
                 )
             state.throttled_at[direction] = now
+            self.episodes.throttled(account, direction, quota, state.enforcement.floor(direction))
         return throttle, direction
 
     def _mute(self, account: str, conn: Any, throttle: tuple[float, str], now: float) -> None:
@@ -477,6 +494,7 @@ class QuotaManager:
         if held > 0:
             q.muted_until = until
             self.throttle_seconds[(account, direction)] += held
+            self.episodes.held(account, direction, held, until)
 
     def _log_block(self, account: str, state: _Account, block: Decision | None) -> None:
         if block is not None and state.blocked is None:
@@ -489,8 +507,13 @@ class QuotaManager:
                     "reason": block.reason,
                 },
             )
+            self.episodes.blocked(account, block)
         elif block is None and state.blocked is not None:
             log.info("account no longer blocked", extra={"account": account, "meter": state.blocked.meter})
+            self.episodes.unblocked(account)
+        elif block is not None and state.blocked is not None and _other_block(block, state.blocked):
+            self.episodes.unblocked(account)  # another decision blocks now: a new episode, with its reason
+            self.episodes.blocked(account, block)
         state.blocked = block
 
     def sweep(self) -> None:
@@ -502,5 +525,7 @@ class QuotaManager:
                 if now - at >= MAX_THROTTLE:
                     del state.throttled_at[direction]
                     log.info("account no longer throttled", extra={"account": account, "direction": direction})
+                    self.episodes.unthrottled(account, direction)
             if state.blocked is not None:
                 self._log_block(account, state, self._account(account, now).enforcement.block)
+        self.episodes.refresh()

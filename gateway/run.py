@@ -3,7 +3,8 @@ SIGTERM. An audit cluster that is unavailable at start does not stop the gateway
 wait in the journal, and the writer creates the topic when the cluster answers.
 
 SIGTERM (or SIGINT) drains: the listeners close, no new request is read, requests in flight get
-their responses (and are metered), then the audit writer flushes every event it holds.
+their responses (and are metered), every open throttle or block episode is ended and published
+(``gateway.episodes``), then the audit writer flushes every event it holds.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from gateway.audit import AuditWriter
-from gateway.control import EntitlementStore
+from gateway.control import EntitlementStore, ensure_control_topic
 from gateway.credentials import CredentialStore
+from gateway.episodes import EpisodePublisher
 from gateway.errors import UpstreamError
 from gateway.journal import Journal
 from gateway.proxy import Gateway
@@ -92,6 +94,7 @@ def run_gateway(settings: GatewaySettings, metering: MeteringSettings, observe: 
         ensure_topic=ensure,
     )
     gateway = Gateway(settings, upstream, audit)
+    episodes: EpisodePublisher | None = None
     try:
         if settings.auth == "streamtoll":
             # the credentials streamtoll issued, read to the end before the listeners open, then followed
@@ -115,9 +118,22 @@ def run_gateway(settings: GatewaySettings, metering: MeteringSettings, observe: 
                     f"cannot be read ({exc})"
                 ) from exc
             gateway.entitlements = entitlements
+            # each throttle and block this gateway applies, for partners and ops (gateway.episodes)
+            episodes = EpisodePublisher(
+                metering.kafka_config(),
+                metering.topic_enforcement_events,
+                functools.partial(ensure_control_topic, metering.kafka_config(), metering.topic_enforcement_events),
+            )
+            gateway.quotas.episodes.gateway = settings.instance()
+            gateway.quotas.episodes.publish = episodes.publish
+            gateway.quotas.episodes.publisher = episodes
         with observe(gateway, audit) if observe else contextlib.nullcontext():
             asyncio.run(serve(gateway))
     finally:
+        if episodes is not None:
+            closed = gateway.quotas.episodes.close_all()
+            left = episodes.close()
+            log.info("enforcement episodes published", extra={"ended_at_stop": closed, "not_delivered": left})
         if gateway.credentials is not None:
             gateway.credentials.stop()
         if gateway.entitlements is not None:

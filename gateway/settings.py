@@ -48,6 +48,13 @@ class GatewaySettings:
     allow_plaintext: bool = False
     upstream_security: UpstreamSecurity = field(default_factory=UpstreamSecurity)
     auth: str = "passthrough"  # or "streamtoll": the gateway authenticates clients itself (gateway.authn)
+    instance_id: str | None = None  # names this gateway in its episodes (None: <host name>:<listen port>)
+
+    def instance(self) -> str:
+        """This gateway's name in the throttle and block episodes it publishes (gateway.episodes)."""
+        import socket
+
+        return self.instance_id or f"{socket.gethostname()}:{self.listen_port}"
 
     def broker_port(self, index: int) -> int | None:
         """The gateway port of the ``index``-th upstream broker (by node id), if there is one."""
@@ -150,6 +157,13 @@ class GatewaySettings:
                 values["auth"] = v.lower()
             else:
                 problems.append(f"{PREFIX}GATEWAY_AUTH={v!r} must be passthrough or streamtoll")
+        if (v := get("GATEWAY_INSTANCE_ID")) is not None:
+            if len(v) <= 200 and v.isprintable() and "/" not in v:
+                values["instance_id"] = v
+            else:
+                problems.append(
+                    f"{PREFIX}GATEWAY_INSTANCE_ID={v!r} must be printable, at most 200 characters and without '/'"
+                )
         upstream_set = get("GATEWAY_UPSTREAM_BOOTSTRAP") is not None
         security, security_problems = parse_security(get, host, upstream_set, PREFIX)
         values.update(security)

@@ -748,6 +748,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
             billing.sink_group,
             batch_size=args.batch_size,
             session_timeout_ms=metering.session_timeout_ms,
+            episodes_topic=metering.topic_enforcement_events,
         )
 
         def stop(signum: int, frame: FrameType | None) -> None:

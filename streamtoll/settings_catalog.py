@@ -248,6 +248,14 @@ SETTINGS: list[Setting] = [
     ),
     Setting("GATEWAY_VIRTUAL_CLUSTER", "default", "gateway", "written into every audit event", "prod"),
     Setting(
+        "GATEWAY_INSTANCE_ID",
+        "<host name>:<listen port>",
+        "gateway",
+        "names this gateway in the throttle and block episodes it publishes (TOPIC_ENFORCEMENT_EVENTS); "
+        "unique per gateway",
+        "gw-eu-1",
+    ),
+    Setting(
         "GATEWAY_MAX_REQUEST_BYTES",
         "104857600",
         "gateway",

@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Date,
     DateTime,
+    Double,
     ForeignKey,
     ForeignKeyConstraint,
     Integer,
@@ -31,6 +32,7 @@ __all__ = [
     "ApiKeyRow",
     "Base",
     "ClientRuleRow",
+    "EnforcementEpisodeRow",
     "IdempotencyKeyRow",
     "InvoiceDeliveryRow",
     "InvoiceLineRow",
@@ -285,3 +287,24 @@ class InvoiceDeliveryRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class EnforcementEpisodeRow(Base):
+    """A throttle or block a gateway applied (``metering.entitlements.Episode``), newest record kept."""
+
+    __tablename__ = "enforcement_episodes"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    gateway: Mapped[str] = mapped_column(Text, nullable=False)
+    account_code: Mapped[str] = mapped_column(Text, nullable=False)
+    kind: Mapped[str] = mapped_column(Text, nullable=False)
+    direction: Mapped[str] = mapped_column(Text, nullable=False)
+    cause: Mapped[str] = mapped_column(Text, nullable=False)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    held_seconds: Mapped[float] = mapped_column(Double, nullable=False, server_default="0")
+    requests: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    limit_per_second: Mapped[int | None] = mapped_column(BigInteger)
+    meter: Mapped[str | None] = mapped_column(Text)

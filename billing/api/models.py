@@ -17,6 +17,7 @@ __all__ = [
     "BillingRunResult",
     "Credential",
     "Entitlements",
+    "Episode",
     "Finalized",
     "Health",
     "Invoice",
@@ -165,6 +166,26 @@ class RatedSoFar(_Model):
     total: str
 
 
+class Episode(_Model):
+    """A throttle or block a gateway applied to the account: when, how long, why."""
+
+    id: str = Field(description="unique per gateway and episode")
+    kind: str = Field(description="throttle (held to a rate) or block (produce, or fetch, refused)")
+    direction: str = Field(description="produce, consume or requests")
+    cause: str = Field(description="quota (the plan's rate) or cap (a monthly cap's decision)")
+    meter: str | None = Field(description="cause cap: the capped meter")
+    reason: str
+    limit_per_second: int | None = Field(description="a throttle: the rate held to (bytes or requests per second)")
+    started_at: str
+    ended_at: str | None = Field(description="null while it lasts")
+    open: bool
+    duration_seconds: float = Field(description="from start to end (an open one: to now)")
+    held_seconds: float = Field(description="a throttle: time its connections were held, summed over them")
+    requests: int = Field(description="responses throttled, or requests refused by a block")
+    gateway: str = Field(description="the gateway instance that applied it")
+    updated_at: str = Field(description="when the gateway last reported it")
+
+
 class Statement(_Model):
     """An account's usage in a month so far, in every breakdown, and the amount rated so far."""
 
@@ -182,6 +203,9 @@ class Statement(_Model):
     by_principal: list[dict[str, Any]]
     source_differences: list[dict[str, Any]] = Field(
         description="where the proxy and the broker metrics both saw the traffic: both counts and the gap"
+    )
+    throttles_and_blocks: list[Episode] = Field(
+        description="every throttle or block a gateway applied to the account that overlaps the period"
     )
     rated_so_far: RatedSoFar
 
@@ -299,3 +323,4 @@ class Entitlements(_Model):
     limits: Limits
     caps: list[CapUsage]
     credentials: list[Credential]
+    episodes: list[Episode] = Field(description="this month's throttles and blocks, oldest first")

@@ -188,4 +188,38 @@ def statement_view_model(doc: dict[str, Any]) -> dict[str, Any]:
             }
             for d in doc["source_differences"]
         ],
+        "episodes": [episode_row(e) for e in doc.get("throttles_and_blocks", [])],
+    }
+
+
+def _instant_text(iso: str) -> str:
+    """``2026-12-07T12:00:03.250Z`` → ``2026-12-07 12:00:03 UTC``."""
+    return iso[:10] + " " + iso[11:19] + " UTC"
+
+
+def duration_text(seconds: float) -> str:
+    """``4.2 s``, ``12 min 05 s``, ``3 h 07 min``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
+def episode_row(e: dict[str, Any]) -> dict[str, str]:
+    """A throttle or block (``billing.services.episodes.episode_doc``) as the statement prints it."""
+    what = f"{e['kind']} {e['direction']}"
+    if e["cause"] == "quota" and e.get("limit_per_second") is not None:
+        what += f" (plan rate {quantity_text(str(e['limit_per_second']))}/s)"
+    elif e.get("meter"):
+        what += f" (monthly cap {e['meter']})"
+    return {
+        "started": _instant_text(e["started_at"]),
+        "ended": "still in force" if e["ended_at"] is None else _instant_text(e["ended_at"]),
+        "duration": duration_text(e["duration_seconds"]),
+        "what": what,
+        "reason": e["reason"],
+        "held": duration_text(e["held_seconds"]),
+        "requests": quantity_text(str(e["requests"])),
     }

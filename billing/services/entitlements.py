@@ -16,7 +16,8 @@ to partners and finance.
   answer: the plan, grants, limits, caps with their month-to-date usage (from the billing
   database's usage tables, the source billing would pick per quantity — so it lags the gateway by
   the sink's delay, and the caps fold's decision is what the gateway enforces), and the account's
-  credentials (never a secret).
+  credentials (never a secret), and this month's throttles and blocks the gateways applied
+  (``episodes``, :mod:`billing.services.episodes`: when, how long, why, open or ended).
 """
 
 from __future__ import annotations
@@ -155,12 +156,14 @@ def entitlement_view(
 ) -> dict[str, Any]:
     """``account``'s entitlement as partners and finance read it (JSON-ready)."""
     from billing.services.credentials import credential_doc, list_credentials
+    from billing.services.episodes import episodes_between
 
     now = now or datetime.now(UTC)
     found = entitlements(engine, now.astimezone(UTC).date(), account)
     if not found:
         raise EntitlementNotFound(f"there is no account {account!r}")
     e, specs = found[0].entitlement, found[0].caps
+    month_start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     used, sources = _month_to_date(engine, account, now, source_order or DEFAULT_SOURCES) if specs else ({}, {})
     caps = []
     for spec in specs:
@@ -188,4 +191,5 @@ def entitlement_view(
         "limits": e.limits.doc(),
         "caps": caps,
         "credentials": [credential_doc(v) for v in list_credentials(engine, account, include_revoked=True)],
+        "episodes": episodes_between(engine, account, month_start, now, now),
     }

@@ -12,6 +12,16 @@ rely on the same polling); ``db_up`` (and ``/metrics``, ``/healthz``) say so mea
 A usage windows topic that does not exist yet (the sink started before any worker created it)
 is waited for, with a warning a minute, not a crash.
 
+**Enforcement episodes.** The sink also follows ``TOPIC_ENFORCEMENT_EVENTS`` (the throttles and
+blocks gateways applied, :class:`metering.entitlements.Episode`) into ``enforcement_episodes``,
+with the same care: upserted by id keeping the newest ``updated`` (a replay changes nothing),
+offsets committed after the database commit. Here rather than in ``streamtoll api``: the sink is
+already the one process that writes Kafka into PostgreSQL (consumer group, database-outage
+backoff, offsets after commit), while the API runs as many replicas as load asks and would need
+the same machinery again. The caps fold's decisions (``TOPIC_ENFORCEMENT``) are not stored: what a
+partner is shown is what the gateways did (the episodes, a cap's block or throttle as applied),
+and a cap's standing is shown from its month-to-date usage.
+
 ``STREAMTOLL_FAILPOINT=sink.after_db_commit:N`` makes the process exit right after its N-th
 database commit and before the Kafka commit — the narrowest window there is — so tests can
 prove that a crash there loses and doubles nothing. Never set it in production.
@@ -32,10 +42,11 @@ from sqlalchemy import Engine
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import OperationalError
 
-from billing.adapters.models import UsageShardRow
+from billing.adapters.models import EnforcementEpisodeRow, UsageShardRow
 from metering.contracts import UsageWindow
+from metering.entitlements import Episode, decode_episode
 
-__all__ = ["UsageSink", "upsert_windows"]
+__all__ = ["UsageSink", "upsert_episodes", "upsert_windows"]
 
 log = logging.getLogger("streamtoll.sink")
 
@@ -96,8 +107,49 @@ def upsert_windows(engine: Engine, windows: list[UsageWindow]) -> int:
     return len(rows)
 
 
+def upsert_episodes(engine: Engine, episodes: list[Episode]) -> int:
+    """Upsert in one transaction; a row changes only for a newer ``updated``. Returns rows offered."""
+    newest: dict[str, Episode] = {}
+    for e in episodes:
+        if e.id not in newest or newest[e.id].updated < e.updated:
+            newest[e.id] = e
+    if not newest:
+        return 0
+    stmt = insert(EnforcementEpisodeRow)
+    excluded = stmt.excluded
+    columns = [c.name for c in EnforcementEpisodeRow.__table__.columns if c.name != "id"]
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["id"],
+        set_={c: excluded[c] for c in columns},
+        where=EnforcementEpisodeRow.updated_at < excluded.updated_at,
+    )
+    rows = [
+        {
+            "id": e.id,
+            "gateway": e.gateway,
+            "account_code": e.account,
+            "kind": e.kind,
+            "direction": e.direction,
+            "cause": e.cause,
+            "reason": e.reason,
+            "started_at": e.started,
+            "updated_at": e.updated,
+            "ended_at": e.ended,
+            "held_seconds": e.held_seconds,
+            "requests": e.requests,
+            "limit_per_second": e.limit,
+            "meter": e.meter,
+        }
+        for _, e in sorted(newest.items())
+    ]
+    with engine.begin() as conn:
+        conn.execute(stmt, rows)
+    return len(rows)
+
+
 class UsageSink:
-    """Consumes the usage windows topic (``read_committed``) and upserts; offsets after commit."""
+    """Consumes the usage windows topic (``read_committed``), and the enforcement episodes topic
+    when ``episodes_topic`` is given, and upserts; offsets after commit."""
 
     def __init__(
         self,
@@ -107,10 +159,13 @@ class UsageSink:
         group_id: str = "streamtoll-sink",
         batch_size: int = 50_000,
         session_timeout_ms: int = 10_000,
+        episodes_topic: str | None = None,
     ) -> None:
         self.engine = engine
         self.kafka_config = dict(kafka_config)
         self.topic = topic
+        self.episodes_topic = episodes_topic
+        self.episodes = 0  # episode records read
         self.group_id = group_id
         self.batch_size = batch_size
         self.session_timeout_ms = session_timeout_ms
@@ -149,12 +204,13 @@ class UsageSink:
                 "topic.metadata.refresh.interval.ms": 10_000,
             }
         )
-        consumer.subscribe([self.topic])
+        consumer.subscribe([self.topic, *([self.episodes_topic] if self.episodes_topic else [])])
         try:
             while not self._stop.is_set():
                 self.turned_at = time.monotonic()
                 msgs = consumer.consume(self.batch_size, 0.5)
                 windows: list[UsageWindow] = []
+                episodes: list[Episode] = []
                 offsets: dict[tuple[str, int], int] = {}
                 for m in msgs:
                     err = m.error()
@@ -162,17 +218,24 @@ class UsageSink:
                         if err.code() == KafkaError._PARTITION_EOF:
                             continue
                         if err.code() in _NO_TOPIC_YET:
-                            self._topic_missing()
+                            self._topic_missing(m.topic())
                             continue
                         raise KafkaException(err)
                     offsets[(m.topic() or "", m.partition() or 0)] = (m.offset() or 0) + 1
+                    episode = m.topic() == self.episodes_topic
                     try:
-                        windows.append(UsageWindow.from_json(m.value() or b""))
+                        if episode:
+                            if m.value() is not None:  # a tombstone (compaction) deletes nothing here
+                                episodes.append(decode_episode(m.value() or b""))
+                        else:
+                            windows.append(UsageWindow.from_json(m.value() or b""))
                     except (ValueError, KeyError, TypeError) as exc:
-                        # metering writes this topic; a record it cannot have written is logged
-                        # with its coordinates and skipped rather than blocking every later one
+                        # metering and gateways write these topics; a record they cannot have written
+                        # is logged with its coordinates and skipped rather than blocking every later one
                         log.error(
-                            "unreadable usage window record skipped",
+                            "unreadable enforcement episode record skipped"
+                            if episode
+                            else "unreadable usage window record skipped",
                             extra={
                                 "topic": m.topic(),
                                 "partition": m.partition(),
@@ -182,33 +245,45 @@ class UsageSink:
                         )
                 if not offsets:
                     continue
-                self._write(windows, consumer)
+                self._write(windows, consumer, episodes)
                 if self._fail_after and self.batches + 1 >= self._fail_after:
                     log.error("failpoint sink.after_db_commit: exiting before the Kafka commit")
                     logging.shutdown()
                     os._exit(137)
                 consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
                 self.records += len(windows)
+                self.episodes += len(episodes)
                 self.batches += 1
         finally:
             consumer.close()
 
-    def _topic_missing(self) -> None:
+    def _topic_missing(self, topic: str | None) -> None:
         now = time.monotonic()
         if now - self._missing_logged_at >= 60:
             self._missing_logged_at = now
+            if topic is not None and topic == self.episodes_topic:
+                log.warning(
+                    "the enforcement episodes topic does not exist yet; waiting for a gateway to create it",
+                    extra={"topic": topic},
+                )
+                return
             log.warning(
                 "the usage windows topic does not exist yet; waiting for a worker to create it",
                 extra={"topic": self.topic},
             )
 
-    def _write(self, windows: list[UsageWindow], consumer: Consumer | None = None) -> None:
+    def _write(
+        self, windows: list[UsageWindow], consumer: Consumer | None = None, episodes: list[Episode] | None = None
+    ) -> None:
         backoff = 0.5
         paused: list[TopicPartition] = []
         try:
             while True:
                 try:
                     self.upserted += upsert_windows(self.engine, windows)
+                    if episodes:
+                        upsert_episodes(self.engine, episodes)
+                        episodes = None  # written: a retry of the windows does not write them again
                     self.db_up = True
                     return
                 except OperationalError as exc:

@@ -7,6 +7,14 @@ gap. As JSON (a dict), CSV (the daily series, breakdowns and rated amount, via p
 Amounts are plain text with the currency's minor digits (``"168.00"``, JPY ``"1500"``),
 written by ``billing.domain.money.format_money``; quantities are integers.
 
+``throttles_and_blocks``: every throttle or block a gateway applied to the account that overlaps
+the period (:mod:`billing.services.episodes`; in the CSV as section ``throttles_and_blocks``, on
+the PDF as "Throttles and blocks", which says so when there were none). An episode stored by the
+sink moves the month's usage mark (migration 0013), so a stored statement is refreshed with it as
+with new usage (served as stored for at most ``max_staleness`` meanwhile); one showing an episode
+still open is refreshed after ``max_staleness`` even if nothing moved (its gateway may have died:
+the episode then counts as ended at its last report).
+
 The API serves statements from a read model (``StatementStore``): each computed statement is
 stored with the period's usage mark and the catalog mark read *before* computing it (migration
 0008 keeps the marks: every committed usage or catalog change moves them). A stored statement
@@ -40,6 +48,7 @@ from billing.adapters.spreadsheet import frame_csv
 from billing.domain.money import format_money
 from billing.domain.sources import DEFAULT_SOURCES, format_sources
 from billing.services.billing_run import parse_period, preview
+from billing.services.episodes import episodes_between
 from billing.services.usage import account_groups
 
 __all__ = ["StatementStore", "statement", "statement_csv"]
@@ -49,7 +58,7 @@ log = logging.getLogger("streamtoll.statements")
 QUANTITIES = ("bytes", "records", "requests", "denied_requests")
 
 # what a stored statement's shape is; a stored one of another version is recomputed
-DOC_VERSION = 3  # 3: amounts written by format_money
+DOC_VERSION = 4  # 3: amounts written by format_money; 4: throttles_and_blocks
 
 
 def statement(
@@ -100,6 +109,9 @@ def statement(
         "by_client_id": groups.get("by_client_id", []),
         "by_principal": groups.get("by_principal", []),
         "source_differences": gaps,
+        "throttles_and_blocks": episodes_between(engine, account, start, min(end, as_of), as_of)
+        if as_of > start
+        else [],
         "rated_so_far": {
             "lines": rated.lines,
             "subtotal": format_money(rated.subtotal, rated.currency),
@@ -115,8 +127,8 @@ def statement_csv(doc: dict[str, Any]) -> str:
     and ``total``) in the last columns ``description``, ``currency`` and ``amount``. No cell is a
     formula (``billing.adapters.spreadsheet``)."""
     frames = []
-    for section in ("totals", "daily", "by_topic", "by_client_id", "by_principal"):
-        rows = doc[section]
+    for section in ("totals", "daily", "by_topic", "by_client_id", "by_principal", "throttles_and_blocks"):
+        rows = doc.get(section) or []
         if rows:
             # object, not int64: rows of other sections leave these cells empty, and pandas would
             # turn an int64 column with empty cells into floats ("1.25e+12")
@@ -171,6 +183,8 @@ _STORE = text(
     "AND d.catalog_mark <= excluded.catalog_mark AND d.computed_at <= excluded.computed_at) "
     "RETURNING revision"
 )
+
+_OPEN = '"open":true'  # an episode still in force, in a stored statement's body (orjson: no spaces)
 
 _STORED_PDF = text(
     "SELECT pdf FROM statement_docs WHERE account = :account AND period = :period AND revision = :revision"
@@ -303,9 +317,11 @@ class StatementStore:
     def _state(self, m: Any) -> str:
         if m.body is None or m.doc_version != DOC_VERSION or m.sources != self.sources:
             return "missing"
-        if (m.stored_usage, m.stored_catalog) == (m.usage_mark, m.catalog_mark):
-            return "current"
         age = (datetime.now(UTC) - m.computed_at).total_seconds()
+        if (m.stored_usage, m.stored_catalog) == (m.usage_mark, m.catalog_mark):
+            # an open throttle or block is reported again each minute while it lasts (moving the
+            # mark); one whose gateway died stops moving it and must still be shown as ended
+            return "stale" if _OPEN in m.body and age >= self.max_staleness else "current"
         if m.stored_catalog == m.catalog_mark and age < self.max_staleness:
             return "stale"
         return "missing"

@@ -4,7 +4,8 @@
 --   CREATE ROLE streamtoll_api_login LOGIN PASSWORD '…' IN ROLE streamtoll_api;
 -- (logins.sql does it for both) and its STREAMTOLL_DATABASE_URL with that user.
 --
---   streamtoll_sink  the usage sink: writes usage rows, reads nothing else it does not need
+--   streamtoll_sink  the usage sink: writes usage rows and enforcement episodes, reads nothing
+--                    else it does not need
 --   streamtoll_api   the HTTP API: reads everything; drafts, finalizes and voids invoices
 --                    (POST /v1/billing/runs …); issues, rotates and revokes Kafka credentials
 --                    (POST /v1/credentials …); can never write usage rows or the catalog, and
@@ -34,6 +35,9 @@ GRANT USAGE ON SCHEMA public TO streamtoll_sink, streamtoll_api;
 -- the triggers on usage_shard_rows keep usage_daily and usage_period_marks as their owner
 -- (SECURITY DEFINER, migrations 0007 and 0008), so the sink needs no grant on those
 GRANT SELECT, INSERT, UPDATE ON usage_shard_rows TO streamtoll_sink;
+-- … and the throttle and block episodes the gateways publish (migration 0013; its triggers move
+-- usage_period_marks as their owner too)
+GRANT SELECT, INSERT, UPDATE ON enforcement_episodes TO streamtoll_sink;
 GRANT SELECT ON alembic_version TO streamtoll_sink;
 
 -- the API: reads everything …

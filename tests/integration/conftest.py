@@ -51,6 +51,7 @@ def isolated_env(bootstrap: str) -> dict[str, str]:
         "STREAMTOLL_TOPIC_STATE": f"t{tag}.state",
         "STREAMTOLL_TOPIC_ENTITLEMENTS": f"t{tag}.entitlements",
         "STREAMTOLL_TOPIC_CREDENTIALS": f"t{tag}.credentials",
+        "STREAMTOLL_TOPIC_ENFORCEMENT_EVENTS": f"t{tag}.enforcement-events",
         "STREAMTOLL_STATE_PARTITIONS": "3",
         "STREAMTOLL_TOPIC_PARTITIONS": "4",
         "STREAMTOLL_METERING_GROUP": f"g{tag}",

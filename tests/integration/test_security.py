@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -25,9 +26,10 @@ from billing.api.app import create_app
 from billing.services.billing_run import run_billing
 from billing.services.keys import create_key, revoke_key
 from billing.services.live import read_base
-from billing.services.sink import upsert_windows
+from billing.services.sink import upsert_episodes, upsert_windows
 from billing.settings import BillingSettings
 from metering.contracts import UsageWindow
+from metering.entitlements import Episode
 from streamtoll.serving import running
 
 from .harness import api_server
@@ -338,6 +340,15 @@ def test_the_sink_role_writes_usage_and_nothing_else(roles: sa.Engine, migrated:
         assert upsert_windows(sink_db, [dataclasses.replace(w, bytes=7, version=w.version + 1)]) == 1
         with roles.connect() as conn:
             assert conn.execute(daily).scalar_one() == before + 2
+        # the gateways' throttle and block episodes, a newer record of one replacing it
+        at = datetime(2026, 11, 20, 10, tzinfo=UTC)
+        episode = Episode("gw/acme/1", "gw", "acme", "block", "produce", "cap", "cap", at, at)
+        assert upsert_episodes(sink_db, [episode]) == 1
+        assert (
+            upsert_episodes(sink_db, [dataclasses.replace(episode, updated=at + timedelta(seconds=1), ended=at)]) == 1
+        )
+        with roles.connect() as conn:
+            assert conn.execute(sa.text("SELECT ended_at FROM enforcement_episodes")).scalar_one() == at
         assert schema_state(sink_db).is_current  # the sink checks the schema version at start
         for sql in ("UPDATE invoices SET total = 0", "SELECT * FROM api_keys", "DELETE FROM accounts"):
             assert _refused(sink_db, sql), sql

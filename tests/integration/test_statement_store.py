@@ -218,3 +218,31 @@ def test_a_pdf_of_a_replaced_statement_is_not_stored(engine: sa.Engine) -> None:
     new = store.pdf("acme", "2026-11", render)
     assert render.calls == 2 and proxy_bytes(new[5:]) == proxy_bytes(old[5:]) + 2 * GB
     assert stored_pdf(engine) == new == b"%PDF " + store.get("acme", "2026-11")
+
+
+def test_an_open_episode_whose_gateway_went_silent_is_shown_ended_without_any_change(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import timedelta
+
+    from billing.services import episodes
+    from billing.services.sink import upsert_episodes
+    from metering.entitlements import Episode, month_of
+
+    monkeypatch.setattr(episodes, "STALE_AFTER_S", 1.0)  # two minutes in production
+    now = datetime.now(UTC)
+    period = month_of(now)
+    open_ = Episode("gw/acme/block/produce/1", "gw", "acme", "block", "produce", "cap", "cap", now, now)
+    upsert_episodes(engine, [open_])
+    store = StatementStore(engine, max_staleness=0.5)
+    first = store.get("acme", period)
+    assert [e["open"] for e in orjson.loads(first)["throttles_and_blocks"]] == [True]
+    assert store.get("acme", period) == first and store.served["stored"] == 1  # nothing moved: as stored
+    # the gateway reports nothing more (killed): the statement is refreshed anyway and shows it ended
+    deadline = time.monotonic() + 30
+    while (shown := orjson.loads(store.get("acme", period))["throttles_and_blocks"])[0]["open"]:
+        assert time.monotonic() < deadline, "a silent gateway's episode stayed open on the statement"
+        time.sleep(0.1)
+    assert shown[0]["ended_at"] is not None and datetime.fromisoformat(shown[0]["ended_at"]) <= now + timedelta(
+        milliseconds=1
+    )

@@ -46,7 +46,7 @@ SCHEMAS = ROOT / "docs" / "schemas"
 SAMPLES = ROOT / "streamtoll" / "samples"
 INPUTS = ("proxy-audit", "confluent-audit-log", "broker-metrics-otlp")
 OUTPUTS = ("usage-window", "usage-minute", "dlq-record")
-CONTROLS = ("entitlement", "enforcement-decision")  # the control topics gateways follow
+CONTROLS = ("entitlement", "enforcement-decision", "enforcement-episode")  # control topics gateways follow or write
 SAMPLE_METRICS_NOW = datetime(2025, 11, 3, 12, 0, tzinfo=UTC)  # the sample metrics file is from 2025-11-03
 
 
@@ -693,3 +693,31 @@ def test_records_built_by_the_worker_satisfy_the_output_schemas(monkeypatch: pyt
                     with_headers += bool(doc["headers"])
     assert counts["usage-window"] > 50 and counts["usage-minute"] > 50 and counts["dlq-record"] > 10
     assert truncated >= 1 and with_headers >= 1
+
+
+def test_the_episode_example_is_what_a_gateway_publishes() -> None:
+    from metering.entitlements import decode_episode, encode_episode
+
+    example = next(e for r, e in doc_examples() if r == "enforcement-episode.schema.json")
+    episode = decode_episode(json.dumps(example).encode())
+    assert json.loads(encode_episode(episode)) == example
+    assert episode.id.endswith(f"/{int(episode.started.timestamp() * 1000)}")
+    assert episode.ended is not None and episode.started <= episode.ended <= episode.updated
+
+
+def test_episodes_the_gateway_builds_satisfy_their_schema() -> None:
+    from gateway.episodes import Episodes
+    from metering.entitlements import Decision, encode_episode
+
+    sent: list[bytes] = []
+    episodes = Episodes("gw-1:19092", lambda e: sent.append(encode_episode(e)))
+    at = datetime(2026, 12, 7, 12, tzinfo=UTC)
+    block = Decision("acme", "consume_records", "2026-12", "block", 11, 10, at, at)
+    episodes.throttled("acme", "requests", 20.0, None)
+    episodes.held("acme", "requests", 0.25, 0.0)
+    episodes.blocked("acme", block)
+    episodes.refused("acme", block)
+    episodes.close_all()
+    assert len(sent) == 4
+    for raw in sent:
+        assert valid("enforcement-episode", json.loads(raw)), raw

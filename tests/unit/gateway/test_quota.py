@@ -403,3 +403,97 @@ def test_ops_see_one_line_when_an_account_starts_and_stops_being_throttled_or_bl
         "account limits",
         "account no longer blocked",
     ]
+
+
+def test_throttles_and_blocks_become_episodes_published_at_start_while_they_last_and_at_their_end() -> None:
+    from gateway.episodes import Episodes
+    from metering.entitlements import Episode, decode_episode, encode_episode
+
+    clock = _Clock()
+    start = datetime(2026, 12, 7, 12, tzinfo=UTC)
+    sent: list[Episode] = []
+    store = _Store(Entitlement("acme", limits=Limits(1000, None, None)))
+    manager = QuotaManager(lambda: store, clock)
+    manager.episodes = Episodes(
+        "gw-1",
+        lambda e: sent.append(decode_episode(encode_episode(e))),
+        lambda: start + timedelta(seconds=clock.now - 1000),
+        clock,
+    )
+    conn = _Conn()
+    for i in range(5):  # 4000 B in a second against 1000/s
+        manager.requested(conn, i, protocol.PRODUCE, _produced(800), True)
+        conn.quota.muted_until = 0  # as if each hold were over: every request earns one
+    first = sent[-1]
+    assert len(sent) == 1 and first.ended is None and first.started == start
+    assert (first.account, first.kind, first.direction, first.cause, first.limit) == (
+        "acme",
+        "throttle",
+        "produce",
+        "quota",
+        1000,
+    )
+    assert first.id == f"gw-1/acme/throttle/produce/{int(start.timestamp() * 1000)}"
+    for step in (1, 2):  # still throttled 30 s and 60 s later
+        clock.now += 30
+        manager.requested(conn, 10 + step, protocol.PRODUCE, _produced(50_000), True)
+        conn.quota.muted_until = 0
+        manager.sweep()
+        assert len(sent) == step  # refreshed at most once a minute
+    assert sent[-1].ended is None and sent[-1].updated == start + timedelta(seconds=60)
+    clock.now += MAX_THROTTLE
+    manager.sweep()  # no throttle for a whole window: the episode ended when its last hold ran out
+    ended = sent[-1]
+    assert ended.id == first.id and ended.ended == start + timedelta(seconds=60 + MAX_THROTTLE)
+    assert ended.requests == 6  # the first 800 B were within the quota
+    assert ended.held_seconds == pytest.approx(manager.throttle_seconds[("acme", "produce")], abs=0.001)
+    # a block decision: an episode with its reason, the requests it refused, ended when lifted
+    decision = _decision("produce_bytes", "block")
+    store.decisions = [decision]
+    clock.now += 1
+    frame, end = _produce_frame(9, acks=-1)
+    for _ in range(3):
+        assert manager.refusal(conn, frame, protocol.PRODUCE, 9, 5, end)
+    store.decisions = []
+    clock.now += 1
+    manager.sweep()
+    block = sent[-1]
+    assert (block.kind, block.cause, block.meter, block.reason, block.requests) == (
+        "block",
+        "cap",
+        "produce_bytes",
+        decision.reason,
+        3,
+    )
+    assert block.ended is not None and [e.id for e in sent].count(block.id) == 2
+    # a drain ends what is open
+    store.entitlement = Entitlement("acme", limits=Limits(None, None, 1))
+    clock.now += 1
+    manager.requested(conn, 9, protocol.METADATA, None, True)
+    manager.requested(conn, 10, protocol.METADATA, None, True)
+    assert sent[-1].direction == "requests" and sent[-1].ended is None
+    assert manager.episodes.close_all() == 1 and sent[-1].ended is not None and not manager.episodes.open
+
+
+def test_a_caps_floor_makes_a_cap_throttle_episode_and_a_change_of_cause_starts_another() -> None:
+    from gateway.episodes import Episodes
+    from metering.entitlements import Episode
+
+    clock = _Clock()
+    sent: list[Episode] = []
+    floor = _decision("produce_bytes", "throttle", floor_bytes_per_second=500)
+    store = _Store(Entitlement("acme", limits=Limits(1000, None, None)), [floor])
+    manager = QuotaManager(lambda: store, clock)
+    manager.episodes = Episodes("gw-1", sent.append, clock=clock)
+    conn = _Conn()
+    manager.requested(conn, 1, protocol.PRODUCE, _produced(800), True)  # over the 500 B/s floor
+    capped = sent[-1]
+    assert (capped.cause, capped.meter, capped.limit, capped.reason) == ("cap", "produce_bytes", 500, floor.reason)
+    store.decisions = []  # the cap lifted while acme is still over its plan rate
+    clock.now += 1
+    manager.requested(conn, 2, protocol.PRODUCE, _produced(5000), True)
+    assert [(e.id == capped.id, e.cause, e.ended is None) for e in sent[1:]] == [
+        (True, "cap", False),  # the cap's episode ends
+        (False, "quota", True),  # and the plan rate's starts
+    ]
+    assert sent[-1].limit == 1000 and sent[-1].meter is None

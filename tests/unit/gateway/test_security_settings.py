@@ -141,3 +141,16 @@ def test_upstream_security_problems_name_their_setting(ca: CertAuthority, tmp_pa
         text = " | ".join(problems)
         assert all(e in text for e in expected), (env, problems)
         assert all(p.startswith("STREAMTOLL_") for p in problems), problems
+
+
+def test_the_gateway_instance_id_names_the_gateway_in_its_episodes() -> None:
+    import socket
+
+    from gateway.errors import GatewaySettingsError
+    from gateway.settings import GatewaySettings
+
+    default = GatewaySettings.from_env({"STREAMTOLL_GATEWAY_LISTEN": "127.0.0.1:29092"})
+    assert default.instance() == f"{socket.gethostname()}:29092"
+    assert GatewaySettings.from_env({"STREAMTOLL_GATEWAY_INSTANCE_ID": "gw-eu-1"}).instance() == "gw-eu-1"
+    with pytest.raises(GatewaySettingsError, match="GATEWAY_INSTANCE_ID"):
+        GatewaySettings.from_env({"STREAMTOLL_GATEWAY_INSTANCE_ID": "gw/eu"})  # '/' separates the id's parts

@@ -1,0 +1,97 @@
+"""The throttles and blocks the gateways applied to an account, as partners read them in
+``GET /v1/entitlements`` (this month's) and in the statement (the period's).
+
+The usage sink keeps each episode's newest record in ``enforcement_episodes``
+(:func:`billing.services.sink.upsert_episodes`); this reads them back. An episode belongs to a
+period when it overlaps it: started before the period's end and ended (or was last heard of) at or
+after its start. An open episode whose gateway has not refreshed it for two minutes (the gateway
+died without draining) is shown as ended at its last update (``ended_by``
+:meth:`metering.entitlements.Episode.ended_by`). ``duration_seconds`` is from its start to its end
+(an open one's: to now).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, or_, select
+
+from billing.adapters.models import EnforcementEpisodeRow
+from metering.entitlements import Episode
+
+__all__ = ["STALE_AFTER_S", "episode_doc", "episodes_between"]
+
+STALE_AFTER_S = 120.0  # an open episode not refreshed for this long ended at its last update
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _episode(r: Any) -> Episode:
+    return Episode(
+        id=r.id,
+        gateway=r.gateway,
+        account=r.account_code,
+        kind=r.kind,
+        direction=r.direction,
+        cause=r.cause,
+        reason=r.reason,
+        started=r.started_at,
+        updated=r.updated_at,
+        ended=r.ended_at,
+        held_seconds=r.held_seconds,
+        requests=r.requests,
+        limit=r.limit_per_second,
+        meter=r.meter,
+    )
+
+
+def episode_doc(e: Episode, now: datetime) -> dict[str, Any]:
+    """One episode as partners read it (JSON-ready)."""
+    ended = e.ended_by(now, STALE_AFTER_S)
+    return {
+        "id": e.id,
+        "kind": e.kind,
+        "direction": e.direction,
+        "cause": e.cause,
+        "meter": e.meter,
+        "reason": e.reason,
+        "limit_per_second": e.limit,
+        "started_at": _iso(e.started),
+        "ended_at": None if ended is None else _iso(ended),
+        "open": ended is None,
+        "duration_seconds": round(max(0.0, ((ended or now) - e.started).total_seconds()), 3),
+        "held_seconds": round(e.held_seconds, 3),
+        "requests": e.requests,
+        "gateway": e.gateway,
+        "updated_at": _iso(e.updated),
+    }
+
+
+def episodes_between(
+    engine: Engine, account: str, start: datetime, end: datetime, now: datetime | None = None
+) -> list[dict[str, Any]]:
+    """``account``'s episodes overlapping ``[start, end)``, oldest first."""
+    now = now or datetime.now(UTC)
+    t = EnforcementEpisodeRow
+    query = (
+        select(*t.__table__.columns)
+        .where(
+            t.account_code == account,
+            t.started_at < end,
+            or_(func.coalesce(t.ended_at, t.updated_at) >= start, t.ended_at.is_(None)),
+        )
+        .order_by(t.started_at, t.id)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    docs = []
+    for r in rows:
+        e = _episode(r)
+        ended = e.ended_by(now, STALE_AFTER_S)
+        if ended is not None and ended < start:  # ended by staleness before the period
+            continue
+        docs.append(episode_doc(e, now))
+    return docs
