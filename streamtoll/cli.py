@@ -901,7 +901,8 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """Everything running locally: worker, sink and API as supervised children (streamtoll.up)."""
+    """Everything running locally: worker, caps, sink, gateway and API as supervised children
+    (streamtoll.up)."""
     from billing.adapters.db import upgrade
     from billing.services.catalog import load_accounts, load_plans
     from billing.services.keys import create_key
@@ -937,7 +938,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             key = create_key(engine, "ops", None)  # a local dev database: a key for the live page
         engine.dispose()
         ensure_topics(settings)
-        kids, urls = up.children(settings, url, api_bind, Path(".streamtoll") / "logs")
+        kids, urls = up.children(settings, url, api_bind, Path(".streamtoll") / "logs", embedded_kafka)
         supervisor = up.Supervisor(kids)
         supervisor.start()
         watcher = threading.Thread(target=supervisor.watch, args=(sys.stderr,), name="supervisor", daemon=True)
@@ -964,6 +965,10 @@ def cmd_up(args: argparse.Namespace) -> int:
                 print(f"  Kafka        {settings.kafka_bootstrap}  ({kafka_kind})", flush=True)
                 print(
                     f"  gateway      {urls['gateway']}  (Kafka clients connect here; every Produce and Fetch metered)"
+                )
+                print(
+                    "  caps         streamtoll caps: usage minutes → month-to-date per account → the decisions the "
+                    "gateway enforces (throttles and blocks on the live page and in streamtoll top)"
                 )
                 print(f"  PostgreSQL   {'embedded, .streamtoll/pg' if embedded_db else 'STREAMTOLL_DATABASE_URL'}")
                 print(f"  logs         {Path('.streamtoll') / 'logs'}/", flush=True)
