@@ -880,6 +880,8 @@ def _live_feed(metering: MeteringSettings, engine: Engine, billing: BillingSetti
         topic_minutes=metering.topic_usage_minutes,
         topic_dlq=metering.topic_dlq,
         input_topics=tuple(metering.input_topics),
+        topic_enforcement=metering.topic_enforcement,
+        topic_enforcement_events=metering.topic_enforcement_events,
         metering_group=metering.group_id,
     )
     return LiveFeed(sources, engine, source_order=billing.source_order).start()
