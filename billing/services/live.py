@@ -209,6 +209,12 @@ class LiveBoard:
                 self.dlq_today[reason] += 1
             self.dlq[(reason, int(at_s - at_s % MINUTE))] += 1
 
+    def view_enforcement(self, now: float) -> dict[str, Any]:
+        """The ``enforcement`` part of the view alone (for ``/metrics``)."""
+        with self._lock:
+            decisions, episodes = list(self.decisions.values()), list(self.episodes.values())
+        return enforcement_view(decisions, episodes, now)
+
     def view_dlq_today(self, now: float) -> dict[str, int]:
         with self._lock:
             return dict(self.dlq_today) if self.dlq_day == _day_start(now) else {}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -295,7 +296,20 @@ def test_a_block_cap_crossed_mid_traffic_refuses_only_that_accounts_produce_with
     # B: never refused, and its rate held while the others were blocked
     assert free.errors == []
     assert free.rate_between(free.delivered[0] + 1, free.delivered[-1]) >= 0.7 * 20_000
-    assert 'streamtoll_gateway_blocked_requests_total{account="e2e-a1",api="produce"}' in httpx_metrics(stack)
+    metrics = httpx_metrics(stack)
+    assert 'streamtoll_gateway_blocked_requests_total{account="e2e-a1",api="produce"}' in metrics
+    assert f'account="{FREE}"' not in metrics.split("blocked_requests_total")[1].split("# HELP")[0]
+    # the Grafana dashboard's gateway panels query names this gateway exports
+    dashboard = json.loads((Path(__file__).parents[2] / "deploy" / "grafana" / "streamtoll.json").read_text())
+    used = {
+        m
+        for p in dashboard["panels"]
+        for t in p.get("targets", [])
+        for m in re.findall(r"\bstreamtoll_gateway_[a-z_]+", t["expr"])
+    }
+    assert len(used) >= 3
+    for metric in used:
+        assert f"# TYPE {metric.removesuffix('_total')} " in metrics or f"# TYPE {metric} " in metrics, metric
 
 
 def httpx_metrics(stack: Stack) -> str:
