@@ -578,6 +578,8 @@ def test_throttled_and_blocked_accounts_show_in_the_json_the_page_and_top(pipeli
         assert browser.js("return document.getElementById('enforcement-none').hidden") is True
         ended = "return [...document.querySelectorAll('#enforcement-ended tbody tr')].map(r => r.dataset.account)"
         assert browser.js(ended) == ["globex"]
+        Path("out").mkdir(exist_ok=True)
+        (Path("out") / "live-page-enforcement.png").write_bytes(browser.screenshot())
         # the block is lifted and the throttles end: the page follows by itself
         lifted = Decision("acme", "produce_bytes", month_of(now), "ok", 1_000_123, 2_000_000, since, now)
         publish(settings.topic_enforcement, decision_key("acme", "produce_bytes"), encode_decision(lifted))
