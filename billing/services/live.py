@@ -402,11 +402,19 @@ def enforcement_view(decisions: Iterable[Decision], episodes: Iterable[Episode],
             if (at - end).total_seconds() <= HOUR:
                 ended.append(e)
             continue
-        key = (
-            ("cap", e.account, e.meter or e.direction)
-            if e.cause == "cap"
-            else ("quota", e.account, e.kind, e.direction)
-        )
+        if e.cause == "cap":
+            key: tuple[str, ...] = ("cap", e.account, e.meter or e.direction)
+            if e.meter is None:  # no meter named: the account's cap row of that direction and kind, if one
+                key = next(
+                    (
+                        k
+                        for k, r in rows.items()
+                        if k[:2] == key[:2] and (r["direction"], r["kind"]) == (e.direction, e.kind)
+                    ),
+                    key,
+                )
+        else:
+            key = ("quota", e.account, e.kind, e.direction)
         row = rows.get(key)
         if row is None:
             row = rows[key] = {

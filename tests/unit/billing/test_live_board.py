@@ -258,3 +258,16 @@ def test_enforcement_in_force_merges_a_caps_decision_with_its_episodes_and_a_quo
     assert "acme" in [e["account"] for e in view["ended_last_hour"]]
     board.prune(NOW + 3000)  # 11:20:20: what ended before 10:20:20 goes
     assert {e.account for e in board.episodes.values()} == {"acme", "initech"}
+
+
+def test_a_cap_episode_without_its_meter_joins_the_accounts_cap_row_of_that_direction() -> None:
+    from metering.entitlements import decision_key, encode_episode
+
+    board = LiveBoard(_attributor())
+    board.add_decision(decision_key("acme", "produce_bytes"), _decision("acme", "block"))
+    e = _episode("gw-1", "acme", 11, 29, kind="block", cause="cap", requests=3)  # meter not named
+    board.add_episode(e.id.encode(), encode_episode(e))
+    rows = board.view(NOW)["enforcement"]["in_force"]
+    assert [(r["account"], r["meter"], r["gateways"], r["requests"]) for r in rows] == [
+        ("acme", "produce_bytes", ["gw-1"], 3)
+    ]
