@@ -2,7 +2,8 @@
 (billing publishes the entitlements), credentials issued with the command line, and real
 ``streamtoll gateway`` (authenticating them), ``streamtoll worker`` (metering the gateway's audit
 events into usage minutes) and ``streamtoll caps`` (folding the minutes into month-to-date and
-publishing decisions) processes on the real broker; confluent-kafka clients through the gateway.
+publishing decisions) processes on the real broker; confluent-kafka clients through the gateway;
+the live view ops watch (``billing.services.live``) following the decisions as the API does.
 
 The time from the crossing — the produce whose audit event takes the account's metered
 ``produce_bytes`` to the cap, as the gateway timestamped it — to the first produce the gateway
@@ -29,7 +30,9 @@ import pytest
 import yaml
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from billing.services.live import LiveFeed, LiveSources
 from gateway.control import ensure_control_topic
+from metering.settings import MeteringSettings
 from streamtoll.embedded import EmbeddedBroker
 
 from .conftest import isolated_env
@@ -81,6 +84,7 @@ class Stack:
     def __init__(self, broker: EmbeddedBroker, env: dict[str, str], gw: GatewayProcess, logs: Path) -> None:
         self.broker, self.env, self.gw, self.logs = broker, env, gw, logs
         self.creds: dict[str, dict[str, str]] = {}
+        self.live: LiveFeed | None = None  # the live view ops watch, as `streamtoll api` runs it
 
     def config(self, account: str, **extra: Any) -> dict[str, Any]:
         cred = self.creds[account]
@@ -153,9 +157,23 @@ def stack(broker: EmbeddedBroker, pg_server: str, tmp_path_factory: pytest.TempP
             [sys.executable, "-m", "streamtoll.cli", "caps"], env=env, stdout=out, stderr=out, start_new_session=True
         )
     gw.start()
+    settings = MeteringSettings.from_env(env)
+    stack.live = LiveFeed(
+        LiveSources(
+            settings.kafka_config(),
+            settings.topic_usage_minutes,
+            settings.topic_dlq,
+            tuple(settings.input_topics),
+            settings.group_id,
+            topic_enforcement=settings.topic_enforcement,
+            topic_enforcement_events=settings.topic_enforcement_events,
+        ),
+        None,
+    ).start()
     try:
         yield stack
     finally:
+        stack.live.stop()
         gw.stop()
         caps.send_signal(signal.SIGTERM)
         try:
@@ -313,6 +331,16 @@ def test_a_block_cap_crossed_mid_traffic_refuses_only_that_accounts_produce_with
     # B: never refused, and its rate held while the others were blocked
     assert free.errors == []
     assert free.rate_between(free.delivered[0] + 1, free.delivered[-1]) >= 0.7 * 20_000
+    # ops see the three blocked, since when and why (the caps fold's decisions, followed live)
+    assert stack.live is not None
+    deadline = time.monotonic() + 15
+    while len(held := stack.live.board.view(time.time())["enforcement"]["in_force"]) < len(BLOCKED):
+        assert time.monotonic() < deadline, held
+        time.sleep(0.2)
+    assert sorted((e["account"], e["kind"], e["cause"], e["meter"]) for e in held) == [
+        (a, "block", "cap", "produce_bytes") for a in BLOCKED
+    ]
+    assert all(e["reason"].startswith("monthly cap reached: produce_bytes") for e in held)
     metrics = httpx_metrics(stack)
     assert 'streamtoll_gateway_blocked_requests_total{account="e2e-a1",api="produce"}' in metrics
     assert f'account="{FREE}"' not in metrics.split("blocked_requests_total")[1].split("# HELP")[0]
@@ -370,5 +398,10 @@ def test_a_throttle_cap_crossed_mid_traffic_holds_the_account_at_its_floor(stack
     )
     assert capped.errors == [] and free.errors == []
     assert 0 <= decided - crossed < 30
+    assert stack.live is not None  # ops see it: throttled by its cap, held to the floor
+    shown = [e for e in stack.live.board.view(time.time())["enforcement"]["in_force"] if e["account"] == THROTTLED]
+    assert [(e["kind"], e["cause"], e["meter"], e["limit"]) for e in shown] == [
+        ("throttle", "cap", "produce_bytes", FLOOR)
+    ]
     assert 0.6 * FLOOR <= held <= 1.4 * FLOOR
     assert free_rate >= 0.8 * 2 * FLOOR
