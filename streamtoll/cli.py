@@ -881,6 +881,8 @@ def _live_feed(metering: MeteringSettings, engine: Engine, billing: BillingSetti
         topic_minutes=metering.topic_usage_minutes,
         topic_dlq=metering.topic_dlq,
         input_topics=tuple(metering.input_topics),
+        topic_enforcement=metering.topic_enforcement,
+        topic_enforcement_events=metering.topic_enforcement_events,
         metering_group=metering.group_id,
     )
     return LiveFeed(sources, engine, source_order=billing.source_order).start()
@@ -902,7 +904,8 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """Everything running locally: worker, sink and API as supervised children (streamtoll.up)."""
+    """Everything running locally: worker, caps, sink, gateway and API as supervised children
+    (streamtoll.up)."""
     from billing.adapters.db import upgrade
     from billing.services.catalog import load_accounts, load_plans
     from billing.services.keys import create_key
@@ -938,7 +941,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             key = create_key(engine, "ops", None)  # a local dev database: a key for the live page
         engine.dispose()
         ensure_topics(settings)
-        kids, urls = up.children(settings, url, api_bind, Path(".streamtoll") / "logs")
+        kids, urls = up.children(settings, url, api_bind, Path(".streamtoll") / "logs", embedded_kafka)
         supervisor = up.Supervisor(kids)
         supervisor.start()
         watcher = threading.Thread(target=supervisor.watch, args=(sys.stderr,), name="supervisor", daemon=True)
@@ -965,6 +968,10 @@ def cmd_up(args: argparse.Namespace) -> int:
                 print(f"  Kafka        {settings.kafka_bootstrap}  ({kafka_kind})", flush=True)
                 print(
                     f"  gateway      {urls['gateway']}  (Kafka clients connect here; every Produce and Fetch metered)"
+                )
+                print(
+                    "  caps         streamtoll caps: usage minutes → month-to-date per account → the decisions the "
+                    "gateway enforces (throttles and blocks on the live page and in streamtoll top)"
                 )
                 print(f"  PostgreSQL   {'embedded, .streamtoll/pg' if embedded_db else 'STREAMTOLL_DATABASE_URL'}")
                 print(f"  logs         {Path('.streamtoll') / 'logs'}/", flush=True)

@@ -81,7 +81,7 @@ SETTINGS: list[Setting] = [
     Setting(
         "TOPIC_ENFORCEMENT",
         "streamtoll.enforcement",
-        "gateway, caps",
+        "gateway, caps, api",
         "control topic (compacted): the caps fold's decision per account and capped meter",
         "streamtoll.enforcement",
     ),

@@ -16,7 +16,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["ApiUnreachable", "KeyRefused", "render", "run_top"]
+__all__ = ["ApiUnreachable", "KeyRefused", "enforcement_table", "render", "run_top"]
 
 _BARS = " ▁▂▃▄▅▆▇█"
 
@@ -39,6 +39,43 @@ def _total(x: dict[str, Any], period: str) -> int:
     return int(x[period]["produce"]["bytes"] + x[period]["consume"]["bytes"])
 
 
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{seconds:.1f} s"
+
+
+def _held_to(e: dict[str, Any]) -> str:
+    if e["limit"] is None:
+        return "—"
+    return f"{e['limit']}/s" if e["direction"] == "requests" else _bytes(e["limit"]) + "/s"
+
+
+def enforcement_table(doc: dict[str, Any]) -> Table:
+    """The accounts throttled or blocked now: since when, for how long, why."""
+    t = Table(title="throttled and blocked now", expand=True)
+    for col in ("account", "kind", "cause", "meter / direction", "since (UTC)", "for", "held to", "requests", "why"):
+        t.add_column(col, justify="right" if col in ("for", "held to", "requests") else "left")
+    rows = doc.get("enforcement", {}).get("in_force", [])
+    for e in rows:
+        t.add_row(
+            e["account"],
+            e["kind"],
+            e["cause"],
+            e["meter"] or e["direction"],
+            e["since"][:19].replace("T", " "),
+            _duration(e["seconds"]),
+            _held_to(e),
+            str(e["requests"]),
+            e["reason"],
+            style="red" if e["kind"] == "block" else "yellow",
+        )
+    if not rows:
+        t.add_row("no account is throttled or blocked", *[""] * 8, style="dim")
+    return t
+
+
 def render(doc: dict[str, Any]) -> Group:
     """The tables of one ``/v1/live`` document."""
     parts: list[Any] = []
@@ -46,6 +83,16 @@ def render(doc: dict[str, Any]) -> Group:
     parts.append(head)
     for w in doc["warnings"]:
         parts.append(Text("⚠ " + w, style="bold red"))
+    parts.append(enforcement_table(doc))
+    ended = doc.get("enforcement", {}).get("ended_last_hour", [])
+    if ended:
+        parts.append(
+            Text(
+                f"{len(ended)} throttle(s) or block(s) ended in the last hour; the last: "
+                + ", ".join(f"{e['account']} {e['kind']} {_duration(e['seconds'])}" for e in ended[:3]),
+                style="dim",
+            )
+        )
     t = Table(title="accounts", expand=True)
     for col in ("account", "produce B/s", "produce msg/s", "consume B/s", "consume msg/s", "hour", "today", "month"):
         t.add_column(col, justify="left" if col == "account" else "right")

@@ -2,14 +2,15 @@
 
 The command line starts the embedded broker and PostgreSQL where their settings are unset; this
 module migrates the database, loads the sample catalog into an *embedded* database that has no
-accounts yet, and runs four children — ``streamtoll worker``, ``streamtoll sink``,
-``streamtoll gateway`` (in front of the broker: ``GATEWAY_LISTEN`` when set, else free local
-ports) and ``streamtoll api`` (with the live page) — each with its own log under
-``.streamtoll/logs``. A child that exits on its own is restarted with backoff (1 s doubling to
-30 s). Ctrl-C or SIGTERM stops the children in order (API; gateway, which drains and flushes its
-audit events; sink; worker: each finishes its batch and commits), then the broker and the
-database. Every child gets SIGTERM if the supervisor itself dies, however it dies (Linux
-``PR_SET_PDEATHSIG``), so no orphan worker or API is left behind.
+accounts yet, and runs five children — ``streamtoll worker``, ``streamtoll caps`` (the monthly
+caps fold: the decisions the gateway enforces), ``streamtoll sink``, ``streamtoll gateway`` (in
+front of the broker: ``GATEWAY_LISTEN`` when set, else free local ports) and ``streamtoll api``
+(with the live page) — each with its own log under ``.streamtoll/logs``. A child that exits on
+its own is restarted with backoff (1 s doubling to 30 s). Ctrl-C or SIGTERM stops the children
+in order (API; gateway, which drains and flushes its audit events; sink; caps; worker: each
+finishes its batch and commits), then the broker and the database. Every child gets SIGTERM if
+the supervisor itself dies, however it dies (Linux ``PR_SET_PDEATHSIG``), so no orphan worker or
+API is left behind.
 
 With an embedded broker there is no other traffic, so :func:`gateway_traffic` runs real
 confluent-kafka producers and consumers through the gateway (client ids the sample client rules
@@ -116,7 +117,7 @@ class Supervisor:
 
     def stop(self) -> None:
         self.stopping.set()
-        for c in reversed(self.children):  # API, then sink, then worker
+        for c in reversed(self.children):  # API, gateway, sink, caps, then worker
             c.stop()
 
 
@@ -202,9 +203,9 @@ def traffic(settings: MeteringSettings, gateway: str | None, enabled: bool) -> I
 
 
 def children(
-    settings: MeteringSettings, database_url: str, api_bind: str, logs: Path
+    settings: MeteringSettings, database_url: str, api_bind: str, logs: Path, embedded_kafka: bool = False
 ) -> tuple[list[Child], dict[str, str]]:
-    """The four children, the URLs they serve and the gateway's bootstrap address."""
+    """The five children, the URLs they serve and the gateway's bootstrap address."""
     assert settings.kafka_bootstrap
     base = {k: v for k, v in os.environ.items()}
     base.update(
@@ -222,8 +223,12 @@ def children(
     worker_port, sink_port, gateway_port = free_port(), free_port(), free_port()
     gw_env, gateway = gateway_env(base, settings.kafka_bootstrap)
     logs.mkdir(parents=True, exist_ok=True)
+    caps_env = dict(base)
+    if embedded_kafka:  # the dev broker's quirks the caps fold works around (metering.streams.caps)
+        caps_env.setdefault("STREAMTOLL_CAPS_EMBEDDED_BROKER", "true")
     kids = [  # stopped in reverse: the API, the gateway (its last events still reach the worker), …
         Child("worker", ["worker", "--metrics-bind", f"127.0.0.1:{worker_port}"], base, logs / "worker.log"),
+        Child("caps", ["caps"], caps_env, logs / "caps.log"),
         Child("sink", ["sink", "--metrics-bind", f"127.0.0.1:{sink_port}"], base, logs / "sink.log"),
         Child("gateway", ["gateway", "--metrics-bind", f"127.0.0.1:{gateway_port}"], gw_env, logs / "gateway.log"),
         Child("api", ["api", "--bind", api_bind], base, logs / "api.log"),

@@ -14,7 +14,10 @@ Names (prefix ``streamtoll_``):
 * live feed — ``metering_lag_records{topic, partition}``, ``metering_lag_seconds{topic, partition}``
   (the metering group against each input partition's end), ``dlq_records_today{reason}`` (from
   the DLQ topic, all workers), ``live_minutes_applied_total``, ``live_minutes_replayed_total``
-  (usage minute partials folded / recognized as already folded), ``live_kafka_up``
+  (usage minute partials folded / recognized as already folded), ``live_kafka_up``,
+  ``accounts_held{kind, cause}`` (accounts throttled or blocked now — ``kind`` throttle or block,
+  ``cause`` cap or quota — as the live view shows them; which accounts: ``/v1/live``, or the
+  gateways' ``gateway_throttle_seconds_total`` and ``gateway_blocked_requests_total``)
 """
 
 from __future__ import annotations
@@ -147,3 +150,16 @@ class ApiCollector(Collector):
             "streamtoll_live_minutes_replayed", "Usage minute partials already folded (ignored)", board.minutes_replayed
         )
         yield _gauge("streamtoll_live_kafka_up", "1 while the live feed reads Kafka", int(self.feed.kafka_ok()))
+        held = GaugeMetricFamily(
+            "streamtoll_accounts_held",
+            "Accounts throttled or blocked now (a monthly cap's decision or a rate limit)",
+            labels=["kind", "cause"],
+        )
+        accounts: dict[tuple[str, str], set[str]] = {
+            (k, c): set() for k in ("throttle", "block") for c in ("cap", "quota")
+        }
+        for row in board.view_enforcement(time.time())["in_force"]:
+            accounts.setdefault((row["kind"], row["cause"]), set()).add(row["account"])
+        for (kind, cause), names in sorted(accounts.items()):
+            held.add_metric([kind, cause], len(names))
+        yield held

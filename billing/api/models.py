@@ -220,9 +220,54 @@ class DlqCounts(_Model):
     today: dict[str, int]
 
 
+class Enforced(_Model):
+    """An account throttled or blocked now: a monthly cap's decision (and the gateways applying
+    it), or a rate limit's throttle at one or more gateways."""
+
+    account: str
+    kind: str = Field(description="throttle or block")
+    cause: str = Field(description="cap (a monthly cap's decision) or quota (a rate limit per second)")
+    direction: str = Field(description="produce, consume or requests")
+    meter: str | None = Field(description="the capped meter (cause cap)")
+    since: str = Field(description="when it started (a cap: when the caps fold decided it)")
+    seconds: float = Field(description="how long it has lasted so far")
+    reason: str
+    limit: int | None = Field(description="the rate held to, bytes or requests per second (a throttle)")
+    block_fetch: bool = Field(description="a produce cap's block also refuses fetch")
+    used: int | None = Field(description="month to date when the cap was decided, base units (cause cap)")
+    included: int | None = Field(description="the cap's included volume, base units (cause cap)")
+    gateways: list[str] = Field(description="the gateways that have applied it to traffic")
+    requests: int = Field(description="responses throttled or requests refused so far")
+    held_seconds: float = Field(description="how long the account's connections were held (a throttle)")
+
+
+class EndedEpisode(_Model):
+    """A throttle or block one gateway applied that ended in the last hour."""
+
+    account: str
+    kind: str
+    cause: str
+    direction: str
+    meter: str | None
+    since: str
+    ended: str
+    seconds: float = Field(description="how long it lasted")
+    reason: str
+    limit: int | None
+    gateway: str
+    requests: int
+    held_seconds: float
+
+
+class LiveEnforcement(_Model):
+    in_force: list[Enforced]
+    ended_last_hour: list[EndedEpisode] = Field(description="newest first, at most 50")
+
+
 class LiveView(_Model):
     """The live view: per account and client, last-minute rates, hour-, day- and month-to-date
-    totals and the amount rated so far; metering lag per input partition; the DLQ by reason."""
+    totals and the amount rated so far; metering lag per input partition; the DLQ by reason; the
+    accounts throttled or blocked now."""
 
     generated_at: str
     minute: LiveMinute
@@ -232,6 +277,7 @@ class LiveView(_Model):
     lag: list[dict[str, Any]]
     lag_measured_at: str | None
     dlq: DlqCounts
+    enforcement: LiveEnforcement
     warnings: list[str]
 
 

@@ -17,6 +17,15 @@ Where the numbers come from, and why:
 * **Metering lag** — per input partition: the metering group's committed offset against the
   partition's end (records behind), and the age of the oldest record not yet metered (seconds).
 * **DLQ** — rejected records by reason, from the DLQ topic, for the last hour and today (UTC).
+* **Throttled and blocked now** — the accounts a monthly cap or a rate limit holds back: the caps
+  fold's decisions in force this month (``TOPIC_ENFORCEMENT``: state ``throttle`` or ``block``)
+  merged with the episodes the gateways publish (``TOPIC_ENFORCEMENT_EVENTS``: open ones, an
+  open one not refreshed for two minutes taken as ended), both compacted topics read from the
+  beginning (:class:`billing.adapters.follow.CompactedFollower`). One row per account and cap
+  meter (a cap's decision and every gateway's episode of it), or per account, kind and
+  direction (a rate limit's episodes over all gateways): since when, for how long so far, why,
+  the rate held to, the gateways, the requests throttled or refused. Episodes that ended in the
+  last hour are listed apart, newest first (at most 50).
 
 Attribution uses the same client rules as billing (:class:`billing.domain.accounts.Attributor`);
 traffic no rule matches is shown under ``unassigned``. Bytes and records of a client come from
@@ -42,12 +51,14 @@ import orjson
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 from sqlalchemy import Engine
 
+from billing.adapters.follow import CompactedFollower
 from billing.domain.accounts import UNASSIGNED, Attributor
 from billing.domain.money import format_money
 from billing.domain.sources import DEFAULT_SOURCES
 from billing.services.billing_run import preview_accounts
 from billing.services.usage import load_attributor, usage_rows
 from metering.contracts import LiveTotal, apply_minute, iso_ms
+from metering.entitlements import Decision, Episode, decode_decision, decode_episode, month_of
 
 __all__ = ["LiveBoard", "LiveFeed", "LiveSources"]
 
@@ -72,6 +83,8 @@ class LiveSources:
     topic_dlq: str
     input_topics: tuple[str, ...]
     metering_group: str
+    topic_enforcement: str = ""  # the caps fold's decisions ("": not followed)
+    topic_enforcement_events: str = ""  # the gateways' throttle and block episodes ("": not followed)
 
 
 @dataclass
@@ -124,6 +137,43 @@ class LiveBoard:
         self.attributor = attributor or Attributor([])
         self.minutes_applied = 0
         self.minutes_replayed = 0
+        self.decisions: dict[bytes, Decision] = {}  # newest per (account, meter) key
+        self.episodes: dict[str, Episode] = {}  # newest per episode id
+
+    def add_decision(self, key: bytes | None, value: bytes | None) -> None:
+        """One record of the enforcement topic (a null value deletes its key)."""
+        if key is None:
+            return
+        with self._lock:
+            if value is None:
+                self.decisions.pop(key, None)
+                return
+        try:
+            d = decode_decision(value)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("unreadable enforcement decision skipped", extra={"error": repr(exc)})
+            return
+        with self._lock:
+            old = self.decisions.get(key)
+            if old is None or old.month != d.month or old.at <= d.at:  # an older one arriving late: kept out
+                self.decisions[key] = d
+
+    def add_episode(self, key: bytes | None, value: bytes | None) -> None:
+        """One record of the enforcement events topic (a null value deletes its key)."""
+        if value is None:
+            if key is not None:
+                with self._lock:
+                    self.episodes.pop(key.decode(errors="replace"), None)
+            return
+        try:
+            e = decode_episode(value)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("unreadable enforcement episode skipped", extra={"error": repr(exc)})
+            return
+        with self._lock:
+            old = self.episodes.get(e.id)
+            if old is None or old.updated <= e.updated:
+                self.episodes[e.id] = e
 
     # --- writes (the feed) ---
 
@@ -159,6 +209,12 @@ class LiveBoard:
                 self.dlq_today[reason] += 1
             self.dlq[(reason, int(at_s - at_s % MINUTE))] += 1
 
+    def view_enforcement(self, now: float) -> dict[str, Any]:
+        """The ``enforcement`` part of the view alone (for ``/metrics``)."""
+        with self._lock:
+            decisions, episodes = list(self.decisions.values()), list(self.episodes.values())
+        return enforcement_view(decisions, episodes, now)
+
     def view_dlq_today(self, now: float) -> dict[str, int]:
         with self._lock:
             return dict(self.dlq_today) if self.dlq_day == _day_start(now) else {}
@@ -179,6 +235,9 @@ class LiveBoard:
                 del self.minutes[slot]
             for k in [k for k in self.dlq if k[1] < now - self.keep_s]:
                 del self.dlq[k]
+            at = datetime.fromtimestamp(now, UTC)
+            for eid in [i for i, e in self.episodes.items() if _ended_before(e, at, now - HOUR)]:
+                del self.episodes[eid]
 
     # --- the view ---
 
@@ -193,6 +252,7 @@ class LiveBoard:
                 if at >= now - HOUR:
                     dlq_hour[reason] += n
             dlq_today = Counter(self.dlq_today) if self.dlq_day == _day_start(now) else Counter()
+            decisions, episodes = list(self.decisions.values()), list(self.episodes.values())
         last_minute = int(now - now % MINUTE) - MINUTE  # the last complete minute
         hour0, day0, month0 = _hour_start(now), _day_start(now), _month_start(now)
         live_from = base.base_until or 0.0
@@ -296,8 +356,123 @@ class LiveBoard:
             "lag": lag,
             "lag_measured_at": iso_ms(int(lag_at * 1000)) if lag_at else None,
             "dlq": {"last_hour": dict(sorted(dlq_hour.items())), "today": dict(sorted(dlq_today.items()))},
+            "enforcement": enforcement_view(decisions, episodes, now),
             "warnings": warnings,
         }
+
+
+def _ended_before(e: Episode, at: datetime, cut_s: float) -> bool:
+    ended = e.ended_by(at)
+    return ended is not None and ended.timestamp() < cut_s
+
+
+def _iso(t: datetime) -> str:
+    return iso_ms(int(t.timestamp() * 1000))
+
+
+def enforcement_view(decisions: Iterable[Decision], episodes: Iterable[Episode], now: float) -> dict[str, Any]:
+    """Who is throttled or blocked at ``now`` and the episodes that ended in the last hour (the
+    ``enforcement`` part of ``/v1/live``; the module docstring says how rows are merged)."""
+    at = datetime.fromtimestamp(now, UTC)
+    month = month_of(at)
+    rows: dict[tuple[str, ...], dict[str, Any]] = {}
+    for d in decisions:
+        if d.month != month or d.state not in ("throttle", "block"):
+            continue
+        rows[("cap", d.account, d.meter)] = {
+            "account": d.account,
+            "kind": d.state,
+            "cause": "cap",
+            "direction": d.direction,
+            "meter": d.meter,
+            "since": d.since,
+            "reason": d.reason,
+            "limit": d.floor_bytes_per_second,
+            "block_fetch": d.block_fetch,
+            "used": d.used,
+            "included": d.included,
+            "gateways": set(),
+            "requests": 0,
+            "held_seconds": 0.0,
+        }
+    ended = []
+    for e in episodes:
+        end = e.ended_by(at)
+        if end is not None:
+            if (at - end).total_seconds() <= HOUR:
+                ended.append(e)
+            continue
+        if e.cause == "cap":
+            key: tuple[str, ...] = ("cap", e.account, e.meter or e.direction)
+            if e.meter is None:  # no meter named: the account's cap row of that direction and kind, if one
+                key = next(
+                    (
+                        k
+                        for k, r in rows.items()
+                        if k[:2] == key[:2] and (r["direction"], r["kind"]) == (e.direction, e.kind)
+                    ),
+                    key,
+                )
+        else:
+            key = ("quota", e.account, e.kind, e.direction)
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = {
+                "account": e.account,
+                "kind": e.kind,
+                "cause": e.cause,
+                "direction": e.direction,
+                "meter": e.meter,
+                "since": e.started,
+                "reason": e.reason,
+                "limit": e.limit,
+                "block_fetch": False,
+                "used": None,
+                "included": None,
+                "gateways": set(),
+                "requests": 0,
+                "held_seconds": 0.0,
+            }
+        elif e.cause == "quota":
+            row["since"] = min(row["since"], e.started)
+        row["gateways"].add(e.gateway)
+        row["requests"] += e.requests
+        row["held_seconds"] += e.held_seconds
+    in_force = []
+    for row in sorted(rows.values(), key=lambda r: (r["since"], r["account"], r["direction"])):
+        since = row["since"]
+        in_force.append(
+            {
+                **row,
+                "since": _iso(since),
+                "seconds": round(max(0.0, (at - since).total_seconds()), 3),
+                "gateways": sorted(row["gateways"]),
+                "held_seconds": round(row["held_seconds"], 3),
+            }
+        )
+    ended.sort(key=lambda e: (e.ended_by(at) or at, e.id), reverse=True)
+    return {
+        "in_force": in_force,
+        "ended_last_hour": [
+            {
+                "account": e.account,
+                "kind": e.kind,
+                "cause": e.cause,
+                "direction": e.direction,
+                "meter": e.meter,
+                "since": _iso(e.started),
+                "ended": _iso(end),
+                "seconds": round(max(0.0, (end - e.started).total_seconds()), 3),
+                "reason": e.reason,
+                "limit": e.limit,
+                "gateway": e.gateway,
+                "requests": e.requests,
+                "held_seconds": round(e.held_seconds, 3),
+            }
+            for e in ended[:50]
+            if (end := e.ended_by(at)) is not None
+        ],
+    }
 
 
 def _pick(by_source: Mapping[str, Any], order: Iterable[str], quantity: str) -> str | None:
@@ -453,6 +628,18 @@ class LiveFeed:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._refresh_now = threading.Event()
+        self.control = CompactedFollower(
+            sources.kafka_config,
+            [sources.topic_enforcement, sources.topic_enforcement_events],
+            self._control_record,
+            name="live-enforcement",
+        )
+
+    def _control_record(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        if topic == self.sources.topic_enforcement:
+            self.board.add_decision(key, value)
+        else:
+            self.board.add_episode(key, value)
 
     def start(self) -> LiveFeed:
         # Kafka and the database each get a thread: a slow database read (many accounts to rate)
@@ -463,11 +650,13 @@ class LiveFeed:
         ]
         for t in self._threads:
             t.start()
+        self.control.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         self._refresh_now.set()
+        self.control.stop()
         for t in self._threads:
             t.join(10)
 

@@ -13,8 +13,8 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +139,11 @@ class Pipeline:
 
 
 def _env(broker: EmbeddedBroker, database: str) -> dict[str, str]:
-    return {**isolated_env(broker.bootstrap), "STREAMTOLL_DATABASE_URL": database}
+    env = {**isolated_env(broker.bootstrap), "STREAMTOLL_DATABASE_URL": database}
+    base = env["STREAMTOLL_TOPIC_PROXY_AUDIT"].removesuffix(".proxy-audit")
+    env["STREAMTOLL_TOPIC_ENFORCEMENT"] = f"{base}.enforcement"
+    env["STREAMTOLL_TOPIC_ENFORCEMENT_EVENTS"] = f"{base}.enforcement-events"
+    return env
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -197,6 +201,8 @@ def pipeline(broker: EmbeddedBroker, pg_server: str, tmp_path_factory: pytest.Te
         settings.topic_dlq,
         tuple(settings.input_topics),
         settings.group_id,
+        topic_enforcement=settings.topic_enforcement,
+        topic_enforcement_events=settings.topic_enforcement_events,
     )
     feed = LiveFeed(sources, engine, lag_every_s=1.0, db_refresh_s=2.0, rate_every_s=2.0).start()
     try:
@@ -375,6 +381,8 @@ def test_grafana_dashboard_uses_only_exported_metrics(pipeline: Pipeline) -> Non
         used = set(re.findall(r"\b(?:streamtoll|process)_[a-z_]+", expr))
         assert used, expr
         for metric in used:
+            if metric.startswith("streamtoll_gateway_"):
+                continue  # the gateway's: checked against a real gateway in test_enforcement.py
             # a counter's or histogram's samples are named after their family with a suffix
             family = re.sub(r"_(total|bucket|count|sum)$", "", metric)
             assert family in families, f"{metric} in {expr!r} is not exported"
@@ -438,3 +446,151 @@ def test_live_page_in_chromium_updates_by_itself(pipeline: Pipeline) -> None:
     out.mkdir(exist_ok=True)
     (out / "live-page.png").write_bytes(shot)
     assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 20_000
+
+
+def test_throttled_and_blocked_accounts_show_in_the_json_the_page_and_top(pipeline: Pipeline) -> None:
+    """A cap's block decision (and the gateway episode applying it), a rate limit's throttle at
+    two gateways and an episode that ended, published to their topics as the caps fold and the
+    gateways publish them: ``/v1/live``, the page (in Chromium) and ``streamtoll top`` show who is
+    held back now, since when, for how long and why; ending them moves them to the last hour."""
+    from confluent_kafka import Producer
+
+    from billing.adapters.control import ensure_compacted_topic
+    from metering.entitlements import (
+        Decision,
+        Episode,
+        decision_key,
+        encode_decision,
+        encode_episode,
+        month_of,
+    )
+
+    settings = pipeline.settings
+    config = {"bootstrap.servers": pipeline.broker.bootstrap}
+    for topic in (settings.topic_enforcement, settings.topic_enforcement_events):
+        ensure_compacted_topic(config, topic, 1)
+    producer = Producer(config)
+
+    def publish(topic: str, key: bytes, value: bytes) -> None:
+        producer.produce(topic, value, key)
+        assert producer.flush(10) == 0
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    since = now - timedelta(minutes=12)
+    block = Decision("acme", "produce_bytes", month_of(now), "block", 1_000_123, 1_000_000, since, since)
+    publish(settings.topic_enforcement, decision_key("acme", "produce_bytes"), encode_decision(block))
+    stale = Decision("globex", "produce_bytes", "2020-01", "block", 5, 1, since, since)  # another month's
+    publish(settings.topic_enforcement, decision_key("globex", "produce_bytes"), encode_decision(stale))
+
+    def episode(gw: str, account: str, kind: str, cause: str, started: datetime, **kw: Any) -> Episode:
+        direction = kw.pop("direction", "produce")
+        eid = f"{gw}/{account}/{kind}/{direction}/{int(started.timestamp() * 1000)}"
+        return Episode(eid, gw, account, kind, direction, cause, kw.pop("reason", "r"), started, now, **kw)  # type: ignore[arg-type]
+
+    episodes = [
+        episode("gw-1", "acme", "block", "cap", since + timedelta(seconds=5), meter="produce_bytes", requests=40),
+        episode(
+            "gw-1",
+            "initech",
+            "throttle",
+            "quota",
+            now - timedelta(minutes=3),
+            direction="consume",
+            reason="consume_bytes_per_second 50000 exceeded",
+            limit=50_000,
+            held_seconds=12.5,
+            requests=7,
+        ),
+        episode(
+            "gw-2",
+            "initech",
+            "throttle",
+            "quota",
+            now - timedelta(minutes=2),
+            direction="consume",
+            reason="consume_bytes_per_second 50000 exceeded",
+            limit=50_000,
+            held_seconds=2.0,
+            requests=3,
+        ),
+        episode("gw-2", "globex", "throttle", "quota", now - timedelta(minutes=30), ended=now - timedelta(minutes=20)),
+    ]
+    for e in episodes:
+        publish(settings.topic_enforcement_events, e.id.encode(), encode_episode(e))
+
+    deadline = time.monotonic() + 60
+    while len((doc := pipeline.live())["enforcement"]["in_force"]) < 2 or not doc["enforcement"]["ended_last_hour"]:
+        assert time.monotonic() < deadline, doc["enforcement"]
+        time.sleep(0.5)
+    in_force = {(e["account"], e["kind"]): e for e in doc["enforcement"]["in_force"]}
+    assert set(in_force) == {("acme", "block"), ("initech", "throttle")}  # globex's block is another month's
+    acme = in_force[("acme", "block")]
+    assert (acme["cause"], acme["meter"], acme["direction"], acme["reason"]) == (
+        "cap",
+        "produce_bytes",
+        "produce",
+        block.reason,
+    )
+    assert (acme["since"], acme["used"], acme["included"], acme["gateways"], acme["requests"]) == (
+        since.isoformat().replace("+00:00", ".000Z"),
+        1_000_123,
+        1_000_000,
+        ["gw-1"],
+        40,
+    )
+    assert 12 * 60 <= acme["seconds"] < 12 * 60 + 60
+    initech = in_force[("initech", "throttle")]  # one row over both gateways
+    assert (initech["cause"], initech["direction"], initech["limit"], initech["gateways"]) == (
+        "quota",
+        "consume",
+        50_000,
+        ["gw-1", "gw-2"],
+    )
+    assert (initech["requests"], initech["held_seconds"]) == (10, 14.5)
+    assert 180 <= initech["seconds"] < 240  # since the first gateway's episode
+    assert [(e["account"], e["seconds"]) for e in doc["enforcement"]["ended_last_hour"]] == [("globex", 600.0)]
+    api = scrape(pipeline.base + "/metrics")  # Prometheus: how many accounts are held, no names
+    assert total(api, "streamtoll_accounts_held", kind="block", cause="cap") == 1
+    assert total(api, "streamtoll_accounts_held", kind="throttle", cause="quota") == 1
+    assert total(api, "streamtoll_accounts_held", kind="throttle", cause="cap") == 0
+
+    out = subprocess.run(
+        [sys.executable, "-m", "streamtoll.cli", "top", "--once", "--url", pipeline.base],
+        env={**pipeline.env, "STREAMTOLL_API_KEY": pipeline.ops_key, "COLUMNS": "250"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "throttled and blocked now" in out.stdout
+    acme_line = next(line for line in out.stdout.splitlines() if " acme " in line and " block " in line)
+    assert "produce_bytes" in acme_line and "12 min" in acme_line
+    initech_line = next(line for line in out.stdout.splitlines() if " initech " in line and " throttle " in line)
+    assert "50.00 kB/s" in initech_line and "consume" in initech_line
+
+    row = "document.querySelector('#enforcement tr[data-account=\"{}\"]')?.dataset.kind"
+    with chromium() as browser:
+        browser.open(f"{pipeline.base}/live?every=1#key={pipeline.ops_key}")
+        assert browser.wait(f"return {row.format('acme')}", what="acme's block") == "block"
+        assert browser.wait(f"return {row.format('initech')}", what="initech's throttle") == "throttle"
+        badge = "return document.querySelector('#accounts tr[data-account=\"acme\"] .badge')?.textContent"
+        assert browser.js(badge) == "blocked"
+        assert browser.js("return document.getElementById('enforcement-none').hidden") is True
+        ended = "return [...document.querySelectorAll('#enforcement-ended tbody tr')].map(r => r.dataset.account)"
+        assert browser.js(ended) == ["globex"]
+        Path("out").mkdir(exist_ok=True)
+        (Path("out") / "live-page-enforcement.png").write_bytes(browser.screenshot())
+        # the block is lifted and the throttles end: the page follows by itself
+        lifted = Decision("acme", "produce_bytes", month_of(now), "ok", 1_000_123, 2_000_000, since, now)
+        publish(settings.topic_enforcement, decision_key("acme", "produce_bytes"), encode_decision(lifted))
+        later = datetime.now(UTC)
+        for e in episodes[:3]:
+            done = replace(e, ended=later, updated=later)
+            publish(settings.topic_enforcement_events, e.id.encode(), encode_episode(done))
+        browser.wait("return !document.getElementById('enforcement-none').hidden", timeout=60, what="none in force")
+        assert sorted(browser.js(ended)) == ["acme", "globex", "initech", "initech"]
+        assert browser.js(badge) is None
+    doc = pipeline.live()
+    assert doc["enforcement"]["in_force"] == []
+    assert doc["enforcement"]["ended_last_hour"][-1]["account"] == "globex"  # newest first
+    assert total(scrape(pipeline.base + "/metrics"), "streamtoll_accounts_held") == 0

@@ -1,6 +1,6 @@
 """`streamtoll up` on embedded defaults: comes up with its URLs, shows live traffic (real clients
 through the gateway, which meters them), restarts a child that dies, and Ctrl-C leaves no
-process behind (no orphan broker, database, gateway or worker)."""
+process behind (no orphan broker, database, gateway, caps fold or worker)."""
 
 from __future__ import annotations
 
@@ -116,6 +116,11 @@ def test_up_runs_everything_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "the supervisor never reported the worker's restart"
             time.sleep(0.5)
 
+        # the monthly caps fold runs beside them (and has not been restarting)
+        assert re.search(r"^  caps +streamtoll caps", out, re.M), out
+        caps = [pid for pid, cmd in _processes_in(tmp_path).items() if "streamtoll.cli caps" in cmd]
+        assert len(caps) == 1, _processes_in(tmp_path)
+        assert "caps exited" not in (tmp_path / "up.err").read_text()
         assert _processes_in(tmp_path), "the children should be running now"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(90) == 0, (tmp_path / "up.err").read_text()[-3000:]

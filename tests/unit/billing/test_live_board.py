@@ -3,7 +3,8 @@ overlapping, rates over the last complete minute."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from billing.domain.accounts import Attributor, ClientRule
@@ -177,3 +178,96 @@ def test_lag_warning_names_the_partition_behind() -> None:
         NOW,
     )
     assert board.view(NOW)["warnings"] == ["metering is 312 s behind on proxy-audit/2"]
+
+
+def _decision(account: str, state: str, month: str = "2026-11", at_min: int = 10, **kw: Any) -> bytes:
+    from metering.entitlements import Decision, encode_decision
+
+    at = datetime(2026, 11, 27, 10, at_min, tzinfo=UTC)
+    since = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+    return encode_decision(Decision(account, "produce_bytes", month, state, 120, 100, since, at, **kw))  # type: ignore[arg-type]
+
+
+def _episode(gw: str, account: str, started_min: int, updated_min: int, ended_min: int | None = None, **kw: Any) -> Any:
+    from metering.entitlements import Episode
+
+    def t(m: int) -> datetime:
+        return datetime(2026, 11, 27, 10, 0, tzinfo=UTC) + timedelta(minutes=m)
+
+    return Episode(
+        f"{gw}/{account}/{started_min}",
+        gw,
+        account,
+        kw.pop("kind", "throttle"),
+        kw.pop("direction", "produce"),
+        kw.pop("cause", "quota"),
+        "produce_bytes_per_second 1000 exceeded",
+        t(started_min),
+        t(updated_min),
+        None if ended_min is None else t(ended_min),
+        **kw,
+    )
+
+
+def test_enforcement_in_force_merges_a_caps_decision_with_its_episodes_and_a_quotas_over_gateways() -> None:
+    from metering.entitlements import decision_key, encode_episode
+
+    board = LiveBoard(_attributor())
+    board.add_decision(decision_key("acme", "produce_bytes"), _decision("acme", "block"))
+    board.add_decision(decision_key("acme", "produce_bytes"), _decision("acme", "ok", at_min=5))  # older: ignored
+    board.add_decision(decision_key("beta", "produce_bytes"), _decision("beta", "block", month="2026-10"))
+    board.add_decision(decision_key("gamma", "produce_bytes"), _decision("gamma", "soft"))  # an alert only
+    cap = _episode("gw-1", "acme", 11, 29, kind="block", cause="cap", meter="produce_bytes", requests=5)
+    quota = [
+        _episode("gw-1", "initech", 20, 29, held_seconds=1.25, requests=2, limit=1000),
+        _episode("gw-2", "initech", 25, 30, held_seconds=0.5, requests=1, limit=1000),
+    ]
+    stale = _episode("gw-3", "delta", 1, 3)  # its gateway died: not refreshed for over two minutes
+    done = _episode("gw-1", "omega", 5, 9, ended_min=9)
+    for e in (cap, *quota, stale, done):
+        board.add_episode(e.id.encode(), encode_episode(e))
+    view = board.view(NOW)["enforcement"]  # NOW: 10:30:20
+    assert [(r["account"], r["kind"], r["cause"]) for r in view["in_force"]] == [
+        ("acme", "block", "cap"),
+        ("initech", "throttle", "quota"),
+    ]
+    acme, initech = view["in_force"]
+    assert (acme["since"], acme["seconds"], acme["gateways"], acme["requests"], acme["used"]) == (
+        "2026-11-27T10:00:00.000Z",
+        1820.0,
+        ["gw-1"],
+        5,
+        120,
+    )
+    assert (initech["since"], initech["seconds"], initech["gateways"]) == (
+        "2026-11-27T10:20:00.000Z",
+        620.0,
+        ["gw-1", "gw-2"],
+    )
+    assert (initech["held_seconds"], initech["requests"], initech["limit"]) == (1.75, 3, 1000)
+    # ended ones, newest first; the stale one ended when it was last heard of
+    assert [(e["account"], e["ended"], e["seconds"]) for e in view["ended_last_hour"]] == [
+        ("omega", "2026-11-27T10:09:00.000Z", 240.0),
+        ("delta", "2026-11-27T10:03:00.000Z", 120.0),
+    ]
+    # a tombstone deletes; an episode's end replaces its open record; an hour later it is pruned
+    board.add_decision(decision_key("acme", "produce_bytes"), None)
+    board.add_episode(cap.id.encode(), encode_episode(replace(cap, ended=cap.updated)))
+    view = board.view(NOW)["enforcement"]
+    assert [r["account"] for r in view["in_force"]] == ["initech"]
+    assert "acme" in [e["account"] for e in view["ended_last_hour"]]
+    board.prune(NOW + 3000)  # 11:20:20: what ended before 10:20:20 goes
+    assert {e.account for e in board.episodes.values()} == {"acme", "initech"}
+
+
+def test_a_cap_episode_without_its_meter_joins_the_accounts_cap_row_of_that_direction() -> None:
+    from metering.entitlements import decision_key, encode_episode
+
+    board = LiveBoard(_attributor())
+    board.add_decision(decision_key("acme", "produce_bytes"), _decision("acme", "block"))
+    e = _episode("gw-1", "acme", 11, 29, kind="block", cause="cap", requests=3)  # meter not named
+    board.add_episode(e.id.encode(), encode_episode(e))
+    rows = board.view(NOW)["enforcement"]["in_force"]
+    assert [(r["account"], r["meter"], r["gateways"], r["requests"]) for r in rows] == [
+        ("acme", "produce_bytes", ["gw-1"], 3)
+    ]
