@@ -54,12 +54,12 @@ average is held).
 * ``throttle``: the decision's direction (``produce_*`` meters: produce, ``consume_*``:
   consume) is held to ``floor_bytes_per_second`` (the lower of it and the plan's rate); a
   throttle decision without a floor changes nothing (logged by the store as it arrives).
-* ``block``: every Produce of the account is answered by the gateway — each partition
-  ``POLICY_VIOLATION`` (44) with the decision's reason as its error message (Produce v8+; older
-  versions carry the code only) — nothing forwarded, nothing metered; an ``acks=0`` Produce is
-  dropped unanswered. Fetch is answered the same way (each partition 44, throttled
-  :data:`BLOCKED_FETCH_THROTTLE_MS` so consumers do not spin) when the decision says
-  ``block_fetch`` or its meter is a consume meter; otherwise Fetch keeps working. The refused
+* ``block`` of a produce meter: every Produce of the account is answered by the gateway — each
+  partition ``POLICY_VIOLATION`` (44) with the decision's reason as its error message (Produce
+  v8+; older versions carry the code only) — nothing forwarded, nothing metered; an ``acks=0``
+  Produce is dropped unanswered. Fetch keeps working unless the decision says ``block_fetch``.
+  ``block`` of a consume meter: Fetch is answered the same way (each partition 44, throttled
+  :data:`BLOCKED_FETCH_THROTTLE_MS` so consumers do not spin); Produce keeps working. The refused
   Fetch answers with fetch session 0, so a client in an incremental fetch session (KIP-227, the
   Java client) starts a full one when it fetches again.
 * ``soft``: nothing on the wire.
@@ -175,6 +175,8 @@ class Enforcement:
     block: Decision | None = None
     capped: frozenset[str] = frozenset()  # directions a throttle decision lowered
     floors: tuple[Decision, ...] = ()  # those throttle decisions
+    produce_block: Decision | None = None  # a produce meter's block: Produce refused
+    fetch_block: Decision | None = None  # a consume meter's block, or a produce one's with block_fetch
 
     def floor(self, direction: str) -> Decision | None:
         """The throttle decision holding ``direction`` to its floor, if one does."""
@@ -182,8 +184,7 @@ class Enforcement:
 
     @property
     def blocks_fetch(self) -> bool:
-        b = self.block
-        return b is not None and (b.block_fetch or b.direction == "consume")
+        return self.fetch_block is not None
 
     def quota(self, direction: str) -> float | None:
         value: float | None = getattr(self, direction)
@@ -197,13 +198,17 @@ def _lower(a: float | None, b: float | None) -> float | None:
 
 
 def enforcement(entitlement: Entitlement | None, decisions: Iterable[Decision]) -> Enforcement:
-    """Pure: the rates and block of an account from its entitlements and its decisions in force.
-    Several blocks: the one that also blocks fetch wins (then the earliest)."""
+    """Pure: the rates and blocks of an account from its entitlements and its decisions in force.
+    A produce meter's block refuses Produce (and Fetch with ``block_fetch``); a consume meter's
+    refuses Fetch only. ``block`` (logged, made an episode) is the one that also blocks fetch if
+    any (then the earliest)."""
     limits = entitlement.limits if entitlement is not None else None
     produce: float | None = None if limits is None else limits.produce_bytes_per_second
     consume: float | None = None if limits is None else limits.consume_bytes_per_second
     requests: float | None = None if limits is None else limits.requests_per_second
     block: Decision | None = None
+    produce_block: Decision | None = None
+    fetch_block: Decision | None = None
     capped: set[str] = set()
     floors: list[Decision] = []
     for d in sorted(decisions, key=lambda d: (d.since, d.meter)):
@@ -218,6 +223,10 @@ def enforcement(entitlement: Entitlement | None, decisions: Iterable[Decision]) 
             fetch = d.block_fetch or d.direction == "consume"
             if block is None or (fetch and not (block.block_fetch or block.direction == "consume")):
                 block = d
+            if d.direction == "produce" and produce_block is None:
+                produce_block = d
+            if fetch and fetch_block is None:
+                fetch_block = d
     return Enforcement(
         None if produce is None else float(produce),
         None if consume is None else float(consume),
@@ -225,6 +234,8 @@ def enforcement(entitlement: Entitlement | None, decisions: Iterable[Decision]) 
         block,
         frozenset(capped),
         tuple(floors),
+        produce_block,
+        fetch_block,
     )
 
 
@@ -407,14 +418,15 @@ class QuotaManager:
         state = self._account(account, self.clock())
         block = state.enforcement.block
         self._log_block(account, state, block)
-        if block is None or (key == protocol.FETCH and not state.enforcement.blocks_fetch):
+        refusing = state.enforcement.produce_block if key == protocol.PRODUCE else state.enforcement.fetch_block
+        if refusing is None:  # a consume cap's block leaves Produce alone; a produce one Fetch, unless it says
             return None
         self.blocked_requests[(account, protocol.api_name(key))] += 1
-        self.episodes.refused(account, block)
+        self.episodes.refused(account, block or refusing)  # the account's block episode counts it
         request = protocol.decode_request(frame, key, version, protocol.request_body_offset(frame, key, version, end))
         if key == protocol.PRODUCE and request.acks == 0:
             return b""
-        return blocked_answer(key, version, correlation_id, request, block.reason)
+        return blocked_answer(key, version, correlation_id, request, refusing.reason)
 
     def requested(
         self, conn: Any, correlation_id: int, key: int, produced: list[Counted] | None, expects_response: bool

@@ -94,14 +94,17 @@ def test_enforcement_from_limits_and_decisions() -> None:
     assert (got.produce, got.consume) == (1000, 2000)
     got = enforcement(Entitlement("acme"), [_decision("consume_bytes", "throttle", floor_bytes_per_second=5000)])
     assert (got.produce, got.consume) == (None, 5000)
-    # soft: nothing; block: produce, and fetch with block_fetch or a consume meter
+    # soft: nothing; a produce meter's block: produce (and fetch with block_fetch); a consume
+    # meter's block: fetch only
     assert enforcement(e, [_decision("produce_bytes", "soft")]) == enforcement(e, [])
     produce_block = enforcement(e, [_decision("produce_bytes", "block")])
-    assert produce_block.block is not None and not produce_block.blocks_fetch
+    assert produce_block.produce_block is not None and not produce_block.blocks_fetch
     assert enforcement(e, [_decision("produce_bytes", "block", block_fetch=True)]).blocks_fetch
-    assert enforcement(e, [_decision("consume_records", "block")]).blocks_fetch
+    consume_block = enforcement(e, [_decision("consume_records", "block")])
+    assert consume_block.blocks_fetch and consume_block.produce_block is None
     both = enforcement(e, [_decision("produce_bytes", "block"), _decision("consume_bytes", "block")])
-    assert both.blocks_fetch
+    assert both.blocks_fetch and both.produce_block is not None
+    assert both.produce_block.meter == "produce_bytes" and both.fetch_block.meter == "consume_bytes"  # type: ignore[union-attr]
 
 
 # -- the wire ----------------------------------------------------------------------------------
