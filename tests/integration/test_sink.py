@@ -24,8 +24,7 @@ from streamtoll.embedded import EmbeddedBroker
 
 from .harness import Traffic, Worker, produce, wait_caught_up
 
-# serial: make test runs this file alone (its kills and timings see no parallel neighbour)
-pytestmark = [pytest.mark.integration, pytest.mark.serial]
+pytestmark = pytest.mark.integration
 
 
 def window(version: int, b: int, shard: str = "proxy-audit/0", hour: str = "2026-11-03T10:00:00.000Z") -> UsageWindow:
