@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -98,9 +99,9 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pg.stop()
 
 
-@pytest.fixture
-def database(pg_server: str) -> Iterator[str]:
-    """A fresh, empty database on the session's server (dropped afterwards)."""
+@contextlib.contextmanager
+def fresh_database(pg_server: str) -> Iterator[str]:
+    """A fresh, empty database on the session's server, dropped afterwards."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(pg_server, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -112,6 +113,38 @@ def database(pg_server: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def database(pg_server: str) -> Iterator[str]:
+    """A fresh, empty database on the session's server (dropped afterwards)."""
+    with fresh_database(pg_server) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_database(pg_server: str) -> Iterator[str]:
+    """A migrated database of the module's own, for module-scoped fixtures (dropped after it)."""
+    from billing.adapters.db import upgrade
+
+    with fresh_database(pg_server) as url:
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_catalog(module_database: str) -> Iterator[tuple[str, sa.Engine]]:
+    """``module_database`` with the sample plans and accounts loaded, and an engine on it."""
+    from billing.services.catalog import load_accounts, load_plans
+
+    engine = sa.create_engine(module_database)
+    samples = Path(__file__).parents[2] / "streamtoll" / "samples"
+    load_plans(engine, samples / "plans.yaml")
+    load_accounts(engine, samples / "accounts.yaml")
+    try:
+        yield module_database, engine
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture

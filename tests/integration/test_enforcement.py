@@ -104,19 +104,13 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(broker: EmbeddedBroker, pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(broker: EmbeddedBroker, module_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     import sqlalchemy as sa
 
-    from billing.adapters.db import upgrade
     from billing.services.credentials import create_credential
 
     tmp = tmp_path_factory.mktemp("enforcement")
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(pg_server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(pg_server).set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
+    url = module_database
     env = isolated_env(broker.bootstrap)
     base = env["STREAMTOLL_TOPIC_PROXY_AUDIT"].replace(".proxy-audit", "")
     env["STREAMTOLL_TOPIC_ENFORCEMENT"] = f"{base}.enforcement"
@@ -182,9 +176,6 @@ def stack(broker: EmbeddedBroker, pg_server: str, tmp_path_factory: pytest.TempP
             caps.kill()
             caps.wait()
         worker.stop()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 class Paced(threading.Thread):

@@ -33,8 +33,7 @@ from .harness import Traffic, Worker, committed, produce, wait_caught_up
 from .test_exactness import _check_outputs
 from .test_sink import hourly
 
-# serial: make test runs this file alone (its kills and timings see no parallel neighbour)
-pytestmark = [pytest.mark.integration, pytest.mark.serial]
+pytestmark = pytest.mark.integration
 
 
 def _traffic(settings: MeteringSettings, n: int, seed: int) -> Traffic:

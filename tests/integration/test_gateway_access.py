@@ -57,21 +57,11 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(broker: EmbeddedBroker, pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    from billing.adapters.db import upgrade
-    from billing.services.catalog import load_accounts, load_plans
-
+def world(
+    broker: EmbeddedBroker, module_catalog: tuple[str, sa.Engine], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("gwaccess")
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin_db = sa.create_engine(pg_server, isolation_level="AUTOCOMMIT")
-    with admin_db.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(pg_server).set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
-    engine = sa.create_engine(url)
-    samples = Path(__file__).parents[2] / "streamtoll" / "samples"
-    load_plans(engine, samples / "plans.yaml")
-    load_accounts(engine, samples / "accounts.yaml")
+    url, _ = module_catalog
     env = isolated_env(broker.bootstrap)
     tag = env["STREAMTOLL_TOPIC_PROXY_AUDIT"].split(".")[0]
     env["STREAMTOLL_TOPIC_CREDENTIALS"] = f"{tag}.credentials"
@@ -116,10 +106,6 @@ def world(broker: EmbeddedBroker, pg_server: str, tmp_path_factory: pytest.TempP
         yield World(env, gw, audit, cred, topics)
     finally:
         gw.stop()
-        engine.dispose()
-        with admin_db.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin_db.dispose()
 
 
 def _deliver(conf: dict[str, Any], topic: str, n: int) -> list[KafkaError | None]:

@@ -12,7 +12,6 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -58,21 +57,11 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(broker: EmbeddedBroker, pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    from billing.adapters.db import upgrade
-    from billing.services.catalog import load_accounts, load_plans
-
+def setup(
+    broker: EmbeddedBroker, module_catalog: tuple[str, sa.Engine], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Setup]:
     tmp = tmp_path_factory.mktemp("gwcreds")
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(pg_server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(pg_server).set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
-    engine = sa.create_engine(url)
-    samples = Path(__file__).parents[2] / "streamtoll" / "samples"
-    load_plans(engine, samples / "plans.yaml")
-    load_accounts(engine, samples / "accounts.yaml")
+    url, engine = module_catalog
     env = isolated_env(broker.bootstrap)
     env["STREAMTOLL_TOPIC_CREDENTIALS"] = env["STREAMTOLL_TOPIC_PROXY_AUDIT"].replace("proxy-audit", "credentials")
     env["STREAMTOLL_DATABASE_URL"] = url
@@ -85,10 +74,6 @@ def setup(broker: EmbeddedBroker, pg_server: str, tmp_path_factory: pytest.TempP
         yield setup
     finally:
         gw.stop()
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _topic(broker: EmbeddedBroker, prefix: str) -> str:

@@ -73,25 +73,17 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def quotas(broker: EmbeddedBroker, pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+def quotas(
+    broker: EmbeddedBroker, module_catalog: tuple[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Setup]:
     """A gateway authenticating acme (produce and consume limited to :data:`QUOTA`), globex,
     initech and hooli (no limits) with their own credentials."""
-    import sqlalchemy as sa
-
-    from billing.adapters.db import upgrade
-    from billing.services.catalog import load_accounts, load_plans
+    from billing.services.catalog import load_accounts
     from billing.services.credentials import create_credential, publish_credentials
 
     tmp = tmp_path_factory.mktemp("gwquota")
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(pg_server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(pg_server).set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
-    engine = sa.create_engine(url)
+    url, engine = module_catalog
     samples = Path(__file__).parents[2] / "streamtoll" / "samples"
-    load_plans(engine, samples / "plans.yaml")
     accounts = tmp / "accounts.yaml"  # the samples and one account more: each test its own rates
     accounts.write_text(
         (samples / "accounts.yaml").read_text()
@@ -124,10 +116,6 @@ def quotas(broker: EmbeddedBroker, pg_server: str, tmp_path_factory: pytest.Temp
         yield setup
     finally:
         gw.stop()
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 class PacedProducer(threading.Thread):

@@ -10,7 +10,6 @@ import random
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -161,22 +160,14 @@ def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
 
 
 @pytest.fixture(scope="module")
-def pipeline(broker: EmbeddedBroker, pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    from billing.adapters.db import upgrade
+def pipeline(
+    broker: EmbeddedBroker, module_catalog: tuple[str, sa.Engine], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Pipeline]:
     from billing.api.app import create_app
-    from billing.services.catalog import load_accounts, load_plans
     from billing.services.keys import create_key
 
     logdir = tmp_path_factory.mktemp("live")
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(pg_server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(pg_server).set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
-    engine = sa.create_engine(url)
-    load_plans(engine, SAMPLES / "plans.yaml")
-    load_accounts(engine, SAMPLES / "accounts.yaml")
+    url, engine = module_catalog
     env = _env(broker, url)
     settings = MeteringSettings.from_env(env)
     ports = [free_port() for _ in range(3)]
@@ -241,10 +232,6 @@ def pipeline(broker: EmbeddedBroker, pg_server: str, tmp_path_factory: pytest.Te
             w.stop()
         sink.terminate()
         sink.wait(30)
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _client_totals(doc: dict[str, Any], period: str) -> dict[tuple[str, str, str, str], list[int]]:
