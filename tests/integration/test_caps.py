@@ -200,6 +200,11 @@ def test_a_crossed_cap_is_decided_on_the_enforcement_topic_within_seconds(
     assert proc.poll() is None
 
 
+# serial: once (a clean-clone CI run of 2026-12-07, the parallel pass) the restarted caps process
+# logged "Worker ready" after a recovery like every passing run's and then consumed nothing for
+# 90 s; 12 runs since, alone and two at a time, passed. Alone it sees no neighbour's load while
+# that is looked into (the stop's note).
+@pytest.mark.serial
 def test_month_to_date_survives_a_restart_and_redelivered_partials_count_once(
     caps_env: dict[str, str], tmp_path: Path
 ) -> None:
