@@ -45,11 +45,13 @@ __all__ = [
     "PRODUCE",
     "SUPPORTED",
     "AddressMap",
+    "answer_frame",
     "api_name",
     "cap_api_versions",
     "decode_request",
     "decode_response",
     "encode",
+    "produce_error_answer",
     "refusal",
     "request_body_offset",
     "response_body_offset",
@@ -240,6 +242,49 @@ def _build(cls: Any, **values: Any) -> Any:
     return cls(**args)
 
 
+def produce_error_answer(
+    version: int, correlation_id: int, request: Any, error_code: int, message: str, throttle_ms: int = 0
+) -> bytes:
+    """The response frame (correlation id first, no size prefix) answering every partition of a
+    (decoded) Produce with ``error_code`` and ``message`` (where the version carries one, v8+):
+    nothing was written. The gateway's refusals of Produce all go through here."""
+    import datetime
+    import sys
+
+    from kio.schema.errors import ErrorCode
+    from kio.static.primitive import i32Timedelta, i64
+
+    cls = _response_type(PRODUCE, version)
+    mod = sys.modules[cls.__module__]
+    topics = tuple(
+        _build(
+            mod.TopicProduceResponse,
+            name=t.name,
+            partition_responses=tuple(
+                _build(
+                    mod.PartitionProduceResponse,
+                    index=p.index,
+                    error_code=ErrorCode(error_code),
+                    base_offset=i64(-1),
+                    log_start_offset=i64(-1),
+                    error_message=message,
+                )
+                for p in t.partition_data
+            ),
+        )
+        for t in request.topic_data
+    )
+    throttle = i32Timedelta.parse(datetime.timedelta(milliseconds=throttle_ms))
+    return answer_frame(cls, correlation_id, _build(cls, responses=topics, throttle_time=throttle))
+
+
+def answer_frame(cls: Any, correlation_id: int, body: Any) -> bytes:
+    """A response of type ``cls`` as a frame: correlation id, the flexible header's empty tagged
+    fields, the body (no size prefix)."""
+    head = correlation_id.to_bytes(4, "big", signed=True) + (b"\x00" if cls.__flexible__ else b"")
+    return head + encode(body)
+
+
 def refusal(api_key: int, version: int, correlation_id: int, request: Any = None) -> bytes:
     """The response frame (correlation id first, no size prefix) a broker under pressure gives a
     Produce or Fetch it does not serve now, throttled by :data:`REFUSE_THROTTLE_MS` (KIP-219:
@@ -252,37 +297,22 @@ def refusal(api_key: int, version: int, correlation_id: int, request: Any = None
       quota; the consumer fetches again after the throttle time.
     """
     import datetime
-    import sys
 
     from kio.schema.errors import ErrorCode
-    from kio.static.primitive import i32Timedelta, i64
+    from kio.static.primitive import i32Timedelta
 
-    cls = _response_type(api_key, version)
-    mod = sys.modules[cls.__module__]
-    throttle = i32Timedelta.parse(datetime.timedelta(milliseconds=REFUSE_THROTTLE_MS))
     if api_key == PRODUCE:
-        topics = tuple(
-            _build(
-                mod.TopicProduceResponse,
-                name=t.name,
-                partition_responses=tuple(
-                    _build(
-                        mod.PartitionProduceResponse,
-                        index=p.index,
-                        error_code=ErrorCode.not_enough_replicas,
-                        base_offset=i64(-1),
-                        log_start_offset=i64(-1),
-                        error_message="the gateway's audit journal is full",
-                    )
-                    for p in t.partition_data
-                ),
-            )
-            for t in request.topic_data
+        return produce_error_answer(
+            version,
+            correlation_id,
+            request,
+            ErrorCode.not_enough_replicas,
+            "the gateway's audit journal is full",
+            REFUSE_THROTTLE_MS,
         )
-        body = _build(cls, responses=topics, throttle_time=throttle)
-    elif api_key == FETCH:
-        body = _build(cls, throttle_time=throttle, error_code=ErrorCode.none, session_id=i32(0), responses=())
-    else:
+    if api_key != FETCH:
         raise ValueError(f"no refusal for {api_name(api_key)}")
-    head = correlation_id.to_bytes(4, "big", signed=True) + (b"\x00" if cls.__flexible__ else b"")
-    return head + encode(body)
+    cls = _response_type(api_key, version)
+    throttle = i32Timedelta.parse(datetime.timedelta(milliseconds=REFUSE_THROTTLE_MS))
+    body = _build(cls, throttle_time=throttle, error_code=ErrorCode.none, session_id=i32(0), responses=())
+    return answer_frame(cls, correlation_id, body)

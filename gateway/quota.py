@@ -289,55 +289,35 @@ def blocked_answer(api_key: int, version: int, correlation_id: int, request: Any
     from kio.schema.errors import ErrorCode
     from kio.static.primitive import i32, i32Timedelta, i64
 
+    if api_key == protocol.PRODUCE:
+        return protocol.produce_error_answer(version, correlation_id, request, POLICY_VIOLATION, reason)
+    if api_key != protocol.FETCH:
+        raise ValueError(f"no block answer for {protocol.api_name(api_key)}")
     cls = protocol._response_type(api_key, version)
     mod = sys.modules[cls.__module__]
     build = protocol._build
-    if api_key == protocol.PRODUCE:
-        topics = tuple(
-            build(
-                mod.TopicProduceResponse,
-                name=t.name,
-                partition_responses=tuple(
-                    build(
-                        mod.PartitionProduceResponse,
-                        index=p.index,
-                        error_code=ErrorCode(POLICY_VIOLATION),
-                        base_offset=i64(-1),
-                        log_start_offset=i64(-1),
-                        error_message=reason,
-                    )
-                    for p in t.partition_data
-                ),
-            )
-            for t in request.topic_data
+    topics = tuple(
+        build(
+            mod.FetchableTopicResponse,
+            topic=t.topic,
+            partitions=tuple(
+                build(
+                    mod.PartitionData,
+                    partition_index=p.partition,
+                    error_code=ErrorCode(POLICY_VIOLATION),
+                    high_watermark=i64(-1),
+                    last_stable_offset=i64(-1),
+                    log_start_offset=i64(-1),
+                    records=None,
+                )
+                for p in t.partitions
+            ),
         )
-        body = build(cls, responses=topics, throttle_time=i32Timedelta.parse(datetime.timedelta(0)))
-    elif api_key == protocol.FETCH:
-        topics = tuple(
-            build(
-                mod.FetchableTopicResponse,
-                topic=t.topic,
-                partitions=tuple(
-                    build(
-                        mod.PartitionData,
-                        partition_index=p.partition,
-                        error_code=ErrorCode(POLICY_VIOLATION),
-                        high_watermark=i64(-1),
-                        last_stable_offset=i64(-1),
-                        log_start_offset=i64(-1),
-                        records=None,
-                    )
-                    for p in t.partitions
-                ),
-            )
-            for t in request.topics
-        )
-        throttle = i32Timedelta.parse(datetime.timedelta(milliseconds=BLOCKED_FETCH_THROTTLE_MS))
-        body = build(cls, throttle_time=throttle, error_code=ErrorCode.none, session_id=i32(0), responses=topics)
-    else:
-        raise ValueError(f"no block answer for {protocol.api_name(api_key)}")
-    head = correlation_id.to_bytes(4, "big", signed=True) + (b"\x00" if cls.__flexible__ else b"")
-    return head + protocol.encode(body)
+        for t in request.topics
+    )
+    throttle = i32Timedelta.parse(datetime.timedelta(milliseconds=BLOCKED_FETCH_THROTTLE_MS))
+    body = build(cls, throttle_time=throttle, error_code=ErrorCode.none, session_id=i32(0), responses=topics)
+    return protocol.answer_frame(cls, correlation_id, body)
 
 
 # -- state --------------------------------------------------------------------------------------

@@ -173,23 +173,10 @@ def _decode_checked(doc: object, limits: Limits) -> UsageEvent | str:
         raise Invalid("schema", 'data.outcome must be "allowed" or "denied"')
     records = as_count(data, "records", "data.", _RECORDS_LIMIT)
     nbytes = as_count(data, "bytes", "data.", limits.max_event_bytes)
+    requests, denied = 1, 0
     if outcome == "denied":  # never billed: denied requests only, whatever records and bytes say
         denied = as_count(data, "denied_requests", "data.", _RECORDS_LIMIT)
-        limits.check_time(occurred)
-        return UsageEvent(
-            event_key(PROXY, source, ev_id),
-            PROXY,
-            occurred,
-            principal,
-            client_id,
-            vcluster,
-            topic,
-            direction,
-            0,
-            0,
-            0,
-            denied,
-        )
+        nbytes = records = requests = 0
     limits.check_time(occurred)
     return UsageEvent(
         event_key(PROXY, source, ev_id),
@@ -202,6 +189,6 @@ def _decode_checked(doc: object, limits: Limits) -> UsageEvent | str:
         direction,
         nbytes,
         records,
-        1,
-        0,
+        requests,
+        denied,
     )
