@@ -2,8 +2,7 @@
 each case ends by comparing with the generator's independently computed ground truth.
 
 - three workers: one killed with -9 while traffic flows; added, removed and killed while
-  partitions move (soak only on the dev broker, see below; make test kills one of two workers in
-  test_exactness.py);
+  partitions move (soak only on the dev broker, see below);
 - the sink dying exactly between its database commit and its Kafka commit, again and again;
 - PostgreSQL stopped and restarted under a running sink and API;
 - the broker unreachable when the worker starts, and frozen (SIGSTOP) mid-run.
@@ -128,7 +127,7 @@ def _settled(logdir: Path, live: list[int], settings: MeteringSettings) -> bool:
 # failed on CI with DLQ records written twice (not_json 5 for 3, schema 7 for 5): a survivor that
 # reads a masked commit as none starts the partition from its beginning, and only the DLQ has no
 # dedup (Apache Kafka answers UNSTABLE_OFFSET_COMMIT instead, and the consumer waits) — see that
-# stop's note. make test keeps the two-worker kill (test_exactness.py).
+# stop's note. The two-worker kill in test_exactness.py is soak-only for the same reason.
 @pytest.mark.soak
 def test_three_workers_one_killed_while_traffic_flows(
     broker: EmbeddedBroker, env: dict[str, str], settings: MeteringSettings, logdir: Path
