@@ -35,7 +35,7 @@ from metering.domain.events import (
     event_key,
 )
 
-__all__ = ["BatchResult", "HeadersUnreadable", "InRecord", "Record", "ShardState", "WindowKey"]
+__all__ = ["BatchResult", "HeadersUnreadable", "InRecord", "Record", "Scan", "ShardState", "WindowKey"]
 
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
@@ -123,6 +123,16 @@ class BatchResult:
 
 
 @dataclass
+class Scan:
+    """What a batch's scan hands to the state step (besides what it put in the BatchResult)."""
+
+    new_keys: list[bytes]  # dedup keys of the events counted, in record order
+    max_ts: int  # the batch's newest Kafka timestamp
+    stream_ms: int  # the shard's stream time after the batch
+    changed_series: set[tuple[str, ...]]  # counter series the batch touched
+
+
+@dataclass
 class ShardConfig:
     source_kind: str
     dedup_horizon_ms: int
@@ -140,13 +150,30 @@ class ShardState:
         self.counters: counters.CounterState = {}
         self.hours: dict[tuple[WindowKey, int], list[int]] = {}
         self.next_offset = -1  # input offset after the last folded record
+        self.stream_ms = 0  # the newest Kafka timestamp folded (see scan)
         self.snapshot_seen = False  # while restoring: a full snapshot was replayed
 
     # -- the hot step ------------------------------------------------------------------------
 
     def fold(self, records: Sequence[InRecord], limits: Limits) -> BatchResult:
-        """Fold one batch (records of this shard, in offset order) into the state."""
+        """Fold one batch (records of this shard, in offset order) into the state.
+
+        ``limits`` gives the plausibility limits; its clock is not used: ``too_old`` and
+        ``future`` are judged against the shard's *stream time* (see :meth:`scan`), so a replay
+        of the same records judges them the same whenever it runs."""
         out = BatchResult()
+        scan = self.scan(records, limits, out)
+        return self._apply(records, scan, out)
+
+    def scan(self, records: Sequence[InRecord], limits: Limits, out: BatchResult) -> Scan:
+        """The per-record path: decode, judge, dedup and sum a batch per minute.
+
+        Fills ``out``'s rejections, minutes and counts and returns what the state step needs.
+        Stream time: the newest Kafka timestamp among the shard's records up to and including
+        the record being judged (kept in the state, so a restored shard goes on from it); an
+        event is ``too_old`` before stream time − ``MAX_LATENESS`` and ``future`` after stream
+        time + ``MAX_FUTURE_SKEW``. Counter state (OTLP) changes here; nothing else of the
+        shard's state does."""
         kind = self.config.source_kind
         dedup_keys = self.dedup._keys
         seen_now: set[bytes] = set()
@@ -154,6 +181,8 @@ class ShardState:
         minutes = out.minutes
         rejected = out.rejected
         events: list[UsageEvent] = []
+        stream_ms = self.stream_ms
+        lim = Limits(stream_ms, limits.max_lateness_ms, limits.max_future_ms, limits.max_event_bytes)
         max_ts = 0
         changed_series: set[tuple[str, ...]] = set()
         decode: Callable[[bytes, Limits], UsageEvent | str] = proxy.decode if kind == PROXY else confluent_audit.decode
@@ -167,13 +196,15 @@ class ShardState:
             ts = rec.timestamp()[1]
             if ts > max_ts:
                 max_ts = ts
+                if ts > stream_ms:
+                    stream_ms = lim.now_ms = ts
             if value is None:
                 out.tombstones += 1
                 continue
             try:
                 if otlp_input:
                     events.clear()
-                    self._fold_samples(rec, otlp.decode(value, limits), events, changed_series, out)
+                    self._fold_samples(rec, otlp.decode(value, lim), events, changed_series, out)
                     got: UsageEvent | str | None = None
                 else:
                     # CloudEvents binary content mode is recognised by its ce_specversion header;
@@ -183,10 +214,7 @@ class ShardState:
                     except Exception:
                         rec = HeadersUnreadable(rec)
                         raise Invalid("not_utf8", "a header name is not valid UTF-8 (no header can be read)") from None
-                    if headers and is_binary(headers):
-                        got = decode_binary(value, headers, limits)
-                    else:
-                        got = decode(value, limits)
+                    got = decode_binary(value, headers, lim) if headers and is_binary(headers) else decode(value, lim)
             except Invalid as exc:
                 rejected.append((rec, exc.rejection))
                 continue
@@ -217,12 +245,18 @@ class ShardState:
                     m[3] += ev[11]
             if got is not None:
                 events.clear()
+        return Scan(new_keys, max_ts, stream_ms, changed_series)
+
+    def _apply(self, records: Sequence[InRecord], scan: Scan, out: BatchResult) -> BatchResult:
+        """The state step after a scan: dedup keys, hourly windows, the changelog entry."""
+        new_keys, max_ts, changed_series, minutes = scan.new_keys, scan.max_ts, scan.changed_series, out.minutes
         out.counted = len(new_keys)
         if records:
             out.next_offset = records[-1].offset() + 1
         else:
             return out
         self.next_offset = out.next_offset
+        self.stream_ms = scan.stream_ms
         if new_keys:
             self.dedup.add_many(new_keys, max_ts)
         hours = self.hours
@@ -237,10 +271,11 @@ class ShardState:
             h[2] += q
             h[3] += d
             changed[hk] = h
-        cutoff = limits.now_ms - self.config.max_lateness_ms - HOUR_MS
+        cutoff = self.stream_ms - self.config.max_lateness_ms - HOUR_MS
+        # an hour that ended before stream time − MAX_LATENESS can never change again: its last
+        # total is published (a record early in the batch may have changed it) and it is let go
         for hk in [hk for hk in hours if hk[1] < cutoff]:
             del hours[hk]
-            changed.pop(hk, None)
         out.hours = changed
         out.changelog = {
             "v": 1,
@@ -248,6 +283,7 @@ class ShardState:
             "kind": "delta",
             "offset": out.next_offset,
             "dedup_ts": self.dedup.newest_ms,
+            "stream_ms": self.stream_ms,
             "dedup": base64.b64encode(b"".join(new_keys)).decode("ascii"),
             "counters": [[list(s), *self.counters[s]] for s in changed_series if s in self.counters],
             "hours": [[*hk[0], hk[1], *v] for hk, v in changed.items()],
@@ -311,6 +347,7 @@ class ShardState:
             "kind": "snapshot",
             "offset": self.next_offset,
             "dedup_ts": self.dedup.newest_ms,
+            "stream_ms": self.stream_ms,
             "dedup": "",
             "counters": [[list(s), *v] for s, v in self.counters.items()],
             "hours": [[*hk[0], hk[1], *v] for hk, v in self.hours.items()],
@@ -354,3 +391,5 @@ class ShardState:
         for row in entry["hours"]:
             self.hours[(tuple(row[:6]), row[6])] = list(row[7:11])
         self.next_offset = int(entry["offset"])
+        # entries written before stream time was kept: the newest dedup time is the closest
+        self.stream_ms = max(self.stream_ms, int(entry.get("stream_ms", entry["dedup_ts"])))

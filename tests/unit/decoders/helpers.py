@@ -7,6 +7,8 @@ from typing import Any
 from metering.decoders.common import Limits
 
 NOW = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
+# Kafka timestamps of test records: relative to NOW (a shard judges event times by them)
+TS0 = int(NOW.timestamp() * 1000)
 
 
 def limits(now: datetime = NOW, lateness_days: int = 35, future_s: int = 300, max_bytes: int = 2**31) -> Limits:

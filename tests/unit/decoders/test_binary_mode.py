@@ -21,7 +21,7 @@ from metering.domain.events import UsageEvent
 from metering.domain.shard import Record, ShardConfig, ShardState
 from streamtoll.traffic import Traffic
 
-from .helpers import NOW, binary, limits
+from .helpers import NOW, TS0, binary, limits
 
 Decoders = tuple[Callable[[bytes, Limits], UsageEvent | str], Callable[[bytes, Headers, Limits], UsageEvent | str]]
 DECODERS: dict[str, Decoders] = {
@@ -267,18 +267,18 @@ def test_fold_mixes_modes_and_counts_an_event_sent_in_both_once() -> None:
     for i, doc in enumerate(docs):
         if i % 2:
             value, headers = binary(doc)
-            records.append(Record(len(records), 1_000, value, headers))
+            records.append(Record(len(records), TS0, value, headers))
         else:  # structured, some with the headers a structured-mode producer may send
             hs = [("content-type", b"application/cloudevents+json"), ("ce_id", b"ignored")] if i == 2 else None
-            records.append(Record(len(records), 1_000, json.dumps(doc).encode(), hs))
+            records.append(Record(len(records), TS0, json.dumps(doc).encode(), hs))
     # retries in the other mode: the same events, counted once
-    records.append(Record(len(records), 1_000, *binary(docs[0])))
-    records.append(Record(len(records), 1_000, json.dumps(docs[1]).encode()))
+    records.append(Record(len(records), TS0, *binary(docs[0])))
+    records.append(Record(len(records), TS0, json.dumps(docs[1]).encode()))
     # bad binary records are rejected with their reasons, like structured ones
     value, headers = binary(proxy_doc(id="bad"))
-    records.append(Record(len(records), 1_000, value, [h for h in headers if h[0] != "ce_id"]))
-    records.append(Record(len(records), 1_000, b"{", headers))
-    records.append(Record(len(records), 1_000, None, headers))  # a tombstone, whatever its headers
+    records.append(Record(len(records), TS0, value, [h for h in headers if h[0] != "ce_id"]))
+    records.append(Record(len(records), TS0, b"{", headers))
+    records.append(Record(len(records), TS0, None, headers))  # a tombstone, whatever its headers
     state = ShardState("proxy-audit/0", cfg("proxy"))
     out = state.fold(records, limits())
     assert (out.counted, out.duplicates, out.tombstones) == (6, 2, 1)
@@ -292,9 +292,9 @@ def test_fold_reads_binary_audit_records(samples: Path) -> None:
     denied["id"] = "other"
     denied["data"]["authorizationInfo"]["granted"] = False
     records = [
-        Record(0, 1_000, *binary(doc)),
-        Record(1, 1_000, json.dumps(doc).encode()),  # the same event, structured: a duplicate
-        Record(2, 1_000, *binary(denied)),
+        Record(0, TS0, *binary(doc)),
+        Record(1, TS0, json.dumps(doc).encode()),  # the same event, structured: a duplicate
+        Record(2, TS0, *binary(denied)),
     ]
     state = ShardState("audit/0", cfg("audit_log"))
     out = state.fold(records, limits())
@@ -321,9 +321,9 @@ class BadHeaderName(Record):
 @pytest.mark.parametrize("kind", ["proxy", "audit_log"])
 def test_a_header_name_that_is_not_utf8_is_not_utf8_and_headers_are_never_read_again(samples: Path, kind: str) -> None:
     doc = proxy_doc() if kind == "proxy" else audit_doc(samples)
-    bad = BadHeaderName(0, 1_000, json.dumps(doc).encode())
+    bad = BadHeaderName(0, TS0, json.dumps(doc).encode())
     state = ShardState(f"{kind}/0", cfg(kind))
-    out = state.fold([bad, Record(1, 1_000, json.dumps({**doc, "id": "other"}).encode())], limits())
+    out = state.fold([bad, Record(1, TS0, json.dumps({**doc, "id": "other"}).encode())], limits())
     assert out.counted == 1 and [r.reason for _, r in out.rejected] == ["not_utf8"]
     rec = out.rejected[0][0]
     assert rec.headers() is None and rec.offset() == 0 and rec.value() == bad.value() and bad.calls == 1

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from metering.contracts import DLQ_REASONS
 from metering.domain.shard import Record, ShardConfig, ShardState
 from streamtoll.traffic import otlp_export, otlp_point
-from tests.unit.decoders.helpers import NOW, binary, limits
+from tests.unit.decoders.helpers import NOW, TS0, binary, limits
 
 REASONS = set(DLQ_REASONS)
 Headers = list[tuple[str, bytes | None]]
@@ -185,9 +185,7 @@ Item = bytes | None | tuple[bytes | None, Headers]
 
 def fold(kind: str, values: list[Item]) -> tuple[ShardState, Any]:
     state = ShardState(f"{kind}/0", cfg(kind))
-    records = [
-        Record(i, 1_000 + i, *v) if isinstance(v, tuple) else Record(i, 1_000 + i, v) for i, v in enumerate(values)
-    ]
+    records = [Record(i, TS0 + i, *v) if isinstance(v, tuple) else Record(i, TS0 + i, v) for i, v in enumerate(values)]
     return state, state.fold(records, limits())
 
 

@@ -6,7 +6,7 @@ from typing import Any
 import orjson
 
 from metering.domain.shard import HOUR_MS, Record, ShardConfig, ShardState
-from tests.unit.decoders.helpers import NOW, limits
+from tests.unit.decoders.helpers import NOW, TS0, limits
 
 T0 = "2026-11-10T10:15:00Z"
 
@@ -30,7 +30,7 @@ def proxy(i: str, nbytes: int = 10, time: str = T0, principal: str = "User:a") -
 
 
 def recs(values: list[bytes | None], start: int = 0, ts: int = 1_000) -> list[Record]:
-    return [Record(start + i, ts + i, v) for i, v in enumerate(values)]
+    return [Record(start + i, TS0 + ts + i, v) for i, v in enumerate(values)]
 
 
 def totals(state: ShardState) -> dict[Any, list[int]]:
@@ -87,8 +87,10 @@ def test_old_hours_leave_memory() -> None:
     st = ShardState("p/0", cfg())
     st.fold(recs([proxy("a", time="2026-10-10T10:00:00Z")]), limits())
     assert len(st.hours) == 1
-    later = limits(now=NOW.replace(month=12))
-    st.fold(recs([proxy("b", time="2026-11-30T10:00:00Z")], start=1), later)
+    # a month later by the records' Kafka timestamps (the shard's stream time), whatever the
+    # wall clock says: the October hour has ended more than MAX_LATENESS before it
+    month_ms = int((NOW.replace(month=12) - NOW).total_seconds() * 1000)
+    st.fold(recs([proxy("b", time="2026-11-30T10:00:00Z")], start=1, ts=month_ms), limits())
     assert [k[1] for k in st.hours] == [int(NOW.replace(month=11, day=30, hour=10).timestamp() * 1000)]
 
 
