@@ -18,9 +18,10 @@ Totals are kept per shard on purpose: the usage windows topic carries one total 
 from __future__ import annotations
 
 import base64
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from metering.decoders import confluent_audit, otlp, proxy
 from metering.decoders.common import Headers, Invalid, Limits, is_binary
@@ -35,10 +36,31 @@ from metering.domain.events import (
     event_key,
 )
 
-__all__ = ["BatchResult", "HeadersUnreadable", "InRecord", "Record", "Scan", "ShardState", "WindowKey"]
+__all__ = [
+    "COLD_HELD_LIMIT",
+    "HOUR_MS",
+    "BatchResult",
+    "ColdRef",
+    "HeadersUnreadable",
+    "InRecord",
+    "Record",
+    "Scan",
+    "SegmentLoader",
+    "ShardError",
+    "ShardState",
+    "WindowKey",
+]
 
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
+# Hours kept whole in memory: the stream time's hour and this many before it. Earlier (cold)
+# hours are segments on the state topic, read back when a late record lands in them.
+HOT_HOURS = 2
+# Windows of cold hours read back and kept for the next late records (oldest read goes first).
+COLD_CACHE_WINDOWS = 100_000
+# Windows of cold hours held in memory (changed since their segment) past which a shard writes
+# its segments at once rather than at the next round.
+COLD_HELD_LIMIT = 100_000
 
 # (source, principal, client_id, virtual_cluster, topic, direction)
 WindowKey = tuple[str, str, str, str, str, str]
@@ -122,6 +144,22 @@ class BatchResult:
     counter_resets: int = 0
 
 
+class ShardError(Exception):
+    """A shard's state cannot be read (a bug or a state topic that lost what it must keep)."""
+
+
+class ColdRef(NamedTuple):
+    """Where a cold hour's segment is: offsets in the shard's state partition (one per part),
+    and when it was written (wall clock, ms: old segments are rewritten before retention)."""
+
+    offsets: list[int]
+    written_ms: int
+
+
+# reads the changelog entries at these offsets of the shard's state partition (committed ones)
+SegmentLoader = Callable[[str, list[int]], list[dict[str, Any]]]
+
+
 @dataclass
 class Scan:
     """What a batch's scan hands to the state step (besides what it put in the BatchResult)."""
@@ -151,7 +189,15 @@ class ShardState:
         self.hours: dict[tuple[WindowKey, int], list[int]] = {}
         self.next_offset = -1  # input offset after the last folded record
         self.stream_ms = 0  # the newest Kafka timestamp folded (see scan)
+        self.cold: dict[int, ColdRef] = {}  # cold hour → where its segment is
+        self._cache: OrderedDict[int, dict[WindowKey, tuple[int, ...]]] = OrderedDict()  # segments read
+        self.load_segment: SegmentLoader | None = None  # set by the engine
+        self.cold_loads = 0
+        self.cold_held = 0  # about how many windows of cold hours are held (see dirty_cold)
+        # (state-topic offset, dedup time) of the entries carrying dedup keys, oldest first
+        self.key_marks: deque[tuple[int, int]] = deque()
         self.snapshot_seen = False  # while restoring: a full snapshot was replayed
+        self.restore_from: int | None = None  # while restoring: the last snapshot's dedup_from
 
     # -- the hot step ------------------------------------------------------------------------
 
@@ -260,12 +306,17 @@ class ShardState:
         if new_keys:
             self.dedup.add_many(new_keys, max_ts)
         hours = self.hours
+        hot = self.hot_from()
         changed: dict[tuple[WindowKey, int], list[int]] = {}
         for mk, (b, r, q, d) in minutes.items():
             hk = (mk[:6], mk[6] - mk[6] % HOUR_MS)
             h = hours.get(hk)
             if h is None:
-                h = hours[hk] = [0, 0, 0, 0]
+                # a cold hour's window starts from its segment (read once, then cached)
+                base = self._cold_rows(hk[1]).get(hk[0]) if hk[1] in self.cold else None
+                h = hours[hk] = [0, 0, 0, 0] if base is None else list(base)
+                if hk[1] < hot:
+                    self.cold_held += 1
             h[0] += b
             h[1] += r
             h[2] += q
@@ -276,6 +327,9 @@ class ShardState:
         # total is published (a record early in the batch may have changed it) and it is let go
         for hk in [hk for hk in hours if hk[1] < cutoff]:
             del hours[hk]
+        for hour in [h for h in self.cold if h < cutoff]:
+            del self.cold[hour]
+            self._cache.pop(hour, None)
         out.hours = changed
         out.changelog = {
             "v": 1,
@@ -336,19 +390,117 @@ class ShardState:
             (FLAG_COUNTER_RESET,) if got.reset else (),
         )
 
+    # -- cold hours ----------------------------------------------------------------------------
+
+    def hot_from(self) -> int:
+        """The first hour kept whole in memory: the stream time's hour and the ``HOT_HOURS``
+        before it. Earlier hours live in segments on the state topic (see the module docstring)."""
+        return self.stream_ms - self.stream_ms % HOUR_MS - HOT_HOURS * HOUR_MS
+
+    def dirty_cold(self) -> int:
+        """Windows of cold hours held in memory (changed since their hour's segment)."""
+        hot = self.hot_from()
+        return sum(1 for hk in self.hours if hk[1] < hot)
+
+    def cold_due(self, refresh_before_ms: int | None = None, max_refresh: int = 24) -> list[int]:
+        """The cold hours whose segment must be (re)written: those with windows held in memory
+        (changed since their segment, or just gone cold), and up to ``max_refresh`` segments
+        written before ``refresh_before_ms`` (wall clock; so that the state topic's retention
+        never deletes a segment still in use)."""
+        hot = self.hot_from()
+        due = sorted({hk[1] for hk in self.hours if hk[1] < hot})
+        if refresh_before_ms is not None:
+            stale = sorted(h for h, ref in self.cold.items() if ref.written_ms < refresh_before_ms and h not in due)
+            due += stale[:max_refresh]
+        return due
+
+    def segment(self, hour: int) -> dict[str, Any]:
+        """The changelog entry holding every window of a cold ``hour``: its segment so far with
+        the windows changed since laid over it. It is a valid delta entry too (full totals)."""
+        rows = dict(self._cold_rows(hour))
+        for hk, v in self.hours.items():
+            if hk[1] == hour:
+                rows[hk[0]] = tuple(v)
+        return {
+            "v": 2,
+            "shard": self.name,
+            "kind": "segment",
+            "offset": self.next_offset,
+            "dedup_ts": self.dedup.newest_ms,
+            "stream_ms": self.stream_ms,
+            "dedup": "",
+            "counters": [],
+            "hour": hour,
+            "hours": [[*wk, hour, *v] for wk, v in rows.items()],
+        }
+
+    def set_cold(self, hour: int, offsets: list[int], written_ms: int, entry: dict[str, Any]) -> None:
+        """The segment ``entry`` of ``hour`` was written at ``offsets`` of the shard's state
+        partition: the hour's windows leave memory (the segment is kept in the cache)."""
+        self.cold[hour] = ColdRef(offsets, written_ms)
+        for hk in [hk for hk in self.hours if hk[1] == hour]:
+            del self.hours[hk]
+        self.cold_held = self.dirty_cold()
+        self._cache_put(hour, {tuple(row[:6]): tuple(row[7:11]) for row in entry["hours"]})
+
+    def _cold_rows(self, hour: int) -> dict[WindowKey, tuple[int, ...]]:
+        """The windows of a cold hour as its last segment holds them (empty: never written)."""
+        cache = self._cache
+        rows = cache.get(hour)
+        if rows is not None:
+            cache.move_to_end(hour)
+            return rows
+        ref = self.cold.get(hour)
+        if ref is None:
+            return {}
+        if self.load_segment is None:
+            raise ShardError(f"shard {self.name} has no way to read its segment of hour {hour}")
+        rows = {}
+        for entry in self.load_segment(self.name, ref.offsets):
+            if entry.get("shard") == self.name and entry.get("hour") == hour:
+                for row in entry["hours"]:
+                    rows[tuple(row[:6])] = tuple(row[7:11])
+        self.cold_loads += 1
+        self._cache_put(hour, rows)
+        return rows
+
+    def _cache_put(self, hour: int, rows: dict[WindowKey, tuple[int, ...]]) -> None:
+        cache = self._cache
+        cache.pop(hour, None)
+        cache[hour] = rows
+        held = sum(len(r) for r in cache.values())
+        while len(cache) > 1 and held > COLD_CACHE_WINDOWS:
+            _, gone = cache.popitem(last=False)
+            held -= len(gone)
+
     # -- changelog ---------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
-        """A changelog entry holding every counter and live window (dedup keys travel as deltas)."""
+    def dedup_from(self) -> int | None:
+        """The state-topic offset of the oldest entry whose dedup keys are still within the
+        horizon (by the records' Kafka time, as the dedup set keeps them); None: no such entry.
+        A restore reads the state topic from there, however long ago in wall-clock time that
+        was written (a backlog metered slower than real time)."""
+        marks, cutoff = self.key_marks, self.dedup.newest_ms - self.dedup.horizon_ms
+        while marks and marks[0][1] < cutoff:
+            marks.popleft()
+        return marks[0][0] if marks else None
+
+    def snapshot(self, dedup_from: int | None = None) -> dict[str, Any]:
+        """A checkpoint: every counter, the windows held in memory (the hot hours, and cold
+        windows not yet in a segment), where each cold hour's segment is, and ``dedup_from``:
+        the state-topic offset of the oldest entry whose dedup keys are still needed (None: none
+        before this one). Dedup keys travel in the deltas."""
         self.snapshot_seen = False  # while restoring: a full snapshot was replayed
         return {
-            "v": 1,
+            "v": 2,
             "shard": self.name,
             "kind": "snapshot",
             "offset": self.next_offset,
             "dedup_ts": self.dedup.newest_ms,
             "stream_ms": self.stream_ms,
             "dedup": "",
+            "dedup_from": dedup_from,
+            "cold": [[h, ref.written_ms, *ref.offsets] for h, ref in sorted(self.cold.items())],
             "counters": [[list(s), *v] for s, v in self.counters.items()],
             "hours": [[*hk[0], hk[1], *v] for hk, v in self.hours.items()],
         }
@@ -357,21 +509,25 @@ class ShardState:
     def split(entry: dict[str, Any], max_items: int = 20_000) -> list[dict[str, Any]]:
         """One entry as records of at most ``max_items`` counters + windows each, so a large
         state never makes a Kafka record too big. The first part keeps the entry's kind (a
-        snapshot resets the state there) and the dedup keys; the others are ``part``s applied
-        on top. All parts go in one transaction, so a restore sees all of them or none."""
+        snapshot resets the state there), the dedup keys and the cold index; the others are
+        ``part``s applied on top (a segment's parts are all ``segment``s of the same hour). All
+        parts go in one transaction, so a restore sees all of them or none."""
         items = [("counters", c) for c in entry["counters"]] + [("hours", h) for h in entry["hours"]]
         if len(items) <= max_items:
             return [entry]
         parts = []
+        first = entry["kind"]
         for n, i in enumerate(range(0, len(items), max_items)):
             chunk = items[i : i + max_items]
             part = {
                 **entry,
-                "kind": entry["kind"] if n == 0 else "part",
+                "kind": first if n == 0 or first == "segment" else "part",
                 "dedup": entry["dedup"] if n == 0 else "",
                 "counters": [c for k, c in chunk if k == "counters"],
                 "hours": [h for k, h in chunk if k == "hours"],
             }
+            if n and "cold" in part:
+                part["cold"] = []
             parts.append(part)
         return parts
 
@@ -379,13 +535,21 @@ class ShardState:
         """Apply one changelog entry (in changelog order) while restoring."""
         if entry.get("shard") != self.name:
             return
-        if entry["kind"] == "snapshot":
+        kind = entry["kind"]
+        if kind == "segment":  # read when its hour is needed (through the cold index), not here
+            return
+        if kind == "snapshot":
             self.snapshot_seen = True
             self.counters = {}
             self.hours = {}
+            self.cold = {}
+            self._cache.clear()
+            self.restore_from = entry.get("dedup_from")
         raw = base64.b64decode(entry["dedup"])
         if raw:
             self.dedup.add_many((raw[i : i + 16] for i in range(0, len(raw), 16)), int(entry["dedup_ts"]))
+        for h, written_ms, *offsets in entry.get("cold", ()):
+            self.cold[h] = ColdRef(offsets, written_ms)
         for series, start, time_ns, value in entry["counters"]:
             self.counters[tuple(series)] = counters.SeriesState(start, time_ns, value)
         for row in entry["hours"]:

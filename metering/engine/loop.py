@@ -18,7 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from metering.contracts import dlq_record, iso_ms
 from metering.decoders.common import Limits
-from metering.domain.shard import HOUR_MS, BatchResult, InRecord, ShardConfig, ShardState
+from metering.domain.shard import COLD_HELD_LIMIT, HOUR_MS, BatchResult, InRecord, ShardConfig, ShardState
 from metering.engine.topics import MAX_MESSAGE, ensure_topics
 from metering.errors import EngineError, TopicError
 from metering.settings import MeteringSettings
@@ -40,10 +40,13 @@ def _sender(producer: Producer) -> Callable[..., None]:
     """``producer.produce`` that waits for room when the local queue is full (big batches)."""
     produce, poll = producer.produce, producer.poll
 
-    def send(topic: str, value: bytes, key: bytes | None = None, partition: int = -1) -> None:
+    def send(topic: str, value: bytes, key: bytes | None = None, partition: int = -1, on_delivery: Any = None) -> None:
         while True:
             try:
-                produce(topic, value, key=key, partition=partition)
+                if on_delivery is None:
+                    produce(topic, value, key=key, partition=partition)
+                else:
+                    produce(topic, value, key=key, partition=partition, on_delivery=on_delivery)
                 return
             except BufferError:
                 poll(0.05)
@@ -77,6 +80,7 @@ class Engine:
         self.last_error: str | None = None
         self._full_reads = 0  # shards the last restore had to rebuild from the state topic's start
         self._rebalancing = False  # between a revoke (or the join) and the next assignment
+        self._segment_reader: Consumer | None = None  # reads cold hours' segments (_load_segment)
 
     def stop(self) -> None:
         self._stop.set()
@@ -184,6 +188,10 @@ class Engine:
                 consumer.close()
         if producer is not None:
             producer.flush(5)
+        reader, self._segment_reader = self._segment_reader, None
+        if reader is not None:
+            with contextlib.suppress(KafkaException, RuntimeError):
+                reader.close()
         self.shards.clear()
 
     # -- rebalances ----------------------------------------------------------------------------
@@ -226,7 +234,7 @@ class Engine:
 
     def _new_shard(self, topic: str, partition: int) -> ShardState:
         s = self.settings
-        return ShardState(
+        shard = ShardState(
             f"{topic}/{partition}",
             ShardConfig(
                 source_kind=s.input_topics[topic],
@@ -237,30 +245,61 @@ class Engine:
                 counter_max_rate=s.counter_max_rate,
             ),
         )
+        shard.load_segment = self._load_segment
+        return shard
 
     def _restore(self, wanted: set[tuple[str, int]]) -> None:
         """Rebuild the wanted shards by replaying their changelog entries (committed only).
 
-        Every owned shard writes a full snapshot at least every ``snapshot_interval``, and dedup
-        keys older than the horizon no longer matter, so replaying the entries written since
-        ``now - horizon - 3 × interval`` rebuilds a shard. A shard with no snapshot in that span
-        (new, or its workers were all down for longer) is rebuilt from the topic's beginning.
+        A shard's state is its last checkpoint (a ``snapshot`` entry: counters, the windows held
+        in memory, where each cold hour's segment is) and the entries after it; its dedup keys
+        are in the entries from the checkpoint's ``dedup_from`` on. Every owned shard writes a
+        checkpoint every ``snapshot_interval``, so the entries written in the last few intervals
+        hold one: they are read first, then further back (8 × each time, to the topic's start)
+        for a shard without one there (new, or unowned for a while). Then, for a shard whose
+        dedup keys start before what was read, the span from ``dedup_from`` is read again: the
+        keys are found by position, however slowly (in wall-clock time) the records that brought
+        them were metered. Cold hours' segments are read later, when a late record needs them.
         """
         s = self.settings
-        since_ms = int((self.clock() - s.dedup_horizon_s - 3 * s.snapshot_interval_s) * 1000)
-        fresh = {k: self._new_shard(*k) for k in wanted}
-        self._replay({st.name: st for st in fresh.values()}, since_ms)
-        redo = {k for k, st in fresh.items() if not st.snapshot_seen}
-        self._full_reads = len(redo)
+        pending = set(wanted)
+        fresh: dict[tuple[str, int], ShardState] = {}
+        read_from: dict[int, int] = {}  # state partition → the first offset the last read covered
+        lookback: float | None = 3 * s.snapshot_interval_s
+        self._full_reads = 0
+        while pending:
+            fresh.update({k: self._new_shard(*k) for k in pending})
+            since_ms = None if lookback is None else int((self.clock() - lookback) * 1000)
+            read_from.update(self._replay({fresh[k].name: fresh[k] for k in pending}, since_ms=since_ms))
+            pending = {k for k in pending if not fresh[k].snapshot_seen}
+            if lookback is None:
+                break  # read from the start: a shard without a checkpoint is new
+            self._full_reads += len(pending)
+            lookback = None if lookback * 8 > s.state_retention_s else lookback * 8
+        redo: dict[tuple[str, int], int] = {}
+        for k, st in fresh.items():
+            part = _state_partition(st.name, s.state_partitions)
+            if st.restore_from is not None and st.restore_from < read_from.get(part, 0):
+                redo[k] = st.restore_from
         if redo:
             fresh.update({k: self._new_shard(*k) for k in redo})
-            self._replay({fresh[k].name: fresh[k] for k in redo}, None)
+            starts: dict[int, int] = {}
+            for k, off in redo.items():
+                part = _state_partition(fresh[k].name, s.state_partitions)
+                starts[part] = min(off, starts.get(part, off))
+            self._replay({fresh[k].name: fresh[k] for k in redo}, starts=starts)
         now = self.clock()
         for k, st in fresh.items():
+            st.cold_held = st.dirty_cold()
             self.shards[k] = st
             self._last_snapshot[k] = now
 
-    def _replay(self, by_name: dict[str, ShardState], since_ms: int | None) -> None:
+    def _replay(
+        self, by_name: dict[str, ShardState], since_ms: int | None = None, starts: dict[int, int] | None = None
+    ) -> dict[int, int]:
+        """Replay the state partitions of ``by_name`` from ``since_ms`` (wall clock, as Kafka
+        timestamps), from the ``starts`` offsets, or from the beginning; returns where each
+        partition's read began."""
         s = self.settings
         parts = sorted({_state_partition(name, s.state_partitions) for name in by_name})
         reader = Consumer(
@@ -274,14 +313,29 @@ class Engine:
                 "auto.offset.reset": "earliest",
             }
         )
+        began: dict[int, int] = {}
         try:
+            lows = {p: reader.get_watermark_offsets(TopicPartition(s.topic_state, p), 30)[0] for p in parts}
             start = [TopicPartition(s.topic_state, p, OFFSET_BEGINNING) for p in parts]
-            if since_ms is not None:
+            if starts is not None:
+                start = []
+                for p in parts:
+                    if starts[p] < lows[p]:
+                        log.error(
+                            "dedup keys a restore needs are gone from the state topic (STATE_RETENTION too short); "
+                            "records retried across this restart may count twice",
+                            extra={"partition": p, "needed_from": starts[p], "kept_from": lows[p]},
+                        )
+                    start.append(TopicPartition(s.topic_state, p, max(starts[p], lows[p])))
+            elif since_ms is not None:
                 found = reader.offsets_for_times([TopicPartition(s.topic_state, p, since_ms) for p in parts], 30)
                 # -1: nothing written since then; those partitions have nothing to replay
                 start = [tp for tp in found if tp.offset >= 0]
+                began = {p: 1 << 62 for p in parts}
+            for tp in start:
+                began[tp.partition] = lows[tp.partition] if tp.offset < 0 else tp.offset
             if not start:
-                return
+                return began
             # Read to the end each fetch reports (partition EOF), not to ListOffsets' answer:
             # the dev broker under-reports the log end there.
             reader.assign(start)
@@ -299,9 +353,54 @@ class Engine:
                         raise KafkaException(err)
                     shard = by_name.get((msg.key() or b"").decode("utf-8", "replace"))
                     if shard is not None:
-                        shard.replay(orjson.loads(msg.value() or b"{}"))
+                        entry = orjson.loads(msg.value() or b"{}")
+                        shard.replay(entry)
+                        if entry.get("dedup") and entry.get("shard") == shard.name:
+                            shard.key_marks.append((cast("int", msg.offset()), int(entry["dedup_ts"])))
         finally:
             reader.close()
+        return began
+
+    def _load_segment(self, name: str, offsets: list[int]) -> list[dict[str, Any]]:
+        """The committed changelog entries at ``offsets`` of shard ``name``'s state partition
+        (a cold hour's segment: its parts, written in one transaction)."""
+        s = self.settings
+        reader = self._segment_reader
+        if reader is None:
+            reader = self._segment_reader = Consumer(
+                {
+                    **s.kafka_config(),
+                    "group.id": f"{s.group_id}-segments",
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                    "fetch.queue.backoff.ms": 10,
+                    "fetch.wait.max.ms": 50,
+                }
+            )
+        partition = _state_partition(name, s.state_partitions)
+        wanted = set(offsets)
+        reader.assign([TopicPartition(s.topic_state, partition, min(offsets))])
+        found: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 60
+        while wanted:
+            if time.monotonic() > deadline:
+                raise EngineError(f"the segment of shard {name} at offsets {sorted(wanted)} could not be read in 60 s")
+            for msg in reader.consume(100, 0.2):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise KafkaException(err)
+                at = cast("int", msg.offset())
+                if at in wanted:
+                    wanted.discard(at)
+                    found.append(orjson.loads(msg.value() or b"{}"))
+                elif at > max(offsets):
+                    raise EngineError(
+                        f"the segment of shard {name} at offsets {sorted(wanted)} is not in the state topic"
+                    )
+        self.stats["cold_segments_read"] += 1
+        return found
 
     # -- the batch -----------------------------------------------------------------------------
 
@@ -324,14 +423,16 @@ class Engine:
             batch.append(m)
         now = self.clock()
         s = self.settings
-        # Owned shards with no records for a while still write a snapshot every interval, so a
-        # restore never has to read further back than a few intervals (see _restore).
-        idle = [
+        # Every owned shard, with records or not, writes a checkpoint every interval, so a
+        # restore finds one within a few intervals (see _restore); one holding too many windows
+        # of cold hours writes their segments and a checkpoint at once (bounded memory).
+        rounds = [
             k
             for k, st in self.shards.items()
-            if k not in by_shard and now - self._last_snapshot.get(k, now) >= s.snapshot_interval_s
+            if now - self._last_snapshot.get(k, now) >= s.snapshot_interval_s
+            or (k in by_shard and st.cold_held > COLD_HELD_LIMIT)
         ]
-        if not by_shard and not idle:
+        if not by_shard and not rounds:
             return
         limits = Limits(
             int(now * 1000), int(s.max_lateness_s * 1000), int(s.max_future_skew_s * 1000), s.max_event_bytes
@@ -345,13 +446,11 @@ class Engine:
             if shard is None:
                 raise EngineError(f"records from {topic}/{partition}, which this worker does not own")
             result = shard.fold(cast("list[InRecord]", records), limits)
-            self._publish(producer, topic, partition, shard, result, received_at, now)
+            self._publish(producer, topic, partition, shard, result, received_at)
             offsets.append(TopicPartition(topic, partition, result.next_offset))
             self._count(counts, shard.config.source_kind, result)
-        for k in idle:
-            shard = self.shards[k]
-            self._send_state(_sender(producer), shard.name, shard.snapshot())
-            self._last_snapshot[k] = now
+        if rounds:
+            self._round(producer, rounds, now, counts)
         if offsets:
             producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
         producer.commit_transaction(60)
@@ -359,7 +458,15 @@ class Engine:
         self.stats.update(counts)
         if now - self._stats_logged_at >= 30:
             self._stats_logged_at = now
-            log.info("metering progress", extra={"counts": dict(self.stats), "shards": len(self.shards)})
+            log.info(
+                "metering progress",
+                extra={
+                    "counts": dict(self.stats),
+                    "shards": len(self.shards),
+                    "windows_held": sum(len(st.hours) for st in self.shards.values()),
+                    "cold_hours": sum(len(st.cold) for st in self.shards.values()),
+                },
+            )
 
     def _publish(
         self,
@@ -369,7 +476,6 @@ class Engine:
         shard: ShardState,
         result: BatchResult,
         received_at: str,
-        now: float,
     ) -> None:
         s = self.settings
         send = _sender(producer)
@@ -437,18 +543,75 @@ class Engine:
                 orjson.dumps(doc3),
                 key=orjson.dumps([src, principal, client_id, vcluster, topic_, direction, start]),
             )
-        key = (topic, partition)
         entry = result.changelog
-        if now - self._last_snapshot.get(key, 0.0) >= s.snapshot_interval_s:
-            entry = shard.snapshot()
-            entry["dedup"] = result.changelog["dedup"]
-            self._last_snapshot[key] = now
-        self._send_state(send, shard.name, entry)
+        if entry["dedup"]:  # where its dedup keys are, for the checkpoints' dedup_from
+            ts = int(entry["dedup_ts"])
 
-    def _send_state(self, send: Callable[..., None], name: str, entry: dict[str, Any]) -> None:
+            def placed(n: int, offset: int) -> None:
+                if n == 0:  # the first part holds the keys
+                    shard.key_marks.append((offset, ts))
+
+            self._send_state(send, shard.name, entry, placed)
+        else:
+            self._send_state(send, shard.name, entry)
+
+    def _round(self, producer: Producer, keys: list[tuple[str, int]], now: float, counts: Stats) -> None:
+        """A state round for these shards, in the batch's transaction: the segments of their
+        cold hours that changed (or must be rewritten before the state topic's retention
+        deletes them), then, once Kafka has placed them (a flush inside the transaction gives
+        their offsets), a checkpoint per shard naming where every segment is."""
+        send = _sender(producer)
+        refresh_before = int((now - self.settings.state_retention_s / 2) * 1000)
+        written: list[tuple[ShardState, int, dict[str, Any], list[int], int]] = []
+        for k in keys:
+            shard = self.shards[k]
+            for hour in shard.cold_due(refresh_before):
+                entry = shard.segment(hour)
+                placed: list[int] = []
+                n = self._send_state(send, shard.name, entry, lambda _n, off, placed=placed: placed.append(off))  # type: ignore[misc]
+                written.append((shard, hour, entry, placed, n))
+                counts["segments_written"] += 1
+                counts["segment_windows_written"] += len(entry["hours"])
+        # the checkpoints need the offsets of the segments and of this transaction's deltas
+        if producer.flush(60) > 0:
+            raise EngineError("the state topic did not take a round's records within 60 s")
+        for shard, hour, entry, placed, n in written:
+            if len(placed) != n:
+                raise EngineError(f"{n - len(placed)} of the {n} records of a segment of {shard.name} were not placed")
+            shard.set_cold(hour, sorted(placed), int(now * 1000), entry)
+        for k in keys:
+            shard = self.shards[k]
+            self._send_state(send, shard.name, shard.snapshot(shard.dedup_from()))
+            self._last_snapshot[k] = now
+            counts["checkpoints"] += 1
+
+    def _send_state(
+        self,
+        send: Callable[..., None],
+        name: str,
+        entry: dict[str, Any],
+        on_placed: Callable[[int, int], Any] | None = None,
+    ) -> int:
+        """Send an entry (in parts when large) to the shard's state partition; ``on_placed(n,
+        offset)`` is told where part ``n`` went once Kafka has it. Returns the number of parts."""
         partition = _state_partition(name, self.settings.state_partitions)
-        for part in ShardState.split(entry):
-            send(self.settings.topic_state, orjson.dumps(part), key=name.encode(), partition=partition)
+        parts = ShardState.split(entry)
+        for n, part in enumerate(parts):
+            report = None
+            if on_placed is not None:
+
+                def report(err: Any, msg: Message, n: int = n, cb: Callable[[int, int], Any] = on_placed) -> None:
+                    if err is None:
+                        cb(n, cast("int", msg.offset()))
+
+            send(
+                self.settings.topic_state,
+                orjson.dumps(part),
+                key=name.encode(),
+                partition=partition,
+                on_delivery=report,
+            )
+        return len(parts)
 
     @staticmethod
     def _count(st: Stats, kind: str, r: BatchResult) -> None:

@@ -193,7 +193,9 @@ class FakeProducer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, bytes | None]] = []
 
-    def produce(self, topic: str, value: bytes, key: bytes | None = None, partition: int = -1) -> None:
+    def produce(
+        self, topic: str, value: bytes, key: bytes | None = None, partition: int = -1, on_delivery: Any = None
+    ) -> None:
         self.sent.append((topic, value, key))
 
     def poll(self, timeout: float) -> int:
@@ -229,7 +231,7 @@ def publish(
     shard = engine._new_shard(topic, partition)
     producer = FakeProducer()
     result = shard.fold(messages, lim)
-    engine._publish(producer, topic, partition, shard, result, received_at, NOW.timestamp())  # type: ignore[arg-type]
+    engine._publish(producer, topic, partition, shard, result, received_at)  # type: ignore[arg-type]
     out: dict[str, list[tuple[dict[str, Any], bytes | None]]] = {}
     names = {
         settings.topic_usage_windows: "usage-window",
