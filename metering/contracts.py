@@ -49,7 +49,7 @@ DLQ_REASONS: dict[str, str] = {
     "schema": "a required field is missing, a field has the wrong type or form, or an identifier is too long",
     "negative": "a count (bytes, records, a counter value) is negative",
     "too_large": "a count is over its limit",
-    "future": "the event time is further ahead of the worker's clock than the allowed skew",
+    "future": "the event time is further ahead of the partition's stream time than the allowed skew",
     "too_old": "the event time is older than the lateness limit",
     "counter_implausible": "a counter value or delta is NaN, infinite, over 2^63, or faster than the plausible rate",
 }

@@ -57,7 +57,8 @@ class Invalid(Exception):
 
 
 class Limits:
-    """Plausibility limits applied while decoding (from settings; a clock for past/future)."""
+    """Plausibility limits applied while decoding (from settings). ``now_ms`` is the time events
+    are judged against: the shard's stream time (see ``ShardState.scan``), never the wall clock."""
 
     __slots__ = ("max_event_bytes", "max_future_ms", "max_lateness_ms", "now_ms")
 
@@ -69,10 +70,15 @@ class Limits:
 
     def check_time(self, ms: int) -> None:
         if ms > self.now_ms + self.max_future_ms:
-            raise Invalid("future", f"event time is {(ms - self.now_ms) / 1000:.0f} s ahead of the clock")
+            raise Invalid(
+                "future",
+                f"event time is {(ms - self.now_ms) / 1000:.0f} s ahead of the stream time (newest Kafka timestamp)",
+            )
         if ms < self.now_ms - self.max_lateness_ms:
             raise Invalid(
-                "too_old", f"event time is {(self.now_ms - ms) / 86400000:.1f} days old, past the lateness limit"
+                "too_old",
+                f"event time is {(self.now_ms - ms) / 86400000:.1f} days before the stream time (newest Kafka "
+                "timestamp), past the lateness limit",
             )
 
 

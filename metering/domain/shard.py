@@ -192,6 +192,7 @@ class ShardState:
         self.cold: dict[int, ColdRef] = {}  # cold hour → where its segment is
         self._cache: OrderedDict[int, dict[WindowKey, tuple[int, ...]]] = OrderedDict()  # segments read
         self.load_segment: SegmentLoader | None = None  # set by the engine
+        self.cache_windows = COLD_CACHE_WINDOWS
         self.cold_loads = 0
         self.cold_held = 0  # about how many windows of cold hours are held (see dirty_cold)
         # (state-topic offset, dedup time) of the entries carrying dedup keys, oldest first
@@ -469,7 +470,7 @@ class ShardState:
         cache.pop(hour, None)
         cache[hour] = rows
         held = sum(len(r) for r in cache.values())
-        while len(cache) > 1 and held > COLD_CACHE_WINDOWS:
+        while len(cache) > 1 and held > self.cache_windows:
             _, gone = cache.popitem(last=False)
             held -= len(gone)
 

@@ -264,13 +264,15 @@ class Engine:
         s = self.settings
         pending = set(wanted)
         fresh: dict[tuple[str, int], ShardState] = {}
-        read_from: dict[int, int] = {}  # state partition → the first offset the last read covered
+        read_from: dict[tuple[str, int], int] = {}  # shard → the first offset of the read that found its checkpoint
         lookback: float | None = 3 * s.snapshot_interval_s
         self._full_reads = 0
         while pending:
             fresh.update({k: self._new_shard(*k) for k in pending})
             since_ms = None if lookback is None else int((self.clock() - lookback) * 1000)
-            read_from.update(self._replay({fresh[k].name: fresh[k] for k in pending}, since_ms=since_ms))
+            began = self._replay({fresh[k].name: fresh[k] for k in pending}, since_ms=since_ms)
+            for k in pending:
+                read_from[k] = began.get(_state_partition(fresh[k].name, s.state_partitions), 0)
             pending = {k for k in pending if not fresh[k].snapshot_seen}
             if lookback is None:
                 break  # read from the start: a shard without a checkpoint is new
@@ -278,8 +280,7 @@ class Engine:
             lookback = None if lookback * 8 > s.state_retention_s else lookback * 8
         redo: dict[tuple[str, int], int] = {}
         for k, st in fresh.items():
-            part = _state_partition(st.name, s.state_partitions)
-            if st.restore_from is not None and st.restore_from < read_from.get(part, 0):
+            if st.restore_from is not None and st.restore_from < read_from[k]:
                 redo[k] = st.restore_from
         if redo:
             fresh.update({k: self._new_shard(*k) for k in redo})
