@@ -19,6 +19,7 @@ from streamtoll.traffic import otlp_export, otlp_point
 from tests.unit.decoders.helpers import NOW, limits
 
 NOW_S = NOW.timestamp()
+TS = int(NOW_S * 1000)  # the records' Kafka timestamps: written when the samples were taken
 TOPICS = ("orders", "payments", "audit")
 
 
@@ -56,7 +57,7 @@ def test_an_exception_mid_record_leaves_the_state_as_before_and_a_redelivery_cou
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     st = shard()
-    first = st.fold([Record(0, 1_000, export(NOW_S - 600, (100, 200, 300)))], limits())
+    first = st.fold([Record(0, TS - 600_000, export(NOW_S - 600, (100, 200, 300)))], limits())
     assert metered(first) == {"orders": 100, "payments": 200, "audit": 300} and not first.rejected
     before = dict(st.counters)
     hours_before = {k: list(v) for k, v in st.hours.items()}
@@ -72,7 +73,7 @@ def test_an_exception_mid_record_leaves_the_state_as_before_and_a_redelivery_cou
         return real_apply(*args)
 
     monkeypatch.setattr(counters, "apply", apply_failing_on_the_second_point)
-    record = Record(1, 2_000, export(NOW_S - 300, (150, 260, 370)))
+    record = Record(1, TS - 300_000, export(NOW_S - 300, (150, 260, 370)))
     failed = st.fold([record], limits())
     assert calls == 2  # the first point had been applied when the second one raised
     assert [(r.offset(), rej.reason) for r, rej in failed.rejected] == [(1, "schema")]
@@ -82,7 +83,7 @@ def test_an_exception_mid_record_leaves_the_state_as_before_and_a_redelivery_cou
 
     # the bug fixed, the same points re-delivered count their full deltas
     monkeypatch.setattr(counters, "apply", real_apply)
-    again = st.fold([Record(2, 3_000, export(NOW_S - 300, (150, 260, 370)))], limits())
+    again = st.fold([Record(2, TS - 299_000, export(NOW_S - 300, (150, 260, 370)))], limits())
     assert not again.rejected
     assert metered(again) == {"orders": 50, "payments": 60, "audit": 70}
     assert [v.value for v in st.counters.values()] == [150, 260, 370]
@@ -92,7 +93,7 @@ def test_a_record_with_a_rejected_point_still_counts_its_good_points() -> None:
     """All or nothing is about exceptions: a point the rules reject (an implausible delta) is
     dead-lettered alone and the record's other points count, as before."""
     st = shard()
-    st.fold([Record(0, 1_000, export(NOW_S - 600, (100, 200, 300)))], limits())
-    out = st.fold([Record(1, 2_000, export(NOW_S - 599, (150, 10**15, 370)))], limits())
+    st.fold([Record(0, TS - 600_000, export(NOW_S - 600, (100, 200, 300)))], limits())
+    out = st.fold([Record(1, TS - 599_000, export(NOW_S - 599, (150, 10**15, 370)))], limits())
     assert [rej.reason for _, rej in out.rejected] == ["counter_implausible"]
     assert metered(out) == {"orders": 50, "audit": 70}
