@@ -1372,7 +1372,12 @@ def build_parser() -> argparse.ArgumentParser:
     bi = command(bench, "ingest", cmd_bench_ingest, "worker throughput on proxy audit records vs. a raw consumer")
     bi.add_argument("--events", type=_positive, default=1_000_000, help="records to meter")
     bi.add_argument("--workers", type=_positive, default=1, help="worker processes")
-    bm = command(bench, "memory", cmd_bench_memory, "worker RSS holding N live series (window keys)")
+    bm = command(
+        bench,
+        "memory",
+        cmd_bench_memory,
+        "worker RSS holding N live series; with --hours, a history: RSS, state per snapshot round, restart",
+    )
     bm.add_argument(
         "--series",
         type=_positive,
