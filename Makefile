@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/streamtoll --log-level WARNING bench ingest --events 1000000
 	$(BIN)/streamtoll --log-level WARNING bench ingest --events 1000000 --workers 2
 	$(BIN)/streamtoll --log-level WARNING bench memory --series 100000
+	$(BIN)/streamtoll --log-level WARNING bench memory --series 1000 --hours 241
 	$(BIN)/streamtoll --log-level WARNING bench gateway --messages 300000
 	$(BIN)/streamtoll --log-level WARNING bench billing --accounts 1000 --clients 20
 	$(BIN)/streamtoll --log-level WARNING bench api --clients 1000

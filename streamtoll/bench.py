@@ -11,28 +11,37 @@ Both are measured in the same run on the same topic:
 Rates count input records per second of wall time. CPU seconds and peak RSS are the worker
 process's own (psutil). The worker's start (group join, state restore) is not counted: the clock
 starts when a worker logs that it owns partitions (polled every 20 ms).
+
+``streamtoll bench memory``: a worker's RSS holding N live series in the current hour; with
+``--hours N``, a worker metering a *history* (every series with traffic in each of the last N
+hours) and what holding it costs: RSS, bytes written to the state topic per snapshot round
+(``STATE_SNAPSHOT_INTERVAL`` 30 s in the bench, so rounds come quickly) and the restart time after
+``kill -9`` (:func:`bench_history`). Everything is measured from outside the worker process, so
+the figures compare state designs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamtoll.traffic import produce
 
-__all__ = ["IngestResult", "MemoryResult", "bench_ingest", "bench_memory"]
+__all__ = ["HistoryResult", "IngestResult", "MemoryResult", "bench_history", "bench_ingest", "bench_memory", "history"]
 
 PARTITIONS = 4
 
@@ -113,7 +122,7 @@ def _records(n: int, seed: int = 1) -> list[tuple[bytes, bytes]]:
 
 _BASELINE = r"""
 import sys, time, orjson
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 bootstrap, topic, total, parts = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-baseline", "fetch.queue.backoff.ms": 10,
               "enable.auto.commit": False})
@@ -303,6 +312,365 @@ def bench_memory(bootstrap: str, series: int = 100_000) -> MemoryResult:
         proc.terminate()
         proc.wait(30)
     return MemoryResult(series, idle / 2**20, loaded / 2**20, peak / 2**20)
+
+
+# -- bench memory --hours: a worker holding hours of history ------------------------------------
+
+SETTLE_ROUNDS = 3  # snapshot rounds watched once everything is committed
+RESTART_RECORDS = 100  # the small batch a restarted worker must commit
+
+
+@dataclass
+class HistoryResult:
+    """What ``bench memory --hours`` measured (sizes in MB of 2**20 bytes, times in seconds)."""
+
+    series: int
+    hours: int
+    records: int
+    windows: int  # hourly windows in the history: series × hours × 2 directions
+    snapshot_interval_s: float
+    produce_s: float  # making and producing the history
+    meter_s: float  # first record produced → every record committed by the worker
+    idle_rss_mb: float  # partitions held, nothing metered
+    peak_rss_mb: float
+    settled_rss_mb: float  # everything committed, then SETTLE_ROUNDS snapshot rounds
+    state_load_mb: float  # written to the state topic while metering the history
+    state_load_mb_per_round: float  # the same per snapshot interval (mean)
+    state_load_max_round_mb: float  # the most written in one snapshot interval while metering
+    state_idle_mb_per_round: float  # per snapshot interval, holding the history, no input
+    restore_s: float  # "restore_s" of the restarted worker's "partitions assigned" log line
+    restart_s: float  # start after kill -9 → assigned and a new batch committed
+    restarted_rss_mb: float  # the restarted worker's RSS once that batch is committed
+    run_s: float
+
+    def table(self) -> str:
+        return "\n".join(
+            [
+                f"history: series x hours x 2        {self.series:>9,} x {self.hours:,} x 2",
+                f"records / hourly windows           {self.records:>12,} / {self.windows:,}",
+                f"produced in                        {self.produce_s:>12.1f} s"
+                f"  ({self.records / max(self.produce_s, 1e-9):,.0f} rec/s)",
+                f"metered (first produced → committed) {self.meter_s:>10.1f} s"
+                f"  ({self.records / max(self.meter_s, 1e-9):,.0f} rec/s)",
+                f"worker RSS idle, partitions held   {self.idle_rss_mb:>12.1f} MB",
+                f"worker peak RSS                    {self.peak_rss_mb:>12.1f} MB",
+                f"worker RSS settled (all committed) {self.settled_rss_mb:>12.1f} MB",
+                f"state snapshot interval            {self.snapshot_interval_s:>12.0f} s"
+                "  (STREAMTOLL_STATE_SNAPSHOT_INTERVAL)",
+                f"state written while metering       {self.state_load_mb:>12.1f} MB"
+                f"  ({self.state_load_mb_per_round:,.1f} MB per round, at most {self.state_load_max_round_mb:,.1f})",
+                f"state written per round, idle      {self.state_idle_mb_per_round:>12.1f} MB",
+                f"restart after kill -9              {self.restart_s:>12.1f} s  (restore_s {self.restore_s:.1f})",
+                f"worker RSS after the restart       {self.restarted_rss_mb:>12.1f} MB",
+                f"bench run time                     {self.run_s:>12.0f} s",
+            ]
+        )
+
+
+def _rfc3339_ms(ms: int) -> bytes:
+    return (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z").encode()
+
+
+def history(series: int, hours: int, now: float, seed: int = 5) -> Iterator[list[tuple[bytes, bytes]]]:
+    """Proxy audit records, as (key, value), for ``series`` series (principal, client id, topic)
+    with produce and fetch traffic in each of the last ``hours`` hours: one list per hour.
+
+    Order: hour ascending (oldest first), as a worker catching up on an input topic that retains
+    those hours reads it; within an hour, the 2 × ``series`` records come in one fixed shuffled
+    order, so every input partition gets a share of every hour. Each record is the only one of its
+    window key in its hour: the history holds exactly ``2 × series × hours`` hourly windows.
+
+    Event times: in the current hour, spread over what has passed of it; in a past hour, in its
+    last minute, so the oldest of 840 hours (the default ``MAX_LATENESS``, 35 days) is not too old
+    for an hour after ``now``. Values are byte templates (one per series and direction, built once)
+    filled with ``%``: no ``json.dumps`` per record.
+    """
+    rnd = random.Random(seed)
+    keys: list[bytes] = []
+    templates: list[bytes] = []
+    for direction in ("produce", "fetch"):
+        for k in range(series):
+            principal = f"User:tenant-{k % 1000}"
+            keys.append(principal.encode())
+            templates.append(
+                (
+                    '{"specversion":"1.0","id":"h%d","source":"//bench","type":"io.streamtoll.kafka.'
+                    + direction
+                    + '","time":"%s","subject":"'
+                    + principal
+                    + f'","data":{{"client_id":"app-{k // 1000}","topic":"topic-{k % 7}","records":1,"bytes":100}}}}'
+                ).encode()
+            )
+    order = list(range(2 * series))
+    rnd.shuffle(order)
+    now_ms = int(now * 1000)
+    current = now_ms - now_ms % 3_600_000
+    seq = 0
+    for back in range(hours - 1, -1, -1):
+        start = current - back * 3_600_000
+        if back == 0:
+            times = [_rfc3339_ms(start + (now_ms - start) * j // 60) for j in range(60)]
+        else:
+            times = [_rfc3339_ms(start + 3_599_999 - 1001 * j) for j in range(60)]
+        yield [(keys[o], templates[o] % (seq + n, times[o % 60])) for n, o in enumerate(order)]
+        seq += len(order)
+
+
+def _produce_fast(bootstrap: str, topic: str, chunks: Iterable[list[tuple[bytes, bytes]]]) -> int:
+    """Produce every (key, value) of ``chunks`` in order; returns how many (all delivered).
+
+    Tuned for volume: 50 ms linger, 1 MB batches of up to 100k records, no compression, delivery
+    reports only for failures (no Python call per record)."""
+    errors: list[str] = []
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 50,
+            "batch.size": 1_000_000,
+            "batch.num.messages": 100_000,
+            "compression.type": "none",
+            "enable.idempotence": False,
+            "queue.buffering.max.messages": 1_000_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+            "delivery.report.only.error": True,
+            "on_delivery": lambda err, _msg: errors.append(str(err)),
+        }
+    )
+    produce, poll = p.produce, p.poll
+    n = 0
+    for chunk in chunks:
+        for key, value in chunk:
+            while True:
+                try:
+                    produce(topic, value, key)
+                    break
+                except BufferError:
+                    poll(0.05)
+        n += len(chunk)
+        poll(0)
+    left = p.flush(600)
+    if left or errors:
+        raise RuntimeError(f"producing the history failed: {left} undelivered, errors {errors[:3]}")
+    return n
+
+
+class _PeakRss(threading.Thread):
+    """The highest RSS of a process, sampled every 50 ms (and the kernel's VmHWM where there is one)."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        super().__init__(daemon=True)
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.05):
+            with contextlib.suppress(Exception):
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    def high_water(self) -> int:
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return max(self.peak, int(line.split()[1]) * 1024)
+        return self.peak
+
+
+def _assigned(log: Path) -> float | None:
+    """``restore_s`` of the first "partitions assigned" line of a worker's JSON log, if any."""
+    for line in log.read_text(errors="replace").splitlines():
+        if "partitions assigned" in line:
+            with contextlib.suppress(ValueError):
+                doc = json.loads(line)
+                if doc.get("msg") == "partitions assigned":
+                    return float(doc.get("restore_s", 0.0))
+    return None
+
+
+def _state_bytes(bootstrap: str, topic: str) -> dict[int, int]:
+    """Bytes (key + value) of every record of ``topic`` — aborted transactions included — by its
+    timestamp in ms (the writer's clock: the worker runs on this machine)."""
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-state-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_uncommitted",
+            "fetch.queue.backoff.ms": 10,
+        }
+    )
+    by_ms: dict[int, int] = {}
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        pending = set(parts)
+        deadline = time.monotonic() + 600
+        while pending and time.monotonic() < deadline:
+            for m in c.consume(10_000, 0.5):
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(m.partition())
+                        continue
+                    raise KafkaException(err)
+                ms = m.timestamp()[1]
+                by_ms[ms] = by_ms.get(ms, 0) + len(m.value() or b"") + len(m.key() or b"")
+        if pending:
+            raise RuntimeError(f"reading {topic} back took over 600 s")
+    finally:
+        c.close()
+    return by_ms
+
+
+def _between(by_ms: dict[int, int], t0: float, t1: float) -> int:
+    """Bytes written from ``t0`` to ``t1`` (epoch seconds)."""
+    return sum(b for ms, b in by_ms.items() if t0 * 1000 <= ms < t1 * 1000)
+
+
+def bench_history(bootstrap: str, series: int, hours: int, snapshot_interval_s: int = 30) -> HistoryResult:
+    """One worker meters a history (:func:`history`) produced while it runs; then it is left idle
+    for ``SETTLE_ROUNDS`` snapshot rounds, killed with SIGKILL and started again.
+
+    Measured in the same run, from outside the worker (nothing here depends on how it keeps its
+    state): its RSS idle, at its peak and settled; the bytes it wrote to the state topic (read
+    back at the end, bucketed by record timestamp) while metering and per snapshot interval once
+    idle; and its restart: from the new process's start until it has logged "partitions assigned"
+    and committed ``RESTART_RECORDS`` records produced after the kill.
+    """
+    import psutil
+
+    t_start = time.monotonic()
+    tag = uuid.uuid4().hex[:8]
+    topic = f"bench{tag}.proxy-audit"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for fut in admin.create_topics([NewTopic(topic, PARTITIONS, 1)]).values():
+        fut.result()
+    bench_env = _bench_env(bootstrap, topic, tag)
+    env = {
+        **os.environ,
+        **bench_env,
+        "STREAMTOLL_INSTANCE_ID": "h0",
+        "STREAMTOLL_STATE_SNAPSHOT_INTERVAL": f"{snapshot_interval_s}s",
+    }
+    logdir = Path(tempfile.mkdtemp(prefix="streamtoll-bench-"))
+    group = f"bench{tag}"
+
+    def start(name: str) -> tuple[subprocess.Popen[bytes], Path]:
+        path = logdir / name
+        with open(path, "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "streamtoll.cli", "worker"], env=env, stdout=log, stderr=log)
+        return proc, path
+
+    def alive(proc: subprocess.Popen[bytes], what: str) -> None:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the worker exited while {what}; logs in {logdir}")
+
+    proc, log = start("worker.log")
+    watch = _PeakRss(proc.pid)
+    try:
+        deadline = time.monotonic() + 120
+        while _assigned(log) is None:
+            alive(proc, "starting")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not start; log in {logdir}")
+            time.sleep(0.1)
+        time.sleep(2)
+        idle = psutil.Process(proc.pid).memory_info().rss
+        watch.start()
+
+        t_load0 = time.time()
+        total = _produce_fast(bootstrap, topic, history(series, hours, t_load0))
+        produce_s = time.time() - t_load0
+        deadline = time.monotonic() + max(900.0, total / 5_000)
+        while _committed(bootstrap, group, topic) < total:
+            alive(proc, "metering the history")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not meter the history in time; log in {logdir}")
+            time.sleep(0.2)
+        t_done = time.time()
+
+        settle_until = time.monotonic() + SETTLE_ROUNDS * snapshot_interval_s + 5
+        while time.monotonic() < settle_until:
+            alive(proc, "holding the history")
+            time.sleep(0.5)
+        t_settled = time.time()
+        settled = psutil.Process(proc.pid).memory_info().rss
+        peak = max(watch.high_water(), settled)
+        watch.done.set()
+
+        proc.kill()  # kill -9: no graceful shutdown, nothing flushed
+        proc.wait(30)
+        t0 = time.monotonic()
+        proc, log = start("worker-restarted.log")
+        now = time.time()
+        principal = b"User:tenant-restart"
+        extra = _produce_fast(
+            bootstrap,
+            topic,
+            [
+                [
+                    (
+                        principal,
+                        b'{"specversion":"1.0","id":"r%d","source":"//bench","type":"io.streamtoll.kafka.produce",'
+                        b'"time":"%s","subject":"User:tenant-restart","data":{"topic":"topic-0","records":1,"bytes":100}}'
+                        % (i, _rfc3339_ms(int(now * 1000) - i)),
+                    )
+                    for i in range(RESTART_RECORDS)
+                ]
+            ],
+        )
+        deadline = time.monotonic() + 600
+        restore_s = None
+        while True:
+            alive(proc, "restarting")
+            if restore_s is None:
+                restore_s = _assigned(log)
+            if restore_s is not None and _committed(bootstrap, group, topic) >= total + extra:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the restarted worker did not commit the new records; logs in {logdir}")
+            time.sleep(0.05)
+        restart_s = time.monotonic() - t0
+        assert restore_s is not None
+        restarted = psutil.Process(proc.pid).memory_info().rss
+    finally:
+        watch.done.set()
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
+
+    state = _state_bytes(bootstrap, bench_env["STREAMTOLL_TOPIC_STATE"])
+    rounds_loading = max((t_done - t_load0) / snapshot_interval_s, 1.0)
+    load = _between(state, t_load0, t_done)
+    per_round = [
+        _between(state, t_load0 + i * snapshot_interval_s, min(t_load0 + (i + 1) * snapshot_interval_s, t_done))
+        for i in range(int(rounds_loading) + 1)
+    ]
+    idle_state = _between(state, t_settled - SETTLE_ROUNDS * snapshot_interval_s, t_settled)
+    mb = 2**20
+    return HistoryResult(
+        series=series,
+        hours=hours,
+        records=total,
+        windows=2 * series * hours,
+        snapshot_interval_s=snapshot_interval_s,
+        produce_s=round(produce_s, 2),
+        meter_s=round(t_done - t_load0, 2),
+        idle_rss_mb=round(idle / mb, 1),
+        peak_rss_mb=round(peak / mb, 1),
+        settled_rss_mb=round(settled / mb, 1),
+        state_load_mb=round(load / mb, 2),
+        state_load_mb_per_round=round(load / rounds_loading / mb, 2),
+        state_load_max_round_mb=round(max(per_round) / mb, 2),
+        state_idle_mb_per_round=round(idle_state / SETTLE_ROUNDS / mb, 2),
+        restore_s=restore_s,
+        restart_s=round(restart_s, 2),
+        restarted_rss_mb=round(restarted / mb, 1),
+        run_s=round(time.monotonic() - t_start, 1),
+    )
 
 
 def _bench_env(bootstrap: str, topic: str, tag: str) -> dict[str, str]:

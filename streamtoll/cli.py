@@ -1075,12 +1075,27 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_memory(args: argparse.Namespace) -> int:
-    from streamtoll.bench import bench_memory
+    from streamtoll.bench import HistoryResult, MemoryResult, bench_history, bench_memory
 
-    with _kafka(_settings()) as settings:
-        assert settings.kafka_bootstrap
-        result = bench_memory(settings.kafka_bootstrap, args.series)
-    print(result.table())
+    settings = _settings()
+    if args.hours is None and args.snapshot_interval is not None:
+        raise UserError("--snapshot-interval applies to a history: give --hours too")
+    if args.hours is not None and args.hours * 3600 > settings.max_lateness_s:
+        raise UserError(
+            f"--hours {args.hours} is older than STREAMTOLL_MAX_LATENESS allows "
+            f"(at most {int(settings.max_lateness_s // 3600)} hours): the worker would refuse the oldest records"
+        )
+    with _kafka(settings) as s:
+        assert s.kafka_bootstrap
+        result: HistoryResult | MemoryResult
+        if args.hours is None:
+            result = bench_memory(s.kafka_bootstrap, args.series or 100_000)
+        else:
+            result = bench_history(s.kafka_bootstrap, args.series or 1_000, args.hours, args.snapshot_interval or 30)
+    if args.output == "json":
+        print_document(result, "json")
+    else:
+        print(result.table())
     return 0
 
 
@@ -1357,8 +1372,33 @@ def build_parser() -> argparse.ArgumentParser:
     bi = command(bench, "ingest", cmd_bench_ingest, "worker throughput on proxy audit records vs. a raw consumer")
     bi.add_argument("--events", type=_positive, default=1_000_000, help="records to meter")
     bi.add_argument("--workers", type=_positive, default=1, help="worker processes")
-    bm = command(bench, "memory", cmd_bench_memory, "worker RSS holding N live series (window keys)")
-    bm.add_argument("--series", type=_positive, default=100_000, help="window keys to hold")
+    bm = command(
+        bench,
+        "memory",
+        cmd_bench_memory,
+        "worker RSS holding N live series; with --hours, a history: RSS, state per snapshot round, restart",
+    )
+    bm.add_argument(
+        "--series",
+        type=_positive,
+        default=None,
+        help="series (principal, client id, topic) to hold (default 100,000; 1,000 with --hours)",
+    )
+    bm.add_argument(
+        "--hours",
+        type=_positive,
+        default=None,
+        help="a history instead: every series has produce and fetch traffic in each of the last N hours "
+        "(N up to STREAMTOLL_MAX_LATENESS, 840 hours by default); reports RSS, state topic bytes per "
+        "snapshot round and the restart time after kill -9",
+    )
+    bm.add_argument(
+        "--snapshot-interval",
+        type=_positive,
+        default=None,
+        help="with --hours: the worker's STREAMTOLL_STATE_SNAPSHOT_INTERVAL in seconds (default 30)",
+    )
+    _output(bm, ("table", "json"))
     bg = command(bench, "gateway", cmd_bench_gateway, "produce and consume throughput through the gateway vs direct")
     bg.add_argument("--messages", type=_positive, default=300_000, help="records per leg")
     bg.add_argument("--size", type=_positive, default=200, help="value bytes per record")

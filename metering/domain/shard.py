@@ -353,22 +353,50 @@ class ShardState:
         changed_series: set[tuple[str, ...]],
         out: BatchResult,
     ) -> None:
+        """Apply one OTLP record's samples: all of them or, if anything raises, none.
+
+        The samples advance an overlay holding the series they touch (copied from
+        ``self.counters`` on first touch), and the record's events, rejections and resets are
+        staged; all of it reaches the state and ``out`` only once the last sample went through.
+        An unexpected exception on any sample (a bug: nothing here raises by design) leaves the
+        counters as they were before the record, so the record is dead-lettered whole (``fold``,
+        reason ``schema``) and a re-delivery of its points counts their full deltas. A point the
+        rules reject is not an exception: it is dead-lettered alone and the other points count.
+
+        Only OTLP records can have a partial effect: a proxy or audit record decodes to one event
+        (or none) without touching the state, and ``fold`` adds it only after the decode returned.
+        """
+        base = self.counters
+        overlay: counters.CounterState = {}
+        staged: list[UsageEvent] = []
+        rejected: list[tuple[InRecord, Rejection]] = []
+        touched: list[tuple[str, ...]] = []
+        resets = 0
         for item in items:
             if isinstance(item, Rejection):
-                out.rejected.append((rec, item))
+                rejected.append((rec, item))
                 continue
-            got = self._counter_event(item)
+            series = item.series
+            if series not in overlay and series in base:
+                overlay[series] = base[series]  # an immutable SeriesState: shared, not copied
+            got = self._counter_event(item, overlay)
             if isinstance(got, Rejection):
-                out.rejected.append((rec, got))
+                rejected.append((rec, got))
                 continue
-            changed_series.add(item.series)
+            touched.append(series)
             if got is not None:
                 if FLAG_COUNTER_RESET in got.flags:
-                    out.counter_resets += 1
-                events.append(got)
+                    resets += 1
+                staged.append(got)
+        # the whole record went through: its effect lands at once
+        base.update(overlay)
+        changed_series.update(touched)
+        out.rejected.extend(rejected)
+        out.counter_resets += resets
+        events.extend(staged)
 
-    def _counter_event(self, s: otlp.Sample) -> UsageEvent | Rejection | None:
-        got = counters.apply(self.counters, s, self.config.meter_since_ns, self.config.counter_max_rate)
+    def _counter_event(self, s: otlp.Sample, state: counters.CounterState) -> UsageEvent | Rejection | None:
+        got = counters.apply(state, s, self.config.meter_since_ns, self.config.counter_max_rate)
         if isinstance(got, Rejection):
             return got
         if got.amount == 0 and not got.reset:

@@ -30,7 +30,6 @@ NOT_DATA = {
     "broker",
     "caps",
     "bench ingest",
-    "bench memory",
     "bench gateway",
     "bench billing",
     "bench api",
@@ -154,6 +153,8 @@ def _cli(args: list[str], cwd: Path, **settings: str) -> subprocess.CompletedPro
         (["usage", "--from", "yesterday", "--to", "2026-12-01"], "'yesterday' is not a date"),
         (["--log-level", "loud", "settings"], "'loud' is not one of DEBUG, INFO, WARNING, ERROR"),
         (["api", "--bind", "8080"], "'8080' is not HOST:PORT"),
+        (["bench", "memory", "--hours", "841"], "at most 840 hours"),
+        (["bench", "memory", "--snapshot-interval", "60"], "give --hours too"),
     ],
 )
 def test_bad_input_is_refused_before_anything_starts(tmp_path: Path, args: list[str], says: str) -> None:
