@@ -174,14 +174,14 @@ def test_late_records_into_hours_weeks_back_stay_exact_through_kill_minus_9(
     rnd = random.Random()
     seed = rnd.randint(0, 10**6)
     topics = (settings.topic_proxy_audit, settings.topic_broker_metrics, settings.topic_broker_audit)
-    traffic = Traffic.make(time.time(), topics, n_proxy=80_000, seed=seed, span_s=3600)
-    cold_hours = set(traffic.add_cold_hours(16_000, 60, seed=seed + 1))
+    traffic = Traffic.make(time.time(), topics, n_proxy=100_000, seed=seed, span_s=3600)
+    cold_hours = set(traffic.add_cold_hours(20_000, 60, seed=seed + 1))
     log = logdir / "worker.log"
     worker = Worker(env, log).start()
     ends: dict[tuple[str, int], int] = {}
 
     def feed() -> None:
-        ends.update(produce(broker.bootstrap, traffic.records, pace=(2_000, 0.4)))
+        ends.update(produce(broker.bootstrap, traffic.records, pace=(2_000, 0.5)))
 
     feeder = threading.Thread(target=feed)
     feeder.start()
@@ -216,23 +216,26 @@ def test_late_records_into_hours_weeks_back_stay_exact_through_kill_minus_9(
     rows = _assert_windows(broker.bootstrap, settings, traffic.truth)
     dlq = read_all(broker.bootstrap, settings.topic_dlq, 4)
     assert Counter(d["reason"] for d in dlq) == traffic.dlq
-    # what the test claims to exercise: every cold hour is in the truth and was metered …
+    # what the test claims to exercise: every cold hour has windows …
     assert cold_hours <= {k[6] for k in traffic.truth}
     # … each cold (window, shard) was published in many batches …
     versions: dict[tuple[object, ...], set[int]] = defaultdict(set)
     for r in rows:
         if r["window_start"] in cold_hours:
-            key = (r["principal"], r["topic"], r["direction"], r["window_start"], r["shard"])
+            key = tuple(r[f] for f in ("source", "principal", "client_id", "virtual_cluster", "topic", "direction"))
+            key += (r["window_start"], r["shard"])
             versions[key].add(int(r["version"]))  # type: ignore[call-overload]
     assert len(versions) > 500 and sorted(len(v) for v in versions.values())[len(versions) // 2] >= 5
-    # … and, for each kill, some cold window was written before it and updated after the restart
+    # … and, for each kill, many cold windows were written before it and updated after the restart
     for n, offsets in enumerate(at_kill):
         straddle = [
             k
             for k, vs in versions.items()
-            if min(vs) <= offsets[(settings.topic_proxy_audit, int(str(k[4]).rsplit("/", 1)[1]))] < max(vs)
+            if min(vs) <= offsets[(settings.topic_proxy_audit, int(str(k[-1]).rsplit("/", 1)[1]))] < max(vs)
         ]
-        assert straddle, f"kill {n + 1}: no cold window was updated on both sides of it"
+        assert len(straddle) >= len(versions) // 10, (
+            f"kill {n + 1}: only {len(straddle)} of {len(versions)} cold windows were updated on both sides of it"
+        )
 
 
 # -- 3. replays do not depend on the clock -----------------------------------------------------------
