@@ -12,7 +12,7 @@ import random
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -213,6 +213,66 @@ class Traffic:
         tr._audit(rnd, principals, n=max(200, n_proxy // 20), span_s=span_s * 0.8)
         return tr
 
+    def add_cold_hours(
+        self,
+        n: int,
+        hours: int,
+        seed: int = 7,
+        days: tuple[float, float] = (1.0, 30.0),
+        principals: list[str] | None = None,
+        retry_share: float = 0.05,
+    ) -> list[str]:
+        """Interleave ``n`` late proxy audit records into :attr:`records`, landing in ``hours``
+        distinct hours between ``days[0]`` and ``days[1]`` days before :attr:`now` (inside the
+        default ``MAX_LATENESS`` of 35 days), and return those hours (ISO, as in the truth).
+
+        Decisions: each record goes to a uniformly random place in the stream, so every cold hour
+        is reached again and again from the first record to the last — in many batches and state
+        rounds, long after it was last touched. Few identities (``principals``, default four; two
+        topics, both directions, no client or virtual cluster) so each cold window and shard gets
+        a dozen updates or more rather than one. ``retry_share`` of them are sent again later in
+        the stream (same id, source and key: a duplicate within the dedup horizon, counted once).
+        """
+        rnd = random.Random(seed)
+        principals = principals or [f"User:tenant-{i}" for i in range(4)]
+        current = int(self.now) - int(self.now) % HOUR
+        back = rnd.sample(range(int(days[0] * 24) + 1, int(days[1] * 24) + 1), hours)
+        starts = [current - b * HOUR for b in back]
+        m = len(self.records)
+        late: list[tuple[int, int, tuple[str, bytes | None, bytes | None]]] = []  # (place, order, record)
+        for i in range(n):
+            principal = rnd.choice(principals)
+            t = rnd.choice(starts) + rnd.uniform(0, HOUR - 0.001)
+            direction = rnd.choice(("produce", "consume"))
+            topic = rnd.choice(("orders", "payments"))
+            nbytes, nrec = rnd.randint(100, 2_000_000), rnd.randint(1, 5000)
+            doc = {
+                "specversion": "1.0",
+                "id": str(uuid.UUID(int=rnd.getrandbits(128))),
+                "source": "//proxy/gw-late",
+                "type": "io.streamtoll.kafka.produce" if direction == "produce" else "io.streamtoll.kafka.fetch",
+                "time": rfc3339(t),
+                "subject": principal,
+                "data": {"topic": topic, "partition": 0, "records": nrec, "bytes": nbytes},
+            }
+            record = (self.proxy_topic, principal.encode(), json.dumps(doc).encode())
+            place = rnd.randint(0, m)
+            late.append((place, 2 * i, record))
+            self.add("proxy", principal, "", "", topic, direction, t, nbytes, nrec, 1)
+            if rnd.random() < retry_share:
+                late.append((min(m, place + rnd.randint(1, max(1, m // 10))), 2 * i + 1, record))
+        late.sort(key=lambda x: (x[0], x[1]))
+        merged: list[tuple[str, bytes | None, bytes | None]] = []
+        j = 0
+        for place in range(m + 1):
+            while j < len(late) and late[j][0] == place:
+                merged.append(late[j][2])
+                j += 1
+            if place < m:
+                merged.append(self.records[place])
+        self.records = merged
+        return sorted(hour_iso(st) for st in starts)
+
     def _metrics(self, rnd: random.Random, p1: str, p2: str, step_s: float = 60.0) -> None:
         """Cumulative counters from two brokers, one counter reset, duplicated exports: 120
         exports ``step_s`` apart, starting ``180 × step_s`` before now."""
@@ -294,9 +354,16 @@ class Traffic:
 
 
 def produce(
-    bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes | None]], pace: tuple[int, float] | None = None
+    bootstrap: str,
+    records: Iterable[tuple[str, bytes | None, bytes | None]],
+    pace: tuple[int, float] | None = None,
+    timestamps: Sequence[int] | None = None,
 ) -> dict[tuple[str, int], int]:
-    """Produce in order; returns the end offset per partition (from delivery reports)."""
+    """Produce in order; returns the end offset per partition (from delivery reports).
+
+    ``timestamps``: each record's Kafka timestamp (CreateTime, Unix ms), by position, as a
+    mirror or a replay writes records with their original times; default, the producer's clock.
+    """
     ends: dict[tuple[str, int], int] = {}
     errors: list[str] = []
 
@@ -319,7 +386,10 @@ def produce(
     for i, (topic, key, value) in enumerate(records):
         while True:
             try:
-                p.produce(topic, value, key=key, on_delivery=report)
+                if timestamps is None:
+                    p.produce(topic, value, key=key, on_delivery=report)
+                else:
+                    p.produce(topic, value, key=key, on_delivery=report, timestamp=timestamps[i])
                 break
             except BufferError:
                 p.poll(0.1)
