@@ -197,8 +197,6 @@ class ShardState:
         self.cold_held = 0  # about how many windows of cold hours are held (see dirty_cold)
         # (state-topic offset, dedup time) of the entries carrying dedup keys, oldest first
         self.key_marks: deque[tuple[int, int]] = deque()
-        self.snapshot_seen = False  # while restoring: a full snapshot was replayed
-        self.restore_from: int | None = None  # while restoring: the last snapshot's dedup_from
 
     # -- the hot step ------------------------------------------------------------------------
 
@@ -308,13 +306,16 @@ class ShardState:
             self.dedup.add_many(new_keys, max_ts)
         hours = self.hours
         hot = self.hot_from()
+        cold_base: dict[int, dict[WindowKey, tuple[int, ...]]] | None = None
         changed: dict[tuple[WindowKey, int], list[int]] = {}
         for mk, (b, r, q, d) in minutes.items():
             hk = (mk[:6], mk[6] - mk[6] % HOUR_MS)
             h = hours.get(hk)
             if h is None:
                 # a cold hour's window starts from its segment (read once, then cached)
-                base = self._cold_rows(hk[1]).get(hk[0]) if hk[1] in self.cold else None
+                if cold_base is None:
+                    cold_base = self._cold_base(minutes)
+                base = cold_base[hk[1]].get(hk[0]) if hk[1] in cold_base else None
                 h = hours[hk] = [0, 0, 0, 0] if base is None else list(base)
                 if hk[1] < hot:
                     self.cold_held += 1
@@ -472,26 +473,39 @@ class ShardState:
         self.cold_held = self.dirty_cold()
         self._cache_put(hour, {tuple(row[:6]): tuple(row[7:11]) for row in entry["hours"]})
 
+    def _cold_base(self, minutes: dict[tuple[str, str, str, str, str, str, int], list[int]]) -> dict[int, Any]:
+        """The segments of every cold hour a batch's minutes land in, read in one go (the ones
+        not in the cache from the state topic) and kept here for the batch, whatever the cache
+        lets go meanwhile."""
+        need = {mk[6] - mk[6] % HOUR_MS for mk in minutes}
+        base = {h: self._cache[h] for h in need if h in self._cache}
+        base.update(self._read_segments(sorted(h for h in need if h in self.cold and h not in base)))
+        return base
+
     def _cold_rows(self, hour: int) -> dict[WindowKey, tuple[int, ...]]:
         """The windows of a cold hour as its last segment holds them (empty: never written)."""
-        cache = self._cache
-        rows = cache.get(hour)
+        rows = self._cache.get(hour)
         if rows is not None:
-            cache.move_to_end(hour)
+            self._cache.move_to_end(hour)
             return rows
-        ref = self.cold.get(hour)
-        if ref is None:
+        return self._read_segments([hour]).get(hour, {})
+
+    def _read_segments(self, hours: list[int]) -> dict[int, dict[WindowKey, tuple[int, ...]]]:
+        hours = [h for h in hours if h in self.cold]
+        if not hours:
             return {}
         if self.load_segment is None:
-            raise ShardError(f"shard {self.name} has no way to read its segment of hour {hour}")
-        rows = {}
-        for entry in self.load_segment(self.name, ref.offsets):
-            if entry.get("shard") == self.name and entry.get("hour") == hour:
+            raise ShardError(f"shard {self.name} has no way to read its cold hours' segments")
+        read: dict[int, dict[WindowKey, tuple[int, ...]]] = {h: {} for h in hours}
+        for entry in self.load_segment(self.name, [o for h in hours for o in self.cold[h].offsets]):
+            rows = read.get(entry.get("hour", -1))
+            if rows is not None and entry.get("shard") == self.name:
                 for row in entry["hours"]:
                     rows[tuple(row[:6])] = tuple(row[7:11])
-        self.cold_loads += 1
-        self._cache_put(hour, rows)
-        return rows
+        self.cold_loads += len(hours)
+        for h, rows in read.items():
+            self._cache_put(h, rows)
+        return read
 
     def _cache_put(self, hour: int, rows: dict[WindowKey, tuple[int, ...]]) -> None:
         cache = self._cache
@@ -519,7 +533,6 @@ class ShardState:
         windows not yet in a segment), where each cold hour's segment is, and ``dedup_from``:
         the state-topic offset of the oldest entry whose dedup keys are still needed (None: none
         before this one). Dedup keys travel in the deltas."""
-        self.snapshot_seen = False  # while restoring: a full snapshot was replayed
         return {
             "v": 2,
             "shard": self.name,
@@ -560,20 +573,24 @@ class ShardState:
             parts.append(part)
         return parts
 
-    def replay(self, entry: dict[str, Any]) -> None:
-        """Apply one changelog entry (in changelog order) while restoring."""
+    def replay(self, entry: dict[str, Any], keys_only: bool = False) -> None:
+        """Apply one changelog entry (in changelog order) while restoring; ``keys_only``: an
+        entry before the checkpoint the restore starts from, which only brings dedup keys."""
         if entry.get("shard") != self.name:
             return
         kind = entry["kind"]
         if kind == "segment":  # read when its hour is needed (through the cold index), not here
             return
+        if keys_only:
+            raw = base64.b64decode(entry["dedup"])
+            if raw:
+                self.dedup.add_many((raw[i : i + 16] for i in range(0, len(raw), 16)), int(entry["dedup_ts"]))
+            return
         if kind == "snapshot":
-            self.snapshot_seen = True
             self.counters = {}
             self.hours = {}
             self.cold = {}
             self._cache.clear()
-            self.restore_from = entry.get("dedup_from")
         raw = base64.b64decode(entry["dedup"])
         if raw:
             self.dedup.add_many((raw[i : i + 16] for i in range(0, len(raw), 16)), int(entry["dedup_ts"]))

@@ -30,6 +30,8 @@ log = logging.getLogger("streamtoll.metering")
 # A DLQ record holds the original value in base64 (4/3 of its size) plus context, so it must be
 # allowed to be larger than any input record; past DLQ_VALUE_LIMIT the value is cut (and hashed).
 DLQ_VALUE_LIMIT = 8 * 1024 * 1024
+# Reading cold hours' segments back: offsets further apart than this are reached by a seek.
+SEGMENT_SEEK_GAP = 200
 
 
 class Stats(Counter[str]):
@@ -78,7 +80,7 @@ class Engine:
         self.progress_at = 0.0  # last time a poll returned (records or not): the loop is alive
         self.turned_at = clock()  # last time the loop (re)started: alive between restarts too
         self.last_error: str | None = None
-        self._full_reads = 0  # shards the last restore had to rebuild from the state topic's start
+        self._full_reads = 0  # shards the last restore had to search further back than 3 intervals for
         self._rebalancing = False  # between a revoke (or the join) and the next assignment
         self._segment_reader: Consumer | None = None  # reads cold hours' segments (_load_segment)
 
@@ -249,61 +251,56 @@ class Engine:
         return shard
 
     def _restore(self, wanted: set[tuple[str, int]]) -> None:
-        """Rebuild the wanted shards by replaying their changelog entries (committed only).
+        """Rebuild the wanted shards from the state topic (committed entries only).
 
         A shard's state is its last checkpoint (a ``snapshot`` entry: counters, the windows held
         in memory, where each cold hour's segment is) and the entries after it; its dedup keys
         are in the entries from the checkpoint's ``dedup_from`` on. Every owned shard writes a
-        checkpoint every ``snapshot_interval``, so the entries written in the last few intervals
-        hold one: they are read first, then further back (8 × each time, to the topic's start)
-        for a shard without one there (new, or unowned for a while). Then, for a shard whose
-        dedup keys start before what was read, the span from ``dedup_from`` is read again: the
-        keys are found by position, however slowly (in wall-clock time) the records that brought
-        them were metered. Cold hours' segments are read later, when a late record needs them.
+        checkpoint every ``snapshot_interval``, so the last few intervals of the topic hold one:
+        they are searched first, then further back (8 × each time, to the topic's start) for a
+        shard without one there (new, or unowned for a while). Then each partition is read once
+        from the earliest position its shards need: before a shard's checkpoint only the dedup
+        keys are taken (found by position, however slowly in wall-clock time the records that
+        brought them were metered), from it on everything. Cold hours' segments are read later,
+        when a late record needs them.
         """
         s = self.settings
-        pending = set(wanted)
-        fresh: dict[tuple[str, int], ShardState] = {}
-        read_from: dict[tuple[str, int], int] = {}  # shard → the first offset of the read that found its checkpoint
+        names = {self._shard_name(*k): k for k in wanted}
+        found: dict[str, tuple[int, int | None]] = {}  # shard → (checkpoint offset, dedup_from)
         lookback: float | None = 3 * s.snapshot_interval_s
         self._full_reads = 0
+        pending = set(names)
         while pending:
-            fresh.update({k: self._new_shard(*k) for k in pending})
             since_ms = None if lookback is None else int((self.clock() - lookback) * 1000)
-            began = self._replay({fresh[k].name: fresh[k] for k in pending}, since_ms=since_ms)
-            for k in pending:
-                read_from[k] = began.get(_state_partition(fresh[k].name, s.state_partitions), 0)
-            pending = {k for k in pending if not fresh[k].snapshot_seen}
+            got, whole = self._find_checkpoints(pending, since_ms)
+            found.update(got)
+            # a shard with no checkpoint in a partition read from its start is new
+            pending = {n for n in pending if n not in got and _state_partition(n, s.state_partitions) not in whole}
             if lookback is None:
-                break  # read from the start: a shard without a checkpoint is new
+                break
             self._full_reads += len(pending)
             lookback = None if lookback * 8 > s.state_retention_s else lookback * 8
-        redo: dict[tuple[str, int], int] = {}
-        for k, st in fresh.items():
-            if st.restore_from is not None and st.restore_from < read_from[k]:
-                redo[k] = st.restore_from
-        if redo:
-            fresh.update({k: self._new_shard(*k) for k in redo})
-            starts: dict[int, int] = {}
-            for k, off in redo.items():
-                part = _state_partition(fresh[k].name, s.state_partitions)
-                starts[part] = min(off, starts.get(part, off))
-            self._replay({fresh[k].name: fresh[k] for k in redo}, starts=starts)
+        fresh = {n: self._new_shard(*k) for n, k in names.items()}
+        starts: dict[int, int] = {}
+        for n in names:
+            part = _state_partition(n, s.state_partitions)
+            at, dedup_from = found.get(n, (-1, None))
+            first = -1 if at < 0 else min(at, at if dedup_from is None else dedup_from)
+            starts[part] = min(first, starts.get(part, first))
+        self._replay(fresh, starts, {n: at for n, (at, _) in found.items()})
         now = self.clock()
-        for k, st in fresh.items():
+        for n, k in names.items():
+            st = fresh[n]
             st.cold_held = st.dirty_cold()
             self.shards[k] = st
             self._last_snapshot[k] = now
 
-    def _replay(
-        self, by_name: dict[str, ShardState], since_ms: int | None = None, starts: dict[int, int] | None = None
-    ) -> dict[int, int]:
-        """Replay the state partitions of ``by_name`` from ``since_ms`` (wall clock, as Kafka
-        timestamps), from the ``starts`` offsets, or from the beginning; returns where each
-        partition's read began."""
+    def _shard_name(self, topic: str, partition: int) -> str:
+        return f"{topic}/{partition}"
+
+    def _state_reader(self) -> Consumer:
         s = self.settings
-        parts = sorted({_state_partition(name, s.state_partitions) for name in by_name})
-        reader = Consumer(
+        return Consumer(
             {
                 **s.kafka_config(),
                 "group.id": f"{s.group_id}-restore",
@@ -311,60 +308,102 @@ class Engine:
                 "isolation.level": "read_committed",
                 "enable.partition.eof": True,
                 "fetch.queue.backoff.ms": 10,
+                "fetch.wait.max.ms": 10,  # the end of each partition (EOF) is what a restore waits for
                 "auto.offset.reset": "earliest",
             }
         )
-        began: dict[int, int] = {}
+
+    def _read_state(self, reader: Consumer, start: list[TopicPartition], each: Callable[[Message], None]) -> None:
+        """Every committed record of the state partitions from ``start`` to their end."""
+        if not start:
+            return
+        # Read to the end each fetch reports (partition EOF), not to ListOffsets' answer: the dev
+        # broker under-reports the log end there.
+        reader.assign(start)
+        pending = {tp.partition for tp in start}
+        deadline = time.monotonic() + 600
+        while pending:
+            if time.monotonic() > deadline:
+                raise EngineError("restoring metering state took over 600 s")
+            for msg in reader.consume(10_000, 0.1):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(msg.partition())
+                        continue
+                    raise KafkaException(err)
+                each(msg)
+
+    def _find_checkpoints(
+        self, names: set[str], since_ms: int | None
+    ) -> tuple[dict[str, tuple[int, int | None]], set[int]]:
+        """The last checkpoint of each of these shards written since ``since_ms`` (wall clock, as
+        the state records' timestamps; None: since the start): its offset and ``dedup_from``;
+        and the state partitions that this read covered from their start."""
+        s = self.settings
+        parts = sorted({_state_partition(n, s.state_partitions) for n in names})
+        found: dict[str, tuple[int, int | None]] = {}
+
+        def each(msg: Message) -> None:
+            key = (msg.key() or b"").decode("utf-8", "replace")
+            value = msg.value() or b""
+            # entries start {"v":…,"shard":…,"kind":…}: only checkpoints are parsed here
+            if key in names and b'"kind":"snapshot"' in value[: len(key) + 64]:
+                entry = orjson.loads(value)
+                if entry.get("shard") == key:
+                    found[key] = (cast("int", msg.offset()), entry.get("dedup_from"))
+
+        reader = self._state_reader()
         try:
-            lows = {p: reader.get_watermark_offsets(TopicPartition(s.topic_state, p), 30)[0] for p in parts}
             start = [TopicPartition(s.topic_state, p, OFFSET_BEGINNING) for p in parts]
-            if starts is not None:
-                start = []
-                for p in parts:
-                    if starts[p] < lows[p]:
-                        log.error(
-                            "dedup keys a restore needs are gone from the state topic (STATE_RETENTION too short); "
-                            "records retried across this restart may count twice",
-                            extra={"partition": p, "needed_from": starts[p], "kept_from": lows[p]},
-                        )
-                    start.append(TopicPartition(s.topic_state, p, max(starts[p], lows[p])))
-            elif since_ms is not None:
-                found = reader.offsets_for_times([TopicPartition(s.topic_state, p, since_ms) for p in parts], 30)
-                # -1: nothing written since then; those partitions have nothing to replay
-                start = [tp for tp in found if tp.offset >= 0]
-                began = {p: 1 << 62 for p in parts}
-            for tp in start:
-                began[tp.partition] = lows[tp.partition] if tp.offset < 0 else tp.offset
-            if not start:
-                return began
-            # Read to the end each fetch reports (partition EOF), not to ListOffsets' answer:
-            # the dev broker under-reports the log end there.
-            reader.assign(start)
-            pending = {tp.partition for tp in start}
-            deadline = time.monotonic() + 600
-            while pending:
-                if time.monotonic() > deadline:
-                    raise EngineError("restoring metering state took over 600 s")
-                for msg in reader.consume(10_000, 0.1):
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            pending.discard(msg.partition())
-                            continue
-                        raise KafkaException(err)
-                    shard = by_name.get((msg.key() or b"").decode("utf-8", "replace"))
-                    if shard is not None:
-                        entry = orjson.loads(msg.value() or b"{}")
-                        shard.replay(entry)
-                        if entry.get("dedup") and entry.get("shard") == shard.name:
-                            shard.key_marks.append((cast("int", msg.offset()), int(entry["dedup_ts"])))
+            whole = set(parts)
+            if since_ms is not None:
+                found_at = reader.offsets_for_times([TopicPartition(s.topic_state, p, since_ms) for p in parts], 30)
+                start = [tp for tp in found_at if tp.offset >= 0]  # -1: nothing written since
+                lows = {p: reader.get_watermark_offsets(TopicPartition(s.topic_state, p), 30)[0] for p in parts}
+                whole = {tp.partition for tp in start if tp.offset <= lows[tp.partition]}
+            self._read_state(reader, start, each)
         finally:
             reader.close()
-        return began
+        return found, whole
+
+    def _replay(self, by_name: dict[str, ShardState], starts: dict[int, int], checkpoints: dict[str, int]) -> None:
+        """Replay the shards' entries from ``starts`` (state partition → offset; -1: its start):
+        before a shard's checkpoint offset only its dedup keys, from it on everything."""
+        s = self.settings
+        reader = self._state_reader()
+
+        def each(msg: Message) -> None:
+            shard = by_name.get((msg.key() or b"").decode("utf-8", "replace"))
+            if shard is None:
+                return
+            entry = orjson.loads(msg.value() or b"{}")
+            if entry.get("shard") != shard.name:
+                return
+            at = cast("int", msg.offset())
+            shard.replay(entry, keys_only=at < checkpoints.get(shard.name, -1))
+            if entry.get("dedup"):
+                shard.key_marks.append((at, int(entry["dedup_ts"])))
+
+        try:
+            start = []
+            for p, off in sorted(starts.items()):
+                low = reader.get_watermark_offsets(TopicPartition(s.topic_state, p), 30)[0]
+                if 0 <= off < low:
+                    log.error(
+                        "dedup keys a restore needs are gone from the state topic (STATE_RETENTION too short); "
+                        "records retried across this restart may count twice",
+                        extra={"partition": p, "needed_from": off, "kept_from": low},
+                    )
+                start.append(TopicPartition(s.topic_state, p, OFFSET_BEGINNING if off < low else off))
+            self._read_state(reader, start, each)
+        finally:
+            reader.close()
 
     def _load_segment(self, name: str, offsets: list[int]) -> list[dict[str, Any]]:
         """The committed changelog entries at ``offsets`` of shard ``name``'s state partition
-        (a cold hour's segment: its parts, written in one transaction)."""
+        (cold hours' segments), in offset order. Reads forward through offsets close together
+        and seeks across gaps, one request per message at most (no waiting for a full batch)."""
         s = self.settings
         reader = self._segment_reader
         if reader is None:
@@ -379,27 +418,32 @@ class Engine:
                 }
             )
         partition = _state_partition(name, s.state_partitions)
-        wanted = set(offsets)
-        reader.assign([TopicPartition(s.topic_state, partition, min(offsets))])
+        wanted = sorted(set(offsets))
         found: list[dict[str, Any]] = []
         deadline = time.monotonic() + 60
-        while wanted:
-            if time.monotonic() > deadline:
-                raise EngineError(f"the segment of shard {name} at offsets {sorted(wanted)} could not be read in 60 s")
-            for msg in reader.consume(100, 0.2):
+        i = 0
+        while i < len(wanted):
+            reader.assign([TopicPartition(s.topic_state, partition, wanted[i])])
+            while i < len(wanted):
+                if time.monotonic() > deadline:
+                    raise EngineError(f"segments of shard {name} at offsets {wanted[i:]} could not be read in 60 s")
+                msg = reader.poll(0.5)
+                if msg is None:
+                    continue
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
                         continue
                     raise KafkaException(err)
                 at = cast("int", msg.offset())
-                if at in wanted:
-                    wanted.discard(at)
-                    found.append(orjson.loads(msg.value() or b"{}"))
-                elif at > max(offsets):
-                    raise EngineError(
-                        f"the segment of shard {name} at offsets {sorted(wanted)} is not in the state topic"
-                    )
+                if at < wanted[i]:
+                    continue
+                if at > wanted[i]:  # read_committed skips only aborted records and markers
+                    raise EngineError(f"the segment of shard {name} at offset {wanted[i]} is not in the state topic")
+                found.append(orjson.loads(msg.value() or b"{}"))
+                i += 1
+                if i < len(wanted) and wanted[i] - at > SEGMENT_SEEK_GAP:
+                    break  # far ahead: seek there rather than read what lies between
         self.stats["cold_segments_read"] += 1
         return found
 
