@@ -1,8 +1,9 @@
 """The metering state of one input partition (a *shard*) and the pure step that folds a batch.
 
 A shard owns, for its input partition: the dedup keys within the horizon, the cumulative
-counter series (broker metrics), and the hourly window totals that can still change (up to the
-lateness limit). :meth:`ShardState.fold` turns a batch of records into
+counter series (broker metrics), its stream time (the newest Kafka timestamp folded), and the
+hourly window totals that can still change (up to the lateness limit). :meth:`ShardState.fold`
+turns a batch of records into
 
 * DLQ rejections (with the record they came from),
 * full-total snapshots of every hourly window the batch changed (``version`` = the input offset
@@ -10,9 +11,27 @@ lateness limit). :meth:`ShardState.fold` turns a batch of records into
 * per-minute partial sums of the batch (for the live views),
 * a changelog entry that, replayed in order, rebuilds this state exactly.
 
+Memory holds what changes: the *hot* hours (the stream time's hour and the ``HOT_HOURS``
+before it) whole, and of older (*cold*) hours only the windows changed since the hour's last
+**segment** — a changelog entry of kind ``segment`` holding every window of that hour — plus
+where each segment is (``cold``: offsets in the shard's state partition). A late record into a
+cold hour reads its segment back through ``load_segment`` (the engine reads the state topic at
+those offsets; a small cache keeps the last ones read) so the total it publishes is still the
+full one. The engine's state round writes a new segment for each cold hour changed since (and
+rewrites old ones before retention could delete them), then a checkpoint (``snapshot``) naming
+every segment and ``dedup_from``: the state-topic offset of the oldest entry whose dedup keys
+are still within the horizon. A restore replays from there: dedup keys by position, the rest from
+the checkpoint on. Decision and measurements: the package README and issue 17's note.
+
+Why segments on the state topic rather than a local store (RocksDB, LMDB): a partition that
+moves to another worker must be rebuilt from Kafka anyway, and a segment read by offset is
+the same read on any worker; no disk of the worker's own has to survive, nothing is rebuilt
+that is not needed, and the state topic keeps ``cleanup.policy=delete`` (compaction, which a
+store's changelog would need, is not on every broker: the dev broker has none).
+
 Totals are kept per shard on purpose: the usage windows topic carries one total per window key
 *and shard*; billing adds the shards up. Nothing here talks to Kafka or reads the wall clock
-(the clock comes in through ``Limits``).
+(segment refresh times come in from the engine); records are judged by stream time.
 """
 
 from __future__ import annotations
@@ -57,10 +76,10 @@ MINUTE_MS = 60_000
 # hours are segments on the state topic, read back when a late record lands in them.
 HOT_HOURS = 2
 # Windows of cold hours read back and kept for the next late records (oldest read goes first).
-COLD_CACHE_WINDOWS = 100_000
+COLD_CACHE_WINDOWS = 50_000
 # Windows of cold hours held in memory (changed since their segment) past which a shard writes
 # its segments at once rather than at the next round.
-COLD_HELD_LIMIT = 100_000
+COLD_HELD_LIMIT = 50_000
 
 # (source, principal, client_id, virtual_cluster, topic, direction)
 WindowKey = tuple[str, str, str, str, str, str]

@@ -7,13 +7,18 @@ events/s here; this loop does hundreds of thousands):
 2. fold each input partition's records into its :class:`~metering.domain.shard.ShardState`;
 3. in **one Kafka transaction**: the DLQ records, the changed hourly window totals (usage
    windows topic), the per-minute partials (live topic), one changelog entry per shard (state
-   topic), and the consumed input offsets (``send_offsets_to_transaction``).
+   topic), and the consumed input offsets (``send_offsets_to_transaction``); every
+   ``STATE_SNAPSHOT_INTERVAL`` (or when a shard holds too many changed cold windows) also the
+   segments of its changed cold hours and a checkpoint naming where they are (a flush inside
+   the transaction tells their offsets before the checkpoint is written).
 
 Either all of a batch's effects become visible or none do. After a crash (``kill -9``) the
 restarted worker's producer aborts the open transaction (same ``transactional.id``), the
 consumer resumes from the committed offsets, and each shard's state is rebuilt by replaying its
-changelog entries, which were committed in the same transactions as those offsets. So every
-input record is folded exactly once into the state that produced the published totals.
+changelog entries, which were committed in the same transactions as those offsets: from its
+last checkpoint, with the dedup keys from the checkpoint's ``dedup_from`` offset (by position, not
+by the wall clock). So every input record is folded exactly once into the state that produced
+the published totals.
 
 Any error inside a batch aborts it and restarts the loop from committed state: crash-only.
 
