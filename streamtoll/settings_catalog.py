@@ -197,8 +197,9 @@ SETTINGS: list[Setting] = [
         "STATE_RETENTION",
         "7d",
         "worker",
-        "retention of the state topic when streamtoll creates it; at least DEDUP_HORIZON + 3 × "
-        "STATE_SNAPSHOT_INTERVAL, and an existing topic that keeps less (or compacts) stops the worker",
+        "retention of the state topic when streamtoll creates it, and what an existing one must keep "
+        "(cold hours' segments are rewritten at half of it); at least DEDUP_HORIZON + 3 × "
+        "STATE_SNAPSHOT_INTERVAL; an existing topic that keeps less (or compacts) stops the worker",
         "",
     ),
     Setting(

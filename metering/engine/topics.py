@@ -7,10 +7,11 @@ from the settings (``TOPIC_PARTITIONS``, ``TOPIC_REPLICATION_FACTOR``,
 exist are never altered — they may be an operator's — but their settings are read back and
 held against what metering's guarantees need:
 
-* the state topic must delete, never compact (its entries are deltas against the last snapshot)
-  and keep at least ``DEDUP_HORIZON + 3 × STATE_SNAPSHOT_INTERVAL`` (what a restarted worker
-  reads back), with no size limit that could drop a snapshot first — otherwise a restart loses
-  state and counts wrong: an **error**, the worker does not start;
+* the state topic must delete, never compact (its entries are deltas against the last
+  checkpoint) and keep at least ``STATE_RETENTION`` (a restarted worker reads its checkpoint and
+  dedup keys back, and cold hours' segments, which the worker rewrites at half of
+  ``STATE_RETENTION``), with no size limit that could drop a segment or checkpoint first —
+  otherwise a restart loses state and counts wrong: an **error**, the worker does not start;
 * the usage windows topic must keep ``MAX_LATENESS + REPLAY_WINDOW`` (a window changes until
   ``MAX_LATENESS`` after its hour; the runbook's re-sink and database restore replay
   ``REPLAY_WINDOW``): an **error**, since the runbook's recovery would silently miss usage;
@@ -105,9 +106,11 @@ def topic_specs(s: MeteringSettings) -> list[TopicSpec]:
             # deltas are not compactable: plain deletion, longer than a restore ever reads back
             {**common, **big, "cleanup.policy": "delete", "retention.ms": _ms(s.state_retention_s)},
             Need(
-                s.state_retention_needed,
-                f"{PREFIX}DEDUP_HORIZON + 3 × {PREFIX}STATE_SNAPSHOT_INTERVAL",
-                "a restarted worker rebuilds its state from that span",
+                s.state_retention_s,
+                f"{PREFIX}STATE_RETENTION",
+                "a restarted worker reads its checkpoints, dedup keys and cold hours' segments back, and "
+                "rewrites segments at half of STATE_RETENTION (set it to what the topic keeps, at least "
+                "DEDUP_HORIZON + 3 × STATE_SNAPSHOT_INTERVAL)",
                 True,
             ),
             delete_only=True,

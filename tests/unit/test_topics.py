@@ -82,7 +82,7 @@ def test_an_existing_state_topic_is_judged_on_what_a_restart_needs() -> None:
     assert len(errors) == 3
     assert "cleanup.policy=compact; it must be delete" in errors[0]
     assert "retention.bytes=1000; it must be -1" in errors[1]
-    assert "needs at least 5400 s (STREAMTOLL_DEDUP_HORIZON + 3 × STREAMTOLL_STATE_SNAPSHOT_INTERVAL)" in errors[2]
+    assert "needs at least 604800 s (STREAMTOLL_STATE_RETENTION)" in errors[2]
 
 
 def test_an_existing_usage_windows_topic_must_outlive_lateness_and_replay() -> None:
