@@ -30,6 +30,9 @@ log = logging.getLogger("streamtoll.metering")
 # A DLQ record holds the original value in base64 (4/3 of its size) plus context, so it must be
 # allowed to be larger than any input record; past DLQ_VALUE_LIMIT the value is cut (and hashed).
 DLQ_VALUE_LIMIT = 8 * 1024 * 1024
+# dedup_from of a checkpoint written before there was one (state entries "v": 1): the restore
+# then reads the dedup keys as those versions did, from now − DEDUP_HORIZON − 3 × interval
+_LEGACY = -7
 # Reading cold hours' segments back: offsets further apart than this are reached by a seek.
 SEGMENT_SEEK_GAP = 200
 
@@ -281,10 +284,17 @@ class Engine:
             self._full_reads += len(pending)
             lookback = None if lookback * 8 > s.state_retention_s else lookback * 8
         fresh = {n: self._new_shard(*k) for n, k in names.items()}
+        legacy = {_state_partition(n, s.state_partitions) for n, (_, d) in found.items() if d == _LEGACY}
+        by_time: dict[int, int] = {}
+        if legacy:  # checkpoints written before dedup_from: the keys of the time a restore then read
+            since_ms = int((self.clock() - s.dedup_horizon_s - 3 * s.snapshot_interval_s) * 1000)
+            by_time = self._offsets_since(legacy, since_ms)
         starts: dict[int, int] = {}
         for n in names:
             part = _state_partition(n, s.state_partitions)
             at, dedup_from = found.get(n, (-1, None))
+            if dedup_from == _LEGACY:
+                dedup_from = by_time.get(part, at)
             first = -1 if at < 0 else min(at, at if dedup_from is None else dedup_from)
             starts[part] = min(first, starts.get(part, first))
         self._replay(fresh, starts, {n: at for n, (at, _) in found.items()})
@@ -351,7 +361,8 @@ class Engine:
             if key in names and b'"kind":"snapshot"' in value[: len(key) + 64]:
                 entry = orjson.loads(value)
                 if entry.get("shard") == key:
-                    found[key] = (cast("int", msg.offset()), entry.get("dedup_from"))
+                    dedup_from = entry.get("dedup_from") if entry.get("v", 1) >= 2 else _LEGACY
+                    found[key] = (cast("int", msg.offset()), dedup_from)
 
         reader = self._state_reader()
         try:
@@ -366,6 +377,16 @@ class Engine:
         finally:
             reader.close()
         return found, whole
+
+    def _offsets_since(self, parts: set[int], since_ms: int) -> dict[int, int]:
+        """The first offset of each state partition written at or after ``since_ms``."""
+        s = self.settings
+        reader = self._state_reader()
+        try:
+            found = reader.offsets_for_times([TopicPartition(s.topic_state, p, since_ms) for p in sorted(parts)], 30)
+            return {tp.partition: tp.offset for tp in found if tp.offset >= 0}
+        finally:
+            reader.close()
 
     def _replay(self, by_name: dict[str, ShardState], starts: dict[int, int], checkpoints: dict[str, int]) -> None:
         """Replay the shards' entries from ``starts`` (state partition → offset; -1: its start):
