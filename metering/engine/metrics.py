@@ -14,6 +14,11 @@ workers up (``sum by (...)``). Counters restart at zero with the process, which 
 * ``windows_published_total`` — hourly window snapshots written
 * ``metering_transactions_total`` — Kafka transactions committed
 * ``metering_partitions_owned`` — input partitions this worker holds now
+* ``metering_segments_written_total`` / ``metering_segments_read_total`` — cold hours' segments
+  written to / read back from the state topic; ``metering_checkpoints_total`` — checkpoints
+* ``metering_windows_held`` — hourly windows this worker holds in memory now (hot hours and
+  cold windows changed since their segment); ``metering_cold_hours`` — cold hours it knows the
+  segment of
 """
 
 from __future__ import annotations
@@ -57,17 +62,26 @@ class EngineCollector(Collector):
             elif name == "dlq":
                 dlq.add_metric([rest], n)
         yield from (events, dedup, mbytes, mrecs, dlq)
-        for name, doc in (
-            ("counter_resets", "Broker counter resets detected"),
-            ("windows_published", "Hourly usage window snapshots published"),
-            ("transactions", "Kafka transactions committed"),
+        for name, metric, doc in (
+            ("counter_resets", "counter_resets", "Broker counter resets detected"),
+            ("windows_published", "windows_published", "Hourly usage window snapshots published"),
+            ("transactions", "metering_transactions", "Kafka transactions committed"),
+            ("segments_written", "metering_segments_written", "Cold hours' segments written to the state topic"),
+            ("cold_segments_read", "metering_segments_read", "Reads of cold hours' segments from the state topic"),
+            ("checkpoints", "metering_checkpoints", "State checkpoints written"),
         ):
-            c = CounterMetricFamily(f"streamtoll_{'metering_' if name == 'transactions' else ''}{name}", doc)
+            c = CounterMetricFamily(f"streamtoll_{metric}", doc)
             c.add_metric([], stats.get(name, 0))
             yield c
-        owned = GaugeMetricFamily("streamtoll_metering_partitions_owned", "Input partitions this worker holds")
-        owned.add_metric([], len(self.engine.shards))
-        yield owned
+        shards = list(self.engine.shards.values())
+        for metric, doc, value in (
+            ("metering_partitions_owned", "Input partitions this worker holds", len(shards)),
+            ("metering_windows_held", "Hourly windows held in memory", sum(len(st.hours) for st in shards)),
+            ("metering_cold_hours", "Cold hours whose segment this worker knows", sum(len(st.cold) for st in shards)),
+        ):
+            g = GaugeMetricFamily(f"streamtoll_{metric}", doc)
+            g.add_metric([], value)
+            yield g
 
 
 def _copy(stats: dict[str, int]) -> dict[str, int]:
