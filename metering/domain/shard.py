@@ -40,6 +40,7 @@ import base64
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from sys import intern
 from typing import Any, NamedTuple, Protocol
 
 from metering.decoders import confluent_audit, otlp, proxy
@@ -75,10 +76,11 @@ MINUTE_MS = 60_000
 # Hours kept whole in memory: the stream time's hour and this many before it. Earlier (cold)
 # hours are segments on the state topic, read back when a late record lands in them.
 HOT_HOURS = 2
-# Windows of cold hours read back and kept for the next late records (oldest read goes first).
+# Windows of cold hours read back and kept for the next late records (oldest read goes first),
+# per worker: the engine shares it among the partitions it owns.
 COLD_CACHE_WINDOWS = 50_000
 # Windows of cold hours held in memory (changed since their segment) past which a shard writes
-# its segments at once rather than at the next round.
+# its segments at once rather than at the next round; per worker, shared like the cache.
 COLD_HELD_LIMIT = 50_000
 
 # (source, principal, client_id, virtual_cluster, topic, direction)
@@ -163,6 +165,12 @@ class BatchResult:
     counter_resets: int = 0
 
 
+def _key(row: list[Any]) -> WindowKey:
+    """The window key of a changelog row, its names shared (sys.intern): rows read back by the
+    thousand repeat a few principals, clients and topics."""
+    return (intern(row[0]), intern(row[1]), intern(row[2]), intern(row[3]), intern(row[4]), intern(row[5]))
+
+
 class ShardError(Exception):
     """A shard's state cannot be read (a bug or a state topic that lost what it must keep)."""
 
@@ -212,6 +220,7 @@ class ShardState:
         self._cache: OrderedDict[int, dict[WindowKey, tuple[int, ...]]] = OrderedDict()  # segments read
         self.load_segment: SegmentLoader | None = None  # set by the engine
         self.cache_windows = COLD_CACHE_WINDOWS
+        self.held_limit = COLD_HELD_LIMIT
         self.cold_loads = 0
         self.cold_held = 0  # about how many windows of cold hours are held (see dirty_cold)
         # (state-topic offset, dedup time) of the entries carrying dedup keys, oldest first
@@ -490,7 +499,7 @@ class ShardState:
         for hk in [hk for hk in self.hours if hk[1] == hour]:
             del self.hours[hk]
         self.cold_held = self.dirty_cold()
-        self._cache_put(hour, {tuple(row[:6]): tuple(row[7:11]) for row in entry["hours"]})
+        self._cache_put(hour, {_key(row): tuple(row[7:11]) for row in entry["hours"]})
 
     def _cold_base(self, minutes: dict[tuple[str, str, str, str, str, str, int], list[int]]) -> dict[int, Any]:
         """The segments of every cold hour a batch's minutes land in, read in one go (the ones
@@ -520,7 +529,7 @@ class ShardState:
             rows = read.get(entry.get("hour", -1))
             if rows is not None and entry.get("shard") == self.name:
                 for row in entry["hours"]:
-                    rows[tuple(row[:6])] = tuple(row[7:11])
+                    rows[_key(row)] = tuple(row[7:11])
         self.cold_loads += len(hours)
         for h, rows in read.items():
             self._cache_put(h, rows)
@@ -618,7 +627,7 @@ class ShardState:
         for series, start, time_ns, value in entry["counters"]:
             self.counters[tuple(series)] = counters.SeriesState(start, time_ns, value)
         for row in entry["hours"]:
-            self.hours[(tuple(row[:6]), row[6])] = list(row[7:11])
+            self.hours[(_key(row), row[6])] = list(row[7:11])
         self.next_offset = int(entry["offset"])
         # entries written before stream time was kept: the newest dedup time is the closest
         self.stream_ms = max(self.stream_ms, int(entry.get("stream_ms", entry["dedup_ts"])))

@@ -18,7 +18,15 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from metering.contracts import dlq_record, iso_ms
 from metering.decoders.common import Limits
-from metering.domain.shard import COLD_HELD_LIMIT, HOUR_MS, BatchResult, InRecord, ShardConfig, ShardState
+from metering.domain.shard import (
+    COLD_CACHE_WINDOWS,
+    COLD_HELD_LIMIT,
+    HOUR_MS,
+    BatchResult,
+    InRecord,
+    ShardConfig,
+    ShardState,
+)
 from metering.engine.topics import MAX_MESSAGE, ensure_topics
 from metering.errors import EngineError, TopicError
 from metering.settings import MeteringSettings
@@ -219,6 +227,10 @@ class Engine:
         wanted = {(tp.topic, tp.partition) for tp in partitions} - set(self.shards)
         if wanted:
             self._restore(wanted)
+        # the cold-hour memory budgets are the worker's: shared among the partitions it owns
+        for st in self.shards.values():
+            st.cache_windows = max(1_000, COLD_CACHE_WINDOWS // len(self.shards))
+            st.held_limit = max(1_000, COLD_HELD_LIMIT // len(self.shards))
         log.info(
             "partitions assigned",
             extra={
@@ -496,7 +508,7 @@ class Engine:
             k
             for k, st in self.shards.items()
             if now - self._last_snapshot.get(k, now) >= s.snapshot_interval_s
-            or (k in by_shard and st.cold_held > COLD_HELD_LIMIT)
+            or (k in by_shard and st.cold_held > st.held_limit)
         ]
         if not by_shard and not rounds:
             return
