@@ -331,6 +331,7 @@ class Engine:
                 "enable.partition.eof": True,
                 "fetch.queue.backoff.ms": 10,
                 "fetch.wait.max.ms": 10,  # the end of each partition (EOF) is what a restore waits for
+                "queued.max.messages.kbytes": 16_384,  # read as fast as parsed: no large prefetch
                 "auto.offset.reset": "earliest",
             }
         )
@@ -448,6 +449,10 @@ class Engine:
                     "isolation.level": "read_committed",
                     "fetch.queue.backoff.ms": 10,
                     "fetch.wait.max.ms": 50,
+                    # a read wants a few records at an offset: no prefetching of the partition
+                    # beyond (Kafka still returns a whole record larger than these)
+                    "queued.max.messages.kbytes": 2048,
+                    "max.partition.fetch.bytes": 1_048_576,
                 }
             )
         partition = _state_partition(name, s.state_partitions)
@@ -478,6 +483,10 @@ class Engine:
                 if i < len(wanted) and wanted[i] - at > SEGMENT_SEEK_GAP:
                     break  # far ahead: seek there rather than read what lies between
         self.stats["cold_segments_read"] += 1
+        log.info(
+            "cold hours read back",
+            extra={"shard": name, "records": len(found), "read_s": round(time.monotonic() - deadline + 60, 3)},
+        )
         return found
 
     # -- the batch -----------------------------------------------------------------------------

@@ -236,6 +236,8 @@ def test_late_records_into_hours_weeks_back_stay_exact_through_kill_minus_9(
         assert len(straddle) >= len(versions) // 10, (
             f"kill {n + 1}: only {len(straddle)} of {len(versions)} cold windows were updated on both sides of it"
         )
+    # the restarted worker found those hours' totals in their segments on the state topic
+    assert '"cold hours read back"' in log.read_text()
 
 
 # -- 3. replays do not depend on the clock -----------------------------------------------------------
