@@ -79,7 +79,7 @@ _MISSES_BEFORE_GIVING_UP = 64
 
 _blake = hashlib.blake2b
 _dumps = orjson.dumps
-_MS3 = {f"{i:03d}": i for i in range(1000)}  # ".mmm" → ms; ASCII digits only (str.isdigit is wider)
+_FRACTION = {f".{i:03d}Z": i for i in range(1000)}  # ".mmmZ" → ms; ASCII digits only (str.isdigit is wider)
 
 
 class _ProxyData(msgspec.Struct, forbid_unknown_fields=True, gc=False):
@@ -135,7 +135,7 @@ def _scan_proxy(state: ShardState, records: Sequence[InRecord], limits: Limits, 
     max_ts = 0
     duplicates = tombstones = hits = misses = 0
     try_fast = True
-    decode, seconds, second_ms, ms3, directions = _proxy_decode, proxy._seconds, _second_ms, _MS3, _DIRECTIONS
+    decode, seconds, second_ms, fraction, directions = _proxy_decode, proxy._seconds, _second_ms, _FRACTION, _DIRECTIONS
     blake, dumps = _blake, _dumps
 
     for rec in records:
@@ -171,16 +171,20 @@ def _scan_proxy(state: ShardState, records: Sequence[InRecord], limits: Limits, 
                     and topic
                     and nbytes <= max_bytes
                     and len(t) == 24
-                    and t[19] == "."
-                    and t[23] == "Z"
+                    and (frac := fraction.get(t[19:])) is not None
                     and len(ident) <= MAX_ID_LEN
                     and ident.isprintable()
                     and (base := seconds.get(head := t[:19]) or second_ms(head)) is not None
-                    and (frac := ms3.get(t[20:23])) is not None
                     and lo <= (ms := base + frac) <= hi
                 ):
                     hits += 1
-                    key = blake(dumps((PROXY, source, ev_id)), digest_size=16).digest()
+                    # orjson.dumps((PROXY, source, ev_id)), which escapes nothing else in printable text
+                    key = blake(
+                        f'["proxy","{source}","{ev_id}"]'.encode()
+                        if '"' not in ident and "\\" not in ident
+                        else dumps((PROXY, source, ev_id)),
+                        digest_size=16,
+                    ).digest()
                     if key in dedup_keys or key in seen:
                         duplicates += 1
                         continue

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 from unittest import mock
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -406,3 +407,16 @@ def test_long_batch_fuzz_run() -> None:
         timeout=6 * 3600,
     )
     assert done.returncode == 0
+
+
+def test_printable_text_is_written_by_orjson_as_it_is() -> None:
+    """The fast path builds a dedup key's JSON with an f-string where the id and source hold no
+    quote or backslash: every other printable character must be one orjson writes unescaped
+    (the key is stored in the changelog; it must stay byte-identical)."""
+    escaped = [
+        hex(i)
+        for i in range(0x110000)
+        if (c := chr(i)).isprintable() and c not in '"\\' and orjson.dumps(c) != f'"{c}"'.encode()
+    ]
+    assert escaped == []
+    assert orjson.dumps(("proxy", 'a"b', "c\\d")) != b'["proxy","a"b","c\\d"]'
