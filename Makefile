@@ -47,8 +47,8 @@ demo: $(STAMP)
 # compared with, measured in the same run. Billing and API use STREAMTOLL_DATABASE_URL's server
 # (or an embedded one) and create a fresh database per run.
 bench: $(STAMP)
-	$(BIN)/streamtoll --log-level WARNING bench ingest --events 1000000
-	$(BIN)/streamtoll --log-level WARNING bench ingest --events 1000000 --workers 2
+	$(BIN)/streamtoll --log-level WARNING bench ingest --events 1000000 --reference
+	$(BIN)/streamtoll --log-level WARNING bench ingest --events 1000000 --workers 2 --reference
 	$(BIN)/streamtoll --log-level WARNING bench memory --series 100000
 	$(BIN)/streamtoll --log-level WARNING bench memory --series 1000 --hours 241
 	$(BIN)/streamtoll --log-level WARNING bench gateway --messages 300000

@@ -8,6 +8,10 @@ Both are measured in the same run on the same topic:
   committed offsets reach the end of the input (every usage window snapshot written, since
   they commit in the same transactions).
 
+With ``--reference`` the same input is metered once more, in the same run, by workers whose
+shards take the per-record scan (``ShardState.scan``, what the batch scan of
+``metering.domain.batch`` replaced and is property-tested against): the before/after figure.
+
 Rates count input records per second of wall time. CPU seconds and peak RSS are the worker
 process's own (psutil). The worker's start (group join, state restore) is not counted: the clock
 starts when a worker logs that it owns partitions (polled every 20 ms).
@@ -55,6 +59,9 @@ class IngestResult:
     worker_peak_rss_mb: float
     workers: int
     one_worker_eps: float | None = None  # measured in the same run when workers > 1
+    one_worker_cpu_s_per_million: float | None = None
+    reference_eps: float | None = None  # the per-record scan, same run (--reference)
+    reference_cpu_s_per_million: float | None = None
 
     @property
     def ratio(self) -> float:
@@ -75,6 +82,20 @@ class IngestResult:
                         f"scaling x{self.workers} / x1                {self.worker_eps / self.one_worker_eps:>12.2f}",
                     ]
                     if self.one_worker_eps
+                    else []
+                ),
+                *(
+                    [f"one worker CPU s per million     {self.one_worker_cpu_s_per_million:>12.2f}"]
+                    if self.one_worker_cpu_s_per_million
+                    else []
+                ),
+                *(
+                    [
+                        f"per-record scan x{self.workers} ev/s (same run) {self.reference_eps:>9,.0f}",
+                        f"ratio per-record scan/baseline {self.reference_eps / self.baseline_eps:>12.3f}",
+                        f"per-record scan CPU s per million {self.reference_cpu_s_per_million:>9.2f}",
+                    ]
+                    if self.reference_eps and self.reference_cpu_s_per_million
                     else []
                 ),
             ]
@@ -159,7 +180,17 @@ def _committed(bootstrap: str, group: str, topic: str) -> int:
     return sum(max(0, tp.offset) for tp in got)
 
 
-def bench_ingest(bootstrap: str, events: int, workers: int = 1) -> IngestResult:
+# a worker whose shards take the per-record scan (the batch scan's reference)
+_REFERENCE_WORKER = """
+import sys
+from metering.domain import batch
+batch.scan = lambda state, records, limits, out: state.scan(records, limits, out)
+from streamtoll.cli import main
+sys.exit(main(["worker"]))
+"""
+
+
+def bench_ingest(bootstrap: str, events: int, workers: int = 1, reference: bool = False) -> IngestResult:
     tag = uuid.uuid4().hex[:8]
     topic = f"bench{tag}.proxy-audit"
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -172,6 +203,7 @@ def bench_ingest(bootstrap: str, events: int, workers: int = 1) -> IngestResult:
 
     runs = [_run_workers(bootstrap, topic, total, k) for k in sorted({1, workers})]
     one, many = runs[0], runs[-1]
+    ref = _run_workers(bootstrap, topic, total, workers, _REFERENCE_WORKER) if reference else None
     return IngestResult(
         total,
         baseline,
@@ -180,11 +212,17 @@ def bench_ingest(bootstrap: str, events: int, workers: int = 1) -> IngestResult:
         many[2] / 2**20,
         workers,
         one[0] if workers > 1 else None,
+        one[1] / total * 1e6 if workers > 1 else None,
+        ref[0] if ref else None,
+        ref[1] / total * 1e6 if ref else None,
     )
 
 
-def _run_workers(bootstrap: str, topic: str, total: int, workers: int) -> tuple[float, float, float]:
-    """``workers`` worker processes (a fresh group) over the topic: (events/s, CPU s, peak RSS)."""
+def _run_workers(
+    bootstrap: str, topic: str, total: int, workers: int, code: str | None = None
+) -> tuple[float, float, float]:
+    """``workers`` worker processes (a fresh group) over the topic: (events/s, CPU s, peak RSS).
+    ``code``: the worker's program (``python -c``) in place of ``streamtoll worker``."""
     import psutil
 
     tag = uuid.uuid4().hex[:8]
@@ -195,7 +233,7 @@ def _run_workers(bootstrap: str, topic: str, total: int, workers: int) -> tuple[
         log = open(logdir / f"worker{i}.log", "wb")  # noqa: SIM115
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "streamtoll.cli", "worker"],
+                [sys.executable, "-c", code] if code else [sys.executable, "-m", "streamtoll.cli", "worker"],
                 env={**env, "STREAMTOLL_INSTANCE_ID": f"b{i}"},
                 stdout=log,
                 stderr=log,

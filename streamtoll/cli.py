@@ -1069,7 +1069,7 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
 
     with _kafka(_settings()) as settings:
         assert settings.kafka_bootstrap
-        result = bench_ingest(settings.kafka_bootstrap, args.events, args.workers)
+        result = bench_ingest(settings.kafka_bootstrap, args.events, args.workers, args.reference)
     print(result.table())
     return 0
 
@@ -1372,6 +1372,11 @@ def build_parser() -> argparse.ArgumentParser:
     bi = command(bench, "ingest", cmd_bench_ingest, "worker throughput on proxy audit records vs. a raw consumer")
     bi.add_argument("--events", type=_positive, default=1_000_000, help="records to meter")
     bi.add_argument("--workers", type=_positive, default=1, help="worker processes")
+    bi.add_argument(
+        "--reference",
+        action="store_true",
+        help="also meter the input with the per-record scan (what the batch scan replaced), same run",
+    )
     bm = command(
         bench,
         "memory",
