@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import base64
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from sys import intern
 from typing import Any, NamedTuple, Protocol
@@ -465,46 +465,55 @@ class ShardState:
         hot = self.hot_from()
         return sum(1 for hk in self.hours if hk[1] < hot)
 
-    def cold_due(self, refresh_before_ms: int | None = None, max_refresh: int = 24) -> list[int]:
-        """The cold hours whose segment must be (re)written: those with windows held in memory
-        (changed since their segment, or just gone cold), and up to ``max_refresh`` segments
-        written before ``refresh_before_ms`` (wall clock; so that the state topic's retention
-        never deletes a segment still in use)."""
+    def segments_due(
+        self, refresh_before_ms: int | None = None, max_refresh: int = 24
+    ) -> Iterator[tuple[int, dict[str, Any], list[WindowKey]]]:
+        """The segments to (re)write now, one at a time: ``(hour, entry, windows)`` for each cold
+        hour with windows held in memory (changed since its segment, or just gone cold), then
+        for up to ``max_refresh`` segments written before ``refresh_before_ms`` (wall clock; so
+        that the state topic's retention never deletes a segment still in use). ``entry`` holds
+        every window of the hour: its segment so far with the windows changed since laid over it
+        (a valid delta entry too: full totals); ``windows``: those of them held in memory, for
+        :meth:`set_cold` once the entry is placed. Segments are read back 16 hours at a time."""
         hot = self.hot_from()
-        due = sorted({hk[1] for hk in self.hours if hk[1] < hot})
-        if refresh_before_ms is not None:
-            stale = sorted(h for h, ref in self.cold.items() if ref.written_ms < refresh_before_ms and h not in due)
-            due += stale[:max_refresh]
-        return due
-
-    def segment(self, hour: int) -> dict[str, Any]:
-        """The changelog entry holding every window of a cold ``hour``: its segment so far with
-        the windows changed since laid over it. It is a valid delta entry too (full totals)."""
-        rows = dict(self._cold_rows(hour))
+        held: dict[int, list[tuple[WindowKey, list[int]]]] = {}
         for hk, v in self.hours.items():
-            if hk[1] == hour:
-                rows[hk[0]] = tuple(v)
-        return {
-            "v": 2,
-            "shard": self.name,
-            "kind": "segment",
-            "offset": self.next_offset,
-            "dedup_ts": self.dedup.newest_ms,
-            "stream_ms": self.stream_ms,
-            "dedup": "",
-            "counters": [],
-            "hour": hour,
-            "hours": [[*wk, hour, *v] for wk, v in rows.items()],
-        }
+            if hk[1] < hot:
+                held.setdefault(hk[1], []).append((hk[0], v))
+        due = sorted(held)
+        if refresh_before_ms is not None:
+            stale = sorted(h for h, ref in self.cold.items() if ref.written_ms < refresh_before_ms and h not in held)
+            due += stale[:max_refresh]
+        for n in range(0, len(due), 16):
+            chunk = due[n : n + 16]
+            base = self._read_segments([h for h in chunk if h not in self._cache])
+            for hour in chunk:
+                rows = dict(base.get(hour) or self._cache.get(hour) or {})
+                mine = held.get(hour, [])
+                for wk, v in mine:
+                    rows[wk] = tuple(v)
+                self._cache_put(hour, rows)  # the hour as it now is (the transaction commits it)
+                entry = {
+                    "v": 2,
+                    "shard": self.name,
+                    "kind": "segment",
+                    "offset": self.next_offset,
+                    "dedup_ts": self.dedup.newest_ms,
+                    "stream_ms": self.stream_ms,
+                    "dedup": "",
+                    "counters": [],
+                    "hour": hour,
+                    "hours": [[*wk, hour, *v] for wk, v in rows.items()],
+                }
+                yield hour, entry, [wk for wk, _ in mine]
 
-    def set_cold(self, hour: int, offsets: list[int], written_ms: int, entry: dict[str, Any]) -> None:
-        """The segment ``entry`` of ``hour`` was written at ``offsets`` of the shard's state
-        partition: the hour's windows leave memory (the segment is kept in the cache)."""
+    def set_cold(self, hour: int, offsets: list[int], written_ms: int, windows: list[WindowKey]) -> None:
+        """The segment of ``hour`` (from :meth:`segments_due`) was placed at ``offsets`` of the
+        shard's state partition: its ``windows`` held in memory leave it."""
         self.cold[hour] = ColdRef(offsets, written_ms)
-        for hk in [hk for hk in self.hours if hk[1] == hour]:
-            del self.hours[hk]
-        self.cold_held = self.dirty_cold()
-        self._cache_put(hour, {_key(row): tuple(row[7:11]) for row in entry["hours"]})
+        hours = self.hours
+        for wk in windows:
+            hours.pop((wk, hour), None)
 
     def _cold_base(self, minutes: dict[tuple[str, str, str, str, str, str, int], list[int]]) -> dict[int, Any]:
         """The segments of every cold hour a batch's minutes land in, read in one go (the ones
@@ -514,14 +523,6 @@ class ShardState:
         base = {h: self._cache[h] for h in need if h in self._cache}
         base.update(self._read_segments(sorted(h for h in need if h in self.cold and h not in base)))
         return base
-
-    def _cold_rows(self, hour: int) -> dict[WindowKey, tuple[int, ...]]:
-        """The windows of a cold hour as its last segment holds them (empty: never written)."""
-        rows = self._cache.get(hour)
-        if rows is not None:
-            self._cache.move_to_end(hour)
-            return rows
-        return self._read_segments([hour]).get(hour, {})
 
     def _read_segments(self, hours: list[int]) -> dict[int, dict[WindowKey, tuple[int, ...]]]:
         hours = [h for h in hours if h in self.cold]

@@ -26,6 +26,7 @@ from metering.domain.shard import (
     InRecord,
     ShardConfig,
     ShardState,
+    WindowKey,
 )
 from metering.engine.topics import MAX_MESSAGE, ensure_topics
 from metering.errors import EngineError, TopicError
@@ -678,23 +679,24 @@ class Engine:
         their offsets), a checkpoint per shard naming where every segment is."""
         send = _sender(producer)
         refresh_before = int((now - self.settings.state_retention_s / 2) * 1000)
-        written: list[tuple[ShardState, int, dict[str, Any], list[int], int]] = []
+        written: list[tuple[ShardState, int, list[WindowKey], list[int], int]] = []
         for k in keys:
             shard = self.shards[k]
-            for hour in shard.cold_due(refresh_before):
-                entry = shard.segment(hour)
+            for hour, entry, windows in shard.segments_due(refresh_before):
                 placed: list[int] = []
                 n = self._send_state(send, shard.name, entry, lambda _n, off, placed=placed: placed.append(off))  # type: ignore[misc]
-                written.append((shard, hour, entry, placed, n))
+                written.append((shard, hour, windows, placed, n))
                 counts["segments_written"] += 1
                 counts["segment_windows_written"] += len(entry["hours"])
         # the checkpoints need the offsets of the segments and of this transaction's deltas
         if producer.flush(60) > 0:
             raise EngineError("the state topic did not take a round's records within 60 s")
-        for shard, hour, entry, placed, n in written:
+        for shard, hour, windows, placed, n in written:
             if len(placed) != n:
                 raise EngineError(f"{n - len(placed)} of the {n} records of a segment of {shard.name} were not placed")
-            shard.set_cold(hour, sorted(placed), int(now * 1000), entry)
+            shard.set_cold(hour, sorted(placed), int(now * 1000), windows)
+        for k in keys:
+            self.shards[k].cold_held = 0  # every cold hour held is in a segment now
         for k in keys:
             shard = self.shards[k]
             self._send_state(send, shard.name, shard.snapshot(shard.dedup_from()))

@@ -70,9 +70,9 @@ def fold(st: ShardState, topic: StateTopic, records: list[Record]) -> dict[Any, 
 
 
 def state_round(st: ShardState, topic: StateTopic, written_ms: int = TS0) -> None:
-    for hour in st.cold_due():
-        entry = st.segment(hour)
-        st.set_cold(hour, topic.send(entry), written_ms, entry)
+    for hour, entry, windows in list(st.segments_due()):
+        st.set_cold(hour, topic.send(entry), written_ms, windows)
+    st.cold_held = 0
     topic.send(st.snapshot(st.dedup_from()))
 
 
@@ -131,7 +131,7 @@ def test_late_records_into_cold_hours_publish_full_totals_and_survive_a_restore(
     exact(late)
     assert (topic.reads, st.cold_loads) == (1, 3)  # the three hours' segments, read in one go
     assert {k[1] for k in late} == {(now - hb * HOUR_MS) - (now - hb * HOUR_MS) % HOUR_MS for hb in (5, 20, 47)}
-    assert st.dirty_cold() == 15  # 3 hours × 5 principals, until the next round
+    assert st.dirty_cold() == st.cold_held == 15  # 3 hours × 5 principals, until the next round
 
     # a new owner restored from the changelog goes on exactly as the live shard does
     state_round(st, topic)
@@ -180,7 +180,9 @@ def test_a_large_segment_splits_into_segment_parts_of_the_same_hour() -> None:
     st.stream_ms = TS0
     for i in range(50):
         st.hours[(("proxy", f"User:{i}", "", "", "orders", "produce"), hour)] = [i, 1, 1, 0]
-    parts = ShardState.split(st.segment(hour), max_items=20)
+    [(_, entry, windows)] = list(st.segments_due())
+    assert len(windows) == 50
+    parts = ShardState.split(entry, max_items=20)
     assert [p["kind"] for p in parts] == ["segment"] * 3
     assert {p["hour"] for p in parts} == {hour}
     assert sum(len(p["hours"]) for p in parts) == 50
