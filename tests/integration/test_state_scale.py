@@ -11,6 +11,7 @@ import random
 import threading
 import time
 from collections import Counter, defaultdict
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -210,10 +211,19 @@ def test_late_records_into_hours_weeks_back_stay_exact_through_kill_minus_9(
             worker.start()
         feeder.join()
         wait_caught_up(broker.bootstrap, settings.group_id, ends)
+        took = time.monotonic() - started
+        # Once more, after state rounds have surely written the cold hours' segments (the kills
+        # above may all land before a round): kill -9, then late records into those hours. The
+        # restarted worker holds none of them in memory and must read them back to publish
+        # full totals.
+        time.sleep(6)
+        worker.kill9()
+        worker.start()
+        ends.update(produce(broker.bootstrap, _late(traffic, sorted(cold_hours), 400, random.Random(seed + 2))))
+        wait_caught_up(broker.bootstrap, settings.group_id, ends)
     finally:
         feeder.join()
         worker.stop()
-    took = time.monotonic() - started
     assert len(at_kill) >= 3, f"only {len(at_kill)} kills landed while traffic flowed ({took:.0f} s)"
     rows = _assert_windows(broker.bootstrap, settings, traffic.truth)
     dlq = read_all(broker.bootstrap, settings.topic_dlq, 4)
@@ -240,6 +250,27 @@ def test_late_records_into_hours_weeks_back_stay_exact_through_kill_minus_9(
         )
     # the restarted worker found those hours' totals in their segments on the state topic
     assert '"cold hours read back"' in log.read_text()
+
+
+def _late(traffic: Traffic, hours: list[str], n: int, rnd: random.Random) -> list[tuple[str, bytes, bytes]]:
+    """``n`` new proxy audit records into these hours (ISO hour starts), added to the truth."""
+    out = []
+    for i in range(n):
+        start = datetime.fromisoformat(rnd.choice(hours).replace("Z", "+00:00")).timestamp()
+        t = start + rnd.uniform(0, 3599)
+        principal, topic = f"User:tenant-{rnd.randrange(4)}", rnd.choice(("orders", "payments"))
+        doc = {
+            "specversion": "1.0",
+            "id": f"after-restart-{i}",
+            "source": "//proxy/gw-late",
+            "type": "io.streamtoll.kafka.produce",
+            "time": rfc3339(t),
+            "subject": principal,
+            "data": {"topic": topic, "records": 1, "bytes": 1000 + i},
+        }
+        traffic.add("proxy", principal, "", "", topic, "produce", t, 1000 + i, 1, 1)
+        out.append((traffic.proxy_topic, principal.encode(), json.dumps(doc).encode()))
+    return out
 
 
 # -- 3. replays do not depend on the clock -----------------------------------------------------------
