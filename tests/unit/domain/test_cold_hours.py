@@ -186,3 +186,24 @@ def test_a_large_segment_splits_into_segment_parts_of_the_same_hour() -> None:
     assert [p["kind"] for p in parts] == ["segment"] * 3
     assert {p["hour"] for p in parts} == {hour}
     assert sum(len(p["hours"]) for p in parts) == 50
+
+
+def test_segments_older_than_half_the_retention_are_rewritten_before_the_topic_deletes_them() -> None:
+    """A cold hour nobody touches keeps its segment; once the segment is older than the time
+    given (the engine passes now − STATE_RETENTION / 2) the round writes it again, the same
+    windows, and the hour's index moves to the new place."""
+    topic = StateTopic()
+    st = ShardState("proxy/0", cfg())
+    st.load_segment = topic.load
+    base = TS0 - TS0 % HOUR_MS
+    fold(st, topic, [Record(i, base, event(i, base - (10 + i) * HOUR_MS, "User:a", 10 + i)) for i in range(3)])
+    state_round(st, topic, written_ms=1_000)
+    first = {h: ref.offsets for h, ref in st.cold.items()}
+    assert len(first) == 3 and list(st.segments_due(refresh_before_ms=1_000)) == []  # not older yet
+    due = list(st.segments_due(refresh_before_ms=2_000, max_refresh=2))
+    assert [h for h, _, _ in due] == sorted(first)[:2]  # at most max_refresh per round, oldest hours first
+    for hour, entry, windows in due:
+        assert windows == []  # nothing held: the segment is rewritten from what it held
+        assert [row[7] for row in entry["hours"]] == [topic.log[first[hour][0]]["hours"][0][7]]
+        st.set_cold(hour, topic.send(entry), 2_000, windows)
+        assert st.cold[hour].offsets != first[hour] and st.cold[hour].written_ms == 2_000
