@@ -103,7 +103,7 @@ def test_late_records_into_cold_hours_publish_full_totals_and_survive_a_restore(
 
     def batch(hours_back: list[int], offset: int) -> list[Record]:
         nonlocal n
-        recs = []
+        recs: list[Record] = []
         for hb in hours_back:
             for p in principals:
                 t = now - hb * HOUR_MS - rnd.randrange(0, 600_000)
