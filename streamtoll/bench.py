@@ -40,10 +40,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streamtoll.traffic import produce
+from streamtoll.traffic import each_record, produce
 
 __all__ = ["HistoryResult", "IngestResult", "MemoryResult", "bench_history", "bench_ingest", "bench_memory", "history"]
 
@@ -530,36 +530,10 @@ def _assigned(log: Path) -> float | None:
 def _state_bytes(bootstrap: str, topic: str) -> dict[int, int]:
     """Bytes (key + value) of every record of ``topic`` — aborted transactions included — by its
     timestamp in ms (the writer's clock: the worker runs on this machine)."""
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-state-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "isolation.level": "read_uncommitted",
-            "fetch.queue.backoff.ms": 10,
-        }
-    )
     by_ms: dict[int, int] = {}
-    try:
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        pending = set(parts)
-        deadline = time.monotonic() + 600
-        while pending and time.monotonic() < deadline:
-            for m in c.consume(10_000, 0.5):
-                err = m.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(m.partition())
-                        continue
-                    raise KafkaException(err)
-                ms = m.timestamp()[1]
-                by_ms[ms] = by_ms.get(ms, 0) + len(m.value() or b"") + len(m.key() or b"")
-        if pending:
-            raise RuntimeError(f"reading {topic} back took over 600 s")
-    finally:
-        c.close()
+    for m in each_record(bootstrap, topic, committed_only=False, timeout_s=600):
+        ms = m.timestamp()[1]
+        by_ms[ms] = by_ms.get(ms, 0) + len(m.value() or b"") + len(m.key() or b"")
     return by_ms
 
 

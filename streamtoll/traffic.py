@@ -12,12 +12,12 @@ import random
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 HOUR = 3600
 Truth = dict[tuple[str, ...], list[int]]
@@ -401,33 +401,53 @@ def produce(
     return ends
 
 
-def read_all(bootstrap: str, topic: str, partitions: int) -> list[Any]:
-    """Every committed record of ``topic``, read to each partition's end as fetches report it."""
+def each_record(
+    bootstrap: str,
+    topic: str,
+    partitions: int | None = None,
+    committed_only: bool = True,
+    timeout_s: float = 120.0,
+) -> Iterator[Message]:
+    """Every record of ``topic`` (of every partition when ``partitions`` is None; committed
+    ones only unless ``committed_only`` is false), read to each partition's end as fetches
+    report it. Raises if that takes over ``timeout_s``."""
     c = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"reader-{uuid.uuid4().hex}",
-            "isolation.level": "read_committed",
+            "isolation.level": "read_committed" if committed_only else "read_uncommitted",
             "enable.partition.eof": True,
             "enable.auto.commit": False,
+            "fetch.queue.backoff.ms": 10,
         }
     )
-    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    out: list[Any] = []
-    pending = set(range(partitions))
-    deadline = time.monotonic() + 120
-    while pending and time.monotonic() < deadline:
-        for m in c.consume(10_000, 1.0):
-            err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(m.partition())
-                    continue
-                raise KafkaException(err)
-            out.append(json.loads(m.value() or b"null"))
-    c.close()
-    assert not pending, f"could not read {topic} to its end"
-    return out
+    try:
+        parts = (
+            list(range(partitions))
+            if partitions is not None
+            else list(c.list_topics(topic, timeout=10).topics[topic].partitions)
+        )
+        c.assign([TopicPartition(topic, p, 0) for p in parts])
+        pending = set(parts)
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            for m in c.consume(10_000, 0.5):
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(m.partition())
+                        continue
+                    raise KafkaException(err)
+                yield m
+        if pending:
+            raise RuntimeError(f"could not read {topic} to its end in {timeout_s:.0f} s")
+    finally:
+        c.close()
+
+
+def read_all(bootstrap: str, topic: str, partitions: int) -> list[Any]:
+    """Every committed record of ``topic``, read to each partition's end as fetches report it."""
+    return [json.loads(m.value() or b"null") for m in each_record(bootstrap, topic, partitions)]
 
 
 def committed(bootstrap: str, group: str, ends: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:

@@ -70,6 +70,11 @@ def _sender(producer: Producer) -> Callable[..., None]:
     return send
 
 
+def _shard_name(topic: str, partition: int) -> str:
+    """A shard's name: its input partition, as the state topic keys its entries."""
+    return f"{topic}/{partition}"
+
+
 def _state_partition(shard: str, n: int) -> int:
     return zlib.crc32(shard.encode()) % n
 
@@ -255,7 +260,7 @@ class Engine:
     def _new_shard(self, topic: str, partition: int) -> ShardState:
         s = self.settings
         shard = ShardState(
-            f"{topic}/{partition}",
+            _shard_name(topic, partition),
             ShardConfig(
                 source_kind=s.input_topics[topic],
                 dedup_horizon_ms=int(s.dedup_horizon_s * 1000),
@@ -283,7 +288,7 @@ class Engine:
         when a late record needs them.
         """
         s = self.settings
-        names = {self._shard_name(*k): k for k in wanted}
+        names = {_shard_name(*k): k for k in wanted}
         found: dict[str, tuple[int, int | None]] = {}  # shard → (checkpoint offset, dedup_from)
         lookback: float | None = 3 * s.snapshot_interval_s
         self._full_reads = 0
@@ -319,9 +324,6 @@ class Engine:
             st.cold_held = st.dirty_cold()
             self.shards[k] = st
             self._last_snapshot[k] = now
-
-    def _shard_name(self, topic: str, partition: int) -> str:
-        return f"{topic}/{partition}"
 
     def _state_reader(self) -> Consumer:
         s = self.settings
