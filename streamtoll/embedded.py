@@ -31,11 +31,20 @@ class EmbeddedError(RuntimeError):
     """An embedded part could not start; the message says what to do."""
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port nobody listens on right now (the OS picks it), never one this process was
+    given before: a port handed out for something not yet listening (or meant to stay down, as
+    a stopped audit cluster's) is free again for the OS, which handed it out twice in one test."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def _port_open(host: str, port: int) -> bool:
