@@ -1,25 +1,160 @@
-"""What billing's errors have in common.
+"""Every error billing raises on purpose, in one tree (stdlib only: the domain raises them too).
 
-Each service raises its own error class (``CatalogError``, ``BillingError``, ``InvoiceError``,
-``KeyError_``); the ones that mean "there is no such thing" also carry :class:`NotFound`, so a
+Each one carries one sentence a person can act on (the ones with ``problems`` list every
+mistake at once). The ones that mean "there is no such thing" are also :class:`NotFound`, so a
 caller answers them alike — the command line with exit code 3, the HTTP API with 404 — without
 reading messages::
 
-    Exception
-    ├── NotFound                      mixin: the thing asked for does not exist
-    ├── services.billing_run.BillingError
+    BillingError                    anything billing raises on purpose
+    ├── NotFound                    the account, invoice, key … asked for does not exist
+    │                               (or is not the caller's); a mixin of the *NotFound below
+    ├── BillingSettingsError        settings cannot work (``problems``: every one at once)
+    ├── CatalogError                a catalog file cannot be loaded (``problems``, each with where)
+    │   ├── AccountError (+ValueError)  an accounts document is invalid
+    │   └── PlanError (+ValueError)     a plan entry is invalid
+    ├── RunError                    a billing run, preview or statement cannot be done as asked
     │   └── AccountNotFound (+NotFound)
-    ├── services.invoices.InvoiceError
+    ├── InvoiceError                an invoice operation is not possible (status, reference …)
     │   └── InvoiceNotFound (+NotFound)
-    ├── services.keys.KeyError_
-    │   └── KeyNotFound (+NotFound)
-    └── services.catalog.CatalogError  a catalog file is not loadable (every problem listed)
+    ├── ApiKeyError                 an API key cannot be created or revoked as asked
+    │   └── ApiKeyNotFound (+NotFound)
+    ├── CredentialError             a Kafka credential cannot be created, rotated or revoked
+    │   └── CredentialNotFound (+NotFound)
+    ├── EntitlementError            entitlements cannot be published or shown
+    │   └── EntitlementNotFound (+NotFound)
+    ├── IdempotencyError            an ``Idempotency-Key`` cannot be used for this request
+    │   ├── KeyInUse                    a request with this key is still running
+    │   └── KeyReused                   the key was used for another request
+    └── PublishError                the cluster did not take the control records (or the topic)
+
+Outside the tree, on purpose: the HTTP layer's own signals (``billing.api.problems.ProblemError``
+carries an RFC 9457 answer, ``billing.api.quota.TooMany`` a refused slot); they never leave the
+API, which turns every error above into a problem answer.
 """
 
 from __future__ import annotations
 
-__all__ = ["NotFound"]
+__all__ = [
+    "AccountError",
+    "AccountNotFound",
+    "ApiKeyError",
+    "ApiKeyNotFound",
+    "BillingError",
+    "BillingSettingsError",
+    "CatalogError",
+    "CredentialError",
+    "CredentialNotFound",
+    "EntitlementError",
+    "EntitlementNotFound",
+    "IdempotencyError",
+    "InvoiceError",
+    "InvoiceNotFound",
+    "KeyInUse",
+    "KeyReused",
+    "NotFound",
+    "PlanError",
+    "PublishError",
+    "RunError",
+]
 
 
-class NotFound(Exception):
-    """Mixin: the account, invoice or key asked for does not exist (or is not the caller's)."""
+class BillingError(Exception):
+    """Base of every error billing raises on purpose."""
+
+
+class NotFound(BillingError):
+    """The account, invoice or key asked for does not exist (or is not the caller's)."""
+
+
+class _Problems(BillingError):
+    """An error that lists every problem found at once (``problems``)."""
+
+    prefix = ""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(self.describe(problems))
+
+    @classmethod
+    def describe(cls, problems: list[str]) -> str:
+        return cls.prefix + "; ".join(problems)
+
+
+class BillingSettingsError(_Problems):
+    """One or more settings are invalid; ``problems`` lists every one of them."""
+
+    prefix = "Invalid settings: "
+
+
+class CatalogError(_Problems):
+    """A catalog file cannot be loaded; ``problems`` lists every reason with where it is."""
+
+
+class AccountError(CatalogError, ValueError):
+    """An accounts document is invalid; ``problems`` lists every mistake with where it is."""
+
+    @classmethod
+    def describe(cls, problems: list[str]) -> str:
+        return f"{len(problems)} problem(s): " + "; ".join(problems)
+
+
+class PlanError(CatalogError, ValueError):
+    """A plan entry is invalid; ``problems`` lists every problem found, each with its path."""
+
+    prefix = "Invalid plan: "
+
+
+class RunError(BillingError):
+    """A billing run (or a preview, a statement) cannot be done as asked; one sentence."""
+
+
+class AccountNotFound(RunError, NotFound):
+    """There is no account with that code."""
+
+
+class InvoiceError(BillingError):
+    """An invoice operation is not possible (unknown invoice, wrong status …); one sentence."""
+
+
+class InvoiceNotFound(InvoiceError, NotFound):
+    """No invoice has that reference (or it has no document yet: a draft's PDF)."""
+
+
+class ApiKeyError(BillingError):
+    """An API key cannot be created or revoked as asked; one sentence."""
+
+
+class ApiKeyNotFound(ApiKeyError, NotFound):
+    """No such (active) key, or no such account to bind a key to."""
+
+
+class CredentialError(BillingError):
+    """A credential cannot be created, rotated or revoked as asked; one sentence."""
+
+
+class CredentialNotFound(CredentialError, NotFound):
+    """No such (active) credential, or no such account."""
+
+
+class EntitlementError(BillingError):
+    """Entitlements cannot be published or shown as asked; one sentence."""
+
+
+class EntitlementNotFound(EntitlementError, NotFound):
+    """No such account."""
+
+
+class IdempotencyError(BillingError):
+    """The ``Idempotency-Key`` cannot be used for this request."""
+
+
+class KeyInUse(IdempotencyError):
+    """A request with this key is still running."""
+
+
+class KeyReused(IdempotencyError):
+    """The key was used for another request."""
+
+
+class PublishError(BillingError):
+    """The cluster did not take the records (or the topic); one sentence."""

@@ -14,16 +14,11 @@ from dataclasses import dataclass, field
 
 from billing.api.quota import DEFAULT_LIMITS, Limit, parse_limit
 from billing.domain.sources import DEFAULT_SOURCES, parse_sources
+from billing.errors import BillingSettingsError
 
-__all__ = ["BillingSettings", "BillingSettingsError", "SmtpSettings"]
+__all__ = ["BillingSettings", "SmtpSettings"]
 
 PREFIX = "STREAMTOLL_"
-
-
-class BillingSettingsError(Exception):
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("Invalid settings: " + "; ".join(problems))
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,17 @@ from typing import Any
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
-from billing.errors import NotFound
-from billing.settings import BillingSettings, BillingSettingsError
+from billing.errors import (
+    ApiKeyError,
+    BillingSettingsError,
+    CatalogError,
+    CredentialError,
+    EntitlementError,
+    InvoiceError,
+    NotFound,
+    RunError,
+)
+from billing.settings import BillingSettings
 from metering.errors import MeteringError, SettingsError
 from metering.settings import MeteringSettings, parse_duration
 from streamtoll import logs
@@ -203,11 +212,11 @@ def _engine() -> Iterator[Engine]:
 
 
 def _period(text_: str) -> str:
-    from billing.services.billing_run import BillingError, parse_period
+    from billing.services.billing_run import parse_period
 
     try:
         parse_period(text_)
-    except BillingError as exc:
+    except RunError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text_
 
@@ -291,7 +300,7 @@ def cmd_db_current(args: argparse.Namespace) -> int:
 
 
 def cmd_catalog_load(args: argparse.Namespace) -> int:
-    from billing.services.catalog import CatalogError, load_accounts, load_plans
+    from billing.services.catalog import load_accounts, load_plans
 
     loader = load_accounts if args.kind == "accounts" else load_plans
     with _engine() as engine:
@@ -338,7 +347,7 @@ def cmd_plans_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from billing.services.keys import KeyError_, create_key, list_keys, revoke_key
+    from billing.services.keys import create_key, list_keys, revoke_key
 
     with _engine() as engine:
         try:
@@ -359,7 +368,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
                     print(f"revoked key {args.key_id}")
                 else:
                     print_document({"key_id": args.key_id, "revoked": True}, args.output)
-        except KeyError_ as exc:
+        except ApiKeyError as exc:
             raise (NotFoundError if isinstance(exc, NotFound) else UserError)(str(exc)) from None
     return 0
 
@@ -377,7 +386,7 @@ def _overlap(text_: str) -> float:
 def _publish_credentials(engine: Engine, strict: bool) -> int | None:
     """Every credential's state to the credentials topic (the gateways follow it); None when the
     cluster is not set (or, unless ``strict``, does not take them: the next change or start repeats it)."""
-    from billing.services.credentials import CredentialError, publish_credentials
+    from billing.services.credentials import publish_credentials
 
     metering = _settings()
     if not metering.kafka_bootstrap:
@@ -408,7 +417,7 @@ def _publish_entitlements(engine: Engine, strict: bool, when_set: bool = False) 
     the cluster is not set or (unless ``strict``) does not take them — the next load, start or
     ``entitlements publish`` repeats it. ``when_set``: after a catalog load, say nothing when no
     cluster is set (billing alone needs none), and a failure is a note, not an error."""
-    from billing.services.entitlements import EntitlementError, publish_entitlements
+    from billing.services.entitlements import publish_entitlements
 
     metering = _settings()
     if not metering.kafka_bootstrap:
@@ -451,7 +460,7 @@ def _entitlements_daily(engine: Engine) -> None:
 
 
 def cmd_entitlements(args: argparse.Namespace) -> int:
-    from billing.services.entitlements import EntitlementError, entitlement_view
+    from billing.services.entitlements import entitlement_view
 
     with _engine() as engine:
         try:
@@ -471,13 +480,7 @@ def cmd_entitlements(args: argparse.Namespace) -> int:
 
 
 def cmd_credentials(args: argparse.Namespace) -> int:
-    from billing.services.credentials import (
-        CredentialError,
-        create_credential,
-        list_credentials,
-        revoke_credential,
-        rotate_credential,
-    )
+    from billing.services.credentials import create_credential, list_credentials, revoke_credential, rotate_credential
 
     with _engine() as engine:
         try:
@@ -556,7 +559,7 @@ _BILL_COLUMNS = ["account", "status", "number", "currency", "subtotal", "tax", "
 
 
 def cmd_bill(args: argparse.Namespace) -> int:
-    from billing.services.billing_run import BillingError, run_billing
+    from billing.services.billing_run import run_billing
 
     billing = _billing_settings()
     with _engine() as engine:
@@ -569,7 +572,7 @@ def cmd_bill(args: argparse.Namespace) -> int:
                 billing.issuer,
                 source_order=billing.source_order,
             )
-        except BillingError as exc:
+        except RunError as exc:
             raise UserError(str(exc)) from None
     print_rows([r.as_dict() for r in results], args.output, _BILL_COLUMNS)
     return 0
@@ -580,8 +583,8 @@ _INVOICE_COLUMNS = ["ref", "number", "account", "period_start", "kind", "status"
 
 def cmd_invoices(args: argparse.Namespace) -> int:
     from billing.domain.money import format_money
-    from billing.services.billing_run import BillingError, parse_period
-    from billing.services.invoices import InvoiceError, finalize, invoice_pdf, invoice_view, list_invoices, void
+    from billing.services.billing_run import parse_period
+    from billing.services.invoices import finalize, invoice_pdf, invoice_view, list_invoices, void
 
     billing = _billing_settings()
     with _engine() as engine:
@@ -622,7 +625,7 @@ def cmd_invoices(args: argparse.Namespace) -> int:
             elif args.action == "void":
                 number = void(engine, args.ref, args.reason)
                 _report(args.output, f"voided invoice {number}", {"ref": number, "status": "void"})
-        except (InvoiceError, BillingError) as exc:
+        except (InvoiceError, RunError) as exc:
             raise (NotFoundError if isinstance(exc, NotFound) else UserError)(str(exc)) from None
     return 0
 
@@ -662,7 +665,6 @@ def _show_invoice(doc: dict[str, Any], fmt: str) -> None:
 
 def cmd_statements(args: argparse.Namespace) -> int:
     from billing.adapters.render import render_statement_pdf
-    from billing.services.billing_run import BillingError
     from billing.services.statements import statement, statement_csv
 
     billing = _billing_settings()
@@ -670,7 +672,7 @@ def cmd_statements(args: argparse.Namespace) -> int:
     with _engine() as engine:
         try:
             doc = statement(engine, args.account, args.period, now=datetime.now(UTC), source_order=billing.source_order)
-        except BillingError as exc:
+        except RunError as exc:
             raise (NotFoundError if isinstance(exc, NotFound) else UserError)(str(exc)) from None
     if fmt == "pdf":
         out = Path(args.out or f"statement-{args.account}-{args.period}.pdf")

@@ -14,11 +14,9 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-__all__ = ["PublishError", "ensure_compacted_topic", "publish_records"]
+from billing.errors import PublishError
 
-
-class PublishError(Exception):
-    """The cluster did not take the records (or the topic); one sentence."""
+__all__ = ["ensure_compacted_topic", "publish_records"]
 
 
 class _Debug(logging.LoggerAdapter):  # type: ignore[type-arg]

@@ -64,11 +64,19 @@ from billing.api.problems import Problem, ProblemError, error_responses, problem
 from billing.api.quota import KeyQuota, Slot, TooMany, admit, key_digest
 from billing.domain.accounts import CODE_PATTERN
 from billing.domain.money import format_money
-from billing.services.billing_run import PERIOD_PATTERN, BillingError, parse_period, run_billing
-from billing.services.credentials import (
-    NAME,
+from billing.errors import (
     CredentialError,
     CredentialNotFound,
+    EntitlementNotFound,
+    InvoiceError,
+    InvoiceNotFound,
+    KeyInUse,
+    KeyReused,
+    RunError,
+)
+from billing.services.billing_run import PERIOD_PATTERN, parse_period, run_billing
+from billing.services.credentials import (
+    NAME,
     IssuedCredential,
     create_credential,
     credential_doc,
@@ -76,18 +84,9 @@ from billing.services.credentials import (
     revoke_credential,
     rotate_credential,
 )
-from billing.services.entitlements import EntitlementNotFound, entitlement_view
-from billing.services.idempotency import KeyInUse, KeyReused, claim, fingerprint
-from billing.services.invoices import (
-    InvoiceError,
-    InvoiceNotFound,
-    finalize,
-    invoice_pdf,
-    invoice_view,
-    list_invoices,
-    list_position,
-    void,
-)
+from billing.services.entitlements import entitlement_view
+from billing.services.idempotency import claim, fingerprint
+from billing.services.invoices import finalize, invoice_pdf, invoice_view, list_invoices, list_position, void
 from billing.services.keys import Caller, authenticate
 from billing.services.live import LiveFeed
 from billing.services.statements import StatementStore, statement_csv
@@ -603,7 +602,7 @@ def create_app(
             period, format = period[:-4], "pdf"
         try:
             start = parse_period(period)[0]
-        except BillingError as exc:
+        except RunError as exc:
             raise ProblemError(
                 "invalid-request", str(exc), errors=[{"name": "period", "in": "path", "reason": "not YYYY-MM"}]
             ) from None
@@ -627,7 +626,7 @@ def create_app(
                 document = statements_store.pdf(target, period, render_statement_pdf)
                 return Response(document, media_type="application/pdf")
             body = statements_store.get(target, period)
-        except BillingError:
+        except RunError:
             raise ProblemError("not-found", "no such account") from None
         if media == "text/csv":
             return Response(statement_csv(orjson.loads(body)), media_type="text/csv")
@@ -654,7 +653,7 @@ def create_app(
         if period is not None:
             try:
                 start = parse_period(period)[0]
-            except BillingError as exc:
+            except RunError as exc:
                 raise ProblemError(
                     "invalid-request", str(exc), errors=[{"name": "period", "in": "query", "reason": "not YYYY-MM"}]
                 ) from None
@@ -731,7 +730,7 @@ def create_app(
                     settings.issuer,
                     source_order=settings.source_order,
                 )
-            except BillingError as exc:
+            except RunError as exc:
                 raise ProblemError(
                     "invalid-request", str(exc), errors=[{"name": "period", "in": "query", "reason": str(exc)}]
                 ) from None

@@ -21,31 +21,15 @@ from itertools import pairwise
 from typing import Any
 
 from billing.domain.access import Access, parse_access
+from billing.errors import AccountError
 
-__all__ = [
-    "CODE_PATTERN",
-    "UNASSIGNED",
-    "Account",
-    "AccountError",
-    "Attributor",
-    "ClientRule",
-    "Subscription",
-    "parse_accounts",
-]
+__all__ = ["CODE_PATTERN", "UNASSIGNED", "Account", "Attributor", "ClientRule", "Subscription", "parse_accounts"]
 
 UNASSIGNED = "unassigned"
 CODE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"  # an account's code (the API declares it in OpenAPI)
 _CODE = re.compile(CODE_PATTERN)
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
-
-
-class AccountError(ValueError):
-    """An accounts document is invalid; ``problems`` lists every mistake with where it is."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__(f"{len(problems)} problem(s): " + "; ".join(problems))
 
 
 @dataclass(frozen=True)

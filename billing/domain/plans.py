@@ -36,32 +36,15 @@ from typing import Any, Final, Literal, get_args
 from billing.domain.access import Access, CapSpec, parse_access, parse_caps, parse_limits
 from billing.domain.money import minor_unit, round_money, to_decimal
 from billing.domain.units import METERS, Meter, check_unit, is_meter
+from billing.errors import PlanError
 from metering.entitlements import Limits
 
-__all__ = [
-    "METERS",
-    "MODELS",
-    "Meter",
-    "Model",
-    "PlanError",
-    "PlanVersion",
-    "Price",
-    "Tier",
-    "parse_plan",
-]
+__all__ = ["METERS", "MODELS", "Meter", "Model", "PlanVersion", "Price", "Tier", "parse_plan"]
 
 Model = Literal["per_unit", "graduated", "volume", "package", "flat"]
 MODELS: Final[tuple[Model, ...]] = get_args(Model)
 
 _ZERO: Final = Decimal(0)
-
-
-class PlanError(ValueError):
-    """A plan entry is invalid; ``problems`` lists every problem found, each with its path."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("Invalid plan: " + "; ".join(problems))
 
 
 @dataclass(frozen=True)

@@ -43,30 +43,12 @@ from billing.domain.money import format_money, round_money
 from billing.domain.plans import PlanVersion
 from billing.domain.rating import Line, rate_period
 from billing.domain.sources import DEFAULT_SOURCES
-from billing.errors import NotFound
+from billing.errors import AccountNotFound, InvoiceError, RunError
 from billing.services.catalog import plan_from_document
-from billing.services.invoices import InvoiceError, finalize, invoice_ref, render_pending
+from billing.services.invoices import finalize, invoice_ref, render_pending
 from billing.services.usage import load_attributor, usage_rows
 
-__all__ = [
-    "PERIOD_PATTERN",
-    "AccountBill",
-    "AccountNotFound",
-    "BillingError",
-    "Preview",
-    "parse_period",
-    "preview",
-    "preview_accounts",
-    "run_billing",
-]
-
-
-class BillingError(Exception):
-    """A billing run cannot be done as asked; one sentence."""
-
-
-class AccountNotFound(BillingError, NotFound):
-    """There is no account with that code."""
+__all__ = ["PERIOD_PATTERN", "AccountBill", "Preview", "parse_period", "preview", "preview_accounts", "run_billing"]
 
 
 @dataclass
@@ -108,7 +90,7 @@ def parse_period(text_: str) -> tuple[date, date]:
     m = _PERIOD.fullmatch(text_)
     year, month = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
     if not (1970 <= year <= 9998 and 1 <= month <= 12):
-        raise BillingError(f"{text_!r} is not a billing period like 2026-11")
+        raise RunError(f"{text_!r} is not a billing period like 2026-11")
     start = date(year, month, 1)
     end = date(year + (month == 12), month % 12 + 1, 1)
     return start, end

@@ -25,12 +25,12 @@ from sqlalchemy.dialects.postgresql import insert
 
 from billing.adapters.models import AccountRow, ClientRuleRow, PlanRow, PlanVersionRow, SubscriptionRow
 from billing.domain.access import access_doc, access_from_doc, caps_doc, caps_from_doc, limits_doc, limits_from_doc
-from billing.domain.accounts import Account, AccountError, parse_accounts
-from billing.domain.plans import PlanError, PlanVersion, Price, Tier, parse_plan
+from billing.domain.accounts import Account, parse_accounts
+from billing.domain.plans import PlanVersion, Price, Tier, parse_plan
+from billing.errors import AccountError, CatalogError, PlanError
 
 __all__ = [
     "AccountSummary",
-    "CatalogError",
     "LoadReport",
     "PlanSummary",
     "list_accounts",
@@ -41,14 +41,6 @@ __all__ = [
     "plan_from_document",
     "read_yaml",
 ]
-
-
-class CatalogError(Exception):
-    """A catalog file cannot be loaded; ``problems`` lists every reason with where it is."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(problems))
 
 
 @dataclass

@@ -22,14 +22,12 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, select, update
 
-from billing.adapters.control import PublishError, publish_records
+from billing.adapters.control import publish_records
 from billing.adapters.models import AccountRow, CredentialKeyRow, CredentialRow
-from billing.errors import NotFound
+from billing.errors import CredentialError, CredentialNotFound, PublishError
 from metering.credentials import MECHANISMS, Credential, ScramKey, encode, scram_key
 
 __all__ = [
-    "CredentialError",
-    "CredentialNotFound",
     "CredentialView",
     "IssuedCredential",
     "create_credential",
@@ -42,14 +40,6 @@ __all__ = [
 ]
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-
-
-class CredentialError(Exception):
-    """A credential cannot be created, rotated or revoked as asked; one sentence."""
-
-
-class CredentialNotFound(CredentialError, NotFound):
-    """No such (active) credential, or no such account."""
 
 
 @dataclass(frozen=True)

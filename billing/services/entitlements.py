@@ -29,30 +29,15 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, or_, select
 
-from billing.adapters.control import PublishError, publish_records
+from billing.adapters.control import publish_records
 from billing.adapters.models import AccountRow, PlanVersionRow, SubscriptionRow
 from billing.domain.access import Access, CapSpec, access_from_doc, caps_from_doc, entitlement_for, limits_from_doc
 from billing.domain.sources import DEFAULT_SOURCES
 from billing.domain.units import to_unit
-from billing.errors import NotFound
+from billing.errors import EntitlementError, EntitlementNotFound, PublishError
 from metering.entitlements import Entitlement, encode_entitlement
 
-__all__ = [
-    "AccountEntitlement",
-    "EntitlementError",
-    "EntitlementNotFound",
-    "entitlement_view",
-    "entitlements",
-    "publish_entitlements",
-]
-
-
-class EntitlementError(Exception):
-    """Entitlements cannot be published or shown as asked; one sentence."""
-
-
-class EntitlementNotFound(EntitlementError, NotFound):
-    """No such account."""
+__all__ = ["AccountEntitlement", "entitlement_view", "entitlements", "publish_entitlements"]
 
 
 @dataclass(frozen=True)

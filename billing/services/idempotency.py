@@ -31,36 +31,12 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, text
 from sqlalchemy.exc import OperationalError
 
-__all__ = [
-    "TTL",
-    "Claim",
-    "IdempotencyError",
-    "KeyInUse",
-    "KeyReused",
-    "StoredAnswer",
-    "claim",
-    "fingerprint",
-]
+from billing.errors import KeyInUse, KeyReused
+
+__all__ = ["TTL", "Claim", "StoredAnswer", "claim", "fingerprint"]
 
 TTL = timedelta(hours=24)
 _EXPIRED_PER_CLAIM = 100  # expired rows deleted by each new claim: bounded work per request
-
-
-class IdempotencyError(Exception):
-    """The key cannot be used for this request (a tree of two):
-
-    IdempotencyError
-    ├── KeyInUse   — a request with this key is still running
-    └── KeyReused  — the key was used for another request
-    """
-
-
-class KeyInUse(IdempotencyError):
-    pass
-
-
-class KeyReused(IdempotencyError):
-    pass
 
 
 @dataclass(frozen=True)

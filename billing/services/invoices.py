@@ -38,13 +38,11 @@ from billing.adapters.models import AccountRow, InvoiceLineRow, InvoiceRow
 from billing.adapters.render import render_invoice
 from billing.domain.documents import invoice_snapshot_view
 from billing.domain.money import format_money
-from billing.errors import NotFound
+from billing.errors import InvoiceError, InvoiceNotFound
 from billing.settings import BillingSettings
 
 __all__ = [
     "PAYMENT_TERMS_DAYS",
-    "InvoiceError",
-    "InvoiceNotFound",
     "finalize",
     "find_invoice",
     "invoice_pdf",
@@ -58,14 +56,6 @@ __all__ = [
 
 PAYMENT_TERMS_DAYS = 30
 DEFAULT_ISSUER = BillingSettings().issuer
-
-
-class InvoiceError(Exception):
-    """An invoice operation is not possible (unknown invoice, wrong status …); one sentence."""
-
-
-class InvoiceNotFound(InvoiceError, NotFound):
-    """No invoice has that reference (or it has no document yet: a draft's PDF)."""
 
 
 _DRAFT_REF = re.compile(r"draft-([1-9][0-9]{0,18})")

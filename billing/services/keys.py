@@ -16,17 +16,9 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, insert, select, update
 
 from billing.adapters.models import AccountRow, ApiKeyRow
-from billing.errors import NotFound
+from billing.errors import ApiKeyError, ApiKeyNotFound
 
-__all__ = ["Caller", "KeyError_", "KeyNotFound", "KeyView", "authenticate", "create_key", "list_keys", "revoke_key"]
-
-
-class KeyError_(Exception):
-    """A key cannot be created or revoked as asked; one sentence."""
-
-
-class KeyNotFound(KeyError_, NotFound):
-    """No such (active) key, or no such account to bind a key to."""
+__all__ = ["Caller", "KeyView", "authenticate", "create_key", "list_keys", "revoke_key"]
 
 
 @dataclass(frozen=True)
@@ -46,15 +38,15 @@ def _sha(secret: str) -> str:
 def create_key(engine: Engine, role: str, account: str | None) -> str:
     """A new key, returned once (only its hash is stored)."""
     if role not in ("partner", "finance", "ops"):
-        raise KeyError_("role must be partner, finance or ops")
+        raise ApiKeyError("role must be partner, finance or ops")
     if role == "partner" and not account:
-        raise KeyError_("a partner key needs --account")
+        raise ApiKeyError("a partner key needs --account")
     with engine.begin() as conn:
         if (
             account is not None
             and conn.execute(select(AccountRow.code).where(AccountRow.code == account)).first() is None
         ):
-            raise KeyNotFound(f"there is no account {account!r}; load accounts first")
+            raise ApiKeyNotFound(f"there is no account {account!r}; load accounts first")
         key_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
         conn.execute(
@@ -76,7 +68,7 @@ def revoke_key(engine: Engine, key_id: str) -> None:
             .values(revoked_at=datetime.now(UTC))
         )
         if done.rowcount != 1:
-            raise KeyNotFound(f"there is no active key {key_id!r}")
+            raise ApiKeyNotFound(f"there is no active key {key_id!r}")
 
 
 def authenticate(engine: Engine, presented: str) -> Caller | None:

@@ -12,7 +12,8 @@ import sqlalchemy as sa
 import yaml
 
 from billing.domain.plans import parse_plan
-from billing.services.catalog import CatalogError, load_accounts, load_plans, plan_from_document
+from billing.errors import CatalogError
+from billing.services.catalog import load_accounts, load_plans, plan_from_document
 
 pytestmark = pytest.mark.integration
 

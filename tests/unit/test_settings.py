@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from billing.errors import BillingSettingsError
 from metering.errors import SettingsError
 from metering.settings import MeteringSettings, parse_duration
 
@@ -77,7 +78,7 @@ def test_durations(text: str, seconds: float) -> None:
     ],
 )
 def test_billing_sources_mistakes_are_one_sentence(text: str, problem: str) -> None:
-    from billing.settings import BillingSettings, BillingSettingsError
+    from billing.settings import BillingSettings
 
     with pytest.raises(BillingSettingsError) as exc:
         BillingSettings.from_env({"STREAMTOLL_BILLING_SOURCES": text})

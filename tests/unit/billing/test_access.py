@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from billing.domain.access import Access, CapSpec, entitlement_for
-from billing.domain.accounts import AccountError, parse_accounts
-from billing.domain.plans import PlanError, parse_plan
+from billing.domain.accounts import parse_accounts
+from billing.domain.plans import parse_plan
+from billing.errors import AccountError, PlanError
 from billing.services.catalog import _digest, plan_document, plan_from_document
 from metering.entitlements import Cap, Entitlement, Grant, Limits, decode_entitlement, encode_entitlement
 

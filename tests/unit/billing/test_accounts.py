@@ -11,7 +11,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from billing.domain.accounts import UNASSIGNED, AccountError, Attributor, ClientRule, parse_accounts
+from billing.domain.accounts import UNASSIGNED, Attributor, ClientRule, parse_accounts
+from billing.errors import AccountError
 
 
 def load(samples: Path) -> Any:

@@ -12,7 +12,8 @@ import pytest
 
 from billing.adapters.spreadsheet import csv_text, inert
 from billing.api.negotiation import negotiate
-from billing.services.billing_run import PERIOD_PATTERN, BillingError, parse_period
+from billing.errors import RunError
+from billing.services.billing_run import PERIOD_PATTERN, parse_period
 from streamtoll.output import print_rows
 
 
@@ -28,7 +29,7 @@ def test_the_declared_period_pattern_is_exactly_what_parse_period_takes() -> Non
         try:
             parse_period(text)
             parsed = True
-        except BillingError:
+        except RunError:
             parsed = False
         assert _ecma(PERIOD_PATTERN, text) == parsed, text
     assert parse_period("9998-12")[1].isoformat() == "9999-01-01"

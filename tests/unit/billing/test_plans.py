@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from billing.domain.plans import PlanError, PlanVersion, Price, Tier, parse_plan
+from billing.domain.plans import PlanVersion, Price, Tier, parse_plan
+from billing.errors import PlanError
 
 SAMPLES = Path(__file__).parents[3] / "streamtoll" / "samples"
 D = Decimal

@@ -9,7 +9,8 @@ import tracemalloc
 import pytest
 
 from billing.api.quota import DEFAULT_LIMITS, KeyQuota, Limit, TooMany, admit, key_digest, parse_limit
-from billing.settings import BillingSettings, BillingSettingsError
+from billing.errors import BillingSettingsError
+from billing.settings import BillingSettings
 
 A = key_digest("stk_a_secret")
 
