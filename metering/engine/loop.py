@@ -18,7 +18,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from metering.contracts import dlq_record, iso_ms
 from metering.decoders.common import Limits
-from metering.domain.shard import (
+from metering.engine.topics import MAX_MESSAGE, ensure_topics
+from metering.errors import EngineError, TopicError
+from metering.fold.shard import (
     COLD_CACHE_WINDOWS,
     COLD_HELD_LIMIT,
     HOUR_MS,
@@ -28,8 +30,6 @@ from metering.domain.shard import (
     ShardState,
     WindowKey,
 )
-from metering.engine.topics import MAX_MESSAGE, ensure_topics
-from metering.errors import EngineError, TopicError
 from metering.settings import MeteringSettings
 
 __all__ = ["Engine", "Stats"]
