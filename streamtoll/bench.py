@@ -10,7 +10,7 @@ Both are measured in the same run on the same topic:
 
 With ``--reference`` the same input is metered once more, in the same run, by workers whose
 shards take the per-record scan (``ShardState.scan``, what the batch scan of
-``metering.domain.batch`` replaced and is property-tested against): the before/after figure.
+``metering.fold.batch`` replaced and is property-tested against): the before/after figure.
 
 Rates count input records per second of wall time. CPU seconds and peak RSS are the worker
 process's own (psutil). The worker's start (group join, state restore) is not counted: the clock
@@ -183,7 +183,7 @@ def _committed(bootstrap: str, group: str, topic: str) -> int:
 # a worker whose shards take the per-record scan (the batch scan's reference)
 _REFERENCE_WORKER = """
 import sys
-from metering.domain import batch
+from metering.fold import batch
 batch.scan = lambda state, records, limits, out: state.scan(records, limits, out)
 from streamtoll.cli import main
 sys.exit(main(["worker"]))

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from metering.decoders.common import MAX_ID_LEN, Invalid, Limits, load_json
+from metering.domain.counters import CUMULATIVE, DELTA, Sample
 from metering.domain.events import CONSUME, PRODUCE, Rejection
 
 __all__ = ["CUMULATIVE", "DEFAULT_METRICS", "DELTA", "Sample", "decode"]
 
-DELTA = 1
-CUMULATIVE = 2
 MAX_VALUE = 2**63
 DEFAULT_METRICS: Mapping[str, tuple[str, str]] = {
     "kafka.client.produce.bytes": (PRODUCE, "bytes"),
@@ -28,22 +27,6 @@ DEFAULT_METRICS: Mapping[str, tuple[str, str]] = {
     "kafka.client.fetch.bytes": (CONSUME, "bytes"),
     "kafka.client.fetch.records": (CONSUME, "records"),
 }
-
-
-class Sample(NamedTuple):
-    """One data point of a monotonic sum, with the series it belongs to."""
-
-    series: tuple[str, ...]  # (emitter, metric, k1, v1, k2, v2 …) attributes sorted
-    temporality: int
-    start_ns: int
-    time_ns: int
-    value: int
-    direction: str
-    quantity: str  # "bytes" | "records"
-    principal: str
-    client_id: str
-    virtual_cluster: str
-    topic: str
 
 
 def _attrs(raw: Any, where: str) -> dict[str, str]:

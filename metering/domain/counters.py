@@ -9,10 +9,29 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from metering.decoders.otlp import DELTA, Sample
 from metering.domain.events import Rejection
 
-__all__ = ["CounterState", "Delta", "SeriesState", "apply"]
+__all__ = ["CUMULATIVE", "DELTA", "CounterState", "Delta", "Sample", "SeriesState", "apply"]
+
+# a sample's temporality (OTLP's AggregationTemporality numbers)
+DELTA = 1
+CUMULATIVE = 2
+
+
+class Sample(NamedTuple):
+    """One data point of a monotonic sum, with the series it belongs to."""
+
+    series: tuple[str, ...]  # (emitter, metric, k1, v1, k2, v2 …) attributes sorted
+    temporality: int
+    start_ns: int
+    time_ns: int
+    value: int
+    direction: str
+    quantity: str  # "bytes" | "records"
+    principal: str
+    client_id: str
+    virtual_cluster: str
+    topic: str
 
 
 class SeriesState(NamedTuple):

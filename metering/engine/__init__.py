@@ -4,7 +4,7 @@ One loop per worker process, on confluent-kafka (the Faust stream layer tops out
 events/s here; this loop does hundreds of thousands):
 
 1. ``consume`` a batch from the input topics (consumer group, ``read_committed``);
-2. fold each input partition's records into its :class:`~metering.domain.shard.ShardState`;
+2. fold each input partition's records into its :class:`~metering.fold.shard.ShardState`;
 3. in **one Kafka transaction**: the DLQ records, the changed hourly window totals (usage
    windows topic), the per-minute partials (live topic), one changelog entry per shard (state
    topic), and the consumed input offsets (``send_offsets_to_transaction``); every

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import logging
 import threading
 import time
@@ -16,29 +14,25 @@ from typing import Any, cast
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from metering.contracts import dlq_record, iso_ms
+from metering.contracts import dlq_record, iso_ms, minute_record, window_record
 from metering.decoders.common import Limits
-from metering.domain.shard import (
+from metering.engine.topics import MAX_MESSAGE, ensure_topics
+from metering.errors import EngineError, TopicError
+from metering.fold.shard import (
     COLD_CACHE_WINDOWS,
     COLD_HELD_LIMIT,
-    HOUR_MS,
     BatchResult,
     InRecord,
     ShardConfig,
     ShardState,
     WindowKey,
 )
-from metering.engine.topics import MAX_MESSAGE, ensure_topics
-from metering.errors import EngineError, TopicError
 from metering.settings import MeteringSettings
 
 __all__ = ["Engine", "Stats"]
 
 log = logging.getLogger("streamtoll.metering")
 
-# A DLQ record holds the original value in base64 (4/3 of its size) plus context, so it must be
-# allowed to be larger than any input record; past DLQ_VALUE_LIMIT the value is cut (and hashed).
-DLQ_VALUE_LIMIT = 8 * 1024 * 1024
 # dedup_from of a checkpoint written before there was one (state entries "v": 1): the restore
 # then reads the dedup keys as those versions did, from now − DEDUP_HORIZON − 3 × interval
 _LEGACY = -7
@@ -596,68 +590,26 @@ class Engine:
                 headers,
                 received_at,
             )
-            if value is not None and len(value) > DLQ_VALUE_LIMIT:
-                doc["value_b64"] = base64.b64encode(value[:DLQ_VALUE_LIMIT]).decode("ascii")
-                doc["value_truncated"] = {"size": len(value), "sha256": hashlib.sha256(value).hexdigest()}
             send(s.topic_dlq, orjson.dumps(doc), key=key)
-        version = result.next_offset
+        version, name = result.next_offset, shard.name
         # the two loops below run once per window and minute changed: produce() directly (the
-        # sender only when librdkafka's queue is full), each timestamp formatted once
+        # sender only when librdkafka's queue is full)
         produce, dumps, windows_topic, minutes_topic = (
             producer.produce,
             orjson.dumps,
             s.topic_usage_windows,
             s.topic_usage_minutes,
         )
-        stamps: dict[int, str] = {}
-
-        def stamp(ms: int) -> str:
-            text = stamps.get(ms)
-            if text is None:
-                text = stamps[ms] = iso_ms(ms)
-            return text
-
-        for (wk, start), (b, r, q, d) in result.hours.items():
-            doc2: dict[str, Any] = {
-                "window_start": stamp(start),
-                "window_end": stamp(start + HOUR_MS),
-                "source": wk[0],
-                "account": None,
-                "principal": wk[1],
-                "client_id": wk[2],
-                "virtual_cluster": wk[3],
-                "topic": wk[4],
-                "direction": wk[5],
-                "bytes": b,
-                "records": r,
-                "requests": q,
-                "denied_requests": d,
-                "version": version,
-                "shard": shard.name,
-            }
-            value, key = dumps(doc2), dumps([*wk, start, shard.name])
+        for (wk, start), totals in result.hours.items():
+            k, doc2 = window_record(wk, start, totals, version, name)
+            value, key = dumps(doc2), dumps(k)
             try:
                 produce(windows_topic, value, key)
             except BufferError:
                 send(windows_topic, value, key=key)
-        for (src, principal, client_id, vcluster, topic_, direction, start), (b, r, q, d) in result.minutes.items():
-            doc3 = {
-                "minute_start": stamp(start),
-                "minute_epoch_s": start // 1000,
-                "source": src,
-                "principal": principal,
-                "client_id": client_id,
-                "virtual_cluster": vcluster,
-                "topic": topic_,
-                "direction": direction,
-                "bytes": b,
-                "records": r,
-                "requests": q,
-                "denied_requests": d,
-                "shard": shard.name,
-                "offset": version,
-            }
-            value, key = dumps(doc3), dumps([src, principal, client_id, vcluster, topic_, direction, start])
+        for mk, totals in result.minutes.items():
+            k, doc3 = minute_record(mk, totals, name, version)
+            value, key = dumps(doc3), dumps(k)
             try:
                 produce(minutes_topic, value, key)
             except BufferError:

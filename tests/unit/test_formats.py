@@ -668,7 +668,7 @@ def worker_batches(tmp_limit: int) -> Iterator[tuple[str, list[ck.Message], Limi
 
 
 def test_records_built_by_the_worker_satisfy_the_output_schemas(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loop, "DLQ_VALUE_LIMIT", 64)  # so a small record shows the truncation fields
+    monkeypatch.setattr(contracts, "DLQ_VALUE_LIMIT", 64)  # so a small record shows the truncation fields
     counts: dict[str, int] = {}
     truncated = with_headers = 0
     for topic, batch, lim in worker_batches(64):

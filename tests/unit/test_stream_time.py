@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from metering.decoders.common import Limits
-from metering.domain.shard import HOUR_MS, Record, ShardConfig, ShardState
+from metering.fold.shard import HOUR_MS, Record, ShardConfig, ShardState
 from streamtoll.traffic import otlp_export, otlp_point, rfc3339
 
 DAY_MS = 86_400_000

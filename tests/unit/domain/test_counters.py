@@ -1,7 +1,6 @@
 from __future__ import annotations
 
-from metering.decoders.otlp import CUMULATIVE, DELTA, Sample
-from metering.domain.counters import CounterState, Delta, apply
+from metering.domain.counters import CUMULATIVE, DELTA, CounterState, Delta, Sample, apply
 from metering.domain.events import Rejection
 
 S = 1_000_000_000

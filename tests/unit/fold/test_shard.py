@@ -5,7 +5,7 @@ from typing import Any
 
 import orjson
 
-from metering.domain.shard import HOUR_MS, Record, ShardConfig, ShardState
+from metering.fold.shard import HOUR_MS, Record, ShardConfig, ShardState
 from tests.unit.decoders.helpers import NOW, TS0, limits
 
 T0 = "2026-11-10T10:15:00Z"

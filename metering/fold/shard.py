@@ -29,6 +29,9 @@ the same read on any worker; no disk of the worker's own has to survive, nothing
 that is not needed, and the state topic keeps ``cleanup.policy=delete`` (compaction, which a
 store's changelog would need, is not on every broker: the dev broker has none).
 
+This module sits above the decoders and the domain (it calls the decoders, which build the
+domain's events); :mod:`metering.fold` says why.
+
 Totals are kept per shard on purpose: the usage windows topic carries one total per window key
 *and shard*; billing adds the shards up. Nothing here talks to Kafka or reads the wall clock
 (segment refresh times come in from the engine); records are judged by stream time.
@@ -45,7 +48,7 @@ from typing import Any, NamedTuple, Protocol
 
 from metering.decoders import confluent_audit, otlp, proxy
 from metering.decoders.common import Headers, Invalid, Limits, is_binary
-from metering.domain import batch, counters
+from metering.domain import counters
 from metering.domain.dedup import DedupSet
 from metering.domain.events import (
     BROKER_METRICS,
@@ -55,6 +58,7 @@ from metering.domain.events import (
     UsageEvent,
     event_key,
 )
+from metering.fold import batch
 
 __all__ = [
     "COLD_HELD_LIMIT",
@@ -234,7 +238,7 @@ class ShardState:
         ``limits`` gives the plausibility limits; its clock is not used: ``too_old`` and
         ``future`` are judged against the shard's *stream time* (see :meth:`scan`), so a replay
         of the same records judges them the same whenever it runs. The CloudEvents inputs take
-        the batch scan (:mod:`metering.domain.batch`: the same result, faster); broker metrics
+        the batch scan (:mod:`metering.fold.batch`: the same result, faster); broker metrics
         the per-record :meth:`scan` (counters are stateful)."""
         out = BatchResult()
         if self.config.source_kind == BROKER_METRICS:
@@ -382,7 +386,7 @@ class ShardState:
     def _fold_samples(
         self,
         rec: InRecord,
-        items: list[otlp.Sample | Rejection],
+        items: list[counters.Sample | Rejection],
         events: list[UsageEvent],
         changed_series: set[tuple[str, ...]],
         out: BatchResult,
@@ -429,7 +433,7 @@ class ShardState:
         out.counter_resets += resets
         events.extend(staged)
 
-    def _counter_event(self, s: otlp.Sample, state: counters.CounterState) -> UsageEvent | Rejection | None:
+    def _counter_event(self, s: counters.Sample, state: counters.CounterState) -> UsageEvent | Rejection | None:
         got = counters.apply(state, s, self.config.meter_since_ns, self.config.counter_max_rate)
         if isinstance(got, Rejection):
             return got

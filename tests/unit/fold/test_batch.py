@@ -1,4 +1,4 @@
-"""The batch scan (``metering.domain.batch``, what ``ShardState.fold`` runs for proxy audit and
+"""The batch scan (``metering.fold.batch``, what ``ShardState.fold`` runs for proxy audit and
 audit log shards) against the per-record reference (``ShardState.scan``): fuzzed batches — valid
 events in both content modes, retries within and across batches, hostile values and headers,
 tombstones, unreadable headers, event times a millisecond either side of the lateness and future
@@ -27,10 +27,10 @@ from hypothesis import strategies as st
 
 from metering.decoders import confluent_audit, proxy
 from metering.decoders.common import Limits
-from metering.domain import batch
-from metering.domain.shard import BatchResult, InRecord, Record, ShardState
+from metering.fold import batch
+from metering.fold.shard import BatchResult, InRecord, Record, ShardState
 from tests.unit.decoders.helpers import TS0, binary
-from tests.unit.domain.test_fuzz import (
+from tests.unit.fold.test_fuzz import (
     EXAMPLES,
     HOSTILE,
     JSON_ANY,

@@ -3,7 +3,7 @@ records, with the same result, at a fraction of the cost per record.
 
 ``ShardState.scan`` stays the reference (and the path of OTLP broker metrics, whose counters are
 stateful). :func:`scan` gives exactly its output for the same records and shard — the same
-:class:`~metering.domain.shard.Scan` (dedup keys in record order, newest timestamp, stream time)
+:class:`~metering.fold.shard.Scan` (dedup keys in record order, newest timestamp, stream time)
 and the same ``out.minutes`` (same keys in the same order), ``out.rejected`` (same records, reasons
 and sentences, in record order), duplicates, tombstones and ignored counts;
 ``tests/unit/domain/test_batch.py`` checks it on fuzzed batches, both paths side by side.
@@ -73,11 +73,11 @@ import orjson
 
 from metering.decoders import confluent_audit, proxy
 from metering.decoders.common import MAX_ID_LEN, Headers, Invalid, Limits, as_time_ms, is_binary
-from metering.domain import shard
 from metering.domain.events import AUDIT_LOG, CONSUME, PRODUCE, PROXY, Rejection, UsageEvent
+from metering.fold import shard
 
 if TYPE_CHECKING:
-    from metering.domain.shard import BatchResult, InRecord, Scan, ShardState
+    from metering.fold.shard import BatchResult, InRecord, Scan, ShardState
 
 __all__ = ["scan"]
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from metering.domain import counters
-from metering.domain.shard import Record, ShardConfig, ShardState
+from metering.fold.shard import Record, ShardConfig, ShardState
 from streamtoll.traffic import otlp_export, otlp_point
 from tests.unit.decoders.helpers import NOW, limits
 

@@ -13,7 +13,7 @@ import random
 from collections import defaultdict
 from typing import Any
 
-from metering.domain.shard import HOT_HOURS, HOUR_MS, Record, ShardConfig, ShardState
+from metering.fold.shard import HOT_HOURS, HOUR_MS, Record, ShardConfig, ShardState
 from tests.unit.decoders.helpers import TS0, limits
 
 DAY_MS = 24 * HOUR_MS
