@@ -907,13 +907,13 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Everything running locally: worker, caps, sink, gateway and API as supervised children
-    (streamtoll.up)."""
+    (streamtoll.dev.up)."""
     from billing.adapters.db import upgrade
     from billing.services.catalog import load_accounts, load_plans
     from billing.services.keys import create_key
     from metering.engine.topics import ensure_topics
-    from streamtoll import up
-    from streamtoll.gateway_clients import wait_listening
+    from streamtoll.dev import up
+    from streamtoll.dev.gateway_clients import wait_listening
 
     billing = _billing_settings()
     metering = _settings()
@@ -994,7 +994,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streamtoll.demo import run_demo
+    from streamtoll.dev.demo import run_demo
 
     env = {**os.environ}
     env.setdefault("STREAMTOLL_SESSION_TIMEOUT_MS", "6000")
@@ -1067,7 +1067,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_ingest(args: argparse.Namespace) -> int:
-    from streamtoll.bench import bench_ingest
+    from streamtoll.dev.bench import bench_ingest
 
     with _kafka(_settings()) as settings:
         assert settings.kafka_bootstrap
@@ -1077,7 +1077,7 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_memory(args: argparse.Namespace) -> int:
-    from streamtoll.bench import HistoryResult, MemoryResult, bench_history, bench_memory
+    from streamtoll.dev.bench import HistoryResult, MemoryResult, bench_history, bench_memory
 
     settings = _settings()
     if args.hours is None and args.snapshot_interval is not None:
@@ -1102,7 +1102,7 @@ def cmd_bench_memory(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_gateway(args: argparse.Namespace) -> int:
-    from streamtoll.bench_gateway import bench_gateway
+    from streamtoll.dev.bench_gateway import bench_gateway
 
     with _kafka(_settings()) as settings:
         assert settings.kafka_bootstrap
@@ -1112,7 +1112,7 @@ def cmd_bench_gateway(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_billing(args: argparse.Namespace) -> int:
-    from streamtoll.bench_billing import bench_billing
+    from streamtoll.dev.bench_billing import bench_billing
 
     with _database(_billing_settings()) as server_url:
         url = _fresh_database(server_url, "streamtoll_bench_" + datetime.now(UTC).strftime("%Y%m%d_%H%M%S"))
@@ -1121,7 +1121,7 @@ def cmd_bench_billing(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_api(args: argparse.Namespace) -> int:
-    from streamtoll.bench_billing import bench_api
+    from streamtoll.dev.bench_billing import bench_api
 
     with _database(_billing_settings()) as server_url:
         url = _fresh_database(server_url, "streamtoll_bench_" + datetime.now(UTC).strftime("%Y%m%d_%H%M%S"))

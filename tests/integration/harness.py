@@ -1,4 +1,4 @@
-"""Test helpers: ``streamtoll worker`` as a real child process (traffic lives in streamtoll.traffic)."""
+"""Test helpers: ``streamtoll worker`` as a real child process (traffic lives in streamtoll.dev.traffic)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from streamtoll.traffic import Traffic, committed, produce, read_all, wait_caught_up, window_totals
+from streamtoll.dev.traffic import Traffic, committed, produce, read_all, wait_caught_up, window_totals
 
 __all__ = ["Traffic", "Worker", "api_server", "committed", "produce", "read_all", "wait_caught_up", "window_totals"]
 

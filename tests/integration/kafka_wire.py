@@ -1,6 +1,6 @@
 """A raw Kafka-protocol client for tests (kio types over a socket): requests no client library
 sends (a produce to a partition that does not exist, pipelined requests). What a topic holds is
-read back from the broker by ``streamtoll.gateway_clients.broker_batches`` (re-exported here):
+read back from the broker by ``streamtoll.dev.gateway_clients.broker_batches`` (re-exported here):
 its own parsing of the batch headers, not the gateway's ``gateway.wire``, and the demo's check."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from kio.serial import entity_reader, entity_writer
 from kio.static.primitive import i16, i32
 
 from gateway.protocol import response_body_offset
-from streamtoll.gateway_clients import broker_batches
+from streamtoll.dev.gateway_clients import broker_batches
 
 __all__ = ["RawClient", "broker_batches", "encode_request"]
 

@@ -19,8 +19,8 @@ from confluent_kafka import Producer
 from jsonschema import Draft202012Validator
 
 from metering.settings import MeteringSettings
+from streamtoll.dev.traffic import hour_iso, rfc3339
 from streamtoll.embedded import EmbeddedBroker
-from streamtoll.traffic import hour_iso, rfc3339
 
 from .harness import Worker, read_all, wait_caught_up, window_totals
 
@@ -219,7 +219,7 @@ def test_a_header_name_that_is_not_utf8_is_dead_lettered_and_the_worker_lives_on
     import subprocess
     import sys
 
-    from streamtoll.traffic import otlp_export, otlp_point
+    from streamtoll.dev.traffic import otlp_export, otlp_point
 
     now = time.time()
 

@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 
 from metering.settings import MeteringSettings
-from streamtoll.demo import default_period, demo_traffic
-from streamtoll.demo_gateway import CLIENTS
+from streamtoll.dev.demo import default_period, demo_traffic
+from streamtoll.dev.demo_gateway import CLIENTS
 
 pytestmark = pytest.mark.integration
 

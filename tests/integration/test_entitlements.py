@@ -28,8 +28,8 @@ from billing.services.entitlements import entitlements
 from billing.services.keys import create_key
 from billing.services.sink import upsert_windows
 from metering.entitlements import Cap, Entitlement, Grant, Limits, decode_entitlement
+from streamtoll.dev.gateway_clients import broker_batches
 from streamtoll.embedded import EmbeddedBroker
-from streamtoll.gateway_clients import broker_batches
 from streamtoll.serving import running
 
 from .conftest import isolated_env

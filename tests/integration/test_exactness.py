@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from metering.settings import MeteringSettings
+from streamtoll.dev.traffic import otlp_export, otlp_point, rfc3339
 from streamtoll.embedded import EmbeddedBroker
-from streamtoll.traffic import otlp_export, otlp_point, rfc3339
 
 from .harness import Traffic, Worker, committed, produce, read_all, wait_caught_up, window_totals
 

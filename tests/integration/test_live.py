@@ -26,9 +26,9 @@ from billing.api.models import LiveView
 from billing.domain.accounts import UNASSIGNED
 from billing.services.live import LiveFeed, LiveSources
 from metering.settings import MeteringSettings
+from streamtoll.dev.traffic import BAD_PROXY, rfc3339
 from streamtoll.embedded import EmbeddedBroker, free_port
 from streamtoll.serving import running
-from streamtoll.traffic import BAD_PROXY, rfc3339
 
 from .conftest import isolated_env
 from .harness import Worker, produce, wait_caught_up

@@ -161,6 +161,17 @@ def test_the_installed_wheel_migrates_and_bills(installed: Path, database: str, 
     assert next(tmp_path.glob("*.pdf")).read_bytes().startswith(b"%PDF")
 
 
+def test_the_wheel_ships_the_developer_tooling(installed: Path, tmp_path: Path) -> None:
+    """``streamtoll demo``, ``up`` and ``bench`` run from a plain install: streamtoll.dev is in the
+    wheel and imports without the embedded extra (``--help`` alone never loads it)."""
+    modules = sorted(p.stem for p in (ROOT / "streamtoll" / "dev").glob("*.py") if p.stem != "__init__")
+    assert {"demo", "up", "bench", "traffic"} <= set(modules)
+    code = "import importlib\n" + "".join(f"importlib.import_module('streamtoll.dev.{m}')\n" for m in modules)
+    python = str(installed / "bin" / "python")
+    probe = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert probe.returncode == 0, probe.stderr
+
+
 def test_every_installed_command_answers_help(installed: Path, tmp_path: Path) -> None:
     out = _run(installed, "--help", cwd=tmp_path)  # the installed script itself
     assert out.returncode == 0 and "operator commands:" in out.stdout, out.stderr

@@ -18,8 +18,8 @@ import pytest
 
 from metering.engine.topics import ensure_topics
 from metering.settings import MeteringSettings
+from streamtoll.dev.traffic import Truth, hour_iso, rfc3339
 from streamtoll.embedded import EmbeddedBroker
-from streamtoll.traffic import Truth, hour_iso, rfc3339
 
 from .harness import Traffic, Worker, committed, produce, read_all, wait_caught_up, window_totals
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from metering.decoders import proxy
 from metering.decoders.common import Limits
 from metering.fold.shard import HOUR_MS
-from streamtoll.bench import history
+from streamtoll.dev.bench import history
 
 NOW = 1_796_650_000.0  # 2026-12-07T13:26:40Z: 26 minutes into an hour
 

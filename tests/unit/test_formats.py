@@ -37,7 +37,7 @@ from metering.decoders.common import Invalid, Limits
 from metering.domain.events import Rejection, UsageEvent
 from metering.engine import loop
 from metering.settings import MeteringSettings
-from streamtoll.traffic import Traffic
+from streamtoll.dev.traffic import Traffic
 from tests.unit.decoders.helpers import NOW, binary, limits
 
 ROOT = Path(__file__).parents[2]

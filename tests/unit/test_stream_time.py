@@ -20,7 +20,7 @@ import pytest
 
 from metering.decoders.common import Limits
 from metering.fold.shard import HOUR_MS, Record, ShardConfig, ShardState
-from streamtoll.traffic import otlp_export, otlp_point, rfc3339
+from streamtoll.dev.traffic import otlp_export, otlp_point, rfc3339
 
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000

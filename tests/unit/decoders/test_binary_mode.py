@@ -19,7 +19,7 @@ from metering.decoders import confluent_audit, proxy
 from metering.decoders.common import Headers, Invalid, Limits
 from metering.domain.events import UsageEvent
 from metering.fold.shard import Record, ShardConfig, ShardState
-from streamtoll.traffic import Traffic
+from streamtoll.dev.traffic import Traffic
 
 from .helpers import NOW, TS0, binary, limits
 

@@ -15,7 +15,7 @@ import pytest
 
 from metering.domain import counters
 from metering.fold.shard import Record, ShardConfig, ShardState
-from streamtoll.traffic import otlp_export, otlp_point
+from streamtoll.dev.traffic import otlp_export, otlp_point
 from tests.unit.decoders.helpers import NOW, limits
 
 NOW_S = NOW.timestamp()

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from metering.contracts import DLQ_REASONS
 from metering.fold.shard import Record, ShardConfig, ShardState
-from streamtoll.traffic import otlp_export, otlp_point
+from streamtoll.dev.traffic import otlp_export, otlp_point
 from tests.unit.decoders.helpers import NOW, TS0, binary, limits
 
 REASONS = set(DLQ_REASONS)

@@ -43,7 +43,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streamtoll.traffic import each_record, produce
+from streamtoll.dev.traffic import each_record, produce
 
 __all__ = ["HistoryResult", "IngestResult", "MemoryResult", "bench_history", "bench_ingest", "bench_memory", "history"]
 

@@ -33,7 +33,7 @@ from billing.services.billing_run import parse_period, run_billing
 from billing.services.statements import statement
 from billing.services.usage import usage_report
 from metering.settings import MeteringSettings
-from streamtoll.gateway_clients import (
+from streamtoll.dev.gateway_clients import (
     ClientReport,
     broker_batches,
     consume_through,
@@ -44,7 +44,7 @@ from streamtoll.gateway_clients import (
     run_parallel,
     wait_listening,
 )
-from streamtoll.up import Child
+from streamtoll.dev.up import Child
 
 __all__ = ["CLIENTS", "VIRTUAL_CLUSTER", "DemoClient", "GatewayLeg", "compare", "gateway_windows", "run_clients"]
 

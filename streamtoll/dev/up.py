@@ -38,12 +38,12 @@ import httpx
 from confluent_kafka import Consumer, Producer
 
 from metering.settings import MeteringSettings
+from streamtoll.dev.gateway_clients import create_topics, gateway_env
 from streamtoll.embedded import _die_with_parent, free_port
-from streamtoll.gateway_clients import create_topics, gateway_env
 
 __all__ = ["Child", "Supervisor", "gateway_traffic", "traffic"]
 
-SAMPLES = Path(__file__).parent / "samples"
+SAMPLES = Path(__file__).parents[1] / "samples"  # streamtoll/samples
 
 
 @dataclass

@@ -24,7 +24,7 @@ from billing.services.invoices import render_pending
 
 __all__ = ["BillingBench", "bench_billing"]
 
-SAMPLES = Path(__file__).parent / "samples"
+SAMPLES = Path(__file__).parents[1] / "samples"  # streamtoll/samples
 
 
 @dataclass

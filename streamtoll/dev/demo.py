@@ -6,7 +6,7 @@ principals and some unassigned ones (proxy audit with retries, late, bad and ign
 tombstones; broker metrics with a counter reset and retried exports; audit log with denied
 requests), meter it with the real worker loop, check the published usage windows against the
 generator's own ground truth, sink them into PostgreSQL with the real sink (checked again), bill
-the month, finalize. A gateway leg (``streamtoll.demo_gateway``) runs ``streamtoll gateway`` in
+the month, finalize. A gateway leg (``streamtoll.dev.demo_gateway``) runs ``streamtoll gateway`` in
 front of the broker with a few real confluent-kafka producers and consumers going through it
 now; their usage goes through the same worker and sink, is billed on the current month's draft
 invoices and is checked against what the clients sent. Everything is written to ``out/``:
@@ -56,15 +56,15 @@ from billing.services.usage import usage_report
 from metering.engine import Engine
 from metering.engine.topics import ensure_topics
 from metering.settings import MeteringSettings
-from streamtoll import demo_gateway
-from streamtoll.traffic import HOUR, Traffic, committed, produce, read_all, window_totals
+from streamtoll.dev import demo_gateway
+from streamtoll.dev.traffic import HOUR, Traffic, committed, produce, read_all, window_totals
 
 __all__ = ["PRINCIPALS", "default_period", "demo_traffic", "run_demo"]
 
 log = logging.getLogger("streamtoll.demo")
 
 
-SAMPLES = Path(__file__).parent / "samples"
+SAMPLES = Path(__file__).parents[1] / "samples"  # streamtoll/samples
 PRINCIPALS = [
     "User:acme-orders",
     "User:acme-billing",
