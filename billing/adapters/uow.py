@@ -19,7 +19,10 @@ from billing.adapters.repositories.statements import StatementRepository
 from billing.adapters.repositories.usage import UsageRepository
 from billing.services.ports import UnitsOfWork
 
-__all__ = ["UnitOfWork", "units_of_work"]
+__all__ = ["Database", "UnitOfWork", "units_of_work"]
+
+Database = Engine | UnitsOfWork
+"""What a service works on: an engine, or any factory of units of work (a fake's in unit tests)."""
 
 
 class UnitOfWork:
@@ -47,7 +50,7 @@ class UnitOfWork:
         return self._stack.__exit__(kind, exc, tb)
 
 
-def units_of_work(source: Engine | UnitsOfWork) -> UnitsOfWork:
+def units_of_work(source: Database) -> UnitsOfWork:
     """A factory of units of work: over ``source`` when it is an engine, else ``source`` itself."""
     if isinstance(source, Engine):
         engine = source

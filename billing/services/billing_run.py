@@ -34,9 +34,7 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine
-
-from billing.adapters.uow import units_of_work
+from billing.adapters.uow import Database, units_of_work
 from billing.domain.accounts import UNASSIGNED, Attributor
 from billing.domain.invoicing import (
     AccountTerms,
@@ -159,7 +157,7 @@ class _Run:
 
 
 def run_billing(
-    engine: Engine | UnitsOfWork,
+    engine: Database,
     period: str,
     finalize_drafts: bool = False,
     number_prefix: str = "INV",
@@ -268,7 +266,7 @@ def _usage_of(rows: Iterable[UsageRow | dict[str, Any]]) -> Iterable[UsageRow]:
 
 
 def preview(
-    engine: Engine | UnitsOfWork,
+    engine: Database,
     account: str,
     period: str,
     rows: Iterable[UsageRow | dict[str, Any]],
@@ -287,7 +285,7 @@ def preview(
 
 
 def preview_accounts(
-    engine: Engine | UnitsOfWork,
+    engine: Database,
     period: str,
     rows: Iterable[UsageRow | dict[str, Any]],
     source_order: Mapping[str, tuple[str, ...]] | None = None,

@@ -36,14 +36,12 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine
-
 from billing.adapters.render import render_invoice
-from billing.adapters.uow import units_of_work
+from billing.adapters.uow import Database, units_of_work
 from billing.domain.documents import invoice_snapshot_view
 from billing.domain.money import format_money
 from billing.errors import InvoiceError, InvoiceNotFound
-from billing.services.ports import InvoiceRecord, UnitsOfWork
+from billing.services.ports import InvoiceRecord
 from billing.settings import BillingSettings
 
 __all__ = [
@@ -85,7 +83,7 @@ def _now() -> datetime:
 
 
 def finalize(
-    engine: Engine | UnitsOfWork,
+    engine: Database,
     ref: str | int,
     prefix: str,
     clock: Callable[[], datetime] = _now,
@@ -133,7 +131,7 @@ def finalize(
         return Finalized(inv.id, number, inv.account_code, inv.total, inv.currency)
 
 
-def void(engine: Engine | UnitsOfWork, ref: str, reason: str, clock: Callable[[], datetime] = _now) -> str:
+def void(engine: Database, ref: str, reason: str, clock: Callable[[], datetime] = _now) -> str:
     """Void the finalized invoice ``ref`` names (its number, or ``draft-<id>``); returns its number."""
     if not reason.strip():
         raise InvoiceError("give a reason to void an invoice")
@@ -165,7 +163,7 @@ def _listed(r: InvoiceRecord) -> dict[str, Any]:
 
 
 def list_invoices(
-    engine: Engine | UnitsOfWork,
+    engine: Database,
     period_start: date | None = None,
     account: str | None = None,
     status: str | None = None,
@@ -187,7 +185,7 @@ def list_position(row: dict[str, Any]) -> tuple[date, str, int]:
     return date.fromisoformat(row["period_start"]), row["account"], int(row["id"])
 
 
-def invoice_view(engine: Engine | UnitsOfWork, ref: str | int) -> dict[str, Any]:
+def invoice_view(engine: Database, ref: str | int) -> dict[str, Any]:
     """One invoice by ref (its number, or ``draft-<id>``): the frozen snapshot once finalized."""
     with units_of_work(engine)() as uow:
         inv = uow.invoices.find(ref)
@@ -213,7 +211,7 @@ def invoice_view(engine: Engine | UnitsOfWork, ref: str | int) -> dict[str, Any]
         return {**base, **invoice_snapshot_view(draft)}
 
 
-def invoice_pdf(engine: Engine | UnitsOfWork, ref: str | int) -> bytes:
+def invoice_pdf(engine: Database, ref: str | int) -> bytes:
     """The stored PDF of a finalized (or void) invoice (``ref``: its number, or ``draft-<id>``),
     rendered once from its snapshot; a draft has none (:class:`InvoiceNotFound`)."""
     uows = units_of_work(engine)
@@ -241,9 +239,7 @@ def _render_one(item: tuple[int, dict[str, Any]]) -> tuple[int, str, bytes]:
     return invoice_id, html, pdf
 
 
-def render_pending(
-    engine: Engine | UnitsOfWork, invoice_ids: list[int] | None = None, workers: int | None = None
-) -> int:
+def render_pending(engine: Database, invoice_ids: list[int] | None = None, workers: int | None = None) -> int:
     """Render and store the documents of finalized invoices that have none yet (those of
     ``invoice_ids``, or all). Rendering runs in ``workers`` processes (default: one per core);
     each document is stored once — a concurrent renderer's copy is identical and not written.

@@ -19,12 +19,9 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime, time
 from typing import Any
 
-from sqlalchemy import Engine
-
-from billing.adapters.uow import units_of_work
+from billing.adapters.uow import Database, units_of_work
 from billing.domain.accounts import UNASSIGNED, Attributor
 from billing.domain.usage import UsageRow
-from billing.services.ports import UnitsOfWork
 
 __all__ = [
     "ACCOUNT_GROUPINGS",
@@ -44,7 +41,7 @@ GROUPS = ("source", "account", "principal", "client_id", "virtual_cluster", "top
 QUANTITIES = ("bytes", "records", "requests", "denied_requests")
 
 
-def load_attributor(engine: Engine | UnitsOfWork) -> Attributor:
+def load_attributor(engine: Database) -> Attributor:
     """The attribution rules as stored, in their stated order (accounts by position), and the
     principals of the credentials streamtoll issued (each its account's, before any rule)."""
     with units_of_work(engine)() as uow:
@@ -52,7 +49,7 @@ def load_attributor(engine: Engine | UnitsOfWork) -> Attributor:
 
 
 def read_usage(
-    engine: Engine | UnitsOfWork,
+    engine: Database,
     start: datetime,
     end: datetime,
     account: str | None = None,
@@ -67,7 +64,7 @@ def read_usage(
 
 
 def usage_rows(
-    engine: Engine | UnitsOfWork,
+    engine: Database,
     start: datetime,
     end: datetime,
     account: str | None = None,
@@ -94,7 +91,7 @@ def group(rows: Sequence[dict[str, Any]], group_by: Sequence[str]) -> list[dict[
 
 
 def usage_report(
-    engine: Engine | UnitsOfWork,
+    engine: Database,
     start: datetime,
     end: datetime,
     group_by: Sequence[str] = ("source", "account", "direction"),
@@ -141,7 +138,7 @@ ACCOUNT_GROUPINGS: dict[str, tuple[tuple[str, ...], int]] = {
 
 
 def account_groups(
-    engine: Engine | UnitsOfWork, account: str, start: date, end: date, attributor: Attributor | None = None
+    engine: Database, account: str, start: date, end: date, attributor: Attributor | None = None
 ) -> dict[str, list[dict[str, Any]]]:
     """One account's usage in the whole UTC days ``[start, end)`` in each of ``ACCOUNT_GROUPINGS``
     (rows shaped and sorted as ``group`` makes them from ``usage_rows``, with which it agrees).
@@ -159,7 +156,7 @@ def _utc(t: date) -> datetime:
 
 
 def account_report(
-    engine: Engine | UnitsOfWork,
+    engine: Database,
     account: str,
     start: date | datetime,
     end: date | datetime,
