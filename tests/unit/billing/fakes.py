@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from types import TracebackType
 from typing import Any
@@ -18,6 +18,28 @@ from billing.domain.plans import PlanVersion
 from billing.domain.usage import UsageRow
 from billing.errors import InvoiceNotFound
 from billing.services.ports import DraftValues, FinalizedPeriod, InvoiceRecord, StatementMarks
+
+GB = 10**9
+
+
+def row(  # a usage row of one identity of `account` on `day`, topic "orders" unless given
+    account: str, source: str, day: date, *, bytes_: int = 0, records: int = 0, requests: int = 0, topic: str = "orders"
+) -> UsageRow:
+    return UsageRow(
+        source=source,
+        account=account,
+        principal=f"User:{account}",
+        client_id="app",
+        virtual_cluster="",
+        topic=topic,
+        direction="produce",
+        hour=datetime(day.year, day.month, day.day, tzinfo=UTC),
+        day=day,
+        bytes=bytes_,
+        records=records,
+        requests=requests,
+        denied_requests=0,
+    )
 
 
 class FakeUsage:

@@ -13,14 +13,12 @@ import pytest
 
 from billing.domain.accounts import UNASSIGNED
 from billing.domain.plans import PlanVersion, Price
-from billing.domain.usage import UsageRow
 from billing.errors import AccountNotFound, InvoiceError
 from billing.services.billing_run import preview, preview_accounts, run_billing
 from billing.services.invoices import finalize, invoice_view, list_invoices, void
-from tests.unit.billing.fakes import FakeUnitOfWork
+from tests.unit.billing.fakes import GB, FakeUnitOfWork, row
 
 D = Decimal
-GB = 10**9
 BASIC = PlanVersion(
     code="basic",
     name="Basic",
@@ -36,26 +34,6 @@ BASIC = PlanVersion(
 
 def clock() -> datetime:
     return datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
-
-
-def row(
-    account: str, source: str, day: date, *, bytes_: int = 0, records: int = 0, requests: int = 0, topic: str = "orders"
-) -> UsageRow:
-    return UsageRow(
-        source=source,
-        account=account,
-        principal=f"User:{account}",
-        client_id="app",
-        virtual_cluster="",
-        topic=topic,
-        direction="produce",
-        hour=datetime(day.year, day.month, day.day, tzinfo=UTC),
-        day=day,
-        bytes=bytes_,
-        records=records,
-        requests=requests,
-        denied_requests=0,
-    )
 
 
 NOV3, NOV4 = date(2026, 11, 3), date(2026, 11, 4)
