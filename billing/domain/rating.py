@@ -28,6 +28,7 @@ and how they are read here:
   minor units, so rounding the top-up equals rounding the minimum first.
 * **Totals.** Each line is rounded by :func:`~billing.domain.money.round_money`; ``subtotal`` is
   the sum of rounded lines; ``tax = round(subtotal × tax_rate)`` once; ``total = subtotal + tax``.
+  Written once, in :func:`invoice_totals`: rating, billing runs and previews all call it.
 """
 
 from __future__ import annotations
@@ -45,7 +46,17 @@ from billing.domain.plans import Meter, Model, PlanVersion, Price
 from billing.domain.pricing import TierPart, billable_quantity, price_quantity
 from billing.domain.units import METERS, is_meter, to_unit
 
-__all__ = ["Line", "LineKind", "Rated", "Usage", "rate_period", "taking_price", "total_usage"]
+__all__ = [
+    "Line",
+    "LineKind",
+    "Rated",
+    "Totals",
+    "Usage",
+    "invoice_totals",
+    "rate_period",
+    "taking_price",
+    "total_usage",
+]
 
 LineKind = Literal["usage", "base_fee", "minimum_topup", "flat", "adjustment"]
 
@@ -97,6 +108,22 @@ class Rated:
     tax_rate: Decimal
     tax: Decimal
     total: Decimal
+
+
+@dataclass(frozen=True)
+class Totals:
+    subtotal: Decimal
+    tax: Decimal
+    total: Decimal
+
+
+def invoice_totals(amounts: Iterable[Decimal], tax_rate: Decimal, currency: str) -> Totals:
+    """An invoice's totals from its line amounts: subtotal = sum of the rounded lines, tax rounded
+    once (``round(subtotal × tax_rate)``), total = subtotal + tax."""
+    with exact_arithmetic():
+        subtotal = sum((round_money(a, currency) for a in amounts), round_money(_ZERO, currency))
+        tax = round_money(subtotal * tax_rate, currency)
+        return Totals(subtotal, tax, subtotal + tax)
 
 
 def total_usage(windows: Iterable[Usage]) -> dict[tuple[str, str], int]:
@@ -179,8 +206,7 @@ def rate_period(
             others = sum((line.rounded_amount for line in lines), _ZERO)
             lines.append(_line("minimum_topup", "minimum commitment top-up", max(_ZERO, minimum - others), currency))
 
-        subtotal = sum((line.rounded_amount for line in lines), round_money(_ZERO, currency))
-        tax = round_money(subtotal * tax_rate, currency)
+        totals = invoice_totals((line.rounded_amount for line in lines), tax_rate, currency)
         return Rated(
             plan_code=plan.code,
             plan_version=plan.version,
@@ -190,10 +216,10 @@ def rate_period(
             days_active=days_active,
             days_in_period=days_in_period,
             lines=tuple(lines),
-            subtotal=subtotal,
+            subtotal=totals.subtotal,
             tax_rate=tax_rate,
-            tax=tax,
-            total=subtotal + tax,
+            tax=totals.tax,
+            total=totals.total,
         )
 
 

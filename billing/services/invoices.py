@@ -20,31 +20,33 @@
 * An invoice is named by its reference (``ref``): its number once finalized, ``draft-<id>``
   before — and ``draft-<id>`` keeps naming the same invoice after it is finalized (a retried
   finalize or an old link still finds it). Every function here that takes one invoice takes a
-  ref and finds it with :func:`find_invoice`.
+  ref and finds it with the invoice repository's ``find``.
+
+Where it lives: the reads, writes and locks are the invoice repository's
+(:mod:`billing.adapters.repositories.invoices`, behind :class:`billing.services.ports.InvoiceRepository`);
+here are the rules (what may be finalized or voided, the snapshot, payment terms) over it. Each
+function takes an engine or a factory of units of work (unit tests pass fakes).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, Row, select, text, tuple_, update
-
-from billing.adapters.models import AccountRow, InvoiceLineRow, InvoiceRow
 from billing.adapters.render import render_invoice
+from billing.adapters.uow import Database, units_of_work
 from billing.domain.documents import invoice_snapshot_view
 from billing.domain.money import format_money
 from billing.errors import InvoiceError, InvoiceNotFound
+from billing.services.ports import InvoiceRecord
 from billing.settings import BillingSettings
 
 __all__ = [
     "PAYMENT_TERMS_DAYS",
     "finalize",
-    "find_invoice",
     "invoice_pdf",
     "invoice_ref",
     "invoice_view",
@@ -58,35 +60,9 @@ PAYMENT_TERMS_DAYS = 30
 DEFAULT_ISSUER = BillingSettings().issuer
 
 
-_DRAFT_REF = re.compile(r"draft-([1-9][0-9]{0,18})")
-_MAX_ID = 2**63 - 1  # bigint: a larger id names no invoice (and must not reach the database)
-
-
 def invoice_ref(invoice_id: int, number: str | None) -> str:
     """An invoice's reference: its number once it has one, else ``draft-<id>``."""
     return number if number is not None else f"draft-{invoice_id}"
-
-
-def _named(ref: str | int) -> ColumnElement[bool]:
-    """The condition selecting the invoice ``ref`` names: ``draft-<id>`` (for good, also once
-    finalized) or a number; an int is an id (a caller that holds the row, e.g. a billing run)."""
-    if isinstance(ref, int):
-        return InvoiceRow.id == ref
-    draft = _DRAFT_REF.fullmatch(ref)
-    if draft is not None:
-        invoice_id = int(draft[1])
-        return InvoiceRow.id == (invoice_id if invoice_id <= _MAX_ID else -1)
-    return InvoiceRow.number == ref
-
-
-def find_invoice(conn: Connection, ref: str | int, for_update: bool = False) -> Row[Any]:
-    """The invoice row ``ref`` names (``draft-<id>`` or a number), locked for update if asked;
-    :class:`InvoiceNotFound` when there is none. The one lookup of every function taking a ref."""
-    stmt = select(InvoiceRow).where(_named(ref))
-    found = conn.execute(stmt.with_for_update() if for_update else stmt).first()
-    if found is None:
-        raise InvoiceNotFound(f"there is no invoice {ref if isinstance(ref, str) else f'draft-{ref}'}")
-    return found
 
 
 @dataclass(frozen=True)
@@ -106,44 +82,8 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def allocate_number(conn: Connection, prefix: str, year: int) -> str:
-    last = conn.execute(
-        text(
-            "INSERT INTO invoice_numbers (prefix, year, last) VALUES (:prefix, :year, 1) "
-            "ON CONFLICT (prefix, year) DO UPDATE SET last = invoice_numbers.last + 1 RETURNING last"
-        ),
-        {"prefix": prefix, "year": year},
-    ).scalar_one()
-    return f"{prefix}-{year}-{last:06d}"
-
-
-def _lines(conn: Connection, invoice_id: int) -> list[dict[str, Any]]:
-    """The lines, numbers still ``Decimal``: ``invoice_snapshot_view`` writes them as text."""
-    rows = conn.execute(
-        select(InvoiceLineRow).where(InvoiceLineRow.invoice_id == invoice_id).order_by(InvoiceLineRow.position)
-    ).all()
-    return [
-        {
-            "position": r.position,
-            "kind": r.kind,
-            "description": r.description,
-            "meter": r.meter,
-            "source": r.source,
-            "topics": r.topics,
-            "quantity": r.quantity,
-            "unit": r.unit,
-            "model": r.model,
-            "amount_unrounded": r.amount_unrounded,
-            "amount": r.amount,
-            "breakdown": r.breakdown,
-            "usage_ref": r.usage_ref,
-        }
-        for r in rows
-    ]
-
-
 def finalize(
-    engine: Engine,
+    engine: Database,
     ref: str | int,
     prefix: str,
     clock: Callable[[], datetime] = _now,
@@ -153,15 +93,14 @@ def finalize(
     """Number and freeze one draft (``ref``: ``draft-<id>``; an int is the id) in one transaction,
     and render its documents in it too unless ``render`` is False (then :func:`render_pending`
     does, later; see the module docstring)."""
-    with engine.begin() as conn:
-        inv = find_invoice(conn, ref, for_update=True)
-        invoice_id = inv.id
+    with units_of_work(engine)() as uow:
+        inv = uow.invoices.find(ref, for_update=True)
         if inv.status != "draft":
             raise InvoiceError(f"invoice {inv.number} is already {inv.status}")
-        acct = conn.execute(select(AccountRow).where(AccountRow.code == inv.account_code)).one()
+        acct = uow.catalog.account(inv.account_code)
         now = clock()
         issued = now.date()
-        number = allocate_number(conn, prefix, issued.year)
+        number = uow.invoices.allocate_number(prefix, issued.year)
         due = issued + timedelta(days=PAYMENT_TERMS_DAYS)
         snapshot = invoice_snapshot_view(
             {
@@ -170,13 +109,13 @@ def finalize(
                     "code": acct.code,
                     "name": acct.name,
                     "email": acct.email,
-                    "address": acct.address,
+                    "address": list(acct.address),
                 },
                 "period": {"start": inv.period_start.isoformat(), "end": inv.period_end.isoformat()},
                 "kind": inv.kind,
                 "currency": inv.currency,
                 "plan": {"code": inv.plan_code, "version": inv.plan_version},
-                "lines": _lines(conn, invoice_id),
+                "lines": uow.invoices.lines(inv.id),
                 "subtotal": inv.subtotal,
                 "tax_rate": inv.tax_rate,
                 "tax": inv.tax,
@@ -188,45 +127,43 @@ def finalize(
             }
         )
         html, pdf = render_invoice(snapshot, snapshot["issuer"]) if render else (None, None)
-        conn.execute(
-            update(InvoiceRow)
-            .where(InvoiceRow.id == invoice_id)
-            .values(
-                status="finalized",
-                number=number,
-                snapshot=snapshot,
-                html=html,
-                pdf=pdf,
-                issued_on=issued,
-                due_on=due,
-                finalized_at=now,
-                updated_at=now,
-            )
-        )
-        return Finalized(invoice_id, number, inv.account_code, inv.total, inv.currency)
+        uow.invoices.mark_finalized(inv.id, number, snapshot, html, pdf, issued, due, now)
+        return Finalized(inv.id, number, inv.account_code, inv.total, inv.currency)
 
 
-def void(engine: Engine, ref: str, reason: str, clock: Callable[[], datetime] = _now) -> str:
+def void(engine: Database, ref: str, reason: str, clock: Callable[[], datetime] = _now) -> str:
     """Void the finalized invoice ``ref`` names (its number, or ``draft-<id>``); returns its number."""
     if not reason.strip():
         raise InvoiceError("give a reason to void an invoice")
-    with engine.begin() as conn:
-        inv = find_invoice(conn, ref, for_update=True)
+    with units_of_work(engine)() as uow:
+        inv = uow.invoices.find(ref, for_update=True)
         if inv.status != "finalized":
             raise InvoiceError(
                 f"invoice {invoice_ref(inv.id, inv.number)} is {inv.status}; only a finalized invoice can be voided"
             )
-        now = clock()
-        conn.execute(
-            update(InvoiceRow)
-            .where(InvoiceRow.id == inv.id)
-            .values(status="void", void_reason=reason.strip(), voided_at=now, updated_at=now)
-        )
+        uow.invoices.mark_void(inv.id, reason.strip(), clock())
         return str(inv.number)
 
 
+def _listed(r: InvoiceRecord) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "ref": invoice_ref(r.id, r.number),
+        "number": r.number,
+        "account": r.account_code,
+        "period_start": r.period_start.isoformat(),
+        "period_end": r.period_end.isoformat(),
+        "kind": r.kind,
+        "status": r.status,
+        "currency": r.currency,
+        "subtotal": format_money(r.subtotal, r.currency),
+        "tax": format_money(r.tax, r.currency),
+        "total": format_money(r.total, r.currency),
+    }
+
+
 def list_invoices(
-    engine: Engine,
+    engine: Database,
     period_start: date | None = None,
     account: str | None = None,
     status: str | None = None,
@@ -238,38 +175,8 @@ def list_invoices(
     """Invoices in a stable order (period, account, id), filtered; without drafts if ``drafts``
     is False. A page: the first ``limit`` after the position ``after`` — the (period start,
     account, id) of the last invoice of the page before (see :func:`list_position`)."""
-    order = (InvoiceRow.period_start, InvoiceRow.account_code, InvoiceRow.id)
-    stmt = select(InvoiceRow).order_by(*order)
-    if after is not None:
-        stmt = stmt.where(tuple_(*order) > tuple_(*after))
-    if limit is not None:
-        stmt = stmt.limit(limit)
-    if not drafts:
-        stmt = stmt.where(InvoiceRow.status != "draft")
-    if period_start is not None:
-        stmt = stmt.where(InvoiceRow.period_start == period_start)
-    if account is not None:
-        stmt = stmt.where(InvoiceRow.account_code == account)
-    if status is not None:
-        stmt = stmt.where(InvoiceRow.status == status)
-    with engine.connect() as conn:
-        return [
-            {
-                "id": r.id,
-                "ref": invoice_ref(r.id, r.number),
-                "number": r.number,
-                "account": r.account_code,
-                "period_start": r.period_start.isoformat(),
-                "period_end": r.period_end.isoformat(),
-                "kind": r.kind,
-                "status": r.status,
-                "currency": r.currency,
-                "subtotal": format_money(r.subtotal, r.currency),
-                "tax": format_money(r.tax, r.currency),
-                "total": format_money(r.total, r.currency),
-            }
-            for r in conn.execute(stmt).all()
-        ]
+    with units_of_work(engine)() as uow:
+        return [_listed(r) for r in uow.invoices.listing(period_start, account, status, drafts, after, limit)]
 
 
 def list_position(row: dict[str, Any]) -> tuple[date, str, int]:
@@ -278,10 +185,10 @@ def list_position(row: dict[str, Any]) -> tuple[date, str, int]:
     return date.fromisoformat(row["period_start"]), row["account"], int(row["id"])
 
 
-def invoice_view(engine: Engine, ref: str | int) -> dict[str, Any]:
+def invoice_view(engine: Database, ref: str | int) -> dict[str, Any]:
     """One invoice by ref (its number, or ``draft-<id>``): the frozen snapshot once finalized."""
-    with engine.connect() as conn:
-        inv = find_invoice(conn, ref)
+    with units_of_work(engine)() as uow:
+        inv = uow.invoices.find(ref)
         base = {
             "id": inv.id,
             "ref": invoice_ref(inv.id, inv.number),
@@ -296,7 +203,7 @@ def invoice_view(engine: Engine, ref: str | int) -> dict[str, Any]:
             "account": {"code": inv.account_code},
             "period": {"start": inv.period_start.isoformat(), "end": inv.period_end.isoformat()},
             "currency": inv.currency,
-            "lines": _lines(conn, inv.id),
+            "lines": uow.invoices.lines(inv.id),
             "subtotal": inv.subtotal,
             "tax": inv.tax,
             "total": inv.total,
@@ -304,24 +211,26 @@ def invoice_view(engine: Engine, ref: str | int) -> dict[str, Any]:
         return {**base, **invoice_snapshot_view(draft)}
 
 
-def invoice_pdf(engine: Engine, ref: str | int) -> bytes:
+def invoice_pdf(engine: Database, ref: str | int) -> bytes:
     """The stored PDF of a finalized (or void) invoice (``ref``: its number, or ``draft-<id>``),
     rendered once from its snapshot; a draft has none (:class:`InvoiceNotFound`)."""
-    with engine.connect() as conn:
-        row = find_invoice(conn, ref)
+    uows = units_of_work(engine)
+    with uows() as uow:
+        row = uow.invoices.find(ref)
     if row.status == "draft":
         raise InvoiceNotFound(f"invoice draft-{row.id} is a draft: it has no document until it is finalized")
     if row.pdf is None:
         if row.status == "finalized":
-            render_pending(engine, [row.id], workers=1)
-        with engine.connect() as conn:
-            found = conn.execute(select(InvoiceRow.pdf, InvoiceRow.snapshot).where(InvoiceRow.id == row.id)).one()
+            render_pending(uows, [row.id], workers=1)
+        with uows() as uow:
+            found = uow.invoices.find(row.id)
         if found.pdf is not None:
-            return bytes(found.pdf)
+            return found.pdf
         # voided before its document was stored: the database keeps a void invoice as it is, so
         # the same document is rendered from its snapshot each time instead
+        assert found.snapshot is not None  # finalized or void: frozen
         return _render_one((row.id, found.snapshot))[2]
-    return bytes(row.pdf)
+    return row.pdf
 
 
 def _render_one(item: tuple[int, dict[str, Any]]) -> tuple[int, str, bytes]:
@@ -330,7 +239,7 @@ def _render_one(item: tuple[int, dict[str, Any]]) -> tuple[int, str, bytes]:
     return invoice_id, html, pdf
 
 
-def render_pending(engine: Engine, invoice_ids: list[int] | None = None, workers: int | None = None) -> int:
+def render_pending(engine: Database, invoice_ids: list[int] | None = None, workers: int | None = None) -> int:
     """Render and store the documents of finalized invoices that have none yet (those of
     ``invoice_ids``, or all). Rendering runs in ``workers`` processes (default: one per core);
     each document is stored once — a concurrent renderer's copy is identical and not written.
@@ -338,11 +247,9 @@ def render_pending(engine: Engine, invoice_ids: list[int] | None = None, workers
     import os
     from concurrent.futures import ProcessPoolExecutor
 
-    query = select(InvoiceRow.id, InvoiceRow.snapshot).where(InvoiceRow.status == "finalized", InvoiceRow.pdf.is_(None))
-    if invoice_ids is not None:
-        query = query.where(InvoiceRow.id.in_(invoice_ids))
-    with engine.connect() as conn:
-        todo = [(r.id, r.snapshot) for r in conn.execute(query)]
+    uows = units_of_work(engine)
+    with uows() as uow:
+        todo = uow.invoices.without_documents(invoice_ids)
     if not todo:
         return 0
     if workers is None:  # a pool costs a second or two to start: worth it for many documents only
@@ -351,13 +258,8 @@ def render_pending(engine: Engine, invoice_ids: list[int] | None = None, workers
 
     def store(rendered: tuple[int, str, bytes]) -> int:
         invoice_id, html, pdf = rendered
-        with engine.begin() as conn:
-            done = conn.execute(
-                update(InvoiceRow)
-                .where(InvoiceRow.id == invoice_id, InvoiceRow.pdf.is_(None))
-                .values(html=html, pdf=pdf)
-            )
-        return int(done.rowcount)
+        with uows() as uow:
+            return uow.invoices.store_documents(invoice_id, html, pdf)
 
     if workers == 1:
         return sum(store(_render_one(item)) for item in todo)

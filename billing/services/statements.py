@@ -27,6 +27,10 @@ that is recomputed before answering; concurrent requests for the same statement 
 computation. A statement's PDF (about half a second of WeasyPrint) is rendered once per stored
 statement, kept next to it and cleared when it is replaced (migration 0010); concurrent requests
 for it wait for one rendering. ``statement()`` computes afresh (the CLI and the demo use it).
+
+Where it lives: the stored statements and marks are the statement repository's
+(:mod:`billing.adapters.repositories.statements`); usage comes typed from the usage repository and
+is rated by :func:`billing.services.billing_run.preview`.
 """
 
 from __future__ import annotations
@@ -42,13 +46,16 @@ from typing import Any
 
 import orjson
 import pandas as pd
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from billing.adapters.spreadsheet import frame_csv
+from billing.adapters.uow import units_of_work
 from billing.domain.money import format_money
 from billing.domain.sources import DEFAULT_SOURCES, format_sources
+from billing.domain.usage import UsageRow
 from billing.services.billing_run import parse_period, preview
 from billing.services.episodes import episodes_between
+from billing.services.ports import StatementMarks
 from billing.services.usage import account_groups
 
 __all__ = ["StatementStore", "statement", "statement_csv"]
@@ -93,7 +100,7 @@ def statement(
                     "broker_metrics_records": b["records"],
                 }
             )
-    rows = [{**r, "account": account} for r in groups.get("rating", [])]
+    rows = [UsageRow.from_dict({**r, "account": account}) for r in groups.get("rating", [])]
     rated = preview(engine, account, period, rows, source_order)
     return {
         "account": account,
@@ -159,42 +166,7 @@ def statement_csv(doc: dict[str, Any]) -> str:
     return ""
 
 
-_READ = (
-    "SELECT (SELECT coalesce(sum(mark), 0) FROM usage_period_marks WHERE month = :month) AS usage_mark, "
-    "(SELECT mark FROM catalog_marks WHERE id = 1) AS catalog_mark, "
-    "d.usage_mark AS stored_usage, d.catalog_mark AS stored_catalog, d.doc_version, d.sources, d.computed_at, "
-    "d.body, d.revision, "
-)
-_OF = "FROM (SELECT 1) AS one LEFT JOIN statement_docs AS d ON d.account = :account AND d.period = :period"
-_MARKS = text(_READ + "NULL::bytea AS pdf " + _OF)
-_MARKS_PDF = text(_READ + "d.pdf " + _OF)
-
-_STORE = text(
-    "INSERT INTO statement_docs AS d (account, period, usage_mark, catalog_mark, doc_version, sources, "
-    "computed_at, body) VALUES (:account, :period, :usage_mark, :catalog_mark, :doc_version, :sources, "
-    ":computed_at, :body) ON CONFLICT (account, period) DO UPDATE SET usage_mark = excluded.usage_mark, "
-    "catalog_mark = excluded.catalog_mark, doc_version = excluded.doc_version, sources = excluded.sources, "
-    "computed_at = excluded.computed_at, body = excluded.body, "
-    # the PDF was of the body replaced here (migration 0010)
-    "revision = d.revision + 1, pdf = NULL "
-    # never replace a statement by one computed from older marks (a slow, late refresh)
-    "WHERE d.doc_version <> excluded.doc_version OR d.sources <> excluded.sources "
-    "OR (d.usage_mark <= excluded.usage_mark "
-    "AND d.catalog_mark <= excluded.catalog_mark AND d.computed_at <= excluded.computed_at) "
-    "RETURNING revision"
-)
-
 _OPEN = '"open":true'  # an episode still in force, in a stored statement's body (orjson: no spaces)
-
-_STORED_PDF = text(
-    "SELECT pdf FROM statement_docs WHERE account = :account AND period = :period AND revision = :revision"
-)
-
-# only next to the body it was rendered from, and never over one stored meanwhile
-_KEEP_PDF = text(
-    "UPDATE statement_docs SET pdf = :pdf "
-    "WHERE account = :account AND period = :period AND revision = :revision AND pdf IS NULL"
-)
 
 
 @dataclass(frozen=True)
@@ -240,6 +212,7 @@ class StatementStore:
         self, engine: Engine, max_staleness: float = 60.0, source_order: Mapping[str, tuple[str, ...]] | None = None
     ) -> None:
         self.engine = engine
+        self._uows = units_of_work(engine)
         self.max_staleness = max_staleness
         self.source_order = dict(source_order or DEFAULT_SOURCES)
         # a statement stored under another source order (another API configuration) is not ours
@@ -264,20 +237,16 @@ class StatementStore:
             return doc.pdf
         with self._locks.hold("pdf", account, period):
             if doc.revision is not None:  # another request may have rendered it while this one waited
-                with self.engine.connect() as conn:
-                    stored = conn.execute(
-                        _STORED_PDF, {"account": account, "period": period, "revision": doc.revision}
-                    ).scalar()
+                with self._uows() as uow:
+                    stored = uow.statements.stored_pdf(account, period, doc.revision)
                 if stored is not None:
                     self._count(self.pdfs, "stored")
-                    return bytes(stored)
+                    return stored
             pdf = render(orjson.loads(doc.body))
             self._count(self.pdfs, "rendered")
             if doc.revision is not None:
-                with self.engine.begin() as conn:
-                    conn.execute(
-                        _KEEP_PDF, {"pdf": pdf, "account": account, "period": period, "revision": doc.revision}
-                    )
+                with self._uows() as uow:
+                    uow.statements.keep_pdf(account, period, doc.revision, pdf)
             return pdf
 
     def _document(self, account: str, period: str, with_pdf: bool) -> _Doc:
@@ -300,22 +269,21 @@ class StatementStore:
             return self._compute(account, period, marks)
 
     @staticmethod
-    def _stored(marks: Any) -> _Doc:
-        return _Doc(bytes(marks.body, "utf-8"), marks.revision, None if marks.pdf is None else bytes(marks.pdf))
+    def _stored(marks: StatementMarks) -> _Doc:
+        assert marks.body is not None  # only a stored statement is served as stored
+        return _Doc(bytes(marks.body, "utf-8"), marks.revision, marks.pdf)
 
     def _count(self, counts: dict[str, int], how: str) -> None:
         with self._guard:  # requests run in a thread pool
             counts[how] += 1
 
-    def _read(self, account: str, period: str, with_pdf: bool = False) -> Any:
+    def _read(self, account: str, period: str, with_pdf: bool = False) -> StatementMarks:
         month = parse_period(period)[0]
-        with self.engine.connect() as conn:
-            return conn.execute(
-                _MARKS_PDF if with_pdf else _MARKS, {"month": month, "account": account, "period": period}
-            ).one()
+        with self._uows() as uow:
+            return uow.statements.marks(account, period, month, with_pdf)
 
-    def _state(self, m: Any) -> str:
-        if m.body is None or m.doc_version != DOC_VERSION or m.sources != self.sources:
+    def _state(self, m: StatementMarks) -> str:
+        if m.body is None or m.computed_at is None or m.doc_version != DOC_VERSION or m.sources != self.sources:
             return "missing"
         age = (datetime.now(UTC) - m.computed_at).total_seconds()
         if (m.stored_usage, m.stored_catalog) == (m.usage_mark, m.catalog_mark):
@@ -326,25 +294,15 @@ class StatementStore:
             return "stale"
         return "missing"
 
-    def _compute(self, account: str, period: str, marks: Any) -> _Doc:
+    def _compute(self, account: str, period: str, marks: StatementMarks) -> _Doc:
         """Compute with the marks read before (any change after them moves them: the stored
         statement is then out of date at once, never wrongly current) and store it."""
         now = datetime.now(UTC)
         body = orjson.dumps(statement(self.engine, account, period, now=now, source_order=self.source_order))
-        with self.engine.begin() as conn:
-            revision = conn.execute(
-                _STORE,
-                {
-                    "account": account,
-                    "period": period,
-                    "usage_mark": marks.usage_mark,
-                    "catalog_mark": marks.catalog_mark,
-                    "doc_version": DOC_VERSION,
-                    "sources": self.sources,
-                    "computed_at": now,
-                    "body": body.decode(),
-                },
-            ).scalar()
+        with self._uows() as uow:
+            revision = uow.statements.store(
+                account, period, marks.usage_mark, marks.catalog_mark, DOC_VERSION, self.sources, now, body.decode()
+            )
         return _Doc(body, revision, None)
 
     def _refresh_later(self, account: str, period: str) -> None:

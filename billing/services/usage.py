@@ -5,36 +5,23 @@ Each row is attributed with the accounts' client rules as they are now, on the r
 (attribution happens at read time, so a corrected rule applies to history not yet invoiced).
 Sources are never added together unless the caller groups them away on purpose: ``source`` is in
 the default grouping.
+
+The queries are the usage repository's (:mod:`billing.adapters.repositories.usage`), the rows
+typed (:class:`billing.domain.usage.UsageRow`); here are the use cases over them, and the JSON
+(dicts) that reports and the live view answer with. Each function takes an engine (or, in tests,
+a factory of units of work: :mod:`billing.services.ports`).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Sequence
-from datetime import UTC, date, datetime, time, timedelta
-from operator import itemgetter
+from datetime import UTC, date, datetime, time
 from typing import Any
 
-from sqlalchemy import (
-    ColumnElement,
-    Connection,
-    Date,
-    DateTime,
-    Engine,
-    Text,
-    and_,
-    cast,
-    func,
-    or_,
-    select,
-    text,
-    true,
-    tuple_,
-)
-from sqlalchemy.dialects.postgresql import ARRAY
-
-from billing.adapters.models import AccountRow, ClientRuleRow, UsageDailyRow, UsageShardRow
-from billing.domain.accounts import UNASSIGNED, Attributor, ClientRule
+from billing.adapters.uow import Database, units_of_work
+from billing.domain.accounts import UNASSIGNED, Attributor
+from billing.domain.usage import UsageRow
 
 __all__ = [
     "ACCOUNT_GROUPINGS",
@@ -44,6 +31,7 @@ __all__ = [
     "account_report",
     "group",
     "load_attributor",
+    "read_usage",
     "usage_page",
     "usage_report",
     "usage_rows",
@@ -53,99 +41,38 @@ GROUPS = ("source", "account", "principal", "client_id", "virtual_cluster", "top
 QUANTITIES = ("bytes", "records", "requests", "denied_requests")
 
 
-def load_attributor(engine: Engine) -> Attributor:
+def load_attributor(engine: Database) -> Attributor:
     """The attribution rules as stored, in their stated order (accounts by position), and the
     principals of the credentials streamtoll issued (each its account's, before any rule)."""
-    from billing.services.credentials import credential_principals
-
-    credentials = credential_principals(engine)
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(ClientRuleRow)
-            .join(AccountRow, AccountRow.code == ClientRuleRow.account_code)
-            .order_by(AccountRow.position, AccountRow.code, ClientRuleRow.position)
-        )
-        return Attributor(
-            [
-                (r.account_code, ClientRule(r.principal, r.client_id, r.virtual_cluster, r.valid_from, r.valid_until))
-                for r in rows
-            ],
-            credentials,
-        )
+    with units_of_work(engine)() as uow:
+        return uow.catalog.attributor()
 
 
-def _midnight(t: datetime) -> bool:
-    u = t.astimezone(UTC)
-    return (u.hour, u.minute, u.second, u.microsecond) == (0, 0, 0, 0)
+def read_usage(
+    engine: Database,
+    start: datetime,
+    end: datetime,
+    account: str | None = None,
+    hourly: bool = False,
+    attributor: Attributor | None = None,
+) -> list[UsageRow]:
+    """Attributed usage rows in ``[start, end)``: one per identity, topic, direction, source and
+    day (or hour), with its account; only ``account``'s when given. The one place usage is read
+    and attributed: reports, statements and billing runs all come through here."""
+    with units_of_work(engine)() as uow:
+        return uow.usage.rows(start, end, attributor or uow.catalog.attributor(), account, hourly)
 
 
 def usage_rows(
-    engine: Engine,
+    engine: Database,
     start: datetime,
     end: datetime,
     account: str | None = None,
     hourly: bool = False,
     attributor: Attributor | None = None,
 ) -> list[dict[str, Any]]:
-    """Attributed usage rows in ``[start, end)``: one per identity, topic, direction, source and
-    day (or hour), with its account; only ``account``'s when given. The one place usage is read
-    and attributed: reports, statements and billing runs all come through here."""
-    attributor = attributor or load_attributor(engine)
-    # Attribution needs only the day, so unless hours are asked for the database adds the hours
-    # of a day up first (24 times fewer rows here); the hour bounds still apply before that.
-    # Shards and hours are summed in one pass over usage_shard_rows (usage_hourly sums shards
-    # alone; going through it would aggregate twice).
-    # Whole UTC days come from usage_daily (kept exact by a trigger, 24 × fewer rows and no
-    # aggregation at read time); other bounds from the hourly shard rows.
-    whole_days = not hourly and _midnight(start) and _midnight(end)
-    bucket = "hour" if hourly else "date_trunc('day', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
-    out: list[dict[str, Any]] = []
-    with engine.connect() as conn:
-        if whole_days:
-            result = conn.execute(
-                text(
-                    "SELECT source, principal, client_id, virtual_cluster, topic, direction, "
-                    "day::timestamp AT TIME ZONE 'UTC' AS hour, bytes, records, requests, denied_requests "
-                    "FROM usage_daily WHERE day >= :start AND day < :end "
-                    "AND (bytes, records, requests, denied_requests) <> (0, 0, 0, 0)"
-                ),
-                {"start": start.astimezone(UTC).date(), "end": end.astimezone(UTC).date()},
-            )
-        else:
-            result = conn.execute(
-                text(
-                    f"SELECT source, principal, client_id, virtual_cluster, topic, direction, {bucket} AS hour, "
-                    "sum(bytes) AS bytes, sum(records) AS records, sum(requests) AS requests, "
-                    "sum(denied_requests) AS denied_requests FROM usage_shard_rows "
-                    "WHERE hour >= :start AND hour < :end "
-                    "GROUP BY source, principal, client_id, virtual_cluster, topic, direction, 7 "
-                    "HAVING (sum(bytes), sum(records), sum(requests), sum(denied_requests)) <> (0, 0, 0, 0)"
-                ),
-                {"start": start, "end": end},
-            )
-        for row in result:
-            hour = row.hour.astimezone(UTC)
-            acct = attributor.account_for(row.principal, row.client_id, row.virtual_cluster, hour.date())
-            if account is not None and acct != account:
-                continue
-            out.append(
-                {
-                    "source": row.source,
-                    "account": acct,
-                    "principal": row.principal,
-                    "client_id": row.client_id,
-                    "virtual_cluster": row.virtual_cluster,
-                    "topic": row.topic,
-                    "direction": row.direction,
-                    "hour": hour.isoformat().replace("+00:00", "Z"),
-                    "day": hour.date().isoformat(),
-                    "bytes": int(row.bytes),
-                    "records": int(row.records),
-                    "requests": int(row.requests),
-                    "denied_requests": int(row.denied_requests),
-                }
-            )
-    return out
+    """:func:`read_usage` as JSON-ready dicts (``hour`` and ``day`` as ISO text)."""
+    return [r.as_dict() for r in read_usage(engine, start, end, account, hourly, attributor)]
 
 
 def group(rows: Sequence[dict[str, Any]], group_by: Sequence[str]) -> list[dict[str, Any]]:
@@ -164,7 +91,7 @@ def group(rows: Sequence[dict[str, Any]], group_by: Sequence[str]) -> list[dict[
 
 
 def usage_report(
-    engine: Engine,
+    engine: Database,
     start: datetime,
     end: datetime,
     group_by: Sequence[str] = ("source", "account", "direction"),
@@ -210,211 +137,17 @@ ACCOUNT_GROUPINGS: dict[str, tuple[tuple[str, ...], int]] = {
 }
 
 
-def _like(glob: str) -> str | None:
-    """A LIKE pattern matching at least what the shell-style glob matches (None: a character
-    class, which LIKE cannot say; the caller then does not filter on that field)."""
-    if "[" in glob:
-        return None
-    escaped = glob.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped.replace("*", "%").replace("?", "_")
-
-
-def _could_be(rules: Sequence[ClientRule]) -> ColumnElement[bool]:
-    """A filter on usage_daily that keeps every identity one of ``rules`` matches (and maybe
-    others: the exact attribution decides)."""
-    t = UsageDailyRow.__table__.c
-    alternatives = []
-    for rule in rules:
-        conditions = []
-        for column, glob in ((t.principal, rule.principal), (t.client_id, rule.client_id),
-                             (t.virtual_cluster, rule.virtual_cluster)):  # fmt: skip
-            pattern = None if glob is None else _like(glob)
-            if pattern is not None:
-                conditions.append(column.like(pattern, escape="\\"))
-        alternatives.append(and_(true(), *conditions))
-    return or_(*alternatives)
-
-
-def _account_spans(
-    conn: Connection, attributor: Attributor, account: str, start: date, end: date, keys: bool = False
-) -> dict[str, list[Any]]:
-    """The identities (and their spans of days) whose usage in ``[start, end)`` is ``account``'s,
-    as parallel arrays for the queries below: the identities the account's rules could match are
-    read first and attributed in Python, per span of days in which their account does not change.
-    With ``keys``, one entry per whole usage key (source, identity, topic, direction) and span,
-    so that the hourly rows can be looked up by their primary key."""
-    t = UsageDailyRow.__table__.c
-    fields = ["principals", "client_ids", "clusters", "since", "until"]
-    if keys:
-        fields += ["sources", "topics", "directions"]
-    spans: dict[str, list[Any]] = {k: [] for k in fields}
-    rules = attributor.rules_of(account)
-    if not rules or end <= start:
-        return spans
-    columns = [t.principal, t.client_id, t.virtual_cluster] + ([t.source, t.topic, t.direction] if keys else [])
-    identities = conn.execute(select(*columns).where(t.day >= start, t.day < end, _could_be(rules)).distinct()).all()
-    for principal, client_id, cluster, *key in identities:
-        for since, until, code in attributor.spans(principal, client_id, cluster, start, end):
-            if code == account:
-                for k, v in zip(spans, (principal, client_id, cluster, since, until, *key), strict=True):
-                    spans[k].append(v)
-    return spans
-
-
-def _quantities(row: Any) -> dict[str, int]:
-    return {
-        "bytes": int(row.bytes),
-        "records": int(row.records),
-        "requests": int(row.requests),
-        "denied_requests": int(row.denied_requests),
-    }
-
-
-def _sums_over(spans: dict[str, list[Any]], start: date, end: date, u: Any, columns: list[Any]) -> Any:
-    """SELECT ``columns`` and the summed quantities of ``usage_daily`` (aliased ``u``) rows in
-    ``[start, end)`` of the identities and day spans in ``spans`` (``_account_spans``), to be
-    grouped by the caller."""
-    m = (
-        func.unnest(
-            cast(spans["principals"], ARRAY(Text)),
-            cast(spans["client_ids"], ARRAY(Text)),
-            cast(spans["clusters"], ARRAY(Text)),
-            cast(spans["since"], ARRAY(Date)),
-            cast(spans["until"], ARRAY(Date)),
-        )
-        .table_valued("principal", "client_id", "virtual_cluster", "since", "until")
-        .render_derived(name="m")
-    )
-    return (
-        select(
-            *columns,
-            func.sum(u.c.bytes).label("bytes"),
-            func.sum(u.c.records).label("records"),
-            func.sum(u.c.requests).label("requests"),
-            func.sum(u.c.denied_requests).label("denied_requests"),
-        )
-        .select_from(
-            m.join(
-                u,
-                and_(
-                    u.c.principal == m.c.principal,
-                    u.c.client_id == m.c.client_id,
-                    u.c.virtual_cluster == m.c.virtual_cluster,
-                    u.c.day >= m.c.since,
-                    u.c.day < m.c.until,
-                ),
-            )
-        )
-        .where(
-            u.c.day >= start,
-            u.c.day < end,
-            or_(u.c.bytes != 0, u.c.records != 0, u.c.requests != 0, u.c.denied_requests != 0),
-        )
-    )
-
-
 def account_groups(
-    engine: Engine, account: str, start: date, end: date, attributor: Attributor | None = None
+    engine: Database, account: str, start: date, end: date, attributor: Attributor | None = None
 ) -> dict[str, list[dict[str, Any]]]:
     """One account's usage in the whole UTC days ``[start, end)`` in each of ``ACCOUNT_GROUPINGS``
     (rows shaped and sorted as ``group`` makes them from ``usage_rows``, with which it agrees).
 
-    Attribution is exact and the same as ``usage_rows``' (``_account_spans``); PostgreSQL then adds
-    up only those identities' daily rows, in every grouping at once — a statement no longer moves
-    every row of the month through Python."""
-    attributor = attributor or load_attributor(engine)
-    out: dict[str, list[dict[str, Any]]] = {name: [] for name in ACCOUNT_GROUPINGS}
-    with engine.connect() as conn:
-        spans = _account_spans(conn, attributor, account, start, end)
-        if not spans["since"]:
-            return out
-        u = UsageDailyRow.__table__.alias("u")
-        sets = [tuple_(*(u.c[f] for f in fields)) for fields, _ in ACCOUNT_GROUPINGS.values()]
-        result = conn.execute(
-            _sums_over(
-                spans,
-                start,
-                end,
-                u,
-                [
-                    func.grouping(u.c.day, u.c.topic, u.c.client_id, u.c.principal).label("sets"),
-                    u.c.source,
-                    u.c.direction,
-                    u.c.day,
-                    u.c.topic,
-                    u.c.client_id,
-                    u.c.principal,
-                ],
-            ).group_by(func.grouping_sets(*sets))
-        ).all()
-    by_mask = {mask: (name, fields) for name, (fields, mask) in ACCOUNT_GROUPINGS.items()}
-    for row in result:
-        name, fields = by_mask[row.sets]
-        values = {f: (row.day.isoformat() if f == "day" else getattr(row, f)) for f in fields}
-        out[name].append({**values, **_quantities(row)})
-    for name, (fields, _) in ACCOUNT_GROUPINGS.items():
-        out[name].sort(key=itemgetter(*fields))
-    return out
-
-
-def _hourly_sums(spans: dict[str, list[Any]], start: datetime, end: datetime, group_by: Sequence[str]) -> Any:
-    """The summed quantities of the ``usage_shard_rows`` rows in ``[start, end)`` of the usage keys
-    and day spans in ``spans`` (``_account_spans(keys=True)``), grouped by ``group_by`` (but
-    ``account``), one column each.
-
-    Each key's rows are looked up by the primary key and its hour range, in a LATERAL subquery
-    per key: its aggregate keeps PostgreSQL from turning the join into a scan of the whole table
-    (which reads every tenant's rows), whatever the table's size and statistics."""
-
-    def at(d: date) -> datetime:
-        return datetime.combine(d, time(), UTC)
-
-    keys = ("source", "principal", "client_id", "virtual_cluster", "topic", "direction")
-    arrays = ("sources", "principals", "client_ids", "clusters", "topics", "directions")
-    m = (
-        func.unnest(
-            *(cast(spans[a], ARRAY(Text)) for a in arrays),
-            cast([max(start, at(d)) for d in spans["since"]], ARRAY(DateTime(timezone=True))),
-            cast([min(end, at(d)) for d in spans["until"]], ARRAY(DateTime(timezone=True))),
-        )
-        .table_valued(*keys, "since", "until")
-        .render_derived(name="m")
-    )
-    s = UsageShardRow.__table__.alias("s")
-    hourly = (
-        select(
-            s.c.hour,
-            func.sum(s.c.bytes).label("bytes"),
-            func.sum(s.c.records).label("records"),
-            func.sum(s.c.requests).label("requests"),
-            func.sum(s.c.denied_requests).label("denied_requests"),
-        )
-        .where(*(s.c[k] == m.c[k] for k in keys), s.c.hour >= m.c.since, s.c.hour < m.c.until)
-        # quantities are never negative: a group's sum is non-zero exactly when one of its rows
-        # is, so this keeps the same groups as usage_rows' HAVING
-        .where(or_(s.c.bytes != 0, s.c.records != 0, s.c.requests != 0, s.c.denied_requests != 0))
-        .group_by(s.c.hour)
-        .lateral("h")
-    )
-    by = {"hour": hourly.c.hour, "day": cast(func.timezone("UTC", hourly.c.hour), Date), **{k: m.c[k] for k in keys}}
-    columns = [by[g].label(g) for g in _columns(group_by)]
-    return (
-        select(
-            *columns,
-            func.sum(hourly.c.bytes).label("bytes"),
-            func.sum(hourly.c.records).label("records"),
-            func.sum(hourly.c.requests).label("requests"),
-            func.sum(hourly.c.denied_requests).label("denied_requests"),
-        )
-        .select_from(m.join(hourly, true()))
-        .group_by(*columns)
-    )
-
-
-def _columns(group_by: Sequence[str]) -> list[str]:
-    """The columns ``group_by`` groups by, each once (a field named twice groups as once; SQL
-    would find the twice-selected column ambiguous), ``account`` aside (it is the one asked)."""
-    return [g for g in dict.fromkeys(group_by) if g != "account"]
+    Attribution is exact and the same as ``usage_rows``'; PostgreSQL then adds up only those
+    identities' daily rows, in every grouping at once — a statement no longer moves every row of
+    the month through Python."""
+    with units_of_work(engine)() as uow:
+        return uow.usage.account_groups(attributor or uow.catalog.attributor(), account, start, end, ACCOUNT_GROUPINGS)
 
 
 def _utc(t: date) -> datetime:
@@ -423,7 +156,7 @@ def _utc(t: date) -> datetime:
 
 
 def account_report(
-    engine: Engine,
+    engine: Database,
     account: str,
     start: date | datetime,
     end: date | datetime,
@@ -432,34 +165,10 @@ def account_report(
 ) -> list[dict[str, Any]]:
     """``group(usage_rows(…, account, hourly="hour" in group_by), group_by)`` in ``[start, end)``
     (dates: whole UTC days), added up by PostgreSQL over the account's identities only (as
-    ``account_groups``). Whole days without ``hour`` come from ``usage_daily``; hours and other
-    bounds from the hourly shard rows, looked up by each of the account's usage keys (found in
-    ``usage_daily``), so that no hourly row of another account is read: a partner's hourly report
-    costs what its own usage costs, not what the whole database holds."""
-    attributor = attributor or load_attributor(engine)
+    ``account_groups``): a partner's hourly report costs what its own usage costs, not what the
+    whole database holds."""
     start, end = _utc(start), _utc(end)
     if end <= start:
         return []
-    whole_days = "hour" not in group_by and _midnight(start) and _midnight(end)
-    first = start.date()
-    last = end.date() if _midnight(end) else end.date() + timedelta(days=1)
-    with engine.connect() as conn:
-        spans = _account_spans(conn, attributor, account, first, last, keys=not whole_days)
-        if not spans["since"]:
-            return []
-        if whole_days:
-            u = UsageDailyRow.__table__.alias("u")
-            columns = [u.c[g].label(g) for g in _columns(group_by)]
-            query = _sums_over(spans, first, last, u, columns).group_by(*columns)
-        else:
-            query = _hourly_sums(spans, start, end, group_by)
-        result = conn.execute(query).all()
-    out = []
-    for row in result:
-        values: dict[str, Any] = {g: account if g == "account" else getattr(row, g) for g in group_by}
-        if "day" in values:
-            values["day"] = values["day"].isoformat()
-        if "hour" in values:
-            values["hour"] = values["hour"].astimezone(UTC).isoformat().replace("+00:00", "Z")
-        out.append({**values, **_quantities(row)})
-    return sorted(out, key=lambda r: tuple(r[g] for g in group_by))
+    with units_of_work(engine)() as uow:
+        return uow.usage.account_report(attributor or uow.catalog.attributor(), account, start, end, group_by)

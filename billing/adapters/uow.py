@@ -1,0 +1,58 @@
+"""The unit of work: one connection and one transaction over billing's repositories.
+
+``with UnitOfWork(engine) as uow:`` begins a transaction; ``uow.usage``, ``uow.catalog``,
+``uow.invoices`` and ``uow.statements`` all work on its connection; it commits when the block
+ends normally and rolls back on an exception. Services take an engine or any factory of units of
+work (:func:`units_of_work`), so unit tests pass in-memory fakes.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from types import TracebackType
+
+from sqlalchemy import Connection, Engine
+
+from billing.adapters.repositories.catalog import CatalogRepository
+from billing.adapters.repositories.invoices import InvoiceRepository
+from billing.adapters.repositories.statements import StatementRepository
+from billing.adapters.repositories.usage import UsageRepository
+from billing.services.ports import UnitsOfWork
+
+__all__ = ["Database", "UnitOfWork", "units_of_work"]
+
+Database = Engine | UnitsOfWork
+"""What a service works on: an engine, or any factory of units of work (a fake's in unit tests)."""
+
+
+class UnitOfWork:
+    usage: UsageRepository
+    catalog: CatalogRepository
+    invoices: InvoiceRepository
+    statements: StatementRepository
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._stack = ExitStack()
+
+    def __enter__(self) -> UnitOfWork:
+        conn: Connection = self._stack.enter_context(self.engine.begin())
+        self.conn = conn
+        self.usage = UsageRepository(conn)
+        self.catalog = CatalogRepository(conn)
+        self.invoices = InvoiceRepository(conn)
+        self.statements = StatementRepository(conn)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        return self._stack.__exit__(kind, exc, tb)
+
+
+def units_of_work(source: Database) -> UnitsOfWork:
+    """A factory of units of work: over ``source`` when it is an engine, else ``source`` itself."""
+    if isinstance(source, Engine):
+        engine = source
+        return lambda: UnitOfWork(engine)
+    return source

@@ -1,0 +1,313 @@
+"""In-memory fakes of billing's repositories and unit of work (billing.services.ports), for unit
+tests of the services without PostgreSQL. They keep the contracts the SQL repositories keep
+(filters, order, what counts as finalized), not their locks; a unit of work commits nothing and
+rolls nothing back (the fakes write through)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from types import TracebackType
+from typing import Any
+
+from billing.domain.accounts import Attributor
+from billing.domain.invoicing import AccountTerms, PricedLine, Subscription
+from billing.domain.plans import PlanVersion
+from billing.domain.usage import UsageRow
+from billing.errors import InvoiceNotFound
+from billing.services.ports import DraftValues, FinalizedPeriod, InvoiceRecord, StatementMarks
+
+GB = 10**9
+
+
+def row(  # a usage row of one identity of `account` on `day`, topic "orders" unless given
+    account: str, source: str, day: date, *, bytes_: int = 0, records: int = 0, requests: int = 0, topic: str = "orders"
+) -> UsageRow:
+    return UsageRow(
+        source=source,
+        account=account,
+        principal=f"User:{account}",
+        client_id="app",
+        virtual_cluster="",
+        topic=topic,
+        direction="produce",
+        hour=datetime(day.year, day.month, day.day, tzinfo=UTC),
+        day=day,
+        bytes=bytes_,
+        records=records,
+        requests=requests,
+        denied_requests=0,
+    )
+
+
+class FakeUsage:
+    def __init__(self, rows: list[UsageRow] | None = None) -> None:
+        self.stored: list[UsageRow] = list(rows or [])
+
+    def rows(
+        self, start: datetime, end: datetime, attributor: Attributor, account: str | None = None, hourly: bool = False
+    ) -> list[UsageRow]:
+        return [r for r in self.stored if start <= r.hour < end and account in (None, r.account)]
+
+    def account_groups(
+        self,
+        attributor: Attributor,
+        account: str,
+        start: date,
+        end: date,
+        groupings: dict[str, tuple[tuple[str, ...], int]],
+    ) -> dict[str, list[dict[str, Any]]]:
+        raise NotImplementedError
+
+    def account_report(
+        self, attributor: Attributor, account: str, start: datetime, end: datetime, group_by: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+
+class FakeCatalog:
+    def __init__(self) -> None:
+        self.terms: dict[str, AccountTerms] = {}
+        self.plans: dict[tuple[str, int], PlanVersion] = {}
+        self.subs: list[Subscription] = []
+
+    def add_account(self, code: str, currency: str = "EUR", tax_rate: str = "0") -> None:
+        self.terms[code] = AccountTerms(code, currency, Decimal(tax_rate), f"{code} Ltd", f"{code}@example.com")
+
+    def subscribe(self, account: str, plan: PlanVersion, starts_on: date, ends_on: date | None = None) -> None:
+        self.plans[(plan.code, plan.version)] = plan
+        self.subs.append(Subscription(account, starts_on, ends_on, plan.code, plan.version))
+        self.subs.sort(key=lambda s: s.starts_on)
+
+    def accounts(self) -> dict[str, AccountTerms]:
+        return dict(self.terms)
+
+    def account(self, code: str) -> AccountTerms:
+        return self.terms[code]
+
+    def plan_versions(self) -> dict[tuple[str, int], PlanVersion]:
+        return dict(self.plans)
+
+    def subscriptions(self) -> list[Subscription]:
+        return list(self.subs)
+
+    def attributor(self) -> Attributor:
+        return Attributor([])
+
+
+@dataclasses.dataclass
+class StoredInvoice:
+    record: InvoiceRecord
+    lines: list[PricedLine]
+
+
+class FakeInvoices:
+    def __init__(self) -> None:
+        self.stored: dict[int, StoredInvoice] = {}
+        self.numbers: dict[tuple[str, int], int] = {}
+        self.locks: list[tuple[str, date]] = []
+        self.documents: dict[int, tuple[str, bytes]] = {}
+
+    # what a test sets up or looks at
+    def of(self, account: str, period_start: date) -> list[StoredInvoice]:
+        return [
+            s
+            for s in self.stored.values()
+            if s.record.account_code == account and s.record.period_start == period_start
+        ]
+
+    def set_status(self, invoice_id: int, status: str, number: str | None = None) -> None:
+        s = self.stored[invoice_id]
+        s.record = dataclasses.replace(s.record, status=status, number=number or s.record.number)
+
+    # the port
+    def lock_run(self, account: str, period_start: date) -> None:
+        self.locks.append((account, period_start))
+
+    def current(self, account: str, period_start: date) -> InvoiceRecord | None:
+        for s in self.of(account, period_start):
+            if s.record.kind == "standard" and s.record.status != "void":
+                return s.record
+        return None
+
+    def insert_draft(self, account: str, start: date, end: date, values: DraftValues) -> int:
+        invoice_id = len(self.stored) + 1
+        fields = {k: v for k, v in dataclasses.asdict(values).items() if k != "updated_at"}
+        record = InvoiceRecord(invoice_id, account, start, end, "standard", "draft", None, **fields)
+        self.stored[invoice_id] = StoredInvoice(record, [])
+        return invoice_id
+
+    def update_draft(self, invoice_id: int, values: DraftValues) -> None:
+        s = self.stored[invoice_id]
+        fields = {k: v for k, v in dataclasses.asdict(values).items() if k != "updated_at"}
+        s.record = dataclasses.replace(s.record, **fields)
+
+    def replace_lines(self, invoice_id: int, lines: Sequence[PricedLine], start: date, end: date) -> int:
+        self.stored[invoice_id].lines = list(lines)
+        return len(lines)
+
+    def finalized_periods(self, account: str, before: date) -> list[FinalizedPeriod]:
+        out = [
+            FinalizedPeriod(
+                s.record.period_start,
+                s.record.period_end,
+                str(s.record.number),
+                sum((p.line.rounded_amount for p in s.lines if p.line.kind != "adjustment"), Decimal(0)),
+            )
+            for s in self.stored.values()
+            if s.record.account_code == account
+            and s.record.status == "finalized"
+            and s.record.kind == "standard"
+            and s.record.period_start < before
+        ]
+        return sorted(out, key=lambda f: f.period_start)
+
+    def finalized_adjustments(self, account: str, period: str) -> Decimal:
+        return sum(
+            (
+                p.line.rounded_amount
+                for s in self.stored.values()
+                if s.record.account_code == account and s.record.status == "finalized"
+                for p in s.lines
+                if p.line.kind == "adjustment" and (p.adjusts or {}).get("adjusts_period") == period
+            ),
+            Decimal(0),
+        )
+
+    def find(self, ref: str | int, for_update: bool = False) -> InvoiceRecord:
+        for s in self.stored.values():
+            if ref in (s.record.id, f"draft-{s.record.id}") or (s.record.number is not None and ref == s.record.number):
+                pdf = self.documents.get(s.record.id, (None, None))[1]
+                return dataclasses.replace(s.record, pdf=pdf)
+        raise InvoiceNotFound(f"there is no invoice {ref}")
+
+    def lines(self, invoice_id: int) -> list[dict[str, Any]]:
+        return [
+            {
+                "position": i,
+                "kind": p.line.kind,
+                "description": p.line.description,
+                "meter": p.line.meter,
+                "source": p.source,
+                "topics": list(p.line.topics),
+                "quantity": p.line.quantity_raw,
+                "unit": p.line.unit,
+                "model": p.line.model,
+                "amount_unrounded": p.line.unrounded_amount,
+                "amount": p.line.rounded_amount,
+                "breakdown": [],
+                "usage_ref": p.adjusts or {},
+            }
+            for i, p in enumerate(self.stored[invoice_id].lines)
+        ]
+
+    def allocate_number(self, prefix: str, year: int) -> str:
+        last = self.numbers[(prefix, year)] = self.numbers.get((prefix, year), 0) + 1
+        return f"{prefix}-{year}-{last:06d}"
+
+    def mark_finalized(
+        self,
+        invoice_id: int,
+        number: str,
+        snapshot: dict[str, Any],
+        html: str | None,
+        pdf: bytes | None,
+        issued: date,
+        due: date,
+        now: datetime,
+    ) -> None:
+        s = self.stored[invoice_id]
+        s.record = dataclasses.replace(s.record, status="finalized", number=number, snapshot=snapshot)
+
+    def mark_void(self, invoice_id: int, reason: str, now: datetime) -> None:
+        s = self.stored[invoice_id]
+        s.record = dataclasses.replace(s.record, status="void", void_reason=reason)
+
+    def listing(
+        self,
+        period_start: date | None,
+        account: str | None,
+        status: str | None,
+        drafts: bool,
+        after: tuple[date, str, int] | None,
+        limit: int | None,
+    ) -> list[InvoiceRecord]:
+        rows = sorted((s.record for s in self.stored.values()), key=lambda r: (r.period_start, r.account_code, r.id))
+        rows = [
+            r
+            for r in rows
+            if (after is None or (r.period_start, r.account_code, r.id) > after)
+            and (drafts or r.status != "draft")
+            and period_start in (None, r.period_start)
+            and account in (None, r.account_code)
+            and status in (None, r.status)
+        ]
+        return rows if limit is None else rows[:limit]
+
+    def ids_not_draft(self, period_start: date) -> list[int]:
+        return [
+            i for i, s in self.stored.items() if s.record.period_start == period_start and s.record.status != "draft"
+        ]
+
+    def without_documents(self, invoice_ids: list[int] | None) -> list[tuple[int, dict[str, Any]]]:
+        return [
+            (i, s.record.snapshot or {})
+            for i, s in self.stored.items()
+            if s.record.status == "finalized" and i not in self.documents and (invoice_ids is None or i in invoice_ids)
+        ]
+
+    def store_documents(self, invoice_id: int, html: str, pdf: bytes) -> int:
+        if invoice_id in self.documents:
+            return 0
+        self.documents[invoice_id] = (html, pdf)
+        return 1
+
+
+class FakeStatements:
+    def marks(self, account: str, period: str, month: date, with_pdf: bool) -> StatementMarks:
+        raise NotImplementedError
+
+    def store(
+        self,
+        account: str,
+        period: str,
+        usage_mark: int,
+        catalog_mark: int | None,
+        doc_version: int,
+        sources: str,
+        computed_at: datetime,
+        body: str,
+    ) -> int | None:
+        raise NotImplementedError
+
+    def stored_pdf(self, account: str, period: str, revision: int) -> bytes | None:
+        raise NotImplementedError
+
+    def keep_pdf(self, account: str, period: str, revision: int, pdf: bytes) -> None:
+        raise NotImplementedError
+
+
+class FakeUnitOfWork:
+    """``uows = FakeUnitOfWork(); run_billing(uows, …)``: the fake is its own factory, and every
+    unit of work it makes shares its repositories."""
+
+    def __init__(self) -> None:
+        self.usage = FakeUsage()
+        self.catalog = FakeCatalog()
+        self.invoices = FakeInvoices()
+        self.statements = FakeStatements()
+        self.opened = 0
+
+    def __call__(self) -> FakeUnitOfWork:
+        return self
+
+    def __enter__(self) -> FakeUnitOfWork:
+        self.opened += 1
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        return None
