@@ -93,7 +93,7 @@ def test_an_smtp_error_puts_the_invoice_back_stops_the_run_and_the_next_run_send
     report = _send(store, smtp)
     assert report.sent == 2
     assert (first.status, first.attempts, first.last_error) == ("sent", 2, None)
-    assert [m["Message-ID"] for m in smtp.sent][0] == "<INV-2026-000001@streamtoll.invoice>"
+    assert [m["Message-ID"] for m in smtp.sent] == [f"<INV-2026-00000{i}@streamtoll.invoice>" for i in (1, 2)]
 
 
 def test_after_max_attempts_an_invoice_is_given_up_counted_and_the_others_still_go_out() -> None:
