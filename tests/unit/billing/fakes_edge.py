@@ -16,11 +16,14 @@ from typing import Any
 from billing.errors import KeyInUse
 from billing.services.ports_edge import (
     AccountPlanDoc,
+    AccountState,
     AccountSummary,
     ApiKeyRecord,
+    ClientRuleState,
     CredentialRecord,
     IdempotencyRecord,
     OutboxItem,
+    PlanHead,
     PlanSummary,
     StoredKey,
 )
@@ -342,3 +345,72 @@ def usage_rows(rows: list[dict[str, Any]]) -> Any:
         return [r for r in rows if r.get("account", account) == account]
 
     return usage
+
+
+# --- catalog writes ---
+
+
+@dataclass
+class FakeCatalogWrites:
+    """Accounts (with their rules and position), subscriptions and plan versions."""
+
+    accounts: dict[str, tuple[AccountState, int, list[ClientRuleState]]] = field(default_factory=dict)
+    subscriptions: dict[tuple[str, date], tuple[str, int, date | None]] = field(default_factory=dict)
+    plans: dict[str, str] = field(default_factory=dict)  # code → name
+    versions: dict[tuple[str, int], tuple[str, dict[str, Any], str]] = field(default_factory=dict)
+    locked: bool = False
+    writes: int = 0  # rows written (an unchanged load writes none)
+
+    def latest_versions(self) -> dict[str, int]:
+        latest: dict[str, int] = {}
+        for code, version in self.versions:
+            latest[code] = max(version, latest.get(code, 0))
+        return latest
+
+    def account_state(self, code: str) -> tuple[AccountState | None, list[ClientRuleState]]:
+        found = self.accounts.get(code)
+        return (None, []) if found is None else (found[0], list(found[2]))
+
+    def move_account(self, code: str, position: int) -> None:
+        state, before, rules = self.accounts[code]
+        if before != position:
+            self.accounts[code] = (state, position, rules)
+            self.writes += 1
+
+    def put_account(self, code: str, state: AccountState, position: int, rules: list[ClientRuleState]) -> None:
+        self.accounts[code] = (state, position, list(rules))
+        self.writes += 1
+
+    def subscription(self, account: str, starts_on: date) -> tuple[str, date | None] | None:
+        found = self.subscriptions.get((account, starts_on))
+        return None if found is None else (found[0], found[2])
+
+    def end_subscription(self, account: str, starts_on: date, ends_on: date | None) -> None:
+        plan, version, _ = self.subscriptions[(account, starts_on)]
+        self.subscriptions[(account, starts_on)] = (plan, version, ends_on)
+        self.writes += 1
+
+    def start_subscription(
+        self, account: str, starts_on: date, ends_on: date | None, plan: str, plan_version: int
+    ) -> None:
+        self.subscriptions[(account, starts_on)] = (plan, plan_version, ends_on)
+        for (code, start), (p, v, end) in list(self.subscriptions.items()):
+            if code == account and start < starts_on and end is None:
+                self.subscriptions[(code, start)] = (p, v, starts_on)
+        self.writes += 1
+
+    def lock_plans(self) -> None:
+        self.locked = True
+
+    def plan_head(self, code: str) -> PlanHead | None:
+        mine = [(v, digest) for (c, v), (_, _, digest) in self.versions.items() if c == code]
+        return None if not mine else PlanHead(*max(mine))
+
+    def publish_plan(
+        self, code: str, name: str, version: int, currency: str, document: dict[str, Any], digest: str
+    ) -> None:
+        assert self.locked, "a version number is picked under the plans lock"
+        assert (code, version) not in self.versions
+        self.plans[code] = name
+        self.versions[(code, version)] = (currency, document, digest)
+        self.writes += 1
