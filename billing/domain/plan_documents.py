@@ -15,7 +15,7 @@ from typing import Any
 from billing.domain.access import access_doc, access_from_doc, caps_doc, caps_from_doc, limits_doc, limits_from_doc
 from billing.domain.plans import PlanVersion, Price, Tier
 
-__all__ = ["plan_document", "plan_from_document"]
+__all__ = ["document_digest", "plan_document", "plan_from_document"]
 
 
 def _dec(v: Decimal | None) -> str | None:
@@ -92,5 +92,5 @@ def plan_from_document(version: int, doc: dict[str, Any]) -> PlanVersion:
     )
 
 
-def _digest(doc: dict[str, Any]) -> str:
+def document_digest(doc: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

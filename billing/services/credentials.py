@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine
 
 from billing.adapters.control import publish_records
-from billing.adapters.models import AccountRow, CredentialKeyRow, CredentialRow
+from billing.adapters.credentials_repo import CredentialRepository
 from billing.errors import CredentialError, CredentialNotFound, PublishError
+from billing.services.ports_edge import CredentialRecord, Credentials, StoredKey
 from metering.credentials import MECHANISMS, Credential, ScramKey, encode, scram_key
 
 __all__ = [
@@ -32,11 +33,15 @@ __all__ = [
     "IssuedCredential",
     "create_credential",
     "credential_doc",
-    "credential_principals",
+    "credential_views",
+    "issue_credential",
     "list_credentials",
     "publish_credentials",
+    "published_states",
     "revoke_credential",
     "rotate_credential",
+    "rotate_password",
+    "withdraw_credential",
 ]
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -96,24 +101,29 @@ def _password() -> str:
     return secrets.token_urlsafe(24)
 
 
-def _keys(conn: Any, credential_id: str, generation: int, password: str, salts: dict[str, tuple[bytes, int]]) -> None:
+def _keys(credential_id: str, generation: int, password: str, salts: dict[str, tuple[bytes, int]]) -> list[StoredKey]:
+    """The password's keys, one per mechanism (with the salt and iterations given per mechanism)."""
+    out = []
     for mechanism in MECHANISMS:
         salt, iterations = salts.get(mechanism, (None, 0))
         key = scram_key(mechanism, password, salt) if salt is None else scram_key(mechanism, password, salt, iterations)
-        conn.execute(
-            insert(CredentialKeyRow).values(
-                credential_id=credential_id,
-                mechanism=mechanism,
-                generation=generation,
-                salt=key.salt,
-                iterations=key.iterations,
-                stored_key=key.stored_key,
-                server_key=key.server_key,
+        out.append(
+            StoredKey(
+                credential_id,
+                mechanism,
+                generation,
+                key.salt,
+                key.iterations,
+                key.stored_key,
+                key.server_key,
+                None,
+                None,
             )
         )
+    return out
 
 
-def create_credential(engine: Engine, account: str, name: str | None = None) -> IssuedCredential:
+def issue_credential(store: Credentials, account: str, name: str | None = None) -> IssuedCredential:
     """A new credential of ``account``; its password is in the result and nowhere else."""
     name = name or "cred-" + secrets.token_hex(3)
     if not NAME.match(name):
@@ -122,87 +132,57 @@ def create_credential(engine: Engine, account: str, name: str | None = None) -> 
         )
     username = f"{account}/{name}"
     password = _password()
-    with engine.begin() as conn:
-        if conn.execute(select(AccountRow.code).where(AccountRow.code == account)).first() is None:
-            raise CredentialNotFound(f"there is no account {account!r}; load accounts first")
-        if conn.execute(select(CredentialRow.id).where(CredentialRow.username == username)).first() is not None:
-            raise CredentialError(f"account {account!r} already has a credential named {name!r}")
-        cid = "cred_" + secrets.token_hex(6)
-        conn.execute(insert(CredentialRow).values(id=cid, account_code=account, name=name, username=username))
-        _keys(conn, cid, 1, password, {})
+    if not store.account_exists(account):
+        raise CredentialNotFound(f"there is no account {account!r}; load accounts first")
+    if store.username_taken(username):
+        raise CredentialError(f"account {account!r} already has a credential named {name!r}")
+    cid = "cred_" + secrets.token_hex(6)
+    store.add(cid, account, name, username)
+    store.add_keys(_keys(cid, 1, password, {}))
     return IssuedCredential(cid, account, username, password)
 
 
-def rotate_credential(engine: Engine, credential_id: str, overlap: timedelta) -> IssuedCredential:
+def rotate_password(store: Credentials, credential_id: str, overlap: timedelta, now: datetime) -> IssuedCredential:
     """A new password for an active credential; the passwords before it stay valid for ``overlap``."""
-    now = datetime.now(UTC)
     password = _password()
-    with engine.begin() as conn:
-        row = conn.execute(
-            select(CredentialRow).where(CredentialRow.id == credential_id, CredentialRow.revoked_at.is_(None))
-        ).first()
-        if row is None:
-            raise CredentialNotFound(f"there is no active credential {credential_id!r}")
-        keys = conn.execute(select(CredentialKeyRow).where(CredentialKeyRow.credential_id == credential_id)).all()
-        generation = max(k.generation for k in keys) + 1
-        salts = {k.mechanism: (k.salt, k.iterations) for k in keys if k.generation == generation - 1}
-        conn.execute(
-            update(CredentialKeyRow)
-            .where(CredentialKeyRow.credential_id == credential_id, CredentialKeyRow.valid_until.is_(None))
-            .values(valid_until=now + overlap)
-        )
-        _keys(conn, credential_id, generation, password, salts)
-    return IssuedCredential(row.id, row.account_code, row.username, password)
+    found = store.get_active(credential_id)
+    if found is None:
+        raise CredentialNotFound(f"there is no active credential {credential_id!r}")
+    keys = store.keys_of(credential_id)
+    generation = max(k.generation for k in keys) + 1
+    salts = {k.mechanism: (k.salt, k.iterations) for k in keys if k.generation == generation - 1}
+    store.expire_keys(credential_id, now + overlap)
+    store.add_keys(_keys(credential_id, generation, password, salts))
+    return IssuedCredential(found.id, found.account, found.username, password)
 
 
-def revoke_credential(engine: Engine, credential_id: str) -> None:
-    with engine.begin() as conn:
-        done = conn.execute(
-            update(CredentialRow)
-            .where(CredentialRow.id == credential_id, CredentialRow.revoked_at.is_(None))
-            .values(revoked_at=datetime.now(UTC))
-        )
-        if done.rowcount != 1:
-            raise CredentialNotFound(f"there is no active credential {credential_id!r}")
+def withdraw_credential(store: Credentials, credential_id: str, at: datetime) -> None:
+    if not store.revoke(credential_id, at):
+        raise CredentialNotFound(f"there is no active credential {credential_id!r}")
 
 
-def list_credentials(engine: Engine, account: str | None = None, include_revoked: bool = False) -> list[CredentialView]:
-    now = datetime.now(UTC)
-    query = select(CredentialRow).order_by(CredentialRow.created_at, CredentialRow.id)
-    if account is not None:
-        query = query.where(CredentialRow.account_code == account)
-    if not include_revoked:
-        query = query.where(CredentialRow.revoked_at.is_(None))
-    with engine.connect() as conn:
-        rows = conn.execute(query).all()
-        overlaps: dict[str, datetime] = {}
-        newest: dict[str, tuple[int, datetime]] = {}
-        mechanisms: dict[str, set[str]] = {}
-        keys = select(
-            CredentialKeyRow.credential_id,
-            CredentialKeyRow.mechanism,
-            CredentialKeyRow.generation,
-            CredentialKeyRow.created_at,
-            CredentialKeyRow.valid_until,
-        )
-        if account is not None:
-            keys = keys.join(CredentialRow, CredentialRow.id == CredentialKeyRow.credential_id).where(
-                CredentialRow.account_code == account
-            )
-        for k in conn.execute(keys):
-            if k.valid_until is not None and k.valid_until > now:
-                overlaps[k.credential_id] = max(k.valid_until, overlaps.get(k.credential_id, k.valid_until))
-            if k.generation > newest.get(k.credential_id, (0, now))[0]:
-                newest[k.credential_id] = (k.generation, k.created_at)
-            mechanisms.setdefault(k.credential_id, set()).add(k.mechanism)
+def credential_views(
+    store: Credentials, now: datetime, account: str | None = None, include_revoked: bool = False
+) -> list[CredentialView]:
+    """The credentials (of ``account``), oldest first, as operators see them."""
+    rows = store.listed(account, include_revoked)
+    overlaps: dict[str, datetime] = {}
+    newest: dict[str, tuple[int, datetime | None]] = {}
+    mechanisms: dict[str, set[str]] = {}
+    for k in store.all_keys(account):
+        if k.valid_until is not None and k.valid_until > now:
+            overlaps[k.credential_id] = max(k.valid_until, overlaps.get(k.credential_id, k.valid_until))
+        if k.generation > newest.get(k.credential_id, (0, now))[0]:
+            newest[k.credential_id] = (k.generation, k.created_at)
+        mechanisms.setdefault(k.credential_id, set()).add(k.mechanism)
     return [
         CredentialView(
             r.id,
-            r.account_code,
+            r.account,
             r.name,
             r.username,
             "User:" + r.username,
-            "revoked" if r.revoked_at is not None else "active",
+            _state(r),
             r.created_at,
             r.revoked_at,
             None if r.revoked_at is not None else overlaps.get(r.id),
@@ -213,41 +193,55 @@ def list_credentials(engine: Engine, account: str | None = None, include_revoked
     ]
 
 
-def credential_principals(engine: Engine) -> dict[str, str]:
-    """principal → account of every credential ever issued (revoked ones too: their past traffic
-    stays theirs)."""
-    with engine.connect() as conn:
-        return {
-            "User:" + r.username: r.account_code
-            for r in conn.execute(select(CredentialRow.username, CredentialRow.account_code))
-        }
+def _state(r: CredentialRecord) -> str:
+    return "revoked" if r.revoked_at is not None else "active"
 
 
-def _published(engine: Engine) -> list[Credential]:
-    now = datetime.now(UTC)
-    with engine.connect() as conn:
-        rows = conn.execute(select(CredentialRow).order_by(CredentialRow.id)).all()
-        keys = conn.execute(
-            select(CredentialKeyRow).order_by(
-                CredentialKeyRow.credential_id, CredentialKeyRow.generation, CredentialKeyRow.mechanism
-            )
-        ).all()
+def published_states(store: Credentials, now: datetime) -> list[Credential]:
+    """Every credential's state as the gateways read it: an active one with its keys valid at ``now``."""
     by_id: dict[str, list[ScramKey]] = {}
-    for k in keys:
+    records = store.all_by_id()
+    for k in store.all_keys():
         if k.valid_until is None or k.valid_until > now:
             by_id.setdefault(k.credential_id, []).append(
                 ScramKey(k.mechanism, k.salt, k.iterations, k.stored_key, k.server_key, k.valid_until)
             )
     return [
         Credential(
-            r.id,
-            r.account_code,
-            r.username,
-            "revoked" if r.revoked_at is not None else "active",
-            () if r.revoked_at is not None else tuple(by_id.get(r.id, ())),
+            r.id, r.account, r.username, _state(r), () if r.revoked_at is not None else tuple(by_id.get(r.id, ()))
         )
-        for r in rows
+        for r in records
     ]
+
+
+def create_credential(engine: Engine, account: str, name: str | None = None) -> IssuedCredential:
+    """A new credential of ``account``; its password is in the result and nowhere else."""
+    with engine.begin() as conn:
+        return issue_credential(CredentialRepository(conn), account, name)
+
+
+def rotate_credential(engine: Engine, credential_id: str, overlap: timedelta) -> IssuedCredential:
+    """A new password for an active credential; the passwords before it stay valid for ``overlap``."""
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        return rotate_password(CredentialRepository(conn), credential_id, overlap, now)
+
+
+def revoke_credential(engine: Engine, credential_id: str) -> None:
+    with engine.begin() as conn:
+        withdraw_credential(CredentialRepository(conn), credential_id, datetime.now(UTC))
+
+
+def list_credentials(engine: Engine, account: str | None = None, include_revoked: bool = False) -> list[CredentialView]:
+    now = datetime.now(UTC)
+    with engine.connect() as conn:
+        return credential_views(CredentialRepository(conn), now, account, include_revoked)
+
+
+def _published(engine: Engine) -> list[Credential]:
+    now = datetime.now(UTC)
+    with engine.connect() as conn:
+        return published_states(CredentialRepository(conn), now)
 
 
 def publish_credentials(

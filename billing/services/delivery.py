@@ -18,19 +18,24 @@ from __future__ import annotations
 import contextlib
 import smtplib
 import ssl
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import formataddr
+from typing import Protocol
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
+from billing.adapters.outbox_repo import OutboxRepository
 from billing.domain.documents import money_text
 from billing.services.billing_run import parse_period
 from billing.services.invoices import invoice_pdf
+from billing.services.ports_edge import Outbox
 from billing.settings import SmtpSettings
 
-__all__ = ["SendReport", "SmtpSettings", "enqueue", "send_pending", "send_period"]
+__all__ = ["Mailer", "SendReport", "SmtpSettings", "deliver", "enqueue", "send_pending", "send_period"]
 
 
 @dataclass
@@ -43,17 +48,7 @@ class SendReport:
 def enqueue(engine: Engine, period: str) -> int:
     start, _ = parse_period(period)
     with engine.begin() as conn:
-        result = conn.execute(
-            text(
-                "INSERT INTO invoice_deliveries (invoice_id, to_address, message_id) "
-                "SELECT i.id, a.email, '<' || i.number || '@streamtoll.invoice>' "
-                "FROM invoices i JOIN accounts a ON a.code = i.account_code "
-                "WHERE i.status = 'finalized' AND i.period_start = :start "
-                "ON CONFLICT (invoice_id) DO NOTHING"
-            ),
-            {"start": start},
-        )
-        return int(result.rowcount or 0)
+        return OutboxRepository(conn).enqueue_finalized(start)
 
 
 def _message(
@@ -98,73 +93,81 @@ def _connect(smtp: SmtpSettings) -> smtplib.SMTP:
     return client
 
 
-def send_pending(engine: Engine, smtp: SmtpSettings, max_attempts: int = 5) -> SendReport:
+class Mailer(Protocol):
+    """What sending needs of an SMTP connection (:class:`smtplib.SMTP`)."""
+
+    def send_message(self, msg: EmailMessage) -> object: ...
+    def quit(self) -> object: ...
+
+
+def deliver(
+    transaction: Callable[[], AbstractContextManager[Outbox]],
+    connect: Callable[[], Mailer],
+    render_pdf: Callable[[str], bytes],
+    smtp: SmtpSettings,
+    max_attempts: int = 5,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> SendReport:
+    """Send the outbox until it is empty: each row claimed and committed as ``sending`` before its
+    message goes out, then committed as ``sent``. An SMTP or network error puts the row back
+    (``failed`` after ``max_attempts``: counted, and the next row is sent) and, before that,
+    ends the run with the error (the next run retries). ``transaction()`` opens a transaction
+    (committed when its block ends normally), ``connect()`` an SMTP connection, ``render_pdf``
+    renders an invoice's PDF by number when the row has none."""
     report = SendReport()
-    client: smtplib.SMTP | None = None
+    client: Mailer | None = None
     try:
         while True:
-            with engine.begin() as conn:
-                row = conn.execute(
-                    text(
-                        "SELECT d.invoice_id, d.to_address, d.message_id, i.number, i.account_code, i.total::text, "
-                        "i.currency, i.due_on::text, i.pdf "
-                        "FROM invoice_deliveries d JOIN invoices i ON i.id = d.invoice_id "
-                        "WHERE d.status IN ('pending', 'sending') AND i.status = 'finalized' "
-                        "ORDER BY d.invoice_id LIMIT 1 FOR UPDATE OF d SKIP LOCKED"
-                    )
-                ).first()
-                if row is None:
-                    return report
-                conn.execute(
-                    text(
-                        "UPDATE invoice_deliveries SET status = 'sending', attempts = attempts + 1 "
-                        "WHERE invoice_id = :i"
-                    ),
-                    {"i": row.invoice_id},
-                )
-            total = money_text(row.total, row.currency)
+            with transaction() as outbox:
+                item = outbox.claim_next()
+            if item is None:
+                return report
             msg = _message(
                 smtp,
-                row.number,
-                row.account_code,
-                row.to_address,
-                total,
-                row.currency,
-                row.due_on,
-                row.message_id,
-                bytes(row.pdf) if row.pdf is not None else invoice_pdf(engine, row.number),
+                item.number,
+                item.account,
+                item.to_address,
+                money_text(item.total, item.currency),
+                item.currency,
+                item.due_on,
+                item.message_id,
+                item.pdf if item.pdf is not None else render_pdf(item.number),
             )
             try:
                 if client is None:
-                    client = _connect(smtp)
+                    client = connect()
                 client.send_message(msg)
             except (smtplib.SMTPException, OSError) as exc:
                 client = None
-                with engine.begin() as conn:
-                    attempts = conn.execute(
-                        text(
-                            "UPDATE invoice_deliveries SET status = CASE WHEN attempts >= :max THEN 'failed' "
-                            "ELSE 'pending' END, last_error = :err WHERE invoice_id = :i RETURNING attempts"
-                        ),
-                        {"i": row.invoice_id, "err": str(exc)[:500], "max": max_attempts},
-                    ).scalar_one()
+                with transaction() as outbox:
+                    attempts = outbox.record_failure(item.invoice_id, str(exc)[:500], max_attempts)
                 if attempts >= max_attempts:
                     report.failed += 1
                     continue
                 raise
-            with engine.begin() as conn:
-                conn.execute(
-                    text(
-                        "UPDATE invoice_deliveries SET status = 'sent', sent_at = :now, last_error = NULL "
-                        "WHERE invoice_id = :i"
-                    ),
-                    {"i": row.invoice_id, "now": datetime.now(UTC)},
-                )
+            with transaction() as outbox:
+                outbox.mark_sent(item.invoice_id, clock())
             report.sent += 1
     finally:
         if client is not None:
             with contextlib.suppress(smtplib.SMTPException):
                 client.quit()
+
+
+@contextmanager
+def _transaction(engine: Engine) -> Iterator[Outbox]:
+    with engine.begin() as conn:
+        yield OutboxRepository(conn)
+
+
+def send_pending(engine: Engine, smtp: SmtpSettings, max_attempts: int = 5) -> SendReport:
+    return deliver(
+        lambda: _transaction(engine),
+        lambda: _connect(smtp),
+        lambda number: invoice_pdf(engine, number),
+        smtp,
+        max_attempts,
+    )
 
 
 def send_period(engine: Engine, period: str, smtp: SmtpSettings) -> SendReport:

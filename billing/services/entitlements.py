@@ -22,22 +22,38 @@ to partners and finance.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, or_, select
+from sqlalchemy import Engine
 
+from billing.adapters.catalog_repo import CatalogRepository
 from billing.adapters.control import publish_records
-from billing.adapters.models import AccountRow, PlanVersionRow, SubscriptionRow
+from billing.adapters.credentials_repo import CredentialRepository
+from billing.adapters.episodes_repo import EpisodeRepository
 from billing.domain.access import Access, CapSpec, access_from_doc, caps_from_doc, entitlement_for, limits_from_doc
 from billing.domain.sources import DEFAULT_SOURCES
 from billing.domain.units import to_unit
 from billing.errors import EntitlementError, EntitlementNotFound, PublishError
+from billing.services.credentials import credential_doc, credential_views
+from billing.services.episodes import episode_docs
+from billing.services.ports_edge import AccountPlanDoc, CatalogReads, Credentials, EpisodeReads
 from metering.entitlements import Entitlement, encode_entitlement
 
-__all__ = ["AccountEntitlement", "entitlement_view", "entitlements", "publish_entitlements"]
+__all__ = [
+    "AccountEntitlement",
+    "UsageRows",
+    "account_entitlements",
+    "entitlement_view",
+    "entitlements",
+    "publish_entitlements",
+    "view_entitlement",
+]
+
+UsageRows = Callable[[datetime, datetime, str], list[dict[str, Any]]]
+"""``(start, end, account) →`` the account's usage rows by source and direction (``usage_report``)."""
 
 
 @dataclass(frozen=True)
@@ -50,48 +66,41 @@ def _utc_today() -> date:
     return datetime.now(UTC).date()
 
 
+def _entitlement(r: AccountPlanDoc) -> AccountEntitlement:
+    extra: Access | None = None if r.access is None else access_from_doc(r.access)
+    if r.plan is None or r.document is None:
+        return AccountEntitlement(entitlement_for(r.account, account_access=extra), ())
+    doc: Mapping[str, Any] = r.document
+    caps = caps_from_doc(doc["caps"]) if "caps" in doc else ()
+    e = entitlement_for(
+        r.account,
+        r.plan,
+        r.plan_version,
+        access_from_doc(doc["access"]) if "access" in doc else None,
+        limits_from_doc(doc["limits"]) if "limits" in doc else None,
+        caps,
+        extra,
+    )
+    return AccountEntitlement(e, caps)
+
+
+def account_entitlements(catalog: CatalogReads, on: date, account: str | None = None) -> list[AccountEntitlement]:
+    """Every account's entitlement on the UTC day ``on``, in catalog order (or ``account``'s only)."""
+    out: list[AccountEntitlement] = []
+    seen: set[str] = set()
+    for r in catalog.accounts_with_plans(on, account):
+        if r.account in seen:  # two subscriptions in force (should not be): the later start wins
+            continue
+        seen.add(r.account)
+        out.append(_entitlement(r))
+    return out
+
+
 def entitlements(engine: Engine, on: date | None = None, account: str | None = None) -> list[AccountEntitlement]:
     """Every account's entitlement on the UTC day ``on`` (today), in catalog order (or ``account``'s only)."""
     on = on or _utc_today()
-    sub = SubscriptionRow
-    current = and_(
-        sub.account_code == AccountRow.code, sub.starts_on <= on, or_(sub.ends_on.is_(None), sub.ends_on > on)
-    )
-    query = (
-        select(AccountRow.code, AccountRow.access, sub.plan_code, sub.plan_version, PlanVersionRow.document)
-        .outerjoin(sub, current)
-        .outerjoin(
-            PlanVersionRow, and_(PlanVersionRow.plan_code == sub.plan_code, PlanVersionRow.version == sub.plan_version)
-        )
-        .order_by(AccountRow.position, AccountRow.code, sub.starts_on.desc())
-    )
-    if account is not None:
-        query = query.where(AccountRow.code == account)
     with engine.connect() as conn:
-        rows = conn.execute(query).all()
-    out: list[AccountEntitlement] = []
-    seen: set[str] = set()
-    for r in rows:
-        if r.code in seen:  # two subscriptions in force (should not be): the later start wins
-            continue
-        seen.add(r.code)
-        extra: Access | None = None if r.access is None else access_from_doc(r.access)
-        if r.plan_code is None:
-            out.append(AccountEntitlement(entitlement_for(r.code, account_access=extra), ()))
-            continue
-        doc: Mapping[str, Any] = r.document
-        caps = caps_from_doc(doc["caps"]) if "caps" in doc else ()
-        e = entitlement_for(
-            r.code,
-            r.plan_code,
-            r.plan_version,
-            access_from_doc(doc["access"]) if "access" in doc else None,
-            limits_from_doc(doc["limits"]) if "limits" in doc else None,
-            caps,
-            extra,
-        )
-        out.append(AccountEntitlement(e, caps))
-    return out
+        return account_entitlements(CatalogRepository(conn), on, account)
 
 
 def publish_entitlements(
@@ -110,15 +119,13 @@ def publish_entitlements(
 
 
 def _month_to_date(
-    engine: Engine, account: str, now: datetime, order: Mapping[str, tuple[str, ...]]
+    usage: UsageRows, account: str, now: datetime, order: Mapping[str, tuple[str, ...]]
 ) -> tuple[dict[str, int], dict[str, str]]:
     """``meter → used`` this UTC month so far as the billing database holds it, each quantity from
     the first source in ``order`` the account has usage in (as billing picks), and the sources."""
-    from billing.services.usage import usage_report
-
     start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     end = datetime(start.year + start.month // 12, start.month % 12 + 1, 1, tzinfo=UTC)
-    rows = usage_report(engine, start, end, ("source", "direction"), account)
+    rows = usage(start, end, account)
     used: dict[str, int] = {}
     chosen: dict[str, str] = {}
     for quantity, preference in order.items():
@@ -133,23 +140,22 @@ def _month_to_date(
     return used, chosen
 
 
-def entitlement_view(
-    engine: Engine,
+def view_entitlement(
+    catalog: CatalogReads,
+    credentials: Credentials,
+    episodes: EpisodeReads,
+    usage: UsageRows,
     account: str,
-    now: datetime | None = None,
+    now: datetime,
     source_order: Mapping[str, tuple[str, ...]] | None = None,
 ) -> dict[str, Any]:
     """``account``'s entitlement as partners and finance read it (JSON-ready)."""
-    from billing.services.credentials import credential_doc, list_credentials
-    from billing.services.episodes import episodes_between
-
-    now = now or datetime.now(UTC)
-    found = entitlements(engine, now.astimezone(UTC).date(), account)
+    found = account_entitlements(catalog, now.astimezone(UTC).date(), account)
     if not found:
         raise EntitlementNotFound(f"there is no account {account!r}")
     e, specs = found[0].entitlement, found[0].caps
     month_start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    used, sources = _month_to_date(engine, account, now, source_order or DEFAULT_SOURCES) if specs else ({}, {})
+    used, sources = _month_to_date(usage, account, now, source_order or DEFAULT_SOURCES) if specs else ({}, {})
     caps = []
     for spec in specs:
         c = spec.cap
@@ -175,6 +181,31 @@ def entitlement_view(
         "groups": None if e.groups is None else [{"pattern": g.pattern, "match": g.match} for g in e.groups],
         "limits": e.limits.doc(),
         "caps": caps,
-        "credentials": [credential_doc(v) for v in list_credentials(engine, account, include_revoked=True)],
-        "episodes": episodes_between(engine, account, month_start, now, now),
+        "credentials": [credential_doc(v) for v in credential_views(credentials, now, account, include_revoked=True)],
+        "episodes": episode_docs(episodes, account, month_start, now, now),
     }
+
+
+def entitlement_view(
+    engine: Engine,
+    account: str,
+    now: datetime | None = None,
+    source_order: Mapping[str, tuple[str, ...]] | None = None,
+) -> dict[str, Any]:
+    """``account``'s entitlement as partners and finance read it (JSON-ready)."""
+    from billing.services.usage import usage_report
+
+    def usage(start: datetime, end: datetime, code: str) -> list[dict[str, Any]]:
+        return usage_report(engine, start, end, ("source", "direction"), code)
+
+    now = now or datetime.now(UTC)
+    with engine.connect() as conn:
+        return view_entitlement(
+            CatalogRepository(conn),
+            CredentialRepository(conn),
+            EpisodeRepository(conn),
+            usage,
+            account,
+            now,
+            source_order,
+        )

@@ -15,37 +15,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, or_, select
+from sqlalchemy import Engine
 
-from billing.adapters.models import EnforcementEpisodeRow
+from billing.adapters.episodes_repo import EpisodeRepository
+from billing.services.ports_edge import EpisodeReads
 from metering.entitlements import Episode
 
-__all__ = ["STALE_AFTER_S", "episode_doc", "episodes_between"]
+__all__ = ["STALE_AFTER_S", "episode_doc", "episode_docs", "episodes_between"]
 
 STALE_AFTER_S = 120.0  # an open episode not refreshed for this long ended at its last update
 
 
 def _iso(at: datetime) -> str:
     return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _episode(r: Any) -> Episode:
-    return Episode(
-        id=r.id,
-        gateway=r.gateway,
-        account=r.account_code,
-        kind=r.kind,
-        direction=r.direction,
-        cause=r.cause,
-        reason=r.reason,
-        started=r.started_at,
-        updated=r.updated_at,
-        ended=r.ended_at,
-        held_seconds=r.held_seconds,
-        requests=r.requests,
-        limit=r.limit_per_second,
-        meter=r.meter,
-    )
 
 
 def episode_doc(e: Episode, now: datetime) -> dict[str, Any]:
@@ -70,28 +52,23 @@ def episode_doc(e: Episode, now: datetime) -> dict[str, Any]:
     }
 
 
-def episodes_between(
-    engine: Engine, account: str, start: datetime, end: datetime, now: datetime | None = None
+def episode_docs(
+    episodes: EpisodeReads, account: str, start: datetime, end: datetime, now: datetime
 ) -> list[dict[str, Any]]:
-    """``account``'s episodes overlapping ``[start, end)``, oldest first."""
-    now = now or datetime.now(UTC)
-    t = EnforcementEpisodeRow
-    query = (
-        select(*t.__table__.columns)
-        .where(
-            t.account_code == account,
-            t.started_at < end,
-            or_(func.coalesce(t.ended_at, t.updated_at) >= start, t.ended_at.is_(None)),
-        )
-        .order_by(t.started_at, t.id)
-    )
-    with engine.connect() as conn:
-        rows = conn.execute(query).all()
+    """``account``'s episodes overlapping ``[start, end)``, oldest first (as of ``now``)."""
     docs = []
-    for r in rows:
-        e = _episode(r)
+    for e in episodes.overlapping(account, start, end):
         ended = e.ended_by(now, STALE_AFTER_S)
         if ended is not None and ended < start:  # ended by staleness before the period
             continue
         docs.append(episode_doc(e, now))
     return docs
+
+
+def episodes_between(
+    engine: Engine, account: str, start: datetime, end: datetime, now: datetime | None = None
+) -> list[dict[str, Any]]:
+    """``account``'s episodes overlapping ``[start, end)``, oldest first."""
+    now = now or datetime.now(UTC)
+    with engine.connect() as conn:
+        return episode_docs(EpisodeRepository(conn), account, start, end, now)

@@ -21,19 +21,18 @@ fingerprint (a hash of method, path, query and body: the same key for another re
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine
 
-from billing.errors import KeyInUse, KeyReused
+from billing.adapters.idempotency_repo import IdempotencyRepository
+from billing.errors import KeyReused
+from billing.services.ports_edge import IdempotencyKeys
 
-__all__ = ["TTL", "Claim", "StoredAnswer", "claim", "fingerprint"]
+__all__ = ["TTL", "Claim", "StoredAnswer", "claim", "claim_in", "fingerprint"]
 
 TTL = timedelta(hours=24)
 _EXPIRED_PER_CLAIM = 100  # expired rows deleted by each new claim: bounded work per request
@@ -63,56 +62,46 @@ class Claim:
     """A held key: ``answer`` is the stored first answer (replay it), or None (run the request,
     then :meth:`complete` with its answer)."""
 
-    def __init__(self, conn: Connection, caller: str, key: str, answer: StoredAnswer | None) -> None:
-        self._conn, self._caller, self._key = conn, caller, key
+    def __init__(self, keys: IdempotencyKeys, caller: str, key: str, answer: StoredAnswer | None) -> None:
+        self._keys, self._caller, self._key = keys, caller, key
         self.answer = answer
 
     def complete(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
-        self._conn.execute(
-            text(
-                "UPDATE idempotency_keys SET status = :status, headers = CAST(:headers AS jsonb), body = :body "
-                "WHERE key_id = :caller AND idempotency_key = :key"
-            ),
-            {
-                "status": status,
-                "headers": _json_pairs(headers),
-                "body": body,
-                "caller": self._caller,
-                "key": self._key,
-            },
-        )
+        self._keys.complete(self._caller, self._key, status, headers, body)
 
 
-def _json_pairs(pairs: list[tuple[str, str]]) -> str:
-    return json.dumps([[k, v] for k, v in pairs])
+Transaction = Callable[[], AbstractContextManager[IdempotencyKeys]]
 
 
-_CLEAN = text(
-    "DELETE FROM idempotency_keys WHERE (key_id, idempotency_key) IN ("
-    "SELECT key_id, idempotency_key FROM idempotency_keys WHERE expires_at <= :now "
-    "LIMIT :n FOR UPDATE SKIP LOCKED)"
-)
-_CREATE = text(
-    "INSERT INTO idempotency_keys (key_id, idempotency_key, fingerprint, created_at, expires_at) "
-    "VALUES (:caller, :key, :fingerprint, :now, :expires) ON CONFLICT (key_id, idempotency_key) DO NOTHING"
-)
-_LOCK = text(
-    "SELECT fingerprint, status, headers, body, expires_at FROM idempotency_keys "
-    "WHERE key_id = :caller AND idempotency_key = :key FOR UPDATE NOWAIT"
-)
-_RESTART = text(
-    "UPDATE idempotency_keys SET fingerprint = :fingerprint, status = NULL, headers = NULL, body = NULL, "
-    "created_at = :now, expires_at = :expires WHERE key_id = :caller AND idempotency_key = :key"
-)
+@contextmanager
+def claim_in(transaction: Transaction, caller: str, key: str, print_: str, now: datetime) -> Iterator[Claim]:
+    """:func:`claim` over any store: ``transaction()`` opens a transaction (committed when its
+    block ends normally, rolled back when it raises) and gives its keys."""
+    expires = now + TTL
+    with transaction() as keys:  # committed before the key is held: a second request finds it
+        keys.delete_expired(now, _EXPIRED_PER_CLAIM)
+        keys.create(caller, key, print_, now, expires)
+    with transaction() as keys:
+        record = keys.lock(caller, key)
+        if record is None:  # expired and deleted by another claim's clean-up since it was created
+            keys.create(caller, key, print_, now, expires)
+            record = keys.lock(caller, key)
+        if record is None or record.expires_at <= now:
+            keys.restart(caller, key, print_, now, expires)  # an expired key is a new key
+            answer = None
+        elif record.fingerprint != print_:
+            raise KeyReused(key)
+        elif record.status is None:
+            answer = None  # never answered: the first request died; this one runs it
+        else:
+            answer = StoredAnswer(record.status, list(record.headers or ()), record.body or b"")
+        yield Claim(keys, caller, key, answer)
 
 
-def _lock(conn: Connection, params: dict[str, object]) -> Row[Any] | None:
-    try:
-        return conn.execute(_LOCK, params).first()
-    except OperationalError as exc:
-        if getattr(exc.orig, "sqlstate", None) == "55P03":  # lock_not_available: a request holds it
-            raise KeyInUse(str(params["key"])) from None
-        raise
+@contextmanager
+def _transaction(engine: Engine) -> Iterator[IdempotencyKeys]:
+    with engine.connect() as conn, conn.begin():
+        yield IdempotencyRepository(conn)
 
 
 @contextmanager
@@ -122,23 +111,5 @@ def claim(engine: Engine, caller: str, key: str, print_: str, clock: Callable[[]
     Raises :class:`KeyInUse` or :class:`KeyReused` before the block; the answer given to
     :meth:`Claim.complete` is committed when the block ends normally, and nothing is stored when
     it raises (the key is then free for a retry)."""
-    now = clock()
-    params = {"caller": caller, "key": key, "fingerprint": print_, "now": now, "expires": now + TTL}
-    with engine.begin() as conn:
-        conn.execute(_CLEAN, {"now": now, "n": _EXPIRED_PER_CLAIM})
-        conn.execute(_CREATE, params)
-    with engine.connect() as conn, conn.begin():
-        row = _lock(conn, params)
-        if row is None:  # expired and deleted by another claim's clean-up since it was created
-            conn.execute(_CREATE, params)
-            row = _lock(conn, params)
-        if row is None or row.expires_at <= now:
-            conn.execute(_RESTART, params)  # an expired key is a new key
-            answer = None
-        elif row.fingerprint != print_:
-            raise KeyReused(key)
-        elif row.status is None:
-            answer = None  # never answered: the first request died; this one runs it
-        else:
-            answer = StoredAnswer(row.status, [(k, v) for k, v in row.headers], bytes(row.body))
-        yield Claim(conn, caller, key, answer)
+    with claim_in(lambda: _transaction(engine), caller, key, print_, clock()) as held:
+        yield held

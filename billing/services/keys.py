@@ -13,12 +13,24 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine
 
-from billing.adapters.models import AccountRow, ApiKeyRow
+from billing.adapters.keys_repo import ApiKeyRepository
 from billing.errors import ApiKeyError, ApiKeyNotFound
+from billing.services.ports_edge import ApiKeys
 
-__all__ = ["Caller", "KeyView", "authenticate", "create_key", "list_keys", "revoke_key"]
+__all__ = [
+    "Caller",
+    "KeyView",
+    "authenticate",
+    "caller_of",
+    "create_key",
+    "issue_key",
+    "keys_of",
+    "list_keys",
+    "revoke_key",
+    "withdraw_key",
+]
 
 
 @dataclass(frozen=True)
@@ -29,60 +41,6 @@ class Caller:
 
     def sees(self, account: str) -> bool:
         return self.role == "finance" or self.account == account
-
-
-def _sha(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def create_key(engine: Engine, role: str, account: str | None) -> str:
-    """A new key, returned once (only its hash is stored)."""
-    if role not in ("partner", "finance", "ops"):
-        raise ApiKeyError("role must be partner, finance or ops")
-    if role == "partner" and not account:
-        raise ApiKeyError("a partner key needs --account")
-    with engine.begin() as conn:
-        if (
-            account is not None
-            and conn.execute(select(AccountRow.code).where(AccountRow.code == account)).first() is None
-        ):
-            raise ApiKeyNotFound(f"there is no account {account!r}; load accounts first")
-        key_id = secrets.token_hex(6)
-        secret = secrets.token_urlsafe(32)
-        conn.execute(
-            insert(ApiKeyRow).values(
-                key_id=key_id,
-                secret_sha256=_sha(secret),
-                role=role,
-                account_code=account if role == "partner" else None,
-            )
-        )
-    return f"stk_{key_id}_{secret}"
-
-
-def revoke_key(engine: Engine, key_id: str) -> None:
-    with engine.begin() as conn:
-        done = conn.execute(
-            update(ApiKeyRow)
-            .where(ApiKeyRow.key_id == key_id, ApiKeyRow.revoked_at.is_(None))
-            .values(revoked_at=datetime.now(UTC))
-        )
-        if done.rowcount != 1:
-            raise ApiKeyNotFound(f"there is no active key {key_id!r}")
-
-
-def authenticate(engine: Engine, presented: str) -> Caller | None:
-    """The caller a presented key belongs to, or None (unknown, malformed, wrong or revoked)."""
-    parts = presented.split("_", 2)
-    if len(parts) != 3 or parts[0] != "stk" or not parts[1] or not parts[2]:
-        return None
-    with engine.connect() as conn:
-        row = conn.execute(select(ApiKeyRow).where(ApiKeyRow.key_id == parts[1])).first()
-    # compare even for an unknown id, so timing does not tell whether an id exists
-    expected = row.secret_sha256 if row is not None else _sha("")
-    if not hmac.compare_digest(expected, _sha(parts[2])) or row is None or row.revoked_at is not None:
-        return None
-    return Caller(row.key_id, row.role, row.account_code)
 
 
 @dataclass(frozen=True)
@@ -96,14 +54,77 @@ class KeyView:
     revoked_at: datetime | None
 
 
+def _sha(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def issue_key(keys: ApiKeys, role: str, account: str | None) -> str:
+    """A new key, returned once (only its hash is stored)."""
+    if role not in ("partner", "finance", "ops"):
+        raise ApiKeyError("role must be partner, finance or ops")
+    if role == "partner" and not account:
+        raise ApiKeyError("a partner key needs --account")
+    if account is not None and not keys.account_exists(account):
+        raise ApiKeyNotFound(f"there is no account {account!r}; load accounts first")
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    keys.add(key_id, _sha(secret), role, account if role == "partner" else None)
+    return f"stk_{key_id}_{secret}"
+
+
+def withdraw_key(keys: ApiKeys, key_id: str, at: datetime) -> None:
+    if not keys.revoke(key_id, at):
+        raise ApiKeyNotFound(f"there is no active key {key_id!r}")
+
+
+def _parts(presented: str) -> tuple[str, str] | None:
+    """``(key_id, secret)`` of a well-formed key ``stk_<key_id>_<secret>``."""
+    parts = presented.split("_", 2)
+    if len(parts) != 3 or parts[0] != "stk" or not parts[1] or not parts[2]:
+        return None
+    return parts[1], parts[2]
+
+
+def caller_of(keys: ApiKeys, presented: str) -> Caller | None:
+    """The caller a presented key belongs to, or None (unknown, malformed, wrong or revoked)."""
+    parts = _parts(presented)
+    if parts is None:
+        return None
+    record = keys.get(parts[0])
+    # compare even for an unknown id, so timing does not tell whether an id exists
+    expected = record.secret_sha256 if record is not None else _sha("")
+    if not hmac.compare_digest(expected, _sha(parts[1])) or record is None or record.revoked_at is not None:
+        return None
+    return Caller(record.key_id, record.role, record.account)
+
+
+def keys_of(keys: ApiKeys, account: str | None = None, include_revoked: bool = False) -> list[KeyView]:
+    """The keys, oldest first (of one account, when given)."""
+    return [
+        KeyView(r.key_id, r.role, r.account, r.created_at, r.revoked_at) for r in keys.listed(account, include_revoked)
+    ]
+
+
+def create_key(engine: Engine, role: str, account: str | None) -> str:
+    """A new key, returned once (only its hash is stored)."""
+    with engine.begin() as conn:
+        return issue_key(ApiKeyRepository(conn), role, account)
+
+
+def revoke_key(engine: Engine, key_id: str) -> None:
+    with engine.begin() as conn:
+        withdraw_key(ApiKeyRepository(conn), key_id, datetime.now(UTC))
+
+
+def authenticate(engine: Engine, presented: str) -> Caller | None:
+    """The caller a presented key belongs to, or None (unknown, malformed, wrong or revoked)."""
+    if _parts(presented) is None:  # malformed: not worth a connection
+        return None
+    with engine.connect() as conn:
+        return caller_of(ApiKeyRepository(conn), presented)
+
+
 def list_keys(engine: Engine, account: str | None = None, include_revoked: bool = False) -> list[KeyView]:
     """The keys, oldest first (of one account, when given)."""
-    query = select(ApiKeyRow).order_by(ApiKeyRow.created_at, ApiKeyRow.key_id)
-    if account is not None:
-        query = query.where(ApiKeyRow.account_code == account)
-    if not include_revoked:
-        query = query.where(ApiKeyRow.revoked_at.is_(None))
     with engine.connect() as conn:
-        return [
-            KeyView(r.key_id, r.role, r.account_code, r.created_at, r.revoked_at) for r in conn.execute(query).all()
-        ]
+        return keys_of(ApiKeyRepository(conn), account, include_revoked)

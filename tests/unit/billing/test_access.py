@@ -13,9 +13,9 @@ import yaml
 
 from billing.domain.access import Access, CapSpec, entitlement_for
 from billing.domain.accounts import parse_accounts
+from billing.domain.plan_documents import document_digest, plan_document, plan_from_document
 from billing.domain.plans import parse_plan
 from billing.errors import AccountError, PlanError
-from billing.services.catalog import _digest, plan_document, plan_from_document
 from metering.entitlements import Cap, Entitlement, Grant, Limits, decode_entitlement, encode_entitlement
 
 SAMPLES = Path(__file__).parents[3] / "streamtoll" / "samples"
@@ -93,9 +93,9 @@ def test_plans_without_the_sections_keep_their_stored_document_and_digest() -> N
         assert (pv.access, pv.limits, pv.caps) == (None, None, None)
         stored = plan_document(pv)
         assert set(stored) == {"code", "name", "currency", "base_fee", "minimum_commitment", "prices"}
-        assert _digest(stored) == before[pv.code]
+        assert document_digest(stored) == before[pv.code]
     # a section written is part of the version
-    assert _digest(plan_document(parse_plan(with_(limits={"requests_per_second": 5}), "p"))) != _digest(
+    assert document_digest(plan_document(parse_plan(with_(limits={"requests_per_second": 5}), "p"))) != document_digest(
         plan_document(parse_plan(with_(), "p"))
     )
 
