@@ -1,7 +1,8 @@
 """The unit of work: one connection and one transaction over billing's repositories.
 
-``with UnitOfWork(engine) as uow:`` begins a transaction; ``uow.usage``, ``uow.catalog``,
-``uow.invoices`` and ``uow.statements`` all work on its connection; it commits when the block
+``with UnitOfWork(engine) as uow:`` begins a transaction; every repository — ``uow.usage``,
+``uow.catalog``, ``uow.invoices``, ``uow.statements``, ``uow.keys``, ``uow.credentials``,
+``uow.idempotency``, ``uow.outbox``, ``uow.episodes`` — works on its connection; it commits when the block
 ends normally and rolls back on an exception. Services take an engine or any factory of units of
 work (:func:`units_of_work`), so unit tests pass in-memory fakes.
 """
@@ -14,7 +15,12 @@ from types import TracebackType
 from sqlalchemy import Connection, Engine
 
 from billing.adapters.repositories.catalog import CatalogRepository
+from billing.adapters.repositories.credentials import CredentialRepository
+from billing.adapters.repositories.episodes import EpisodeRepository
+from billing.adapters.repositories.idempotency import IdempotencyRepository
 from billing.adapters.repositories.invoices import InvoiceRepository
+from billing.adapters.repositories.keys import ApiKeyRepository
+from billing.adapters.repositories.outbox import OutboxRepository
 from billing.adapters.repositories.statements import StatementRepository
 from billing.adapters.repositories.usage import UsageRepository
 from billing.services.ports import UnitsOfWork
@@ -30,6 +36,11 @@ class UnitOfWork:
     catalog: CatalogRepository
     invoices: InvoiceRepository
     statements: StatementRepository
+    keys: ApiKeyRepository
+    credentials: CredentialRepository
+    idempotency: IdempotencyRepository
+    outbox: OutboxRepository
+    episodes: EpisodeRepository
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -42,6 +53,11 @@ class UnitOfWork:
         self.catalog = CatalogRepository(conn)
         self.invoices = InvoiceRepository(conn)
         self.statements = StatementRepository(conn)
+        self.keys = ApiKeyRepository(conn)
+        self.credentials = CredentialRepository(conn)
+        self.idempotency = IdempotencyRepository(conn)
+        self.outbox = OutboxRepository(conn)
+        self.episodes = EpisodeRepository(conn)
         return self
 
     def __exit__(

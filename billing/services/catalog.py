@@ -19,13 +19,13 @@ from typing import Any
 import yaml
 from sqlalchemy import Engine
 
-from billing.adapters.catalog_repo import CatalogRepository
+from billing.adapters.uow import UnitOfWork
 from billing.domain.access import access_doc
 from billing.domain.accounts import Account, parse_accounts
 from billing.domain.plan_documents import document_digest, plan_document, plan_from_document
 from billing.domain.plans import PlanVersion, parse_plan
 from billing.errors import AccountError, CatalogError, PlanError
-from billing.services.ports_edge import (
+from billing.services.ports import (
     AccountState,
     AccountSummary,
     CatalogReads,
@@ -82,8 +82,8 @@ def load_accounts(engine: Engine, path: Path) -> LoadReport:
         accounts = parse_accounts(doc, str(path))
     except AccountError as exc:
         raise CatalogError(exc.problems) from None
-    with engine.begin() as conn:
-        return write_accounts(CatalogRepository(conn), accounts, str(path))
+    with UnitOfWork(engine) as uow:
+        return write_accounts(uow.catalog, accounts, str(path))
 
 
 def write_accounts(catalog: CatalogWrites, accounts: list[Account], source: str) -> LoadReport:
@@ -182,19 +182,19 @@ def publish_plans(catalog: CatalogWrites, plans: list[PlanVersion]) -> LoadRepor
 def load_plans(engine: Engine, path: Path) -> LoadReport:
     """Publish each plan of the file: version 1 when new, a new version when it changed."""
     plans = parse_plans(read_yaml(path), str(path))
-    with engine.begin() as conn:
-        return publish_plans(CatalogRepository(conn), plans)
+    with UnitOfWork(engine) as uow:
+        return publish_plans(uow.catalog, plans)
 
 
 def list_accounts(engine: Engine, on: date) -> list[AccountSummary]:
     """Every account in catalog order, with its rule count and the plan it is subscribed to ``on``."""
-    with engine.connect() as conn:
-        catalog: CatalogReads = CatalogRepository(conn)
+    with UnitOfWork(engine) as uow:
+        catalog: CatalogReads = uow.catalog
         return catalog.account_summaries(on)
 
 
 def list_plans(engine: Engine) -> list[PlanSummary]:
     """Every plan with its newest published version."""
-    with engine.connect() as conn:
-        catalog: CatalogReads = CatalogRepository(conn)
+    with UnitOfWork(engine) as uow:
+        catalog: CatalogReads = uow.catalog
         return catalog.plan_summaries()

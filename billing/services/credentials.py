@@ -23,9 +23,9 @@ from typing import Any
 from sqlalchemy import Engine
 
 from billing.adapters.control import publish_records
-from billing.adapters.credentials_repo import CredentialRepository
+from billing.adapters.uow import UnitOfWork
 from billing.errors import CredentialError, CredentialNotFound, PublishError
-from billing.services.ports_edge import CredentialRecord, Credentials, StoredKey
+from billing.services.ports import CredentialRecord, Credentials, StoredKey
 from metering.credentials import MECHANISMS, Credential, ScramKey, encode, scram_key
 
 __all__ = [
@@ -216,32 +216,32 @@ def published_states(store: Credentials, now: datetime) -> list[Credential]:
 
 def create_credential(engine: Engine, account: str, name: str | None = None) -> IssuedCredential:
     """A new credential of ``account``; its password is in the result and nowhere else."""
-    with engine.begin() as conn:
-        return issue_credential(CredentialRepository(conn), account, name)
+    with UnitOfWork(engine) as uow:
+        return issue_credential(uow.credentials, account, name)
 
 
 def rotate_credential(engine: Engine, credential_id: str, overlap: timedelta) -> IssuedCredential:
     """A new password for an active credential; the passwords before it stay valid for ``overlap``."""
     now = datetime.now(UTC)
-    with engine.begin() as conn:
-        return rotate_password(CredentialRepository(conn), credential_id, overlap, now)
+    with UnitOfWork(engine) as uow:
+        return rotate_password(uow.credentials, credential_id, overlap, now)
 
 
 def revoke_credential(engine: Engine, credential_id: str) -> None:
-    with engine.begin() as conn:
-        withdraw_credential(CredentialRepository(conn), credential_id, datetime.now(UTC))
+    with UnitOfWork(engine) as uow:
+        withdraw_credential(uow.credentials, credential_id, datetime.now(UTC))
 
 
 def list_credentials(engine: Engine, account: str | None = None, include_revoked: bool = False) -> list[CredentialView]:
     now = datetime.now(UTC)
-    with engine.connect() as conn:
-        return credential_views(CredentialRepository(conn), now, account, include_revoked)
+    with UnitOfWork(engine) as uow:
+        return credential_views(uow.credentials, now, account, include_revoked)
 
 
 def _published(engine: Engine) -> list[Credential]:
     now = datetime.now(UTC)
-    with engine.connect() as conn:
-        return published_states(CredentialRepository(conn), now)
+    with UnitOfWork(engine) as uow:
+        return published_states(uow.credentials, now)
 
 
 def publish_credentials(

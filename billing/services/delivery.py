@@ -28,11 +28,11 @@ from typing import Protocol
 
 from sqlalchemy import Engine
 
-from billing.adapters.outbox_repo import OutboxRepository
+from billing.adapters.uow import UnitOfWork
 from billing.domain.documents import money_text
 from billing.services.billing_run import parse_period
 from billing.services.invoices import invoice_pdf
-from billing.services.ports_edge import Outbox
+from billing.services.ports import Outbox
 from billing.settings import SmtpSettings
 
 __all__ = ["Mailer", "SendReport", "SmtpSettings", "deliver", "enqueue", "send_pending", "send_period"]
@@ -47,8 +47,8 @@ class SendReport:
 
 def enqueue(engine: Engine, period: str) -> int:
     start, _ = parse_period(period)
-    with engine.begin() as conn:
-        return OutboxRepository(conn).enqueue_finalized(start)
+    with UnitOfWork(engine) as uow:
+        return uow.outbox.enqueue_finalized(start)
 
 
 def _message(
@@ -156,8 +156,8 @@ def deliver(
 
 @contextmanager
 def _transaction(engine: Engine) -> Iterator[Outbox]:
-    with engine.begin() as conn:
-        yield OutboxRepository(conn)
+    with UnitOfWork(engine) as uow:
+        yield uow.outbox
 
 
 def send_pending(engine: Engine, smtp: SmtpSettings, max_attempts: int = 5) -> SendReport:

@@ -29,17 +29,15 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from billing.adapters.catalog_repo import CatalogRepository
 from billing.adapters.control import publish_records
-from billing.adapters.credentials_repo import CredentialRepository
-from billing.adapters.episodes_repo import EpisodeRepository
+from billing.adapters.uow import UnitOfWork
 from billing.domain.access import Access, CapSpec, access_from_doc, caps_from_doc, entitlement_for, limits_from_doc
 from billing.domain.sources import DEFAULT_SOURCES
 from billing.domain.units import to_unit
 from billing.errors import EntitlementError, EntitlementNotFound, PublishError
 from billing.services.credentials import credential_doc, credential_views
 from billing.services.episodes import episode_docs
-from billing.services.ports_edge import AccountPlanDoc, CatalogReads, Credentials, EpisodeReads
+from billing.services.ports import AccountPlanDoc, CatalogReads, Credentials, EpisodeReads
 from metering.entitlements import Entitlement, encode_entitlement
 
 __all__ = [
@@ -99,8 +97,8 @@ def account_entitlements(catalog: CatalogReads, on: date, account: str | None = 
 def entitlements(engine: Engine, on: date | None = None, account: str | None = None) -> list[AccountEntitlement]:
     """Every account's entitlement on the UTC day ``on`` (today), in catalog order (or ``account``'s only)."""
     on = on or _utc_today()
-    with engine.connect() as conn:
-        return account_entitlements(CatalogRepository(conn), on, account)
+    with UnitOfWork(engine) as uow:
+        return account_entitlements(uow.catalog, on, account)
 
 
 def publish_entitlements(
@@ -199,11 +197,11 @@ def entitlement_view(
         return usage_report(engine, start, end, ("source", "direction"), code)
 
     now = now or datetime.now(UTC)
-    with engine.connect() as conn:
+    with UnitOfWork(engine) as uow:
         return view_entitlement(
-            CatalogRepository(conn),
-            CredentialRepository(conn),
-            EpisodeRepository(conn),
+            uow.catalog,
+            uow.credentials,
+            uow.episodes,
             usage,
             account,
             now,

@@ -17,8 +17,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from billing.adapters.episodes_repo import EpisodeRepository
-from billing.services.ports_edge import EpisodeReads
+from billing.adapters.uow import UnitOfWork
+from billing.services.ports import EpisodeReads
 from metering.entitlements import Episode
 
 __all__ = ["STALE_AFTER_S", "episode_doc", "episode_docs", "episodes_between"]
@@ -70,5 +70,5 @@ def episodes_between(
 ) -> list[dict[str, Any]]:
     """``account``'s episodes overlapping ``[start, end)``, oldest first."""
     now = now or datetime.now(UTC)
-    with engine.connect() as conn:
-        return episode_docs(EpisodeRepository(conn), account, start, end, now)
+    with UnitOfWork(engine) as uow:
+        return episode_docs(uow.episodes, account, start, end, now)

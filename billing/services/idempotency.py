@@ -28,9 +28,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
 
-from billing.adapters.idempotency_repo import IdempotencyRepository
+from billing.adapters.uow import UnitOfWork
 from billing.errors import KeyReused
-from billing.services.ports_edge import IdempotencyKeys
+from billing.services.ports import IdempotencyKeys
 
 __all__ = ["TTL", "Claim", "StoredAnswer", "claim", "claim_in", "fingerprint"]
 
@@ -100,8 +100,8 @@ def claim_in(transaction: Transaction, caller: str, key: str, print_: str, now: 
 
 @contextmanager
 def _transaction(engine: Engine) -> Iterator[IdempotencyKeys]:
-    with engine.connect() as conn, conn.begin():
-        yield IdempotencyRepository(conn)
+    with UnitOfWork(engine) as uow:
+        yield uow.idempotency
 
 
 @contextmanager

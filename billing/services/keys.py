@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
-from billing.adapters.keys_repo import ApiKeyRepository
+from billing.adapters.uow import UnitOfWork
 from billing.errors import ApiKeyError, ApiKeyNotFound
-from billing.services.ports_edge import ApiKeys
+from billing.services.ports import ApiKeys
 
 __all__ = [
     "Caller",
@@ -107,24 +107,24 @@ def keys_of(keys: ApiKeys, account: str | None = None, include_revoked: bool = F
 
 def create_key(engine: Engine, role: str, account: str | None) -> str:
     """A new key, returned once (only its hash is stored)."""
-    with engine.begin() as conn:
-        return issue_key(ApiKeyRepository(conn), role, account)
+    with UnitOfWork(engine) as uow:
+        return issue_key(uow.keys, role, account)
 
 
 def revoke_key(engine: Engine, key_id: str) -> None:
-    with engine.begin() as conn:
-        withdraw_key(ApiKeyRepository(conn), key_id, datetime.now(UTC))
+    with UnitOfWork(engine) as uow:
+        withdraw_key(uow.keys, key_id, datetime.now(UTC))
 
 
 def authenticate(engine: Engine, presented: str) -> Caller | None:
     """The caller a presented key belongs to, or None (unknown, malformed, wrong or revoked)."""
     if _parts(presented) is None:  # malformed: not worth a connection
         return None
-    with engine.connect() as conn:
-        return caller_of(ApiKeyRepository(conn), presented)
+    with UnitOfWork(engine) as uow:
+        return caller_of(uow.keys, presented)
 
 
 def list_keys(engine: Engine, account: str | None = None, include_revoked: bool = False) -> list[KeyView]:
     """The keys, oldest first (of one account, when given)."""
-    with engine.connect() as conn:
-        return keys_of(ApiKeyRepository(conn), account, include_revoked)
+    with UnitOfWork(engine) as uow:
+        return keys_of(uow.keys, account, include_revoked)

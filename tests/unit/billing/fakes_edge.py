@@ -1,4 +1,4 @@
-"""In-memory fakes of the edge services' ports (:mod:`billing.services.ports_edge`), behaving as
+"""In-memory fakes of the edge services' ports (:mod:`billing.services.ports`), behaving as
 the PostgreSQL repositories do where the services rely on it: a transaction's writes are seen by
 others only once it commits (and dropped when its block raises), a held idempotency key refuses a
 second holder at once, an outbox row claimed by one sender is skipped by another."""
@@ -14,7 +14,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from billing.errors import KeyInUse
-from billing.services.ports_edge import (
+from billing.services.ports import (
     AccountPlanDoc,
     AccountState,
     AccountSummary,

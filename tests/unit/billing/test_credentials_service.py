@@ -17,7 +17,7 @@ from billing.services.credentials import (
     rotate_password,
     withdraw_credential,
 )
-from billing.services.ports_edge import StoredKey
+from billing.services.ports import StoredKey
 from metering.credentials import MECHANISMS, scram_key
 
 from .fakes_edge import T0, FakeCredentials

@@ -16,7 +16,7 @@ from billing.services.catalog import plan_document
 from billing.services.credentials import issue_credential, withdraw_credential
 from billing.services.entitlements import account_entitlements, view_entitlement
 from billing.services.episodes import episode_docs
-from billing.services.ports_edge import AccountPlanDoc
+from billing.services.ports import AccountPlanDoc
 from metering.entitlements import Episode
 
 from .fakes_edge import FakeCatalogReads, FakeCredentials, FakeEpisodes, usage_rows

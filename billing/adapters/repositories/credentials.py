@@ -1,5 +1,5 @@
 """Kafka credentials in PostgreSQL (``credentials`` and their SCRAM keys ``credential_keys``):
-the :class:`~billing.services.ports_edge.Credentials` port. No password is ever stored."""
+the :class:`~billing.services.ports.Credentials` port. No password is ever stored."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
-from billing.adapters.catalog_repo import account_exists
 from billing.adapters.models import CredentialKeyRow, CredentialRow
-from billing.services.ports_edge import CredentialRecord, StoredKey
+from billing.adapters.repositories.catalog import account_exists
+from billing.services.ports import CredentialRecord, StoredKey
 
 __all__ = ["CredentialRepository"]
 

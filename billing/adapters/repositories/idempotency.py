@@ -1,5 +1,5 @@
 """Idempotency keys in PostgreSQL (``idempotency_keys``, migration 0009): the
-:class:`~billing.services.ports_edge.IdempotencyKeys` port.
+:class:`~billing.services.ports.IdempotencyKeys` port.
 
 A key is held by locking its row ``FOR UPDATE NOWAIT``: a second holder gets
 :class:`~billing.errors.KeyInUse` at once instead of waiting; the lock goes with the transaction
@@ -14,7 +14,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import OperationalError
 
 from billing.errors import KeyInUse
-from billing.services.ports_edge import IdempotencyRecord
+from billing.services.ports import IdempotencyRecord
 
 __all__ = ["IdempotencyRepository"]
 

@@ -1,5 +1,5 @@
 """The gateways' throttles and blocks as the sink keeps them (``enforcement_episodes``): the
-:class:`~billing.services.ports_edge.EpisodeReads` port."""
+:class:`~billing.services.ports.EpisodeReads` port."""
 
 from __future__ import annotations
 

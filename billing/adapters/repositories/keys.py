@@ -1,4 +1,4 @@
-"""API keys in PostgreSQL (``api_keys``): the :class:`~billing.services.ports_edge.ApiKeys` port."""
+"""API keys in PostgreSQL (``api_keys``): the :class:`~billing.services.ports.ApiKeys` port."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
-from billing.adapters.catalog_repo import account_exists
 from billing.adapters.models import ApiKeyRow
-from billing.services.ports_edge import ApiKeyRecord
+from billing.adapters.repositories.catalog import account_exists
+from billing.services.ports import ApiKeyRecord
 
 __all__ = ["ApiKeyRepository"]
 

@@ -1,5 +1,5 @@
 """The invoice email outbox in PostgreSQL (``invoice_deliveries``): the
-:class:`~billing.services.ports_edge.Outbox` port.
+:class:`~billing.services.ports.Outbox` port.
 
 Rows are claimed ``FOR UPDATE OF d SKIP LOCKED``, so two senders never take the same row."""
 
@@ -9,7 +9,7 @@ from datetime import date, datetime
 
 from sqlalchemy import Connection, text
 
-from billing.services.ports_edge import OutboxItem
+from billing.services.ports import OutboxItem
 
 __all__ = ["OutboxRepository"]
 
