@@ -739,7 +739,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_sink(args: argparse.Namespace) -> int:
     from billing.adapters.metrics import SinkCollector
-    from billing.services.sink import UsageSink
+    from billing.adapters.sink import UsageSink
 
     billing = _billing_settings()
     with _kafka(_settings()) as metering, _database(billing) as url:
