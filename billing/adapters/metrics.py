@@ -34,8 +34,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 if TYPE_CHECKING:
+    from billing.adapters.live_feed import LiveFeed
     from billing.adapters.sink import UsageSink
-    from billing.services.live import LiveFeed
     from billing.services.statements import StatementStore
 
 __all__ = ["ApiCollector", "SinkCollector"]

@@ -40,11 +40,11 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy import Engine
 
+from billing.adapters.live_feed import LiveFeed
 from billing.api import errors
 from billing.api.deps import build_services
 from billing.api.problems import Problem
 from billing.api.routes import credentials, entitlements, invoices, live, ops, statements, usage
-from billing.services.live import LiveFeed
 from billing.settings import BillingSettings
 
 __all__ = ["create_app"]

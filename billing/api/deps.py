@@ -27,6 +27,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, ProcessCollector
 from sqlalchemy import Engine
 
+from billing.adapters.live_feed import LiveFeed
 from billing.adapters.metrics import ApiCollector
 from billing.api.limiter import AuthLimiter, client_address
 from billing.api.problems import ProblemError, problem_response
@@ -34,7 +35,6 @@ from billing.api.quota import KeyQuota, Slot, TooMany, admit, key_digest
 from billing.errors import KeyInUse, KeyReused
 from billing.services.idempotency import claim, fingerprint
 from billing.services.keys import Caller, authenticate
-from billing.services.live import LiveFeed
 from billing.services.statements import StatementStore
 from billing.settings import BillingSettings
 
