@@ -30,10 +30,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from billing.api import deps as deps_module
 from billing.api.app import create_app
 from billing.api.problems import MEDIA_TYPE, TYPE_BASE
-from billing.api.quota import DEFAULT_LIMITS, Limit
 from billing.services.billing_run import run_billing
 from billing.services.keys import create_key
-from billing.settings import BillingSettings
+from billing.settings import DEFAULT_LIMITS, BillingSettings, Limit
 from streamtoll.serving import running
 
 from .harness import api_server
