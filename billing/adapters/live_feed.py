@@ -33,7 +33,7 @@ log = logging.getLogger("streamtoll.live")
 HOUR = 3600
 
 # (now, the last rated amounts to keep or None to rate afresh) → (base, attributor) for set_base
-ReadBase = Callable[[float, "dict[str, dict[str, str]] | None"], tuple[Any, Any]]
+ReadBase = Callable[[float, dict[str, dict[str, str]] | None], tuple[Any, Any]]
 
 
 def hour_start(t: float) -> float:
