@@ -10,15 +10,71 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from billing.api.quota import DEFAULT_LIMITS, Limit, parse_limit
 from billing.domain.sources import DEFAULT_SOURCES, parse_sources
 from billing.errors import BillingSettingsError
 
-__all__ = ["BillingSettings", "SmtpSettings"]
+__all__ = ["DEFAULT_LIMITS", "BillingSettings", "Limit", "SmtpSettings", "parse_limit"]
 
 PREFIX = "STREAMTOLL_"
+
+
+# --- the per-key limits on the API's expensive endpoints (billing.api.quota) ---
+
+
+@dataclass(frozen=True)
+class Limit:
+    """``rate`` requests per second sustained, ``burst`` in a row after a quiet spell, at most
+    ``concurrent`` running at once."""
+
+    rate: float
+    burst: int
+    concurrent: int
+
+
+# far above what a dashboard, a monthly download script or the live page asks for, far below
+# what keeps the API's worker threads busy (a statement PDF renders in ~0.5 s)
+DEFAULT_LIMITS: dict[str, Limit] = {
+    "partner": Limit(rate=5.0, burst=30, concurrent=4),
+    "finance": Limit(rate=20.0, burst=100, concurrent=8),
+    "ops": Limit(rate=5.0, burst=30, concurrent=4),
+}
+
+_PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_RATE = re.compile(r"([0-9]+(?:\.[0-9]+)?)/([smh])")
+_INT = re.compile(r"[0-9]+")
+
+
+def parse_limit(text: str, default: Limit) -> Limit | None:
+    """``rate=N/s|m|h,burst=N,concurrent=N`` (any of the three, each once; the others keep
+    ``default``'s) or ``off`` (None: no limit). Raises ValueError with one sentence."""
+    text = text.strip()
+    if text.lower() == "off":
+        return None
+    seen: dict[str, str] = {}
+    for part in text.split(","):
+        name, eq, value = part.strip().partition("=")
+        name, value = name.strip().lower(), value.strip()
+        if not eq or name not in ("rate", "burst", "concurrent"):
+            raise ValueError(f"{part.strip()!r} is not rate=N/s, burst=N or concurrent=N (or the whole value off)")
+        if name in seen:
+            raise ValueError(f"{name} is given twice")
+        seen[name] = value
+    limit = default
+    if "rate" in seen:
+        m = _RATE.fullmatch(seen["rate"])
+        rate = float(m.group(1)) / _PER[m.group(2)] if m else 0.0
+        if rate <= 0:
+            raise ValueError(f"rate={seen['rate']!r} must be a positive number per s, m or h (e.g. rate=5/s)")
+        limit = replace(limit, rate=rate)
+    for name in ("burst", "concurrent"):
+        if name in seen:
+            value = seen[name]
+            if not _INT.fullmatch(value) or not 1 <= int(value) <= 100_000:
+                raise ValueError(f"{name}={value!r} must be a whole number from 1 to 100000")
+            limit = replace(limit, **{name: int(value)})
+    return limit
 
 
 @dataclass(frozen=True)

@@ -739,7 +739,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_sink(args: argparse.Namespace) -> int:
     from billing.adapters.metrics import SinkCollector
-    from billing.services.sink import UsageSink
+    from billing.adapters.sink import UsageSink
 
     billing = _billing_settings()
     with _kafka(_settings()) as metering, _database(billing) as url:
@@ -873,7 +873,11 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def _live_feed(metering: MeteringSettings, engine: Engine, billing: BillingSettings) -> Any:
     """The live view's feed when a broker is configured (the API alone starts no broker)."""
-    from billing.services.live import LiveFeed, LiveSources
+    from functools import partial
+
+    from billing.adapters.live_feed import LiveFeed, LiveSources
+    from billing.services.live import read_base
+    from billing.services.live_view import LiveBoard
 
     if not metering.kafka_bootstrap:
         log.warning("STREAMTOLL_KAFKA_BOOTSTRAP is unset: /v1/live and /live are off")
@@ -887,7 +891,8 @@ def _live_feed(metering: MeteringSettings, engine: Engine, billing: BillingSetti
         topic_enforcement_events=metering.topic_enforcement_events,
         metering_group=metering.group_id,
     )
-    return LiveFeed(sources, engine, source_order=billing.source_order).start()
+    board = LiveBoard(source_order=billing.source_order)
+    return LiveFeed(sources, board, partial(read_base, engine, source_order=billing.source_order)).start()
 
 
 def cmd_top(args: argparse.Namespace) -> int:

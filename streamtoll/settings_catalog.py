@@ -417,9 +417,6 @@ SETTINGS: list[Setting] = [
     # --- development and tests only
     Setting("BROKER_LOG", "warn", "embedded broker", "log level of the embedded dev broker (RUST_LOG)", dev=True),
     Setting(
-        "FAILPOINT", "", "sink", "test suite: sink.after_db_commit:N exits the sink after its N-th commit", dev=True
-    ),
-    Setting(
         "CAPS_EMBEDDED_BROKER",
         "false",
         "caps",

@@ -1,1 +1,2 @@
-"""Billing's adapters: SQLAlchemy models and database access, Kafka, rendering."""
+"""Billing's adapters: SQLAlchemy models and database access, the Kafka consumers (the usage sink,
+the live feed), rendering, metrics."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -34,11 +34,19 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 if TYPE_CHECKING:
-    from billing.services.live import LiveFeed
-    from billing.services.sink import UsageSink
-    from billing.services.statements import StatementStore
+    from billing.adapters.live_feed import LiveFeed
+    from billing.adapters.sink import UsageSink
 
-__all__ = ["ApiCollector", "SinkCollector"]
+__all__ = ["ApiCollector", "ServedCounts", "SinkCollector"]
+
+
+class ServedCounts(Protocol):
+    """What the statement store counts (``billing.services.statements.StatementStore``)."""
+
+    @property
+    def served(self) -> dict[str, int]: ...  # statements answered: stored, stale or computed
+    @property
+    def pdfs(self) -> dict[str, int]: ...  # statement PDFs answered: stored or rendered
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
@@ -69,7 +77,7 @@ class SinkCollector(Collector):
 class ApiCollector(Collector):
     """Request and billing-run counts of one API process, its live feed, and invoices by status."""
 
-    def __init__(self, engine: Engine, feed: LiveFeed | None, statements: StatementStore | None = None) -> None:
+    def __init__(self, engine: Engine, feed: LiveFeed | None, statements: ServedCounts | None = None) -> None:
         self.engine = engine
         self.feed = feed
         self.statements = statements

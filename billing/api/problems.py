@@ -184,7 +184,7 @@ class Problem(BaseModel):
 
 
 class ProblemError(Exception):
-    """Raised by the API's code to answer with a problem (handled in ``billing.api.app``)."""
+    """Raised by the API's code to answer with a problem (handled in ``billing.api.errors``)."""
 
     def __init__(
         self,

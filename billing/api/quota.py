@@ -2,11 +2,11 @@
 
 Every API key has a token bucket (``rate`` requests per second sustained, up to ``burst`` at
 once after a quiet spell) and ``concurrent`` slots; the limits come from the key's role
-(``STREAMTOLL_API_LIMITS_PARTNER`` / ``_FINANCE`` / ``_OPS``, :func:`parse_limit`). A request
+(``STREAMTOLL_API_LIMITS_PARTNER`` / ``_FINANCE`` / ``_OPS``, :func:`billing.settings.parse_limit`). A request
 over either limit is refused (429 with ``Retry-After``) before it gets a worker thread: one key
 looping on statement PDFs must not hold the threads every other caller needs.
 
-Where the API checks (``billing.api.app``), in the event loop (no worker thread): a request
+Where the API checks (``billing.api.deps``), in the event loop (no worker thread): a request
 takes a slot before its endpoint runs and releases it when the work ends, whatever its outcome.
 For a key seen before, the slot is taken before authentication (:meth:`KeyQuota.acquire_known`),
 so a request over the limit costs neither a worker thread nor the database query authenticating
@@ -30,74 +30,20 @@ import asyncio
 import hashlib
 import hmac
 import math
-import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
 from typing import TypeVar
 
-__all__ = ["DEFAULT_LIMITS", "PATIENCE", "KeyQuota", "Limit", "Slot", "TooMany", "admit", "key_digest", "parse_limit"]
+from billing.settings import DEFAULT_LIMITS, Limit
+
+__all__ = ["PATIENCE", "KeyQuota", "Slot", "TooMany", "admit", "key_digest"]
 
 T = TypeVar("T")
 
 # how long a request over its key's limit waits for a slot or a token before its 429
 PATIENCE = 1.0
-
-
-@dataclass(frozen=True)
-class Limit:
-    """``rate`` requests per second sustained, ``burst`` in a row after a quiet spell, at most
-    ``concurrent`` running at once."""
-
-    rate: float
-    burst: int
-    concurrent: int
-
-
-# far above what a dashboard, a monthly download script or the live page asks for, far below
-# what keeps the API's worker threads busy (a statement PDF renders in ~0.5 s)
-DEFAULT_LIMITS: dict[str, Limit] = {
-    "partner": Limit(rate=5.0, burst=30, concurrent=4),
-    "finance": Limit(rate=20.0, burst=100, concurrent=8),
-    "ops": Limit(rate=5.0, burst=30, concurrent=4),
-}
-
-_PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
-_RATE = re.compile(r"([0-9]+(?:\.[0-9]+)?)/([smh])")
-_INT = re.compile(r"[0-9]+")
-
-
-def parse_limit(text: str, default: Limit) -> Limit | None:
-    """``rate=N/s|m|h,burst=N,concurrent=N`` (any of the three, each once; the others keep
-    ``default``'s) or ``off`` (None: no limit). Raises ValueError with one sentence."""
-    text = text.strip()
-    if text.lower() == "off":
-        return None
-    seen: dict[str, str] = {}
-    for part in text.split(","):
-        name, eq, value = part.strip().partition("=")
-        name, value = name.strip().lower(), value.strip()
-        if not eq or name not in ("rate", "burst", "concurrent"):
-            raise ValueError(f"{part.strip()!r} is not rate=N/s, burst=N or concurrent=N (or the whole value off)")
-        if name in seen:
-            raise ValueError(f"{name} is given twice")
-        seen[name] = value
-    limit = default
-    if "rate" in seen:
-        m = _RATE.fullmatch(seen["rate"])
-        rate = float(m.group(1)) / _PER[m.group(2)] if m else 0.0
-        if rate <= 0:
-            raise ValueError(f"rate={seen['rate']!r} must be a positive number per s, m or h (e.g. rate=5/s)")
-        limit = replace(limit, rate=rate)
-    for name in ("burst", "concurrent"):
-        if name in seen:
-            value = seen[name]
-            if not _INT.fullmatch(value) or not 1 <= int(value) <= 100_000:
-                raise ValueError(f"{name}={value!r} must be a whole number from 1 to 100000")
-            limit = replace(limit, **{name: int(value)})
-    return limit
 
 
 def key_digest(presented: str) -> bytes:

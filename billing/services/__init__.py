@@ -1,1 +1,1 @@
-"""Billing's use cases: sink usage, load the catalog, run billing, finalize, statements."""
+"""Billing's use cases: load the catalog, run billing, finalize, statements, the live view."""

@@ -153,9 +153,9 @@ def bench_api(url: str, clients: int, requests: int = 200, period: str = "2026-1
 
     import httpx
 
+    from billing.adapters.sink import upsert_windows
     from billing.api.app import create_app
     from billing.services.keys import create_key
-    from billing.services.sink import upsert_windows
     from billing.settings import BillingSettings
     from metering.contracts import UsageWindow
     from streamtoll.serving import running

@@ -46,11 +46,11 @@ from sqlalchemy import Engine as Database
 from sqlalchemy import text
 
 from billing.adapters.db import make_engine, upgrade
+from billing.adapters.sink import UsageSink
 from billing.adapters.spreadsheet import csv_text
 from billing.services.billing_run import parse_period, run_billing
 from billing.services.catalog import load_accounts, load_plans
 from billing.services.invoices import invoice_pdf
-from billing.services.sink import UsageSink
 from billing.services.statements import statement, statement_csv
 from billing.services.usage import usage_report
 from metering.engine import Engine

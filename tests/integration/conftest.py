@@ -158,8 +158,8 @@ def migrated(database: str) -> str:
 @pytest.fixture
 def engine(migrated: str) -> Iterator[sa.Engine]:
     """A migrated database with the sample plans and accounts and November 2026's usage."""
+    from billing.adapters.sink import upsert_windows
     from billing.services.catalog import load_accounts, load_plans
-    from billing.services.sink import upsert_windows
 
     from .seed import NOVEMBER
 

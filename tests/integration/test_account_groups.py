@@ -10,8 +10,8 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from billing.adapters.sink import upsert_windows
 from billing.domain.accounts import Attributor, ClientRule
-from billing.services.sink import upsert_windows
 from billing.services.usage import ACCOUNT_GROUPINGS, GROUPS, account_groups, account_report, group, usage_rows
 from metering.contracts import UsageWindow
 

@@ -16,13 +16,13 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from billing.adapters.sink import upsert_windows
 from billing.api.app import create_app
 from billing.domain.money import minor_unit
 from billing.services.billing_run import run_billing
 from billing.services.catalog import load_accounts, load_plans
 from billing.services.invoices import DEFAULT_ISSUER, invoice_pdf, invoice_view, list_invoices
 from billing.services.keys import create_key
-from billing.services.sink import upsert_windows
 from billing.services.statements import statement, statement_csv
 from streamtoll.cli import build_parser
 from streamtoll.serving import running

@@ -18,10 +18,10 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
+from billing.adapters.sink import upsert_windows
 from billing.api.app import create_app
 from billing.services.billing_run import PERIOD_PATTERN
 from billing.services.keys import create_key
-from billing.services.sink import upsert_windows
 from metering.contracts import UsageWindow
 from streamtoll.serving import running
 

@@ -27,13 +27,12 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from billing.api import app as app_module
+from billing.api import deps as deps_module
 from billing.api.app import create_app
 from billing.api.problems import MEDIA_TYPE, TYPE_BASE
-from billing.api.quota import DEFAULT_LIMITS, Limit
 from billing.services.billing_run import run_billing
 from billing.services.keys import create_key
-from billing.settings import BillingSettings
+from billing.settings import DEFAULT_LIMITS, BillingSettings, Limit
 from streamtoll.serving import running
 
 from .harness import api_server
@@ -228,13 +227,13 @@ def test_a_slot_is_released_whatever_the_request_ends_with(engine: sa.Engine, mo
     a second request while one runs waits for it (up to a second), then gets a 429 — without
     having been authenticated (no worker thread, no database query)."""
     authenticated: list[str] = []
-    real_authenticate = app_module.authenticate
+    real_authenticate = deps_module.authenticate
 
     def counting(engine: sa.Engine, presented: str) -> Any:
         authenticated.append(presented)
         return real_authenticate(engine, presented)
 
-    monkeypatch.setattr(app_module, "authenticate", counting)
+    monkeypatch.setattr(deps_module, "authenticate", counting)
     limits = {**DEFAULT_LIMITS, "partner": Limit(rate=1000.0, burst=1000, concurrent=1)}
     app = create_app(engine, BillingSettings(api_limits=limits))
     store = app.state.statements

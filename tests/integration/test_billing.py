@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from billing.adapters.sink import upsert_windows
 from billing.services.billing_run import run_billing
 from billing.services.invoices import void
-from billing.services.sink import upsert_windows
 
 from .seed import DEC1, GB, w
 

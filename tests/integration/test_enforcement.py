@@ -3,7 +3,8 @@
 ``streamtoll gateway`` (authenticating them), ``streamtoll worker`` (metering the gateway's audit
 events into usage minutes) and ``streamtoll caps`` (folding the minutes into month-to-date and
 publishing decisions) processes on the real broker; confluent-kafka clients through the gateway;
-the live view ops watch (``billing.services.live``) following the decisions as the API does.
+the live view ops watch (``billing.services.live_view``, fed by ``billing.adapters.live_feed``)
+following the decisions as the API does.
 
 The time from the crossing — the produce whose audit event takes the account's metered
 ``produce_bytes`` to the cap, as the gateway timestamped it — to the first produce the gateway
@@ -30,7 +31,8 @@ import pytest
 import yaml
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from billing.services.live import LiveFeed, LiveSources
+from billing.adapters.live_feed import LiveFeed, LiveSources
+from billing.services.live_view import LiveBoard
 from gateway.control import ensure_control_topic
 from metering.settings import MeteringSettings
 from streamtoll.embedded import EmbeddedBroker
@@ -162,7 +164,7 @@ def stack(broker: EmbeddedBroker, module_database: str, tmp_path_factory: pytest
             topic_enforcement=settings.topic_enforcement,
             topic_enforcement_events=settings.topic_enforcement_events,
         ),
-        None,
+        LiveBoard(),
     ).start()
     try:
         yield stack

@@ -24,7 +24,7 @@ import pytest
 import sqlalchemy as sa
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from billing.services.sink import upsert_episodes
+from billing.adapters.sink import upsert_episodes
 from metering.entitlements import Episode, decode_episode, month_of
 
 from .test_gateway_credentials import _topic

@@ -21,12 +21,12 @@ import sqlalchemy as sa
 import yaml
 from confluent_kafka import Consumer, TopicPartition
 
+from billing.adapters.sink import upsert_windows
 from billing.api import models
 from billing.api.app import create_app
 from billing.services.catalog import load_accounts, load_plans
 from billing.services.entitlements import entitlements
 from billing.services.keys import create_key
-from billing.services.sink import upsert_windows
 from metering.entitlements import Cap, Entitlement, Grant, Limits, decode_entitlement
 from streamtoll.dev.gateway_clients import broker_batches
 from streamtoll.embedded import EmbeddedBroker

@@ -55,12 +55,14 @@ def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.3)
 
 
-def _sink(env: dict[str, str], log: Path, *extra: str, failpoint: str | None = None) -> subprocess.Popen[bytes]:
+def _sink(env: dict[str, str], log: Path, *extra: str, die_after: int | None = None) -> subprocess.Popen[bytes]:
+    """``streamtoll sink``; with ``die_after=N`` the test-only sink that exits 137 right after its
+    N-th database commit, before the Kafka commit (``failpoint_sink.py``)."""
     out = open(log, "ab")  # noqa: SIM115
-    e = {**env, **({"STREAMTOLL_FAILPOINT": failpoint} if failpoint else {})}
-    return subprocess.Popen(
-        [sys.executable, "-m", "streamtoll.cli", "sink", *extra], env=e, stdout=out, stderr=out, start_new_session=True
-    )
+    command = ["-m", "streamtoll.cli", "sink"]
+    if die_after is not None:
+        command = [str(Path(__file__).with_name("failpoint_sink.py")), str(die_after)]
+    return subprocess.Popen([sys.executable, *command, *extra], env=env, stdout=out, stderr=out, start_new_session=True)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -229,7 +231,7 @@ def test_sink_dying_between_database_and_kafka_commit_loses_and_doubles_nothing(
         # re-reads that batch
         for _ in range(4):
             k = rnd.randint(1, 3)
-            sink = _sink(env, logdir / "sink.log", "--batch-size", "300", failpoint=f"sink.after_db_commit:{k}")
+            sink = _sink(env, logdir / "sink.log", "--batch-size", "300", die_after=k)
             assert sink.wait(120) == 137, (logdir / "sink.log").read_text()[-2000:]
             deaths += 1
         sink = _sink(env, logdir / "sink.log")

@@ -183,7 +183,7 @@ def test_a_partner_produces_and_consumes_with_its_scram_credential_billed_to_its
     # events became, read and attributed where reports, statements and billing runs read it
     from datetime import UTC, datetime
 
-    from billing.services.sink import upsert_windows
+    from billing.adapters.sink import upsert_windows
     from billing.services.usage import usage_rows
 
     from .seed import w

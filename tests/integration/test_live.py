@@ -22,9 +22,11 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
+from billing.adapters.live_feed import LiveFeed, LiveSources
 from billing.api.models import LiveView
 from billing.domain.accounts import UNASSIGNED
-from billing.services.live import LiveFeed, LiveSources
+from billing.services.live import read_base
+from billing.services.live_view import LiveBoard
 from metering.settings import MeteringSettings
 from streamtoll.dev.traffic import BAD_PROXY, rfc3339
 from streamtoll.embedded import EmbeddedBroker, free_port
@@ -195,7 +197,14 @@ def pipeline(
         topic_enforcement=settings.topic_enforcement,
         topic_enforcement_events=settings.topic_enforcement_events,
     )
-    feed = LiveFeed(sources, engine, lag_every_s=1.0, db_refresh_s=2.0, rate_every_s=2.0).start()
+    feed = LiveFeed(
+        sources,
+        LiveBoard(),
+        lambda now, rated: read_base(engine, now, rated),
+        lag_every_s=1.0,
+        db_refresh_s=2.0,
+        rate_every_s=2.0,
+    ).start()
     try:
         with running(create_app(engine, live=feed)) as base:
             pipe = Pipeline(

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from billing.adapters.sink import upsert_windows
 from billing.services.catalog import load_accounts
-from billing.services.sink import upsert_windows
 from billing.services.usage import account_report, usage_report
 from metering.contracts import UsageWindow
 

@@ -22,11 +22,11 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from billing.adapters.db import schema_state
+from billing.adapters.sink import upsert_episodes, upsert_windows
 from billing.api.app import create_app
 from billing.services.billing_run import run_billing
 from billing.services.keys import create_key, revoke_key
 from billing.services.live import read_base
-from billing.services.sink import upsert_episodes, upsert_windows
 from billing.settings import BillingSettings
 from metering.contracts import UsageWindow
 from metering.entitlements import Episode

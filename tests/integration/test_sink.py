@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from billing.services.sink import upsert_windows
+from billing.adapters.sink import upsert_windows
 from metering.contracts import UsageWindow
 from metering.settings import MeteringSettings
 from streamtoll.embedded import EmbeddedBroker

@@ -14,9 +14,9 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
+from billing.adapters.sink import upsert_windows
 from billing.services import statements
 from billing.services.catalog import load_accounts
-from billing.services.sink import upsert_windows
 from billing.services.statements import StatementStore, statement
 
 from .seed import GB, w
@@ -225,8 +225,8 @@ def test_an_open_episode_whose_gateway_went_silent_is_shown_ended_without_any_ch
 ) -> None:
     from datetime import timedelta
 
+    from billing.adapters.sink import upsert_episodes
     from billing.services import episodes
-    from billing.services.sink import upsert_episodes
     from metering.entitlements import Episode, month_of
 
     monkeypatch.setattr(episodes, "STALE_AFTER_S", 1.0)  # two minutes in production

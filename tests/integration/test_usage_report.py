@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from billing.adapters.sink import upsert_windows
 from billing.services.catalog import load_accounts, load_plans
-from billing.services.sink import upsert_windows
 from billing.services.usage import usage_report
 from metering.contracts import UsageWindow
 

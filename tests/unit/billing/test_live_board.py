@@ -9,7 +9,7 @@ from typing import Any
 
 from billing.domain.accounts import Attributor, ClientRule
 from billing.domain.sources import parse_sources
-from billing.services.live import LiveBoard, _Base
+from billing.services.live_view import LiveBase, LiveBoard
 
 NOW = datetime(2026, 11, 27, 10, 30, 20, tzinfo=UTC).timestamp()
 MINUTE0 = int(NOW - NOW % 60)  # 10:30:00
@@ -101,7 +101,7 @@ def test_sources_follow_the_billing_order() -> None:
 def test_database_hours_and_topic_minutes_never_overlap() -> None:
     board = LiveBoard(_attributor())
     hour0 = NOW - NOW % 3600  # 10:00
-    base = _Base(
+    base = LiveBase(
         base_until=hour0,
         rows=[
             {

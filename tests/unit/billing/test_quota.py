@@ -8,9 +8,9 @@ import tracemalloc
 
 import pytest
 
-from billing.api.quota import DEFAULT_LIMITS, KeyQuota, Limit, TooMany, admit, key_digest, parse_limit
+from billing.api.quota import KeyQuota, TooMany, admit, key_digest
 from billing.errors import BillingSettingsError
-from billing.settings import BillingSettings
+from billing.settings import DEFAULT_LIMITS, BillingSettings, Limit, parse_limit
 
 A = key_digest("stk_a_secret")
 

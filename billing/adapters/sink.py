@@ -22,18 +22,17 @@ the same machinery again. The caps fold's decisions (``TOPIC_ENFORCEMENT``) are 
 partner is shown is what the gateways did (the episodes, a cap's block or throttle as applied),
 and a cap's standing is shown from its month-to-date usage.
 
-``STREAMTOLL_FAILPOINT=sink.after_db_commit:N`` makes the process exit right after its N-th
-database commit and before the Kafka commit — the narrowest window there is — so tests can
-prove that a crash there loses and doubles nothing. Never set it in production.
+``after_db_commit`` is called after each database commit and before the Kafka commit — the
+narrowest window there is; the test suite's sink (``tests/integration/failpoint_sink.py``) exits
+there to prove that a crash loses and doubles nothing.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -160,6 +159,7 @@ class UsageSink:
         batch_size: int = 50_000,
         session_timeout_ms: int = 10_000,
         episodes_topic: str | None = None,
+        after_db_commit: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
         self.kafka_config = dict(kafka_config)
@@ -169,8 +169,7 @@ class UsageSink:
         self.group_id = group_id
         self.batch_size = batch_size
         self.session_timeout_ms = session_timeout_ms
-        name, _, count = os.environ.get("STREAMTOLL_FAILPOINT", "").partition(":")
-        self._fail_after = int(count or 1) if name == "sink.after_db_commit" else 0
+        self.after_db_commit = after_db_commit  # called between the database and the Kafka commit
         self.upserted = 0  # rows written (a newer version arrived)
         self.records = 0  # window records read
         self.batches = 0  # batches committed (database, then offsets)
@@ -246,10 +245,8 @@ class UsageSink:
                 if not offsets:
                     continue
                 self._write(windows, consumer, episodes)
-                if self._fail_after and self.batches + 1 >= self._fail_after:
-                    log.error("failpoint sink.after_db_commit: exiting before the Kafka commit")
-                    logging.shutdown()
-                    os._exit(137)
+                if self.after_db_commit is not None:
+                    self.after_db_commit()
                 consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
                 self.records += len(windows)
                 self.episodes += len(episodes)
