@@ -260,16 +260,11 @@ def _bill_account(run: _Run, account: str) -> AccountBill:
         )
 
 
-def _usage_of(rows: Iterable[UsageRow | dict[str, Any]]) -> Iterable[UsageRow]:
-    """Typed rows; dicts (``usage.usage_rows``' JSON, e.g. the live view's) are read at this edge."""
-    return (r if isinstance(r, UsageRow) else UsageRow.from_dict(r) for r in rows)
-
-
 def preview(
     engine: Database,
     account: str,
     period: str,
-    rows: Iterable[UsageRow | dict[str, Any]],
+    rows: Iterable[UsageRow],
     source_order: Mapping[str, tuple[str, ...]] | None = None,
 ) -> Preview:
     """What the account's invoice for ``period`` would say now (rated, not written): month-to-date.
@@ -280,14 +275,14 @@ def preview(
         catalog = _Catalog.read(uow.catalog)
     if account not in catalog.accounts:
         raise AccountNotFound(f"there is no account {account!r}")
-    typed = [r for r in _usage_of(rows) if r.account == account]
+    typed = [r for r in rows if r.account == account]
     return _preview(catalog, account, period, typed, source_order or DEFAULT_SOURCES)
 
 
 def preview_accounts(
     engine: Database,
     period: str,
-    rows: Iterable[UsageRow | dict[str, Any]],
+    rows: Iterable[UsageRow],
     source_order: Mapping[str, tuple[str, ...]] | None = None,
 ) -> dict[str, Preview]:
     """``preview`` of every account that has ``rows`` (attributed rows of many accounts), with
@@ -295,7 +290,7 @@ def preview_accounts(
     with units_of_work(engine)() as uow:
         catalog = _Catalog.read(uow.catalog)
     per_account: dict[str, list[UsageRow]] = {}
-    for r in _usage_of(rows):
+    for r in rows:
         if r.account in catalog.accounts:
             per_account.setdefault(r.account, []).append(r)
     order = source_order or DEFAULT_SOURCES

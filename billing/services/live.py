@@ -14,7 +14,7 @@ from billing.domain.accounts import Attributor
 from billing.domain.money import format_money
 from billing.services.billing_run import preview_accounts
 from billing.services.live_view import LiveBase, day_start, hour_start, month_start
-from billing.services.usage import load_attributor, usage_rows
+from billing.services.usage import load_attributor, read_usage
 
 __all__ = ["read_base"]
 
@@ -30,13 +30,13 @@ def read_base(
     until = hour_start(now)
     start = min(month_start(now), day_start(until))
     attributor = load_attributor(engine)
-    rows = usage_rows(
+    rows = read_usage(
         engine, datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(until, UTC), attributor=attributor
     )
     if rated is not None:
         return LiveBase(base_until=until, rows=rows, rated=rated, refreshed_at=now), attributor
     period = datetime.fromtimestamp(now, UTC).strftime("%Y-%m")
-    month_rows = usage_rows(
+    month_rows = read_usage(
         engine,
         datetime.fromtimestamp(month_start(now), UTC),
         datetime.fromtimestamp(now, UTC) + timedelta(hours=1),

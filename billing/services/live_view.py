@@ -48,7 +48,8 @@ from datetime import UTC, date, datetime
 from typing import Any, NamedTuple
 
 from billing.domain.accounts import UNASSIGNED, Attributor
-from billing.domain.sources import DEFAULT_SOURCES
+from billing.domain.sources import DEFAULT_SOURCES, pick_source
+from billing.domain.usage import UsageRow
 from metering.contracts import LiveTotal, apply_minute, iso_ms
 from metering.entitlements import Decision, Episode, decode_decision, decode_episode, month_of
 
@@ -106,7 +107,7 @@ class LiveBase:
     """Usage from the database: attributed daily rows for ``[month start, base_until)``."""
 
     base_until: float = 0.0
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[UsageRow] = field(default_factory=list)
     rated: dict[str, dict[str, str]] = field(default_factory=dict)
     refreshed_at: float = 0.0
 
@@ -123,6 +124,13 @@ def _by_source() -> defaultdict[str, Any]:
 def _add(to: dict[str, int], q: Mapping[str, int]) -> None:
     for name in _QUANTITIES:
         to[name] += int(q[name])
+
+
+def _add_usage(to: dict[str, int], r: UsageRow) -> None:
+    to["bytes"] += r.bytes
+    to["records"] += r.records
+    to["requests"] += r.requests
+    to["denied_requests"] += r.denied_requests
 
 
 def hour_start(t: float) -> float:
@@ -195,17 +203,16 @@ class _Tally:
         self.sparks: defaultdict[AccountSource, list[int]] = defaultdict(lambda: [0] * 60)
         self.topics: defaultdict[AccountSource, Counter[str]] = defaultdict(Counter)
 
-    def add_base(self, rows: Iterable[Mapping[str, Any]]) -> None:
+    def add_base(self, rows: Iterable[UsageRow]) -> None:
         """The database's daily rows: this month, and today."""
         p = self.periods
         for r in rows:
-            day = date.fromisoformat(r["day"])
-            if day < p.month_first:
+            if r.day < p.month_first:
                 continue
-            per = self.clients[ClientKey(r["account"], r["principal"], r["client_id"])][r["source"]][r["direction"]]
-            _add(per["month"], r)
-            if day == p.today:
-                _add(per["day"], r)
+            per = self.clients[ClientKey(r.account, r.principal, r.client_id)][r.source][r.direction]
+            _add_usage(per["month"], r)
+            if r.day == p.today:
+                _add_usage(per["day"], r)
 
     def add_minutes(self, minutes: Iterable[tuple[tuple[WindowKey, int], LiveTotal]], attributor: Attributor) -> None:
         """The topic's minutes: the last complete one, the sparkline, this hour, and what the
@@ -573,10 +580,12 @@ def enforcement_view(decisions: Iterable[Decision], episodes: Iterable[Episode],
 
 
 def _pick(by_source: Mapping[str, Any], order: Iterable[str], quantity: str) -> str | None:
-    for source in order:
-        if any(per[quantity] for d in by_source.get(source, {}).values() for per in d.values()):
-            return source
-    return None
+    """Billing's source choice (:func:`billing.domain.sources.pick_source`) over a client's numbers."""
+
+    def has_usage(source: str) -> bool:
+        return any(per[quantity] for d in by_source.get(source, {}).values() for per in d.values())
+
+    return pick_source(order, has_usage)
 
 
 def _differences(seen: Mapping[tuple[str, str], int]) -> list[dict[str, Any]]:

@@ -153,11 +153,11 @@ def test_billing_sources_setting_changes_which_source_is_billed(engine: sa.Engin
 def test_previews_of_all_accounts_at_once_equal_one_by_one(engine: sa.Engine) -> None:
     """The live view rates every account with the catalog read once: the same as one by one."""
     from billing.services.billing_run import preview, preview_accounts
-    from billing.services.usage import usage_rows
+    from billing.services.usage import read_usage
 
-    rows = usage_rows(engine, datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
+    rows = read_usage(engine, datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
     together = preview_accounts(engine, "2026-11", rows)
     assert set(together) == {"acme", "globex", "initech"}  # unassigned traffic is nobody's bill
     for account, p in together.items():
-        assert p == preview(engine, account, "2026-11", [r for r in rows if r["account"] == account])
+        assert p == preview(engine, account, "2026-11", [r for r in rows if r.account == account])
     assert together["acme"].subtotal == Decimal("168.00")

@@ -13,6 +13,7 @@ import pytest
 
 from billing.domain.accounts import UNASSIGNED
 from billing.domain.plans import PlanVersion, Price
+from billing.domain.usage import UsageRow
 from billing.errors import AccountNotFound, InvoiceError
 from billing.services.billing_run import preview, preview_accounts, run_billing
 from billing.services.invoices import finalize, invoice_view, list_invoices, void
@@ -179,8 +180,8 @@ def test_the_preview_says_what_the_run_would_write(uows: FakeUnitOfWork) -> None
     p = preview(uows, "acme", "2026-11", rows)
     assert (p.currency, p.plan, p.subtotal, p.tax, p.total) == ("EUR", "basic v1", D("15.00"), D("3.00"), D("18.00"))
     assert p.lines[1] == {"description": "produce_bytes (per_unit, per GB)", "source": "proxy", "amount": "2.00"}
-    # the JSON rows of usage_rows (the live view's) rate the same
-    assert preview(uows, "acme", "2026-11", [r.as_dict() for r in rows]) == p
+    # rows read back from their JSON form (a statement's rating rows) rate the same
+    assert preview(uows, "acme", "2026-11", [UsageRow.from_dict(r.as_dict()) for r in rows]) == p
     assert uows.invoices.stored == {}  # nothing was written
     with pytest.raises(AccountNotFound):
         preview(uows, "nobody", "2026-11", rows)

@@ -9,6 +9,7 @@ from typing import Any
 
 from billing.domain.accounts import Attributor, ClientRule
 from billing.domain.sources import parse_sources
+from billing.domain.usage import UsageRow
 from billing.services.live_view import LiveBase, LiveBoard
 
 NOW = datetime(2026, 11, 27, 10, 30, 20, tzinfo=UTC).timestamp()
@@ -104,30 +105,36 @@ def test_database_hours_and_topic_minutes_never_overlap() -> None:
     base = LiveBase(
         base_until=hour0,
         rows=[
-            {
-                "account": "acme",
-                "principal": "User:acme-1",
-                "client_id": "app",
-                "source": "proxy",
-                "direction": "produce",
-                "day": "2026-11-27",
-                "bytes": 10_000,
-                "records": 100,
-                "requests": 0,
-                "denied_requests": 0,
-            },
-            {
-                "account": "acme",
-                "principal": "User:acme-1",
-                "client_id": "app",
-                "source": "proxy",
-                "direction": "produce",
-                "day": "2026-11-02",
-                "bytes": 7,
-                "records": 1,
-                "requests": 0,
-                "denied_requests": 0,
-            },
+            UsageRow.from_dict(
+                {
+                    "account": "acme",
+                    "principal": "User:acme-1",
+                    "client_id": "app",
+                    "source": "proxy",
+                    "direction": "produce",
+                    "day": "2026-11-27",
+                    "bytes": 10_000,
+                    "records": 100,
+                    "requests": 0,
+                    "denied_requests": 0,
+                    "topic": "orders",
+                }
+            ),
+            UsageRow.from_dict(
+                {
+                    "account": "acme",
+                    "principal": "User:acme-1",
+                    "client_id": "app",
+                    "source": "proxy",
+                    "direction": "produce",
+                    "day": "2026-11-02",
+                    "bytes": 7,
+                    "records": 1,
+                    "requests": 0,
+                    "denied_requests": 0,
+                    "topic": "orders",
+                }
+            ),
         ],
         rated={"acme": {"currency": "EUR", "subtotal": "1.00", "total": "1.19"}},
         refreshed_at=NOW,
@@ -140,7 +147,7 @@ def test_database_hours_and_topic_minutes_never_overlap() -> None:
     assert acme["month_to_date"]["produce"] == {"bytes": 10_047, "records": 105}
     assert acme["hour_to_date"]["produce"] == {"bytes": 40, "records": 4}
     assert acme["rated_so_far"]["total"] == "1.19"
-    assert base.rows[0]["day"] == date(2026, 11, 27).isoformat()
+    assert base.rows[0].day == date(2026, 11, 27)
 
 
 def test_dlq_counts_each_record_once_and_by_period() -> None:
