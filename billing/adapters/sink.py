@@ -227,7 +227,9 @@ class UsageSink:
                             if m.value() is not None:  # a tombstone (compaction) deletes nothing here
                                 episodes.append(decode_episode(m.value() or b""))
                         else:
-                            windows.append(UsageWindow.from_json(m.value() or b""))
+                            window = UsageWindow.from_json(m.value() or b"")
+                            _row(window)  # a window_start that is no time fails here, not in the write
+                            windows.append(window)
                     except (ValueError, KeyError, TypeError) as exc:
                         # metering and gateways write these topics; a record they cannot have written
                         # is logged with its coordinates and skipped rather than blocking every later one

@@ -2,7 +2,7 @@
 ``GET /v1/entitlements`` (this month's) and in the statement (the period's).
 
 The usage sink keeps each episode's newest record in ``enforcement_episodes``
-(:func:`billing.services.sink.upsert_episodes`); this reads them back. An episode belongs to a
+(:func:`billing.adapters.sink.upsert_episodes`); this reads them back. An episode belongs to a
 period when it overlaps it: started before the period's end and ended (or was last heard of) at or
 after its start. An open episode whose gateway has not refreshed it for two minutes (the gateway
 died without draining) is shown as ended at its last update (``ended_by``

@@ -203,8 +203,12 @@ def test_a_sink_started_before_its_topic_exists_waits_for_it(
             admin = AdminClient({"bootstrap.servers": broker.bootstrap})
             admin.create_topics([NewTopic(settings.topic_usage_windows, 2, 1)])[settings.topic_usage_windows].result()
             producer = Producer({"bootstrap.servers": broker.bootstrap})
+            # records no worker wrote (not JSON; a window_start that is no time) are logged and
+            # skipped: they never stop the windows after them
+            bad = {**dataclasses.asdict(window(1, 1)), "window_start": 1762164000000}
             w = window(3, 4242)
-            producer.produce(settings.topic_usage_windows, json.dumps(dataclasses.asdict(w)).encode())
+            for value in (b"not json", json.dumps(bad).encode(), json.dumps(dataclasses.asdict(w)).encode()):
+                producer.produce(settings.topic_usage_windows, value, partition=0)
             producer.flush(10)
             deadline = time.monotonic() + 90
             while not hourly(migrated):
@@ -212,6 +216,7 @@ def test_a_sink_started_before_its_topic_exists_waits_for_it(
                 assert time.monotonic() < deadline, "the window never reached the database"
                 time.sleep(0.5)
             assert [v[0] for v in hourly(migrated).values()] == [4242]
+            assert (logdir / "sink.log").read_text().count("unreadable usage window record skipped") == 2
         finally:
             sink.send_signal(signal.SIGTERM)
             sink.wait(30)
