@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 import msgspec
 import orjson
@@ -74,12 +74,36 @@ import orjson
 from metering.decoders import confluent_audit, proxy
 from metering.decoders.common import MAX_ID_LEN, Headers, Invalid, Limits, as_time_ms, is_binary
 from metering.domain.events import AUDIT_LOG, CONSUME, PRODUCE, PROXY, Rejection, UsageEvent
-from metering.fold import shard
+from metering.fold.records import BatchResult, HeadersUnreadable, InRecord, Scan
 
-if TYPE_CHECKING:
-    from metering.fold.shard import BatchResult, InRecord, Scan, ShardState
+__all__ = ["ScanState", "scan"]
 
-__all__ = ["scan"]
+
+class _SourceKind(Protocol):
+    @property
+    def source_kind(self) -> str: ...
+
+
+class _Keys(Protocol):
+    @property
+    def _keys(self) -> dict[bytes, int]: ...
+
+
+class ScanState(Protocol):
+    """What the scan reads of a shard's state (:class:`metering.fold.shard.ShardState` is one;
+    the shard calls the scan, so the scan names only what it needs)."""
+
+    @property
+    def config(self) -> _SourceKind: ...
+
+    @property
+    def dedup(self) -> _Keys: ...
+
+    @property
+    def stream_ms(self) -> int: ...
+
+    def scan(self, records: Sequence[InRecord], limits: Limits, out: BatchResult) -> Scan: ...
+
 
 MINUTE_MS = 60_000
 _RECORDS_LIMIT = 2**31
@@ -124,14 +148,14 @@ _AUDIT_TYPE = confluent_audit.AUTHZ_TYPE
 _times: dict[str, int] = {}  # audit log: RFC 3339 text → epoch ms (as_time_ms), events share seconds
 
 
-def scan(state: ShardState, records: Sequence[InRecord], limits: Limits, out: BatchResult) -> Scan:
+def scan(state: ScanState, records: Sequence[InRecord], limits: Limits, out: BatchResult) -> Scan:
     """``state.scan(records, limits, out)`` for a proxy audit or audit log shard, faster."""
     if state.config.source_kind == PROXY:
         return _scan_proxy(state, records, limits, out)
     return _scan_audit(state, records, limits, out)
 
 
-def _scan_proxy(state: ShardState, records: Sequence[InRecord], limits: Limits, out: BatchResult) -> Scan:
+def _scan_proxy(state: ScanState, records: Sequence[InRecord], limits: Limits, out: BatchResult) -> Scan:
     # One pass in record order, the fast path inlined: a call and a result tuple per record cost
     # as much as its checks, and every tracked object made per record feeds the cyclic GC.
     dedup_keys = state.dedup._keys
@@ -161,7 +185,7 @@ def _scan_proxy(state: ShardState, records: Sequence[InRecord], limits: Limits, 
         try:
             headers = rec.headers()
         except Exception:  # never call headers() again on it (see HeadersUnreadable)
-            out.rejected.append((shard.HeadersUnreadable(rec), _HEADERS_UNREADABLE))
+            out.rejected.append((HeadersUnreadable(rec), _HEADERS_UNREADABLE))
             continue
         if try_fast and (not headers or _structured(headers)):
             try:
@@ -222,10 +246,10 @@ def _scan_proxy(state: ShardState, records: Sequence[InRecord], limits: Limits, 
 
     out.duplicates += duplicates
     out.tombstones += tombstones
-    return shard.Scan(list(seen), max_ts, stream_ms, set())
+    return Scan(list(seen), max_ts, stream_ms, set())
 
 
-def _scan_audit(state: ShardState, records: Sequence[InRecord], limits: Limits, out: BatchResult) -> Scan:
+def _scan_audit(state: ScanState, records: Sequence[InRecord], limits: Limits, out: BatchResult) -> Scan:
     dedup_keys = state.dedup._keys
     seen: dict[bytes, None] = {}  # keys counted in this batch, in record order
     minutes = out.minutes
@@ -250,7 +274,7 @@ def _scan_audit(state: ShardState, records: Sequence[InRecord], limits: Limits, 
         try:
             headers = rec.headers()
         except Exception:  # never call headers() again on it (see HeadersUnreadable)
-            out.rejected.append((shard.HeadersUnreadable(rec), _HEADERS_UNREADABLE))
+            out.rejected.append((HeadersUnreadable(rec), _HEADERS_UNREADABLE))
             continue
         got: Counted | str | None = None
         if not headers or _structured(headers):
@@ -284,7 +308,7 @@ def _scan_audit(state: ShardState, records: Sequence[InRecord], limits: Limits, 
     out.duplicates += duplicates
     out.tombstones += tombstones
     out.ignored += ignored
-    return shard.Scan(list(seen), max_ts, stream_ms, set())
+    return Scan(list(seen), max_ts, stream_ms, set())
 
 
 _HEADERS_UNREADABLE = Rejection("not_utf8", "a header name is not valid UTF-8 (no header can be read)")

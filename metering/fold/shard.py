@@ -42,9 +42,9 @@ from __future__ import annotations
 import base64
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from sys import intern
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from metering.decoders import confluent_audit, otlp, proxy
 from metering.decoders.common import Headers, Invalid, Limits, is_binary
@@ -59,6 +59,7 @@ from metering.domain.events import (
     event_key,
 )
 from metering.fold import batch
+from metering.fold.records import BatchResult, HeadersUnreadable, InRecord, Record, Scan, WindowKey
 
 __all__ = [
     "COLD_HELD_LIMIT",
@@ -87,87 +88,6 @@ COLD_CACHE_WINDOWS = 50_000
 # its segments at once rather than at the next round; per worker, shared like the cache.
 COLD_HELD_LIMIT = 50_000
 
-# (source, principal, client_id, virtual_cluster, topic, direction)
-WindowKey = tuple[str, str, str, str, str, str]
-
-
-class InRecord(Protocol):
-    """What a shard needs of a Kafka record. confluent-kafka's ``Message`` has exactly these
-    methods, so the engine hands its messages over as they are (no copy per record)."""
-
-    def offset(self) -> int: ...
-
-    def timestamp(self) -> tuple[int, int]: ...
-
-    def value(self) -> bytes | None: ...
-
-    def headers(self) -> list[tuple[str, bytes | None]] | None: ...
-
-
-class Record:
-    """A plain :class:`InRecord` (tests, replays from files)."""
-
-    __slots__ = ("_headers", "_offset", "_ts", "_value")
-
-    def __init__(self, offset: int, timestamp_ms: int, value: bytes | None, headers: Headers | None = None) -> None:
-        self._offset, self._ts, self._value = offset, timestamp_ms, value
-        self._headers = None if headers is None else list(headers)
-
-    def offset(self) -> int:
-        return self._offset
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, self._ts)
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def headers(self) -> list[tuple[str, bytes | None]] | None:
-        return self._headers
-
-
-class HeadersUnreadable:
-    """A record whose headers cannot be read: a header name that is not UTF-8 (a Kafka client
-    would never write one, a raw producer can). confluent-kafka raises on the first
-    ``headers()`` call and afterwards returns a list holding a NULL pointer, which crashes the
-    interpreter when touched, so the record travels on to the DLQ behind this wrapper, whose
-    ``headers()`` is None."""
-
-    __slots__ = ("_rec",)
-
-    def __init__(self, rec: InRecord) -> None:
-        self._rec = rec
-
-    def offset(self) -> int:
-        return self._rec.offset()
-
-    def timestamp(self) -> tuple[int, int]:
-        return self._rec.timestamp()
-
-    def value(self) -> bytes | None:
-        return self._rec.value()
-
-    def key(self) -> bytes | None:
-        return self._rec.key()  # type: ignore[attr-defined, no-any-return]
-
-    def headers(self) -> None:
-        return None
-
-
-@dataclass
-class BatchResult:
-    next_offset: int = -1
-    rejected: list[tuple[InRecord, Rejection]] = field(default_factory=list)
-    hours: dict[tuple[WindowKey, int], list[int]] = field(default_factory=dict)
-    # (source, principal, client_id, virtual_cluster, topic, direction, minute_start) → sums
-    minutes: dict[tuple[str, str, str, str, str, str, int], list[int]] = field(default_factory=dict)
-    changelog: dict[str, Any] = field(default_factory=dict)
-    counted: int = 0
-    duplicates: int = 0
-    tombstones: int = 0
-    ignored: int = 0
-    counter_resets: int = 0
-
 
 def _key(row: list[Any]) -> WindowKey:
     """The window key of a changelog row, its names shared (sys.intern): rows read back by the
@@ -189,16 +109,6 @@ class ColdRef(NamedTuple):
 
 # reads the changelog entries at these offsets of the shard's state partition (committed ones)
 SegmentLoader = Callable[[str, list[int]], list[dict[str, Any]]]
-
-
-@dataclass
-class Scan:
-    """What a batch's scan hands to the state step (besides what it put in the BatchResult)."""
-
-    new_keys: list[bytes]  # dedup keys of the events counted, in record order
-    max_ts: int  # the batch's newest Kafka timestamp
-    stream_ms: int  # the shard's stream time after the batch
-    changed_series: set[tuple[str, ...]]  # counter series the batch touched
 
 
 @dataclass
