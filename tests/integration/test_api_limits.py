@@ -48,7 +48,15 @@ import httpx
 
 base, key, threads, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 out = []
-ready = threading.Barrier(threads + 1)
+end = 0.0
+
+def start_clock():
+    # the flood lasts `seconds` from when every client is connected and ready (a loaded machine
+    # may take seconds to start 50 clients: a clock started before would leave no flood at all)
+    global end
+    end = time.monotonic() + seconds
+
+ready = threading.Barrier(threads + 1, action=start_clock)
 
 def loop():
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
@@ -62,7 +70,6 @@ def loop():
 workers = [threading.Thread(target=loop) for _ in range(threads)]
 for t in workers:
     t.start()
-end = time.monotonic() + seconds
 ready.wait()
 print("flooding", flush=True)
 for t in workers:
