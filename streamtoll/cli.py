@@ -587,6 +587,7 @@ _SHADOW_COLUMNS = [
     "invoice",
     "real_plan",
     "real_total",
+    "shadow_plan",
     "shadow_total",
     "difference",
     "note",

@@ -91,7 +91,7 @@ class ShadowBill:
             "real_subtotal": money(self.real.totals.subtotal),
             "real_tax": money(self.real.totals.tax),
             "real_total": money(self.real.totals.total),
-            "plan": self.plan,
+            "shadow_plan": self.plan,
             "shadow_subtotal": money(shadow.subtotal if shadow else None),
             "shadow_tax": money(shadow.tax if shadow else None),
             "shadow_total": money(shadow.total if shadow else None),

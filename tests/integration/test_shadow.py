@@ -74,7 +74,7 @@ def test_a_shadow_run_prints_real_and_candidate_totals_and_changes_nothing(
         "initech": ("finalized", "INV-2026-000003", "106.16", None, None),
     }
     assert rows[2]["note"] == "the candidate is priced in EUR, the account is billed in USD"
-    assert {r["plan"] for r in rows} == {"enterprise v1"}
+    assert {r["shadow_plan"] for r in rows} == {"enterprise v1"}
 
     candidate = tmp_path / "plans-candidate.yaml"
     candidate.write_text(
