@@ -18,7 +18,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from billing.adapters.uow import Database, read_only
-from billing.domain.invoicing import active_subscriptions
+from billing.domain.invoicing import Subscription, active_subscriptions
 from billing.domain.plans import PlanVersion
 from billing.domain.rating import Totals
 from billing.domain.shadow import RealBill, ShadowBill, rate_real, shadow_bill
@@ -89,14 +89,16 @@ def shadow_run(
         unknown = [a for a in accounts or () if a not in terms]
         if unknown:
             raise AccountNotFound(f"there is no account {', '.join(repr(a) for a in unknown)}")
-        subscriptions = uow.catalog.subscriptions()
+        subscriptions: dict[str, list[Subscription]] = {}
+        for s in uow.catalog.subscriptions():
+            subscriptions.setdefault(s.account, []).append(s)
         rows = uow.usage.rows(_midnight(start), _midnight(end), uow.catalog.attributor())
         usage = metered_by_source(r for r in rows if r.account in terms)
         if not usage:
             raise RunError(f"there is no usage in {period}: a shadow run has nothing to compare")
 
         def active(account: str) -> list[tuple[date, date | None, PlanVersion]]:
-            return active_subscriptions((s for s in subscriptions if s.account == account), plans, start, end)
+            return active_subscriptions(subscriptions.get(account, []), plans, start, end)
 
         chosen = sorted(set(accounts)) if accounts else sorted({a for a in terms if active(a)} | set(usage))
         live = {
