@@ -13,7 +13,8 @@ reading messages::
     │   ├── AccountError (+ValueError)  an accounts document is invalid
     │   └── PlanError (+ValueError)     a plan entry is invalid
     ├── RunError                    a billing run, preview or statement cannot be done as asked
-    │   └── AccountNotFound (+NotFound)
+    │   ├── AccountNotFound (+NotFound)
+    │   └── PlanNotFound (+NotFound)    a shadow run's candidate plan or version
     ├── InvoiceError                an invoice operation is not possible (status, reference …)
     │   └── InvoiceNotFound (+NotFound)
     ├── ApiKeyError                 an API key cannot be created or revoked as asked
@@ -53,6 +54,7 @@ __all__ = [
     "KeyReused",
     "NotFound",
     "PlanError",
+    "PlanNotFound",
     "PublishError",
     "RunError",
 ]
@@ -110,6 +112,10 @@ class RunError(BillingError):
 
 class AccountNotFound(RunError, NotFound):
     """There is no account with that code."""
+
+
+class PlanNotFound(RunError, NotFound):
+    """There is no plan (or plan version) with that code."""
 
 
 class InvoiceError(BillingError):

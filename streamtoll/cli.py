@@ -562,6 +562,8 @@ def cmd_bill(args: argparse.Namespace) -> int:
     from billing.services.billing_run import run_billing
 
     billing = _billing_settings()
+    if args.shadow or args.plan or args.plan_file or args.accounts:
+        return _bill_shadow(args, billing)
     with _engine() as engine:
         try:
             results = run_billing(
@@ -575,6 +577,49 @@ def cmd_bill(args: argparse.Namespace) -> int:
         except RunError as exc:
             raise UserError(str(exc)) from None
     print_rows([r.as_dict() for r in results], args.output, _BILL_COLUMNS)
+    return 0
+
+
+_SHADOW_COLUMNS = [
+    "account",
+    "currency",
+    "real_from",
+    "invoice",
+    "real_plan",
+    "real_total",
+    "shadow_plan",
+    "shadow_total",
+    "difference",
+    "note",
+]
+
+
+def _bill_shadow(args: argparse.Namespace, billing: BillingSettings) -> int:
+    """``bill --shadow``: the period under a candidate plan beside the real totals; writes nothing."""
+    from billing.services.shadow import shadow_run
+
+    if not args.shadow:
+        raise UserError("--plan, --plan-file and --accounts are for a shadow run: add --shadow")
+    if args.finalize:
+        raise UserError("a shadow run writes nothing: --finalize cannot go with --shadow")
+    if not args.plan:
+        raise UserError("a shadow run needs the candidate: --plan CODE (or CODE@VERSION)")
+    accounts = [a.strip() for a in (args.accounts or "").split(",") if a.strip()] or None
+    with _engine() as engine:
+        try:
+            results = shadow_run(
+                engine, args.period, args.plan, accounts, args.plan_file, source_order=billing.source_order
+            )
+        except CatalogError as exc:
+            raise UserError(f"{args.plan_file} cannot be read:\n  " + "\n  ".join(exc.problems)) from None
+        except RunError as exc:
+            raise (NotFoundError if isinstance(exc, NotFound) else UserError)(str(exc)) from None
+    print_rows([r.as_dict() for r in results], args.output, _SHADOW_COLUMNS)
+    skipped = [r.account for r in results if r.shadow is None]
+    if skipped:
+        sys.stdout.flush()
+        print(f"streamtoll: not compared: {', '.join(skipped)} (see NOTE)", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
@@ -1328,6 +1373,20 @@ def build_parser() -> argparse.ArgumentParser:
     bl = command(sub, "bill", cmd_bill)
     bl.add_argument("--period", type=_period, required=True, help="YYYY-MM")
     bl.add_argument("--finalize", action="store_true", help="also finalize: number, freeze and render the invoices")
+    bl.add_argument(
+        "--shadow",
+        action="store_true",
+        help="rate the period under a candidate plan beside the real invoices; writes nothing",
+    )
+    bl.add_argument(
+        "--plan",
+        metavar="CODE[@VERSION]",
+        help="--shadow: the candidate, a plan of the catalog (newest version, or @VERSION) or of --plan-file",
+    )
+    bl.add_argument(
+        "--plan-file", type=Path, metavar="FILE", help="--shadow: take --plan from this plans YAML file (not loaded)"
+    )
+    bl.add_argument("--accounts", metavar="A,B", help="--shadow: only these accounts (default: every account billed)")
     _output(bl)
 
     inv = group("invoices")

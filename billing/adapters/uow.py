@@ -25,7 +25,7 @@ from billing.adapters.repositories.statements import StatementRepository
 from billing.adapters.repositories.usage import UsageRepository
 from billing.services.ports import UnitsOfWork
 
-__all__ = ["Database", "UnitOfWork", "units_of_work"]
+__all__ = ["Database", "UnitOfWork", "read_only", "units_of_work"]
 
 Database = Engine | UnitsOfWork
 """What a service works on: an engine, or any factory of units of work (a fake's in unit tests)."""
@@ -70,5 +70,14 @@ def units_of_work(source: Database) -> UnitsOfWork:
     """A factory of units of work: over ``source`` when it is an engine, else ``source`` itself."""
     if isinstance(source, Engine):
         engine = source
+        return lambda: UnitOfWork(engine)
+    return source
+
+
+def read_only(source: Database) -> UnitsOfWork:
+    """Like :func:`units_of_work`, but on an engine every transaction is ``READ ONLY``: PostgreSQL
+    refuses any write (and any row lock) in it. For a service that must write nothing (the shadow run)."""
+    if isinstance(source, Engine):
+        engine = source.execution_options(postgresql_readonly=True)
         return lambda: UnitOfWork(engine)
     return source
