@@ -128,6 +128,8 @@ class Invoice(_Model):
     issued_on: str | None = None
     due_on: str | None = None
     payment_terms_days: int | None = None
+    credited: str | None = Field(None, description="the credit notes issued against it (once finalized)")
+    balance_due: str | None = Field(None, description="its total minus the credit notes (once finalized)")
     issuer: dict[str, Any] | None = None
 
 
