@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Final
 
 from billing.domain.invoicing import PricedLine
-from billing.domain.money import exact_arithmetic, round_money
+from billing.domain.money import exact_arithmetic, proportion, round_money
 from billing.domain.rating import Line
 from billing.errors import CreditNoteError
 
@@ -101,11 +101,11 @@ def credit_for_amount(
         raise CreditNoteError("nothing is left to credit on this invoice")
     gross = remaining if amount is None else _in_minor_units(amount, currency, "the amount")
     _capped(gross, remaining, currency)
+    if gross == remaining:
+        tax = invoice_tax - credited_tax
+    else:
+        tax = round_money(proportion(gross, invoice_tax, invoice_total), currency)
     with exact_arithmetic():
-        if gross == remaining:
-            tax = invoice_tax - credited_tax
-        else:
-            tax = round_money(gross * invoice_tax / invoice_total, currency) if invoice_total else _ZERO
         return CreditAmounts(round_money(gross - tax, currency), round_money(tax, currency), gross)
 
 
