@@ -13,10 +13,10 @@ from types import TracebackType
 from typing import Any
 
 from billing.domain.accounts import Attributor
+from billing.domain.credit_notes import OpenCredit
 from billing.domain.invoicing import AccountTerms, PricedLine, Subscription
 from billing.domain.plans import PlanVersion
 from billing.domain.usage import UsageRow
-from billing.domain.credit_notes import OpenCredit
 from billing.errors import CreditNoteNotFound, InvoiceNotFound
 from billing.services.ports import (
     CreditNoteRecord,
