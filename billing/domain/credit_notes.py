@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Final
 
 from billing.domain.invoicing import PricedLine
-from billing.domain.money import exact_arithmetic, proportion, round_money
+from billing.domain.money import exact_arithmetic, format_money, proportion, round_money
 from billing.domain.rating import Line
 from billing.errors import CreditNoteError
 
@@ -80,7 +80,8 @@ def _in_minor_units(amount: Decimal, currency: str, what: str) -> Decimal:
 def _capped(total: Decimal, remaining: Decimal, currency: str) -> None:
     if total > remaining:
         raise CreditNoteError(
-            f"a credit note of {total} {currency} is more than the {remaining} {currency} "
+            f"a credit note of {format_money(total, currency)} {currency} is more than the "
+            f"{format_money(remaining, currency)} {currency} "
             "left to credit on this invoice (its total minus the credit notes already issued)"
         )
 
@@ -99,10 +100,10 @@ def credit_for_amount(
     remaining = remaining_credit(invoice_total, credited_total)
     if remaining <= 0:
         raise CreditNoteError("nothing is left to credit on this invoice")
-    gross = remaining if amount is None else _in_minor_units(amount, currency, "the amount")
+    gross = round_money(remaining, currency) if amount is None else _in_minor_units(amount, currency, "the amount")
     _capped(gross, remaining, currency)
     if gross == remaining:
-        tax = invoice_tax - credited_tax
+        tax = round_money(invoice_tax - credited_tax, currency)
     else:
         tax = round_money(proportion(gross, invoice_tax, invoice_total), currency)
     with exact_arithmetic():
@@ -127,7 +128,8 @@ def credit_for_lines(
         _in_minor_units(amount, currency, f"the amount of line {position}")
         if amount > line_amounts[position]:
             raise CreditNoteError(
-                f"line {position} is {line_amounts[position]} {currency}: it cannot be credited {amount}"
+                f"line {position} is {format_money(line_amounts[position], currency)} {currency}: "
+                f"it cannot be credited {format_money(amount, currency)}"
             )
     with exact_arithmetic():
         net = round_money(sum(chosen.values(), _ZERO), currency)
