@@ -113,3 +113,46 @@ def test_concurrent_credit_notes_are_numbered_without_gaps_and_capped(
         ("CN-2026-0003", "200.00"),
     ]
     assert invoice_view(engine, "INV-2026-000002")["balance_due"] == "0.00"
+
+
+def test_credit_notes_over_http_finance_issues_once_partners_read_their_own(engine: sa.Engine) -> None:
+    import httpx
+
+    from billing.api.app import create_app
+    from billing.services.keys import create_key
+    from streamtoll.serving import running
+
+    run_billing(engine, "2026-11", finalize_drafts=True, clock=lambda: DEC1, render=False)
+    finance, acme, globex = (
+        create_key(engine, "finance", None),
+        create_key(engine, "partner", "acme"),
+        create_key(engine, "partner", "globex"),
+    )
+    with running(create_app(engine, auth_limit=1000)) as base:
+
+        def post(key: str, **params: str) -> httpx.Response:
+            headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "cn-1"}
+            return httpx.post(base + "/v1/invoices/INV-2026-000001/credit-notes", headers=headers, params=params)
+
+        def get(key: str, path: str) -> httpx.Response:
+            return httpx.get(base + path, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+        assert post(acme, amount="10.00", reason="goodwill").status_code == 403
+        first = post(finance, amount="59.50", reason="goodwill")
+        assert first.status_code == 200, first.text
+        # 59.50 of 199.92 (tax 31.92): tax 59.50 × 0.19 / 1.19 = 9.50, net 50.00
+        assert (first.json()["number"], first.json()["net"], first.json()["tax"]) == ("CN-2026-0001", "50.00", "9.50")
+        again = post(finance, amount="59.50", reason="goodwill")  # a retry: the first answer, nothing issued
+        assert again.headers["Idempotent-Replayed"] == "true" and again.content == first.content
+        over = httpx.post(
+            base + "/v1/invoices/INV-2026-000001/credit-notes",
+            headers={"Authorization": f"Bearer {finance}"},
+            params={"amount": "140.43", "reason": "error"},
+        )
+        assert over.status_code == 409 and "140.42 EUR left" in over.json()["detail"]
+        invoice = get(acme, "/v1/invoices/INV-2026-000001").json()
+        assert (invoice["credited"], invoice["balance_due"]) == ("59.50", "140.42")
+        assert [n["number"] for n in get(acme, "/v1/credit-notes").json()] == ["CN-2026-0001"]
+        assert get(globex, "/v1/credit-notes").json() == []
+        assert get(globex, "/v1/credit-notes/CN-2026-0001").status_code == 404
+        assert get(acme, "/v1/credit-notes/CN-2026-0001/pdf").content.startswith(b"%PDF")
