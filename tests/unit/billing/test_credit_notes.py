@@ -177,3 +177,14 @@ def test_what_a_credit_note_needs(uows: FakeUnitOfWork) -> None:
     assert credit_note_view(uows, note["number"])["reason_text"] == "late delivery"
     with pytest.raises(CreditNoteNotFound):
         credit_note_view(uows, "CN-2026-9999")
+
+
+def test_chosen_lines_of_an_invoice_are_credited(uows: FakeUnitOfWork) -> None:
+    # line 0 is the base fee, 100.00: 10.00 net credited, tax round(10.00 × 0.19) = 1.90, total 11.90
+    note = credit(uows, lines={0: D("10.00")}, reason="order_change")
+    assert (note["net"], note["tax"], note["total"], note["lines"]) == ("10.00", "1.90", "11.90", {"0": "10.00"})
+    assert uows.credit_notes.find(note["number"]).snapshot["lines"] == [
+        {"description": "base fee (30/30 days)", "amount": "10.00"}
+    ]
+    with pytest.raises(CreditNoteError, match=r"line 0 is 100\.00 EUR"):
+        credit(uows, lines={0: D("100.01")})
