@@ -17,6 +17,8 @@ reading messages::
     │   └── PlanNotFound (+NotFound)    a shadow run's candidate plan or version
     ├── InvoiceError                an invoice operation is not possible (status, reference …)
     │   └── InvoiceNotFound (+NotFound)
+    ├── CreditNoteError             a credit note cannot be issued as asked (over the cap, not finalized …)
+    │   └── CreditNoteNotFound (+NotFound)
     ├── ApiKeyError                 an API key cannot be created or revoked as asked
     │   └── ApiKeyNotFound (+NotFound)
     ├── CredentialError             a Kafka credential cannot be created, rotated or revoked
@@ -45,6 +47,8 @@ __all__ = [
     "CatalogError",
     "CredentialError",
     "CredentialNotFound",
+    "CreditNoteError",
+    "CreditNoteNotFound",
     "EntitlementError",
     "EntitlementNotFound",
     "IdempotencyError",
@@ -124,6 +128,14 @@ class InvoiceError(BillingError):
 
 class InvoiceNotFound(InvoiceError, NotFound):
     """No invoice has that reference (or it has no document yet: a draft's PDF)."""
+
+
+class CreditNoteError(BillingError):
+    """A credit note cannot be issued as asked (more than is left, an invoice not finalized …)."""
+
+
+class CreditNoteNotFound(CreditNoteError, NotFound):
+    """No credit note has that number."""
 
 
 class ApiKeyError(BillingError):

@@ -39,6 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import FrameType
@@ -52,6 +53,7 @@ from billing.errors import (
     BillingSettingsError,
     CatalogError,
     CredentialError,
+    CreditNoteError,
     EntitlementError,
     InvoiceError,
     NotFound,
@@ -683,6 +685,65 @@ def _report(fmt: str, sentence: str, doc: dict[str, Any]) -> None:
         print_document(doc, fmt)
 
 
+_CREDIT_NOTE_COLUMNS = ["number", "invoice", "account", "issued_on", "reason", "settlement", "currency", "total"]
+
+
+def cmd_credit_notes(args: argparse.Namespace) -> int:
+    from billing.services.credit_notes import create_credit_note, credit_note_pdf, credit_note_view, list_credit_notes
+
+    with _engine() as engine:
+        try:
+            if args.action == "create":
+                note = create_credit_note(
+                    engine,
+                    args.ref,
+                    amount=args.amount,
+                    full=args.full,
+                    lines=dict(args.line) if args.line else None,
+                    reason=args.reason,
+                    reason_text=args.text,
+                    settlement=args.settle,
+                )
+                sentence = (
+                    f"issued credit note {note['number']} against {note['invoice']}: "
+                    f"{note['currency']} {note['total']} ({note['settlement']})"
+                )
+                _report(args.output, sentence, note)
+            elif args.action == "list":
+                print_rows(list_credit_notes(engine, args.account, args.invoice), args.output, _CREDIT_NOTE_COLUMNS)
+            elif args.action == "show":
+                print_document(credit_note_view(engine, args.number), args.output)
+            elif args.action == "pdf":
+                out = Path(args.out or f"{args.number}.pdf")
+                pdf = credit_note_pdf(engine, args.number)
+                try:
+                    out.write_bytes(pdf)
+                except OSError as exc:
+                    raise UserError(f"cannot write {out} ({exc.strerror})") from None
+                _report(args.output, f"wrote {out}", {"number": args.number, "path": str(out)})
+        except (CreditNoteError, InvoiceError) as exc:
+            raise (NotFoundError if isinstance(exc, NotFound) else UserError)(str(exc)) from None
+    return 0
+
+
+def _money_amount(text_: str) -> Decimal:
+    try:
+        amount = Decimal(text_)
+    except ArithmeticError:
+        raise argparse.ArgumentTypeError(f"{text_!r} is not an amount like 50.00") from None
+    if not amount.is_finite() or amount <= 0:
+        raise argparse.ArgumentTypeError(f"{text_!r} is not a positive amount")
+    return amount
+
+
+def _credited_line(text_: str) -> tuple[int, Decimal]:
+    """``POSITION=AMOUNT`` (``0=25.00``): a line of the invoice and the net amount credited on it."""
+    position, _, amount = text_.partition("=")
+    if not position.isdigit() or not amount:
+        raise argparse.ArgumentTypeError(f"{text_!r} is not a line like 0=25.00 (position=net amount)")
+    return int(position), _money_amount(amount)
+
+
 def _show_invoice(doc: dict[str, Any], fmt: str) -> None:
     if fmt == "json":
         print_document(doc, fmt)
@@ -702,6 +763,8 @@ def _show_invoice(doc: dict[str, Any], fmt: str) -> None:
         "subtotal": doc.get("subtotal"),
         "tax": doc.get("tax"),
         "total": doc.get("total"),
+        "credited": doc.get("credited"),
+        "balance_due": doc.get("balance_due"),
     }
     print_document({k: v for k, v in head.items() if v is not None}, "table")
     print()
@@ -1197,6 +1260,7 @@ OPERATOR_COMMANDS = (
     ("usage", "usage as the database holds it (finance view)"),
     ("bill", "billing run for a period: drafts (and --finalize)"),
     ("invoices", "invoice lifecycle: list, show, pdf, finalize, void, send"),
+    ("credit-notes", "credit notes against finalized invoices: create, list, show, pdf"),
     ("statements", "a partner's usage statement for a period"),
     ("top", "live consumption tables in the terminal (reads the API's /v1/live)"),
     ("settings", "every STREAMTOLL_* setting, its value here and its default"),
@@ -1411,6 +1475,33 @@ def build_parser() -> argparse.ArgumentParser:
     iv.add_argument("--reason", required=True, help="why (kept with the invoice)")
     for ip in (il, ish, ifn, ipdf, isend, iv):
         _output(ip)
+
+    cn = group("credit-notes")
+    cnc = command(cn, "create", cmd_credit_notes, "credit a finalized invoice in full or in part (it never changes)")
+    cnc.add_argument("ref", type=_invoice_ref, help="the finalized invoice's number (INV-2026-000042)")
+    how = cnc.add_mutually_exclusive_group(required=True)
+    how.add_argument("--amount", type=_money_amount, help="the amount credited, tax included (50.00)")
+    how.add_argument("--full", action="store_true", help="everything not yet credited on the invoice")
+    how.add_argument(
+        "--line", type=_credited_line, action="append", help="POSITION=NET: a line and the net credited on it (repeat)"
+    )
+    cnc.add_argument(
+        "--reason", required=True, choices=("duplicate", "error", "goodwill", "order_change", "other"), help="why"
+    )
+    cnc.add_argument("--text", default=None, help="why, in words (required with --reason other)")
+    cnc.add_argument(
+        "--settle", choices=("credit", "refunded"), default="credit", help="credit: to the next invoices (default)"
+    )
+    cnl = command(cn, "list", cmd_credit_notes, "credit notes in issue order")
+    cnl.add_argument("--account", default=None, help="one account's credit notes")
+    cnl.add_argument("--invoice", type=_invoice_ref, default=None, help="the credit notes of one invoice")
+    cns = command(cn, "show", cmd_credit_notes, "one credit note")
+    cns.add_argument("number", help="its number (CN-2026-0001)")
+    cnp = command(cn, "pdf", cmd_credit_notes, "write a credit note's PDF")
+    cnp.add_argument("number", help="its number (CN-2026-0001)")
+    cnp.add_argument("--out", default=None, help="file to write (default NUMBER.pdf)")
+    for cp_ in (cnc, cnl, cns, cnp):
+        _output(cp_)
 
     stm = command(sub, "statements", cmd_statements)
     stm.add_argument("--account", required=True, help="account code")

@@ -32,6 +32,8 @@ __all__ = [
     "ApiKeyRow",
     "Base",
     "ClientRuleRow",
+    "CreditNoteNumberRow",
+    "CreditNoteRow",
     "EnforcementEpisodeRow",
     "IdempotencyKeyRow",
     "InvoiceDeliveryRow",
@@ -213,6 +215,40 @@ class InvoiceNumberRow(Base):
     __tablename__ = "invoice_numbers"
 
     prefix: Mapped[str] = mapped_column(Text, primary_key=True)
+    year: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last: Mapped[int] = mapped_column(Integer, nullable=False)
+
+
+class CreditNoteRow(Base):
+    """A credit note against a finalized invoice; never changed once issued (a trigger refuses it)."""
+
+    __tablename__ = "credit_notes"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    number: Mapped[str] = mapped_column(Text, unique=True, nullable=False)
+    invoice_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("invoices.id"), nullable=False)
+    account_code: Mapped[str] = mapped_column(Text, ForeignKey("accounts.code"), nullable=False)
+    currency: Mapped[str] = mapped_column(CHAR(3), nullable=False)
+    tax_rate: Mapped[Decimal] = mapped_column(Numeric(9, 6), nullable=False)
+    net: Mapped[Decimal] = mapped_column(Numeric(20, 6), nullable=False)
+    tax: Mapped[Decimal] = mapped_column(Numeric(20, 6), nullable=False)
+    total: Mapped[Decimal] = mapped_column(Numeric(20, 6), nullable=False)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    reason_text: Mapped[str | None] = mapped_column(Text)
+    settlement: Mapped[str] = mapped_column(Text, nullable=False)
+    lines: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default="{}")
+    snapshot: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    html: Mapped[str | None] = mapped_column(Text)
+    pdf: Mapped[bytes | None] = mapped_column(LargeBinary)
+    issued_on: Mapped[date] = mapped_column(Date, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class CreditNoteNumberRow(Base):
+    """The last credit note number allocated per year (allocation locks the row: no gaps)."""
+
+    __tablename__ = "credit_note_numbers"
+
     year: Mapped[int] = mapped_column(Integer, primary_key=True)
     last: Mapped[int] = mapped_column(Integer, nullable=False)
 

@@ -11,13 +11,21 @@ from typing import Any
 
 import jinja2
 
-from billing.domain.documents import invoice_view_model, statement_view_model
+from billing.domain.documents import credit_note_view_model, invoice_view_model, statement_view_model
 
-__all__ = ["INVOICE_TEMPLATE", "STATEMENT_TEMPLATE", "render_invoice", "render_statement_pdf"]
+__all__ = [
+    "CREDIT_NOTE_TEMPLATE",
+    "INVOICE_TEMPLATE",
+    "STATEMENT_TEMPLATE",
+    "render_credit_note",
+    "render_invoice",
+    "render_statement_pdf",
+]
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 INVOICE_TEMPLATE = "invoice/v1.html.j2"
 STATEMENT_TEMPLATE = "statement/v1.html.j2"
+CREDIT_NOTE_TEMPLATE = "credit_note/v1.html.j2"
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(TEMPLATES),
@@ -43,3 +51,13 @@ def render_statement_pdf(doc: dict[str, Any]) -> bytes:
     pdf = weasyprint.HTML(string=html, base_url=str(TEMPLATES)).write_pdf()
     assert pdf is not None
     return bytes(pdf)
+
+
+def render_credit_note(snapshot: dict[str, Any]) -> tuple[str, bytes]:
+    """(HTML, PDF) of one credit note snapshot."""
+    import weasyprint
+
+    html = _env.get_template(CREDIT_NOTE_TEMPLATE).render(**credit_note_view_model(snapshot))
+    pdf = weasyprint.HTML(string=html, base_url=str(TEMPLATES)).write_pdf()
+    assert pdf is not None
+    return html, bytes(pdf)

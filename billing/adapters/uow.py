@@ -2,9 +2,10 @@
 
 ``with UnitOfWork(engine) as uow:`` begins a transaction; every repository — ``uow.usage``,
 ``uow.catalog``, ``uow.invoices``, ``uow.statements``, ``uow.keys``, ``uow.credentials``,
-``uow.idempotency``, ``uow.outbox``, ``uow.episodes`` — works on its connection; it commits when the block
-ends normally and rolls back on an exception. Services take an engine or any factory of units of
-work (:func:`units_of_work`), so unit tests pass in-memory fakes.
+``uow.idempotency``, ``uow.outbox``, ``uow.episodes``, ``uow.credit_notes`` — works on its
+connection; it commits when the block ends normally and rolls back on an exception. Services
+take an engine or any factory of units of work (:func:`units_of_work`), so unit tests pass
+in-memory fakes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sqlalchemy import Connection, Engine
 
 from billing.adapters.repositories.catalog import CatalogRepository
 from billing.adapters.repositories.credentials import CredentialRepository
+from billing.adapters.repositories.credit_notes import CreditNoteRepository
 from billing.adapters.repositories.episodes import EpisodeRepository
 from billing.adapters.repositories.idempotency import IdempotencyRepository
 from billing.adapters.repositories.invoices import InvoiceRepository
@@ -41,6 +43,7 @@ class UnitOfWork:
     idempotency: IdempotencyRepository
     outbox: OutboxRepository
     episodes: EpisodeRepository
+    credit_notes: CreditNoteRepository
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -58,6 +61,7 @@ class UnitOfWork:
         self.idempotency = IdempotencyRepository(conn)
         self.outbox = OutboxRepository(conn)
         self.episodes = EpisodeRepository(conn)
+        self.credit_notes = CreditNoteRepository(conn)
         return self
 
     def __exit__(

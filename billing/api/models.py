@@ -128,6 +128,8 @@ class Invoice(_Model):
     issued_on: str | None = None
     due_on: str | None = None
     payment_terms_days: int | None = None
+    credited: str | None = Field(None, description="the credit notes issued against it (once finalized)")
+    balance_due: str | None = Field(None, description="its total minus the credit notes (once finalized)")
     issuer: dict[str, Any] | None = None
 
 
@@ -151,6 +153,23 @@ class Finalized(_Model):
     number: str
     account: str
     total: str
+
+
+class CreditNote(_Model):
+    """A credit note against a finalized invoice (amounts as text in the invoice's currency)."""
+
+    number: str = Field(description="CN-YEAR-NNNN, without gaps in its own sequence")
+    invoice: str = Field(description="the number of the invoice it credits")
+    account: str
+    currency: str
+    net: str
+    tax: str
+    total: str = Field(description="net + tax: what is credited")
+    reason: str = Field(description="duplicate, error, goodwill, order_change or other")
+    reason_text: str | None
+    settlement: str = Field(description="credit (carried to the next invoices) or refunded")
+    lines: dict[str, str] = Field(description="the chosen lines (position → net amount), empty otherwise")
+    issued_on: str
 
 
 class Voided(_Model):

@@ -18,7 +18,14 @@ from typing import Any
 
 from billing.domain.money import format_money, format_quantity
 
-__all__ = ["invoice_snapshot_view", "invoice_view_model", "money_text", "quantity_text", "statement_view_model"]
+__all__ = [
+    "credit_note_view_model",
+    "invoice_snapshot_view",
+    "invoice_view_model",
+    "money_text",
+    "quantity_text",
+    "statement_view_model",
+]
 
 _UNIT_LABELS = {
     "GB": "GB",
@@ -142,6 +149,46 @@ def invoice_view_model(snapshot: dict[str, Any], issuer: dict[str, Any], status:
         "tax": money_text(snapshot["tax"], currency),
         "total": money_text(snapshot["total"], currency),
         "payment_terms": f"Payable within {snapshot['payment_terms_days']} days, by {snapshot['due_on']}.",
+    }
+
+
+_REASON_LABELS = {
+    "duplicate": "Duplicate invoice",
+    "error": "Error on the invoice",
+    "goodwill": "Goodwill",
+    "order_change": "Order change",
+    "other": "Other",
+}
+_SETTLEMENT_TEXT = {
+    "credit": "This amount is credited to your next invoice.",
+    "refunded": "This amount is refunded to you.",
+}
+
+
+def credit_note_view_model(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """A credit note's frozen snapshot (``billing.services.credit_notes``) formatted for its template."""
+    currency = snapshot["currency"]
+    reason = _REASON_LABELS[snapshot["reason"]]
+    if snapshot.get("reason_text"):
+        reason += f": {snapshot['reason_text']}"
+    percent = Decimal(snapshot["tax_rate"]).scaleb(2)
+    return {
+        "issuer": snapshot["issuer"],
+        "number": snapshot["number"],
+        "account": snapshot["account"],
+        "issued_on": snapshot["issued_on"],
+        "invoice": snapshot["invoice"],
+        "currency": currency,
+        "reason": reason,
+        "lines": [
+            {"description": line["description"], "amount": money_text(line["amount"], currency)}
+            for line in snapshot["lines"]
+        ],
+        "net": money_text(snapshot["net"], currency),
+        "tax_rate": f"{format_quantity(percent)} %",
+        "tax": money_text(snapshot["tax"], currency),
+        "total": money_text(snapshot["total"], currency),
+        "settlement": _SETTLEMENT_TEXT[snapshot["settlement"]],
     }
 
 

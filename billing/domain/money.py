@@ -14,6 +14,8 @@ Owns:
 * :func:`prorate` — the only inexact step before rounding: ``amount × part / whole`` for day
   fractions such as 10/31, which have no finite decimal expansion. It is carried to 50
   significant digits, far below any minor unit, and the result is rounded later like any line;
+* :func:`proportion` — the same for a share of money (``amount × part / whole``: a credit
+  note's tax in proportion to its invoice's);
 * :func:`format_money` and :func:`format_quantity` — the text of every amount and quantity that
   leaves the system (API, CLI, CSV, snapshots, documents): plain digits, never exponent
   notation (``Decimal("2.1E+2")`` is ``"210.00"``, not ``"2.1E+2"``), never rounded.
@@ -43,6 +45,7 @@ __all__ = [
     "format_money",
     "format_quantity",
     "minor_unit",
+    "proportion",
     "prorate",
     "round_money",
     "to_decimal",
@@ -129,6 +132,16 @@ def prorate(amount: Decimal, part: int, whole: int) -> Decimal:
         raise ValueError(f"proration needs 0 <= part <= whole and whole > 0, got {part}/{whole}")
     if part == whole:
         return amount
+    with localcontext(_PRORATION):
+        return amount * part / whole
+
+
+def proportion(amount: Decimal, part: Decimal, whole: Decimal) -> Decimal:
+    """``amount × part / whole`` for money shares such as a credit note's tax (``amount × invoice
+    tax / invoice total``), not yet rounded: carried to 50 significant digits like
+    :func:`prorate`, then rounded by the caller with :func:`round_money`."""
+    if whole == 0:
+        raise ValueError("a proportion of a whole of zero")
     with localcontext(_PRORATION):
         return amount * part / whole
 

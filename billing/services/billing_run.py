@@ -15,6 +15,8 @@
   finalized invoice is never touched. Usage that arrived for an already finalized period is
   billed on this run's invoice as an adjustment line naming the original period: the period is
   re-rated now and the line is the difference from what was finalized for it so far.
+* Credit notes settled as credit are applied as negative lines "Credit note CN-… applied"
+  (``_credits``; the rules in ``billing.domain.credit_notes``), never below zero.
 * All amounts are Decimal; lines are rounded by ``billing.domain.money``; subtotal = sum of
   rounded lines, tax rounded once.
 
@@ -36,6 +38,7 @@ from typing import Any
 
 from billing.adapters.uow import Database, units_of_work
 from billing.domain.accounts import UNASSIGNED, Attributor
+from billing.domain.credit_notes import apply_credits, credit_line
 from billing.domain.invoicing import (
     AccountTerms,
     PricedLine,
@@ -53,7 +56,15 @@ from billing.domain.sources import DEFAULT_SOURCES
 from billing.domain.usage import MeterUsage, UsageRow, metered_by_source
 from billing.errors import AccountNotFound, InvoiceError, RunError
 from billing.services.invoices import finalize, invoice_ref, render_pending
-from billing.services.ports import CatalogRepository, DraftValues, InvoiceRepository, UnitsOfWork, UsageRepository
+from billing.services.ports import (
+    CatalogRepository,
+    CreditNoteRepository,
+    DraftValues,
+    InvoiceRecord,
+    InvoiceRepository,
+    UnitsOfWork,
+    UsageRepository,
+)
 
 __all__ = ["PERIOD_PATTERN", "AccountBill", "Preview", "parse_period", "preview", "preview_accounts", "run_billing"]
 
@@ -218,6 +229,23 @@ def _adjustments(run: _Run, usage: UsageRepository, invoices: InvoiceRepository,
     return out
 
 
+def _credits(
+    credit_notes: CreditNoteRepository,
+    account: str,
+    start: date,
+    current: InvoiceRecord | None,
+    lines: list[PricedLine],
+    currency: str,
+) -> list[PricedLine]:
+    """Credit notes settled as credit, applied to this invoice as negative lines (oldest first,
+    never below zero; the rest stays for the next invoice): ``domain.credit_notes.apply_credits``."""
+    open_credits = credit_notes.open_credits(account, start, None if current is None else current.id)
+    if not open_credits:
+        return []
+    before = invoice_totals((p.line.rounded_amount for p in lines), Decimal(0), currency).subtotal
+    return [credit_line(number, amount) for number, amount in apply_credits(before, open_credits)]
+
+
 def _bill_account(run: _Run, account: str) -> AccountBill:
     start, end = run.start, run.end
     acct = run.catalog.accounts[account]
@@ -237,6 +265,7 @@ def _bill_account(run: _Run, account: str) -> AccountBill:
             )
         rated = run.catalog.rate(run.usage, account, start, end, run.order)
         lines = rated.lines + _adjustments(run, uow.usage, uow.invoices, account)
+        lines += _credits(uow.credit_notes, account, start, current, lines, acct.currency)
         totals = invoice_totals((p.line.rounded_amount for p in lines), acct.tax_rate, acct.currency)
         plan = rated.plan
         values = DraftValues(

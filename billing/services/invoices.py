@@ -41,6 +41,7 @@ from billing.adapters.uow import Database, units_of_work
 from billing.domain.documents import invoice_snapshot_view
 from billing.domain.money import format_money
 from billing.errors import InvoiceError, InvoiceNotFound
+from billing.services.credit_notes import invoice_credit
 from billing.services.ports import InvoiceRecord
 from billing.settings import BillingSettings
 
@@ -186,7 +187,8 @@ def list_position(row: dict[str, Any]) -> tuple[date, str, int]:
 
 
 def invoice_view(engine: Database, ref: str | int) -> dict[str, Any]:
-    """One invoice by ref (its number, or ``draft-<id>``): the frozen snapshot once finalized."""
+    """One invoice by ref (its number, or ``draft-<id>``): the frozen snapshot once finalized,
+    with ``credited`` and ``balance_due`` (its credit notes, :mod:`billing.services.credit_notes`)."""
     with units_of_work(engine)() as uow:
         inv = uow.invoices.find(ref)
         base = {
@@ -196,6 +198,7 @@ def invoice_view(engine: Database, ref: str | int) -> dict[str, Any]:
             "void_reason": inv.void_reason,
         }
         if inv.snapshot is not None:
+            base |= invoice_credit(uow, inv)  # credit notes: shown beside the frozen invoice, never in it
             # formatted as it is read: a snapshot frozen by an earlier version may say "2.1E+2"
             return {**invoice_snapshot_view(inv.snapshot), **base}
         draft = {

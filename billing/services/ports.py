@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from billing.domain.accounts import Attributor
+from billing.domain.credit_notes import OpenCredit
 from billing.domain.invoicing import AccountTerms, PricedLine, Subscription
 from billing.domain.plans import PlanVersion
 from billing.domain.usage import UsageRow
@@ -41,6 +42,8 @@ __all__ = [
     "ClientRuleState",
     "CredentialRecord",
     "Credentials",
+    "CreditNoteRecord",
+    "CreditNoteRepository",
     "DraftValues",
     "EpisodeReads",
     "FinalizedPeriod",
@@ -266,6 +269,59 @@ class StatementRepository(Protocol):
     def keep_pdf(self, account: str, period: str, revision: int, pdf: bytes) -> None: ...
 
 
+@dataclass(frozen=True)
+class CreditNoteRecord:
+    """A credit note as stored (``snapshot``: its frozen document; ``lines``: position → net amount
+    of the chosen lines, empty for an amount or a full credit)."""
+
+    id: int
+    number: str
+    invoice_id: int
+    invoice_number: str
+    account_code: str
+    currency: str
+    tax_rate: Decimal
+    net: Decimal
+    tax: Decimal
+    total: Decimal
+    reason: str
+    reason_text: str | None
+    settlement: str
+    lines: dict[str, str]
+    snapshot: dict[str, Any]
+    issued_on: date
+    html: str | None = None
+    pdf: bytes | None = None
+
+
+class CreditNoteRepository(Protocol):
+    def allocate_number(self, year: int) -> int:
+        """The next number of the year's sequence, counted in this transaction (no gaps)."""
+        ...
+
+    def credited(self, invoice_id: int) -> tuple[Decimal, Decimal]:
+        """(total, tax) of the credit notes issued against the invoice so far."""
+        ...
+
+    def insert(self, record: CreditNoteRecord) -> int:
+        """Store a new credit note (its ``id`` is ignored); returns its id."""
+        ...
+
+    def find(self, number: str) -> CreditNoteRecord:
+        """The credit note ``number`` names; :class:`~billing.errors.CreditNoteNotFound` when none."""
+        ...
+
+    def listing(self, account: str | None, invoice_id: int | None) -> list[CreditNoteRecord]:
+        """Credit notes in issue order (without their documents), filtered."""
+        ...
+
+    def open_credits(self, account: str, before: date, invoice_id: int | None) -> list[OpenCredit]:
+        """The account's credit notes settled as credit, against invoices of periods before
+        ``before``, with the net not yet applied on any invoice that is not void (other than
+        ``invoice_id``, the one being billed), oldest first; those fully applied are left out."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction over the repositories: committed when the ``with`` block ends normally."""
 
@@ -280,6 +336,9 @@ class UnitOfWork(Protocol):
 
     @property
     def statements(self) -> StatementRepository: ...
+
+    @property
+    def credit_notes(self) -> CreditNoteRepository: ...
 
     def __enter__(self) -> UnitOfWork: ...
 

@@ -90,6 +90,9 @@ def _required(path: tuple[str, ...]) -> list[str]:
         ("invoices", "send"): ["--period", "2026-11"],
         ("invoices", "void"): ["INV-2026-000001", "--reason", "x"],
         ("statements",): ["--account", "acme", "--period", "2026-11"],
+        ("credit-notes", "create"): ["INV-2026-000001", "--full", "--reason", "error"],
+        ("credit-notes", "show"): ["CN-2026-0001"],
+        ("credit-notes", "pdf"): ["CN-2026-0001"],
     }.get(path, [])
 
 

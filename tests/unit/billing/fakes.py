@@ -13,11 +13,18 @@ from types import TracebackType
 from typing import Any
 
 from billing.domain.accounts import Attributor
+from billing.domain.credit_notes import OpenCredit
 from billing.domain.invoicing import AccountTerms, PricedLine, Subscription
 from billing.domain.plans import PlanVersion
 from billing.domain.usage import UsageRow
-from billing.errors import InvoiceNotFound
-from billing.services.ports import DraftValues, FinalizedPeriod, InvoiceRecord, StatementMarks
+from billing.errors import CreditNoteNotFound, InvoiceNotFound
+from billing.services.ports import (
+    CreditNoteRecord,
+    DraftValues,
+    FinalizedPeriod,
+    InvoiceRecord,
+    StatementMarks,
+)
 
 GB = 10**9
 
@@ -154,7 +161,10 @@ class FakeInvoices:
                 s.record.period_start,
                 s.record.period_end,
                 str(s.record.number),
-                sum((p.line.rounded_amount for p in s.lines if p.line.kind != "adjustment"), Decimal(0)),
+                sum(
+                    (p.line.rounded_amount for p in s.lines if p.line.kind not in ("adjustment", "credit_note")),
+                    Decimal(0),
+                ),
             )
             for s in self.stored.values()
             if s.record.account_code == account
@@ -289,6 +299,55 @@ class FakeStatements:
         raise NotImplementedError
 
 
+class FakeCreditNotes:
+    def __init__(self, invoices: FakeInvoices) -> None:
+        self.invoices = invoices
+        self.stored: list[CreditNoteRecord] = []
+        self.numbers: dict[int, int] = {}
+
+    def allocate_number(self, year: int) -> int:
+        last = self.numbers[year] = self.numbers.get(year, 0) + 1
+        return last
+
+    def credited(self, invoice_id: int) -> tuple[Decimal, Decimal]:
+        mine = [c for c in self.stored if c.invoice_id == invoice_id]
+        return sum((c.total for c in mine), Decimal(0)), sum((c.tax for c in mine), Decimal(0))
+
+    def insert(self, record: CreditNoteRecord) -> int:
+        credit_id = len(self.stored) + 1
+        self.stored.append(dataclasses.replace(record, id=credit_id))
+        return credit_id
+
+    def find(self, number: str) -> CreditNoteRecord:
+        for c in self.stored:
+            if c.number == number:
+                return c
+        raise CreditNoteNotFound(f"there is no credit note {number}")
+
+    def listing(self, account: str | None, invoice_id: int | None) -> list[CreditNoteRecord]:
+        return [c for c in self.stored if account in (None, c.account_code) and invoice_id in (None, c.invoice_id)]
+
+    def open_credits(self, account: str, before: date, invoice_id: int | None) -> list[OpenCredit]:
+        out = []
+        for c in self.stored:
+            credited = self.invoices.stored[c.invoice_id].record
+            if c.account_code != account or c.settlement != "credit" or credited.period_start >= before:
+                continue
+            applied = sum(
+                (
+                    -p.line.rounded_amount
+                    for i, s in self.invoices.stored.items()
+                    if s.record.status != "void" and i != invoice_id
+                    for p in s.lines
+                    if p.line.kind == "credit_note" and (p.adjusts or {}).get("credit_note") == c.number
+                ),
+                Decimal(0),
+            )
+            if c.net - applied > 0:
+                out.append(OpenCredit(c.number, c.net - applied))
+        return out
+
+
 class FakeUnitOfWork:
     """``uows = FakeUnitOfWork(); run_billing(uows, …)``: the fake is its own factory, and every
     unit of work it makes shares its repositories."""
@@ -298,6 +357,7 @@ class FakeUnitOfWork:
         self.catalog = FakeCatalog()
         self.invoices = FakeInvoices()
         self.statements = FakeStatements()
+        self.credit_notes = FakeCreditNotes(self.invoices)
         self.opened = 0
 
     def __call__(self) -> FakeUnitOfWork:
