@@ -56,6 +56,7 @@ from billing.errors import (
     InvoiceError,
     NotFound,
     RunError,
+    WebhookError,
 )
 from billing.settings import BillingSettings
 from metering.errors import MeteringError, SettingsError
@@ -533,6 +534,58 @@ def cmd_credentials(args: argparse.Namespace) -> int:
                 count = _publish_credentials(engine, strict=True)
                 print(f"published {count} credential(s)")
         except CredentialError as exc:
+            raise (NotFoundError if isinstance(exc, NotFound) else UserError)(str(exc)) from None
+    return 0
+
+
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    from billing.services import webhooks as hooks
+
+    with _engine() as engine:
+        try:
+            if args.action == "add":
+                events = [e.strip() for e in args.events.split(",") if e.strip()] if args.events else None
+                added = hooks.add_endpoint(engine, args.account, args.url, events)
+                doc = {**hooks.endpoint_doc(added.endpoint), "secret": added.secret}
+                if args.output == "table":
+                    for k, v in doc.items():
+                        print(f"{k:<10} {v}")
+                else:
+                    print_document(doc, args.output)
+                print("store the secret now: it is shown once (it signs every delivery)", file=sys.stderr)
+            elif args.action == "list":
+                rows = [hooks.endpoint_doc(e) for e in hooks.list_endpoints(engine, args.account, args.all)]
+                print_rows(rows, args.output, ["id", "account", "url", "events", "active", "created_at"])
+            elif args.action == "remove":
+                hooks.remove_endpoint(engine, args.account, args.endpoint_id)
+                _report(args.output, f"removed webhook endpoint {args.endpoint_id}", {"id": args.endpoint_id})
+            elif args.action == "send":
+                while True:
+                    r = hooks.send_pending(engine, args.max_attempts, args.timeout)
+                    counts = {"delivered": r.delivered, "retrying": r.retrying, "failed": r.failed}
+                    sentence = f"delivered {r.delivered}, retrying {r.retrying}, failed {r.failed}"
+                    _report(args.output, sentence, counts)
+                    sys.stdout.flush()
+                    if args.every is None:
+                        return EXIT_FAILED if r.failed else 0
+                    time.sleep(args.every)
+            elif args.action == "replay":
+                hooks.replay(engine, args.delivery_id)
+                _report(args.output, f"queued delivery {args.delivery_id} again", {"id": args.delivery_id})
+            elif args.action == "deliveries":
+                rows = [hooks.delivery_doc(d) for d in hooks.list_deliveries(engine, args.account, args.status)]
+                print_rows(
+                    rows,
+                    args.output,
+                    ["id", "type", "account", "endpoint", "status", "attempts", "next_attempt_at", "last_status"],
+                )
+            else:
+                print_rows(
+                    hooks.attempts_of(engine, args.delivery_id),
+                    args.output,
+                    ["attempt", "attempted_at", "status_code", "error", "duration_ms"],
+                )
+        except WebhookError as exc:
             raise (NotFoundError if isinstance(exc, NotFound) else UserError)(str(exc)) from None
     return 0
 
@@ -1148,6 +1201,7 @@ OPERATOR_COMMANDS = (
     ("plans", "plans: load a YAML file, list"),
     ("keys", "API keys: create, list, revoke"),
     ("credentials", "Kafka credentials for the gateway: create, list, rotate, revoke, publish"),
+    ("webhooks", "signed webhooks: endpoints (add, list, remove), send, replay, deliveries, attempts"),
     ("entitlements", "what each account may do at the gateway (access, limits, caps): show, publish"),
     ("usage", "usage as the database holds it (finance view)"),
     ("bill", "billing run for a period: drafts (and --finalize)"),
@@ -1309,6 +1363,35 @@ def build_parser() -> argparse.ArgumentParser:
     cp = command(creds, "publish", cmd_credentials, "publish every credential's state to the gateways' topic again")
     for p_ in (cc, cl, cr, co, cp):
         _output(p_)
+
+    hk = group("webhooks")
+    ha = command(hk, "add", cmd_webhooks, "add an account's endpoint; its signing secret is printed once")
+    ha.add_argument("account", help="the account code")
+    ha.add_argument("url", help="http(s) URL the events are POSTed to")
+    ha.add_argument("--events", default=None, help="comma list of event types (default: every type)")
+    hl = command(hk, "list", cmd_webhooks, "the endpoints (never secrets)")
+    hl.add_argument("account", nargs="?", default=None, help="only this account's endpoints")
+    hl.add_argument("--all", action="store_true", help="include removed endpoints")
+    hr = command(hk, "remove", cmd_webhooks, "remove an endpoint; its queued deliveries are cancelled")
+    hr.add_argument("account", help="the account code")
+    hr.add_argument("endpoint_id", help="the endpoint's id (whe_…)")
+    hs = command(hk, "send", cmd_webhooks, "deliver the due events once (exit 1 if some failed for good)")
+    hs.add_argument("--max-attempts", type=_positive, default=8, help="attempts before a delivery fails (8)")
+    hs.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a receiver's answer (10)")
+    hs.add_argument("--every", type=float, default=None, help="keep sending, every this many seconds")
+    hp = command(hk, "replay", cmd_webhooks, "queue a delivery again by id (its attempts are kept in the log)")
+    hp.add_argument("delivery_id", type=_positive, help="the delivery's id")
+    hd = command(hk, "deliveries", cmd_webhooks, "the deliveries, newest first")
+    hd.add_argument("--account", default=None, help="only this account's")
+    hd.add_argument(
+        "--status",
+        choices=("pending", "sending", "delivered", "failed", "cancelled"),
+        help="only deliveries in this status",
+    )
+    ht = command(hk, "attempts", cmd_webhooks, "the log of one delivery: one row per attempt")
+    ht.add_argument("delivery_id", type=_positive, help="the delivery's id")
+    for hp_ in (ha, hl, hr, hs, hp, hd, ht):
+        _output(hp_)
 
     ents = group("entitlements")
     es = command(ents, "show", cmd_entitlements, "an account's access, limits, caps and month-to-date usage (JSON)")

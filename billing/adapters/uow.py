@@ -2,9 +2,10 @@
 
 ``with UnitOfWork(engine) as uow:`` begins a transaction; every repository — ``uow.usage``,
 ``uow.catalog``, ``uow.invoices``, ``uow.statements``, ``uow.keys``, ``uow.credentials``,
-``uow.idempotency``, ``uow.outbox``, ``uow.episodes`` — works on its connection; it commits when the block
-ends normally and rolls back on an exception. Services take an engine or any factory of units of
-work (:func:`units_of_work`), so unit tests pass in-memory fakes.
+``uow.idempotency``, ``uow.outbox``, ``uow.episodes``, ``uow.webhooks`` — works on its
+connection; it commits when the block ends normally and rolls back on an exception. Services
+take an engine or any factory of units of work (:func:`units_of_work`), so unit tests pass
+in-memory fakes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from billing.adapters.repositories.keys import ApiKeyRepository
 from billing.adapters.repositories.outbox import OutboxRepository
 from billing.adapters.repositories.statements import StatementRepository
 from billing.adapters.repositories.usage import UsageRepository
+from billing.adapters.repositories.webhooks import WebhookRepository
 from billing.services.ports import UnitsOfWork
 
 __all__ = ["Database", "UnitOfWork", "units_of_work"]
@@ -41,6 +43,7 @@ class UnitOfWork:
     idempotency: IdempotencyRepository
     outbox: OutboxRepository
     episodes: EpisodeRepository
+    webhooks: WebhookRepository
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -58,6 +61,7 @@ class UnitOfWork:
         self.idempotency = IdempotencyRepository(conn)
         self.outbox = OutboxRepository(conn)
         self.episodes = EpisodeRepository(conn)
+        self.webhooks = WebhookRepository(conn)
         return self
 
     def __exit__(

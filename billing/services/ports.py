@@ -27,6 +27,7 @@ from billing.domain.accounts import Attributor
 from billing.domain.invoicing import AccountTerms, PricedLine, Subscription
 from billing.domain.plans import PlanVersion
 from billing.domain.usage import UsageRow
+from billing.domain.webhooks import WebhookEvent
 from metering.entitlements import Episode
 
 __all__ = [
@@ -58,6 +59,12 @@ __all__ = [
     "UnitOfWork",
     "UnitsOfWork",
     "UsageRepository",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookDeliveryView",
+    "WebhookEndpoint",
+    "WebhookEvents",
+    "Webhooks",
 ]
 
 
@@ -266,6 +273,13 @@ class StatementRepository(Protocol):
     def keep_pdf(self, account: str, period: str, revision: int, pdf: bytes) -> None: ...
 
 
+class WebhookEvents(Protocol):
+    def emit(self, event: WebhookEvent) -> int:
+        """Store the event and queue one delivery of it per active endpoint of its account that
+        takes its type (due at once); how many were queued."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction over the repositories: committed when the ``with`` block ends normally."""
 
@@ -280,6 +294,9 @@ class UnitOfWork(Protocol):
 
     @property
     def statements(self) -> StatementRepository: ...
+
+    @property
+    def webhooks(self) -> WebhookEvents: ...
 
     def __enter__(self) -> UnitOfWork: ...
 
@@ -443,6 +460,100 @@ class Outbox(Protocol):
         ...
 
     def mark_sent(self, invoice_id: int, at: datetime) -> None: ...
+
+
+# --- webhooks ---
+
+
+@dataclass(frozen=True)
+class WebhookEndpoint:
+    id: str
+    account: str
+    url: str
+    event_types: tuple[str, ...]
+    active: bool
+    created_at: datetime | None = None  # None until written
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """A claimed delivery: what one attempt needs (``attempts``: this one included)."""
+
+    id: int
+    event_id: str
+    event_type: str
+    account: str
+    endpoint_id: str
+    url: str
+    secret: str
+    body: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class WebhookDeliveryView:
+    id: int
+    event_id: str
+    event_type: str
+    account: str
+    endpoint_id: str
+    url: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_status: int | None
+    last_error: str | None
+    delivered_at: datetime | None
+
+
+@dataclass(frozen=True)
+class WebhookAttempt:
+    delivery_id: int
+    attempt: int
+    attempted_at: datetime
+    status_code: int | None  # None: no answer (``error`` says why)
+    error: str | None
+    duration_ms: float
+
+
+class Webhooks(WebhookEvents, Protocol):
+    def account_exists(self, code: str) -> bool: ...
+    def add_endpoint(self, endpoint: WebhookEndpoint, secret: str) -> None: ...
+    def endpoints(self, account: str | None, include_removed: bool) -> list[WebhookEndpoint]:
+        """Oldest first (created_at, id)."""
+        ...
+
+    def remove_endpoint(self, account: str, endpoint_id: str, at: datetime) -> bool:
+        """Deactivate an active endpoint of ``account`` and cancel its queued deliveries; False
+        when there is none."""
+        ...
+
+    def claim_next(self, now: datetime, lease_until: datetime) -> WebhookDelivery | None:
+        """The next due delivery (pending, or sending whose lease ended) of an active endpoint
+        that no other sender holds: marked ``sending`` with one more attempt, not due again
+        before ``lease_until``; None when there is none."""
+        ...
+
+    def record_attempt(self, attempt: WebhookAttempt) -> None: ...
+    def mark_delivered(self, delivery_id: int, status_code: int, at: datetime) -> None: ...
+    def mark_failed_attempt(
+        self, delivery_id: int, status_code: int | None, error: str, next_attempt_at: datetime | None
+    ) -> None:
+        """Back to ``pending`` due at ``next_attempt_at``, or ``failed`` when None."""
+        ...
+
+    def replay(self, delivery_id: int, now: datetime) -> bool:
+        """Queue the delivery again (due ``now``, attempts from zero; its log kept); False when
+        there is no such delivery to an active endpoint."""
+        ...
+
+    def deliveries(self, account: str | None, status: str | None, limit: int) -> list[WebhookDeliveryView]:
+        """Newest first."""
+        ...
+
+    def attempts(self, delivery_id: int) -> list[WebhookAttempt]:
+        """The delivery's attempts, oldest first."""
+        ...
 
 
 # --- enforcement episodes ---

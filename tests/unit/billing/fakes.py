@@ -16,6 +16,7 @@ from billing.domain.accounts import Attributor
 from billing.domain.invoicing import AccountTerms, PricedLine, Subscription
 from billing.domain.plans import PlanVersion
 from billing.domain.usage import UsageRow
+from billing.domain.webhooks import WebhookEvent
 from billing.errors import InvoiceNotFound
 from billing.services.ports import DraftValues, FinalizedPeriod, InvoiceRecord, StatementMarks
 
@@ -289,6 +290,17 @@ class FakeStatements:
         raise NotImplementedError
 
 
+class FakeWebhookEvents:
+    """The events emitted, in order (no endpoints: nothing is queued)."""
+
+    def __init__(self) -> None:
+        self.emitted: list[WebhookEvent] = []
+
+    def emit(self, event: WebhookEvent) -> int:
+        self.emitted.append(event)
+        return 0
+
+
 class FakeUnitOfWork:
     """``uows = FakeUnitOfWork(); run_billing(uows, …)``: the fake is its own factory, and every
     unit of work it makes shares its repositories."""
@@ -298,6 +310,7 @@ class FakeUnitOfWork:
         self.catalog = FakeCatalog()
         self.invoices = FakeInvoices()
         self.statements = FakeStatements()
+        self.webhooks = FakeWebhookEvents()
         self.opened = 0
 
     def __call__(self) -> FakeUnitOfWork:
