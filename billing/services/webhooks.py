@@ -47,6 +47,7 @@ __all__ = [
     "Post",
     "SendReport",
     "add_endpoint",
+    "attempt_doc",
     "attempts_of",
     "deliver",
     "delivery_doc",
@@ -108,6 +109,16 @@ def delivery_doc(d: WebhookDeliveryView) -> dict[str, Any]:
         "last_status": d.last_status,
         "last_error": d.last_error,
         "delivered_at": _instant(d.delivered_at),
+    }
+
+
+def attempt_doc(a: WebhookAttempt) -> dict[str, Any]:
+    return {
+        "attempt": a.attempt,
+        "attempted_at": _instant(a.attempted_at),
+        "status_code": a.status_code,
+        "error": a.error,
+        "duration_ms": a.duration_ms,
     }
 
 

@@ -8,7 +8,6 @@ again before the lease ends), so two senders never take the same one."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import Connection, text
 
@@ -36,8 +35,9 @@ _ADD = text(
     "INSERT INTO webhook_endpoints (id, account_code, url, secret, event_types) "
     "VALUES (:id, :account, :url, :secret, :types)"
 )
-_ENDPOINTS = (
-    "SELECT id, account_code, url, event_types, active, created_at FROM webhook_endpoints WHERE true{where} "
+_ENDPOINTS = text(
+    "SELECT id, account_code, url, event_types, active, created_at FROM webhook_endpoints "
+    "WHERE (CAST(:account AS text) IS NULL OR account_code = :account) AND (:removed OR active) "
     "ORDER BY created_at, id"
 )
 _REMOVE = text(
@@ -75,11 +75,13 @@ _REPLAY = text(
     "UPDATE webhook_deliveries d SET status = 'pending', attempts = 0, next_attempt_at = :now, delivered_at = NULL "
     "FROM webhook_endpoints e WHERE d.id = :id AND e.id = d.endpoint_id AND e.active RETURNING d.id"
 )
-_DELIVERIES = (
+_DELIVERIES = text(
     "SELECT d.id, d.event_id, v.type, v.account_code, d.endpoint_id, e.url, d.status, d.attempts, "
     "d.next_attempt_at, d.last_status, d.last_error, d.delivered_at "
     "FROM webhook_deliveries d JOIN webhook_events v ON v.id = d.event_id "
-    "JOIN webhook_endpoints e ON e.id = d.endpoint_id WHERE true{where} ORDER BY d.id DESC LIMIT :limit"
+    "JOIN webhook_endpoints e ON e.id = d.endpoint_id "
+    "WHERE (CAST(:account AS text) IS NULL OR v.account_code = :account) "
+    "AND (CAST(:status AS text) IS NULL OR d.status = :status) ORDER BY d.id DESC LIMIT :limit"
 )
 _ATTEMPTS = text(
     "SELECT delivery_id, attempt, attempted_at, status_code, error, duration_ms FROM webhook_attempts "
@@ -112,12 +114,7 @@ class WebhookRepository:
         )
 
     def endpoints(self, account: str | None, include_removed: bool) -> list[WebhookEndpoint]:
-        where, params = "", {}
-        if account is not None:
-            where, params = " AND account_code = :account", {"account": account}
-        if not include_removed:
-            where += " AND active"
-        rows = self._conn.execute(text(_ENDPOINTS.format(where=where)), params)
+        rows = self._conn.execute(_ENDPOINTS, {"account": account, "removed": include_removed})
         return [
             WebhookEndpoint(r.id, r.account_code, r.url, tuple(r.event_types), r.active, r.created_at) for r in rows
         ]
@@ -162,12 +159,7 @@ class WebhookRepository:
         return self._conn.execute(_REPLAY, {"id": delivery_id, "now": now}).first() is not None
 
     def deliveries(self, account: str | None, status: str | None, limit: int) -> list[WebhookDeliveryView]:
-        where, params = "", dict[str, Any]({"limit": limit})
-        if account is not None:
-            where, params = where + " AND v.account_code = :account", {**params, "account": account}
-        if status is not None:
-            where, params = where + " AND d.status = :status", {**params, "status": status}
-        rows = self._conn.execute(text(_DELIVERIES.format(where=where)), params)
+        rows = self._conn.execute(_DELIVERIES, {"account": account, "status": status, "limit": limit})
         return [
             WebhookDeliveryView(
                 r.id,
