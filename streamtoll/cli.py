@@ -581,7 +581,7 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
                 )
             else:
                 print_rows(
-                    hooks.attempts_of(engine, args.delivery_id),
+                    [hooks.attempt_doc(a) for a in hooks.attempts_of(engine, args.delivery_id)],
                     args.output,
                     ["attempt", "attempted_at", "status_code", "error", "duration_ms"],
                 )

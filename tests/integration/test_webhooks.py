@@ -19,14 +19,18 @@ from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
+from billing.api.app import create_app
 from billing.services.billing_run import run_billing
 from billing.services.credentials import create_credential, revoke_credential
 from billing.services.invoices import void
+from billing.services.keys import create_key
 from billing.services.webhooks import send_pending
 from streamtoll.embedded import free_port
+from streamtoll.serving import running
 
 from .seed import DEC1
 
@@ -210,3 +214,39 @@ def test_a_revoked_credential_is_an_event_and_a_removed_endpoint_gets_nothing(
     assert send_pending(engine).delivered == 0
     assert len(receiver.got) == 1
     assert cli(migrated, "remove", "acme", endpoint["id"]).returncode == 3
+
+
+def test_finance_manages_endpoints_and_replays_over_http(engine: sa.Engine, receiver: Receiver) -> None:
+    finance, partner = create_key(engine, "finance", None), create_key(engine, "partner", "acme")
+    with running(create_app(engine, auth_limit=1000)) as base:
+        auth = {"Authorization": f"Bearer {finance}"}
+        params = {"account": "acme", "url": receiver.url, "events": "invoice.finalized"}
+        added = httpx.post(base + "/v1/webhooks", params=params, headers={**auth, "Idempotency-Key": "hook-1"})
+        assert added.status_code == 200, added.text
+        doc = added.json()
+        receiver.secret = doc["secret"]
+        assert (doc["account"], doc["events"], doc["active"]) == ("acme", ["invoice.finalized"], True)
+        again = httpx.post(base + "/v1/webhooks", params=params, headers={**auth, "Idempotency-Key": "hook-1"})
+        assert again.json() == {**doc, "secret": None}  # the secret is shown once, even to a retry
+        listed = httpx.get(base + "/v1/webhooks", headers=auth).json()
+        assert [e["id"] for e in listed] == [doc["id"]] and "secret" not in listed[0]
+        bad = httpx.post(base + "/v1/webhooks", params={**params, "url": "ftp://x"}, headers=auth)
+        assert bad.status_code == 422, bad.text
+        partner_auth = {"Authorization": f"Bearer {partner}"}
+        assert httpx.get(base + "/v1/webhooks", headers=partner_auth).status_code == 403
+
+        run_billing(engine, "2026-11", finalize_drafts=True, clock=lambda: DEC1)
+        assert send_pending(engine).delivered == 1
+        [delivery] = httpx.get(base + "/v1/webhooks/deliveries", params={"account": "acme"}, headers=auth).json()
+        assert (delivery["type"], delivery["status"], delivery["attempts"]) == ("invoice.finalized", "delivered", 1)
+        replayed = httpx.post(base + f"/v1/webhooks/deliveries/{delivery['id']}/replay", headers=auth)
+        assert replayed.json() == {"id": delivery["id"], "queued": True}
+        assert send_pending(engine).delivered == 1
+        attempts = httpx.get(base + f"/v1/webhooks/deliveries/{delivery['id']}/attempts", headers=auth).json()
+        assert [(a["attempt"], a["status_code"]) for a in attempts] == [(1, 200), (1, 200)]
+        assert [r.event_id for r in receiver.got] == [delivery["event_id"]] * 2
+
+        removed = httpx.post(base + f"/v1/webhooks/{doc['id']}/remove", headers=auth)
+        assert removed.json() == {"id": doc["id"], "removed": True}
+        assert httpx.post(base + f"/v1/webhooks/{doc['id']}/remove", headers=auth).status_code == 404
+        assert httpx.post(base + "/v1/webhooks/deliveries/999/replay", headers=auth).status_code == 404
