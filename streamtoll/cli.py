@@ -590,6 +590,37 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from billing.services import webhooks as hooks
+
+    def doc(t: Any) -> dict[str, Any]:
+        return {"id": t.id, "account": t.account, "amount": str(t.amount.normalize()), "active": t.active}
+
+    with _engine() as engine:
+        try:
+            if args.action == "add":
+                t = hooks.add_threshold(engine, args.account, args.amount)
+                _report(args.output, f"added threshold {t.id}: {t.account} at {args.amount}", doc(t))
+            elif args.action == "list":
+                rows = [doc(t) for t in hooks.list_thresholds(engine, args.account, args.all)]
+                print_rows(rows, args.output, ["id", "account", "amount", "active"])
+            elif args.action == "remove":
+                hooks.remove_threshold(engine, args.threshold_id)
+                _report(args.output, f"removed threshold {args.threshold_id}", {"id": args.threshold_id})
+            else:
+                crossed = hooks.check_thresholds(engine, args.period)
+                rows = [doc(t) for t in crossed]
+                if args.output == "table":
+                    print(f"{len(crossed)} threshold(s) reached in {args.period}")
+                    for r in rows:
+                        print(f"  {r['id']}  {r['account']}  {r['amount']}")
+                else:
+                    print_rows(rows, args.output, ["id", "account", "amount", "active"])
+        except (WebhookError, RunError) as exc:
+            raise (NotFoundError if isinstance(exc, NotFound) else UserError)(str(exc)) from None
+    return 0
+
+
 # -- usage, billing, invoices, statements ------------------------------------------------------
 
 
@@ -1202,6 +1233,7 @@ OPERATOR_COMMANDS = (
     ("keys", "API keys: create, list, revoke"),
     ("credentials", "Kafka credentials for the gateway: create, list, rotate, revoke, publish"),
     ("webhooks", "signed webhooks: endpoints (add, list, remove), send, replay, deliveries, attempts"),
+    ("alerts", "amount thresholds per account: add, list, remove, check (reached: a webhook event)"),
     ("entitlements", "what each account may do at the gateway (access, limits, caps): show, publish"),
     ("usage", "usage as the database holds it (finance view)"),
     ("bill", "billing run for a period: drafts (and --finalize)"),
@@ -1392,6 +1424,20 @@ def build_parser() -> argparse.ArgumentParser:
     ht.add_argument("delivery_id", type=_positive, help="the delivery's id")
     for hp_ in (ha, hl, hr, hs, hp, hd, ht):
         _output(hp_)
+
+    al = group("alerts")
+    ala = command(al, "add", cmd_alerts, "alert when the account's rated amount of a period reaches AMOUNT")
+    ala.add_argument("account", help="the account code")
+    ala.add_argument("amount", help="in the account's currency, before tax (150.00)")
+    all_ = command(al, "list", cmd_alerts, "the thresholds")
+    all_.add_argument("account", nargs="?", default=None, help="only this account's thresholds")
+    all_.add_argument("--all", action="store_true", help="include removed thresholds")
+    alr = command(al, "remove", cmd_alerts, "remove a threshold")
+    alr.add_argument("threshold_id", help="the threshold's id (thr_…)")
+    alc = command(al, "check", cmd_alerts, "rate the period so far; each threshold newly reached emits one event")
+    alc.add_argument("--period", type=_period, required=True, help="YYYY-MM")
+    for ap_ in (ala, all_, alr, alc):
+        _output(ap_)
 
     ents = group("entitlements")
     es = command(ents, "show", cmd_entitlements, "an account's access, limits, caps and month-to-date usage (JSON)")

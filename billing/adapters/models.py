@@ -31,6 +31,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "AccountRow",
+    "AlertCrossingRow",
+    "AlertThresholdRow",
     "ApiKeyRow",
     "Base",
     "ClientRuleRow",
@@ -371,3 +373,27 @@ class WebhookAttemptRow(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[float] = mapped_column(Double, nullable=False)
+
+
+class AlertThresholdRow(Base):
+    """An amount that, once an account's rated amount of a period reaches it, is an alert."""
+
+    __tablename__ = "alert_thresholds"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    account_code: Mapped[str] = mapped_column(Text, ForeignKey("accounts.code"), nullable=False)
+    amount: Mapped[Decimal] = mapped_column(Numeric(20, 6), nullable=False)
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="true")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class AlertCrossingRow(Base):
+    """A period in which a threshold was reached (once: its event was emitted then)."""
+
+    __tablename__ = "alert_crossings"
+
+    threshold_id: Mapped[str] = mapped_column(Text, ForeignKey("alert_thresholds.id"), primary_key=True)
+    period: Mapped[str] = mapped_column(Text, primary_key=True)
+    amount: Mapped[Decimal] = mapped_column(Numeric(20, 6), nullable=False)
+    crossed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    event_id: Mapped[str] = mapped_column(Text, ForeignKey("webhook_events.id"), nullable=False)

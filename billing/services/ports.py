@@ -34,6 +34,7 @@ __all__ = [
     "AccountPlanDoc",
     "AccountState",
     "AccountSummary",
+    "AlertThreshold",
     "ApiKeyRecord",
     "ApiKeys",
     "CatalogReads",
@@ -516,6 +517,14 @@ class WebhookAttempt:
     duration_ms: float
 
 
+@dataclass(frozen=True)
+class AlertThreshold:
+    id: str
+    account: str
+    amount: Decimal
+    active: bool
+
+
 class Webhooks(WebhookEvents, Protocol):
     def account_exists(self, code: str) -> bool: ...
     def add_endpoint(self, endpoint: WebhookEndpoint, secret: str) -> None: ...
@@ -553,6 +562,19 @@ class Webhooks(WebhookEvents, Protocol):
 
     def attempts(self, delivery_id: int) -> list[WebhookAttempt]:
         """The delivery's attempts, oldest first."""
+        ...
+
+    def add_threshold(self, threshold: AlertThreshold) -> None: ...
+    def thresholds(self, account: str | None, include_removed: bool) -> list[AlertThreshold]:
+        """By account, then amount, then id."""
+        ...
+
+    def remove_threshold(self, threshold_id: str) -> bool: ...
+    def record_crossing(
+        self, threshold_id: str, period: str, amount: Decimal, at: datetime, event: WebhookEvent
+    ) -> bool:
+        """Emit ``event`` and record the crossing unless the threshold was already reached in the
+        period (then nothing is written); whether it was new."""
         ...
 
 

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from datetime import time as day_time
+from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,31 +33,47 @@ import httpx
 from sqlalchemy import Engine
 
 from billing.adapters.uow import UnitOfWork
+from billing.domain.money import format_money
 from billing.domain.webhooks import (
     EVENT_ID_HEADER,
     EVENT_TYPES,
     MAX_ATTEMPTS,
     SIGNATURE_HEADER,
     backoff,
+    new_event,
     signature_header,
 )
 from billing.errors import WebhookError, WebhookNotFound
-from billing.services.ports import WebhookAttempt, WebhookDelivery, WebhookDeliveryView, WebhookEndpoint, Webhooks
+from billing.services.billing_run import parse_period, preview_accounts
+from billing.services.ports import (
+    AlertThreshold,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookDeliveryView,
+    WebhookEndpoint,
+    Webhooks,
+)
+from billing.services.usage import read_usage
 
 __all__ = [
     "AddedEndpoint",
     "Post",
     "SendReport",
     "add_endpoint",
+    "add_threshold",
     "attempt_doc",
     "attempts_of",
+    "check_thresholds",
+    "cross_thresholds",
     "deliver",
     "delivery_doc",
     "endpoint_doc",
     "http_post",
     "list_deliveries",
     "list_endpoints",
+    "list_thresholds",
     "remove_endpoint",
+    "remove_threshold",
     "replay",
     "send_pending",
 ]
@@ -258,3 +276,70 @@ def list_deliveries(
 def attempts_of(engine: Engine, delivery_id: int) -> list[WebhookAttempt]:
     with UnitOfWork(engine) as uow:
         return uow.webhooks.attempts(delivery_id)
+
+
+# --- alerts: an amount reached in a period ---
+
+
+def new_threshold(store: Webhooks, account: str, amount: str) -> AlertThreshold:
+    try:
+        value = Decimal(amount)
+    except InvalidOperation:
+        value = Decimal(0)
+    if not value.is_finite() or value <= 0:
+        raise WebhookError(f"{amount!r} is not an amount above zero")
+    if not store.account_exists(account):
+        raise WebhookNotFound(f"there is no account {account!r}")
+    threshold = AlertThreshold(f"thr_{secrets.token_hex(8)}", account, value, True)
+    store.add_threshold(threshold)
+    return threshold
+
+
+def cross_thresholds(
+    store: Webhooks, period: str, rated: Mapping[str, tuple[Decimal, str]], at: datetime
+) -> list[AlertThreshold]:
+    """Every active threshold the account's rated amount (subtotal, before tax) of ``period``
+    reached and that was not reached in it before: each emits one ``alert.amount_reached``."""
+    crossed = []
+    for t in store.thresholds(None, False):
+        if t.account not in rated:
+            continue
+        subtotal, currency = rated[t.account]
+        if subtotal < t.amount:
+            continue
+        data = {
+            "threshold": {"id": t.id, "amount": format_money(t.amount, currency)},
+            "period": period,
+            "currency": currency,
+            "amount": format_money(subtotal, currency),
+        }
+        if store.record_crossing(t.id, period, subtotal, at, new_event("alert.amount_reached", t.account, data, at)):
+            crossed.append(t)
+    return crossed
+
+
+def check_thresholds(
+    engine: Engine, period: str, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+) -> list[AlertThreshold]:
+    """Rate every account's usage of ``period`` so far and emit the thresholds it reached."""
+    start, end = parse_period(period)
+    rows = read_usage(engine, datetime.combine(start, day_time(), UTC), datetime.combine(end, day_time(), UTC))
+    rated = {a: (p.subtotal, p.currency) for a, p in preview_accounts(engine, period, rows).items()}
+    with UnitOfWork(engine) as uow:
+        return cross_thresholds(uow.webhooks, period, rated, clock())
+
+
+def add_threshold(engine: Engine, account: str, amount: str) -> AlertThreshold:
+    with UnitOfWork(engine) as uow:
+        return new_threshold(uow.webhooks, account, amount)
+
+
+def list_thresholds(engine: Engine, account: str | None = None, include_removed: bool = False) -> list[AlertThreshold]:
+    with UnitOfWork(engine) as uow:
+        return uow.webhooks.thresholds(account, include_removed)
+
+
+def remove_threshold(engine: Engine, threshold_id: str) -> None:
+    with UnitOfWork(engine) as uow:
+        if not uow.webhooks.remove_threshold(threshold_id):
+            raise WebhookNotFound(f"there is no active threshold {threshold_id!r}")

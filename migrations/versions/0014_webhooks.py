@@ -8,6 +8,8 @@ them), one delivery per event and endpoint, and the log of every attempt.
 - ``webhook_deliveries``: one per event and endpoint (unique), queued with the event; the
   sender claims due rows (``next_attempt_at``) ``FOR UPDATE SKIP LOCKED``.
 - ``webhook_attempts``: one row per attempt: status code or error, duration.
+- ``alert_thresholds``: an amount per account; ``alert_crossings``: the periods whose rated
+  amount reached it (one row per threshold and period: the event is emitted once).
 
 Revision ID: 0014
 Revises: 0013
@@ -83,9 +85,34 @@ def upgrade() -> None:
         """
     )
     op.execute("CREATE INDEX webhook_attempts_delivery ON webhook_attempts (delivery_id, id)")
+    op.execute(
+        """
+        CREATE TABLE alert_thresholds (
+            id text PRIMARY KEY,
+            account_code text NOT NULL REFERENCES accounts (code),
+            amount numeric(20, 6) NOT NULL CHECK (amount > 0),
+            active boolean NOT NULL DEFAULT true,
+            created_at timestamptz NOT NULL DEFAULT now()
+        )
+        """
+    )
+    op.execute(
+        """
+        CREATE TABLE alert_crossings (
+            threshold_id text NOT NULL REFERENCES alert_thresholds (id),
+            period text NOT NULL,
+            amount numeric(20, 6) NOT NULL,
+            crossed_at timestamptz NOT NULL,
+            event_id text NOT NULL REFERENCES webhook_events (id),
+            PRIMARY KEY (threshold_id, period)
+        )
+        """
+    )
 
 
 def downgrade() -> None:
+    op.execute("DROP TABLE alert_crossings")
+    op.execute("DROP TABLE alert_thresholds")
     op.execute("DROP TABLE webhook_attempts")
     op.execute("DROP TABLE webhook_deliveries")
     op.execute("DROP TABLE webhook_events")

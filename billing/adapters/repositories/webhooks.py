@@ -8,12 +8,14 @@ again before the lease ends), so two senders never take the same one."""
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
 from billing.adapters.repositories.catalog import account_exists
 from billing.domain.webhooks import WebhookEvent
 from billing.services.ports import (
+    AlertThreshold,
     WebhookAttempt,
     WebhookDelivery,
     WebhookDeliveryView,
@@ -86,6 +88,21 @@ _DELIVERIES = text(
 _ATTEMPTS = text(
     "SELECT delivery_id, attempt, attempted_at, status_code, error, duration_ms FROM webhook_attempts "
     "WHERE delivery_id = :d ORDER BY id"
+)
+
+
+_ADD_THRESHOLD = text("INSERT INTO alert_thresholds (id, account_code, amount) VALUES (:id, :account, :amount)")
+_THRESHOLDS = text(
+    "SELECT id, account_code, amount, active FROM alert_thresholds "
+    "WHERE (CAST(:account AS text) IS NULL OR account_code = :account) AND (:removed OR active) "
+    "ORDER BY account_code, amount, id"
+)
+_REMOVE_THRESHOLD = text("UPDATE alert_thresholds SET active = false WHERE id = :id AND active RETURNING id")
+_LOCK_THRESHOLD = text("SELECT id FROM alert_thresholds WHERE id = :id FOR UPDATE")
+_CROSSED = text("SELECT 1 FROM alert_crossings WHERE threshold_id = :id AND period = :period")
+_CROSSING = text(
+    "INSERT INTO alert_crossings (threshold_id, period, amount, crossed_at, event_id) "
+    "VALUES (:id, :period, :amount, :at, :event)"
 )
 
 
@@ -184,3 +201,26 @@ class WebhookRepository:
             WebhookAttempt(r.delivery_id, r.attempt, r.attempted_at, r.status_code, r.error, r.duration_ms)
             for r in rows
         ]
+
+    def add_threshold(self, threshold: AlertThreshold) -> None:
+        self._conn.execute(
+            _ADD_THRESHOLD, {"id": threshold.id, "account": threshold.account, "amount": threshold.amount}
+        )
+
+    def thresholds(self, account: str | None, include_removed: bool) -> list[AlertThreshold]:
+        rows = self._conn.execute(_THRESHOLDS, {"account": account, "removed": include_removed})
+        return [AlertThreshold(r.id, r.account_code, r.amount, r.active) for r in rows]
+
+    def remove_threshold(self, threshold_id: str) -> bool:
+        return self._conn.execute(_REMOVE_THRESHOLD, {"id": threshold_id}).first() is not None
+
+    def record_crossing(
+        self, threshold_id: str, period: str, amount: Decimal, at: datetime, event: WebhookEvent
+    ) -> bool:
+        self._conn.execute(_LOCK_THRESHOLD, {"id": threshold_id})  # one checker at a time per threshold
+        if self._conn.execute(_CROSSED, {"id": threshold_id, "period": period}).first() is not None:
+            return False
+        self.emit(event)
+        params = {"id": threshold_id, "period": period, "amount": amount, "at": at, "event": event.id}
+        self._conn.execute(_CROSSING, params)
+        return True

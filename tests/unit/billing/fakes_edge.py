@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from email.message import EmailMessage
 from typing import Any
 
@@ -19,6 +20,7 @@ from billing.services.ports import (
     AccountPlanDoc,
     AccountState,
     AccountSummary,
+    AlertThreshold,
     ApiKeyRecord,
     ClientRuleState,
     CredentialRecord,
@@ -336,6 +338,8 @@ class FakeWebhooks:
         self.deliveries_: dict[int, HookDelivery] = {}
         self.attempts_: list[WebhookAttempt] = []
         self.held: set[int] = set()  # deliveries another sender has locked
+        self.thresholds_: dict[str, AlertThreshold] = {}
+        self.crossings: set[tuple[str, str]] = set()  # (threshold id, period)
 
     @contextmanager
     def transaction(self) -> Iterator[FakeWebhooks]:
@@ -439,6 +443,35 @@ class FakeWebhooks:
 
     def attempts(self, delivery_id: int) -> list[WebhookAttempt]:
         return [a for a in self.attempts_ if a.delivery_id == delivery_id]
+
+    def add_threshold(self, threshold: AlertThreshold) -> None:
+        self.thresholds_[threshold.id] = threshold
+
+    def thresholds(self, account: str | None, include_removed: bool) -> list[AlertThreshold]:
+        return sorted(
+            (
+                t
+                for t in self.thresholds_.values()
+                if (account is None or t.account == account) and (include_removed or t.active)
+            ),
+            key=lambda t: (t.account, t.amount, t.id),
+        )
+
+    def remove_threshold(self, threshold_id: str) -> bool:
+        t = self.thresholds_.get(threshold_id)
+        if t is None or not t.active:
+            return False
+        self.thresholds_[threshold_id] = replace(t, active=False)
+        return True
+
+    def record_crossing(
+        self, threshold_id: str, period: str, amount: Decimal, at: datetime, event: WebhookEvent
+    ) -> bool:
+        if (threshold_id, period) in self.crossings:
+            return False
+        self.crossings.add((threshold_id, period))
+        self.emit(event)
+        return True
 
 
 # --- catalog reads and episodes ---

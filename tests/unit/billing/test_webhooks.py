@@ -8,12 +8,13 @@ import hashlib
 import hmac
 import json
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
 from billing.domain.webhooks import backoff, new_event, parse_signature, sign, signature_header, verify
 from billing.errors import WebhookError, WebhookNotFound
-from billing.services.webhooks import deliver, new_endpoint
+from billing.services.webhooks import cross_thresholds, deliver, new_endpoint, new_threshold
 from tests.unit.billing.fakes_edge import FakeWebhooks
 
 T = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
@@ -76,7 +77,12 @@ def test_an_endpoint_needs_an_http_url_known_types_and_an_account() -> None:
     assert added.secret.startswith("whsec_") and len(added.secret) > 40
     assert added.endpoint.event_types == ("invoice.voided",)
     every = new_endpoint(hooks, "acme", "http://127.0.0.1:9/x")
-    assert every.endpoint.event_types == ("invoice.finalized", "invoice.voided", "credential.revoked")
+    assert every.endpoint.event_types == (
+        "invoice.finalized",
+        "invoice.voided",
+        "credential.revoked",
+        "alert.amount_reached",
+    )
     with pytest.raises(WebhookError, match=r"not an http\(s\) URL.*unknown event type\(s\) invoice.paid"):
         new_endpoint(hooks, "acme", "ftp://x", ["invoice.paid"])
     with pytest.raises(WebhookNotFound):
@@ -188,3 +194,34 @@ def test_a_delivery_another_sender_holds_is_skipped() -> None:
     hooks.emit(new_event("invoice.finalized", "acme", {}, T))
     hooks.held.add(1)
     assert deliver(hooks.transaction, Receiver(), Clock()).delivered == 0
+
+
+def test_a_threshold_reached_emits_one_event_per_period() -> None:
+    hooks, _ = _setup(["alert.amount_reached"])
+    hooks.accounts.add("globex")
+    low = new_threshold(hooks, "acme", "150.00")
+    high = new_threshold(hooks, "acme", "200")
+    new_threshold(hooks, "globex", "1")
+    with pytest.raises(WebhookError, match="above zero"):
+        new_threshold(hooks, "acme", "-5")
+    with pytest.raises(WebhookError, match="above zero"):
+        new_threshold(hooks, "acme", "lots")
+    with pytest.raises(WebhookNotFound):
+        new_threshold(hooks, "nobody", "10")
+    # acme has rated 168.00 of November so far: 150.00 is reached, 200.00 not; globex has no usage
+    rated = {"acme": (Decimal("168.00"), "EUR")}
+    assert cross_thresholds(hooks, "2026-11", rated, T) == [low]
+    assert cross_thresholds(hooks, "2026-11", rated, T) == []  # once per period
+    [event] = hooks.events
+    assert json.loads(event.body)["data"] == {
+        "threshold": {"id": low.id, "amount": "150.00"},
+        "period": "2026-11",
+        "currency": "EUR",
+        "amount": "168.00",
+    }
+    assert len(hooks.deliveries("acme", "pending", 10)) == 1  # to the endpoint that takes alerts
+    more = {"acme": (Decimal("200.00"), "EUR")}
+    assert cross_thresholds(hooks, "2026-11", more, T) == [high]  # reached exactly
+    assert cross_thresholds(hooks, "2026-12", rated, T) == [low]  # a new period
+    assert hooks.remove_threshold(low.id) and not hooks.remove_threshold(low.id)
+    assert cross_thresholds(hooks, "2027-01", rated, T) == []
