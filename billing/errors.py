@@ -28,7 +28,9 @@ reading messages::
     ├── IdempotencyError            an ``Idempotency-Key`` cannot be used for this request
     │   ├── KeyInUse                    a request with this key is still running
     │   └── KeyReused                   the key was used for another request
-    └── PublishError                the cluster did not take the control records (or the topic)
+    ├── PublishError                the cluster did not take the control records (or the topic)
+    └── WebhookError                a webhook endpoint cannot be added, removed or replayed as asked
+        └── WebhookNotFound (+NotFound)
 
 Outside the tree, on purpose: the HTTP layer's own signals (``billing.api.problems.ProblemError``
 carries an RFC 9457 answer, ``billing.api.quota.TooMany`` a refused slot); they never leave the
@@ -61,6 +63,8 @@ __all__ = [
     "PlanNotFound",
     "PublishError",
     "RunError",
+    "WebhookError",
+    "WebhookNotFound",
 ]
 
 
@@ -176,3 +180,11 @@ class KeyReused(IdempotencyError):
 
 class PublishError(BillingError):
     """The cluster did not take the records (or the topic); one sentence."""
+
+
+class WebhookError(BillingError):
+    """A webhook endpoint cannot be added or removed, or a delivery replayed, as asked; one sentence."""
+
+
+class WebhookNotFound(WebhookError, NotFound):
+    """No such account, (active) endpoint or delivery."""

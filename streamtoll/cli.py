@@ -58,6 +58,7 @@ from billing.errors import (
     InvoiceError,
     NotFound,
     RunError,
+    WebhookError,
 )
 from billing.settings import BillingSettings
 from metering.errors import MeteringError, SettingsError
@@ -535,6 +536,89 @@ def cmd_credentials(args: argparse.Namespace) -> int:
                 count = _publish_credentials(engine, strict=True)
                 print(f"published {count} credential(s)")
         except CredentialError as exc:
+            raise (NotFoundError if isinstance(exc, NotFound) else UserError)(str(exc)) from None
+    return 0
+
+
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    from billing.services import webhooks as hooks
+
+    with _engine() as engine:
+        try:
+            if args.action == "add":
+                events = [e.strip() for e in args.events.split(",") if e.strip()] if args.events else None
+                added = hooks.add_endpoint(engine, args.account, args.url, events)
+                doc = {**hooks.endpoint_doc(added.endpoint), "secret": added.secret}
+                if args.output == "table":
+                    for k, v in doc.items():
+                        print(f"{k:<10} {v}")
+                else:
+                    print_document(doc, args.output)
+                print("store the secret now: it is shown once (it signs every delivery)", file=sys.stderr)
+            elif args.action == "list":
+                rows = [hooks.endpoint_doc(e) for e in hooks.list_endpoints(engine, args.account, args.all)]
+                print_rows(rows, args.output, ["id", "account", "url", "events", "active", "created_at"])
+            elif args.action == "remove":
+                hooks.remove_endpoint(engine, args.account, args.endpoint_id)
+                _report(args.output, f"removed webhook endpoint {args.endpoint_id}", {"id": args.endpoint_id})
+            elif args.action == "send":
+                while True:
+                    r = hooks.send_pending(engine, args.max_attempts, args.timeout)
+                    counts = {"delivered": r.delivered, "retrying": r.retrying, "failed": r.failed}
+                    sentence = f"delivered {r.delivered}, retrying {r.retrying}, failed {r.failed}"
+                    _report(args.output, sentence, counts)
+                    sys.stdout.flush()
+                    if args.every is None:
+                        return EXIT_FAILED if r.failed else 0
+                    time.sleep(args.every)
+            elif args.action == "replay":
+                hooks.replay(engine, args.delivery_id)
+                _report(args.output, f"queued delivery {args.delivery_id} again", {"id": args.delivery_id})
+            elif args.action == "deliveries":
+                rows = [hooks.delivery_doc(d) for d in hooks.list_deliveries(engine, args.account, args.status)]
+                print_rows(
+                    rows,
+                    args.output,
+                    ["id", "type", "account", "endpoint", "status", "attempts", "next_attempt_at", "last_status"],
+                )
+            else:
+                print_rows(
+                    [hooks.attempt_doc(a) for a in hooks.attempts_of(engine, args.delivery_id)],
+                    args.output,
+                    ["attempt", "attempted_at", "status_code", "error", "duration_ms"],
+                )
+        except WebhookError as exc:
+            raise (NotFoundError if isinstance(exc, NotFound) else UserError)(str(exc)) from None
+    return 0
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from billing.services import webhooks as hooks
+
+    def doc(t: Any) -> dict[str, Any]:
+        return {"id": t.id, "account": t.account, "amount": str(t.amount.normalize()), "active": t.active}
+
+    with _engine() as engine:
+        try:
+            if args.action == "add":
+                t = hooks.add_threshold(engine, args.account, args.amount)
+                _report(args.output, f"added threshold {t.id}: {t.account} at {args.amount}", doc(t))
+            elif args.action == "list":
+                rows = [doc(t) for t in hooks.list_thresholds(engine, args.account, args.all)]
+                print_rows(rows, args.output, ["id", "account", "amount", "active"])
+            elif args.action == "remove":
+                hooks.remove_threshold(engine, args.threshold_id)
+                _report(args.output, f"removed threshold {args.threshold_id}", {"id": args.threshold_id})
+            else:
+                crossed = hooks.check_thresholds(engine, args.period)
+                rows = [doc(t) for t in crossed]
+                if args.output == "table":
+                    print(f"{len(crossed)} threshold(s) reached in {args.period}")
+                    for r in rows:
+                        print(f"  {r['id']}  {r['account']}  {r['amount']}")
+                else:
+                    print_rows(rows, args.output, ["id", "account", "amount", "active"])
+        except (WebhookError, RunError) as exc:
             raise (NotFoundError if isinstance(exc, NotFound) else UserError)(str(exc)) from None
     return 0
 
@@ -1256,6 +1340,8 @@ OPERATOR_COMMANDS = (
     ("plans", "plans: load a YAML file, list"),
     ("keys", "API keys: create, list, revoke"),
     ("credentials", "Kafka credentials for the gateway: create, list, rotate, revoke, publish"),
+    ("webhooks", "signed webhooks: endpoints (add, list, remove), send, replay, deliveries, attempts"),
+    ("alerts", "amount thresholds per account: add, list, remove, check (reached: a webhook event)"),
     ("entitlements", "what each account may do at the gateway (access, limits, caps): show, publish"),
     ("usage", "usage as the database holds it (finance view)"),
     ("bill", "billing run for a period: drafts (and --finalize)"),
@@ -1418,6 +1504,49 @@ def build_parser() -> argparse.ArgumentParser:
     cp = command(creds, "publish", cmd_credentials, "publish every credential's state to the gateways' topic again")
     for p_ in (cc, cl, cr, co, cp):
         _output(p_)
+
+    hk = group("webhooks")
+    ha = command(hk, "add", cmd_webhooks, "add an account's endpoint; its signing secret is printed once")
+    ha.add_argument("account", help="the account code")
+    ha.add_argument("url", help="http(s) URL the events are POSTed to")
+    ha.add_argument("--events", default=None, help="comma list of event types (default: every type)")
+    hl = command(hk, "list", cmd_webhooks, "the endpoints (never secrets)")
+    hl.add_argument("account", nargs="?", default=None, help="only this account's endpoints")
+    hl.add_argument("--all", action="store_true", help="include removed endpoints")
+    hr = command(hk, "remove", cmd_webhooks, "remove an endpoint; its queued deliveries are cancelled")
+    hr.add_argument("account", help="the account code")
+    hr.add_argument("endpoint_id", help="the endpoint's id (whe_…)")
+    hs = command(hk, "send", cmd_webhooks, "deliver the due events once (exit 1 if some failed for good)")
+    hs.add_argument("--max-attempts", type=_positive, default=8, help="attempts before a delivery fails (8)")
+    hs.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a receiver's answer (10)")
+    hs.add_argument("--every", type=float, default=None, help="keep sending, every this many seconds")
+    hp = command(hk, "replay", cmd_webhooks, "queue a delivery again by id (its attempts are kept in the log)")
+    hp.add_argument("delivery_id", type=_positive, help="the delivery's id")
+    hd = command(hk, "deliveries", cmd_webhooks, "the deliveries, newest first")
+    hd.add_argument("--account", default=None, help="only this account's")
+    hd.add_argument(
+        "--status",
+        choices=("pending", "sending", "delivered", "failed", "cancelled"),
+        help="only deliveries in this status",
+    )
+    ht = command(hk, "attempts", cmd_webhooks, "the log of one delivery: one row per attempt")
+    ht.add_argument("delivery_id", type=_positive, help="the delivery's id")
+    for hp_ in (ha, hl, hr, hs, hp, hd, ht):
+        _output(hp_)
+
+    al = group("alerts")
+    ala = command(al, "add", cmd_alerts, "alert when the account's rated amount of a period reaches AMOUNT")
+    ala.add_argument("account", help="the account code")
+    ala.add_argument("amount", help="in the account's currency, before tax (150.00)")
+    all_ = command(al, "list", cmd_alerts, "the thresholds")
+    all_.add_argument("account", nargs="?", default=None, help="only this account's thresholds")
+    all_.add_argument("--all", action="store_true", help="include removed thresholds")
+    alr = command(al, "remove", cmd_alerts, "remove a threshold")
+    alr.add_argument("threshold_id", help="the threshold's id (thr_…)")
+    alc = command(al, "check", cmd_alerts, "rate the period so far; each threshold newly reached emits one event")
+    alc.add_argument("--period", type=_period, required=True, help="YYYY-MM")
+    for ap_ in (ala, all_, alr, alc):
+        _output(ap_)
 
     ents = group("entitlements")
     es = command(ents, "show", cmd_entitlements, "an account's access, limits, caps and month-to-date usage (JSON)")

@@ -9,8 +9,10 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     CHAR,
     BigInteger,
+    Boolean,
     Date,
     DateTime,
     Double,
@@ -29,6 +31,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "AccountRow",
+    "AlertCrossingRow",
+    "AlertThresholdRow",
     "ApiKeyRow",
     "Base",
     "ClientRuleRow",
@@ -45,6 +49,10 @@ __all__ = [
     "SubscriptionRow",
     "UsageDailyRow",
     "UsageShardRow",
+    "WebhookAttemptRow",
+    "WebhookDeliveryRow",
+    "WebhookEndpointRow",
+    "WebhookEventRow",
 ]
 
 
@@ -344,3 +352,84 @@ class EnforcementEpisodeRow(Base):
     requests: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     limit_per_second: Mapped[int | None] = mapped_column(BigInteger)
     meter: Mapped[str | None] = mapped_column(Text)
+
+
+class WebhookEndpointRow(Base):
+    """An account's webhook endpoint: its URL, signing secret and the event types it takes."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    account_code: Mapped[str] = mapped_column(Text, ForeignKey("accounts.code"), nullable=False)
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    secret: Mapped[str] = mapped_column(Text, nullable=False)
+    event_types: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="true")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookEventRow(Base):
+    """An event, written with the change that caused it; ``body``: the JSON every attempt sends."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    account_code: Mapped[str] = mapped_column(Text, nullable=False)
+    type: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    body: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class WebhookDeliveryRow(Base):
+    """One event to one endpoint, and where its delivery stands."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    event_id: Mapped[str] = mapped_column(Text, ForeignKey("webhook_events.id"), nullable=False)
+    endpoint_id: Mapped[str] = mapped_column(Text, ForeignKey("webhook_endpoints.id"), nullable=False)
+    status: Mapped[str] = mapped_column(Text, nullable=False, server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookAttemptRow(Base):
+    """One attempt of a delivery: the status code or the error, and how long it took."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("webhook_deliveries.id"), nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    attempted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[float] = mapped_column(Double, nullable=False)
+
+
+class AlertThresholdRow(Base):
+    """An amount that, once an account's rated amount of a period reaches it, is an alert."""
+
+    __tablename__ = "alert_thresholds"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    account_code: Mapped[str] = mapped_column(Text, ForeignKey("accounts.code"), nullable=False)
+    amount: Mapped[Decimal] = mapped_column(Numeric(20, 6), nullable=False)
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="true")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class AlertCrossingRow(Base):
+    """A period in which a threshold was reached (once: its event was emitted then)."""
+
+    __tablename__ = "alert_crossings"
+
+    threshold_id: Mapped[str] = mapped_column(Text, ForeignKey("alert_thresholds.id"), primary_key=True)
+    period: Mapped[str] = mapped_column(Text, primary_key=True)
+    amount: Mapped[Decimal] = mapped_column(Numeric(20, 6), nullable=False)
+    crossed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    event_id: Mapped[str] = mapped_column(Text, ForeignKey("webhook_events.id"), nullable=False)

@@ -2,7 +2,7 @@
 
 ``with UnitOfWork(engine) as uow:`` begins a transaction; every repository — ``uow.usage``,
 ``uow.catalog``, ``uow.invoices``, ``uow.statements``, ``uow.keys``, ``uow.credentials``,
-``uow.idempotency``, ``uow.outbox``, ``uow.episodes``, ``uow.credit_notes`` — works on its
+``uow.idempotency``, ``uow.outbox``, ``uow.episodes``, ``uow.credit_notes``, ``uow.webhooks`` — works on its
 connection; it commits when the block ends normally and rolls back on an exception. Services
 take an engine or any factory of units of work (:func:`units_of_work`), so unit tests pass
 in-memory fakes.
@@ -25,6 +25,7 @@ from billing.adapters.repositories.keys import ApiKeyRepository
 from billing.adapters.repositories.outbox import OutboxRepository
 from billing.adapters.repositories.statements import StatementRepository
 from billing.adapters.repositories.usage import UsageRepository
+from billing.adapters.repositories.webhooks import WebhookRepository
 from billing.services.ports import UnitsOfWork
 
 __all__ = ["Database", "UnitOfWork", "read_only", "units_of_work"]
@@ -44,6 +45,7 @@ class UnitOfWork:
     outbox: OutboxRepository
     episodes: EpisodeRepository
     credit_notes: CreditNoteRepository
+    webhooks: WebhookRepository
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -62,6 +64,7 @@ class UnitOfWork:
         self.outbox = OutboxRepository(conn)
         self.episodes = EpisodeRepository(conn)
         self.credit_notes = CreditNoteRepository(conn)
+        self.webhooks = WebhookRepository(conn)
         return self
 
     def __exit__(

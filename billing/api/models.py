@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "AddedWebhookEndpoint",
     "BillingRunResult",
     "Credential",
     "Entitlements",
@@ -26,10 +27,15 @@ __all__ = [
     "IssuedCredential",
     "LiveView",
     "Liveness",
+    "RemovedWebhookEndpoint",
+    "ReplayedDelivery",
     "Revoked",
     "Statement",
     "UsageRow",
     "Voided",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]
 
 
@@ -389,3 +395,55 @@ class Entitlements(_Model):
     caps: list[CapUsage]
     credentials: list[Credential]
     episodes: list[Episode] = Field(description="this month's throttles and blocks, oldest first")
+
+
+class WebhookEndpoint(_Model):
+    """An account's webhook endpoint: never its secret."""
+
+    id: str
+    account: str
+    url: str
+    events: list[str] = Field(description="the event types it takes")
+    active: bool
+    created_at: str | None
+
+
+class AddedWebhookEndpoint(WebhookEndpoint):
+    """An endpoint just added: its signing secret is in this answer and nowhere else."""
+
+    secret: str | None = Field(description="shown once; null in a replay of the same Idempotency-Key")
+
+
+class RemovedWebhookEndpoint(_Model):
+    id: str
+    removed: bool
+
+
+class WebhookDelivery(_Model):
+    """One event to one endpoint and where its delivery stands."""
+
+    id: int
+    event_id: str
+    type: str
+    account: str
+    endpoint: str
+    url: str
+    status: str = Field(description="pending, sending, delivered, failed or cancelled")
+    attempts: int
+    next_attempt_at: str | None = Field(description="when it is due (pending or sending only)")
+    last_status: int | None = Field(description="the last answer's HTTP status code")
+    last_error: str | None
+    delivered_at: str | None
+
+
+class WebhookAttempt(_Model):
+    attempt: int
+    attempted_at: str
+    status_code: int | None = Field(description="null: no answer (error says why)")
+    error: str | None
+    duration_ms: float
+
+
+class ReplayedDelivery(_Model):
+    id: int
+    queued: bool

@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 
 from billing.adapters.control import publish_records
 from billing.adapters.uow import UnitOfWork
+from billing.domain.webhooks import new_event
 from billing.errors import CredentialError, CredentialNotFound, PublishError
 from billing.services.ports import CredentialRecord, Credentials, StoredKey
 from metering.credentials import MECHANISMS, Credential, ScramKey, encode, scram_key
@@ -228,8 +229,13 @@ def rotate_credential(engine: Engine, credential_id: str, overlap: timedelta) ->
 
 
 def revoke_credential(engine: Engine, credential_id: str) -> None:
+    now = datetime.now(UTC)
     with UnitOfWork(engine) as uow:
-        withdraw_credential(uow.credentials, credential_id, datetime.now(UTC))
+        record = uow.credentials.get_active(credential_id)
+        withdraw_credential(uow.credentials, credential_id, now)
+        assert record is not None  # withdraw_credential refuses a credential not active
+        data = {"id": record.id, "name": record.name, "username": record.username, "revoked_at": _instant(now)}
+        uow.webhooks.emit(new_event("credential.revoked", record.account, {"credential": data}, now))
 
 
 def list_credentials(engine: Engine, account: str | None = None, include_revoked: bool = False) -> list[CredentialView]:

@@ -40,6 +40,7 @@ from billing.adapters.render import render_invoice
 from billing.adapters.uow import Database, units_of_work
 from billing.domain.documents import invoice_snapshot_view
 from billing.domain.money import format_money
+from billing.domain.webhooks import WebhookEvent, new_event
 from billing.errors import InvoiceError, InvoiceNotFound
 from billing.services.credit_notes import invoice_credit
 from billing.services.ports import InvoiceRecord
@@ -129,6 +130,8 @@ def finalize(
         )
         html, pdf = render_invoice(snapshot, snapshot["issuer"]) if render else (None, None)
         uow.invoices.mark_finalized(inv.id, number, snapshot, html, pdf, issued, due, now)
+        dates = {"issued_on": issued.isoformat(), "due_on": due.isoformat()}
+        uow.webhooks.emit(_invoice_event("invoice.finalized", inv, number, now, dates))
         return Finalized(inv.id, number, inv.account_code, inv.total, inv.currency)
 
 
@@ -142,8 +145,28 @@ def void(engine: Database, ref: str, reason: str, clock: Callable[[], datetime] 
             raise InvoiceError(
                 f"invoice {invoice_ref(inv.id, inv.number)} is {inv.status}; only a finalized invoice can be voided"
             )
-        uow.invoices.mark_void(inv.id, reason.strip(), clock())
+        now = clock()
+        uow.invoices.mark_void(inv.id, reason.strip(), now)
+        uow.webhooks.emit(_invoice_event("invoice.voided", inv, str(inv.number), now, {"void_reason": reason.strip()}))
         return str(inv.number)
+
+
+def _invoice_event(kind: str, inv: InvoiceRecord, number: str, at: datetime, extra: dict[str, str]) -> WebhookEvent:
+    """The webhook event of a finalized or voided invoice (written in the same transaction)."""
+    money = {
+        k: format_money(v, inv.currency)
+        for k, v in (("subtotal", inv.subtotal), ("tax", inv.tax), ("total", inv.total))
+    }
+    doc = {
+        "number": number,
+        "account": inv.account_code,
+        "period": {"start": inv.period_start.isoformat(), "end": inv.period_end.isoformat()},
+        "kind": inv.kind,
+        "currency": inv.currency,
+        **money,
+        **extra,
+    }
+    return new_event(kind, inv.account_code, {"invoice": doc}, at)
 
 
 def _listed(r: InvoiceRecord) -> dict[str, Any]:

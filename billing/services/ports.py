@@ -28,12 +28,14 @@ from billing.domain.credit_notes import OpenCredit
 from billing.domain.invoicing import AccountTerms, PricedLine, Subscription
 from billing.domain.plans import PlanVersion
 from billing.domain.usage import UsageRow
+from billing.domain.webhooks import WebhookEvent
 from metering.entitlements import Episode
 
 __all__ = [
     "AccountPlanDoc",
     "AccountState",
     "AccountSummary",
+    "AlertThreshold",
     "ApiKeyRecord",
     "ApiKeys",
     "CatalogReads",
@@ -61,6 +63,12 @@ __all__ = [
     "UnitOfWork",
     "UnitsOfWork",
     "UsageRepository",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookDeliveryView",
+    "WebhookEndpoint",
+    "WebhookEvents",
+    "Webhooks",
 ]
 
 
@@ -319,6 +327,12 @@ class CreditNoteRepository(Protocol):
         """The account's credit notes settled as credit, against invoices of periods before
         ``before``, with the net not yet applied on any invoice that is not void (other than
         ``invoice_id``, the one being billed), oldest first; those fully applied are left out."""
+
+
+class WebhookEvents(Protocol):
+    def emit(self, event: WebhookEvent) -> int:
+        """Store the event and queue one delivery of it per active endpoint of its account that
+        takes its type (due at once); how many were queued."""
         ...
 
 
@@ -339,6 +353,8 @@ class UnitOfWork(Protocol):
 
     @property
     def credit_notes(self) -> CreditNoteRepository: ...
+
+    def webhooks(self) -> WebhookEvents: ...
 
     def __enter__(self) -> UnitOfWork: ...
 
@@ -502,6 +518,121 @@ class Outbox(Protocol):
         ...
 
     def mark_sent(self, invoice_id: int, at: datetime) -> None: ...
+
+
+# --- webhooks ---
+
+
+@dataclass(frozen=True)
+class WebhookEndpoint:
+    id: str
+    account: str
+    url: str
+    event_types: tuple[str, ...]
+    active: bool
+    created_at: datetime | None = None  # None until written
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """A claimed delivery: what one attempt needs (``attempts``: this one included)."""
+
+    id: int
+    event_id: str
+    event_type: str
+    account: str
+    endpoint_id: str
+    url: str
+    secret: str
+    body: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class WebhookDeliveryView:
+    id: int
+    event_id: str
+    event_type: str
+    account: str
+    endpoint_id: str
+    url: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_status: int | None
+    last_error: str | None
+    delivered_at: datetime | None
+
+
+@dataclass(frozen=True)
+class WebhookAttempt:
+    delivery_id: int
+    attempt: int
+    attempted_at: datetime
+    status_code: int | None  # None: no answer (``error`` says why)
+    error: str | None
+    duration_ms: float
+
+
+@dataclass(frozen=True)
+class AlertThreshold:
+    id: str
+    account: str
+    amount: Decimal
+    active: bool
+
+
+class Webhooks(WebhookEvents, Protocol):
+    def account_exists(self, code: str) -> bool: ...
+    def add_endpoint(self, endpoint: WebhookEndpoint, secret: str) -> None: ...
+    def endpoints(self, account: str | None, include_removed: bool) -> list[WebhookEndpoint]:
+        """Oldest first (created_at, id)."""
+        ...
+
+    def remove_endpoint(self, account: str, endpoint_id: str, at: datetime) -> bool:
+        """Deactivate an active endpoint of ``account`` and cancel its queued deliveries; False
+        when there is none."""
+        ...
+
+    def claim_next(self, now: datetime, lease_until: datetime) -> WebhookDelivery | None:
+        """The next due delivery (pending, or sending whose lease ended) of an active endpoint
+        that no other sender holds: marked ``sending`` with one more attempt, not due again
+        before ``lease_until``; None when there is none."""
+        ...
+
+    def record_attempt(self, attempt: WebhookAttempt) -> None: ...
+    def mark_delivered(self, delivery_id: int, status_code: int, at: datetime) -> None: ...
+    def mark_failed_attempt(
+        self, delivery_id: int, status_code: int | None, error: str, next_attempt_at: datetime | None
+    ) -> None:
+        """Back to ``pending`` due at ``next_attempt_at``, or ``failed`` when None."""
+        ...
+
+    def replay(self, delivery_id: int, now: datetime) -> bool:
+        """Queue the delivery again (due ``now``, attempts from zero; its log kept); False when
+        there is no such delivery to an active endpoint."""
+        ...
+
+    def deliveries(self, account: str | None, status: str | None, limit: int) -> list[WebhookDeliveryView]:
+        """Newest first."""
+        ...
+
+    def attempts(self, delivery_id: int) -> list[WebhookAttempt]:
+        """The delivery's attempts, oldest first."""
+        ...
+
+    def add_threshold(self, threshold: AlertThreshold) -> None: ...
+    def thresholds(self, account: str | None, include_removed: bool) -> list[AlertThreshold]:
+        """By account, then amount, then id."""
+        ...
+
+    def remove_threshold(self, threshold_id: str) -> bool: ...
+    def record_crossing(
+        self, threshold_id: str, period: str, amount: Decimal, at: datetime, event: WebhookEvent
+    ) -> bool:
+        """Emit ``event`` and record the crossing unless the threshold was already reached in the
+        period (then nothing is written); whether it was new."""
+        ...
 
 
 # --- enforcement episodes ---

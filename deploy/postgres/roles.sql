@@ -10,8 +10,10 @@
 --                    (POST /v1/billing/runs …); issues, rotates and revokes Kafka credentials
 --                    (POST /v1/credentials …); can never write usage rows or the catalog, and
 --                    — like everyone — never change a finalized invoice but to void it (triggers)
+--                    writes the webhook events of what it does, manages webhook endpoints and
+--                    replays deliveries (POST /v1/webhooks …)
 --   the owner        `streamtoll db upgrade`, `accounts load`, `plans load`, `keys create`,
---                    `bill` and `invoices send` from an operator's shell
+--                    `bill`, `invoices send` and `webhooks send` from an operator's shell
 --
 -- (tested: tests/integration/test_security.py applies this file and tries what each role must
 -- not do on a real PostgreSQL)
@@ -55,5 +57,11 @@ GRANT INSERT, UPDATE, DELETE ON idempotency_keys TO streamtoll_api;
 -- ops keys; migration 0011): salted keys only, never deleted (a revoked one keeps its row)
 GRANT INSERT, UPDATE ON credentials TO streamtoll_api;
 GRANT INSERT, UPDATE ON credential_keys TO streamtoll_api;
+-- … and writes the webhook event of a finalize, void or revoke with its queued deliveries, in the
+-- same transaction (migration 0014); finance adds and removes endpoints (removing one cancels
+-- its queued deliveries) and replays deliveries. Sending them is `webhooks send`'s, not the API's.
+GRANT INSERT ON webhook_events TO streamtoll_api;
+GRANT INSERT, UPDATE ON webhook_deliveries TO streamtoll_api;
+GRANT INSERT, UPDATE ON webhook_endpoints TO streamtoll_api;
 -- and nothing else: no INSERT/UPDATE/DELETE/TRUNCATE on usage_shard_rows, accounts,
 -- client_rules, plans, plan_versions, subscriptions or api_keys; no DELETE of an invoice.

@@ -107,7 +107,7 @@ def test_openapi_has_the_bearer_scheme_models_errors_and_media_types(api: Api) -
     schemas = doc["components"]["schemas"]
     assert set(schemas["Problem"]["required"]) == {"type", "title", "status", "detail", "instance"}
     operations = [(m, p, op) for p, ops in doc["paths"].items() for m, op in ops.items()]
-    assert len(operations) == 20  # 16 + the credit notes: issue, list, one, its PDF
+    assert len(operations) == 26  # 16 + the credit notes (issue, list, one, its PDF) + the webhooks (6)
     for method, path, op in operations:
         where = f"{method.upper()} {path}"
         protected = path.startswith("/v1/")
@@ -151,6 +151,9 @@ def test_openapi_has_the_bearer_scheme_models_errors_and_media_types(api: Api) -
         "/v1/credentials",
         "/v1/credentials/{credential_id}/rotate",
         "/v1/credentials/{credential_id}/revoke",
+        "/v1/webhooks",
+        "/v1/webhooks/{endpoint_id}/remove",
+        "/v1/webhooks/deliveries/{delivery_id}/replay",
     ):
         params = {p["name"] for p in paths[path]["post"]["parameters"]}
         assert "Idempotency-Key" in params, path

@@ -17,6 +17,7 @@ from billing.domain.credit_notes import OpenCredit
 from billing.domain.invoicing import AccountTerms, PricedLine, Subscription
 from billing.domain.plans import PlanVersion
 from billing.domain.usage import UsageRow
+from billing.domain.webhooks import WebhookEvent
 from billing.errors import CreditNoteNotFound, InvoiceNotFound
 from billing.services.ports import (
     CreditNoteRecord,
@@ -348,6 +349,17 @@ class FakeCreditNotes:
         return out
 
 
+class FakeWebhookEvents:
+    """The events emitted, in order (no endpoints: nothing is queued)."""
+
+    def __init__(self) -> None:
+        self.emitted: list[WebhookEvent] = []
+
+    def emit(self, event: WebhookEvent) -> int:
+        self.emitted.append(event)
+        return 0
+
+
 class FakeUnitOfWork:
     """``uows = FakeUnitOfWork(); run_billing(uows, …)``: the fake is its own factory, and every
     unit of work it makes shares its repositories."""
@@ -358,6 +370,8 @@ class FakeUnitOfWork:
         self.invoices = FakeInvoices()
         self.statements = FakeStatements()
         self.credit_notes = FakeCreditNotes(self.invoices)
+
+        self.webhooks = FakeWebhookEvents()
         self.opened = 0
 
     def __call__(self) -> FakeUnitOfWork:

@@ -10,14 +10,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from email.message import EmailMessage
 from typing import Any
 
+from billing.domain.webhooks import WebhookEvent
 from billing.errors import KeyInUse
 from billing.services.ports import (
     AccountPlanDoc,
     AccountState,
     AccountSummary,
+    AlertThreshold,
     ApiKeyRecord,
     ClientRuleState,
     CredentialRecord,
@@ -26,6 +29,10 @@ from billing.services.ports import (
     PlanHead,
     PlanSummary,
     StoredKey,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookDeliveryView,
+    WebhookEndpoint,
 )
 from metering.entitlements import Episode
 
@@ -302,6 +309,169 @@ class FakeMailer:
     def quit(self) -> object:
         self.quit_called = True
         return None
+
+
+# --- webhooks ---
+
+
+@dataclass
+class HookDelivery:
+    id: int
+    event: WebhookEvent
+    endpoint_id: str
+    next_attempt_at: datetime
+    status: str = "pending"
+    attempts: int = 0
+    last_status: int | None = None
+    last_error: str | None = None
+    delivered_at: datetime | None = None
+
+
+class FakeWebhooks:
+    """Endpoints (with their secrets), events, deliveries and attempts; ``transaction()`` yields
+    the fake itself (each step writes through, as the sender's short transactions do)."""
+
+    def __init__(self, accounts: set[str] | None = None) -> None:
+        self.accounts = accounts if accounts is not None else {"acme"}
+        self.endpoints_: dict[str, tuple[WebhookEndpoint, str]] = {}
+        self.events: list[WebhookEvent] = []
+        self.deliveries_: dict[int, HookDelivery] = {}
+        self.attempts_: list[WebhookAttempt] = []
+        self.held: set[int] = set()  # deliveries another sender has locked
+        self.thresholds_: dict[str, AlertThreshold] = {}
+        self.crossings: set[tuple[str, str]] = set()  # (threshold id, period)
+
+    @contextmanager
+    def transaction(self) -> Iterator[FakeWebhooks]:
+        yield self
+
+    def emit(self, event: WebhookEvent) -> int:
+        self.events.append(event)
+        queued = 0
+        for endpoint, _ in sorted(self.endpoints_.values(), key=lambda e: e[0].id):
+            if endpoint.account == event.account and endpoint.active and event.type in endpoint.event_types:
+                n = len(self.deliveries_) + 1
+                self.deliveries_[n] = HookDelivery(n, event, endpoint.id, event.created_at)
+                queued += 1
+        return queued
+
+    def account_exists(self, code: str) -> bool:
+        return code in self.accounts
+
+    def add_endpoint(self, endpoint: WebhookEndpoint, secret: str) -> None:
+        self.endpoints_[endpoint.id] = (replace(endpoint, created_at=T0), secret)
+
+    def endpoints(self, account: str | None, include_removed: bool) -> list[WebhookEndpoint]:
+        return [
+            e
+            for e, _ in self.endpoints_.values()
+            if (account is None or e.account == account) and (include_removed or e.active)
+        ]
+
+    def remove_endpoint(self, account: str, endpoint_id: str, at: datetime) -> bool:
+        found = self.endpoints_.get(endpoint_id)
+        if found is None or found[0].account != account or not found[0].active:
+            return False
+        self.endpoints_[endpoint_id] = (replace(found[0], active=False), found[1])
+        for d in self.deliveries_.values():
+            if d.endpoint_id == endpoint_id and d.status in ("pending", "sending"):
+                d.status = "cancelled"
+        return True
+
+    def claim_next(self, now: datetime, lease_until: datetime) -> WebhookDelivery | None:
+        due = [
+            d
+            for d in self.deliveries_.values()
+            if d.status in ("pending", "sending")
+            and d.next_attempt_at <= now
+            and d.id not in self.held
+            and self.endpoints_[d.endpoint_id][0].active
+        ]
+        if not due:
+            return None
+        d = min(due, key=lambda d: (d.next_attempt_at, d.id))
+        d.status, d.attempts, d.next_attempt_at = "sending", d.attempts + 1, lease_until
+        endpoint, secret = self.endpoints_[d.endpoint_id]
+        return WebhookDelivery(
+            d.id, d.event.id, d.event.type, d.event.account, endpoint.id, endpoint.url, secret, d.event.body, d.attempts
+        )
+
+    def record_attempt(self, attempt: WebhookAttempt) -> None:
+        self.attempts_.append(attempt)
+
+    def mark_delivered(self, delivery_id: int, status_code: int, at: datetime) -> None:
+        d = self.deliveries_[delivery_id]
+        d.status, d.delivered_at, d.last_status, d.last_error = "delivered", at, status_code, None
+
+    def mark_failed_attempt(
+        self, delivery_id: int, status_code: int | None, error: str, next_attempt_at: datetime | None
+    ) -> None:
+        d = self.deliveries_[delivery_id]
+        d.status = "failed" if next_attempt_at is None else "pending"
+        d.next_attempt_at = next_attempt_at or d.next_attempt_at
+        d.last_status, d.last_error = status_code, error
+
+    def replay(self, delivery_id: int, now: datetime) -> bool:
+        d = self.deliveries_.get(delivery_id)
+        if d is None or not self.endpoints_[d.endpoint_id][0].active:
+            return False
+        d.status, d.attempts, d.next_attempt_at, d.delivered_at = "pending", 0, now, None
+        return True
+
+    def deliveries(self, account: str | None, status: str | None, limit: int) -> list[WebhookDeliveryView]:
+        out = []
+        for d in sorted(self.deliveries_.values(), key=lambda d: -d.id):
+            if (account is None or d.event.account == account) and (status is None or d.status == status):
+                url = self.endpoints_[d.endpoint_id][0].url
+                out.append(
+                    WebhookDeliveryView(
+                        d.id,
+                        d.event.id,
+                        d.event.type,
+                        d.event.account,
+                        d.endpoint_id,
+                        url,
+                        d.status,
+                        d.attempts,
+                        d.next_attempt_at,
+                        d.last_status,
+                        d.last_error,
+                        d.delivered_at,
+                    )
+                )
+        return out[:limit]
+
+    def attempts(self, delivery_id: int) -> list[WebhookAttempt]:
+        return [a for a in self.attempts_ if a.delivery_id == delivery_id]
+
+    def add_threshold(self, threshold: AlertThreshold) -> None:
+        self.thresholds_[threshold.id] = threshold
+
+    def thresholds(self, account: str | None, include_removed: bool) -> list[AlertThreshold]:
+        return sorted(
+            (
+                t
+                for t in self.thresholds_.values()
+                if (account is None or t.account == account) and (include_removed or t.active)
+            ),
+            key=lambda t: (t.account, t.amount, t.id),
+        )
+
+    def remove_threshold(self, threshold_id: str) -> bool:
+        t = self.thresholds_.get(threshold_id)
+        if t is None or not t.active:
+            return False
+        self.thresholds_[threshold_id] = replace(t, active=False)
+        return True
+
+    def record_crossing(
+        self, threshold_id: str, period: str, amount: Decimal, at: datetime, event: WebhookEvent
+    ) -> bool:
+        if (threshold_id, period) in self.crossings:
+            return False
+        self.crossings.add((threshold_id, period))
+        self.emit(event)
+        return True
 
 
 # --- catalog reads and episodes ---

@@ -6,6 +6,7 @@ thousand; no price for records (listed at zero). November 2026 has 30 days."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
@@ -240,3 +241,39 @@ def test_list_invoices_filters_and_pages(uows: FakeUnitOfWork) -> None:
     ]
     assert [r["ref"] for r in list_invoices(uows, drafts=False)] == ["INV-2026-000001"]
     assert [r["ref"] for r in list_invoices(uows, after=(date(2026, 11, 1), "acme", 1), limit=5)] == ["draft-2"]
+
+
+def test_finalize_and_void_each_emit_one_webhook_event_in_their_transaction(uows: FakeUnitOfWork) -> None:
+    [bill] = run_billing(uows, "2026-11", clock=clock)
+    assert uows.webhooks.emitted == []  # a draft has no event
+    number = finalize(uows, f"draft-{bill.invoice_id}", "INV", clock, render=False).number
+    void(uows, number, "wrong plan", clock)
+    finalized, voided = uows.webhooks.emitted
+    doc = json.loads(finalized.body)
+    assert (doc["type"], doc["account"], doc["created_at"]) == ("invoice.finalized", "acme", "2026-12-02T09:00:00Z")
+    assert doc["id"] == finalized.id and finalized.id.startswith("evt_")
+    # 10.00 base + 4 GB × 0.50 + 3 thousand requests × 1.00 = 15.00; tax 20 % = 3.00
+    assert doc["data"]["invoice"] == {
+        "number": "INV-2026-000001",
+        "account": "acme",
+        "period": {"start": "2026-11-01", "end": "2026-12-01"},
+        "kind": "standard",
+        "currency": "EUR",
+        "subtotal": "15.00",
+        "tax": "3.00",
+        "total": "18.00",
+        "issued_on": "2026-12-02",
+        "due_on": "2027-01-01",
+    }
+    vdoc = json.loads(voided.body)
+    assert vdoc["type"] == "invoice.voided" and vdoc["id"] != doc["id"]
+    assert vdoc["data"]["invoice"]["void_reason"] == "wrong plan"
+    assert vdoc["data"]["invoice"]["total"] == "18.00"
+
+
+def test_a_refused_finalize_emits_nothing(uows: FakeUnitOfWork) -> None:
+    [bill] = run_billing(uows, "2026-11", clock=clock)
+    finalize(uows, f"draft-{bill.invoice_id}", "INV", clock, render=False)
+    with pytest.raises(InvoiceError):
+        finalize(uows, f"draft-{bill.invoice_id}", "INV", clock, render=False)
+    assert [e.type for e in uows.webhooks.emitted] == ["invoice.finalized"]

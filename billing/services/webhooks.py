@@ -1,0 +1,345 @@
+"""Signed webhooks: an account's endpoints, and delivering the events the changes wrote.
+
+1. **Emit**: a change that has an event (an invoice finalized or voided, a credential revoked)
+   writes it, in its own transaction, to ``webhook_events`` with one ``webhook_deliveries`` row
+   per active endpoint of the account that takes its type: no event without its change, no
+   change without its event.
+2. **Send** (:func:`deliver`, ``streamtoll webhooks send``): each due delivery is claimed
+   (``FOR UPDATE SKIP LOCKED``), leased and committed as ``sending``, then POSTed with its
+   signature; a 2xx marks it ``delivered``; anything else (another status, a timeout, a refused
+   connection) logs the attempt and puts it back, due after :func:`~billing.domain.webhooks.backoff`
+   — ``failed`` after ``max_attempts``. Every attempt is a row of ``webhook_attempts``.
+3. **Replay** (:func:`replay`): a delivery queued again by id (attempts from zero, its log kept).
+
+A sender killed after the receiver answered but before ``delivered`` is committed sends the
+delivery again once its lease ends: receivers deduplicate on ``Streamtoll-Event-Id``. A
+delivered event is never sent again unless replayed.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from datetime import time as day_time
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy import Engine
+
+from billing.adapters.uow import UnitOfWork
+from billing.domain.money import format_money
+from billing.domain.webhooks import (
+    EVENT_ID_HEADER,
+    EVENT_TYPES,
+    MAX_ATTEMPTS,
+    SIGNATURE_HEADER,
+    backoff,
+    new_event,
+    signature_header,
+)
+from billing.errors import WebhookError, WebhookNotFound
+from billing.services.billing_run import parse_period, preview_accounts
+from billing.services.ports import (
+    AlertThreshold,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookDeliveryView,
+    WebhookEndpoint,
+    Webhooks,
+)
+from billing.services.usage import read_usage
+
+__all__ = [
+    "AddedEndpoint",
+    "Post",
+    "SendReport",
+    "add_endpoint",
+    "add_threshold",
+    "attempt_doc",
+    "attempts_of",
+    "check_thresholds",
+    "cross_thresholds",
+    "deliver",
+    "delivery_doc",
+    "endpoint_doc",
+    "http_post",
+    "list_deliveries",
+    "list_endpoints",
+    "list_thresholds",
+    "remove_endpoint",
+    "remove_threshold",
+    "replay",
+    "send_pending",
+]
+
+DEFAULT_TIMEOUT = 10.0
+
+Post = Callable[[str, bytes, dict[str, str], float], int]
+"""POST ``body`` with ``headers`` to a URL within a timeout (seconds); the status code, or
+:class:`OSError` when there is no answer."""
+
+
+@dataclass(frozen=True)
+class AddedEndpoint:
+    endpoint: WebhookEndpoint
+    secret: str  # shown once
+
+
+@dataclass
+class SendReport:
+    delivered: int = 0
+    retrying: int = 0
+    failed: int = 0
+
+
+def _instant(t: datetime | None) -> str | None:
+    return None if t is None else t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def endpoint_doc(e: WebhookEndpoint) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "account": e.account,
+        "url": e.url,
+        "events": ",".join(e.event_types),
+        "active": e.active,
+        "created_at": _instant(e.created_at),
+    }
+
+
+def delivery_doc(d: WebhookDeliveryView) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "event_id": d.event_id,
+        "type": d.event_type,
+        "account": d.account,
+        "endpoint": d.endpoint_id,
+        "url": d.url,
+        "status": d.status,
+        "attempts": d.attempts,
+        "next_attempt_at": _instant(d.next_attempt_at) if d.status in ("pending", "sending") else None,
+        "last_status": d.last_status,
+        "last_error": d.last_error,
+        "delivered_at": _instant(d.delivered_at),
+    }
+
+
+def attempt_doc(a: WebhookAttempt) -> dict[str, Any]:
+    return {
+        "attempt": a.attempt,
+        "attempted_at": _instant(a.attempted_at),
+        "status_code": a.status_code,
+        "error": a.error,
+        "duration_ms": a.duration_ms,
+    }
+
+
+def check_endpoint(url: str, events: list[str] | None) -> tuple[str, ...]:
+    """The event types an endpoint takes (all when ``events`` is None); :class:`WebhookError`
+    naming every problem when the URL or a type is wrong."""
+    problems = []
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        problems.append(f"{url!r} is not an http(s) URL")
+    types = tuple(EVENT_TYPES) if not events else tuple(dict.fromkeys(events))
+    unknown = [t for t in types if t not in EVENT_TYPES]
+    if unknown:
+        problems.append(f"unknown event type(s) {', '.join(unknown)} (known: {', '.join(EVENT_TYPES)})")
+    if problems:
+        raise WebhookError("; ".join(problems))
+    return types
+
+
+def new_endpoint(store: Webhooks, account: str, url: str, events: list[str] | None = None) -> AddedEndpoint:
+    types = check_endpoint(url, events)
+    if not store.account_exists(account):
+        raise WebhookNotFound(f"there is no account {account!r}")
+    endpoint = WebhookEndpoint(f"whe_{secrets.token_hex(8)}", account, url, types, True)
+    secret = f"whsec_{secrets.token_urlsafe(32)}"
+    store.add_endpoint(endpoint, secret)
+    return AddedEndpoint(endpoint, secret)
+
+
+def _post_once(post: Post, item: WebhookDelivery, now: datetime, timeout: float) -> tuple[int | None, str | None]:
+    body = item.body.encode()
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "streamtoll-webhooks/1",
+        SIGNATURE_HEADER: signature_header(item.secret, int(now.timestamp()), body),
+        EVENT_ID_HEADER: item.event_id,
+    }
+    try:
+        return post(item.url, body, headers, timeout), None
+    except OSError as exc:
+        return None, (str(exc) or type(exc).__name__)[:500]
+
+
+def deliver(
+    transaction: Callable[[], AbstractContextManager[Webhooks]],
+    post: Post,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    max_attempts: int = MAX_ATTEMPTS,
+    timeout: float = DEFAULT_TIMEOUT,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> SendReport:
+    """Send every due delivery once (see the module docstring) and return what became of them.
+    ``transaction()`` opens a transaction (committed when its block ends normally)."""
+    report = SendReport()
+    lease = timedelta(seconds=max(60.0, 3 * timeout))
+    while True:
+        now = clock()
+        with transaction() as store:
+            item = store.claim_next(now, now + lease)
+        if item is None:
+            return report
+        started = monotonic()
+        status, error = _post_once(post, item, now, timeout)
+        took = round((monotonic() - started) * 1000, 3)
+        ok = status is not None and 200 <= status < 300
+        with transaction() as store:
+            store.record_attempt(WebhookAttempt(item.id, item.attempts, now, status, error, took))
+            if ok:
+                assert status is not None
+                store.mark_delivered(item.id, status, clock())
+                report.delivered += 1
+                continue
+            again = now + backoff(item.attempts) if item.attempts < max_attempts else None
+            store.mark_failed_attempt(item.id, status, error or f"HTTP {status}", again)
+        if again is None:
+            report.failed += 1
+        else:
+            report.retrying += 1
+
+
+def http_post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:
+    """:data:`Post` over HTTP (no redirects followed: a 3xx is a failed attempt)."""
+    try:
+        return httpx.post(url, content=body, headers=headers, timeout=timeout, follow_redirects=False).status_code
+    except httpx.HTTPError as exc:
+        raise OSError(f"{type(exc).__name__}: {exc}") from None
+
+
+# --- over an engine ---
+
+
+@contextmanager
+def _transaction(engine: Engine) -> Iterator[Webhooks]:
+    with UnitOfWork(engine) as uow:
+        yield uow.webhooks
+
+
+def send_pending(
+    engine: Engine,
+    max_attempts: int = MAX_ATTEMPTS,
+    timeout: float = DEFAULT_TIMEOUT,
+    post: Post = http_post,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> SendReport:
+    return deliver(lambda: _transaction(engine), post, clock, max_attempts, timeout)
+
+
+def add_endpoint(engine: Engine, account: str, url: str, events: list[str] | None = None) -> AddedEndpoint:
+    with UnitOfWork(engine) as uow:
+        return new_endpoint(uow.webhooks, account, url, events)
+
+
+def list_endpoints(engine: Engine, account: str | None = None, include_removed: bool = False) -> list[WebhookEndpoint]:
+    with UnitOfWork(engine) as uow:
+        return uow.webhooks.endpoints(account, include_removed)
+
+
+def remove_endpoint(engine: Engine, account: str, endpoint_id: str) -> None:
+    with UnitOfWork(engine) as uow:
+        if not uow.webhooks.remove_endpoint(account, endpoint_id, datetime.now(UTC)):
+            raise WebhookNotFound(f"account {account!r} has no active webhook endpoint {endpoint_id!r}")
+
+
+def replay(engine: Engine, delivery_id: int) -> None:
+    with UnitOfWork(engine) as uow:
+        if not uow.webhooks.replay(delivery_id, datetime.now(UTC)):
+            raise WebhookNotFound(f"there is no delivery {delivery_id} to an active endpoint")
+
+
+def list_deliveries(
+    engine: Engine, account: str | None = None, status: str | None = None, limit: int = 100
+) -> list[WebhookDeliveryView]:
+    with UnitOfWork(engine) as uow:
+        return uow.webhooks.deliveries(account, status, limit)
+
+
+def attempts_of(engine: Engine, delivery_id: int) -> list[WebhookAttempt]:
+    with UnitOfWork(engine) as uow:
+        return uow.webhooks.attempts(delivery_id)
+
+
+# --- alerts: an amount reached in a period ---
+
+
+def new_threshold(store: Webhooks, account: str, amount: str) -> AlertThreshold:
+    try:
+        value = Decimal(amount)
+    except InvalidOperation:
+        value = Decimal(0)
+    if not value.is_finite() or value <= 0:
+        raise WebhookError(f"{amount!r} is not an amount above zero")
+    if not store.account_exists(account):
+        raise WebhookNotFound(f"there is no account {account!r}")
+    threshold = AlertThreshold(f"thr_{secrets.token_hex(8)}", account, value, True)
+    store.add_threshold(threshold)
+    return threshold
+
+
+def cross_thresholds(
+    store: Webhooks, period: str, rated: Mapping[str, tuple[Decimal, str]], at: datetime
+) -> list[AlertThreshold]:
+    """Every active threshold the account's rated amount (subtotal, before tax) of ``period``
+    reached and that was not reached in it before: each emits one ``alert.amount_reached``."""
+    crossed = []
+    for t in store.thresholds(None, False):
+        if t.account not in rated:
+            continue
+        subtotal, currency = rated[t.account]
+        if subtotal < t.amount:
+            continue
+        data = {
+            "threshold": {"id": t.id, "amount": format_money(t.amount, currency)},
+            "period": period,
+            "currency": currency,
+            "amount": format_money(subtotal, currency),
+        }
+        if store.record_crossing(t.id, period, subtotal, at, new_event("alert.amount_reached", t.account, data, at)):
+            crossed.append(t)
+    return crossed
+
+
+def check_thresholds(
+    engine: Engine, period: str, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+) -> list[AlertThreshold]:
+    """Rate every account's usage of ``period`` so far and emit the thresholds it reached."""
+    start, end = parse_period(period)
+    rows = read_usage(engine, datetime.combine(start, day_time(), UTC), datetime.combine(end, day_time(), UTC))
+    rated = {a: (p.subtotal, p.currency) for a, p in preview_accounts(engine, period, rows).items()}
+    with UnitOfWork(engine) as uow:
+        return cross_thresholds(uow.webhooks, period, rated, clock())
+
+
+def add_threshold(engine: Engine, account: str, amount: str) -> AlertThreshold:
+    with UnitOfWork(engine) as uow:
+        return new_threshold(uow.webhooks, account, amount)
+
+
+def list_thresholds(engine: Engine, account: str | None = None, include_removed: bool = False) -> list[AlertThreshold]:
+    with UnitOfWork(engine) as uow:
+        return uow.webhooks.thresholds(account, include_removed)
+
+
+def remove_threshold(engine: Engine, threshold_id: str) -> None:
+    with UnitOfWork(engine) as uow:
+        if not uow.webhooks.remove_threshold(threshold_id):
+            raise WebhookNotFound(f"there is no active threshold {threshold_id!r}")
