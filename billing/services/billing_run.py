@@ -239,6 +239,8 @@ def _credits(
 ) -> list[PricedLine]:
     """Credit notes settled as credit, applied to this invoice as negative lines (oldest first,
     never below zero; the rest stays for the next invoice): ``domain.credit_notes.apply_credits``."""
+    # a run of another period of this account may be applying the same credits: one at a time
+    credit_notes.lock_open_credits(account)
     open_credits = credit_notes.open_credits(account, start, None if current is None else current.id)
     if not open_credits:
         return []

@@ -303,6 +303,11 @@ class CreditNoteRecord:
 
 
 class CreditNoteRepository(Protocol):
+    def lock_open_credits(self, account: str) -> None:
+        """Hold the account's open credits until the transaction ends: billing runs of two
+        periods of one account apply them one after the other, never the same credit twice."""
+        ...
+
     def allocate_number(self, year: int) -> int:
         """The next number of the year's sequence, counted in this transaction (no gaps)."""
         ...

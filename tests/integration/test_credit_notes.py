@@ -156,3 +156,36 @@ def test_credit_notes_over_http_finance_issues_once_partners_read_their_own(engi
         assert get(globex, "/v1/credit-notes").json() == []
         assert get(globex, "/v1/credit-notes/CN-2026-0001").status_code == 404
         assert get(acme, "/v1/credit-notes/CN-2026-0001/pdf").content.startswith(b"%PDF")
+
+
+def test_runs_of_two_periods_apply_an_open_credit_once_between_them(engine: sa.Engine) -> None:
+    """December's and January's runs both see the November credit as open; they apply it one
+    after the other (a lock per account), so the two drafts together never take more than it."""
+    import threading
+
+    run_billing(engine, "2026-11", finalize_drafts=True, clock=lambda: DEC1, render=False)
+    create_credit_note(engine, "INV-2026-000001", amount=D("59.50"), reason="goodwill")  # net 50.00
+    done: dict[str, Any] = {}
+
+    def bill(period: str) -> None:
+        done[period] = {r.account: r for r in run_billing(engine, period)}["acme"]
+
+    # while another transaction holds acme's open credits, a run waits for it
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('credits:acme'))"))
+        runs = [threading.Thread(target=bill, args=(p,)) for p in ("2026-12", "2027-01")]
+        for t in runs:
+            t.start()
+        runs[0].join(2.0)
+        assert not done, "a run applied credits while they were held"
+    for t in runs:
+        t.join(60)
+    assert set(done) == {"2026-12", "2027-01"}
+    with engine.connect() as conn:
+        applied = conn.execute(
+            sa.text(
+                "SELECT coalesce(sum(l.amount), 0) FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id "
+                "WHERE i.account_code = 'acme' AND l.kind = 'credit_note'"
+            )
+        ).scalar_one()
+    assert applied == D("-50.00")

@@ -52,6 +52,9 @@ class CreditNoteRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
+    def lock_open_credits(self, account: str) -> None:
+        self.conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"credits:{account}"})
+
     def allocate_number(self, year: int) -> int:
         return int(
             self.conn.execute(

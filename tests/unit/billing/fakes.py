@@ -305,6 +305,10 @@ class FakeCreditNotes:
         self.invoices = invoices
         self.stored: list[CreditNoteRecord] = []
         self.numbers: dict[int, int] = {}
+        self.locked: list[str] = []
+
+    def lock_open_credits(self, account: str) -> None:
+        self.locked.append(account)
 
     def allocate_number(self, year: int) -> int:
         last = self.numbers[year] = self.numbers.get(year, 0) + 1
