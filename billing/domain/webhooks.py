@@ -37,7 +37,13 @@ __all__ = [
     "verify",
 ]
 
-EVENT_TYPES = ("invoice.finalized", "invoice.voided", "credential.revoked", "alert.amount_reached")
+EVENT_TYPES = (
+    "invoice.finalized",
+    "invoice.voided",
+    "credit_note.issued",
+    "credential.revoked",
+    "alert.amount_reached",
+)
 SIGNATURE_HEADER = "Streamtoll-Signature"
 EVENT_ID_HEADER = "Streamtoll-Event-Id"
 TOLERANCE_SECONDS = 300

@@ -33,6 +33,7 @@ from billing.domain.credit_notes import (
     credit_note_number,
 )
 from billing.domain.money import format_money
+from billing.domain.webhooks import new_event
 from billing.errors import CreditNoteError
 from billing.services.ports import CreditNoteRecord, InvoiceRecord, UnitOfWork
 from billing.settings import BillingSettings
@@ -155,7 +156,10 @@ def create_credit_note(
             pdf=pdf,
         )
         uow.credit_notes.insert(record)
-        return _view(record)
+        view = _view(record)
+        # written with the credit note: one is never issued without its event, nor the other way
+        uow.webhooks.emit(new_event("credit_note.issued", inv.account_code, {"credit_note": view}, clock()))
+        return view
 
 
 def _view(r: CreditNoteRecord) -> dict[str, Any]:

@@ -3,6 +3,7 @@ invoices. Every amount is worked out by hand in the test."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -188,3 +189,21 @@ def test_chosen_lines_of_an_invoice_are_credited(uows: FakeUnitOfWork) -> None:
     ]
     with pytest.raises(CreditNoteError, match=r"line 0 is 100\.00 EUR"):
         credit(uows, lines={0: D("100.01")})
+
+
+def test_issuing_a_credit_note_emits_one_webhook_event_with_it_and_a_refused_one_none(uows: FakeUnitOfWork) -> None:
+    before = len(uows.webhooks.emitted)
+    note = credit(uows, amount=D("11.90"))
+    (event,) = uows.webhooks.emitted[before:]
+    body = json.loads(event.body)
+    assert (event.type, event.account, body["type"], body["account"]) == (
+        "credit_note.issued",
+        "acme",
+        "credit_note.issued",
+        "acme",
+    )
+    assert body["data"]["credit_note"] == note
+    assert (note["net"], note["tax"], note["total"]) == ("10.00", "1.90", "11.90")  # 11.90 × 0.19 / 1.19 = 1.90
+    with pytest.raises(CreditNoteError):
+        credit(uows, amount=D("100000.00"))
+    assert len(uows.webhooks.emitted) == before + 1

@@ -80,6 +80,7 @@ def test_an_endpoint_needs_an_http_url_known_types_and_an_account() -> None:
     assert every.endpoint.event_types == (
         "invoice.finalized",
         "invoice.voided",
+        "credit_note.issued",
         "credential.revoked",
         "alert.amount_reached",
     )
