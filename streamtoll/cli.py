@@ -666,6 +666,32 @@ def cmd_bill(args: argparse.Namespace) -> int:
     return 0
 
 
+_THRESHOLD_COLUMNS = ["account", "number", "currency", "subtotal", "tax", "total"]
+
+
+def cmd_thresholds(args: argparse.Namespace) -> int:
+    from billing.services.progressive import check_thresholds
+
+    billing = _billing_settings()
+    with _engine() as engine:
+        while True:
+            try:
+                issued = check_thresholds(
+                    engine,
+                    period=args.period,
+                    number_prefix=billing.invoice_number_prefix,
+                    issuer=billing.issuer,
+                    source_order=billing.source_order,
+                )
+            except RunError as exc:
+                raise UserError(str(exc)) from None
+            print_rows([i.as_dict() for i in issued], args.output, _THRESHOLD_COLUMNS)
+            sys.stdout.flush()
+            if args.every is None:
+                return 0
+            time.sleep(args.every)
+
+
 _SHADOW_COLUMNS = [
     "account",
     "currency",
@@ -1345,6 +1371,7 @@ OPERATOR_COMMANDS = (
     ("entitlements", "what each account may do at the gateway (access, limits, caps): show, publish"),
     ("usage", "usage as the database holds it (finance view)"),
     ("bill", "billing run for a period: drafts (and --finalize)"),
+    ("thresholds", "threshold invoices (progressive billing): check, issuing those due mid-period"),
     ("invoices", "invoice lifecycle: list, show, pdf, finalize, void, send"),
     ("credit-notes", "credit notes against finalized invoices: create, list, show, pdf"),
     ("statements", "a partner's usage statement for a period"),
@@ -1581,6 +1608,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bl.add_argument("--accounts", metavar="A,B", help="--shadow: only these accounts (default: every account billed)")
     _output(bl)
+
+    th = group("thresholds")
+    thc = command(
+        th, "check", cmd_thresholds, "issue the threshold invoices due now (the plan's threshold_invoice; idempotent)"
+    )
+    thc.add_argument("--period", type=_period, default=None, help="YYYY-MM (default: the current month, UTC)")
+    thc.add_argument("--every", type=float, default=None, help="keep checking, every this many seconds")
+    _output(thc)
 
     inv = group("invoices")
     il = command(inv, "list", cmd_invoices, "invoices, oldest period first")

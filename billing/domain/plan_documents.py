@@ -1,8 +1,8 @@
 """A plan version as the catalog stores it (a JSON document) and back, and its digest.
 
-Money and quantities are strings in the document, never floats; ``access``, ``limits`` and
-``caps`` appear only when the plan has them, so a plan written before they existed keeps its
-document, digest and version.
+Money and quantities are strings in the document, never floats; ``access``, ``limits``,
+``caps`` and ``threshold_invoice`` appear only when the plan has them, so a plan written before
+they existed keeps its document, digest and version (and a changed threshold is a new version).
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ def plan_document(pv: PlanVersion) -> dict[str, Any]:
         doc["limits"] = limits_doc(pv.limits)
     if pv.caps is not None:
         doc["caps"] = caps_doc(pv.caps)
+    if pv.threshold_invoice is not None:
+        doc["threshold_invoice"] = {"amount": str(pv.threshold_invoice)}
     return doc
 
 
@@ -89,6 +91,7 @@ def plan_from_document(version: int, doc: dict[str, Any]) -> PlanVersion:
         access=None if "access" not in doc else access_from_doc(doc["access"]),
         limits=None if "limits" not in doc else limits_from_doc(doc["limits"]),
         caps=None if "caps" not in doc else caps_from_doc(doc["caps"]),
+        threshold_invoice=None if "threshold_invoice" not in doc else Decimal(doc["threshold_invoice"]["amount"]),
     )
 
 

@@ -24,6 +24,12 @@ Interpretations made here (docs/billing.md, "The plans file", says the same to w
 * ``topics`` are :func:`fnmatch.fnmatchcase` globs (case-sensitive, like Kafka topic names).
 * ``access``, ``limits`` and ``caps`` (what the plan grants at the gateway) are optional and
   validated by :mod:`billing.domain.access`; a plan without them is unrestricted.
+* ``threshold_invoice: {amount: "1000.00"}`` (optional; progressive billing,
+  :mod:`billing.domain.progressive`): whenever the account's usage of the period not yet
+  invoiced reaches ``amount`` (the usage lines' sum, before tax; the base fee, flat prices and
+  the minimum commitment stay on the final invoice), an invoice is issued for it mid-period. The
+  amount is positive and in whole minor units; it repeats (each further ``amount`` of
+  un-invoiced usage issues another).
 """
 
 from __future__ import annotations
@@ -87,9 +93,22 @@ class PlanVersion:
     access: Access | None = None
     limits: Limits | None = None
     caps: tuple[CapSpec, ...] | None = None
+    # progressive billing (billing.domain.progressive): None = invoiced at period end only
+    threshold_invoice: Decimal | None = None
 
 
-_PLAN_KEYS: Final = ("code", "name", "currency", "base_fee", "minimum_commitment", "prices", "access", "limits", "caps")
+_PLAN_KEYS: Final = (
+    "code",
+    "name",
+    "currency",
+    "base_fee",
+    "minimum_commitment",
+    "prices",
+    "access",
+    "limits",
+    "caps",
+    "threshold_invoice",
+)
 _PRICE_KEYS: Final = (
     "meter",
     "model",
@@ -172,6 +191,11 @@ def parse_plan(doc: Mapping[str, Any], where: str) -> PlanVersion:
     access = parse_access(doc["access"], f"{where}.access", problems) if "access" in doc else None
     limits = parse_limits(doc["limits"], f"{where}.limits", problems) if "limits" in doc else None
     caps = parse_caps(doc["caps"], f"{where}.caps", problems) if "caps" in doc else None
+    threshold = None
+    if "threshold_invoice" in doc:
+        threshold = _parse_threshold(
+            doc["threshold_invoice"], f"{where}.threshold_invoice", currency_ok, currency, problems
+        )
 
     if problems:
         raise PlanError(problems)
@@ -186,7 +210,19 @@ def parse_plan(doc: Mapping[str, Any], where: str) -> PlanVersion:
         access=access,
         limits=limits,
         caps=caps,
+        threshold_invoice=threshold,
     )
+
+
+def _parse_threshold(raw: object, at: str, currency_ok: bool, currency: str, problems: list[str]) -> Decimal | None:
+    if not isinstance(raw, Mapping) or "amount" not in raw:
+        problems.append(f'{at}: must be a mapping with an amount, e.g. {{amount: "1000.00"}}')
+        return None
+    _unknown_keys(raw, ("amount",), at, problems)
+    amount = _number(raw["amount"], f"{at}.amount", "positive", problems)
+    if amount is not None and currency_ok:
+        _whole_minor_units(amount, currency, f"{at}.amount", problems)
+    return amount
 
 
 def _parse_price(raw: object, at: str, currency: str | None, problems: list[str]) -> Price | None:

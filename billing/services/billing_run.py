@@ -15,6 +15,8 @@
   finalized invoice is never touched. Usage that arrived for an already finalized period is
   billed on this run's invoice as an adjustment line naming the original period: the period is
   re-rated now and the line is the difference from what was finalized for it so far.
+* The period's threshold invoices (progressive billing) are deducted as negative lines
+  "Invoiced on threshold INV-…", before credit notes (``billing.domain.progressive``).
 * Credit notes settled as credit are applied as negative lines "Credit note CN-… applied"
   (``_credits``; the rules in ``billing.domain.credit_notes``), never below zero.
 * All amounts are Decimal; lines are rounded by ``billing.domain.money``; subtotal = sum of
@@ -51,6 +53,7 @@ from billing.domain.invoicing import (
 )
 from billing.domain.money import format_money
 from billing.domain.plans import PlanVersion
+from billing.domain.progressive import deduction_lines
 from billing.domain.rating import invoice_totals
 from billing.domain.sources import DEFAULT_SOURCES
 from billing.domain.usage import MeterUsage, UsageRow, metered_by_source
@@ -267,6 +270,7 @@ def _bill_account(run: _Run, account: str) -> AccountBill:
             )
         rated = run.catalog.rate(run.usage, account, start, end, run.order)
         lines = rated.lines + _adjustments(run, uow.usage, uow.invoices, account)
+        lines += deduction_lines(uow.invoices.threshold_invoices(account, start))  # domain.progressive
         lines += _credits(uow.credit_notes, account, start, current, lines, acct.currency)
         totals = invoice_totals((p.line.rounded_amount for p in lines), acct.tax_rate, acct.currency)
         plan = rated.plan

@@ -27,6 +27,7 @@ from billing.domain.accounts import Attributor
 from billing.domain.credit_notes import OpenCredit
 from billing.domain.invoicing import AccountTerms, PricedLine, Subscription
 from billing.domain.plans import PlanVersion
+from billing.domain.progressive import ThresholdInvoiced
 from billing.domain.usage import UsageRow
 from billing.domain.webhooks import WebhookEvent
 from metering.entitlements import Episode
@@ -174,7 +175,9 @@ class InvoiceRepository(Protocol):
         """The account's live (not void) standard invoice of the period, locked for update."""
         ...
 
-    def insert_draft(self, account: str, start: date, end: date, values: DraftValues) -> int: ...
+    def insert_draft(self, account: str, start: date, end: date, values: DraftValues, kind: str = "standard") -> int:
+        """A draft of ``kind`` (``standard``; ``threshold``: finalized in the same transaction)."""
+        ...
 
     def update_draft(self, invoice_id: int, values: DraftValues) -> None: ...
 
@@ -184,6 +187,10 @@ class InvoiceRepository(Protocol):
 
     def finalized_periods(self, account: str, before: date) -> list[FinalizedPeriod]:
         """The account's finalized standard invoices of periods before ``before``, oldest first."""
+        ...
+
+    def threshold_invoices(self, account: str, period_start: date) -> list[ThresholdInvoiced]:
+        """The account's finalized (not void) threshold invoices of the period, in the order issued."""
         ...
 
     def finalized_adjustments(self, account: str, period: str) -> Decimal:

@@ -20,6 +20,7 @@ from sqlalchemy import ColumnElement, Connection, delete, insert, select, text, 
 
 from billing.adapters.models import InvoiceLineRow, InvoiceRow
 from billing.domain.invoicing import PricedLine
+from billing.domain.progressive import ThresholdInvoiced
 from billing.errors import InvoiceNotFound
 from billing.services.ports import DraftValues, FinalizedPeriod, InvoiceRecord
 
@@ -122,11 +123,11 @@ class InvoiceRepository:
         ).first()
         return None if row is None else _record(row)
 
-    def insert_draft(self, account: str, start: date, end: date, values: DraftValues) -> int:
+    def insert_draft(self, account: str, start: date, end: date, values: DraftValues, kind: str = "standard") -> int:
         return int(
             self.conn.execute(
                 insert(InvoiceRow)
-                .values(account_code=account, period_start=start, period_end=end, kind="standard", **asdict(values))
+                .values(account_code=account, period_start=start, period_end=end, kind=kind, **asdict(values))
                 .returning(InvoiceRow.id)
             ).scalar_one()
         )
@@ -143,11 +144,13 @@ class InvoiceRepository:
 
     def finalized_periods(self, account: str, before: date) -> list[FinalizedPeriod]:
         # what was billed for a period: its invoice's own lines (not the adjustments it carried for
-        # earlier periods, nor the credit notes applied to it)
+        # earlier periods, nor the credit notes applied to it, nor the deductions of its threshold
+        # invoices: own is the whole period, as re-rating it is)
         rows = self.conn.execute(
             text(
                 "SELECT i.period_start, i.period_end, i.number, "
-                "coalesce(sum(l.amount) FILTER (WHERE l.kind NOT IN ('adjustment', 'credit_note')), 0) AS own "
+                "coalesce(sum(l.amount) FILTER (WHERE l.kind NOT IN ('adjustment', 'credit_note', 'threshold')), 0) "
+                "AS own "
                 "FROM invoices i LEFT JOIN invoice_lines l ON l.invoice_id = i.id "
                 "WHERE i.account_code = :a AND i.status = 'finalized' AND i.kind = 'standard' "
                 "AND i.period_start < :before "
@@ -156,6 +159,19 @@ class InvoiceRepository:
             {"a": account, "before": before},
         ).all()
         return [FinalizedPeriod(r.period_start, r.period_end, r.number, Decimal(r.own)) for r in rows]
+
+    def threshold_invoices(self, account: str, period_start: date) -> list[ThresholdInvoiced]:
+        rows = self.conn.execute(
+            select(InvoiceRow.number, InvoiceRow.subtotal)
+            .where(
+                InvoiceRow.account_code == account,
+                InvoiceRow.period_start == period_start,
+                InvoiceRow.kind == "threshold",
+                InvoiceRow.status == "finalized",
+            )
+            .order_by(InvoiceRow.id)
+        ).all()
+        return [ThresholdInvoiced(str(r.number), Decimal(r.subtotal)) for r in rows]
 
     def finalized_adjustments(self, account: str, period: str) -> Decimal:
         return Decimal(

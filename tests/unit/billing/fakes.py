@@ -16,6 +16,7 @@ from billing.domain.accounts import Attributor
 from billing.domain.credit_notes import OpenCredit
 from billing.domain.invoicing import AccountTerms, PricedLine, Subscription
 from billing.domain.plans import PlanVersion
+from billing.domain.progressive import ThresholdInvoiced
 from billing.domain.usage import UsageRow
 from billing.domain.webhooks import WebhookEvent
 from billing.errors import CreditNoteNotFound, InvoiceNotFound
@@ -140,10 +141,10 @@ class FakeInvoices:
                 return s.record
         return None
 
-    def insert_draft(self, account: str, start: date, end: date, values: DraftValues) -> int:
+    def insert_draft(self, account: str, start: date, end: date, values: DraftValues, kind: str = "standard") -> int:
         invoice_id = len(self.stored) + 1
         fields = {k: v for k, v in dataclasses.asdict(values).items() if k != "updated_at"}
-        record = InvoiceRecord(invoice_id, account, start, end, "standard", "draft", None, **fields)
+        record = InvoiceRecord(invoice_id, account, start, end, kind, "draft", None, **fields)
         self.stored[invoice_id] = StoredInvoice(record, [])
         return invoice_id
 
@@ -163,7 +164,11 @@ class FakeInvoices:
                 s.record.period_end,
                 str(s.record.number),
                 sum(
-                    (p.line.rounded_amount for p in s.lines if p.line.kind not in ("adjustment", "credit_note")),
+                    (
+                        p.line.rounded_amount
+                        for p in s.lines
+                        if p.line.kind not in ("adjustment", "credit_note", "threshold")
+                    ),
                     Decimal(0),
                 ),
             )
@@ -174,6 +179,13 @@ class FakeInvoices:
             and s.record.period_start < before
         ]
         return sorted(out, key=lambda f: f.period_start)
+
+    def threshold_invoices(self, account: str, period_start: date) -> list[ThresholdInvoiced]:
+        return [
+            ThresholdInvoiced(str(s.record.number), s.record.subtotal)
+            for s in self.of(account, period_start)
+            if s.record.kind == "threshold" and s.record.status == "finalized"
+        ]
 
     def finalized_adjustments(self, account: str, period: str) -> Decimal:
         return sum(
