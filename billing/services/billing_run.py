@@ -69,7 +69,16 @@ from billing.services.ports import (
     UsageRepository,
 )
 
-__all__ = ["PERIOD_PATTERN", "AccountBill", "Preview", "parse_period", "preview", "preview_accounts", "run_billing"]
+__all__ = [
+    "PERIOD_PATTERN",
+    "AccountBill",
+    "Preview",
+    "parse_period",
+    "preview",
+    "preview_accounts",
+    "rebill_draft",
+    "run_billing",
+]
 
 
 @dataclass
@@ -212,6 +221,29 @@ def run_billing(
             ids = uow.invoices.ids_not_draft(start)
         render_pending(uows, ids, workers=render_workers)
     return results
+
+
+def rebill_draft(
+    engine: Database,
+    period: str,
+    account: str,
+    source_order: Mapping[str, tuple[str, ...]] | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> AccountBill | None:
+    """Recompute ``account``'s draft of ``period`` in place, as a run would; nothing if it has no
+    draft (none, or finalized). A threshold invoice just issued is deducted on the draft at once
+    (``billing.services.progressive``), so finalizing the draft by itself never bills twice."""
+    start, end = parse_period(period)
+    uows = units_of_work(engine)
+    with uows() as uow:
+        current = uow.invoices.current(account, start)
+        if current is None or current.status != "draft":
+            return None
+        catalog = _Catalog.read(uow.catalog)
+        attributor = uow.catalog.attributor()
+        rows = uow.usage.rows(_midnight(start), _midnight(end), attributor, account)
+    run = _Run(uows, catalog, attributor, metered_by_source(rows), start, end, source_order or DEFAULT_SOURCES, clock)
+    return _bill_account(run, account)
 
 
 def _adjustments(run: _Run, usage: UsageRepository, invoices: InvoiceRepository, account: str) -> list[PricedLine]:

@@ -18,9 +18,10 @@ Decided here:
 * **When not.** Not once the period's final invoice is finalized (late usage becomes an
   adjustment line, ``billing.domain.invoicing``), and not for a period that has ended
   (:class:`~billing.errors.RunError`): its final invoice bills the rest.
-* A draft of the final invoice written before a threshold invoice does not carry its deduction
-  until the next billing run, which ``bill --finalize`` always is; finalize such a draft through
-  ``bill --finalize``, not ``invoices finalize``.
+* **A draft of the final invoice** written before (a mid-month ``bill``) is recomputed at once
+  after the threshold invoice commits (``billing_run.rebill_draft``), so it carries the deduction
+  and finalizing it by itself (``invoices finalize``) never bills twice. Only a finalize of that
+  draft in the instant between the two transactions would miss it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from billing.domain.rating import invoice_totals
 from billing.domain.sources import DEFAULT_SOURCES
 from billing.domain.usage import metered_by_source
 from billing.errors import RunError
-from billing.services.billing_run import parse_period
+from billing.services.billing_run import parse_period, rebill_draft
 from billing.services.invoices import finalize, render_pending
 from billing.services.ports import DraftValues, UnitOfWork, UnitsOfWork
 
@@ -115,6 +116,7 @@ def check_thresholds(
         subscriptions = uow.catalog.subscriptions()
         usage = metered_by_source(uow.usage.rows(_midnight(start), _midnight(end), uow.catalog.attributor()))
     issued: list[ThresholdIssued] = []
+    stale: list[str] = []  # accounts whose draft of the period predates their new threshold invoice
     for code in sorted(accounts):
         active = active_subscriptions([s for s in subscriptions if s.account == code], plans, start, end)
         if not active or active[-1][2].threshold_invoice is None:
@@ -149,6 +151,10 @@ def check_thresholds(
             issued.append(
                 ThresholdIssued(code, invoice_id, done.number, acct.currency, totals.subtotal, totals.tax, totals.total)
             )
+            if final is not None:
+                stale.append(code)
+    for code in stale:
+        rebill_draft(uows, period, code, order, clock)
     if render and issued:
         render_pending(uows, [i.invoice_id for i in issued], workers=1)
     return issued

@@ -217,3 +217,15 @@ def test_no_threshold_invoice_for_a_plan_without_one_or_an_ended_period(uows: Fa
     other.catalog.subscribe("acme", PlanVersion("basic", "Basic", 1, "EUR", prices=SURGE.prices), date(2026, 1, 1))
     other.usage.stored = list(uows.usage.stored)
     assert check_thresholds(other, clock_at(at(10)), render=False) == []
+
+
+def test_a_draft_written_before_a_threshold_invoice_takes_its_deduction_at_once(uows: FakeUnitOfWork) -> None:
+    use(uows, 3, 120)  # 110.00
+    [draft] = run_billing(uows, "2026-11", clock=clock_at(at(9)))  # a mid-month run: 100.00 + 110.00
+    assert draft.subtotal == D("210.00") and draft.invoice_id is not None
+    [t1] = check_thresholds(uows, clock_at(at(10)), render=False)
+    # the draft is recomputed: 100.00 + 110.00 − 110.00 = 100.00, tax 20.00; finalizing it alone
+    # bills the usage once
+    record = uows.invoices.stored[draft.invoice_id].record
+    assert (record.status, record.subtotal, record.tax, record.total) == ("draft", D("100.00"), D("20.00"), D("120.00"))
+    assert described(uows, draft.invoice_id)[-1] == ("threshold", f"Invoiced on threshold {t1.number}", D("-110.00"))
