@@ -229,3 +229,27 @@ def test_a_draft_written_before_a_threshold_invoice_takes_its_deduction_at_once(
     record = uows.invoices.stored[draft.invoice_id].record
     assert (record.status, record.subtotal, record.tax, record.total) == ("draft", D("100.00"), D("20.00"), D("120.00"))
     assert described(uows, draft.invoice_id)[-1] == ("threshold", f"Invoiced on threshold {t1.number}", D("-110.00"))
+
+
+def test_tax_is_rounded_once_per_invoice_so_it_may_differ_from_one_invoice_by_a_cent() -> None:
+    tiny = PlanVersion(
+        "tiny",
+        "Tiny",
+        1,
+        "EUR",
+        prices=(Price("produce_bytes", "per_unit", "GB", unit_price=D("0.50")),),
+        threshold_invoice=D("0.50"),
+    )
+    uows = FakeUnitOfWork()
+    uows.catalog.add_account("acme", tax_rate="0.19")
+    uows.catalog.subscribe("acme", tiny, date(2026, 1, 1))
+    use(uows, 3, 1)  # 1 GB × 0.50 = 0.50 ≥ 0.50; tax 0.50 × 0.19 = 0.095 → 0.10 (half up)
+    [t1] = check_thresholds(uows, clock_at(at(10)), render=False)
+    assert (t1.subtotal, t1.tax) == (D("0.50"), D("0.10"))
+    use(uows, 12, 1)  # month end: 2 GB = 1.00 − 0.50 = 0.50, tax 0.10
+    [final] = run_billing(uows, "2026-11", clock=clock_at(at(2, 12)))
+    assert (final.subtotal, final.tax) == (D("0.50"), D("0.10"))
+    # one invoice: 1.00, tax 0.19. Subtotals add up exactly (1.00); the taxes, 0.20, are one cent
+    # over: two invoices, at most ⌊(2 + 1) / 2⌋ = 1 minor unit (billing.domain.progressive)
+    assert t1.subtotal + final.subtotal == D("1.00")
+    assert t1.tax + final.tax - D("0.19") == D("0.01")
