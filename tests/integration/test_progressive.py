@@ -8,6 +8,10 @@ the rest at 0.50; ``threshold_invoice: {amount: "80.00"}``. Account ``acme``, ta
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -179,3 +183,34 @@ def test_concurrent_checks_issue_one_threshold_invoice(surge: sa.Engine) -> None
     with surge.connect() as conn:
         rows = conn.execute(sa.text("SELECT number, kind FROM invoices ORDER BY id")).all()
     assert [tuple(r) for r in rows] == [("INV-2026-000001", "threshold")]
+
+
+def test_a_mid_month_draft_takes_the_deduction_when_a_threshold_invoice_is_issued(surge: sa.Engine) -> None:
+    use(surge, 3, 120)  # 110.00
+    [draft] = run_billing(surge, "2026-11", clock=lambda: at(9))  # 100.00 + 110.00 = 210.00
+    assert draft.subtotal == D("210.00")
+    [t1] = check_thresholds(surge, lambda: at(10), render=False)
+    # 210.00 − 110.00 = 100.00, tax 20.00: finalizing the draft alone bills the usage once
+    with surge.connect() as conn:
+        row = conn.execute(
+            sa.text("SELECT status, subtotal, total FROM invoices WHERE id = :i"), {"i": draft.invoice_id}
+        )
+        status, subtotal, total = row.one()
+    assert (status, D(subtotal), D(total)) == ("draft", D("100.00"), D("120.00"))
+    assert lines(surge, t1.number) == [("usage", BYTES, D("110.00"))]
+
+
+def test_the_command_checks_the_current_month_and_refuses_an_ended_one(surge: sa.Engine, migrated: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMTOLL_")} | {
+        "STREAMTOLL_DATABASE_URL": migrated
+    }
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "streamtoll.cli", "thresholds", "check", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+    ended = cli("--period", "2000-01", "--json")
+    assert ended.returncode == 2 and "2000-01 has ended" in ended.stderr and "Traceback" not in ended.stderr
+    now = cli("--json")  # the current month: no usage in it, nothing issued
+    assert now.returncode == 0, now.stderr
+    assert json.loads(now.stdout) == []
