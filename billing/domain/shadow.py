@@ -20,7 +20,9 @@ that plan?" (docs/billing.md, "Shadow invoices"). The rules, and how they are re
   subscriptions (``real_from`` ``rated``; no adjustment lines: those are a billing run's).
 * **Adjustments.** Adjustment lines on the real invoice bill late usage of earlier periods under
   the plans then in force; the shadow carries them unchanged, so the difference is the
-  candidate's alone.
+  candidate's alone. So it does the deductions of the period's threshold invoices
+  (``billing.domain.progressive``): they were issued under the real plan, and the real total is
+  the final invoice's, after them.
 * **Totals.** The candidate's rounded lines plus those adjustments, through
   :func:`~billing.domain.rating.invoice_totals` with the invoice's tax rate (the account's when
   there is no invoice). ``difference = shadow total − real total``: positive, the account would

@@ -64,7 +64,10 @@ def candidate_plan(
 
 
 def _real_invoice(invoices: InvoiceRepository, inv: InvoiceRecord) -> RealBill:
-    adjustments = tuple(Decimal(line["amount"]) for line in invoices.lines(inv.id) if line["kind"] == "adjustment")
+    # threshold invoices' deductions too (billing.domain.progressive): what the period's final
+    # invoice would be under the candidate, so the difference is still the candidate's alone
+    carried = ("adjustment", "threshold")
+    adjustments = tuple(Decimal(line["amount"]) for line in invoices.lines(inv.id) if line["kind"] in carried)
     totals = Totals(inv.subtotal, inv.tax, inv.total)
     return RealBill(inv.status, inv.currency, inv.tax_rate, totals, adjustments, invoice_ref(inv.id, inv.number))
 

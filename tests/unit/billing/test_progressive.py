@@ -22,6 +22,7 @@ from billing.errors import PlanError, RunError
 from billing.services.billing_run import run_billing
 from billing.services.invoices import finalize
 from billing.services.progressive import check_thresholds
+from billing.services.shadow import shadow_run
 from tests.unit.billing.fakes import GB, FakeUnitOfWork, row
 
 D = Decimal
@@ -253,3 +254,20 @@ def test_tax_is_rounded_once_per_invoice_so_it_may_differ_from_one_invoice_by_a_
     # over: two invoices, at most ⌊(2 + 1) / 2⌋ = 1 minor unit (billing.domain.progressive)
     assert t1.subtotal + final.subtotal == D("1.00")
     assert t1.tax + final.tax - D("0.19") == D("0.01")
+
+
+def test_a_shadow_run_carries_the_threshold_deductions_so_the_difference_is_the_candidates(
+    uows: FakeUnitOfWork,
+) -> None:
+    use(uows, 3, 120)  # 110.00: INV-2026-000001
+    check_thresholds(uows, clock_at(at(10)), render=False)
+    run_billing(uows, "2026-11", clock=clock_at(at(2, 12)))  # 100.00 + 110.00 − 110.00 = 100.00
+    flat = PlanVersion(
+        "flat", "Flat", 1, "EUR", base_fee=D("100.00"), prices=(Price("produce_bytes", "per_unit", "GB", D("1.00")),)
+    )
+    uows.catalog.plans[("flat", 1)] = flat
+    [row_] = shadow_run(uows, "2026-11", "flat")
+    # the candidate: 100.00 + 120 × 1.00 = 220.00, − 110.00 already invoiced = 110.00; real 100.00:
+    # the difference 10.00 is the candidate's alone (120.00 against the graduated 110.00)
+    assert row_.shadow is not None
+    assert (row_.real.totals.subtotal, row_.shadow.subtotal) == (D("100.00"), D("110.00"))
