@@ -224,4 +224,3 @@ def account_balance(engine: Database, account: str, on: date | None = None) -> d
         "money_available": format_money(money, terms.currency),
         "grants": [_view(r, burns, day) for r in records],
     }
-

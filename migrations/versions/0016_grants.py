@@ -51,9 +51,7 @@ def upgrade() -> None:
         """
     )
     op.execute("CREATE INDEX grants_account ON grants (account_code, id)")
-    op.execute(
-        "CREATE INDEX invoice_lines_grant ON invoice_lines ((usage_ref->>'grant')) WHERE kind = 'grant'"
-    )
+    op.execute("CREATE INDEX invoice_lines_grant ON invoice_lines ((usage_ref->>'grant')) WHERE kind = 'grant'")
     op.execute(
         """
         CREATE FUNCTION streamtoll_guard_grant() RETURNS trigger LANGUAGE plpgsql AS $$
