@@ -33,8 +33,6 @@ from billing.domain.webhooks import WebhookEvent
 from metering.entitlements import Episode
 
 __all__ = [
-    "GrantRecord",
-    "GrantRepository",
     "AccountPlanDoc",
     "AccountState",
     "AccountSummary",
@@ -52,6 +50,8 @@ __all__ = [
     "DraftValues",
     "EpisodeReads",
     "FinalizedPeriod",
+    "GrantRecord",
+    "GrantRepository",
     "IdempotencyKeys",
     "IdempotencyRecord",
     "InvoiceRecord",

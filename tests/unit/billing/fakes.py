@@ -23,13 +23,14 @@ from billing.errors import CreditNoteNotFound, GrantError, GrantNotFound, Invoic
 from billing.services.ports import (
     CreditNoteRecord,
     DraftValues,
-    GrantRecord,
     FinalizedPeriod,
+    GrantRecord,
     InvoiceRecord,
     StatementMarks,
 )
 
 GB = 10**9
+_NOT_OWN = ("adjustment", "credit_note", "grant")  # lines an invoice carries that are not its period's own
 
 
 def row(  # a usage row of one identity of `account` on `day`, topic "orders" unless given
@@ -165,7 +166,7 @@ class FakeInvoices:
                 s.record.period_end,
                 str(s.record.number),
                 sum(
-                    (p.line.rounded_amount for p in s.lines if p.line.kind not in ("adjustment", "credit_note", "grant")),
+                    (p.line.rounded_amount for p in s.lines if p.line.kind not in _NOT_OWN),
                     Decimal(0),
                 ),
             )
