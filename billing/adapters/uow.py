@@ -4,8 +4,8 @@
 ``uow.catalog``, ``uow.invoices``, ``uow.statements``, ``uow.keys``, ``uow.credentials``,
 ``uow.idempotency``, ``uow.outbox``, ``uow.episodes``, ``uow.credit_notes``, ``uow.grants``,
 ``uow.webhooks`` — works on its connection; it commits when the block ends normally and rolls
-back on an exception. Services take an engine or any factory of units of work (:func:`units_of_work`), so unit tests pass
-in-memory fakes.
+back on an exception. Services take an engine or any factory of units of work
+(:func:`units_of_work`), so unit tests pass in-memory fakes.
 """
 
 from __future__ import annotations
