@@ -148,6 +148,8 @@ def add_grant(
     """Add a grant of money (``amount``) or of ``units`` of ``meter`` in ``unit``; returns its view."""
     if (amount is None) == (units is None):
         raise GrantError("give either an amount of money or units of a meter, not both")
+    if amount is not None and (meter is not None or unit is not None):
+        raise GrantError("a meter and a unit go with units, not with an amount of money")
     if units is not None and (meter is None or unit is None):
         raise GrantError("units need a meter and a unit (e.g. --meter consume_bytes --unit GB)")
     if not reason.strip():
