@@ -83,7 +83,9 @@ def add_account_grant(
     return once(request, c, idempotency_key, print_, work)
 
 
-@router.get("/v1/grants", responses={200: ok(list[models.PrepaidGrant], "grants in the order they were added"), **reads})
+@router.get(
+    "/v1/grants", responses={200: ok(list[models.PrepaidGrant], "grants in the order they were added"), **reads}
+)
 def grants(c: Annotated[Caller, Depends(caller)], s: AppServices, account: Account = None) -> Any:
     return list_grants(s.engine, scope(c, account))
 
