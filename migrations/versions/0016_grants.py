@@ -37,7 +37,8 @@ def upgrade() -> None:
             effective_on    date NOT NULL,
             expires_on      date CHECK (expires_on > effective_on),
             recurrence      text CHECK (recurrence IN ('monthly')),
-            rollover_limit  numeric(20, 6) CHECK (rollover_limit IS NULL OR (rollover_limit >= 0 AND recurrence IS NOT NULL)),
+            rollover_limit  numeric(20, 6)
+                            CHECK (rollover_limit IS NULL OR (rollover_limit >= 0 AND recurrence IS NOT NULL)),
             reason          text NOT NULL,
             created_by      text NOT NULL,
             created_at      timestamptz NOT NULL DEFAULT now(),

@@ -77,10 +77,27 @@ def add_account_grant(
         except AccountNotFound:
             raise ProblemError("not-found", "no such account") from None
         except GrantError as exc:
-            raise ProblemError("invalid-request", str(exc), errors=[{"in": "query", "reason": str(exc)}]) from None
+            raise ProblemError("invalid-request", str(exc), errors=[_named(str(exc), amount is None)]) from None
         return json_response(added)
 
     return once(request, c, idempotency_key, print_, work)
+
+
+_NAMES = (
+    ("rollover", "rollover_limit"),
+    ("expire", "expires"),
+    ("priority", "priority"),
+    ("recurrence", "recurring"),
+    ("reason", "reason"),
+    ("meter", "meter"),
+    ("unit", "unit"),
+)
+
+
+def _named(reason: str, units: bool) -> dict[str, str]:
+    """The parameter a grant's refusal is most about (its sentence may name several)."""
+    name = next((n for word, n in _NAMES if word in reason), "units" if units else "amount")
+    return {"name": name, "in": "query", "reason": reason}
 
 
 @router.get(
