@@ -1,7 +1,7 @@
 """A plan version as the catalog stores it (a JSON document) and back, and its digest.
 
-Money and quantities are strings in the document, never floats; ``access``, ``limits`` and
-``caps`` appear only when the plan has them, so a plan written before they existed keeps its
+Money and quantities are strings in the document, never floats; ``access``, ``limits``,
+``caps`` and ``prepaid`` appear only when the plan has them, so a plan written before they existed keeps its
 document, digest and version.
 """
 
@@ -12,7 +12,16 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from billing.domain.access import access_doc, access_from_doc, caps_doc, caps_from_doc, limits_doc, limits_from_doc
+from billing.domain.access import (
+    access_doc,
+    access_from_doc,
+    caps_doc,
+    caps_from_doc,
+    limits_doc,
+    limits_from_doc,
+    prepaid_doc,
+    prepaid_from_doc,
+)
 from billing.domain.plans import PlanVersion, Price, Tier
 
 __all__ = ["document_digest", "plan_document", "plan_from_document"]
@@ -57,6 +66,8 @@ def plan_document(pv: PlanVersion) -> dict[str, Any]:
         doc["limits"] = limits_doc(pv.limits)
     if pv.caps is not None:
         doc["caps"] = caps_doc(pv.caps)
+    if pv.prepaid is not None:
+        doc["prepaid"] = prepaid_doc(pv.prepaid)
     return doc
 
 
@@ -89,6 +100,7 @@ def plan_from_document(version: int, doc: dict[str, Any]) -> PlanVersion:
         access=None if "access" not in doc else access_from_doc(doc["access"]),
         limits=None if "limits" not in doc else limits_from_doc(doc["limits"]),
         caps=None if "caps" not in doc else caps_from_doc(doc["caps"]),
+        prepaid=None if "prepaid" not in doc else prepaid_from_doc(doc["prepaid"]),
     )
 
 

@@ -22,8 +22,8 @@ Interpretations made here (docs/billing.md, "The plans file", says the same to w
 * A meter has at most one price without ``topics`` (the one that "takes the rest"); two prices
   for the same meter with the same ``topics`` are refused, since the second could never take usage.
 * ``topics`` are :func:`fnmatch.fnmatchcase` globs (case-sensitive, like Kafka topic names).
-* ``access``, ``limits`` and ``caps`` (what the plan grants at the gateway) are optional and
-  validated by :mod:`billing.domain.access`; a plan without them is unrestricted.
+* ``access``, ``limits``, ``caps`` and ``prepaid`` (what the plan grants at the gateway) are
+  optional and validated by :mod:`billing.domain.access`; a plan without them is unrestricted.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final, Literal, get_args
 
-from billing.domain.access import Access, CapSpec, parse_access, parse_caps, parse_limits
+from billing.domain.access import Access, CapSpec, PrepaidSpec, parse_access, parse_caps, parse_limits, parse_prepaid
 from billing.domain.money import minor_unit, round_money, to_decimal
 from billing.domain.units import METERS, Meter, check_unit, is_meter
 from billing.errors import PlanError
@@ -87,9 +87,21 @@ class PlanVersion:
     access: Access | None = None
     limits: Limits | None = None
     caps: tuple[CapSpec, ...] | None = None
+    prepaid: PrepaidSpec | None = None  # caps following the account's unit grants (access.prepaid_caps)
 
 
-_PLAN_KEYS: Final = ("code", "name", "currency", "base_fee", "minimum_commitment", "prices", "access", "limits", "caps")
+_PLAN_KEYS: Final = (
+    "code",
+    "name",
+    "currency",
+    "base_fee",
+    "minimum_commitment",
+    "prices",
+    "access",
+    "limits",
+    "caps",
+    "prepaid",
+)
 _PRICE_KEYS: Final = (
     "meter",
     "model",
@@ -172,6 +184,7 @@ def parse_plan(doc: Mapping[str, Any], where: str) -> PlanVersion:
     access = parse_access(doc["access"], f"{where}.access", problems) if "access" in doc else None
     limits = parse_limits(doc["limits"], f"{where}.limits", problems) if "limits" in doc else None
     caps = parse_caps(doc["caps"], f"{where}.caps", problems) if "caps" in doc else None
+    prepaid = parse_prepaid(doc["prepaid"], f"{where}.prepaid", problems) if "prepaid" in doc else None
 
     if problems:
         raise PlanError(problems)
@@ -186,6 +199,7 @@ def parse_plan(doc: Mapping[str, Any], where: str) -> PlanVersion:
         access=access,
         limits=limits,
         caps=caps,
+        prepaid=prepaid,
     )
 
 

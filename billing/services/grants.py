@@ -35,6 +35,7 @@ from billing.domain.grants import (
     check_grant,
     counted_burns,
     grant_line,
+    room,
 )
 from billing.domain.invoicing import PricedLine
 from billing.domain.money import format_money
@@ -43,7 +44,7 @@ from billing.domain.usage import MeterUsage
 from billing.errors import AccountNotFound, GrantError
 from billing.services.ports import GrantRecord, GrantRepository
 
-__all__ = ["InvoiceGrants", "account_balance", "add_grant", "list_grants", "void_grant"]
+__all__ = ["InvoiceGrants", "account_balance", "add_grant", "list_grants", "prepaid_units", "void_grant"]
 
 
 def _now() -> datetime:
@@ -226,3 +227,26 @@ def account_balance(engine: Database, account: str, on: date | None = None) -> d
         "money_available": format_money(money, terms.currency),
         "grants": [_view(r, burns, day) for r in records],
     }
+
+
+def prepaid_units(repo: GrantRepository, account: str, on: date) -> dict[str, int]:
+    """meter → the base units ``account``'s unit grants had left at the start of ``on``'s month
+    (what the caps fold's month-to-date usage is compared with: ``domain.access.prepaid_caps``).
+
+    Counts the grants in force on ``on`` (not voided), each with what it could burn on this
+    month's invoice before any of this month's usage: the burns of finalized invoices and of
+    earlier periods' drafts, never this month's draft. A meter the account holds a unit grant of
+    that is not in force (expired, not yet effective) appears with 0: at zero the policy applies."""
+    records = [r for r in repo.listing(account) if r.grant.kind == "units" and not r.grant.voided]
+    if not records:
+        return {}
+    period = on.replace(day=1)
+    burns = [b for b in repo.burns(account) if b.period_start != period]
+    counted = counted_burns(burns, None, period)
+    out: dict[str, int] = {}
+    for r in records:
+        g = r.grant
+        meter = str(g.meter)
+        left = room(g, period, counted.get(g.id, {})) if g.in_force(on) else Decimal(0)
+        out[meter] = out.get(meter, 0) + int(left)
+    return out

@@ -291,3 +291,89 @@ def test_adding_grants_refuses_what_makes_no_sense(uows: FakeUnitOfWork) -> None
         (2, "units", "200", "finance@example.com"),
         (3, "money", "50.00", "finance@example.com"),
     ]
+
+
+# --- caps following the balance (a plan's prepaid policy) ---
+
+
+PREPAID_PLAN = """
+code: prepaid
+name: Prepaid
+currency: EUR
+prices:
+  - {meter: consume_bytes, unit: GB, model: per_unit, unit_price: "0.10"}
+caps:
+  - {meter: produce_bytes, included: 50, unit: GB, policy: soft}
+  - {meter: consume_bytes, included: 1000, unit: GB, policy: soft}
+prepaid: {policy: throttle, floor_bytes_per_second: 65536}
+"""
+
+
+def test_a_prepaid_policy_is_validated_like_a_cap() -> None:
+    import yaml
+
+    from billing.domain.plans import parse_plan
+    from billing.errors import PlanError
+
+    plan = parse_plan(yaml.safe_load(PREPAID_PLAN), "plans[0]")
+    assert plan.prepaid is not None and (plan.prepaid.policy, plan.prepaid.floor_bytes_per_second) == (
+        "throttle",
+        65536,
+    )
+    for bad, message in (
+        ("{policy: soft}", "not a prepaid policy"),
+        ("{policy: throttle}", "required by policy throttle"),
+        ("{policy: block, floor_bytes_per_second: 10}", "only a throttle policy has a floor"),
+        ("{policy: block, extra: 1}", "extra"),
+    ):
+        with pytest.raises(PlanError, match=message):
+            parse_plan(
+                yaml.safe_load(PREPAID_PLAN.replace("{policy: throttle, floor_bytes_per_second: 65536}", bad)), "p"
+            )
+
+
+def test_prepaid_caps_follow_the_month_start_balance(uows: FakeUnitOfWork) -> None:
+    import yaml
+
+    from billing.domain.plans import parse_plan
+    from billing.services.catalog import plan_document
+    from billing.services.entitlements import account_entitlements
+    from billing.services.grants import prepaid_units
+    from billing.services.ports import AccountPlanDoc
+
+    from .fakes_edge import FakeCatalogReads
+
+    bill(uows, "2026-11", finalize=True)
+    bill(uows, "2026-12")  # December's draft: its burns are this month's usage, not the month-start balance
+    # on 10 December: #1 300 GB − 250 finalized in November = 50 GB; #2 200 + carry 100 = 300 GB
+    # → consume_bytes 350 GB = 350 × 10^9 bytes (the money grant makes no cap)
+    assert prepaid_units(uows.grants, "acme", date(2026, 12, 10)) == {"consume_bytes": 350 * GB}
+    # on the 16th #1 has expired: only #2's 300 GB
+    assert prepaid_units(uows.grants, "acme", date(2026, 12, 16)) == {"consume_bytes": 300 * GB}
+    doc = plan_document(parse_plan(yaml.safe_load(PREPAID_PLAN), "plans[0]"))
+    catalog = FakeCatalogReads([AccountPlanDoc("acme", None, "prepaid", 1, doc)])
+    (found,) = account_entitlements(
+        catalog, date(2026, 12, 10), "acme", lambda a: prepaid_units(uows.grants, a, date(2026, 12, 10))
+    )
+    caps = {c.meter: (c.included, c.policy, c.floor_bytes_per_second) for c in found.entitlement.caps}
+    # the plan's produce cap stays; consume: 350 GB prepaid < the plan's 1000 GB → the prepaid cap wins
+    assert caps == {"produce_bytes": (50 * GB, "soft", None), "consume_bytes": (350 * GB, "throttle", 65536)}
+    # without balances (or without grants) the plan's caps are unchanged
+    (plain,) = account_entitlements(catalog, date(2026, 12, 10), "acme")
+    assert {c.meter: c.included for c in plain.entitlement.caps} == {
+        "produce_bytes": 50 * GB,
+        "consume_bytes": 1000 * GB,
+    }
+    # every unit grant voided: no prepaid meter at all; an empty balance at zero blocks
+    for gid in (1, 2):
+        void_grant(uows, gid, reason="x", voided_by="finance", clock=clock)
+    assert prepaid_units(uows.grants, "acme", date(2026, 12, 10)) == {}
+
+
+def test_a_prepaid_meter_at_zero_is_capped_at_zero_and_a_tie_keeps_the_plans_cap() -> None:
+    from billing.domain.access import CapSpec, PrepaidSpec, prepaid_caps
+    from metering.entitlements import Cap
+
+    plan_cap = CapSpec(Cap("consume_bytes", 100, "soft"))
+    got = prepaid_caps(PrepaidSpec("block"), {"produce_bytes": 0, "consume_bytes": 100}, (plan_cap,))
+    assert [c.cap for c in got] == [Cap("consume_bytes", 100, "soft"), Cap("produce_bytes", 0, "block")]
