@@ -22,7 +22,9 @@ never changed nor deleted.
   plan's included units: grants and included units on one meter add up only when the grant
   is meant for usage beyond them — a documented limit.
   Usage on a day the grant is not in force (before it is effective, on or after its expiry) is
-  not covered.
+  not covered, nor is usage no price bills that day (no subscription in force, no price of the
+  plan takes its meter and topic, or only a ``flat`` one, which does not depend on quantity):
+  a grant is never spent on what would cost nothing (:func:`priced_by`).
 * **Money grants** are used when the invoice is cut: one in force on the period's last day is
   applied as a negative line "Grant #ID applied" **before tax**, after every other line
   (usage, adjustments for late usage, credit notes applied), for at most the subtotal left, so
@@ -50,7 +52,7 @@ Amounts: money in the currency's minor units; units are kept as raw integer byte
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
@@ -58,7 +60,8 @@ from typing import Final, Literal
 
 from billing.domain.invoicing import PricedLine
 from billing.domain.money import exact_arithmetic, format_money, format_quantity, minor_unit, round_money
-from billing.domain.rating import Line
+from billing.domain.plans import PlanVersion
+from billing.domain.rating import Line, taking_price
 from billing.domain.sources import meter_usage
 from billing.domain.units import check_unit, is_meter, unit_size
 from billing.domain.usage import MeterUsage
@@ -77,6 +80,7 @@ __all__ = [
     "check_grant",
     "counted_burns",
     "grant_line",
+    "priced_by",
     "room",
 ]
 
@@ -185,6 +189,24 @@ def _next_month(start: date) -> date:
     return date(start.year + (start.month == 12), start.month % 12 + 1, 1)
 
 
+Priced = Callable[[str, str, date], bool]
+"""``(meter, topic, day) →`` whether a price bills that usage (:func:`priced_by`)."""
+
+
+def priced_by(subscriptions: Sequence[tuple[date, date | None, PlanVersion]]) -> Priced:
+    """Whether usage of (meter, topic) on a day is billed by a quantity price of the plan version
+    subscribed that day (``invoicing.active_subscriptions``): what a unit grant may cover."""
+
+    def priced(meter: str, topic: str, day: date) -> bool:
+        for since, until, plan in subscriptions:
+            if since <= day and (until is None or day < until):
+                index = taking_price(plan.prices, meter, topic)
+                return index is not None and plan.prices[index].model != "flat"
+        return False
+
+    return priced
+
+
 @dataclass(frozen=True)
 class RecordedBurn:
     """What one invoice burned of one grant (a working value), as stored on its grant line."""
@@ -260,11 +282,11 @@ class GrantBook:
         return cls(tuple(usable), {g.id: room(g, start, counted.get(g.id, {})) for g in usable}, start, end)
 
     def cover(
-        self, by_source: Mapping[str, MeterUsage], order: Mapping[str, tuple[str, ...]]
+        self, by_source: Mapping[str, MeterUsage], order: Mapping[str, tuple[str, ...]], priced: Priced
     ) -> tuple[dict[str, MeterUsage], list[Burn]]:
         """The usage left for the plan to price after the unit grants (same sources, same keys:
         a covered entry becomes 0, so the source chosen per quantity does not change), and
-        what each unit grant burned."""
+        what each unit grant burned; only usage ``priced`` says a price bills is covered."""
         units = [g for g in self.grants if g.kind == "units" and self.room[g.id] > 0]
         out = {source: dict(usage) for source, usage in by_source.items()}
         if not units:
@@ -274,7 +296,7 @@ class GrantBook:
         for meter, topic, day in sorted(usage, key=lambda k: (k[2], k[0], k[1])):
             key = (meter, topic, day)
             q = Decimal(usage[key])
-            if not self.start <= day < self.end:
+            if not self.start <= day < self.end or not priced(meter, topic, day):
                 continue
             for g in units:
                 if q == 0:

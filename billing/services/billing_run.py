@@ -229,7 +229,8 @@ def _adjustments(
         past = run.past.get(inv.period_start)
         if past is None:  # read once per past period and run, not once per account
             past = run.past[inv.period_start] = _read_usage(usage, run.attributor, inv.period_start, inv.period_end)
-        covered = grants.finalized_cover(inv.period_start, inv.period_end, past.get(account, {}), run.order)
+        subscribed = run.catalog.active(account, inv.period_start, inv.period_end)
+        covered = grants.finalized_cover(inv.period_start, inv.period_end, past.get(account, {}), run.order, subscribed)
         rated = run.catalog.rate({account: covered}, account, inv.period_start, inv.period_end, run.order)
         now_rated = invoice_totals((p.line.rounded_amount for p in rated.lines), Decimal(0), currency).subtotal
         diff = late_usage_adjustment(now_rated, inv.own, adjusted)
@@ -275,7 +276,9 @@ def _bill_account(run: _Run, account: str) -> AccountBill:
                 current.number,
             )
         grants = InvoiceGrants.read(uow.grants, account, start, end, None if current is None else current.id)
-        usage, grant_lines = grants.cover(run.usage.get(account, {}), run.order)
+        usage, grant_lines = grants.cover(
+            run.usage.get(account, {}), run.order, run.catalog.active(account, start, end)
+        )
         rated = run.catalog.rate({account: usage}, account, start, end, run.order)
         lines = rated.lines + grant_lines + _adjustments(run, uow.usage, uow.invoices, account, grants)
         lines += _credits(uow.credit_notes, account, start, current, lines, acct.currency)

@@ -35,16 +35,21 @@ from billing.domain.grants import (
     check_grant,
     counted_burns,
     grant_line,
+    priced_by,
     room,
 )
 from billing.domain.invoicing import PricedLine
 from billing.domain.money import format_money
+from billing.domain.plans import PlanVersion
 from billing.domain.rating import invoice_totals
 from billing.domain.usage import MeterUsage
 from billing.errors import AccountNotFound, GrantError
 from billing.services.ports import GrantRecord, GrantRepository
 
 __all__ = ["InvoiceGrants", "account_balance", "add_grant", "list_grants", "prepaid_units", "void_grant"]
+
+
+Subscribed = Sequence[tuple[date, date | None, PlanVersion]]
 
 
 def _now() -> datetime:
@@ -68,10 +73,11 @@ class InvoiceGrants:
         return cls(grants, burns, GrantBook.open(grants, counted_burns(burns, invoice_id, start), start, end))
 
     def cover(
-        self, by_source: Mapping[str, MeterUsage], order: Mapping[str, tuple[str, ...]]
+        self, by_source: Mapping[str, MeterUsage], order: Mapping[str, tuple[str, ...]], subscriptions: Subscribed
     ) -> tuple[dict[str, MeterUsage], list[PricedLine]]:
-        """The usage left to price after the unit grants, and one line per unit grant applied."""
-        usage, burns = self.book.cover(by_source, order)
+        """The usage left to price after the unit grants, and one line per unit grant applied
+        (``subscriptions``: ``invoicing.active_subscriptions`` of the period)."""
+        usage, burns = self.book.cover(by_source, order, priced_by(subscriptions))
         return usage, [grant_line(b) for b in burns]
 
     def money_lines(self, lines: Sequence[PricedLine], currency: str) -> list[PricedLine]:
@@ -81,7 +87,12 @@ class InvoiceGrants:
         return [grant_line(b) for b in self.book.apply_money(subtotal, currency)]
 
     def finalized_cover(
-        self, start: date, end: date, by_source: Mapping[str, MeterUsage], order: Mapping[str, tuple[str, ...]]
+        self,
+        start: date,
+        end: date,
+        by_source: Mapping[str, MeterUsage],
+        order: Mapping[str, tuple[str, ...]],
+        subscriptions: Subscribed,
     ) -> dict[str, MeterUsage]:
         """A finalized period's usage (re-read for late usage) with what its invoice's unit grants
         covered taken out again: the same units of the same grants, in the same order, so late
@@ -93,7 +104,7 @@ class InvoiceGrants:
         units = [g for g in burn_order(self.grants) if g.id in burned and g.kind == "units"]
         if not units:
             return {source: dict(usage) for source, usage in by_source.items()}
-        return GrantBook(tuple(units), burned, start, end).cover(by_source, order)[0]
+        return GrantBook(tuple(units), burned, start, end).cover(by_source, order, priced_by(subscriptions))[0]
 
 
 def _view(record: GrantRecord, burns: Sequence[RecordedBurn], on: date) -> dict[str, Any]:

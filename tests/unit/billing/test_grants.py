@@ -205,6 +205,27 @@ def test_a_money_grant_expired_before_the_period_ends_is_not_used() -> None:
     assert bill(uows, "2026-11")["total"] == D("20.00")
 
 
+def test_a_unit_grant_is_never_spent_on_usage_no_price_bills() -> None:
+    uows = FakeUnitOfWork()
+    uows.catalog.add_account("acme")
+    # subscribed from 15 November only; STREAM prices consume_bytes, not produce_bytes
+    uows.catalog.subscribe("acme", STREAM, date(2026, 11, 15))
+    grant(uows, units=D(100), meter="consume_bytes", unit="GB")
+    grant(uows, units=D(100), meter="produce_bytes", unit="GB")
+    uows.usage.stored += [
+        consume(date(2026, 11, 10), 30),  # before the subscription: listed, not billed, not covered
+        consume(date(2026, 11, 20), 50),  # covered by #1
+        row("acme", "proxy", date(2026, 11, 20), bytes_=70 * GB),  # produce: no price, #2 untouched
+    ]
+    got = bill(uows, "2026-11")
+    # #1 covers the 20th's 50 GB only (50 left); #2 burns nothing, so it has no line
+    assert [d for d, _ in got["lines"] if d.startswith("Grant")] == [
+        "Grant #1 applied: 50 GB of consume_bytes covered (50 GB left)"
+    ]
+    # base fee 16/30 of 20.00 = 10.666… → 10.67; consume 0 GB priced → 0.00
+    assert got["total"] == D("10.67")
+
+
 # --- the rules alone ---
 
 
@@ -256,7 +277,7 @@ def test_unit_grants_cover_only_days_they_are_in_force() -> None:
     late = g(1, amount=D(100), effective_on=date(2026, 11, 15))
     book = GrantBook.open([late], {}, date(2026, 11, 1), date(2026, 12, 1))
     usage = {("consume_bytes", "a", date(2026, 11, 14)): 30 * gb, ("consume_bytes", "a", date(2026, 11, 15)): 30 * gb}
-    left, burns = book.cover({"proxy": usage}, {"bytes": ("proxy",)})
+    left, burns = book.cover({"proxy": usage}, {"bytes": ("proxy",)}, lambda meter, topic, day: True)
     # the 14th is before the grant: still 30 GB; the 15th is covered (0 left to price)
     assert left["proxy"] == {
         ("consume_bytes", "a", date(2026, 11, 14)): 30 * gb,
