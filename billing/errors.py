@@ -19,6 +19,8 @@ reading messages::
     │   └── InvoiceNotFound (+NotFound)
     ├── CreditNoteError             a credit note cannot be issued as asked (over the cap, not finalized …)
     │   └── CreditNoteNotFound (+NotFound)
+    ├── GrantError                  a grant cannot be added or voided as asked
+    │   └── GrantNotFound (+NotFound)
     ├── ApiKeyError                 an API key cannot be created or revoked as asked
     │   └── ApiKeyNotFound (+NotFound)
     ├── CredentialError             a Kafka credential cannot be created, rotated or revoked
@@ -53,6 +55,8 @@ __all__ = [
     "CreditNoteNotFound",
     "EntitlementError",
     "EntitlementNotFound",
+    "GrantError",
+    "GrantNotFound",
     "IdempotencyError",
     "InvoiceError",
     "InvoiceNotFound",
@@ -140,6 +144,14 @@ class CreditNoteError(BillingError):
 
 class CreditNoteNotFound(CreditNoteError, NotFound):
     """No credit note has that number."""
+
+
+class GrantError(BillingError):
+    """A grant cannot be added or voided as asked (an amount in the wrong unit, voided twice …)."""
+
+
+class GrantNotFound(GrantError, NotFound):
+    """No grant has that id (or it is not the caller's)."""
 
 
 class ApiKeyError(BillingError):

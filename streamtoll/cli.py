@@ -55,6 +55,7 @@ from billing.errors import (
     CredentialError,
     CreditNoteError,
     EntitlementError,
+    GrantError,
     InvoiceError,
     NotFound,
     RunError,
@@ -836,6 +837,110 @@ def cmd_credit_notes(args: argparse.Namespace) -> int:
     return 0
 
 
+_GRANT_COLUMNS = [
+    "id",
+    "account",
+    "name",
+    "kind",
+    "amount",
+    "unit",
+    "priority",
+    "effective_on",
+    "expires_on",
+    "recurrence",
+    "status",
+    "burned",
+    "pending",
+    "left",
+    "available",
+]
+
+
+def _who() -> str:
+    """Who added or voided a grant from the command line: the operating system user."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _unit_of(g: dict[str, Any]) -> dict[str, Any]:
+    return {**g, "unit": g["unit"] or g["currency"]}
+
+
+def cmd_grants(args: argparse.Namespace) -> int:
+    from billing.services.grants import add_grant, list_grants, void_grant
+
+    with _engine() as engine:
+        try:
+            if args.action == "add":
+                added = add_grant(
+                    engine,
+                    args.account,
+                    amount=args.amount,
+                    units=args.units,
+                    meter=args.meter,
+                    unit=args.unit,
+                    priority=args.priority,
+                    effective_on=args.effective,
+                    expires_on=args.expires,
+                    recurrence=args.recurring,
+                    rollover_limit=args.rollover_limit,
+                    name=args.name,
+                    reason=args.reason,
+                    created_by=_who(),
+                )
+                what = (
+                    f"{added['amount']} {added['currency']}"
+                    if added["kind"] == "money"
+                    else (f"{added['amount']} {added['unit']} of {added['meter']}")
+                )
+                _report(args.output, f"added grant {added['id']} to {added['account']}: {what}", added)
+            elif args.action == "list":
+                print_rows([_unit_of(g) for g in list_grants(engine, args.account)], args.output, _GRANT_COLUMNS)
+            elif args.action == "void":
+                voided = void_grant(engine, args.id, reason=args.reason, voided_by=_who())
+                _report(args.output, f"voided grant {voided['id']} of {voided['account']}", voided)
+        except (GrantError, RunError) as exc:
+            raise (NotFoundError if isinstance(exc, NotFound) else UserError)(str(exc)) from None
+    return 0
+
+
+def cmd_balance(args: argparse.Namespace) -> int:
+    from billing.services.grants import account_balance
+
+    with _engine() as engine:
+        try:
+            doc = account_balance(engine, args.account, args.on)
+        except RunError as exc:
+            raise (NotFoundError if isinstance(exc, NotFound) else UserError)(str(exc)) from None
+    if args.output == "table":
+        print(f"{doc['account']} on {doc['on']}: {doc['money_available']} {doc['currency']} available")
+        print_rows([_unit_of(g) for g in doc["grants"]], args.output, _GRANT_COLUMNS)
+    else:
+        print_document(doc, args.output)
+    return 0
+
+
+def _day(text_: str) -> date:
+    try:
+        return date.fromisoformat(text_)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text_!r} is not a day like 2026-12-01") from None
+
+
+def _units(text_: str) -> Decimal:
+    try:
+        amount = Decimal(text_)
+    except ArithmeticError:
+        raise argparse.ArgumentTypeError(f"{text_!r} is not a number of units like 500") from None
+    if not amount.is_finite() or amount < 0:
+        raise argparse.ArgumentTypeError(f"{text_!r} is not a number of units like 500")
+    return amount
+
+
 def _money_amount(text_: str) -> Decimal:
     try:
         amount = Decimal(text_)
@@ -1374,6 +1479,8 @@ OPERATOR_COMMANDS = (
     ("thresholds", "threshold invoices (progressive billing): check, issuing those due mid-period"),
     ("invoices", "invoice lifecycle: list, show, pdf, finalize, void, send"),
     ("credit-notes", "credit notes against finalized invoices: create, list, show, pdf"),
+    ("grants", "prepaid credits and grants (money or a meter's units): add, list, void"),
+    ("balance", "an account's prepaid balance: each grant, what is burned, pending and left"),
     ("statements", "a partner's usage statement for a period"),
     ("top", "live consumption tables in the terminal (reads the API's /v1/live)"),
     ("settings", "every STREAMTOLL_* setting, its value here and its default"),
@@ -1666,6 +1773,36 @@ def build_parser() -> argparse.ArgumentParser:
     cnp.add_argument("--out", default=None, help="file to write (default NUMBER.pdf)")
     for cp_ in (cnc, cnl, cns, cnp):
         _output(cp_)
+
+    gr = group("grants")
+    gra = command(gr, "add", cmd_grants, "give an account money or a meter's units, burned before it pays")
+    gra.add_argument("account", help="account code")
+    what = gra.add_mutually_exclusive_group(required=True)
+    what.add_argument("--amount", type=_money_amount, help="money, in the account's currency (100.00)")
+    what.add_argument("--units", type=_units, help="units of --meter in --unit (500)")
+    gra.add_argument("--meter", default=None, help="with --units: the meter (consume_bytes)")
+    gra.add_argument("--unit", default=None, help="with --units: the unit as plans write it (GB, GiB, million …)")
+    gra.add_argument("--priority", type=int, default=10, help="lower burns first (default 10)")
+    gra.add_argument("--effective", type=_day, default=None, help="first day in force (default today, UTC)")
+    gra.add_argument("--expires", type=_day, default=None, help="first day no longer in force (default: never)")
+    gra.add_argument("--recurring", choices=("monthly",), default=None, help="the amount anew each billing period")
+    gra.add_argument(
+        "--rollover-limit", type=_units, default=None, help="with --recurring: unused amount carried, at most"
+    )
+    gra.add_argument("--name", default="", help="a short name shown on invoices")
+    gra.add_argument("--reason", required=True, help="why (kept with the grant)")
+    grl = command(gr, "list", cmd_grants, "grants in the order they were added, with their balances today")
+    grl.add_argument("--account", default=None, help="one account's grants")
+    grv = command(gr, "void", cmd_grants, "void a grant: later runs burn nothing of it (never deleted)")
+    grv.add_argument("id", type=_positive, help="the grant's id")
+    grv.add_argument("--reason", required=True, help="why (kept with the grant)")
+    for gp in (gra, grl, grv):
+        _output(gp)
+
+    bal = command(sub, "balance", cmd_balance)
+    bal.add_argument("account", help="account code")
+    bal.add_argument("--on", type=_day, default=None, help="the balance on this day (default today, UTC)")
+    _output(bal)
 
     stm = command(sub, "statements", cmd_statements)
     stm.add_argument("--account", required=True, help="account code")

@@ -252,6 +252,31 @@ class CreditNoteRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
 
+class GrantRow(Base):
+    """A grant of money or of a meter's units to an account; never changed but for its void."""
+
+    __tablename__ = "grants"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    account_code: Mapped[str] = mapped_column(Text, ForeignKey("accounts.code"), nullable=False)
+    name: Mapped[str] = mapped_column(Text, nullable=False, server_default="")
+    amount: Mapped[Decimal] = mapped_column(Numeric(20, 6), nullable=False)
+    currency: Mapped[str | None] = mapped_column(CHAR(3))
+    meter: Mapped[str | None] = mapped_column(Text)
+    unit: Mapped[str | None] = mapped_column(Text)
+    priority: Mapped[int] = mapped_column(Integer, nullable=False, server_default="10")
+    effective_on: Mapped[date] = mapped_column(Date, nullable=False)
+    expires_on: Mapped[date | None] = mapped_column(Date)
+    recurrence: Mapped[str | None] = mapped_column(Text)
+    rollover_limit: Mapped[Decimal | None] = mapped_column(Numeric(20, 6))
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    created_by: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    voided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    voided_by: Mapped[str | None] = mapped_column(Text)
+    void_reason: Mapped[str | None] = mapped_column(Text)
+
+
 class CreditNoteNumberRow(Base):
     """The last credit note number allocated per year (allocation locks the row: no gaps)."""
 

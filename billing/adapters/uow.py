@@ -2,10 +2,10 @@
 
 ``with UnitOfWork(engine) as uow:`` begins a transaction; every repository — ``uow.usage``,
 ``uow.catalog``, ``uow.invoices``, ``uow.statements``, ``uow.keys``, ``uow.credentials``,
-``uow.idempotency``, ``uow.outbox``, ``uow.episodes``, ``uow.credit_notes``, ``uow.webhooks`` — works on its
-connection; it commits when the block ends normally and rolls back on an exception. Services
-take an engine or any factory of units of work (:func:`units_of_work`), so unit tests pass
-in-memory fakes.
+``uow.idempotency``, ``uow.outbox``, ``uow.episodes``, ``uow.credit_notes``, ``uow.grants``,
+``uow.webhooks`` — works on its connection; it commits when the block ends normally and rolls
+back on an exception. Services take an engine or any factory of units of work
+(:func:`units_of_work`), so unit tests pass in-memory fakes.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from billing.adapters.repositories.catalog import CatalogRepository
 from billing.adapters.repositories.credentials import CredentialRepository
 from billing.adapters.repositories.credit_notes import CreditNoteRepository
 from billing.adapters.repositories.episodes import EpisodeRepository
+from billing.adapters.repositories.grants import GrantRepository
 from billing.adapters.repositories.idempotency import IdempotencyRepository
 from billing.adapters.repositories.invoices import InvoiceRepository
 from billing.adapters.repositories.keys import ApiKeyRepository
@@ -45,6 +46,7 @@ class UnitOfWork:
     outbox: OutboxRepository
     episodes: EpisodeRepository
     credit_notes: CreditNoteRepository
+    grants: GrantRepository
     webhooks: WebhookRepository
 
     def __init__(self, engine: Engine) -> None:
@@ -64,6 +66,7 @@ class UnitOfWork:
         self.outbox = OutboxRepository(conn)
         self.episodes = EpisodeRepository(conn)
         self.credit_notes = CreditNoteRepository(conn)
+        self.grants = GrantRepository(conn)
         self.webhooks = WebhookRepository(conn)
         return self
 

@@ -178,6 +178,47 @@ class CreditNote(_Model):
     issued_on: str
 
 
+class PrepaidGrant(_Model):
+    """A grant of money or of a meter's units, with its balance on a day (amounts and units as
+    text: money in the currency's minor digits, units in the grant's unit)."""
+
+    id: int
+    account: str
+    name: str
+    kind: str = Field(description="money or units")
+    currency: str | None = Field(description="a money grant's currency")
+    meter: str | None = Field(description="a unit grant's meter")
+    unit: str | None = Field(description="a unit grant's unit (GB …)")
+    amount: str = Field(description="per period when recurring")
+    priority: int = Field(description="lower burns first")
+    effective_on: str
+    expires_on: str | None = Field(description="the first day no longer in force")
+    recurrence: str | None
+    rollover_limit: str | None
+    reason: str
+    created_by: str
+    created_at: str
+    voided_at: str | None
+    voided_by: str | None
+    void_reason: str | None
+    status: str = Field(description="active, scheduled, expired or voided")
+    granted: str = Field(description="this period's for a recurring grant (carry included)")
+    burned: str = Field(description="by finalized invoices")
+    pending: str = Field(description="on draft invoices")
+    left: str = Field(description="granted − burned")
+    available: str = Field(description="left − pending; 0 unless active")
+
+
+class Balance(_Model):
+    """An account's prepaid balance on a day."""
+
+    account: str
+    on: str
+    currency: str
+    money_available: str = Field(description="the money grants' available, added up")
+    grants: list[PrepaidGrant]
+
+
 class Voided(_Model):
     ref: str
     number: str

@@ -19,6 +19,7 @@ The YAML (docs/billing.md, "Limits and access" in the README)::
       - {meter: produce_bytes, included: 50, unit: GB, policy: throttle, floor_bytes_per_second: 65536}
       - {meter: consume_bytes, included: 500, unit: GB, policy: soft}
       - {meter: produce_records, included: 10, unit: million, policy: block, block_fetch: true}
+    prepaid: {policy: throttle, floor_bytes_per_second: 65536}   # or {policy: block}
 
 Decisions made here:
 
@@ -34,6 +35,13 @@ Decisions made here:
   ``block_fetch`` to ``block`` on a produce meter only (blocking a consume meter refuses fetch
   already). At most one cap per meter.
 * Rates and floors are positive integers; YAML floats and strings are refused.
+* ``prepaid`` (:class:`PrepaidSpec`): caps that follow the account's unit grants
+  (:mod:`billing.domain.grants`). Each meter the account holds unit grants of is capped at what
+  those grants had left at the start of the month (:func:`prepaid_caps`), with the prepaid
+  policy: ``block`` or ``throttle`` (a floor required, as for a cap); ``soft`` is refused (it
+  would change nothing at the gateway). Where the plan caps the same meter too, the cap with the
+  smaller included volume wins (the plan's on a tie). Money grants make no cap: money has no
+  unit the gateway counts.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from metering.entitlements import CAP_METERS, POLICIES, Cap, Entitlement, Grant,
 __all__ = [
     "Access",
     "CapSpec",
+    "PrepaidSpec",
     "access_doc",
     "access_from_doc",
     "caps_doc",
@@ -59,12 +68,18 @@ __all__ = [
     "parse_access",
     "parse_caps",
     "parse_limits",
+    "parse_prepaid",
+    "prepaid_caps",
+    "prepaid_doc",
+    "prepaid_from_doc",
 ]
 
 _MATCH_KEYS: Final = {"name": "literal", "prefix": "prefix", "glob": "glob"}
 _OPERATIONS: Final = ("read", "write")
 _LIMIT_KEYS: Final = ("produce_bytes_per_second", "consume_bytes_per_second", "requests_per_second")
 _CAP_KEYS: Final = ("meter", "included", "unit", "policy", "floor_bytes_per_second", "block_fetch")
+_PREPAID_KEYS: Final = ("policy", "floor_bytes_per_second")
+_PREPAID_POLICIES: Final = ("throttle", "block")
 
 
 @dataclass(frozen=True)
@@ -82,6 +97,14 @@ class CapSpec:
 
     cap: Cap
     unit: str | None = None
+
+
+@dataclass(frozen=True)
+class PrepaidSpec:
+    """What the gateway does when a prepaid account's unit grants run out on a meter."""
+
+    policy: Literal["throttle", "block"]
+    floor_bytes_per_second: int | None = None
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -257,6 +280,41 @@ def parse_caps(raw: object, at: str, problems: list[str]) -> tuple[CapSpec, ...]
     return None if len(problems) > before else tuple(caps)
 
 
+def parse_prepaid(raw: object, at: str, problems: list[str]) -> PrepaidSpec | None:
+    """A ``prepaid`` section: ``{policy: block}`` or ``{policy: throttle, floor_bytes_per_second: N}``."""
+    if not isinstance(raw, Mapping):
+        problems.append(f"{at}: must be a mapping such as {{policy: block}}")
+        return None
+    before = len(problems)
+    _unknown(raw, _PREPAID_KEYS, at, problems)
+    policy = raw.get("policy")
+    if policy not in _PREPAID_POLICIES:
+        problems.append(f"{at}.policy: {policy!r} is not a prepaid policy; expected one of throttle, block")
+    floor = None
+    if "floor_bytes_per_second" in raw:
+        if policy != "throttle":
+            problems.append(f"{at}.floor_bytes_per_second: only a throttle policy has a floor; remove it")
+        else:
+            floor = _positive_int(raw["floor_bytes_per_second"], f"{at}.floor_bytes_per_second", problems)
+    elif policy == "throttle":
+        problems.append(f"{at}.floor_bytes_per_second: required by policy throttle (the rate it holds the account to)")
+    if len(problems) > before:
+        return None
+    return PrepaidSpec(cast(Literal["throttle", "block"], policy), floor)
+
+
+def prepaid_caps(spec: PrepaidSpec, remaining: Mapping[str, int], caps: Sequence[CapSpec]) -> tuple[CapSpec, ...]:
+    """The plan's ``caps`` with each meter of ``remaining`` (meter → base units the account's unit
+    grants had left at the start of the month) capped there under ``spec``'s policy; where the
+    plan caps that meter too, the smaller included volume wins (the plan's cap on a tie)."""
+    planned = {c.cap.meter: c for c in caps}
+    out = [c for c in caps if c.cap.meter not in remaining or c.cap.included <= remaining[c.cap.meter]]
+    for meter in CAP_METERS:
+        if meter in remaining and (meter not in planned or remaining[meter] < planned[meter].cap.included):
+            out.append(CapSpec(Cap(meter, max(0, remaining[meter]), spec.policy, spec.floor_bytes_per_second)))
+    return tuple(out)
+
+
 # --- stored documents (JSON) -----------------------------------------------------------------
 
 
@@ -309,6 +367,15 @@ def caps_from_doc(docs: Sequence[Mapping[str, Any]]) -> tuple[CapSpec, ...]:
         )
         for d in docs
     )
+
+
+def prepaid_doc(spec: PrepaidSpec) -> dict[str, Any]:
+    return {"policy": spec.policy, "floor_bytes_per_second": spec.floor_bytes_per_second}
+
+
+def prepaid_from_doc(doc: Mapping[str, Any]) -> PrepaidSpec:
+    floor = doc.get("floor_bytes_per_second")
+    return PrepaidSpec(doc["policy"], None if floor is None else int(floor))
 
 
 # --- an account's entitlement ----------------------------------------------------------------

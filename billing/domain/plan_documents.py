@@ -1,8 +1,9 @@
 """A plan version as the catalog stores it (a JSON document) and back, and its digest.
 
 Money and quantities are strings in the document, never floats; ``access``, ``limits``,
-``caps`` and ``threshold_invoice`` appear only when the plan has them, so a plan written before
-they existed keeps its document, digest and version (and a changed threshold is a new version).
+``caps``, ``threshold_invoice`` and ``prepaid`` appear only when the plan has them, so a plan
+written before they existed keeps its document, digest and version (and a changed threshold is a
+new version).
 """
 
 from __future__ import annotations
@@ -12,7 +13,16 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from billing.domain.access import access_doc, access_from_doc, caps_doc, caps_from_doc, limits_doc, limits_from_doc
+from billing.domain.access import (
+    access_doc,
+    access_from_doc,
+    caps_doc,
+    caps_from_doc,
+    limits_doc,
+    limits_from_doc,
+    prepaid_doc,
+    prepaid_from_doc,
+)
 from billing.domain.plans import PlanVersion, Price, Tier
 
 __all__ = ["document_digest", "plan_document", "plan_from_document"]
@@ -59,6 +69,8 @@ def plan_document(pv: PlanVersion) -> dict[str, Any]:
         doc["caps"] = caps_doc(pv.caps)
     if pv.threshold_invoice is not None:
         doc["threshold_invoice"] = {"amount": str(pv.threshold_invoice)}
+    if pv.prepaid is not None:
+        doc["prepaid"] = prepaid_doc(pv.prepaid)
     return doc
 
 
@@ -92,6 +104,7 @@ def plan_from_document(version: int, doc: dict[str, Any]) -> PlanVersion:
         limits=None if "limits" not in doc else limits_from_doc(doc["limits"]),
         caps=None if "caps" not in doc else caps_from_doc(doc["caps"]),
         threshold_invoice=None if "threshold_invoice" not in doc else Decimal(doc["threshold_invoice"]["amount"]),
+        prepaid=None if "prepaid" not in doc else prepaid_from_doc(doc["prepaid"]),
     )
 
 

@@ -30,6 +30,8 @@ Interpretations made here (docs/billing.md, "The plans file", says the same to w
   the minimum commitment stay on the final invoice), an invoice is issued for it mid-period. The
   amount is positive and in whole minor units; it repeats (each further ``amount`` of
   un-invoiced usage issues another).
+* ``prepaid`` (caps following the account's unit grants) is validated by
+  :mod:`billing.domain.access` too.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final, Literal, get_args
 
-from billing.domain.access import Access, CapSpec, parse_access, parse_caps, parse_limits
+from billing.domain.access import Access, CapSpec, PrepaidSpec, parse_access, parse_caps, parse_limits, parse_prepaid
 from billing.domain.money import minor_unit, round_money, to_decimal
 from billing.domain.units import METERS, Meter, check_unit, is_meter
 from billing.errors import PlanError
@@ -95,6 +97,7 @@ class PlanVersion:
     caps: tuple[CapSpec, ...] | None = None
     # progressive billing (billing.domain.progressive): None = invoiced at period end only
     threshold_invoice: Decimal | None = None
+    prepaid: PrepaidSpec | None = None  # caps following the account's unit grants (access.prepaid_caps)
 
 
 _PLAN_KEYS: Final = (
@@ -108,6 +111,7 @@ _PLAN_KEYS: Final = (
     "limits",
     "caps",
     "threshold_invoice",
+    "prepaid",
 )
 _PRICE_KEYS: Final = (
     "meter",
@@ -196,6 +200,7 @@ def parse_plan(doc: Mapping[str, Any], where: str) -> PlanVersion:
         threshold = _parse_threshold(
             doc["threshold_invoice"], f"{where}.threshold_invoice", currency_ok, currency, problems
         )
+    prepaid = parse_prepaid(doc["prepaid"], f"{where}.prepaid", problems) if "prepaid" in doc else None
 
     if problems:
         raise PlanError(problems)
@@ -211,6 +216,7 @@ def parse_plan(doc: Mapping[str, Any], where: str) -> PlanVersion:
         limits=limits,
         caps=caps,
         threshold_invoice=threshold,
+        prepaid=prepaid,
     )
 
 

@@ -19,6 +19,10 @@
   "Invoiced on threshold INV-…", before credit notes (``billing.domain.progressive``).
 * Credit notes settled as credit are applied as negative lines "Credit note CN-… applied"
   (``_credits``; the rules in ``billing.domain.credit_notes``), never below zero.
+* Grants (``billing.services.grants.InvoiceGrants``; the rules in ``billing.domain.grants``):
+  unit grants cover usage before it is priced (a line "Grant #ID applied: … covered (… left)"
+  each); money grants are applied last, before tax, as negative lines "Grant #ID applied",
+  never below zero. A finalized period re-rated for late usage keeps what its grants covered.
 * All amounts are Decimal; lines are rounded by ``billing.domain.money``; subtotal = sum of
   rounded lines, tax rounded once.
 
@@ -58,6 +62,7 @@ from billing.domain.rating import invoice_totals
 from billing.domain.sources import DEFAULT_SOURCES
 from billing.domain.usage import MeterUsage, UsageRow, metered_by_source
 from billing.errors import AccountNotFound, InvoiceError, RunError
+from billing.services.grants import InvoiceGrants
 from billing.services.invoices import finalize, invoice_ref, render_pending
 from billing.services.ports import (
     CatalogRepository,
@@ -246,8 +251,11 @@ def rebill_draft(
     return _bill_account(run, account)
 
 
-def _adjustments(run: _Run, usage: UsageRepository, invoices: InvoiceRepository, account: str) -> list[PricedLine]:
-    """Lines for late usage in periods whose invoices are already finalized."""
+def _adjustments(
+    run: _Run, usage: UsageRepository, invoices: InvoiceRepository, account: str, grants: InvoiceGrants
+) -> list[PricedLine]:
+    """Lines for late usage in periods whose invoices are already finalized (what their unit
+    grants covered stays covered: ``InvoiceGrants.finalized_cover``)."""
     currency = run.catalog.accounts[account].currency
     out: list[PricedLine] = []
     for inv in invoices.finalized_periods(account, run.start):
@@ -256,7 +264,9 @@ def _adjustments(run: _Run, usage: UsageRepository, invoices: InvoiceRepository,
         past = run.past.get(inv.period_start)
         if past is None:  # read once per past period and run, not once per account
             past = run.past[inv.period_start] = _read_usage(usage, run.attributor, inv.period_start, inv.period_end)
-        rated = run.catalog.rate(past, account, inv.period_start, inv.period_end, run.order)
+        subscribed = run.catalog.active(account, inv.period_start, inv.period_end)
+        covered = grants.finalized_cover(inv.period_start, inv.period_end, past.get(account, {}), run.order, subscribed)
+        rated = run.catalog.rate({account: covered}, account, inv.period_start, inv.period_end, run.order)
         now_rated = invoice_totals((p.line.rounded_amount for p in rated.lines), Decimal(0), currency).subtotal
         diff = late_usage_adjustment(now_rated, inv.own, adjusted)
         if diff != 0:
@@ -300,10 +310,15 @@ def _bill_account(run: _Run, account: str) -> AccountBill:
                 current.total,
                 current.number,
             )
-        rated = run.catalog.rate(run.usage, account, start, end, run.order)
-        lines = rated.lines + _adjustments(run, uow.usage, uow.invoices, account)
+        grants = InvoiceGrants.read(uow.grants, account, start, end, None if current is None else current.id)
+        usage, grant_lines = grants.cover(
+            run.usage.get(account, {}), run.order, run.catalog.active(account, start, end)
+        )
+        rated = run.catalog.rate({account: usage}, account, start, end, run.order)
+        lines = rated.lines + grant_lines + _adjustments(run, uow.usage, uow.invoices, account, grants)
         lines += deduction_lines(uow.invoices.threshold_invoices(account, start))  # domain.progressive
         lines += _credits(uow.credit_notes, account, start, current, lines, acct.currency)
+        lines += grants.money_lines(lines, acct.currency)
         totals = invoice_totals((p.line.rounded_amount for p in lines), acct.tax_rate, acct.currency)
         plan = rated.plan
         values = DraftValues(

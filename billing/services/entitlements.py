@@ -31,12 +31,22 @@ from sqlalchemy import Engine
 
 from billing.adapters.control import publish_records
 from billing.adapters.uow import UnitOfWork
-from billing.domain.access import Access, CapSpec, access_from_doc, caps_from_doc, entitlement_for, limits_from_doc
+from billing.domain.access import (
+    Access,
+    CapSpec,
+    access_from_doc,
+    caps_from_doc,
+    entitlement_for,
+    limits_from_doc,
+    prepaid_caps,
+    prepaid_from_doc,
+)
 from billing.domain.sources import DEFAULT_SOURCES
 from billing.domain.units import to_unit
 from billing.errors import EntitlementError, EntitlementNotFound, PublishError
 from billing.services.credentials import credential_doc, credential_views
 from billing.services.episodes import episode_docs
+from billing.services.grants import prepaid_units
 from billing.services.ports import AccountPlanDoc, CatalogReads, Credentials, EpisodeReads
 from metering.entitlements import Entitlement, encode_entitlement
 
@@ -53,6 +63,10 @@ __all__ = [
 UsageRows = Callable[[datetime, datetime, str], list[dict[str, Any]]]
 """``(start, end, account) →`` the account's usage rows by source and direction (``usage_report``)."""
 
+Balances = Callable[[str], Mapping[str, int]]
+"""``account →`` meter → base units its unit grants had left at the month's start
+(``services.grants.prepaid_units``): what a plan's ``prepaid`` policy caps."""
+
 
 @dataclass(frozen=True)
 class AccountEntitlement:
@@ -64,12 +78,14 @@ def _utc_today() -> date:
     return datetime.now(UTC).date()
 
 
-def _entitlement(r: AccountPlanDoc) -> AccountEntitlement:
+def _entitlement(r: AccountPlanDoc, balances: Balances | None = None) -> AccountEntitlement:
     extra: Access | None = None if r.access is None else access_from_doc(r.access)
     if r.plan is None or r.document is None:
         return AccountEntitlement(entitlement_for(r.account, account_access=extra), ())
     doc: Mapping[str, Any] = r.document
     caps = caps_from_doc(doc["caps"]) if "caps" in doc else ()
+    if "prepaid" in doc and balances is not None:
+        caps = prepaid_caps(prepaid_from_doc(doc["prepaid"]), balances(r.account), caps)
     e = entitlement_for(
         r.account,
         r.plan,
@@ -82,23 +98,26 @@ def _entitlement(r: AccountPlanDoc) -> AccountEntitlement:
     return AccountEntitlement(e, caps)
 
 
-def account_entitlements(catalog: CatalogReads, on: date, account: str | None = None) -> list[AccountEntitlement]:
-    """Every account's entitlement on the UTC day ``on``, in catalog order (or ``account``'s only)."""
+def account_entitlements(
+    catalog: CatalogReads, on: date, account: str | None = None, balances: Balances | None = None
+) -> list[AccountEntitlement]:
+    """Every account's entitlement on the UTC day ``on``, in catalog order (or ``account``'s only);
+    with ``balances``, a plan's ``prepaid`` policy caps the meters of the account's unit grants."""
     out: list[AccountEntitlement] = []
     seen: set[str] = set()
     for r in catalog.accounts_with_plans(on, account):
         if r.account in seen:  # two subscriptions in force (should not be): the later start wins
             continue
         seen.add(r.account)
-        out.append(_entitlement(r))
+        out.append(_entitlement(r, balances))
     return out
 
 
 def entitlements(engine: Engine, on: date | None = None, account: str | None = None) -> list[AccountEntitlement]:
     """Every account's entitlement on the UTC day ``on`` (today), in catalog order (or ``account``'s only)."""
-    on = on or _utc_today()
+    day = on or _utc_today()
     with UnitOfWork(engine) as uow:
-        return account_entitlements(uow.catalog, on, account)
+        return account_entitlements(uow.catalog, day, account, lambda code: prepaid_units(uow.grants, code, day))
 
 
 def publish_entitlements(
@@ -146,9 +165,10 @@ def view_entitlement(
     account: str,
     now: datetime,
     source_order: Mapping[str, tuple[str, ...]] | None = None,
+    balances: Balances | None = None,
 ) -> dict[str, Any]:
     """``account``'s entitlement as partners and finance read it (JSON-ready)."""
-    found = account_entitlements(catalog, now.astimezone(UTC).date(), account)
+    found = account_entitlements(catalog, now.astimezone(UTC).date(), account, balances)
     if not found:
         raise EntitlementNotFound(f"there is no account {account!r}")
     e, specs = found[0].entitlement, found[0].caps
@@ -206,4 +226,5 @@ def entitlement_view(
             account,
             now,
             source_order,
+            lambda code: prepaid_units(uow.grants, code, now.astimezone(UTC).date()),
         )

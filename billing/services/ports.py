@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from billing.domain.accounts import Attributor
 from billing.domain.credit_notes import OpenCredit
+from billing.domain.grants import Grant, RecordedBurn
 from billing.domain.invoicing import AccountTerms, PricedLine, Subscription
 from billing.domain.plans import PlanVersion
 from billing.domain.progressive import ThresholdInvoiced
@@ -50,6 +51,8 @@ __all__ = [
     "DraftValues",
     "EpisodeReads",
     "FinalizedPeriod",
+    "GrantRecord",
+    "GrantRepository",
     "IdempotencyKeys",
     "IdempotencyRecord",
     "InvoiceRecord",
@@ -341,6 +344,47 @@ class CreditNoteRepository(Protocol):
         ``invoice_id``, the one being billed), oldest first; those fully applied are left out."""
 
 
+@dataclass(frozen=True)
+class GrantRecord:
+    """A grant as stored: the grant (``grant.voided`` when voided) and its audit trail."""
+
+    grant: Grant
+    reason: str
+    created_by: str
+    created_at: datetime
+    voided_at: datetime | None = None
+    voided_by: str | None = None
+    void_reason: str | None = None
+
+
+class GrantRepository(Protocol):
+    def lock_account(self, account: str) -> None:
+        """Hold the account's grants until the transaction ends: billing runs of two periods of
+        one account burn them one after the other, never the same units twice."""
+        ...
+
+    def insert(self, grant: Grant, reason: str, created_by: str, created_at: datetime) -> int:
+        """Store a new grant (its ``id`` is ignored); returns its id."""
+        ...
+
+    def find(self, grant_id: int) -> GrantRecord:
+        """The grant; :class:`~billing.errors.GrantNotFound` when none."""
+        ...
+
+    def void(self, grant_id: int, voided_by: str, reason: str, at: datetime) -> None:
+        """Mark the grant voided (it must not be already)."""
+        ...
+
+    def listing(self, account: str | None) -> list[GrantRecord]:
+        """Grants in the order they were added, filtered by account."""
+        ...
+
+    def burns(self, account: str) -> list[RecordedBurn]:
+        """What each invoice of the account that is not void burned of its grants (its lines of
+        kind ``grant``), in invoice order."""
+        ...
+
+
 class WebhookEvents(Protocol):
     def emit(self, event: WebhookEvent) -> int:
         """Store the event and queue one delivery of it per active endpoint of its account that
@@ -365,6 +409,9 @@ class UnitOfWork(Protocol):
 
     @property
     def credit_notes(self) -> CreditNoteRepository: ...
+
+    @property
+    def grants(self) -> GrantRepository: ...
 
     @property
     def webhooks(self) -> WebhookEvents: ...

@@ -22,6 +22,12 @@ Decided here:
   after the threshold invoice commits (``billing_run.rebill_draft``), so it carries the deduction
   and finalizing it by itself (``invoices finalize``) never bills twice. Only a finalize of that
   draft in the instant between the two transactions would miss it.
+* **Grants.** Unit grants cover the usage before it is rated, day by day as the final invoice
+  covers it (``billing.services.grants.InvoiceGrants``), so a threshold invoice bills only what
+  no grant covers and the final invoice's deduction matches; the threshold invoice records no
+  burn of its own (the final invoice of the period records the period's burns, so a balance
+  shows a threshold invoice's coverage once the period is billed). Money grants are applied on
+  the period's final invoice only (they must be in force on its last day).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from billing.domain.sources import DEFAULT_SOURCES
 from billing.domain.usage import metered_by_source
 from billing.errors import RunError
 from billing.services.billing_run import parse_period, rebill_draft
+from billing.services.grants import InvoiceGrants
 from billing.services.invoices import finalize, render_pending
 from billing.services.ports import DraftValues, UnitOfWork, UnitsOfWork
 
@@ -122,12 +129,16 @@ def check_thresholds(
         if not active or active[-1][2].threshold_invoice is None:
             continue
         acct = accounts[code]
-        rated = rate_account(usage.get(code, {}), active, start, end, acct.tax_rate, order)
         with uows() as uow:
             uow.invoices.lock_run(code, start)
             final = uow.invoices.current(code, start)
             if final is not None and final.status != "draft":
                 continue
+            # unit grants cover the usage as the period's final invoice will (its deduction is
+            # then exactly what was billed here); money grants wait for the final invoice
+            grants = InvoiceGrants.read(uow.grants, code, start, end, None)
+            covered, _ = grants.cover(usage.get(code, {}), order, active)
+            rated = rate_account(covered, active, start, end, acct.tax_rate, order)
             plan = active[-1][2]
             lines = threshold_due(
                 plan.threshold_invoice, rated.lines, uow.invoices.threshold_invoices(code, start), acct.currency

@@ -11,13 +11,13 @@
 Downgrade refuses while threshold invoices exist (the old CHECK would not hold).
 
 Revision ID: 0017
-Revises: 0015
+Revises: 0016
 """
 
 from alembic import op
 
 revision = "0017"
-down_revision = "0015"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 

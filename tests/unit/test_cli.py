@@ -99,6 +99,9 @@ def _required(path: tuple[str, ...]) -> list[str]:
         ("statements",): ["--account", "acme", "--period", "2026-11"],
         ("credit-notes", "create"): ["INV-2026-000001", "--full", "--reason", "error"],
         ("credit-notes", "show"): ["CN-2026-0001"],
+        ("grants", "add"): ["acme", "--units", "500", "--meter", "consume_bytes", "--unit", "GB", "--reason", "x"],
+        ("grants", "void"): ["1", "--reason", "x"],
+        ("balance",): ["acme"],
         ("credit-notes", "pdf"): ["CN-2026-0001"],
     }.get(path, [])
 

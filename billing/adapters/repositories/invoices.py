@@ -144,13 +144,13 @@ class InvoiceRepository:
 
     def finalized_periods(self, account: str, before: date) -> list[FinalizedPeriod]:
         # what was billed for a period: its invoice's own lines (not the adjustments it carried for
-        # earlier periods, nor the credit notes applied to it, nor the deductions of its threshold
-        # invoices: own is the whole period, as re-rating it is)
+        # earlier periods, nor the credit notes or money grants applied to it, nor the deductions of
+        # its threshold invoices: own is the whole period, as re-rating it is)
         rows = self.conn.execute(
             text(
                 "SELECT i.period_start, i.period_end, i.number, "
-                "coalesce(sum(l.amount) FILTER (WHERE l.kind NOT IN ('adjustment', 'credit_note', 'threshold')), 0) "
-                "AS own "
+                "coalesce(sum(l.amount) FILTER (WHERE l.kind NOT IN "
+                "('adjustment', 'credit_note', 'threshold', 'grant')), 0) AS own "
                 "FROM invoices i LEFT JOIN invoice_lines l ON l.invoice_id = i.id "
                 "WHERE i.account_code = :a AND i.status = 'finalized' AND i.kind = 'standard' "
                 "AND i.period_start < :before "

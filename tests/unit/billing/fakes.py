@@ -14,21 +14,24 @@ from typing import Any
 
 from billing.domain.accounts import Attributor
 from billing.domain.credit_notes import OpenCredit
+from billing.domain.grants import Grant, RecordedBurn
 from billing.domain.invoicing import AccountTerms, PricedLine, Subscription
 from billing.domain.plans import PlanVersion
 from billing.domain.progressive import ThresholdInvoiced
 from billing.domain.usage import UsageRow
 from billing.domain.webhooks import WebhookEvent
-from billing.errors import CreditNoteNotFound, InvoiceNotFound
+from billing.errors import CreditNoteNotFound, GrantError, GrantNotFound, InvoiceNotFound
 from billing.services.ports import (
     CreditNoteRecord,
     DraftValues,
     FinalizedPeriod,
+    GrantRecord,
     InvoiceRecord,
     StatementMarks,
 )
 
 GB = 10**9
+_NOT_OWN = ("adjustment", "credit_note", "threshold", "grant")  # lines an invoice carries that are not its period's own
 
 
 def row(  # a usage row of one identity of `account` on `day`, topic "orders" unless given
@@ -164,11 +167,7 @@ class FakeInvoices:
                 s.record.period_end,
                 str(s.record.number),
                 sum(
-                    (
-                        p.line.rounded_amount
-                        for p in s.lines
-                        if p.line.kind not in ("adjustment", "credit_note", "threshold")
-                    ),
+                    (p.line.rounded_amount for p in s.lines if p.line.kind not in _NOT_OWN),
                     Decimal(0),
                 ),
             )
@@ -365,6 +364,56 @@ class FakeCreditNotes:
         return out
 
 
+class FakeGrants:
+    """Grants in memory; burns read from the fake invoices' lines of kind ``grant``."""
+
+    def __init__(self, invoices: FakeInvoices) -> None:
+        self.invoices = invoices
+        self.stored: list[GrantRecord] = []
+        self.locked: list[str] = []
+
+    def lock_account(self, account: str) -> None:
+        self.locked.append(account)
+
+    def insert(self, grant: Grant, reason: str, created_by: str, created_at: datetime) -> int:
+        grant_id = len(self.stored) + 1
+        self.stored.append(GrantRecord(dataclasses.replace(grant, id=grant_id), reason, created_by, created_at))
+        return grant_id
+
+    def find(self, grant_id: int) -> GrantRecord:
+        for g in self.stored:
+            if g.grant.id == grant_id:
+                return g
+        raise GrantNotFound(f"there is no grant {grant_id}")
+
+    def void(self, grant_id: int, voided_by: str, reason: str, at: datetime) -> None:
+        found = self.find(grant_id)
+        if found.grant.voided:
+            raise GrantError(f"grant {grant_id} is already voided")
+        voided = dataclasses.replace(found.grant, voided=True)
+        self.stored[grant_id - 1] = dataclasses.replace(
+            found, grant=voided, voided_at=at, voided_by=voided_by, void_reason=reason
+        )
+
+    def listing(self, account: str | None) -> list[GrantRecord]:
+        return [g for g in self.stored if account in (None, g.grant.account)]
+
+    def burns(self, account: str) -> list[RecordedBurn]:
+        return [
+            RecordedBurn(
+                int(p.adjusts["grant"]),
+                i,
+                s.record.period_start,
+                s.record.status == "finalized",
+                Decimal(p.adjusts["burned"]),
+            )
+            for i, s in sorted(self.invoices.stored.items())
+            if s.record.account_code == account and s.record.status != "void"
+            for p in s.lines
+            if p.line.kind == "grant" and p.adjusts is not None
+        ]
+
+
 class FakeWebhookEvents:
     """The events emitted, in order (no endpoints: nothing is queued)."""
 
@@ -386,6 +435,7 @@ class FakeUnitOfWork:
         self.invoices = FakeInvoices()
         self.statements = FakeStatements()
         self.credit_notes = FakeCreditNotes(self.invoices)
+        self.grants = FakeGrants(self.invoices)
 
         self.webhooks = FakeWebhookEvents()
         self.opened = 0

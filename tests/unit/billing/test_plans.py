@@ -107,7 +107,7 @@ def test_every_problem_is_reported_together_with_its_path() -> None:
     problems = problems_of(doc)
     assert problems == [
         "plans[0] (growth).colour: unknown field; expected one of code, name, currency, base_fee, "
-        "minimum_commitment, prices, access, limits, caps, threshold_invoice",
+        "minimum_commitment, prices, access, limits, caps, threshold_invoice, prepaid",
         "plans[0] (growth).currency: unknown currency 'ZZZ': expected an ISO 4217 code such as EUR, USD, JPY",
         "plans[0] (growth).prices[0].tiers[1].up_to: 50 must be greater than the previous tier's up_to (100)",
         "plans[0] (growth).prices[0].tiers[2].unit_price: 0.05 is a YAML float, which is inexact; "
