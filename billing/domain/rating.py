@@ -58,9 +58,7 @@ __all__ = [
     "total_usage",
 ]
 
-LineKind = Literal[
-    "usage", "base_fee", "minimum_topup", "flat", "adjustment", "credit_note", "threshold", "grant"
-]
+LineKind = Literal["usage", "base_fee", "minimum_topup", "flat", "adjustment", "credit_note", "threshold", "grant"]
 
 Usage = Mapping[tuple[str, str], int]
 """Raw integer quantity per (meter, topic) for a whole billing period."""

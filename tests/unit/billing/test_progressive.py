@@ -271,3 +271,35 @@ def test_a_shadow_run_carries_the_threshold_deductions_so_the_difference_is_the_
     # the difference 10.00 is the candidate's alone (120.00 against the graduated 110.00)
     assert row_.shadow is not None
     assert (row_.real.totals.subtotal, row_.shadow.subtotal) == (D("100.00"), D("110.00"))
+
+
+def test_a_unit_grant_covers_usage_before_the_threshold_and_the_final_invoice_deducts_what_was_billed(
+    uows: FakeUnitOfWork,
+) -> None:
+    from billing.services.grants import add_grant
+
+    add_grant(
+        uows, "acme", reason="launch", created_by="finance", units=D(50), meter="produce_bytes", unit="GB",
+        effective_on=NOV, clock=clock_at(at(1)),
+    )  # fmt: skip
+    # Nov 3: 120 GB, the grant covers 50 → 70 GB priced = 70.00 < 80.00: no threshold invoice yet
+    # (uncovered it would have been 110.00)
+    use(uows, 3, 120)
+    assert check_thresholds(uows, clock_at(at(3)), render=False) == []
+    # Nov 4: +40 GB = 160 GB, 50 covered → 110 GB priced = 100 + 10 × 0.50 = 105.00 ≥ 80.00
+    use(uows, 4, 40)
+    [t1] = check_thresholds(uows, clock_at(at(5)), render=False)
+    assert described(uows, t1.invoice_id) == [("usage", BYTES, D("105.00"))]  # no burn of its own
+    # month end: 100.00 base fee + 105.00 (the same 50 GB covered) + the grant line at 0 − 105.00 = 100.00
+    [final] = run_billing(uows, "2026-11", clock=clock_at(at(1, 12)))
+    assert final.invoice_id is not None
+    lines = described(uows, final.invoice_id)
+    assert [(k, a) for k, _, a in lines] == [
+        ("base_fee", D("100.00")),
+        ("usage", D("105.00")),
+        ("grant", D("0.00")),
+        ("threshold", D("-105.00")),
+    ]
+    assert final.subtotal == D("100.00")
+    # one invoice would have been 100.00 + 105.00 = 205.00 = 105.00 + 100.00
+    assert t1.subtotal + final.subtotal == D("205.00")
