@@ -28,6 +28,8 @@ reading messages::
     ├── IdempotencyError            an ``Idempotency-Key`` cannot be used for this request
     │   ├── KeyInUse                    a request with this key is still running
     │   └── KeyReused                   the key was used for another request
+    ├── ProductError                a product cannot be subscribed, approved, rejected … as asked
+    │   └── ProductNotFound (+NotFound) the product, version, request or subscription
     ├── PublishError                the cluster did not take the control records (or the topic)
     └── WebhookError                a webhook endpoint cannot be added, removed or replayed as asked
         └── WebhookNotFound (+NotFound)
@@ -61,6 +63,8 @@ __all__ = [
     "NotFound",
     "PlanError",
     "PlanNotFound",
+    "ProductError",
+    "ProductNotFound",
     "PublishError",
     "RunError",
     "WebhookError",
@@ -176,6 +180,14 @@ class KeyInUse(IdempotencyError):
 
 class KeyReused(IdempotencyError):
     """The key was used for another request."""
+
+
+class ProductError(BillingError):
+    """A product subscription cannot be made, approved, rejected or cancelled as asked."""
+
+
+class ProductNotFound(ProductError, NotFound):
+    """There is no such product (version), product request or subscription (or not the caller's)."""
 
 
 class PublishError(BillingError):
