@@ -2,10 +2,10 @@
 
 ``with UnitOfWork(engine) as uow:`` begins a transaction; every repository — ``uow.usage``,
 ``uow.catalog``, ``uow.invoices``, ``uow.statements``, ``uow.keys``, ``uow.credentials``,
-``uow.idempotency``, ``uow.outbox``, ``uow.episodes``, ``uow.credit_notes``, ``uow.webhooks`` — works on its
-connection; it commits when the block ends normally and rolls back on an exception. Services
-take an engine or any factory of units of work (:func:`units_of_work`), so unit tests pass
-in-memory fakes.
+``uow.idempotency``, ``uow.outbox``, ``uow.episodes``, ``uow.credit_notes``, ``uow.webhooks``,
+``uow.products`` — works on its connection; it commits when the block ends normally and rolls
+back on an exception. Services take an engine or any factory of units of work
+(:func:`units_of_work`), so unit tests pass in-memory fakes.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from billing.adapters.repositories.idempotency import IdempotencyRepository
 from billing.adapters.repositories.invoices import InvoiceRepository
 from billing.adapters.repositories.keys import ApiKeyRepository
 from billing.adapters.repositories.outbox import OutboxRepository
+from billing.adapters.repositories.products import ProductRepository
 from billing.adapters.repositories.statements import StatementRepository
 from billing.adapters.repositories.usage import UsageRepository
 from billing.adapters.repositories.webhooks import WebhookRepository
@@ -46,6 +47,7 @@ class UnitOfWork:
     episodes: EpisodeRepository
     credit_notes: CreditNoteRepository
     webhooks: WebhookRepository
+    products: ProductRepository
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -65,6 +67,7 @@ class UnitOfWork:
         self.episodes = EpisodeRepository(conn)
         self.credit_notes = CreditNoteRepository(conn)
         self.webhooks = WebhookRepository(conn)
+        self.products = ProductRepository(conn)
         return self
 
     def __exit__(

@@ -180,7 +180,7 @@ def _topic(raw: object, at: str, read: SchemaReader, problems: list[str]) -> Pro
     if not isinstance(pattern, str) or not pattern.strip():
         problems.append(f"{at}.{given[0]}: must be a non-empty string")
         return None
-    match = cast(Literal["literal", "prefix"], "literal" if given[0] == "name" else "prefix")
+    match: Literal["literal", "prefix"] = "literal" if given[0] == "name" else "prefix"
     if "schema" not in raw or raw["schema"] is None:
         return ProductTopic(pattern, match)
     schema = raw["schema"]
@@ -269,7 +269,11 @@ def _product(raw: Mapping[str, Any], at: str, read: SchemaReader, problems: list
                 continue
             topics.append(topic)
     plans = _plans(raw.get("plans"), f"{at}.plans", problems)
-    until = None if raw.get("deprecated_until") is None else _date(raw["deprecated_until"], f"{at}.deprecated_until", problems)
+    until = (
+        None
+        if raw.get("deprecated_until") is None
+        else _date(raw["deprecated_until"], f"{at}.deprecated_until", problems)
+    )
     earlier: dict[int, date] = {}
     versions = raw.get("deprecated_versions")
     if versions is not None:
