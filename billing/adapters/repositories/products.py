@@ -21,6 +21,8 @@ __all__ = ["ProductRepository"]
 
 _V = ProductVersionRow
 _S = ProductSubscriptionRow
+_VC = tuple(_V.__table__.c)
+_SC = tuple(_S.__table__.c)
 
 
 def _version(r: Any) -> ProductVersionRecord:
@@ -61,8 +63,10 @@ class ProductRepository:
         self.conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('streamtoll:products'))"))
 
     def head(self, code: str) -> ProductVersionRecord | None:
-        row = self.conn.execute(select(_V).where(_V.product_code == code).order_by(_V.version.desc()).limit(1)).first()
-        return None if row is None else _version(row[0])
+        row = self.conn.execute(
+            select(*_VC).where(_V.product_code == code).order_by(_V.version.desc()).limit(1)
+        ).first()
+        return None if row is None else _version(row)
 
     def publish(self, record: ProductVersionRecord, position: int) -> None:
         if record.version == 1:
@@ -93,22 +97,22 @@ class ProductRepository:
         return bool(done.rowcount)
 
     def version(self, code: str, version: int) -> ProductVersionRecord | None:
-        row = self.conn.execute(select(_V).where(_V.product_code == code, _V.version == version)).first()
-        return None if row is None else _version(row[0])
+        row = self.conn.execute(select(*_VC).where(_V.product_code == code, _V.version == version)).first()
+        return None if row is None else _version(row)
 
     def versions(self, code: str) -> list[ProductVersionRecord]:
-        rows = self.conn.execute(select(_V).where(_V.product_code == code).order_by(_V.version)).all()
-        return [_version(r[0]) for r in rows]
+        rows = self.conn.execute(select(*_VC).where(_V.product_code == code).order_by(_V.version)).all()
+        return [_version(r) for r in rows]
 
     def heads(self) -> list[ProductVersionRecord]:
         newest = select(_V.product_code, func.max(_V.version).label("version")).group_by(_V.product_code).subquery()
         rows = self.conn.execute(
-            select(_V)
+            select(*_VC)
             .join(newest, (newest.c.product_code == _V.product_code) & (newest.c.version == _V.version))
             .join(ProductRow, ProductRow.code == _V.product_code)
             .order_by(ProductRow.position, ProductRow.code)
         ).all()
-        return [_version(r[0]) for r in rows]
+        return [_version(r) for r in rows]
 
     def add_subscription(self, sub: ProductSubscription) -> int:
         values = {
@@ -142,20 +146,20 @@ class ProductRepository:
         )
 
     def subscription(self, sub_id: int, for_update: bool = False) -> ProductSubscription | None:
-        stmt = select(_S).where(_S.id == sub_id)
+        stmt = select(*_SC).where(_S.id == sub_id)
         if for_update:
             stmt = stmt.with_for_update()
         row = self.conn.execute(stmt).first()
-        return None if row is None else _subscription(row[0])
+        return None if row is None else _subscription(row)
 
     def subscriptions(
         self, account: str | None = None, product: str | None = None, status: str | None = None
     ) -> list[ProductSubscription]:
-        stmt = select(_S).order_by(_S.id)
+        stmt = select(*_SC).order_by(_S.id)
         if account is not None:
             stmt = stmt.where(_S.account_code == account)
         if product is not None:
             stmt = stmt.where(_S.product_code == product)
         if status is not None:
             stmt = stmt.where(_S.status == status)
-        return [_subscription(r[0]) for r in self.conn.execute(stmt).all()]
+        return [_subscription(r) for r in self.conn.execute(stmt).all()]
