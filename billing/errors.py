@@ -29,7 +29,8 @@ reading messages::
     │   ├── KeyInUse                    a request with this key is still running
     │   └── KeyReused                   the key was used for another request
     ├── ProductError                a product cannot be subscribed, approved, rejected … as asked
-    │   └── ProductNotFound (+NotFound) the product, version, request or subscription
+    │   ├── ProductNotFound (+NotFound) the product, version, request or subscription
+    │   └── ProductNotOffered           the account's plan does not include the product
     ├── PublishError                the cluster did not take the control records (or the topic)
     └── WebhookError                a webhook endpoint cannot be added, removed or replayed as asked
         └── WebhookNotFound (+NotFound)
@@ -65,6 +66,7 @@ __all__ = [
     "PlanNotFound",
     "ProductError",
     "ProductNotFound",
+    "ProductNotOffered",
     "PublishError",
     "RunError",
     "WebhookError",
@@ -188,6 +190,10 @@ class ProductError(BillingError):
 
 class ProductNotFound(ProductError, NotFound):
     """There is no such product (version), product request or subscription (or not the caller's)."""
+
+
+class ProductNotOffered(ProductError):
+    """The account's plan in force does not include the product."""
 
 
 class PublishError(BillingError):

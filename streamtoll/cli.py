@@ -1148,6 +1148,7 @@ def cmd_api(args: argparse.Namespace) -> int:
             billing,
             live=feed,
             publish_credentials=lambda: _publish_credentials(engine, strict=False) is not None,
+            publish_entitlements=lambda: _publish_entitlements(engine, strict=False) is not None,
         )
         print(f"streamtoll API on http://{host}:{port} (OpenAPI at /openapi.json)", file=sys.stderr)
         print(f"live page on http://{host}:{port}/live", file=sys.stderr)

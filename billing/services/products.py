@@ -47,7 +47,7 @@ from billing.domain.products import (
     subscription_route,
     works_on,
 )
-from billing.errors import CatalogError, ProductError, ProductNotFound
+from billing.errors import CatalogError, ProductError, ProductNotFound, ProductNotOffered
 from billing.services.catalog import LoadReport, read_yaml
 from billing.services.ports import CatalogReads, ProductRepository, ProductSubscription, ProductVersionRecord
 
@@ -164,9 +164,9 @@ def _version_doc(r: ProductVersionRecord, on: date, with_schemas: bool) -> dict[
         "direction": d["direction"],
         "topics": topics,
         "plans": [dict(pp) for pp in d["plans"]],
-        "deprecated_until": r.deprecated_until,
+        "deprecated_until": _day(r.deprecated_until),
         "works": works_on(r.deprecated_until, on),
-        "published_at": r.published_at,
+        "published_at": _instant(r.published_at),
     }
 
 
@@ -177,8 +177,20 @@ def _plan_of(catalog: CatalogReads, account: str, on: date) -> str | None:
     return rows[0].plan
 
 
+def _instant(t: datetime | None) -> str | None:
+    return None if t is None else t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _day(d: date | None) -> str | None:
+    return None if d is None else d.isoformat()
+
+
 def subscription_doc(s: ProductSubscription) -> dict[str, Any]:
-    return dataclasses.asdict(s)
+    """A subscription as the API, the command line and the portal give it (JSON-ready)."""
+    doc = dataclasses.asdict(s)
+    for key in ("requested_at", "decided_at", "cancelled_at"):
+        doc[key] = _instant(doc[key])
+    return doc
 
 
 def _live(products: ProductRepository, account: str, code: str) -> ProductSubscription | None:
@@ -225,7 +237,7 @@ def product_detail(
         raise ProductNotFound(f"there is no product {code!r}" + ("" if version is None else f" v{version}"))
     doc = _version_doc(record, on, with_schemas=True)
     doc["versions"] = [
-        {"version": v.version, "deprecated_until": v.deprecated_until, "works": works_on(v.deprecated_until, on)}
+        {"version": v.version, "deprecated_until": _day(v.deprecated_until), "works": works_on(v.deprecated_until, on)}
         for v in products.versions(code)
     ]
     if account is not None:
@@ -267,7 +279,7 @@ def subscribe_account(
         raise ProductNotFound(f"there is no product {code!r}")
     route = subscription_route(product_from_document(head.document, head.schemas).plans, plan)
     if route is None:
-        raise ProductError(
+        raise ProductNotOffered(
             f"{account}'s plan ({plan or 'none in force'}) does not include product {code}; "
             "a plan that includes it is needed first"
         )
