@@ -1746,7 +1746,9 @@ def build_parser() -> argparse.ArgumentParser:
     prsub.add_argument("account", help="account code")
     prsub.add_argument("code", help="the product's code")
     prq = command(pr, "requests", cmd_products, "product subscriptions and requests, oldest first")
-    prq.add_argument("--status", choices=("requested", "active", "rejected", "cancelled"), default=None)
+    prq.add_argument(
+        "--status", choices=("requested", "active", "rejected", "cancelled"), default=None, help="only these"
+    )
     prq.add_argument("--account", default=None, help="one account's")
     pra = command(pr, "approve", cmd_products, "approve a request: the subscription is active, its topics granted")
     pra.add_argument("id", type=_positive, help="the request's id")
