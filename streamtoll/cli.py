@@ -1208,6 +1208,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from billing.adapters.db import upgrade
     from billing.services.catalog import load_accounts, load_plans
     from billing.services.keys import create_key
+    from billing.services.products import load_products
     from metering.engine.topics import ensure_topics
     from streamtoll.dev import up
     from streamtoll.dev.gateway_clients import wait_listening
@@ -1236,7 +1237,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             if empty:
                 load_plans(engine, up.SAMPLES / "plans.yaml")
                 load_accounts(engine, up.SAMPLES / "accounts.yaml")
-                print("loaded the sample plans and accounts into the embedded database", file=sys.stderr)
+                load_products(engine, up.SAMPLES / "products.yaml")
+                print("loaded the sample plans, accounts and products into the embedded database", file=sys.stderr)
             key = create_key(engine, "ops", None)  # a local dev database: a key for the live page
         engine.dispose()
         ensure_topics(settings)
