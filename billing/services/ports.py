@@ -807,6 +807,11 @@ class ProductRepository(Protocol):
         ...
 
     def move(self, code: str, position: int) -> None: ...
+    def lock_account(self, account: str) -> None:
+        """Serialize changes to ``account``'s subscriptions (a transaction-scoped lock): two
+        first subscriptions at once make one, not a refused second."""
+        ...
+
     def set_deprecation(self, code: str, version: int, until: date | None) -> bool:
         """Set a version's ``deprecated_until``; whether it changed (False too when there is no
         such version)."""

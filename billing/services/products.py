@@ -274,6 +274,7 @@ def subscribe_account(
     """``account``'s subscription to ``code``'s newest version: active at once on a self-service
     plan, else requested; the live one when there is one (moved to the newest version)."""
     plan = _plan_of(catalog, account, now.date())
+    products.lock_account(account)
     head = products.head(code)
     if head is None:
         raise ProductNotFound(f"there is no product {code!r}")
@@ -339,6 +340,7 @@ def decide(
 def cancel(products: ProductRepository, account: str, code: str, by: str, now: datetime) -> ProductSubscription:
     """Cancel ``account``'s live subscription (or request) to ``code``; its last cancelled one
     when there is none live (cancelling twice: the same answer)."""
+    products.lock_account(account)
     live = _live(products, account, code)
     if live is None:
         past = products.subscriptions(account, code)

@@ -83,6 +83,9 @@ class ProductRepository:
             )
         )
 
+    def lock_account(self, account: str) -> None:
+        self.conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"product-subscriptions:{account}"})
+
     def move(self, code: str, position: int) -> None:
         self.conn.execute(
             update(ProductRow).where(ProductRow.code == code, ProductRow.position != position).values(position=position)

@@ -390,6 +390,9 @@ class FakeProducts:
     def move(self, code: str, position: int) -> None:
         self.positions[code] = position
 
+    def lock_account(self, account: str) -> None:
+        self.locked += 1
+
     def set_deprecation(self, code: str, version: int, until: date | None) -> bool:
         record = self.stored.get((code, version))
         if record is None or record.deprecated_until == until:
