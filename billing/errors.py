@@ -30,6 +30,9 @@ reading messages::
     ├── IdempotencyError            an ``Idempotency-Key`` cannot be used for this request
     │   ├── KeyInUse                    a request with this key is still running
     │   └── KeyReused                   the key was used for another request
+    ├── ProductError                a product cannot be subscribed, approved, rejected … as asked
+    │   ├── ProductNotFound (+NotFound) the product, version, request or subscription
+    │   └── ProductNotOffered           the account's plan does not include the product
     ├── PublishError                the cluster did not take the control records (or the topic)
     └── WebhookError                a webhook endpoint cannot be added, removed or replayed as asked
         └── WebhookNotFound (+NotFound)
@@ -65,6 +68,9 @@ __all__ = [
     "NotFound",
     "PlanError",
     "PlanNotFound",
+    "ProductError",
+    "ProductNotFound",
+    "ProductNotOffered",
     "PublishError",
     "RunError",
     "WebhookError",
@@ -188,6 +194,18 @@ class KeyInUse(IdempotencyError):
 
 class KeyReused(IdempotencyError):
     """The key was used for another request."""
+
+
+class ProductError(BillingError):
+    """A product subscription cannot be made, approved, rejected or cancelled as asked."""
+
+
+class ProductNotFound(ProductError, NotFound):
+    """There is no such product (version), product request or subscription (or not the caller's)."""
+
+
+class ProductNotOffered(ProductError):
+    """The account's plan in force does not include the product."""
 
 
 class PublishError(BillingError):

@@ -58,6 +58,7 @@ from billing.errors import (
     GrantError,
     InvoiceError,
     NotFound,
+    ProductError,
     RunError,
     WebhookError,
 )
@@ -799,6 +800,104 @@ def _report(fmt: str, sentence: str, doc: dict[str, Any]) -> None:
 _CREDIT_NOTE_COLUMNS = ["number", "invoice", "account", "issued_on", "reason", "settlement", "currency", "total"]
 
 
+def _operator() -> str:
+    """Who a command acts as, in product requests' history: ``cli:<login>``."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+_PRODUCT_COLUMNS = ["code", "version", "name", "direction", "topics", "plans", "deprecated_until"]
+_SUBSCRIPTION_COLUMNS = [
+    "id", "account", "product", "version", "status", "requested_by", "requested_at",
+    "decided_by", "decided_at", "reason",
+]  # fmt: skip
+
+
+def _product_row(doc: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **doc,
+        "topics": " ".join(t["pattern"] + ("*" if t["match"] == "prefix" else "") for t in doc["topics"]),
+        "plans": " ".join(p["plan"] + (" (self-service)" if p["self_service"] else "") for p in doc["plans"]),
+    }
+
+
+def _show_product(doc: dict[str, Any], fmt: str) -> None:
+    if fmt == "json":
+        print_document(doc, fmt)
+        return
+    topics = doc["topics"]
+    head = {k: v for k, v in _product_row(doc).items() if k not in ("versions",)}
+    print_document(head, fmt)
+    for t in topics:
+        schema = t.get("schema")
+        if schema and fmt == "table":
+            print(f"\nschema of {t['pattern']} ({schema['type']}, {schema['file']}):\n{schema.get('text') or ''}")
+
+
+def cmd_products(args: argparse.Namespace) -> int:
+    from billing.services import products
+
+    by = _operator()
+    with _engine() as engine:
+        try:
+            if args.action == "load":
+                try:
+                    report = products.load_products(engine, args.file)
+                except CatalogError as exc:
+                    raise UserError(
+                        f"{args.file} was not loaded; nothing changed:\n  " + "\n  ".join(exc.problems)
+                    ) from None
+                rows = [
+                    {"name": n, "change": label}
+                    for label in ("created", "updated", "unchanged")
+                    for n in getattr(report, label)
+                ]
+                if args.output == "table":
+                    for label in ("created", "updated", "unchanged"):
+                        if names := getattr(report, label):
+                            print(f"products {label}: {', '.join(names)}")
+                else:
+                    print_rows(rows, args.output, ["name", "change"])
+            elif args.action == "list":
+                found = products.list_products(engine, args.account)
+                print_rows([_product_row(d) for d in found], args.output, _PRODUCT_COLUMNS)
+                return 0
+            elif args.action == "show":
+                _show_product(products.product_view(engine, args.code, args.account, args.version), args.output)
+                return 0
+            elif args.action == "requests":
+                print_rows(products.requests(engine, args.status, args.account), args.output, _SUBSCRIPTION_COLUMNS)
+                return 0
+            else:
+                if args.action == "subscribe":
+                    sub = products.subscribe(engine, args.account, args.code, by)
+                    sentence = (
+                        f"{sub['account']} is subscribed to {sub['product']} v{sub['version']}"
+                        if sub["status"] == "active"
+                        else f"request {sub['id']}: {sub['account']} asks for {sub['product']} v{sub['version']}; "
+                        "finance or ops approve it (streamtoll products approve ID)"
+                    )
+                elif args.action == "approve":
+                    sub = products.approve(engine, args.id, by)
+                    sentence = f"approved request {sub['id']}: {sub['account']} is subscribed to {sub['product']}"
+                elif args.action == "reject":
+                    sub = products.reject(engine, args.id, by, args.reason)
+                    sentence = f"rejected request {sub['id']} ({sub['account']}, {sub['product']}): {sub['reason']}"
+                else:
+                    sub = products.unsubscribe(engine, args.account, args.code, by)
+                    sentence = f"cancelled {sub['account']}'s subscription to {sub['product']}"
+                _report(args.output, sentence, sub)
+        except ProductError as exc:
+            raise (NotFoundError if isinstance(exc, NotFound) else UserError)(str(exc)) from None
+        sys.stdout.flush()
+        _publish_entitlements(engine, strict=False, when_set=True)  # the gateways follow subscriptions
+    return 0
+
+
 def cmd_credit_notes(args: argparse.Namespace) -> int:
     from billing.services.credit_notes import create_credit_note, credit_note_pdf, credit_note_view, list_credit_notes
 
@@ -1180,6 +1279,7 @@ def cmd_api(args: argparse.Namespace) -> int:
             billing,
             live=feed,
             publish_credentials=lambda: _publish_credentials(engine, strict=False) is not None,
+            publish_entitlements=lambda: _publish_entitlements(engine, strict=False) is not None,
         )
         print(f"streamtoll API on http://{host}:{port} (OpenAPI at /openapi.json)", file=sys.stderr)
         print(f"live page on http://{host}:{port}/live", file=sys.stderr)
@@ -1239,6 +1339,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from billing.adapters.db import upgrade
     from billing.services.catalog import load_accounts, load_plans
     from billing.services.keys import create_key
+    from billing.services.products import load_products
     from metering.engine.topics import ensure_topics
     from streamtoll.dev import up
     from streamtoll.dev.gateway_clients import wait_listening
@@ -1267,7 +1368,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             if empty:
                 load_plans(engine, up.SAMPLES / "plans.yaml")
                 load_accounts(engine, up.SAMPLES / "accounts.yaml")
-                print("loaded the sample plans and accounts into the embedded database", file=sys.stderr)
+                load_products(engine, up.SAMPLES / "products.yaml")
+                print("loaded the sample plans, accounts and products into the embedded database", file=sys.stderr)
             key = create_key(engine, "ops", None)  # a local dev database: a key for the live page
         engine.dispose()
         ensure_topics(settings)
@@ -1481,6 +1583,7 @@ OPERATOR_COMMANDS = (
     ("credit-notes", "credit notes against finalized invoices: create, list, show, pdf"),
     ("grants", "prepaid credits and grants (money or a meter's units): add, list, void"),
     ("balance", "an account's prepaid balance: each grant, what is burned, pending and left"),
+    ("products", "streaming API products: load, list, show; subscribe, requests, approve, reject, unsubscribe"),
     ("statements", "a partner's usage statement for a period"),
     ("top", "live consumption tables in the terminal (reads the API's /v1/live)"),
     ("settings", "every STREAMTOLL_* setting, its value here and its default"),
@@ -1803,6 +1906,33 @@ def build_parser() -> argparse.ArgumentParser:
     bal.add_argument("account", help="account code")
     bal.add_argument("--on", type=_day, default=None, help="the balance on this day (default today, UTC)")
     _output(bal)
+    pr = group("products")
+    prl = command(pr, "load", cmd_products, "load products from a YAML file (idempotent; a changed one: a new version)")
+    prl.add_argument("file", type=Path, help="the YAML file (schema files are read relative to it)")
+    prs = command(pr, "list", cmd_products, "each product's newest version")
+    prs.add_argument("--account", default=None, help="only the products of this account's plan")
+    prw = command(pr, "show", cmd_products, "one product with its schemas (the API contract)")
+    prw.add_argument("code", help="the product's code")
+    prw.add_argument("--version", type=_positive, default=None, help="a version (default: the newest)")
+    prw.add_argument("--account", default=None, help="as this account sees it (its access and subscription)")
+    prsub = command(pr, "subscribe", cmd_products, "subscribe an account (self-service plan: at once; else a request)")
+    prsub.add_argument("account", help="account code")
+    prsub.add_argument("code", help="the product's code")
+    prq = command(pr, "requests", cmd_products, "product subscriptions and requests, oldest first")
+    prq.add_argument(
+        "--status", choices=("requested", "active", "rejected", "cancelled"), default=None, help="only these"
+    )
+    prq.add_argument("--account", default=None, help="one account's")
+    pra = command(pr, "approve", cmd_products, "approve a request: the subscription is active, its topics granted")
+    pra.add_argument("id", type=_positive, help="the request's id")
+    prj = command(pr, "reject", cmd_products, "reject a request, with the reason")
+    prj.add_argument("id", type=_positive, help="the request's id")
+    prj.add_argument("--reason", required=True, help="why (kept with the request, shown to the partner)")
+    pru = command(pr, "unsubscribe", cmd_products, "cancel an account's subscription (or request) to a product")
+    pru.add_argument("account", help="account code")
+    pru.add_argument("code", help="the product's code")
+    for pp_ in (prl, prs, prw, prsub, prq, pra, prj, pru):
+        _output(pp_)
 
     stm = command(sub, "statements", cmd_statements)
     stm.add_argument("--account", required=True, help="account code")

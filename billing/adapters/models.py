@@ -458,3 +458,52 @@ class AlertCrossingRow(Base):
     amount: Mapped[Decimal] = mapped_column(Numeric(20, 6), nullable=False)
     crossed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     event_id: Mapped[str] = mapped_column(Text, ForeignKey("webhook_events.id"), nullable=False)
+
+
+class ProductRow(Base):
+    """A streaming API product's code (its versions hold the contract)."""
+
+    __tablename__ = "products"
+
+    code: Mapped[str] = mapped_column(Text, primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class ProductVersionRow(Base):
+    """A published product version: its contract, its schemas' text and its deprecation date."""
+
+    __tablename__ = "product_versions"
+
+    product_code: Mapped[str] = mapped_column(Text, ForeignKey("products.code"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    document: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    schemas: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default="{}")
+    digest: Mapped[str] = mapped_column(Text, nullable=False)
+    deprecated_until: Mapped[date | None] = mapped_column(Date)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class ProductSubscriptionRow(Base):
+    """An account's subscription to a product version, from request to cancellation."""
+
+    __tablename__ = "product_subscriptions"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["product_code", "product_version"], ["product_versions.product_code", "product_versions.version"]
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    account_code: Mapped[str] = mapped_column(Text, ForeignKey("accounts.code"), nullable=False)
+    product_code: Mapped[str] = mapped_column(Text, nullable=False)
+    product_version: Mapped[int] = mapped_column(Integer, nullable=False)
+    status: Mapped[str] = mapped_column(Text, nullable=False)
+    requested_by: Mapped[str] = mapped_column(Text, nullable=False)
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    decided_by: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reason: Mapped[str | None] = mapped_column(Text)
+    cancelled_by: Mapped[str | None] = mapped_column(Text)
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -3,7 +3,7 @@
 ``with UnitOfWork(engine) as uow:`` begins a transaction; every repository — ``uow.usage``,
 ``uow.catalog``, ``uow.invoices``, ``uow.statements``, ``uow.keys``, ``uow.credentials``,
 ``uow.idempotency``, ``uow.outbox``, ``uow.episodes``, ``uow.credit_notes``, ``uow.grants``,
-``uow.webhooks`` — works on its connection; it commits when the block ends normally and rolls
+``uow.webhooks``, ``uow.products`` — works on its connection; it commits when the block ends normally and rolls
 back on an exception. Services take an engine or any factory of units of work
 (:func:`units_of_work`), so unit tests pass in-memory fakes.
 """
@@ -24,6 +24,7 @@ from billing.adapters.repositories.idempotency import IdempotencyRepository
 from billing.adapters.repositories.invoices import InvoiceRepository
 from billing.adapters.repositories.keys import ApiKeyRepository
 from billing.adapters.repositories.outbox import OutboxRepository
+from billing.adapters.repositories.products import ProductRepository
 from billing.adapters.repositories.statements import StatementRepository
 from billing.adapters.repositories.usage import UsageRepository
 from billing.adapters.repositories.webhooks import WebhookRepository
@@ -48,6 +49,7 @@ class UnitOfWork:
     credit_notes: CreditNoteRepository
     grants: GrantRepository
     webhooks: WebhookRepository
+    products: ProductRepository
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -68,6 +70,7 @@ class UnitOfWork:
         self.credit_notes = CreditNoteRepository(conn)
         self.grants = GrantRepository(conn)
         self.webhooks = WebhookRepository(conn)
+        self.products = ProductRepository(conn)
         return self
 
     def __exit__(

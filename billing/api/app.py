@@ -52,6 +52,7 @@ from billing.api.routes import (
     invoices,
     live,
     ops,
+    products,
     statements,
     usage,
     webhooks,
@@ -61,7 +62,7 @@ from billing.settings import BillingSettings
 __all__ = ["create_app"]
 
 # in this order in /openapi.json
-_ROUTERS = (ops, live, usage, statements, invoices, credit_notes, grants, entitlements, credentials, webhooks)
+_ROUTERS = (ops, live, usage, statements, invoices, credit_notes, grants, entitlements, credentials, webhooks, products)
 
 
 def create_app(
@@ -70,10 +71,12 @@ def create_app(
     auth_limit: int = 20,
     live: LiveFeed | None = None,
     publish_credentials: Callable[[], bool] | None = None,
+    publish_entitlements: Callable[[], bool] | None = None,
 ) -> FastAPI:
     """The HTTP app; ``live`` is the running live feed (None: ``/v1/live`` answers 503);
     ``publish_credentials()`` publishes every credential's state to the gateways after a change
-    made through the API, True when the cluster took it (None: nothing is published)."""
+    made through the API, True when the cluster took it (None: nothing is published);
+    ``publish_entitlements()`` likewise every account's entitlement (after a product subscription changes)."""
     app = FastAPI(
         title="streamtoll",
         version="0.1.0",
@@ -84,7 +87,7 @@ def create_app(
         # no redirect from /path/ to /path: Starlette builds its absolute URL from the Host header
         redirect_slashes=False,
     )
-    services = build_services(engine, settings, auth_limit, live, publish_credentials)
+    services = build_services(engine, settings, auth_limit, live, publish_credentials, publish_entitlements)
     app.state.services = services
     app.state.statements = services.statements  # for the billing bench
     errors.install(app)

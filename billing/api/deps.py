@@ -83,10 +83,16 @@ class Services:
     live: LiveFeed | None = None  # the running live feed (None: /v1/live answers 503)
     # publishes every credential's state to the gateways, True when the cluster took it
     publish_credentials: Callable[[], bool] | None = field(default=None)
+    # publishes every account's entitlement to the gateways (after a product subscription changes)
+    publish_entitlements: Callable[[], bool] | None = field(default=None)
 
     def published(self) -> bool:
         """Publish the credentials after a change (False: nothing is published)."""
         return self.publish_credentials() if self.publish_credentials is not None else False
+
+    def published_entitlements(self) -> bool:
+        """Publish the entitlements after a change (False: nothing is published)."""
+        return self.publish_entitlements() if self.publish_entitlements is not None else False
 
 
 def build_services(
@@ -95,6 +101,7 @@ def build_services(
     auth_limit: int = 20,
     live: LiveFeed | None = None,
     publish_credentials: Callable[[], bool] | None = None,
+    publish_entitlements: Callable[[], bool] | None = None,
 ) -> Services:
     """The app's collaborators, built here and nowhere else."""
     settings = settings or BillingSettings()
@@ -113,6 +120,7 @@ def build_services(
         registry=registry,
         live=live,
         publish_credentials=publish_credentials,
+        publish_entitlements=publish_entitlements,
     )
 
 

@@ -27,6 +27,8 @@ __all__ = [
     "IssuedCredential",
     "LiveView",
     "Liveness",
+    "Product",
+    "ProductSubscription",
     "RemovedWebhookEndpoint",
     "ReplayedDelivery",
     "Revoked",
@@ -488,3 +490,61 @@ class WebhookAttempt(_Model):
 class ReplayedDelivery(_Model):
     id: int
     queued: bool
+
+
+class ProductSchema(_Model):
+    type: str = Field(description="json (JSON Schema), avro or protobuf")
+    file: str = Field(description="the schema's file, as the catalog names it")
+    text: str | None = Field(default=None, description="the schema itself (one product's answer only)")
+
+
+class ProductTopic(_Model):
+    pattern: str = Field(description="a topic's name, or the start of the topics' names")
+    match: str = Field(description="literal or prefix")
+    schema_: ProductSchema | None = Field(alias="schema", description="its contract, when the product gives one")
+
+
+class ProductPlan(_Model):
+    plan: str
+    self_service: bool = Field(description="true: a subscription is active at once; false: it is a request to approve")
+
+
+class ProductVersionInfo(_Model):
+    version: int
+    deprecated_until: str | None = Field(description="the last UTC day the version works")
+    works: bool = Field(description="false once past deprecated_until: it grants nothing")
+
+
+class ProductSubscription(_Model):
+    """An account's subscription to a product version, from request to cancellation."""
+
+    id: int
+    account: str
+    product: str
+    version: int
+    status: str = Field(description="requested, active, rejected or cancelled")
+    requested_by: str = Field(description="who asked: partner:<key id>, finance:<key id>, cli:<user>")
+    requested_at: str
+    decided_by: str | None = Field(description="who approved or rejected (self-service: at once)")
+    decided_at: str | None
+    reason: str | None = Field(description="why it was rejected")
+    cancelled_by: str | None
+    cancelled_at: str | None
+
+
+class Product(_Model):
+    """A streaming API product's version: its topics, their schemas, the plans that include it."""
+
+    code: str
+    version: int
+    name: str
+    description: str
+    direction: str = Field(description="produce (write), consume (read and the account's groups) or both")
+    topics: list[ProductTopic]
+    plans: list[ProductPlan]
+    deprecated_until: str | None = Field(description="the last UTC day this version works")
+    works: bool
+    published_at: str
+    access: str | None = Field(default=None, description="a partner's: self_service or approval")
+    subscription: ProductSubscription | None = Field(default=None, description="a partner's live subscription")
+    versions: list[ProductVersionInfo] | None = Field(default=None, description="every version (one product's answer)")

@@ -90,6 +90,13 @@ PROBLEMS: dict[str, ProblemType] = {
             "already void. Look at the invoice (`GET /v1/invoices/{ref}`) before trying again.",
         ),
         ProblemType(
+            "product-conflict",
+            409,
+            "The product or the request's state does not allow this",
+            "Subscribing to a deprecated product, approving or rejecting a request that is no longer "
+            "requested. Look at the product or the requests (`GET /v1/product-requests`) first.",
+        ),
+        ProblemType(
             "idempotency-key-in-use",
             409,
             "A request with this Idempotency-Key is still running",

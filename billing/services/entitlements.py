@@ -5,7 +5,9 @@ to partners and finance.
 * :func:`entitlements` — every account's :class:`~metering.entitlements.Entitlement`, in catalog
   order: the subscription in force on the UTC day asked (today by default) names the plan
   version; its ``access``/``limits``/``caps`` (billing.domain.access) and the account's own
-  ``access`` make the record. No subscription in force: nothing restricted.
+  ``access`` make the record, plus what its active product subscriptions grant
+  (:mod:`billing.services.products`; added where the plan restricts). No subscription in force:
+  nothing restricted.
 * :func:`publish_entitlements` — every account's record to ``TOPIC_ENTITLEMENTS`` (compacted,
   key = account code, value = :func:`~metering.entitlements.encode_entitlement`; the full record
   each time). It runs after ``streamtoll plans load`` / ``accounts load``, at ``streamtoll api``
@@ -41,13 +43,15 @@ from billing.domain.access import (
     prepaid_caps,
     prepaid_from_doc,
 )
+from billing.domain.products import with_products
 from billing.domain.sources import DEFAULT_SOURCES
 from billing.domain.units import to_unit
 from billing.errors import EntitlementError, EntitlementNotFound, PublishError
 from billing.services.credentials import credential_doc, credential_views
 from billing.services.episodes import episode_docs
 from billing.services.grants import prepaid_units
-from billing.services.ports import AccountPlanDoc, CatalogReads, Credentials, EpisodeReads
+from billing.services.ports import AccountPlanDoc, CatalogReads, Credentials, EpisodeReads, ProductRepository
+from billing.services.products import subscribed_access
 from metering.entitlements import Entitlement, encode_entitlement
 
 __all__ = [
@@ -78,8 +82,12 @@ def _utc_today() -> date:
     return datetime.now(UTC).date()
 
 
-def _entitlement(r: AccountPlanDoc, balances: Balances | None = None) -> AccountEntitlement:
+def _entitlement(
+    r: AccountPlanDoc, balances: Balances | None = None, products: Access | None = None
+) -> AccountEntitlement:
     extra: Access | None = None if r.access is None else access_from_doc(r.access)
+    if products is not None:
+        extra = with_products(extra, products)
     if r.plan is None or r.document is None:
         return AccountEntitlement(entitlement_for(r.account, account_access=extra), ())
     doc: Mapping[str, Any] = r.document
@@ -99,25 +107,33 @@ def _entitlement(r: AccountPlanDoc, balances: Balances | None = None) -> Account
 
 
 def account_entitlements(
-    catalog: CatalogReads, on: date, account: str | None = None, balances: Balances | None = None
+    catalog: CatalogReads,
+    on: date,
+    account: str | None = None,
+    balances: Balances | None = None,
+    products: ProductRepository | None = None,
 ) -> list[AccountEntitlement]:
     """Every account's entitlement on the UTC day ``on``, in catalog order (or ``account``'s only);
-    with ``balances``, a plan's ``prepaid`` policy caps the meters of the account's unit grants."""
-    out: list[AccountEntitlement] = []
+    with ``balances``, a plan's ``prepaid`` policy caps the meters of the account's unit grants;
+    with ``products``, what its subscribed products grant (:func:`billing.services.products.subscribed_access`)."""
+    rows: list[AccountPlanDoc] = []
     seen: set[str] = set()
     for r in catalog.accounts_with_plans(on, account):
         if r.account in seen:  # two subscriptions in force (should not be): the later start wins
             continue
         seen.add(r.account)
-        out.append(_entitlement(r, balances))
-    return out
+        rows.append(r)
+    granted = {} if products is None else subscribed_access(products, {r.account: r.plan for r in rows}, on)
+    return [_entitlement(r, balances, granted.get(r.account)) for r in rows]
 
 
 def entitlements(engine: Engine, on: date | None = None, account: str | None = None) -> list[AccountEntitlement]:
     """Every account's entitlement on the UTC day ``on`` (today), in catalog order (or ``account``'s only)."""
     day = on or _utc_today()
     with UnitOfWork(engine) as uow:
-        return account_entitlements(uow.catalog, day, account, lambda code: prepaid_units(uow.grants, code, day))
+        return account_entitlements(
+            uow.catalog, day, account, lambda code: prepaid_units(uow.grants, code, day), uow.products
+        )
 
 
 def publish_entitlements(
@@ -166,9 +182,10 @@ def view_entitlement(
     now: datetime,
     source_order: Mapping[str, tuple[str, ...]] | None = None,
     balances: Balances | None = None,
+    products: ProductRepository | None = None,
 ) -> dict[str, Any]:
     """``account``'s entitlement as partners and finance read it (JSON-ready)."""
-    found = account_entitlements(catalog, now.astimezone(UTC).date(), account, balances)
+    found = account_entitlements(catalog, now.astimezone(UTC).date(), account, balances, products)
     if not found:
         raise EntitlementNotFound(f"there is no account {account!r}")
     e, specs = found[0].entitlement, found[0].caps
@@ -227,4 +244,5 @@ def entitlement_view(
             now,
             source_order,
             lambda code: prepaid_units(uow.grants, code, now.astimezone(UTC).date()),
+            uow.products,
         )

@@ -61,6 +61,9 @@ __all__ = [
     "OutboxItem",
     "PlanHead",
     "PlanSummary",
+    "ProductRepository",
+    "ProductSubscription",
+    "ProductVersionRecord",
     "StatementMarks",
     "StatementRepository",
     "StoredKey",
@@ -807,3 +810,87 @@ class CatalogWrites(Protocol):
     def publish_plan(
         self, code: str, name: str, version: int, currency: str, document: dict[str, Any], digest: str
     ) -> None: ...
+
+
+# --- streaming API products ---
+
+
+@dataclass(frozen=True)
+class ProductVersionRecord:
+    """A published product version (``document``: :func:`billing.domain.products.product_document`)."""
+
+    code: str
+    version: int
+    name: str
+    document: dict[str, Any]
+    schemas: dict[str, str]  # topic pattern → schema text
+    digest: str
+    deprecated_until: date | None
+    published_at: datetime
+
+
+@dataclass(frozen=True)
+class ProductSubscription:
+    """An account's subscription to a product version, from request to cancellation."""
+
+    id: int
+    account: str
+    product: str
+    version: int
+    status: str  # requested | active | rejected | cancelled
+    requested_by: str
+    requested_at: datetime
+    decided_by: str | None = None  # who approved or rejected
+    decided_at: datetime | None = None
+    reason: str | None = None  # why it was rejected
+    cancelled_by: str | None = None
+    cancelled_at: datetime | None = None
+
+
+class ProductRepository(Protocol):
+    def lock(self) -> None:
+        """Serialize catalog loads of products (a transaction-scoped lock)."""
+        ...
+
+    def head(self, code: str) -> ProductVersionRecord | None:
+        """The product's newest version (None: no such product)."""
+        ...
+
+    def publish(self, record: ProductVersionRecord, position: int) -> None:
+        """Store a new version (and the product, at ``position`` in catalog order, when new)."""
+        ...
+
+    def move(self, code: str, position: int) -> None: ...
+    def lock_account(self, account: str) -> None:
+        """Serialize changes to ``account``'s subscriptions (a transaction-scoped lock): two
+        first subscriptions at once make one, not a refused second."""
+        ...
+
+    def set_deprecation(self, code: str, version: int, until: date | None) -> bool:
+        """Set a version's ``deprecated_until``; whether it changed (False too when there is no
+        such version)."""
+        ...
+
+    def version(self, code: str, version: int) -> ProductVersionRecord | None: ...
+    def versions(self, code: str) -> list[ProductVersionRecord]:
+        """Oldest first."""
+        ...
+
+    def heads(self) -> list[ProductVersionRecord]:
+        """Each product's newest version, in catalog order."""
+        ...
+
+    def add_subscription(self, sub: ProductSubscription) -> int:
+        """Store a new subscription (its ``id`` is ignored); its id."""
+        ...
+
+    def save_subscription(self, sub: ProductSubscription) -> None:
+        """Store the subscription's status, version, decision and cancellation."""
+        ...
+
+    def subscription(self, sub_id: int, for_update: bool = False) -> ProductSubscription | None: ...
+    def subscriptions(
+        self, account: str | None = None, product: str | None = None, status: str | None = None
+    ) -> list[ProductSubscription]:
+        """Oldest first (by id)."""
+        ...

@@ -9,6 +9,7 @@ import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,10 +25,13 @@ from billing.api.app import create_app
 from billing.api.problems import MEDIA_TYPE, PROBLEMS, TYPE_BASE
 from billing.services.billing_run import run_billing
 from billing.services.keys import create_key
+from billing.services.products import load_products
 from billing.settings import BillingSettings
 from streamtoll.serving import running
 
 from .seed import DEC1
+
+SAMPLES = Path(__file__).parents[2] / "streamtoll" / "samples"
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +112,8 @@ def test_openapi_has_the_bearer_scheme_models_errors_and_media_types(api: Api) -
     assert set(schemas["Problem"]["required"]) == {"type", "title", "status", "detail", "instance"}
     operations = [(m, p, op) for p, ops in doc["paths"].items() for m, op in ops.items()]
     # 16 + the credit notes (issue, list, one, its PDF) + the webhooks (6) + grants (add, list, balance)
-    assert len(operations) == 29
+    # + the products (list, one, subscribe, requests, approve, reject)
+    assert len(operations) == 35
     for method, path, op in operations:
         where = f"{method.upper()} {path}"
         protected = path.startswith("/v1/")
@@ -155,6 +160,9 @@ def test_openapi_has_the_bearer_scheme_models_errors_and_media_types(api: Api) -
         "/v1/webhooks",
         "/v1/webhooks/{endpoint_id}/remove",
         "/v1/webhooks/deliveries/{delivery_id}/replay",
+        "/v1/products/{code}/subscriptions",
+        "/v1/product-requests/{request_id}/approve",
+        "/v1/product-requests/{request_id}/reject",
     ):
         params = {p["name"] for p in paths[path]["post"]["parameters"]}
         assert "Idempotency-Key" in params, path
@@ -187,6 +195,19 @@ def test_answers_match_their_documented_models(api: Api) -> None:
     _valid(models.Voided, api.post("/v1/invoices/INV-2026-000001/void", reason="test").json())
     _valid(models.Health, api.get("/healthz", None).json())
     _valid(models.Liveness, api.get("/healthz/live", None).json())
+
+    load_products(api.engine, SAMPLES / "products.yaml")
+    for key in ("finance", "acme"):
+        products = api.get("/v1/products", key).json()
+        assert [p["code"] for p in products] == ["orders-feed", "payments-ingest"], key
+        for p in products:
+            _valid(models.Product, p)
+    _valid(models.Product, api.get("/v1/products/orders-feed", "acme").json())
+    requested = api.post("/v1/products/payments-ingest/subscriptions", "acme", idempotency="sub-1").json()
+    _valid(models.ProductSubscription, requested)
+    for row in api.get("/v1/product-requests", status="requested").json():
+        _valid(models.ProductSubscription, row)
+    _valid(models.ProductSubscription, api.post(f"/v1/product-requests/{requested['id']}/approve").json())
 
 
 # --- errors ----------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ from billing.services.ports import (
     FinalizedPeriod,
     GrantRecord,
     InvoiceRecord,
+    ProductSubscription,
+    ProductVersionRecord,
     StatementMarks,
 )
 
@@ -425,6 +427,74 @@ class FakeWebhookEvents:
         return 0
 
 
+class FakeProducts:
+    """Products, their versions and subscriptions in memory (``ProductRepository``)."""
+
+    def __init__(self) -> None:
+        self.positions: dict[str, int] = {}
+        self.stored: dict[tuple[str, int], ProductVersionRecord] = {}
+        self.subs: dict[int, ProductSubscription] = {}
+        self.locked = 0
+
+    def lock(self) -> None:
+        self.locked += 1
+
+    def head(self, code: str) -> ProductVersionRecord | None:
+        versions = self.versions(code)
+        return versions[-1] if versions else None
+
+    def publish(self, record: ProductVersionRecord, position: int) -> None:
+        assert (record.code, record.version) not in self.stored
+        self.positions.setdefault(record.code, position)
+        self.stored[(record.code, record.version)] = record
+
+    def move(self, code: str, position: int) -> None:
+        self.positions[code] = position
+
+    def lock_account(self, account: str) -> None:
+        self.locked += 1
+
+    def set_deprecation(self, code: str, version: int, until: date | None) -> bool:
+        record = self.stored.get((code, version))
+        if record is None or record.deprecated_until == until:
+            return False
+        self.stored[(code, version)] = dataclasses.replace(record, deprecated_until=until)
+        return True
+
+    def version(self, code: str, version: int) -> ProductVersionRecord | None:
+        return self.stored.get((code, version))
+
+    def versions(self, code: str) -> list[ProductVersionRecord]:
+        return sorted((r for (c, _), r in self.stored.items() if c == code), key=lambda r: r.version)
+
+    def heads(self) -> list[ProductVersionRecord]:
+        codes = sorted(self.positions, key=lambda c: (self.positions[c], c))
+        return [h for h in (self.head(c) for c in codes) if h is not None]
+
+    def add_subscription(self, sub: ProductSubscription) -> int:
+        live = [s for s in self.subs.values() if (s.account, s.product) == (sub.account, sub.product)]
+        assert not any(s.status in ("requested", "active") for s in live), "the unique index refuses it"
+        new_id = len(self.subs) + 1
+        self.subs[new_id] = dataclasses.replace(sub, id=new_id)
+        return new_id
+
+    def save_subscription(self, sub: ProductSubscription) -> None:
+        assert sub.id in self.subs
+        self.subs[sub.id] = sub
+
+    def subscription(self, sub_id: int, for_update: bool = False) -> ProductSubscription | None:
+        return self.subs.get(sub_id)
+
+    def subscriptions(
+        self, account: str | None = None, product: str | None = None, status: str | None = None
+    ) -> list[ProductSubscription]:
+        return [
+            s
+            for _, s in sorted(self.subs.items())
+            if account in (None, s.account) and product in (None, s.product) and status in (None, s.status)
+        ]
+
+
 class FakeUnitOfWork:
     """``uows = FakeUnitOfWork(); run_billing(uows, …)``: the fake is its own factory, and every
     unit of work it makes shares its repositories."""
@@ -438,6 +508,7 @@ class FakeUnitOfWork:
         self.grants = FakeGrants(self.invoices)
 
         self.webhooks = FakeWebhookEvents()
+        self.products = FakeProducts()
         self.opened = 0
 
     def __call__(self) -> FakeUnitOfWork:

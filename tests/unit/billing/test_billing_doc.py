@@ -1,7 +1,7 @@
 """``docs/billing.md`` and the billing code, kept together.
 
-* Every YAML block of the document is a marked example (``<!-- example: accounts|plans [FILE] -->``)
-  and loads with the parsers ``streamtoll accounts load`` / ``plans load`` use, without a problem;
+* Every YAML block of the document is a marked example (``<!-- example: accounts|plans|products [FILE] -->``)
+  and loads with the parsers ``streamtoll accounts load`` / ``plans load`` / ``products load`` use, without a problem;
   a block marked with a sample file is that file, verbatim.
 * Every price model, unit, meter, source and quantity the code accepts is named in the document,
   and every field the catalog parsers accept has a row in a field table: a new model or field
@@ -31,6 +31,7 @@ from billing.domain import plans as plans_module
 from billing.domain.accounts import UNASSIGNED, Account, Attributor, ClientRule, Subscription, parse_accounts
 from billing.domain.money import format_money, format_quantity
 from billing.domain.plans import MODELS, PlanVersion, parse_plan
+from billing.domain.products import Product, parse_products
 from billing.domain.rating import Rated, rate_period
 from billing.domain.sources import DEFAULT_SOURCES, QUANTITIES, SOURCES, format_sources, parse_sources
 from billing.domain.units import BYTE_UNITS, COUNT_UNITS, METERS, unit_size
@@ -63,11 +64,18 @@ def load_plans(doc: Any, source: str) -> list[PlanVersion]:
     return parsed
 
 
-def load(kind: str, body: str) -> list[Account] | list[PlanVersion]:
+def _schema_file(name: str) -> str:
+    """A product example's schema file: a valid schema of the kind its name says."""
+    return '{"type": "record", "name": "R", "fields": []}' if name.endswith(".avsc") else '{"type": "object"}'
+
+
+def load(kind: str, body: str) -> list[Account] | list[PlanVersion] | list[Product]:
     doc = yaml.safe_load(body)
     if kind == "accounts":
         return parse_accounts(doc, "docs/billing.md")
-    assert kind == "plans", f"unknown example kind {kind!r}: mark a block 'accounts' or 'plans'"
+    if kind == "products":
+        return parse_products(doc, "docs/billing.md", _schema_file)
+    assert kind == "plans", f"unknown example kind {kind!r}: mark a block 'accounts', 'plans' or 'products'"
     return load_plans(doc, "docs/billing.md")
 
 
