@@ -595,29 +595,39 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
 def cmd_alerts(args: argparse.Namespace) -> int:
     from billing.services import webhooks as hooks
 
-    def doc(t: Any) -> dict[str, Any]:
-        return {"id": t.id, "account": t.account, "amount": str(t.amount.normalize()), "active": t.active}
+    columns = ["id", "account", "kind", "amount", "meter", "quantity", "unit", "active"]
+
+    def said(t: Any) -> str:
+        return f"{t.amount.normalize()}" if t.kind == "amount" else f"{t.meter} {t.quantity.normalize()} {t.unit}"
 
     with _engine() as engine:
         try:
             if args.action == "add":
-                t = hooks.add_threshold(engine, args.account, args.amount)
-                _report(args.output, f"added threshold {t.id}: {t.account} at {args.amount}", doc(t))
+                usage = (args.meter, args.quantity, args.unit)
+                if args.amount is not None and any(usage):
+                    raise UserError("give either an AMOUNT or --meter, --quantity and --unit, not both")
+                if args.amount is None and not all(usage):
+                    raise UserError("give an AMOUNT, or --meter, --quantity and --unit together")
+                if args.amount is not None:
+                    t = hooks.add_threshold(engine, args.account, args.amount)
+                else:
+                    t = hooks.add_usage_threshold(engine, args.account, args.meter, args.quantity, args.unit)
+                _report(args.output, f"added threshold {t.id}: {t.account} at {said(t)}", hooks.threshold_doc(t))
             elif args.action == "list":
-                rows = [doc(t) for t in hooks.list_thresholds(engine, args.account, args.all)]
-                print_rows(rows, args.output, ["id", "account", "amount", "active"])
+                rows = [hooks.threshold_doc(t) for t in hooks.list_thresholds(engine, args.account, args.all)]
+                print_rows(rows, args.output, columns)
             elif args.action == "remove":
                 hooks.remove_threshold(engine, args.threshold_id)
                 _report(args.output, f"removed threshold {args.threshold_id}", {"id": args.threshold_id})
             else:
-                crossed = hooks.check_thresholds(engine, args.period)
-                rows = [doc(t) for t in crossed]
+                period = args.period or datetime.now(UTC).strftime("%Y-%m")
+                crossed = hooks.check_thresholds(engine, period, source_order=_billing_settings().source_order)
                 if args.output == "table":
-                    print(f"{len(crossed)} threshold(s) reached in {args.period}")
-                    for r in rows:
-                        print(f"  {r['id']}  {r['account']}  {r['amount']}")
+                    print(f"{len(crossed)} threshold(s) reached in {period}")
+                    for t in crossed:
+                        print(f"  {t.id}  {t.account}  {said(t)}")
                 else:
-                    print_rows(rows, args.output, ["id", "account", "amount", "active"])
+                    print_rows([hooks.threshold_doc(t) for t in crossed], args.output, columns)
         except (WebhookError, RunError) as exc:
             raise (NotFoundError if isinstance(exc, NotFound) else UserError)(str(exc)) from None
     return 0
@@ -1341,7 +1351,7 @@ OPERATOR_COMMANDS = (
     ("keys", "API keys: create, list, revoke"),
     ("credentials", "Kafka credentials for the gateway: create, list, rotate, revoke, publish"),
     ("webhooks", "signed webhooks: endpoints (add, list, remove), send, replay, deliveries, attempts"),
-    ("alerts", "amount thresholds per account: add, list, remove, check (reached: a webhook event)"),
+    ("alerts", "amount and usage thresholds per account: add, list, remove, check (reached: a webhook event)"),
     ("entitlements", "what each account may do at the gateway (access, limits, caps): show, publish"),
     ("usage", "usage as the database holds it (finance view)"),
     ("bill", "billing run for a period: drafts (and --finalize)"),
@@ -1535,16 +1545,24 @@ def build_parser() -> argparse.ArgumentParser:
         _output(hp_)
 
     al = group("alerts")
-    ala = command(al, "add", cmd_alerts, "alert when the account's rated amount of a period reaches AMOUNT")
+    ala = command(
+        al,
+        "add",
+        cmd_alerts,
+        "alert when the account's rated amount of a period reaches AMOUNT, or a meter's usage a quantity",
+    )
     ala.add_argument("account", help="the account code")
-    ala.add_argument("amount", help="in the account's currency, before tax (150.00)")
+    ala.add_argument("amount", nargs="?", default=None, help="in the account's currency, before tax (150.00)")
+    ala.add_argument("--meter", default=None, help="a usage threshold's meter (consume_bytes, produce_records …)")
+    ala.add_argument("--quantity", default=None, help="a usage threshold's quantity, in --unit (500)")
+    ala.add_argument("--unit", default=None, help="GB, GiB, TB, TiB for bytes; 1, thousand, million for counts")
     all_ = command(al, "list", cmd_alerts, "the thresholds")
     all_.add_argument("account", nargs="?", default=None, help="only this account's thresholds")
     all_.add_argument("--all", action="store_true", help="include removed thresholds")
     alr = command(al, "remove", cmd_alerts, "remove a threshold")
     alr.add_argument("threshold_id", help="the threshold's id (thr_…)")
-    alc = command(al, "check", cmd_alerts, "rate the period so far; each threshold newly reached emits one event")
-    alc.add_argument("--period", type=_period, required=True, help="YYYY-MM")
+    alc = command(al, "check", cmd_alerts, "measure the period so far; each threshold newly reached emits one event")
+    alc.add_argument("--period", type=_period, default=None, help="YYYY-MM (default: this UTC month)")
     for ap_ in (ala, all_, alr, alc):
         _output(ap_)
 
