@@ -39,6 +39,7 @@ __all__ = [
     "CreditNoteNumberRow",
     "CreditNoteRow",
     "EnforcementEpisodeRow",
+    "EpisodeEventRow",
     "IdempotencyKeyRow",
     "InvoiceDeliveryRow",
     "InvoiceLineRow",
@@ -352,6 +353,18 @@ class EnforcementEpisodeRow(Base):
     requests: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     limit_per_second: Mapped[int | None] = mapped_column(BigInteger)
     meter: Mapped[str | None] = mapped_column(Text)
+
+
+class EpisodeEventRow(Base):
+    """A quota event an enforcement episode emitted (once per episode and type)."""
+
+    __tablename__ = "episode_events"
+
+    episode_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    type: Mapped[str] = mapped_column(Text, primary_key=True)
+    event_id: Mapped[str | None] = mapped_column(
+        Text, ForeignKey("webhook_events.id", deferrable=True, initially="DEFERRED")
+    )
 
 
 class WebhookEndpointRow(Base):

@@ -44,6 +44,9 @@ EVENT_TYPES = (
     "credential.revoked",
     "alert.amount_reached",
     "alert.usage_reached",
+    "quota.throttled",
+    "quota.blocked",
+    "quota.released",
 )
 SIGNATURE_HEADER = "Streamtoll-Signature"
 EVENT_ID_HEADER = "Streamtoll-Event-Id"

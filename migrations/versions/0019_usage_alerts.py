@@ -7,6 +7,13 @@
   replaces that CHECK and adds its own.
 - ``alert_crossings.quantity``: what a usage threshold's period reached, in the meter's base
   units (bytes, records or requests); ``amount`` is now set for amount crossings only.
+- ``episode_events``: the quota events (``quota.throttled``, ``quota.blocked``,
+  ``quota.released``) each enforcement episode emitted, one row per episode and type, written by
+  the sink in the transaction that stores the episode's record: the primary key is what makes a
+  redelivered record emit nothing more. No foreign key to ``enforcement_episodes`` (an episode
+  may be deleted, its event stays); the one to ``webhook_events`` is checked at commit (the row
+  is claimed before its event is written). The episodes already stored are marked as emitted
+  (no events for the past).
 
 Revision ID: 0019
 Revises: 0015
@@ -43,9 +50,26 @@ def upgrade() -> None:
             ADD CONSTRAINT alert_crossings_measure CHECK (num_nonnulls(amount, quantity) = 1)
         """
     )
+    op.execute(
+        """
+        CREATE TABLE episode_events (
+            episode_id text NOT NULL,
+            type text NOT NULL CHECK (type IN ('quota.throttled', 'quota.blocked', 'quota.released')),
+            event_id text REFERENCES webhook_events (id) DEFERRABLE INITIALLY DEFERRED,
+            PRIMARY KEY (episode_id, type)
+        )
+        """
+    )
+    op.execute(
+        "INSERT INTO episode_events (episode_id, type) "
+        "SELECT id, CASE kind WHEN 'throttle' THEN 'quota.throttled' ELSE 'quota.blocked' END "
+        "FROM enforcement_episodes "
+        "UNION ALL SELECT id, 'quota.released' FROM enforcement_episodes WHERE ended_at IS NOT NULL"
+    )
 
 
 def downgrade() -> None:
+    op.execute("DROP TABLE episode_events")
     op.execute(
         "DELETE FROM alert_crossings WHERE threshold_id IN (SELECT id FROM alert_thresholds WHERE kind <> 'amount')"
     )

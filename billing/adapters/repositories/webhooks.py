@@ -110,6 +110,10 @@ _CROSSING = text(
     "INSERT INTO alert_crossings (threshold_id, period, amount, quantity, crossed_at, event_id) "
     "VALUES (:id, :period, :amount, :quantity, :at, :event)"
 )
+_EPISODE_EVENT = text(
+    "INSERT INTO episode_events (episode_id, type, event_id) VALUES (:episode, :type, :event) "
+    "ON CONFLICT (episode_id, type) DO NOTHING RETURNING event_id"
+)
 
 
 class WebhookRepository:
@@ -120,6 +124,15 @@ class WebhookRepository:
         params = {"id": event.id, "account": event.account, "type": event.type, "at": event.created_at}
         self._conn.execute(_EVENT, {**params, "body": event.body})
         return int(self._conn.execute(_FAN_OUT, params).rowcount or 0)
+
+    def emit_for_episode(self, episode_id: str, event: WebhookEvent) -> bool:
+        """Emit ``event`` unless the enforcement episode already emitted one of its type (a
+        concurrent writer of the same episode waits on the key, then finds it): whether it did."""
+        params = {"episode": episode_id, "type": event.type, "event": event.id}
+        if self._conn.execute(_EPISODE_EVENT, params).first() is None:
+            return False
+        self.emit(event)
+        return True
 
     def account_exists(self, code: str) -> bool:
         return account_exists(self._conn, code)
