@@ -252,6 +252,17 @@ def _positive(text_: str) -> int:
     return int(text_)
 
 
+def _every(text_: str) -> float:
+    """A job interval: a duration (``30s``, ``5m``) or seconds, from 1 s to a day."""
+    try:
+        seconds = float(text_) if text_.replace(".", "", 1).isdigit() else parse_duration(text_)
+    except ValueError:
+        seconds = -1.0
+    if not 1 <= seconds <= 86400:
+        raise argparse.ArgumentTypeError(f"{text_!r} must be from 1 s to 1 day, e.g. 30 or 5m")
+    return seconds
+
+
 def _invoice_ref(text_: str) -> str:
     """An invoice as paths and commands name it: its number, or ``draft-<id>`` before it has one
     (``#42`` is accepted too, quoted, since an unquoted ``#`` starts a shell comment)."""
@@ -969,6 +980,32 @@ def cmd_sink(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """The periodic billing jobs (billing.services.jobs): a round every --every seconds until
+    SIGTERM or Ctrl-C (the job in progress finishes), or one round with --once."""
+    from billing.services.jobs import JOBS, run_jobs, run_round
+
+    billing = _billing_settings()
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    with _engine() as engine:
+        if args.once:
+            outcomes = run_round(engine, JOBS, billing.source_order, say)
+            return EXIT_FAILED if any(isinstance(o, BaseException) for o in outcomes.values()) else 0
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        say(f"running {', '.join(j.name for j in JOBS)} every {args.every:g} s")
+        run_jobs(engine, args.every, stop, JOBS, billing.source_order, say)
+        say("stopped")
+    return 0
+
+
 def cmd_caps(args: argparse.Namespace) -> int:
     """The monthly caps fold (a Faust worker): usage minutes → month-to-date per account and
     meter → decisions on the enforcement topic the gateways follow (scale by running more)."""
@@ -1113,7 +1150,7 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """Everything running locally: worker, caps, sink, gateway and API as supervised children
+    """Everything running locally: worker, caps, sink, jobs, gateway and API as supervised children
     (streamtoll.dev.up)."""
     from billing.adapters.db import upgrade
     from billing.services.catalog import load_accounts, load_plans
@@ -1181,6 +1218,10 @@ def cmd_up(args: argparse.Namespace) -> int:
                 print(
                     "  caps         streamtoll caps: usage minutes → month-to-date per account → the decisions the "
                     "gateway enforces (throttles and blocks on the live page and in streamtoll top)"
+                )
+                print(
+                    f"  jobs         streamtoll jobs every {up.JOBS_EVERY_S} s: alerts check, webhooks send "
+                    "(streamtoll webhooks deliveries shows what was sent)"
                 )
                 print(f"  PostgreSQL   {'embedded, .streamtoll/pg' if embedded_db else 'STREAMTOLL_DATABASE_URL'}")
                 print(f"  logs         {Path('.streamtoll') / 'logs'}/", flush=True)
@@ -1361,6 +1402,7 @@ OPERATOR_COMMANDS = (
     ("top", "live consumption tables in the terminal (reads the API's /v1/live)"),
     ("settings", "every STREAMTOLL_* setting, its value here and its default"),
     ("caps", "monthly caps: usage minutes → month-to-date per account → decisions the gateways enforce"),
+    ("jobs", "the periodic billing jobs (alerts check, webhooks send) every --every seconds"),
 )
 DEVELOPER_COMMANDS = (
     ("broker", "run the embedded dev broker in the foreground"),
@@ -1463,6 +1505,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument(
         "--refresh", type=float, default=60.0, help="seconds between decisions that only refresh month-to-date usage"
     )
+    jb = command(sub, "jobs", cmd_jobs)
+    jb.add_argument("--every", type=_every, default=30.0, help="seconds (or 5m …) from one round to the next (30)")
+    jb.add_argument("--once", action="store_true", help="run one round and exit (1 if a job failed)")
     ap = command(sub, "api", cmd_api)
     ap.add_argument("--bind", type=_bind, default=None, help="HOST:PORT (default STREAMTOLL_API_BIND, 127.0.0.1:8080)")
 

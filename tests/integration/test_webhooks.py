@@ -10,6 +10,7 @@ import hmac
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -345,3 +346,46 @@ def test_a_usage_threshold_reached_arrives_once_with_billing_sources(
     # 1 250 000 000 000 − 1 249 835 483 136 = 164 516 864 bytes over 1164 GiB: 1164.153… GiB
     assert in_gib["quantity_in_unit"].startswith("1164.153")
     assert Decimal(in_gib["quantity_in_unit"]) * 2**30 == 1_250_000_000_000
+
+
+def test_streamtoll_jobs_sends_each_round_and_stops_on_sigterm(
+    engine: sa.Engine, migrated: str, receiver: Receiver
+) -> None:
+    receiver.secret = json.loads(cli(migrated, "add", "acme", receiver.url, "--json").stdout)["secret"]
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("STREAMTOLL_")},
+        "STREAMTOLL_DATABASE_URL": migrated,
+    }
+    revoke_credential(engine, create_credential(engine, "acme", "orders").id)
+    once = subprocess.run(
+        [sys.executable, "-m", "streamtoll.cli", "jobs", "--once"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert once.returncode == 0, once.stderr
+    assert "webhooks send: delivered 1, retrying 0, failed 0" in once.stdout, once.stdout
+    assert "alerts check" not in once.stdout  # no threshold: nothing read, nothing said
+    assert [e["type"] for e in receiver.accepted()] == ["credential.revoked"]
+
+    jobs = subprocess.Popen(
+        [sys.executable, "-m", "streamtoll.cli", "jobs", "--every", "1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        revoke_credential(engine, create_credential(engine, "acme", "payments").id)  # sent by a later round
+        deadline = time.monotonic() + 30
+        while len(receiver.accepted()) < 2:
+            assert jobs.poll() is None and time.monotonic() < deadline, "streamtoll jobs sent nothing in 30 s"
+            time.sleep(0.2)
+        jobs.send_signal(signal.SIGTERM)
+        out, err = jobs.communicate(timeout=30)
+    finally:
+        if jobs.poll() is None:
+            jobs.kill()
+            jobs.wait()
+    assert jobs.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "running alerts check, webhooks send every 1 s" and lines[-1] == "stopped", out
+    assert "webhooks send: delivered 1" in out
+    assert [e["type"] for e in receiver.accepted()] == ["credential.revoked"] * 2
