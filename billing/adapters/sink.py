@@ -158,6 +158,7 @@ def _emit_quota_events(hooks: WebhookRepository, episodes: list[Episode]) -> Non
     """Each episode's quota events not emitted yet (:mod:`billing.domain.quota_events`), in the
     transaction that stores its record."""
     now = datetime.now(UTC)
+    events = []
     for e in episodes:
         data = quota_event_data(
             episode_id=e.id,
@@ -171,8 +172,8 @@ def _emit_quota_events(hooks: WebhookRepository, episodes: list[Episode]) -> Non
             started=e.started,
             ended=e.ended,
         )
-        for kind in quota_event_types(e.kind, e.ended is not None):
-            hooks.emit_for_episode(e.id, new_event(kind, e.account, data, now))
+        events += [(e.id, new_event(k, e.account, data, now)) for k in quota_event_types(e.kind, e.ended is not None)]
+    hooks.emit_for_episodes(events)
 
 
 class UsageSink:

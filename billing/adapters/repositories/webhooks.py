@@ -7,6 +7,7 @@ again before the lease ends), so two senders never take the same one."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 
@@ -110,8 +111,9 @@ _CROSSING = text(
     "INSERT INTO alert_crossings (threshold_id, period, amount, quantity, crossed_at, event_id) "
     "VALUES (:id, :period, :amount, :quantity, :at, :event)"
 )
-_EPISODE_EVENT = text(
-    "INSERT INTO episode_events (episode_id, type, event_id) VALUES (:episode, :type, :event) "
+_EPISODE_EVENTS = text(
+    "INSERT INTO episode_events (episode_id, type, event_id) "
+    "SELECT * FROM unnest(CAST(:episodes AS text[]), CAST(:types AS text[]), CAST(:events AS text[])) "
     "ON CONFLICT (episode_id, type) DO NOTHING RETURNING event_id"
 )
 
@@ -125,14 +127,22 @@ class WebhookRepository:
         self._conn.execute(_EVENT, {**params, "body": event.body})
         return int(self._conn.execute(_FAN_OUT, params).rowcount or 0)
 
-    def emit_for_episode(self, episode_id: str, event: WebhookEvent) -> bool:
-        """Emit ``event`` unless the enforcement episode already emitted one of its type (a
-        concurrent writer of the same episode waits on the key, then finds it): whether it did."""
-        params = {"episode": episode_id, "type": event.type, "event": event.id}
-        if self._conn.execute(_EPISODE_EVENT, params).first() is None:
-            return False
-        self.emit(event)
-        return True
+    def emit_for_episodes(self, events: Sequence[tuple[str, WebhookEvent]]) -> list[WebhookEvent]:
+        """Emit each (episode id, event) unless the enforcement episode already emitted one of
+        its type (one statement claims them all; a concurrent writer of the same episode waits on
+        the key, then finds it); the events emitted, in the order given."""
+        if not events:
+            return []
+        params = {
+            "episodes": [episode for episode, _ in events],
+            "types": [e.type for _, e in events],
+            "events": [e.id for _, e in events],
+        }
+        claimed = set(self._conn.execute(_EPISODE_EVENTS, params).scalars())
+        emitted = [e for _, e in events if e.id in claimed]
+        for event in emitted:
+            self.emit(event)
+        return emitted
 
     def account_exists(self, code: str) -> bool:
         return account_exists(self._conn, code)
