@@ -996,12 +996,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
     with _engine() as engine:
         if args.once:
-            outcomes = run_round(engine, JOBS, billing.source_order, say)
+            outcomes = run_round(engine, JOBS, billing, say)
             return EXIT_FAILED if any(isinstance(o, BaseException) for o in outcomes.values()) else 0
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         say(f"running {', '.join(j.name for j in JOBS)} every {args.every:g} s")
-        run_jobs(engine, args.every, stop, JOBS, billing.source_order, say)
+        run_jobs(engine, args.every, stop, JOBS, billing, say)
         say("stopped")
     return 0
 

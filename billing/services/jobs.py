@@ -7,9 +7,10 @@ runs every job of :data:`JOBS` once, in order, then waits ``every`` seconds.
 * ``webhooks send``: deliver the due webhook deliveries (:func:`billing.services.webhooks.send_pending`),
   last, so what a round's jobs emitted is sent in the same round.
 
-A job is a name and a function of the engine and the round's :class:`Round` returning one line
-to log (empty: nothing happened, nothing logged); adding a job is one line in :data:`JOBS`
-(before ``webhooks send`` if it emits events).
+A job is a name and a function of the engine and the round's :class:`Round` (its instant and
+the billing settings) returning one line to log (empty: nothing happened, nothing logged);
+adding a job is one line in :data:`JOBS` (before ``webhooks send`` if it emits events), e.g.
+``Job("thresholds check", lambda engine, r: said(check_thresholds(engine, lambda: r.at, …), "invoice(s) issued"))``.
 A job that raises is logged and the others still run; the next round tries it again (a database
 outage costs rounds, not the process). Stopping (``stop`` set: SIGTERM or Ctrl-C) lets the job
 in progress finish and starts no other.
@@ -19,30 +20,40 @@ from __future__ import annotations
 
 import threading
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
-from billing.domain.sources import DEFAULT_SOURCES
 from billing.services import webhooks
+from billing.settings import BillingSettings
 
-__all__ = ["JOBS", "Job", "Round", "run_jobs", "run_round"]
+__all__ = ["JOBS", "Job", "Round", "run_jobs", "run_round", "said"]
 
 
 @dataclass(frozen=True)
 class Round:
-    """What a round's jobs share: when it started and the billing settings they need."""
+    """What a round's jobs share: when it started (its instant, and its UTC month ``period``)
+    and the billing settings (``STREAMTOLL_BILLING_SOURCES``, the invoice number prefix …)."""
 
     at: datetime
-    source_order: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_SOURCES))
+    settings: BillingSettings = field(default_factory=BillingSettings)
+
+    @property
+    def period(self) -> str:
+        return self.at.astimezone(UTC).strftime("%Y-%m")
 
 
 @dataclass(frozen=True)
 class Job:
     name: str
     run: Callable[[Engine, Round], str]
+
+
+def said(items: Sized, what: str) -> str:
+    """A job's line for what it did: ``"2 threshold(s) reached"``, or nothing for none."""
+    return f"{len(items)} {what}" if len(items) else ""
 
 
 def _send_webhooks(engine: Engine, r: Round) -> str:
@@ -53,9 +64,8 @@ def _send_webhooks(engine: Engine, r: Round) -> str:
 
 
 def _check_alerts(engine: Engine, r: Round) -> str:
-    period = r.at.astimezone(UTC).strftime("%Y-%m")
-    crossed = webhooks.check_thresholds(engine, period, lambda: r.at, r.source_order)
-    return f"{len(crossed)} threshold(s) reached in {period}: {', '.join(t.id for t in crossed)}" if crossed else ""
+    crossed = webhooks.check_thresholds(engine, r.period, lambda: r.at, r.settings.source_order)
+    return said(crossed, f"threshold(s) reached in {r.period}: {', '.join(t.id for t in crossed)}")
 
 
 # in order: the jobs that emit events first, then the sender, so a round delivers what it emitted
@@ -68,13 +78,13 @@ JOBS: tuple[Job, ...] = (
 def run_round(
     engine: Engine,
     jobs: Sequence[Job] = JOBS,
-    source_order: Mapping[str, tuple[str, ...]] | None = None,
+    settings: BillingSettings | None = None,
     say: Callable[[str], None] = print,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     stop: threading.Event | None = None,
 ) -> dict[str, str | BaseException]:
     """Run each job once (until ``stop`` is set); what each said, or the exception it raised."""
-    r = Round(clock(), source_order or dict(DEFAULT_SOURCES))
+    r = Round(clock(), settings or BillingSettings())
     outcomes: dict[str, str | BaseException] = {}
     for job in jobs:
         if stop is not None and stop.is_set():
@@ -96,13 +106,13 @@ def run_jobs(
     every: float,
     stop: threading.Event,
     jobs: Sequence[Job] = JOBS,
-    source_order: Mapping[str, tuple[str, ...]] | None = None,
+    settings: BillingSettings | None = None,
     say: Callable[[str], None] = print,
 ) -> None:
     """A round every ``every`` seconds (from the start of one to the start of the next, or at
     once when a round took longer) until ``stop`` is set."""
     while not stop.is_set():
         started = datetime.now(UTC)
-        run_round(engine, jobs, source_order, say, stop=stop)
+        run_round(engine, jobs, settings, say, stop=stop)
         took = (datetime.now(UTC) - started).total_seconds()
         stop.wait(max(0.0, every - took))

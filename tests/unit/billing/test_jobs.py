@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from billing.services.jobs import JOBS, Job, Round, run_jobs, run_round
+from billing.settings import BillingSettings
 
 T = datetime(2026, 12, 7, 21, 0, tzinfo=UTC)
 
@@ -30,9 +31,11 @@ def test_a_round_runs_every_job_and_a_failure_stops_none_of_the_others() -> None
 
     said: list[str] = []
     jobs = [job("a", "did 2"), job("b", fail=True), job("c")]
-    outcomes = run_round(None, jobs, {"bytes": ("broker_metrics",)}, said.append, lambda: T)  # type: ignore[arg-type]
+    settings = BillingSettings(invoice_number_prefix="ACME")
+    outcomes = run_round(None, jobs, settings, said.append, lambda: T)  # type: ignore[arg-type]
     assert [n for n, _ in ran] == ["a", "b", "c"]
-    assert ran[0][1] == Round(T, {"bytes": ("broker_metrics",)})  # one round: one instant, the settings
+    assert all(r == Round(T, settings) for _, r in ran)  # one round: one instant, the settings
+    assert ran[0][1].period == "2026-12"
     assert outcomes["a"] == "did 2" and outcomes["c"] == "" and isinstance(outcomes["b"], RuntimeError)
     assert said == [
         "2026-12-07T21:00:00+00:00 a: did 2",
