@@ -254,6 +254,17 @@ def _positive(text_: str) -> int:
     return int(text_)
 
 
+def _every(text_: str) -> float:
+    """A job interval: a duration (``30s``, ``5m``) or seconds, from 1 s to a day."""
+    try:
+        seconds = float(text_) if text_.replace(".", "", 1).isdigit() else parse_duration(text_)
+    except ValueError:
+        seconds = -1.0
+    if not 1 <= seconds <= 86400:
+        raise argparse.ArgumentTypeError(f"{text_!r} must be from 1 s to 1 day, e.g. 30 or 5m")
+    return seconds
+
+
 def _invoice_ref(text_: str) -> str:
     """An invoice as paths and commands name it: its number, or ``draft-<id>`` before it has one
     (``#42`` is accepted too, quoted, since an unquoted ``#`` starts a shell comment)."""
@@ -597,29 +608,39 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
 def cmd_alerts(args: argparse.Namespace) -> int:
     from billing.services import webhooks as hooks
 
-    def doc(t: Any) -> dict[str, Any]:
-        return {"id": t.id, "account": t.account, "amount": str(t.amount.normalize()), "active": t.active}
+    columns = ["id", "account", "kind", "amount", "meter", "quantity", "unit", "active"]
+
+    def said(t: Any) -> str:
+        return f"{t.amount.normalize()}" if t.kind == "amount" else f"{t.meter} {t.quantity.normalize()} {t.unit}"
 
     with _engine() as engine:
         try:
             if args.action == "add":
-                t = hooks.add_threshold(engine, args.account, args.amount)
-                _report(args.output, f"added threshold {t.id}: {t.account} at {args.amount}", doc(t))
+                usage = (args.meter, args.quantity, args.unit)
+                if args.amount is not None and any(usage):
+                    raise UserError("give either an AMOUNT or --meter, --quantity and --unit, not both")
+                if args.amount is None and not all(usage):
+                    raise UserError("give an AMOUNT, or --meter, --quantity and --unit together")
+                if args.amount is not None:
+                    t = hooks.add_threshold(engine, args.account, args.amount)
+                else:
+                    t = hooks.add_usage_threshold(engine, args.account, args.meter, args.quantity, args.unit)
+                _report(args.output, f"added threshold {t.id}: {t.account} at {said(t)}", hooks.threshold_doc(t))
             elif args.action == "list":
-                rows = [doc(t) for t in hooks.list_thresholds(engine, args.account, args.all)]
-                print_rows(rows, args.output, ["id", "account", "amount", "active"])
+                rows = [hooks.threshold_doc(t) for t in hooks.list_thresholds(engine, args.account, args.all)]
+                print_rows(rows, args.output, columns)
             elif args.action == "remove":
                 hooks.remove_threshold(engine, args.threshold_id)
                 _report(args.output, f"removed threshold {args.threshold_id}", {"id": args.threshold_id})
             else:
-                crossed = hooks.check_thresholds(engine, args.period)
-                rows = [doc(t) for t in crossed]
+                period = args.period or datetime.now(UTC).strftime("%Y-%m")
+                crossed = hooks.check_thresholds(engine, period, source_order=_billing_settings().source_order)
                 if args.output == "table":
-                    print(f"{len(crossed)} threshold(s) reached in {args.period}")
-                    for r in rows:
-                        print(f"  {r['id']}  {r['account']}  {r['amount']}")
+                    print(f"{len(crossed)} threshold(s) reached in {period}")
+                    for t in crossed:
+                        print(f"  {t.id}  {t.account}  {said(t)}")
                 else:
-                    print_rows(rows, args.output, ["id", "account", "amount", "active"])
+                    print_rows([hooks.threshold_doc(t) for t in crossed], args.output, columns)
         except (WebhookError, RunError) as exc:
             raise (NotFoundError if isinstance(exc, NotFound) else UserError)(str(exc)) from None
     return 0
@@ -1189,6 +1210,32 @@ def cmd_sink(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """The periodic billing jobs (billing.services.jobs): a round every --every seconds until
+    SIGTERM or Ctrl-C (the job in progress finishes), or one round with --once."""
+    from billing.services.jobs import JOBS, run_jobs, run_round
+
+    billing = _billing_settings()
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    with _engine() as engine:
+        if args.once:
+            outcomes = run_round(engine, JOBS, billing, say)
+            return EXIT_FAILED if any(isinstance(o, BaseException) for o in outcomes.values()) else 0
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        say(f"running {', '.join(j.name for j in JOBS)} every {args.every:g} s")
+        run_jobs(engine, args.every, stop, JOBS, billing, say)
+        say("stopped")
+    return 0
+
+
 def cmd_caps(args: argparse.Namespace) -> int:
     """The monthly caps fold (a Faust worker): usage minutes → month-to-date per account and
     meter → decisions on the enforcement topic the gateways follow (scale by running more)."""
@@ -1334,7 +1381,7 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """Everything running locally: worker, caps, sink, gateway and API as supervised children
+    """Everything running locally: worker, caps, sink, jobs, gateway and API as supervised children
     (streamtoll.dev.up)."""
     from billing.adapters.db import upgrade
     from billing.services.catalog import load_accounts, load_plans
@@ -1404,6 +1451,10 @@ def cmd_up(args: argparse.Namespace) -> int:
                 print(
                     "  caps         streamtoll caps: usage minutes → month-to-date per account → the decisions the "
                     "gateway enforces (throttles and blocks on the live page and in streamtoll top)"
+                )
+                print(
+                    f"  jobs         streamtoll jobs every {up.JOBS_EVERY_S} s: alerts check, webhooks send "
+                    "(streamtoll webhooks deliveries shows what was sent)"
                 )
                 print(f"  PostgreSQL   {'embedded, .streamtoll/pg' if embedded_db else 'STREAMTOLL_DATABASE_URL'}")
                 print(f"  logs         {Path('.streamtoll') / 'logs'}/", flush=True)
@@ -1574,7 +1625,7 @@ OPERATOR_COMMANDS = (
     ("keys", "API keys: create, list, revoke"),
     ("credentials", "Kafka credentials for the gateway: create, list, rotate, revoke, publish"),
     ("webhooks", "signed webhooks: endpoints (add, list, remove), send, replay, deliveries, attempts"),
-    ("alerts", "amount thresholds per account: add, list, remove, check (reached: a webhook event)"),
+    ("alerts", "amount and usage thresholds per account: add, list, remove, check (reached: a webhook event)"),
     ("entitlements", "what each account may do at the gateway (access, limits, caps): show, publish"),
     ("usage", "usage as the database holds it (finance view)"),
     ("bill", "billing run for a period: drafts (and --finalize)"),
@@ -1588,6 +1639,7 @@ OPERATOR_COMMANDS = (
     ("top", "live consumption tables in the terminal (reads the API's /v1/live)"),
     ("settings", "every STREAMTOLL_* setting, its value here and its default"),
     ("caps", "monthly caps: usage minutes → month-to-date per account → decisions the gateways enforce"),
+    ("jobs", "the periodic billing jobs (alerts check, webhooks send) every --every seconds"),
 )
 DEVELOPER_COMMANDS = (
     ("broker", "run the embedded dev broker in the foreground"),
@@ -1690,6 +1742,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument(
         "--refresh", type=float, default=60.0, help="seconds between decisions that only refresh month-to-date usage"
     )
+    jb = command(sub, "jobs", cmd_jobs)
+    jb.add_argument("--every", type=_every, default=30.0, help="seconds (or 5m …) from one round to the next (30)")
+    jb.add_argument("--once", action="store_true", help="run one round and exit (1 if a job failed)")
     ap = command(sub, "api", cmd_api)
     ap.add_argument("--bind", type=_bind, default=None, help="HOST:PORT (default STREAMTOLL_API_BIND, 127.0.0.1:8080)")
 
@@ -1772,16 +1827,24 @@ def build_parser() -> argparse.ArgumentParser:
         _output(hp_)
 
     al = group("alerts")
-    ala = command(al, "add", cmd_alerts, "alert when the account's rated amount of a period reaches AMOUNT")
+    ala = command(
+        al,
+        "add",
+        cmd_alerts,
+        "alert when the account's rated amount of a period reaches AMOUNT, or a meter's usage a quantity",
+    )
     ala.add_argument("account", help="the account code")
-    ala.add_argument("amount", help="in the account's currency, before tax (150.00)")
+    ala.add_argument("amount", nargs="?", default=None, help="in the account's currency, before tax (150.00)")
+    ala.add_argument("--meter", default=None, help="a usage threshold's meter (consume_bytes, produce_records …)")
+    ala.add_argument("--quantity", default=None, help="a usage threshold's quantity, in --unit (500)")
+    ala.add_argument("--unit", default=None, help="GB, GiB, TB, TiB for bytes; 1, thousand, million for counts")
     all_ = command(al, "list", cmd_alerts, "the thresholds")
     all_.add_argument("account", nargs="?", default=None, help="only this account's thresholds")
     all_.add_argument("--all", action="store_true", help="include removed thresholds")
     alr = command(al, "remove", cmd_alerts, "remove a threshold")
     alr.add_argument("threshold_id", help="the threshold's id (thr_…)")
-    alc = command(al, "check", cmd_alerts, "rate the period so far; each threshold newly reached emits one event")
-    alc.add_argument("--period", type=_period, required=True, help="YYYY-MM")
+    alc = command(al, "check", cmd_alerts, "measure the period so far; each threshold newly reached emits one event")
+    alc.add_argument("--period", type=_period, default=None, help="YYYY-MM (default: this UTC month)")
     for ap_ in (ala, all_, alr, alc):
         _output(ap_)
 

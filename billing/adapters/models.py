@@ -39,6 +39,7 @@ __all__ = [
     "CreditNoteNumberRow",
     "CreditNoteRow",
     "EnforcementEpisodeRow",
+    "EpisodeEventRow",
     "IdempotencyKeyRow",
     "InvoiceDeliveryRow",
     "InvoiceLineRow",
@@ -379,6 +380,18 @@ class EnforcementEpisodeRow(Base):
     meter: Mapped[str | None] = mapped_column(Text)
 
 
+class EpisodeEventRow(Base):
+    """A quota event an enforcement episode emitted (once per episode and type)."""
+
+    __tablename__ = "episode_events"
+
+    episode_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    type: Mapped[str] = mapped_column(Text, primary_key=True)
+    event_id: Mapped[str | None] = mapped_column(
+        Text, ForeignKey("webhook_events.id", deferrable=True, initially="DEFERRED")
+    )
+
+
 class WebhookEndpointRow(Base):
     """An account's webhook endpoint: its URL, signing secret and the event types it takes."""
 
@@ -437,13 +450,18 @@ class WebhookAttemptRow(Base):
 
 
 class AlertThresholdRow(Base):
-    """An amount that, once an account's rated amount of a period reaches it, is an alert."""
+    """An amount (kind ``amount``) or a meter's quantity (kind ``usage``) that, once an account's
+    period reaches it, is an alert."""
 
     __tablename__ = "alert_thresholds"
 
     id: Mapped[str] = mapped_column(Text, primary_key=True)
     account_code: Mapped[str] = mapped_column(Text, ForeignKey("accounts.code"), nullable=False)
-    amount: Mapped[Decimal] = mapped_column(Numeric(20, 6), nullable=False)
+    kind: Mapped[str] = mapped_column(Text, nullable=False, server_default="amount")
+    amount: Mapped[Decimal | None] = mapped_column(Numeric(20, 6))  # kind "amount"
+    meter: Mapped[str | None] = mapped_column(Text)  # kind "usage": quantity of unit of meter
+    quantity: Mapped[Decimal | None] = mapped_column(Numeric)
+    unit: Mapped[str | None] = mapped_column(Text)
     active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="true")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
@@ -455,7 +473,8 @@ class AlertCrossingRow(Base):
 
     threshold_id: Mapped[str] = mapped_column(Text, ForeignKey("alert_thresholds.id"), primary_key=True)
     period: Mapped[str] = mapped_column(Text, primary_key=True)
-    amount: Mapped[Decimal] = mapped_column(Numeric(20, 6), nullable=False)
+    amount: Mapped[Decimal | None] = mapped_column(Numeric(20, 6))  # an amount threshold's
+    quantity: Mapped[Decimal | None] = mapped_column(Numeric(38, 0))  # a usage threshold's, in base units
     crossed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     event_id: Mapped[str] = mapped_column(Text, ForeignKey("webhook_events.id"), nullable=False)
 

@@ -15,12 +15,16 @@ is waited for, with a warning a minute, not a crash.
 **Enforcement episodes.** The sink also follows ``TOPIC_ENFORCEMENT_EVENTS`` (the throttles and
 blocks gateways applied, :class:`metering.entitlements.Episode`) into ``enforcement_episodes``,
 with the same care: upserted by id keeping the newest ``updated`` (a replay changes nothing),
-offsets committed after the database commit. Here rather than in ``streamtoll api``: the sink is
-already the one process that writes Kafka into PostgreSQL (consumer group, database-outage
-backoff, offsets after commit), while the API runs as many replicas as load asks and would need
-the same machinery again. The caps fold's decisions (``TOPIC_ENFORCEMENT``) are not stored: what a
-partner is shown is what the gateways did (the episodes, a cap's block or throttle as applied),
-and a cap's standing is shown from its month-to-date usage.
+offsets committed after the database commit. In the same transaction it writes the quota webhook
+events of the episodes (``quota.throttled`` or ``quota.blocked`` when one is first stored,
+``quota.released`` when its end is: :mod:`billing.domain.quota_events`), each once an episode
+(``episode_events``): a redelivered or replayed record queues no second delivery. Here rather
+than in ``streamtoll api``: the sink is already the one process that writes Kafka into
+PostgreSQL (consumer group, database-outage backoff, offsets after commit), while the API runs
+as many replicas as load asks and would need the same machinery again. The caps fold's
+decisions (``TOPIC_ENFORCEMENT``) are not stored: what a partner is shown is what the gateways
+did (the episodes, a cap's block or throttle as applied), and a cap's standing is shown from its
+month-to-date usage.
 
 ``after_db_commit`` is called after each database commit and before the Kafka commit — the
 narrowest window there is; the test suite's sink (``tests/integration/failpoint_sink.py``) exits
@@ -33,7 +37,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -42,6 +46,9 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import OperationalError
 
 from billing.adapters.models import EnforcementEpisodeRow, UsageShardRow
+from billing.adapters.repositories.webhooks import WebhookRepository
+from billing.domain.quota_events import quota_event_data, quota_event_types
+from billing.domain.webhooks import new_event
 from metering.contracts import UsageWindow
 from metering.entitlements import Episode, decode_episode
 
@@ -143,7 +150,30 @@ def upsert_episodes(engine: Engine, episodes: list[Episode]) -> int:
     ]
     with engine.begin() as conn:
         conn.execute(stmt, rows)
+        _emit_quota_events(WebhookRepository(conn), [newest[i] for i in sorted(newest)])
     return len(rows)
+
+
+def _emit_quota_events(hooks: WebhookRepository, episodes: list[Episode]) -> None:
+    """Each episode's quota events not emitted yet (:mod:`billing.domain.quota_events`), in the
+    transaction that stores its record."""
+    now = datetime.now(UTC)
+    events = []
+    for e in episodes:
+        data = quota_event_data(
+            episode_id=e.id,
+            gateway=e.gateway,
+            kind=e.kind,
+            direction=e.direction,
+            cause=e.cause,
+            reason=e.reason,
+            limit=e.limit,
+            meter=e.meter,
+            started=e.started,
+            ended=e.ended,
+        )
+        events += [(e.id, new_event(k, e.account, data, now)) for k in quota_event_types(e.kind, e.ended is not None)]
+    hooks.emit_for_episodes(events)
 
 
 class UsageSink:

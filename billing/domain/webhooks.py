@@ -43,6 +43,10 @@ EVENT_TYPES = (
     "credit_note.issued",
     "credential.revoked",
     "alert.amount_reached",
+    "alert.usage_reached",
+    "quota.throttled",
+    "quota.blocked",
+    "quota.released",
 )
 SIGNATURE_HEADER = "Streamtoll-Signature"
 EVENT_ID_HEADER = "Streamtoll-Event-Id"

@@ -639,10 +639,17 @@ class WebhookAttempt:
 
 @dataclass(frozen=True)
 class AlertThreshold:
+    """A threshold of one kind (``billing.domain.alerts.THRESHOLD_KINDS``): ``amount`` for the
+    kind ``amount``; ``meter``, ``quantity`` and ``unit`` for the kind ``usage``."""
+
     id: str
     account: str
-    amount: Decimal
+    amount: Decimal | None
     active: bool
+    kind: str = "amount"
+    meter: str | None = None
+    quantity: Decimal | None = None
+    unit: str | None = None
 
 
 class Webhooks(WebhookEvents, Protocol):
@@ -686,14 +693,15 @@ class Webhooks(WebhookEvents, Protocol):
 
     def add_threshold(self, threshold: AlertThreshold) -> None: ...
     def thresholds(self, account: str | None, include_removed: bool) -> list[AlertThreshold]:
-        """By account, then amount, then id."""
+        """By account, then kind, then amount (usage: meter, then quantity), then id."""
         ...
 
     def remove_threshold(self, threshold_id: str) -> bool: ...
     def record_crossing(
-        self, threshold_id: str, period: str, amount: Decimal, at: datetime, event: WebhookEvent
+        self, threshold_id: str, period: str, measure: Decimal, at: datetime, event: WebhookEvent
     ) -> bool:
-        """Emit ``event`` and record the crossing unless the threshold was already reached in the
+        """Emit ``event`` and record the crossing (``measure``: the amount reached, or for a usage
+        threshold the quantity in base units) unless the threshold was already reached in the
         period (then nothing is written); whether it was new."""
         ...
 

@@ -33,7 +33,18 @@ import httpx
 from sqlalchemy import Engine
 
 from billing.adapters.uow import UnitOfWork
+from billing.domain.alerts import (
+    EVENT_OF_KIND,
+    UsageLimit,
+    metered,
+    plain,
+    reached,
+    usage_event_data,
+    usage_limit,
+)
 from billing.domain.money import format_money
+from billing.domain.sources import DEFAULT_SOURCES
+from billing.domain.usage import metered_by_source
 from billing.domain.webhooks import (
     EVENT_ID_HEADER,
     EVENT_TYPES,
@@ -61,6 +72,7 @@ __all__ = [
     "SendReport",
     "add_endpoint",
     "add_threshold",
+    "add_usage_threshold",
     "attempt_doc",
     "attempts_of",
     "check_thresholds",
@@ -72,10 +84,13 @@ __all__ = [
     "list_deliveries",
     "list_endpoints",
     "list_thresholds",
+    "new_threshold",
+    "new_usage_threshold",
     "remove_endpoint",
     "remove_threshold",
     "replay",
     "send_pending",
+    "threshold_doc",
 ]
 
 DEFAULT_TIMEOUT = 10.0
@@ -127,6 +142,21 @@ def delivery_doc(d: WebhookDeliveryView) -> dict[str, Any]:
         "last_status": d.last_status,
         "last_error": d.last_error,
         "delivered_at": _instant(d.delivered_at),
+    }
+
+
+def threshold_doc(t: AlertThreshold) -> dict[str, Any]:
+    """A threshold as the command line shows it (``amount`` for the amount kind; ``meter``,
+    ``quantity`` and ``unit`` for the usage kind)."""
+    return {
+        "id": t.id,
+        "account": t.account,
+        "kind": t.kind,
+        "amount": None if t.amount is None else plain(t.amount),
+        "meter": t.meter,
+        "quantity": None if t.quantity is None else plain(t.quantity),
+        "unit": t.unit,
+        "active": t.active,
     }
 
 
@@ -278,7 +308,11 @@ def attempts_of(engine: Engine, delivery_id: int) -> list[WebhookAttempt]:
         return uow.webhooks.attempts(delivery_id)
 
 
-# --- alerts: an amount reached in a period ---
+# --- alerts: an amount or a meter's usage reached in a period (billing.domain.alerts) ---
+
+AccountUsage = tuple[dict[str, int], dict[str, str]]
+"""An account's period so far per usage thresholds: meter → base quantity, quantity → source
+(:func:`billing.domain.alerts.metered`)."""
 
 
 def new_threshold(store: Webhooks, account: str, amount: str) -> AlertThreshold:
@@ -295,43 +329,111 @@ def new_threshold(store: Webhooks, account: str, amount: str) -> AlertThreshold:
     return threshold
 
 
+def new_usage_threshold(store: Webhooks, account: str, meter: str, quantity: str, unit: str) -> AlertThreshold:
+    """A usage threshold: ``quantity`` of ``unit`` of ``meter`` in a period (``consume_bytes``,
+    ``500``, ``GB``)."""
+    limit = usage_limit(meter, quantity, unit)
+    if not store.account_exists(account):
+        raise WebhookNotFound(f"there is no account {account!r}")
+    threshold = AlertThreshold(
+        f"thr_{secrets.token_hex(8)}", account, None, True, "usage", limit.meter, limit.quantity, limit.unit
+    )
+    store.add_threshold(threshold)
+    return threshold
+
+
+Measured = tuple[Decimal, Decimal, dict[str, Any]]  # (measure, limit, the event's data)
+
+
+def _amount_measure(
+    t: AlertThreshold, period: str, rated: Mapping[str, tuple[Decimal, str]], usage: Mapping[str, AccountUsage]
+) -> Measured | None:
+    if t.account not in rated or t.amount is None:
+        return None
+    subtotal, currency = rated[t.account]
+    data = {
+        "threshold": {"id": t.id, "amount": format_money(t.amount, currency)},
+        "period": period,
+        "currency": currency,
+        "amount": format_money(subtotal, currency),
+    }
+    return subtotal, t.amount, data
+
+
+def _usage_measure(
+    t: AlertThreshold, period: str, rated: Mapping[str, tuple[Decimal, str]], usage: Mapping[str, AccountUsage]
+) -> Measured | None:
+    if t.account not in usage or t.meter is None or t.quantity is None or t.unit is None:
+        return None
+    totals, sources = usage[t.account]
+    quantity = totals.get(t.meter, 0)
+    limit = UsageLimit(t.meter, t.quantity, t.unit)
+    source = sources.get(t.meter.rsplit("_", 1)[1])
+    return Decimal(quantity), limit.base, usage_event_data(t.id, limit, period, quantity, source)
+
+
+# kind → what the period measures against the threshold (a "balance" kind adds one entry)
+_MEASURES = {"amount": _amount_measure, "usage": _usage_measure}
+
+
 def cross_thresholds(
-    store: Webhooks, period: str, rated: Mapping[str, tuple[Decimal, str]], at: datetime
+    store: Webhooks,
+    period: str,
+    rated: Mapping[str, tuple[Decimal, str]],
+    at: datetime,
+    usage: Mapping[str, AccountUsage] | None = None,
 ) -> list[AlertThreshold]:
-    """Every active threshold the account's rated amount (subtotal, before tax) of ``period``
-    reached and that was not reached in it before: each emits one ``alert.amount_reached``."""
+    """Every active threshold that the account's period so far reached and that was not reached
+    in it before: each emits one event of its kind (``alert.amount_reached``: the rated amount,
+    subtotal before tax, ``rated``; ``alert.usage_reached``: a meter's quantity, ``usage``)."""
     crossed = []
     for t in store.thresholds(None, False):
-        if t.account not in rated:
+        measured = _MEASURES[t.kind](t, period, rated, usage or {})
+        if measured is None:
             continue
-        subtotal, currency = rated[t.account]
-        if subtotal < t.amount:
+        measure, limit, data = measured
+        if not reached(t.kind, limit, measure):
             continue
-        data = {
-            "threshold": {"id": t.id, "amount": format_money(t.amount, currency)},
-            "period": period,
-            "currency": currency,
-            "amount": format_money(subtotal, currency),
-        }
-        if store.record_crossing(t.id, period, subtotal, at, new_event("alert.amount_reached", t.account, data, at)):
+        event = new_event(EVENT_OF_KIND[t.kind], t.account, data, at)
+        if store.record_crossing(t.id, period, measure, at, event):
             crossed.append(t)
     return crossed
 
 
 def check_thresholds(
-    engine: Engine, period: str, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    engine: Engine,
+    period: str,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    source_order: Mapping[str, tuple[str, ...]] | None = None,
 ) -> list[AlertThreshold]:
-    """Rate every account's usage of ``period`` so far and emit the thresholds it reached."""
+    """Read every account's usage of ``period`` so far (once), rate it if an amount threshold
+    asks, total its meters if a usage threshold asks (the sources chosen as billing chooses
+    them), and emit the thresholds it reached. Nothing is read when no threshold is active."""
+    with UnitOfWork(engine) as uow:
+        kinds = {t.kind for t in uow.webhooks.thresholds(None, False)}
+    if not kinds:
+        return []
+    order = source_order or DEFAULT_SOURCES
     start, end = parse_period(period)
     rows = read_usage(engine, datetime.combine(start, day_time(), UTC), datetime.combine(end, day_time(), UTC))
-    rated = {a: (p.subtotal, p.currency) for a, p in preview_accounts(engine, period, rows).items()}
+    rated: dict[str, tuple[Decimal, str]] = {}
+    if "amount" in kinds:
+        rated = {a: (p.subtotal, p.currency) for a, p in preview_accounts(engine, period, rows, order).items()}
+    usage: dict[str, AccountUsage] = {}
+    if "usage" in kinds:
+        usage = {a: metered(by_source, order) for a, by_source in metered_by_source(rows).items()}
     with UnitOfWork(engine) as uow:
-        return cross_thresholds(uow.webhooks, period, rated, clock())
+        return cross_thresholds(uow.webhooks, period, rated, clock(), usage)
 
 
 def add_threshold(engine: Engine, account: str, amount: str) -> AlertThreshold:
     with UnitOfWork(engine) as uow:
         return new_threshold(uow.webhooks, account, amount)
+
+
+def add_usage_threshold(engine: Engine, account: str, meter: str, quantity: str, unit: str) -> AlertThreshold:
+    with UnitOfWork(engine) as uow:
+        return new_usage_threshold(uow.webhooks, account, meter, quantity, unit)
 
 
 def list_thresholds(engine: Engine, account: str | None = None, include_removed: bool = False) -> list[AlertThreshold]:

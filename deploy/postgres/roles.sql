@@ -4,8 +4,8 @@
 --   CREATE ROLE streamtoll_api_login LOGIN PASSWORD '…' IN ROLE streamtoll_api;
 -- (logins.sql does it for both) and its STREAMTOLL_DATABASE_URL with that user.
 --
---   streamtoll_sink  the usage sink: writes usage rows and enforcement episodes, reads nothing
---                    else it does not need
+--   streamtoll_sink  the usage sink: writes usage rows and enforcement episodes (and their
+--                    quota webhook events), reads nothing else it does not need
 --   streamtoll_api   the HTTP API: reads everything; drafts, finalizes and voids invoices
 --                    (POST /v1/billing/runs …); issues, rotates and revokes Kafka credentials
 --                    (POST /v1/credentials …); can never write usage rows or the catalog, and
@@ -13,7 +13,7 @@
 --                    writes the webhook events of what it does, manages webhook endpoints and
 --                    replays deliveries (POST /v1/webhooks …)
 --   the owner        `streamtoll db upgrade`, `accounts load`, `plans load`, `keys create`,
---                    `bill`, `invoices send` and `webhooks send` from an operator's shell
+--                    `bill`, `invoices send`, `webhooks send` and `jobs` from an operator's shell
 --
 -- (tested: tests/integration/test_security.py applies this file and tries what each role must
 -- not do on a real PostgreSQL)
@@ -40,6 +40,13 @@ GRANT SELECT, INSERT, UPDATE ON usage_shard_rows TO streamtoll_sink;
 -- … and the throttle and block episodes the gateways publish (migration 0013; its triggers move
 -- usage_period_marks as their owner too)
 GRANT SELECT, INSERT, UPDATE ON enforcement_episodes TO streamtoll_sink;
+-- … with their quota webhook events (migration 0019): once per episode and type
+-- (episode_events), queued to the account's endpoints, whose secrets it cannot read
+GRANT SELECT, INSERT ON episode_events TO streamtoll_sink;
+GRANT INSERT ON webhook_events TO streamtoll_sink;
+GRANT INSERT, SELECT (event_id, endpoint_id) ON webhook_deliveries TO streamtoll_sink;  -- ON CONFLICT reads its key
+GRANT USAGE ON SEQUENCE webhook_deliveries_id_seq TO streamtoll_sink;
+GRANT SELECT (id, account_code, event_types, active) ON webhook_endpoints TO streamtoll_sink;
 GRANT SELECT ON alembic_version TO streamtoll_sink;
 
 -- the API: reads everything …

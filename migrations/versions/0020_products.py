@@ -11,13 +11,13 @@
   At most one live (requested or active) subscription per account and product.
 
 Revision ID: 0020
-Revises: 0017
+Revises: 0019
 """
 
 from alembic import op
 
 revision = "0020"
-down_revision = "0017"
+down_revision = "0019"
 branch_labels = None
 depends_on = None
 

@@ -2,15 +2,18 @@
 
 The command line starts the embedded broker and PostgreSQL where their settings are unset; this
 module migrates the database, loads the sample catalog into an *embedded* database that has no
-accounts yet, and runs five children — ``streamtoll worker``, ``streamtoll caps`` (the monthly
-caps fold: the decisions the gateway enforces), ``streamtoll sink``, ``streamtoll gateway`` (in
-front of the broker: ``GATEWAY_LISTEN`` when set, else free local ports) and ``streamtoll api``
-(with the live page) — each with its own log under ``.streamtoll/logs``. A child that exits on
+accounts yet, and runs six children — ``streamtoll worker``, ``streamtoll caps`` (the monthly
+caps fold: the decisions the gateway enforces), ``streamtoll sink``, ``streamtoll jobs`` (the
+periodic billing jobs of :data:`billing.services.jobs.JOBS` — alerts check, webhooks send —
+every :data:`JOBS_EVERY_S` seconds; a new periodic job is one line there, not a new child),
+``streamtoll gateway`` (in front of the broker: ``GATEWAY_LISTEN`` when set, else free local
+ports) and ``streamtoll api`` (with the live page) — each with its own log under
+``.streamtoll/logs``. A child that exits on
 its own is restarted with backoff (1 s doubling to 30 s). Ctrl-C or SIGTERM stops the children
-in order (API; gateway, which drains and flushes its audit events; sink; caps; worker: each
-finishes its batch and commits), then the broker and the database. Every child gets SIGTERM if
-the supervisor itself dies, however it dies (Linux ``PR_SET_PDEATHSIG``), so no orphan worker or
-API is left behind.
+in order (API; gateway, which drains and flushes its audit events; jobs, whose job in progress
+finishes; sink; caps; worker: each finishes its batch and commits), then the broker and the
+database. Every child gets SIGTERM if the supervisor itself dies, however it dies (Linux
+``PR_SET_PDEATHSIG``), so no orphan worker or API is left behind.
 
 With an embedded broker there is no other traffic, so :func:`gateway_traffic` runs real
 confluent-kafka producers and consumers through the gateway (client ids the sample client rules
@@ -41,9 +44,10 @@ from metering.settings import MeteringSettings
 from streamtoll.dev.gateway_clients import create_topics, gateway_env
 from streamtoll.embedded import _die_with_parent, free_port
 
-__all__ = ["Child", "Supervisor", "gateway_traffic", "traffic"]
+__all__ = ["JOBS_EVERY_S", "Child", "Supervisor", "gateway_traffic", "traffic"]
 
 SAMPLES = Path(__file__).parents[1] / "samples"  # streamtoll/samples
+JOBS_EVERY_S = 30  # `streamtoll jobs --every`: webhooks sent and alerts checked twice a minute
 
 
 @dataclass
@@ -117,7 +121,7 @@ class Supervisor:
 
     def stop(self) -> None:
         self.stopping.set()
-        for c in reversed(self.children):  # API, gateway, sink, caps, then worker
+        for c in reversed(self.children):  # API, gateway, jobs, sink, caps, then worker
             c.stop()
 
 
@@ -205,7 +209,7 @@ def traffic(settings: MeteringSettings, gateway: str | None, enabled: bool) -> I
 def children(
     settings: MeteringSettings, database_url: str, api_bind: str, logs: Path, embedded_kafka: bool = False
 ) -> tuple[list[Child], dict[str, str]]:
-    """The five children, the URLs they serve and the gateway's bootstrap address."""
+    """The six children, the URLs they serve and the gateway's bootstrap address."""
     assert settings.kafka_bootstrap
     base = {k: v for k, v in os.environ.items()}
     base.update(
@@ -230,6 +234,7 @@ def children(
         Child("worker", ["worker", "--metrics-bind", f"127.0.0.1:{worker_port}"], base, logs / "worker.log"),
         Child("caps", ["caps"], caps_env, logs / "caps.log"),
         Child("sink", ["sink", "--metrics-bind", f"127.0.0.1:{sink_port}"], base, logs / "sink.log"),
+        Child("jobs", ["jobs", "--every", str(JOBS_EVERY_S)], base, logs / "jobs.log"),
         Child("gateway", ["gateway", "--metrics-bind", f"127.0.0.1:{gateway_port}"], gw_env, logs / "gateway.log"),
         Child("api", ["api", "--bind", api_bind], base, logs / "api.log"),
     ]

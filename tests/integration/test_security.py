@@ -343,14 +343,34 @@ def test_the_sink_role_writes_usage_and_nothing_else(roles: sa.Engine, migrated:
         # the gateways' throttle and block episodes, a newer record of one replacing it
         at = datetime(2026, 11, 20, 10, tzinfo=UTC)
         episode = Episode("gw/acme/1", "gw", "acme", "block", "produce", "cap", "cap", at, at)
+        with roles.begin() as conn:  # an endpoint of acme's: the episode's quota events are queued to it
+            conn.execute(
+                sa.text(
+                    "INSERT INTO webhook_endpoints (id, account_code, url, secret, event_types) "
+                    "VALUES ('whe_1', 'acme', 'https://hooks.example/', 'whsec_x', "
+                    "ARRAY['quota.blocked', 'quota.released'])"
+                )
+            )
         assert upsert_episodes(sink_db, [episode]) == 1
         assert (
             upsert_episodes(sink_db, [dataclasses.replace(episode, updated=at + timedelta(seconds=1), ended=at)]) == 1
         )
         with roles.connect() as conn:
             assert conn.execute(sa.text("SELECT ended_at FROM enforcement_episodes")).scalar_one() == at
+            queued = conn.execute(
+                sa.text(
+                    "SELECT v.type FROM webhook_deliveries d JOIN webhook_events v ON v.id = d.event_id ORDER BY d.id"
+                )
+            ).scalars()
+            assert list(queued) == ["quota.blocked", "quota.released"]
         assert schema_state(sink_db).is_current  # the sink checks the schema version at start
-        for sql in ("UPDATE invoices SET total = 0", "SELECT * FROM api_keys", "DELETE FROM accounts"):
+        for sql in (
+            "UPDATE invoices SET total = 0",
+            "SELECT * FROM api_keys",
+            "DELETE FROM accounts",
+            "SELECT secret FROM webhook_endpoints",
+            "UPDATE webhook_deliveries SET status = 'delivered'",
+        ):
             assert _refused(sink_db, sql), sql
     finally:
         sink_db.dispose()

@@ -9,6 +9,8 @@ import hashlib
 import hmac
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import threading
@@ -16,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -285,3 +288,104 @@ def test_an_amount_threshold_reached_arrives_once(engine: sa.Engine, migrated: s
         "currency": "EUR",
         "amount": "168.00",
     }
+
+
+def test_a_usage_threshold_reached_arrives_once_with_billing_sources(
+    engine: sa.Engine, migrated: str, receiver: Receiver
+) -> None:
+    added = cli(migrated, "add", "acme", receiver.url, "--events", "alert.usage_reached", "--json")
+    receiver.secret = json.loads(added.stdout)["secret"]
+
+    def usage(account: str, quantity: str, unit: str) -> str:
+        out = alerts(migrated, "add", account, "--meter", "produce_bytes", "--quantity", quantity, "--unit", unit)
+        assert out.returncode == 0, out.stderr
+        return re.search(r"threshold (thr_\w+)", out.stdout).group(1)  # type: ignore[union-attr]
+
+    # November, produce bytes (tests/integration/seed.py): acme 1000 GB + 250 GB = 1 250 000 000 000
+    # from proxy (its 999 GB of broker metrics are never added: bytes come from one source);
+    # initech 1 TB from broker metrics only (it has no proxy usage)
+    exact = usage("acme", "1250", "GB")  # 1 250 000 000 000: reached exactly
+    gib_over = usage("acme", "1165", "GiB")  # 1165 × 2^30 = 1 250 909 224 960 > 1.25 × 10^12
+    gib_under = usage("acme", "1164", "GiB")  # 1 250 909 224 960 − 1 073 741 824 = 1 249 835 483 136
+    added_up = usage("acme", "2249", "GB")  # reached only if proxy and broker metrics were added
+    initech = usage("initech", "1", "TB")  # 10^12 from broker metrics: reached
+    assert alerts(migrated, "add", "acme", "--meter", "produce_bytes", "--quantity", "5").returncode == 2
+    wrong_unit = alerts(migrated, "add", "acme", "--meter", "produce_records", "--quantity", "5", "--unit", "GB")
+    assert wrong_unit.returncode == 2 and "does not fit" in wrong_unit.stderr
+    listed = json.loads(alerts(migrated, "list", "acme", "--json").stdout)
+    assert [(t["kind"], t["quantity"], t["unit"]) for t in listed] == [
+        ("usage", "1164", "GiB"),
+        ("usage", "1250", "GB"),
+        ("usage", "1165", "GiB"),
+        ("usage", "2249", "GB"),
+    ]
+
+    first = alerts(migrated, "check", "--period", "2026-11", "--json")
+    assert first.returncode == 0, first.stderr
+    assert {t["id"] for t in json.loads(first.stdout)} == {exact, gib_under, initech}
+    assert gib_over not in first.stdout and added_up not in first.stdout
+    assert json.loads(alerts(migrated, "check", "--period", "2026-11", "--json").stdout) == []  # once a period
+    with engine.connect() as conn:
+        stored = dict(conn.execute(sa.text("SELECT threshold_id, quantity FROM alert_crossings")).all())
+    assert stored == {exact: 1_250_000_000_000, gib_under: 1_250_000_000_000, initech: 1_000_000_000_000}
+
+    assert send_pending(engine).delivered == 2  # acme's two; initech has no endpoint
+    events = {e["data"]["threshold"]["id"]: e for e in receiver.accepted()}
+    assert set(events) == {exact, gib_under}
+    assert events[exact]["type"] == "alert.usage_reached" and events[exact]["account"] == "acme"
+    assert events[exact]["data"] == {
+        "threshold": {"id": exact, "meter": "produce_bytes", "quantity": "1250", "unit": "GB"},
+        "period": "2026-11",
+        "meter": "produce_bytes",
+        "quantity": 1_250_000_000_000,
+        "unit": "GB",
+        "quantity_in_unit": "1250",
+        "source": "proxy",
+    }
+    in_gib = events[gib_under]["data"]
+    # 1 250 000 000 000 − 1 249 835 483 136 = 164 516 864 bytes over 1164 GiB: 1164.153… GiB
+    assert in_gib["quantity_in_unit"].startswith("1164.153")
+    assert Decimal(in_gib["quantity_in_unit"]) * 2**30 == 1_250_000_000_000
+
+
+def test_streamtoll_jobs_sends_each_round_and_stops_on_sigterm(
+    engine: sa.Engine, migrated: str, receiver: Receiver
+) -> None:
+    receiver.secret = json.loads(cli(migrated, "add", "acme", receiver.url, "--json").stdout)["secret"]
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("STREAMTOLL_")},
+        "STREAMTOLL_DATABASE_URL": migrated,
+    }
+    revoke_credential(engine, create_credential(engine, "acme", "orders").id)
+    once = subprocess.run(
+        [sys.executable, "-m", "streamtoll.cli", "jobs", "--once"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert once.returncode == 0, once.stderr
+    assert "webhooks send: delivered 1, retrying 0, failed 0" in once.stdout, once.stdout
+    assert "alerts check" not in once.stdout  # no threshold: nothing read, nothing said
+    assert [e["type"] for e in receiver.accepted()] == ["credential.revoked"]
+
+    jobs = subprocess.Popen(
+        [sys.executable, "-m", "streamtoll.cli", "jobs", "--every", "1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        revoke_credential(engine, create_credential(engine, "acme", "payments").id)  # sent by a later round
+        deadline = time.monotonic() + 30
+        while len(receiver.accepted()) < 2:
+            assert jobs.poll() is None and time.monotonic() < deadline, "streamtoll jobs sent nothing in 30 s"
+            time.sleep(0.2)
+        jobs.send_signal(signal.SIGTERM)
+        out, err = jobs.communicate(timeout=30)
+    finally:
+        if jobs.poll() is None:
+            jobs.kill()
+            jobs.wait()
+    assert jobs.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "running alerts check, webhooks send every 1 s" and lines[-1] == "stopped", out
+    assert "webhooks send: delivered 1" in out
+    assert [e["type"] for e in receiver.accepted()] == ["credential.revoked"] * 2

@@ -29,6 +29,7 @@ NOT_DATA = {
     "demo",
     "broker",
     "caps",
+    "jobs",
     "bench ingest",
     "bench gateway",
     "bench billing",

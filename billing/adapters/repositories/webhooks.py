@@ -7,12 +7,14 @@ again before the lease ends), so two senders never take the same one."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
 from billing.adapters.repositories.catalog import account_exists
+from billing.domain.units import BYTE_UNITS, COUNT_UNITS
 from billing.domain.webhooks import WebhookEvent
 from billing.services.ports import (
     AlertThreshold,
@@ -91,18 +93,28 @@ _ATTEMPTS = text(
 )
 
 
-_ADD_THRESHOLD = text("INSERT INTO alert_thresholds (id, account_code, amount) VALUES (:id, :account, :amount)")
+_ADD_THRESHOLD = text(
+    "INSERT INTO alert_thresholds (id, account_code, kind, amount, meter, quantity, unit) "
+    "VALUES (:id, :account, :kind, :amount, :meter, :quantity, :unit)"
+)
 _THRESHOLDS = text(
-    "SELECT id, account_code, amount, active FROM alert_thresholds "
+    "SELECT id, account_code, kind, amount, meter, quantity, unit, active FROM alert_thresholds "
     "WHERE (CAST(:account AS text) IS NULL OR account_code = :account) AND (:removed OR active) "
-    "ORDER BY account_code, amount, id"
+    "ORDER BY account_code, kind, amount, meter, quantity * CASE unit "
+    + " ".join(f"WHEN '{u}' THEN {n}" for u, n in {**BYTE_UNITS, **COUNT_UNITS}.items())
+    + " END, id"
 )
 _REMOVE_THRESHOLD = text("UPDATE alert_thresholds SET active = false WHERE id = :id AND active RETURNING id")
-_LOCK_THRESHOLD = text("SELECT id FROM alert_thresholds WHERE id = :id FOR UPDATE")
+_LOCK_THRESHOLD = text("SELECT kind FROM alert_thresholds WHERE id = :id FOR UPDATE")
 _CROSSED = text("SELECT 1 FROM alert_crossings WHERE threshold_id = :id AND period = :period")
 _CROSSING = text(
-    "INSERT INTO alert_crossings (threshold_id, period, amount, crossed_at, event_id) "
-    "VALUES (:id, :period, :amount, :at, :event)"
+    "INSERT INTO alert_crossings (threshold_id, period, amount, quantity, crossed_at, event_id) "
+    "VALUES (:id, :period, :amount, :quantity, :at, :event)"
+)
+_EPISODE_EVENTS = text(
+    "INSERT INTO episode_events (episode_id, type, event_id) "
+    "SELECT * FROM unnest(CAST(:episodes AS text[]), CAST(:types AS text[]), CAST(:events AS text[])) "
+    "ON CONFLICT (episode_id, type) DO NOTHING RETURNING event_id"
 )
 
 
@@ -114,6 +126,23 @@ class WebhookRepository:
         params = {"id": event.id, "account": event.account, "type": event.type, "at": event.created_at}
         self._conn.execute(_EVENT, {**params, "body": event.body})
         return int(self._conn.execute(_FAN_OUT, params).rowcount or 0)
+
+    def emit_for_episodes(self, events: Sequence[tuple[str, WebhookEvent]]) -> list[WebhookEvent]:
+        """Emit each (episode id, event) unless the enforcement episode already emitted one of
+        its type (one statement claims them all; a concurrent writer of the same episode waits on
+        the key, then finds it); the events emitted, in the order given."""
+        if not events:
+            return []
+        params = {
+            "episodes": [episode for episode, _ in events],
+            "types": [e.type for _, e in events],
+            "events": [e.id for _, e in events],
+        }
+        claimed = set(self._conn.execute(_EPISODE_EVENTS, params).scalars())
+        emitted = [e for _, e in events if e.id in claimed]
+        for event in emitted:
+            self.emit(event)
+        return emitted
 
     def account_exists(self, code: str) -> bool:
         return account_exists(self._conn, code)
@@ -203,24 +232,55 @@ class WebhookRepository:
         ]
 
     def add_threshold(self, threshold: AlertThreshold) -> None:
+        t = threshold
         self._conn.execute(
-            _ADD_THRESHOLD, {"id": threshold.id, "account": threshold.account, "amount": threshold.amount}
+            _ADD_THRESHOLD,
+            {
+                "id": t.id,
+                "account": t.account,
+                "kind": t.kind,
+                "amount": t.amount,
+                "meter": t.meter,
+                "quantity": t.quantity,
+                "unit": t.unit,
+            },
         )
 
     def thresholds(self, account: str | None, include_removed: bool) -> list[AlertThreshold]:
         rows = self._conn.execute(_THRESHOLDS, {"account": account, "removed": include_removed})
-        return [AlertThreshold(r.id, r.account_code, r.amount, r.active) for r in rows]
+        return [
+            AlertThreshold(
+                r.id,
+                r.account_code,
+                r.amount,
+                r.active,
+                r.kind,
+                r.meter,
+                None if r.quantity is None else r.quantity.normalize(),
+                r.unit,
+            )
+            for r in rows
+        ]
 
     def remove_threshold(self, threshold_id: str) -> bool:
         return self._conn.execute(_REMOVE_THRESHOLD, {"id": threshold_id}).first() is not None
 
     def record_crossing(
-        self, threshold_id: str, period: str, amount: Decimal, at: datetime, event: WebhookEvent
+        self, threshold_id: str, period: str, measure: Decimal, at: datetime, event: WebhookEvent
     ) -> bool:
-        self._conn.execute(_LOCK_THRESHOLD, {"id": threshold_id})  # one checker at a time per threshold
+        # one checker at a time per threshold
+        kind = self._conn.execute(_LOCK_THRESHOLD, {"id": threshold_id}).scalar_one()
         if self._conn.execute(_CROSSED, {"id": threshold_id, "period": period}).first() is not None:
             return False
         self.emit(event)
-        params = {"id": threshold_id, "period": period, "amount": amount, "at": at, "event": event.id}
+        usage = kind == "usage"
+        params = {
+            "id": threshold_id,
+            "period": period,
+            "amount": None if usage else measure,
+            "quantity": measure if usage else None,
+            "at": at,
+            "event": event.id,
+        }
         self._conn.execute(_CROSSING, params)
         return True

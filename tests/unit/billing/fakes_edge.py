@@ -14,6 +14,7 @@ from decimal import Decimal
 from email.message import EmailMessage
 from typing import Any
 
+from billing.domain.alerts import UsageLimit
 from billing.domain.webhooks import WebhookEvent
 from billing.errors import KeyInUse
 from billing.services.ports import (
@@ -340,6 +341,7 @@ class FakeWebhooks:
         self.held: set[int] = set()  # deliveries another sender has locked
         self.thresholds_: dict[str, AlertThreshold] = {}
         self.crossings: set[tuple[str, str]] = set()  # (threshold id, period)
+        self.measures: dict[tuple[str, str], Decimal] = {}  # what each crossing recorded
 
     @contextmanager
     def transaction(self) -> Iterator[FakeWebhooks]:
@@ -454,7 +456,14 @@ class FakeWebhooks:
                 for t in self.thresholds_.values()
                 if (account is None or t.account == account) and (include_removed or t.active)
             ),
-            key=lambda t: (t.account, t.amount, t.id),
+            key=lambda t: (
+                t.account,
+                t.kind,
+                t.amount or 0,
+                t.meter or "",
+                UsageLimit(t.meter, t.quantity, t.unit).base if t.meter and t.quantity and t.unit else 0,
+                t.id,
+            ),
         )
 
     def remove_threshold(self, threshold_id: str) -> bool:
@@ -465,11 +474,12 @@ class FakeWebhooks:
         return True
 
     def record_crossing(
-        self, threshold_id: str, period: str, amount: Decimal, at: datetime, event: WebhookEvent
+        self, threshold_id: str, period: str, measure: Decimal, at: datetime, event: WebhookEvent
     ) -> bool:
         if (threshold_id, period) in self.crossings:
             return False
         self.crossings.add((threshold_id, period))
+        self.measures[(threshold_id, period)] = measure
         self.emit(event)
         return True
 

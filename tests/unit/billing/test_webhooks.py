@@ -83,6 +83,10 @@ def test_an_endpoint_needs_an_http_url_known_types_and_an_account() -> None:
         "credit_note.issued",
         "credential.revoked",
         "alert.amount_reached",
+        "alert.usage_reached",
+        "quota.throttled",
+        "quota.blocked",
+        "quota.released",
     )
     with pytest.raises(WebhookError, match=r"not an http\(s\) URL.*unknown event type\(s\) invoice.paid"):
         new_endpoint(hooks, "acme", "ftp://x", ["invoice.paid"])
