@@ -110,6 +110,7 @@ def account_entitlements(
     catalog: CatalogReads,
     on: date,
     account: str | None = None,
+    *,
     balances: Balances | None = None,
     products: ProductRepository | None = None,
 ) -> list[AccountEntitlement]:
@@ -132,7 +133,7 @@ def entitlements(engine: Engine, on: date | None = None, account: str | None = N
     day = on or _utc_today()
     with UnitOfWork(engine) as uow:
         return account_entitlements(
-            uow.catalog, day, account, lambda code: prepaid_units(uow.grants, code, day), uow.products
+            uow.catalog, day, account, balances=lambda code: prepaid_units(uow.grants, code, day), products=uow.products
         )
 
 
@@ -181,11 +182,12 @@ def view_entitlement(
     account: str,
     now: datetime,
     source_order: Mapping[str, tuple[str, ...]] | None = None,
+    *,
     balances: Balances | None = None,
     products: ProductRepository | None = None,
 ) -> dict[str, Any]:
     """``account``'s entitlement as partners and finance read it (JSON-ready)."""
-    found = account_entitlements(catalog, now.astimezone(UTC).date(), account, balances, products)
+    found = account_entitlements(catalog, now.astimezone(UTC).date(), account, balances=balances, products=products)
     if not found:
         raise EntitlementNotFound(f"there is no account {account!r}")
     e, specs = found[0].entitlement, found[0].caps
@@ -243,6 +245,6 @@ def entitlement_view(
             account,
             now,
             source_order,
-            lambda code: prepaid_units(uow.grants, code, now.astimezone(UTC).date()),
-            uow.products,
+            balances=lambda code: prepaid_units(uow.grants, code, now.astimezone(UTC).date()),
+            products=uow.products,
         )

@@ -374,7 +374,7 @@ def test_prepaid_caps_follow_the_month_start_balance(uows: FakeUnitOfWork) -> No
     doc = plan_document(parse_plan(yaml.safe_load(PREPAID_PLAN), "plans[0]"))
     catalog = FakeCatalogReads([AccountPlanDoc("acme", None, "prepaid", 1, doc)])
     (found,) = account_entitlements(
-        catalog, date(2026, 12, 10), "acme", lambda a: prepaid_units(uows.grants, a, date(2026, 12, 10))
+        catalog, date(2026, 12, 10), "acme", balances=lambda a: prepaid_units(uows.grants, a, date(2026, 12, 10))
     )
     caps = {c.meter: (c.included, c.policy, c.floor_bytes_per_second) for c in found.entitlement.caps}
     # the plan's produce cap stays; consume: 350 GB prepaid < the plan's 1000 GB → the prepaid cap wins

@@ -86,7 +86,7 @@ def _loaded(text: str = CATALOG) -> FakeProducts:
 
 
 def _topics(repo: FakeProducts, catalog: FakeCatalogReads, on: date = TODAY) -> dict[str, frozenset[str]] | None:
-    e = account_entitlements(catalog, on, "acme", repo)[0].entitlement
+    e = account_entitlements(catalog, on, "acme", products=repo)[0].entitlement
     return None if e.topics is None else {g.pattern: g.operations for g in e.topics}
 
 
@@ -214,7 +214,7 @@ def test_the_entitlement_is_the_plans_grants_plus_the_accounts_plus_its_products
         "shared": frozenset({"read"}),  # the account's own
         "orders.v1": frozenset({"read"}),  # the product's
     }
-    e = account_entitlements(catalog, TODAY, "acme", repo)[0].entitlement
+    e = account_entitlements(catalog, TODAY, "acme", products=repo)[0].entitlement
     assert e.groups == (Grant("acme-", "prefix"),)  # the plan allows no group; the consume product adds acme-*
 
     # a plan without access restricts nothing: products add nothing to "everything"
