@@ -611,18 +611,23 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     columns = ["id", "account", "kind", "amount", "meter", "quantity", "unit", "active"]
 
     def said(t: Any) -> str:
-        return f"{t.amount.normalize()}" if t.kind == "amount" else f"{t.meter} {t.quantity.normalize()} {t.unit}"
+        if t.kind == "usage":
+            return f"{t.meter} {t.quantity.normalize()} {t.unit}"
+        return f"{t.amount.normalize()}" if t.kind == "amount" else f"a balance of {t.amount.normalize()} or less"
 
     with _engine() as engine:
         try:
             if args.action == "add":
                 usage = (args.meter, args.quantity, args.unit)
-                if args.amount is not None and any(usage):
-                    raise UserError("give either an AMOUNT or --meter, --quantity and --unit, not both")
-                if args.amount is None and not all(usage):
-                    raise UserError("give an AMOUNT, or --meter, --quantity and --unit together")
+                given = (args.amount is not None) + (args.balance is not None) + any(usage)
+                if given > 1:
+                    raise UserError("give one of an AMOUNT, --balance, or --meter, --quantity and --unit")
+                if given == 0 or (any(usage) and not all(usage)):
+                    raise UserError("give an AMOUNT, --balance, or --meter, --quantity and --unit together")
                 if args.amount is not None:
                     t = hooks.add_threshold(engine, args.account, args.amount)
+                elif args.balance is not None:
+                    t = hooks.add_balance_threshold(engine, args.account, args.balance)
                 else:
                     t = hooks.add_usage_threshold(engine, args.account, args.meter, args.quantity, args.unit)
                 _report(args.output, f"added threshold {t.id}: {t.account} at {said(t)}", hooks.threshold_doc(t))
@@ -1625,7 +1630,7 @@ OPERATOR_COMMANDS = (
     ("keys", "API keys: create, list, revoke"),
     ("credentials", "Kafka credentials for the gateway: create, list, rotate, revoke, publish"),
     ("webhooks", "signed webhooks: endpoints (add, list, remove), send, replay, deliveries, attempts"),
-    ("alerts", "amount and usage thresholds per account: add, list, remove, check (reached: a webhook event)"),
+    ("alerts", "amount, usage and balance thresholds per account: add, list, remove, check (a webhook event)"),
     ("entitlements", "what each account may do at the gateway (access, limits, caps): show, publish"),
     ("usage", "usage as the database holds it (finance view)"),
     ("bill", "billing run for a period: drafts (and --finalize)"),
@@ -1831,13 +1836,17 @@ def build_parser() -> argparse.ArgumentParser:
         al,
         "add",
         cmd_alerts,
-        "alert when the account's rated amount of a period reaches AMOUNT, or a meter's usage a quantity",
+        "alert when the account's rated amount of a period reaches AMOUNT, a meter's usage a quantity, "
+        "or the money its prepaid grants have left falls to --balance",
     )
     ala.add_argument("account", help="the account code")
     ala.add_argument("amount", nargs="?", default=None, help="in the account's currency, before tax (150.00)")
     ala.add_argument("--meter", default=None, help="a usage threshold's meter (consume_bytes, produce_records …)")
     ala.add_argument("--quantity", default=None, help="a usage threshold's quantity, in --unit (500)")
     ala.add_argument("--unit", default=None, help="GB, GiB, TB, TiB for bytes; 1, thousand, million for counts")
+    ala.add_argument(
+        "--balance", default=None, help="a balance threshold: money left of prepaid grants, at or below (20.00)"
+    )
     all_ = command(al, "list", cmd_alerts, "the thresholds")
     all_.add_argument("account", nargs="?", default=None, help="only this account's thresholds")
     all_.add_argument("--all", action="store_true", help="include removed thresholds")

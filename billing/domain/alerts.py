@@ -12,9 +12,11 @@ A threshold belongs to an account and has a **kind** (:data:`THRESHOLD_KINDS`):
   (:mod:`billing.domain.units`); a limit that is not a whole number of base units (0.1 GiB =
   107374182.4 bytes) is reached by the first whole quantity at or above it.
 
-The third kind, ``balance`` (a prepaid balance fallen to or below an amount), is built with the
-grants: it adds one name to :data:`THRESHOLD_KINDS` (and the table's CHECK), one entry to
-:data:`EVENT_OF_KIND` and one branch to :func:`reached` (a balance is reached from above).
+* ``balance``: the money the account's prepaid grants would have left once its invoice of the
+  period, rated now, is cut (``billing.services.billing_run.projected_money``: unit grants,
+  credit notes and threshold deductions first, then the money grants burned, never below zero)
+  at or **below** an amount in its currency → ``alert.balance_low``. Reached from above, so a
+  prepaid account hears of it before its grants run out, not at month end.
 
 Each threshold is reached at most once per period (the caller records the crossing with its
 event); a measure that falls again does not un-reach it.
@@ -47,10 +49,14 @@ __all__ = [
     "usage_limit",
 ]
 
-THRESHOLD_KINDS = ("amount", "usage")
-"""The kinds a threshold may have (``balance`` joins with the grants: see the module docstring)."""
+THRESHOLD_KINDS = ("amount", "usage", "balance")
+"""The kinds a threshold may have (see the module docstring)."""
 
-EVENT_OF_KIND: Mapping[str, str] = {"amount": "alert.amount_reached", "usage": "alert.usage_reached"}
+EVENT_OF_KIND: Mapping[str, str] = {
+    "amount": "alert.amount_reached",
+    "usage": "alert.usage_reached",
+    "balance": "alert.balance_low",
+}
 
 
 @dataclass(frozen=True)
@@ -111,10 +117,12 @@ def meter_totals(usage: MeterUsage) -> dict[str, int]:
 
 def reached(kind: str, limit: Decimal, measure: Decimal) -> bool:
     """Whether a threshold of ``kind`` with ``limit`` is reached by ``measure`` (the period's
-    amount so far, or its quantity in base units): at or above the limit."""
+    amount so far, or its quantity in base units: at or above the limit; the money left: at or
+    below it)."""
     if kind not in THRESHOLD_KINDS:
         raise ValueError(f"unknown threshold kind {kind!r}")
-    # "balance" (with the grants): return measure <= limit
+    if kind == "balance":
+        return measure <= limit
     return measure >= limit
 
 

@@ -44,6 +44,7 @@ EVENT_TYPES = (
     "credential.revoked",
     "alert.amount_reached",
     "alert.usage_reached",
+    "alert.balance_low",
     "quota.throttled",
     "quota.blocked",
     "quota.released",

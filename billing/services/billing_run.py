@@ -38,13 +38,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
 from billing.adapters.uow import Database, units_of_work
 from billing.domain.accounts import UNASSIGNED, Attributor
 from billing.domain.credit_notes import apply_credits, credit_line
+from billing.domain.grants import balance
 from billing.domain.invoicing import (
     AccountTerms,
     PricedLine,
@@ -70,6 +71,7 @@ from billing.services.ports import (
     DraftValues,
     InvoiceRecord,
     InvoiceRepository,
+    UnitOfWork,
     UnitsOfWork,
     UsageRepository,
 )
@@ -293,6 +295,67 @@ def _credits(
     return [credit_line(number, amount) for number, amount in apply_credits(before, open_credits)]
 
 
+def _invoice_lines(
+    run: _Run, uow: UnitOfWork, account: str, current: InvoiceRecord | None
+) -> tuple[list[PricedLine], RatedAccount, InvoiceGrants]:
+    """The lines of ``account``'s invoice of the run's period as it would be written now (its
+    draft ``current``, or None for a new one): unit grants cover the usage, the plans rate it,
+    then late usage adjustments, threshold deductions, credit notes and money grants."""
+    start, end = run.start, run.end
+    currency = run.catalog.accounts[account].currency
+    grants = InvoiceGrants.read(uow.grants, account, start, end, None if current is None else current.id)
+    usage, grant_lines = grants.cover(run.usage.get(account, {}), run.order, run.catalog.active(account, start, end))
+    rated = run.catalog.rate({account: usage}, account, start, end, run.order)
+    lines = rated.lines + grant_lines + _adjustments(run, uow.usage, uow.invoices, account, grants)
+    lines += deduction_lines(uow.invoices.threshold_invoices(account, start))  # domain.progressive
+    lines += _credits(uow.credit_notes, account, start, current, lines, currency)
+    lines += grants.money_lines(lines, currency)
+    return lines, rated, grants
+
+
+def projected_money(
+    engine: Database,
+    period: str,
+    accounts: Iterable[str],
+    source_order: Mapping[str, tuple[str, ...]] | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> dict[str, tuple[Decimal, str]]:
+    """account → (the money its grants would have left once its invoice of ``period``, rated now,
+    is cut; its currency): the money grants' balance without this period's draft, minus what the
+    invoice as it would be written now burns of them (``_invoice_lines``: unit grants, credit
+    notes and threshold deductions first). Nothing is written. A finalized invoice of the period
+    burned what it burned: the balance as it stands. Accounts without money grants are left out."""
+    start, end = parse_period(period)
+    uows = units_of_work(engine)
+    with uows() as uow:
+        catalog = _Catalog.read(uow.catalog)
+        attributor = uow.catalog.attributor()
+        wanted = [a for a in accounts if a in catalog.accounts]
+        rows = [r for a in wanted for r in uow.usage.rows(_midnight(start), _midnight(end), attributor, a)]
+    run = _Run(uows, catalog, attributor, metered_by_source(rows), start, end, source_order or DEFAULT_SOURCES, clock)
+    on = min(clock().date(), end - timedelta(days=1))
+    out: dict[str, tuple[Decimal, str]] = {}
+    for account in wanted:
+        currency = catalog.accounts[account].currency
+        with uows() as uow:
+            current = uow.invoices.current(account, start)
+            if current is not None and current.status == "finalized":
+                lines: list[PricedLine] = []
+                grants = InvoiceGrants.read(uow.grants, account, start, end, current.id)
+                mine: int | None = None
+            else:
+                lines, _, grants = _invoice_lines(run, uow, account, current)
+                mine = None if current is None else current.id
+        money = [g for g in grants.grants if g.kind == "money"]
+        if not money:
+            continue
+        others = [b for b in grants.burns if b.invoice_id != mine]
+        before = sum((balance(g, others, on).available for g in money), Decimal(0))
+        burned = -sum((p.line.rounded_amount for p in lines if p.line.kind == "grant"), Decimal(0))
+        out[account] = (before - burned, currency)
+    return out
+
+
 def _bill_account(run: _Run, account: str) -> AccountBill:
     start, end = run.start, run.end
     acct = run.catalog.accounts[account]
@@ -310,15 +373,7 @@ def _bill_account(run: _Run, account: str) -> AccountBill:
                 current.total,
                 current.number,
             )
-        grants = InvoiceGrants.read(uow.grants, account, start, end, None if current is None else current.id)
-        usage, grant_lines = grants.cover(
-            run.usage.get(account, {}), run.order, run.catalog.active(account, start, end)
-        )
-        rated = run.catalog.rate({account: usage}, account, start, end, run.order)
-        lines = rated.lines + grant_lines + _adjustments(run, uow.usage, uow.invoices, account, grants)
-        lines += deduction_lines(uow.invoices.threshold_invoices(account, start))  # domain.progressive
-        lines += _credits(uow.credit_notes, account, start, current, lines, acct.currency)
-        lines += grants.money_lines(lines, acct.currency)
+        lines, rated, _ = _invoice_lines(run, uow, account, current)
         totals = invoice_totals((p.line.rounded_amount for p in lines), acct.tax_rate, acct.currency)
         plan = rated.plan
         values = DraftValues(

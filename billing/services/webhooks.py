@@ -55,7 +55,7 @@ from billing.domain.webhooks import (
     signature_header,
 )
 from billing.errors import WebhookError, WebhookNotFound
-from billing.services.billing_run import parse_period, preview_accounts
+from billing.services.billing_run import parse_period, preview_accounts, projected_money
 from billing.services.ports import (
     AlertThreshold,
     WebhookAttempt,
@@ -70,6 +70,7 @@ __all__ = [
     "AddedEndpoint",
     "Post",
     "SendReport",
+    "add_balance_threshold",
     "add_endpoint",
     "add_threshold",
     "add_usage_threshold",
@@ -315,7 +316,9 @@ AccountUsage = tuple[dict[str, int], dict[str, str]]
 (:func:`billing.domain.alerts.metered`)."""
 
 
-def new_threshold(store: Webhooks, account: str, amount: str) -> AlertThreshold:
+def new_threshold(store: Webhooks, account: str, amount: str, kind: str = "amount") -> AlertThreshold:
+    """An ``amount`` threshold (the rated amount of a period reaching ``amount``) or, with
+    ``kind="balance"``, a balance threshold (the money of prepaid grants left falling to ``amount``)."""
     try:
         value = Decimal(amount)
     except InvalidOperation:
@@ -324,7 +327,7 @@ def new_threshold(store: Webhooks, account: str, amount: str) -> AlertThreshold:
         raise WebhookError(f"{amount!r} is not an amount above zero")
     if not store.account_exists(account):
         raise WebhookNotFound(f"there is no account {account!r}")
-    threshold = AlertThreshold(f"thr_{secrets.token_hex(8)}", account, value, True)
+    threshold = AlertThreshold(f"thr_{secrets.token_hex(8)}", account, value, True, kind)
     store.add_threshold(threshold)
     return threshold
 
@@ -345,12 +348,20 @@ def new_usage_threshold(store: Webhooks, account: str, meter: str, quantity: str
 Measured = tuple[Decimal, Decimal, dict[str, Any]]  # (measure, limit, the event's data)
 
 
-def _amount_measure(
-    t: AlertThreshold, period: str, rated: Mapping[str, tuple[Decimal, str]], usage: Mapping[str, AccountUsage]
-) -> Measured | None:
-    if t.account not in rated or t.amount is None:
+@dataclass(frozen=True)
+class _SoFar:
+    """A period so far, per account, as the thresholds measure it: the rated amount (subtotal
+    before tax), the meters' quantities, the money prepaid grants would have left."""
+
+    rated: Mapping[str, tuple[Decimal, str]]
+    usage: Mapping[str, AccountUsage]
+    money: Mapping[str, tuple[Decimal, str]]
+
+
+def _amount_measure(t: AlertThreshold, period: str, so_far: _SoFar) -> Measured | None:
+    if t.account not in so_far.rated or t.amount is None:
         return None
-    subtotal, currency = rated[t.account]
+    subtotal, currency = so_far.rated[t.account]
     data = {
         "threshold": {"id": t.id, "amount": format_money(t.amount, currency)},
         "period": period,
@@ -360,20 +371,35 @@ def _amount_measure(
     return subtotal, t.amount, data
 
 
-def _usage_measure(
-    t: AlertThreshold, period: str, rated: Mapping[str, tuple[Decimal, str]], usage: Mapping[str, AccountUsage]
-) -> Measured | None:
-    if t.account not in usage or t.meter is None or t.quantity is None or t.unit is None:
+def _usage_measure(t: AlertThreshold, period: str, so_far: _SoFar) -> Measured | None:
+    if t.account not in so_far.usage or t.meter is None or t.quantity is None or t.unit is None:
         return None
-    totals, sources = usage[t.account]
+    totals, sources = so_far.usage[t.account]
     quantity = totals.get(t.meter, 0)
     limit = UsageLimit(t.meter, t.quantity, t.unit)
     source = sources.get(t.meter.rsplit("_", 1)[1])
     return Decimal(quantity), limit.base, usage_event_data(t.id, limit, period, quantity, source)
 
 
-# kind → what the period measures against the threshold (a "balance" kind adds one entry)
-_MEASURES = {"amount": _amount_measure, "usage": _usage_measure}
+def _balance_measure(t: AlertThreshold, period: str, so_far: _SoFar) -> Measured | None:
+    if t.account not in so_far.money or t.amount is None:
+        return None
+    left, currency = so_far.money[t.account]
+    data = {
+        "threshold": {"id": t.id, "amount": format_money(t.amount, currency)},
+        "period": period,
+        "currency": currency,
+        "money_left": format_money(left, currency),
+    }
+    return left, t.amount, data
+
+
+# kind → what the period measures against the threshold
+_MEASURES: Mapping[str, Callable[[AlertThreshold, str, _SoFar], Measured | None]] = {
+    "amount": _amount_measure,
+    "usage": _usage_measure,
+    "balance": _balance_measure,
+}
 
 
 def cross_thresholds(
@@ -382,13 +408,16 @@ def cross_thresholds(
     rated: Mapping[str, tuple[Decimal, str]],
     at: datetime,
     usage: Mapping[str, AccountUsage] | None = None,
+    money: Mapping[str, tuple[Decimal, str]] | None = None,
 ) -> list[AlertThreshold]:
     """Every active threshold that the account's period so far reached and that was not reached
     in it before: each emits one event of its kind (``alert.amount_reached``: the rated amount,
-    subtotal before tax, ``rated``; ``alert.usage_reached``: a meter's quantity, ``usage``)."""
+    subtotal before tax, ``rated``; ``alert.usage_reached``: a meter's quantity, ``usage``;
+    ``alert.balance_low``: the money its prepaid grants would have left, ``money``)."""
     crossed = []
+    so_far = _SoFar(rated, usage or {}, money or {})
     for t in store.thresholds(None, False):
-        measured = _MEASURES[t.kind](t, period, rated, usage or {})
+        measured = _MEASURES[t.kind](t, period, so_far)
         if measured is None:
             continue
         measure, limit, data = measured
@@ -422,13 +451,23 @@ def check_thresholds(
     usage: dict[str, AccountUsage] = {}
     if "usage" in kinds:
         usage = {a: metered(by_source, order) for a, by_source in metered_by_source(rows).items()}
+    money: dict[str, tuple[Decimal, str]] = {}
+    if "balance" in kinds:
+        with UnitOfWork(engine) as uow:
+            held = {t.account for t in uow.webhooks.thresholds(None, False) if t.kind == "balance"}
+        money = projected_money(engine, period, sorted(held), order, clock)
     with UnitOfWork(engine) as uow:
-        return cross_thresholds(uow.webhooks, period, rated, clock(), usage)
+        return cross_thresholds(uow.webhooks, period, rated, clock(), usage, money)
 
 
 def add_threshold(engine: Engine, account: str, amount: str) -> AlertThreshold:
     with UnitOfWork(engine) as uow:
         return new_threshold(uow.webhooks, account, amount)
+
+
+def add_balance_threshold(engine: Engine, account: str, amount: str) -> AlertThreshold:
+    with UnitOfWork(engine) as uow:
+        return new_threshold(uow.webhooks, account, amount, "balance")
 
 
 def add_usage_threshold(engine: Engine, account: str, meter: str, quantity: str, unit: str) -> AlertThreshold:

@@ -1,12 +1,14 @@
-"""Alert thresholds of more than one kind: a rated amount (migration 0014) or a meter's usage.
+"""Alert thresholds of more than one kind: a rated amount (migration 0014), a meter's usage or
+the money left of prepaid grants.
 
-- ``alert_thresholds.kind``: ``amount`` (every existing row: the column's default) or ``usage``
-  (``meter``, ``quantity`` of ``unit``: ``consume_bytes``, 500, ``GB``). ``amount`` is now
-  set for the ``amount`` kind only. One CHECK per kind says what it needs, and
-  ``alert_thresholds_kind`` lists the kinds: a third kind (a remaining prepaid ``balance``)
-  replaces that CHECK and adds its own.
+- ``alert_thresholds.kind``: ``amount`` (every existing row: the column's default), ``usage``
+  (``meter``, ``quantity`` of ``unit``: ``consume_bytes``, 500, ``GB``) or ``balance`` (the
+  ``amount`` of money left at or below which it is reached). ``amount`` is now set for the
+  ``amount`` and ``balance`` kinds only. One CHECK per kind says what it needs, and
+  ``alert_thresholds_kind`` lists the kinds.
 - ``alert_crossings.quantity``: what a usage threshold's period reached, in the meter's base
-  units (bytes, records or requests); ``amount`` is now set for amount crossings only.
+  units (bytes, records or requests); ``amount`` is now set for amount and balance crossings
+  only (the rated amount, or the money left).
 - ``episode_events``: the quota events (``quota.throttled``, ``quota.blocked``,
   ``quota.released``) each enforcement episode emitted, one row per episode and type, written by
   the sink in the transaction that stores the episode's record: the primary key is what makes a
@@ -36,8 +38,8 @@ def upgrade() -> None:
             ADD COLUMN quantity numeric CHECK (quantity > 0),
             ADD COLUMN unit text,
             ALTER COLUMN amount DROP NOT NULL,
-            ADD CONSTRAINT alert_thresholds_kind CHECK (kind IN ('amount', 'usage')),
-            ADD CONSTRAINT alert_thresholds_amount_kind CHECK (kind <> 'amount' OR amount IS NOT NULL),
+            ADD CONSTRAINT alert_thresholds_kind CHECK (kind IN ('amount', 'usage', 'balance')),
+            ADD CONSTRAINT alert_thresholds_amount_kind CHECK (kind NOT IN ('amount', 'balance') OR amount IS NOT NULL),
             ADD CONSTRAINT alert_thresholds_usage_kind
                 CHECK (kind <> 'usage' OR (meter IS NOT NULL AND quantity IS NOT NULL AND unit IS NOT NULL))
         """

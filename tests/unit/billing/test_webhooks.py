@@ -84,6 +84,7 @@ def test_an_endpoint_needs_an_http_url_known_types_and_an_account() -> None:
         "credential.revoked",
         "alert.amount_reached",
         "alert.usage_reached",
+        "alert.balance_low",
         "quota.throttled",
         "quota.blocked",
         "quota.released",
