@@ -115,6 +115,18 @@ def test_grants_burned_across_two_billing_runs(engine: sa.Engine, migrated: str,
         html = conn.execute(sa.text("SELECT html FROM invoices WHERE id = :i"), {"i": acme.invoice_id}).scalar_one()
     assert "Grant #1 applied: 1250 GB of produce_bytes covered (750 GB left)" in html  # the document shows it
 
+    # a balance alert: December rated now (no usage yet: base fee 49.00 + top-up 51.00 to the
+    # 100.00 minimum) would burn #3's last 20.00 → 0.00 left, at or below 25.00: one event, once
+    assert _cli(migrated, "alerts", "add", "acme", "--balance", "25.00").returncode == 0
+    checked = _cli(migrated, "alerts", "check", "--period", "2026-12", "--json")
+    assert checked.returncode == 0, checked.stderr
+    assert [t["kind"] for t in json.loads(checked.stdout)] == ["balance"]
+    again = _cli(migrated, "alerts", "check", "--period", "2026-12", "--json")
+    assert json.loads(again.stdout) == []
+    with engine.connect() as conn:
+        body = conn.execute(sa.text("SELECT body FROM webhook_events WHERE type = 'alert.balance_low'")).scalar_one()
+    assert json.loads(body)["data"]["money_left"] == "0.00"
+
     upsert_windows(
         engine,
         [
