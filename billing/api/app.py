@@ -24,6 +24,8 @@ Ops: ``/live`` is a self-contained page (no data in it, so no key to load it; it
 or finance key and calls ``/v1/live``). ``/v1/live`` needs an ops or finance key: it names every
 account. An ops key reads nothing else but entitlements and credentials (it may issue, rotate and
 revoke credentials, as finance may; a partner key lists and rotates its own account's).
+``/portal`` is the partner portal (server-rendered pages; a session cookie from signing in with
+a partner key, never a bearer header; ``routes.portal``; not in ``/openapi.json``).
 ``/metrics`` (Prometheus) and ``/healthz`` need no key and show no account: counts, latency,
 lag, the process's memory and CPU, and reachability only.
 ``/healthz`` answers 200 when the database and the broker are reachable and 503 (with which one
@@ -44,13 +46,24 @@ from billing.adapters.live_feed import LiveFeed
 from billing.api import errors
 from billing.api.deps import build_services
 from billing.api.problems import Problem
-from billing.api.routes import credentials, credit_notes, entitlements, invoices, live, ops, statements, usage, webhooks
+from billing.api.routes import (
+    credentials,
+    credit_notes,
+    entitlements,
+    invoices,
+    live,
+    ops,
+    portal,
+    statements,
+    usage,
+    webhooks,
+)
 from billing.settings import BillingSettings
 
 __all__ = ["create_app"]
 
 # in this order in /openapi.json
-_ROUTERS = (ops, live, usage, statements, invoices, credit_notes, entitlements, credentials, webhooks)
+_ROUTERS = (ops, live, usage, statements, invoices, credit_notes, entitlements, credentials, webhooks, portal)
 
 
 def create_app(
