@@ -116,7 +116,7 @@ def test_sign_in_create_a_credential_and_use_the_config_shown_through_the_gatewa
 
         # exactly what the page shows, pasted into Python
         shown: dict[str, Any] = {}
-        exec(snippet, shown)  # noqa: S102 - the point of the test: the config as the partner copies it
+        exec(snippet, shown)  # the point of the test: the config as the partner copies it
         producer, consumer = shown["producer"], shown["consumer"]
         delivered: list[Any] = []
         for i in range(N):
