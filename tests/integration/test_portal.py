@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import html
+import os
+import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import pytest
@@ -30,6 +33,7 @@ from metering.entitlements import Episode
 from streamtoll.serving import running
 
 from .seed import DEC1
+from .webdriver import chromium
 
 pytestmark = pytest.mark.integration
 
@@ -234,6 +238,17 @@ def test_pages_show_the_partners_own_account(portal: Portal) -> None:
         csv = client.get("/portal/statements/2026-11.csv")
         assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
         assert csv.text.startswith("account,period") and "acme" in csv.text
+        # the download is the API's statement, byte for byte
+        api = httpx.get(
+            portal.base + "/v1/statements/2026-11",
+            params={"format": "csv"},
+            headers={"Authorization": f"Bearer {portal.keys['acme']}"},
+        )
+        assert api.status_code == 200 and api.content == csv.content
+        api_pdf = httpx.get(
+            portal.base + "/v1/statements/2026-11.pdf", headers={"Authorization": f"Bearer {portal.keys['acme']}"}
+        )
+        assert client.get("/portal/statements/2026-11.pdf").content == api_pdf.content
         pdf = client.get(portal.acme_urls[-2])
         assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
         assert client.get(portal.acme_urls[-1]).content.startswith(b"%PDF")
@@ -289,3 +304,93 @@ def test_a_second_partner_never_sees_the_first_ones_data(portal: Portal) -> None
             assert r.status_code == 404 and "There is no such active credential." in r.text
             assert "acme" not in r.text.lower()
     assert [c.state for c in list_credentials(portal.engine, "acme")] == ["active"]
+
+
+A11Y = """
+const focusable = document.querySelector('a[href], button, input:not([type=hidden]), select, textarea, summary');
+const unlabelled = [...document.querySelectorAll('input:not([type=hidden]), select')]
+  .filter(e => e.labels.length === 0 && !e.getAttribute('aria-label')).map(e => e.id || e.name);
+const nameless = [...document.querySelectorAll('button')].filter(b => !(b.getAttribute('aria-label') || b.textContent.trim())).length;
+const foreign = performance.getEntriesByType('resource').filter(e => !e.name.startsWith(location.origin)).map(e => e.name);
+return {
+  skip_first: focusable !== null && focusable.classList.contains('skip'),
+  h1: document.querySelectorAll('h1').length,
+  lang: document.documentElement.lang,
+  unlabelled, nameless, foreign,
+  fits: document.documentElement.scrollWidth <= window.innerWidth + 1,
+};
+"""
+
+
+def test_every_page_in_chromium_is_accessible_fits_a_phone_and_is_screenshotted(
+    portal: Portal, tmp_path: Path
+) -> None:
+    """Every page in a real Chromium: the skip link first, one h1, every field labelled, nothing
+    from another origin, no sideways scrolling at 390 px; screenshots of each (into
+    ``STREAMTOLL_PORTAL_SCREENSHOTS`` when set: ``docs/portal/`` is made this way)."""
+    out = Path(os.environ.get("STREAMTOLL_PORTAL_SCREENSHOTS") or tmp_path)
+    out.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(UTC)
+    rnd = random.Random(20)
+    more = []  # a month so far of traffic on a few topics and clients, for the charts
+    for day in range(1, now.day + 1):
+        for hour in range(0, 24, 3):
+            at = now.replace(day=day, hour=hour, minute=0, second=0, microsecond=0)
+            if at >= now:
+                continue
+            for topic, client in (("orders", "acme-web"), ("payments", "acme-billing"), ("telemetry", "acme-etl")):
+                for direction in ("produce", "consume"):
+                    n = rnd.randint(2_000, 9_000) * (2 if topic == "orders" else 1)
+                    start = at.strftime("%Y-%m-%dT%H:00:00.000Z")
+                    more.append(window(start, "User:acme-" + client[5:], client, topic, direction, n * 700, n))
+    upsert_windows(portal.engine, more)
+    pages = {
+        "overview": "/portal",
+        "usage": "/portal/usage?by=topic&quantity=bytes",
+        "usage-hourly": f"/portal/usage?granularity=hour&day={now.date().isoformat()}&by=client&quantity=records",
+        "throttles": "/portal/throttles",
+        "credentials": "/portal/credentials",
+        "billing": "/portal/billing",
+        "products": "/portal/products",
+    }
+    with chromium(1280, 900) as browser:
+
+        def check_and_shoot(name: str) -> None:
+            found = browser.js(A11Y)
+            assert found["skip_first"] and found["h1"] == 1 and found["lang"] == "en", (name, found)
+            assert found["unlabelled"] == [] and found["nameless"] == 0 and found["foreign"] == [], (name, found)
+            height = int(browser.js("return document.documentElement.scrollHeight"))
+            browser.resize(1280, min(height + 140, 4000))
+            (out / f"{name}.png").write_bytes(browser.screenshot())
+            browser.resize(1280, 900)
+
+        browser.open(portal.base + "/portal/sign-in")
+        browser.wait("return document.getElementById('key')", what="the sign-in form")
+        check_and_shoot("sign-in")
+        browser.js(
+            "document.getElementById('key').value = arguments[0];"
+            "document.querySelector('main form button[type=submit]').click()",
+            portal.keys["acme"],
+        )
+        browser.wait("return location.pathname === '/portal'", what="the overview")
+        for name, url in pages.items():
+            browser.open(portal.base + url)
+            browser.wait("return document.readyState === 'complete' && document.querySelector('h1')", what=name)
+            if name.startswith("usage"):
+                browser.wait("return document.getElementById('chart')?.dataset.drawn", what=f"{name}'s chart")
+            if name == "credentials":  # the page as it is right after creating one: the password shown once
+                browser.js(
+                    "document.getElementById('name').value = 'orders-svc'; document.getElementById('create').click()"
+                )
+                browser.wait("return document.getElementById('issued-python')", what="the new credential")
+            check_and_shoot(name)
+        # a phone: nothing scrolls sideways but the tables and code blocks in their own boxes
+        browser.resize(390, 844)
+        for name, url in pages.items():
+            browser.open(portal.base + url)
+            browser.wait("return document.readyState === 'complete'", what=name)
+            assert browser.js(A11Y)["fits"], f"{name} scrolls sideways on a phone"
+        browser.open(portal.base + pages["usage"])
+        browser.wait("return document.getElementById('chart')?.dataset.drawn", what="the chart on a phone")
+        (out / "phone-usage.png").write_bytes(browser.screenshot())
+    assert all((out / f"{n}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in ["sign-in", *pages])

@@ -398,6 +398,8 @@ def usage(
             months=_months(today),
             period=first.strftime("%Y-%m"),
             day=chosen.isoformat(),
+            # the table stops at the current bucket (the chart keeps the whole range)
+            now_key=datetime.now(UTC).strftime("%Y-%m-%dT%H:00Z") if gran == "hour" else today.isoformat(),
             granularity=gran,
             by=group,
             quantity=what,
