@@ -404,9 +404,8 @@ SETTINGS: list[Setting] = [
         "api",
         "at least 32 characters: the key the partner portal's session cookies and CSRF tokens are signed "
         "with; the same on every API replica (unset: a random one per process, so sessions end at restart)",
-        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        "output-of-openssl-rand-hex-32-never-this-example",
         secret=True,
-        production=True,
     ),
     Setting(
         "PORTAL_HTTPS",
@@ -415,7 +414,6 @@ SETTINGS: list[Setting] = [
         "true when partners reach the API over https (a TLS ingress): the portal's cookies are Secure and "
         "__Host- prefixed",
         "true",
-        production=True,
     ),
     Setting("PORTAL_SESSION_HOURS", "8", "api", "how long a portal session lasts (0.05 to 168 hours)", "8"),
     Setting(

@@ -310,8 +310,10 @@ A11Y = """
 const focusable = document.querySelector('a[href], button, input:not([type=hidden]), select, textarea, summary');
 const unlabelled = [...document.querySelectorAll('input:not([type=hidden]), select')]
   .filter(e => e.labels.length === 0 && !e.getAttribute('aria-label')).map(e => e.id || e.name);
-const nameless = [...document.querySelectorAll('button')].filter(b => !(b.getAttribute('aria-label') || b.textContent.trim())).length;
-const foreign = performance.getEntriesByType('resource').filter(e => !e.name.startsWith(location.origin)).map(e => e.name);
+const nameless = [...document.querySelectorAll('button')]
+  .filter(b => !(b.getAttribute('aria-label') || b.textContent.trim())).length;
+const foreign = performance.getEntriesByType('resource')
+  .filter(e => !e.name.startsWith(location.origin)).map(e => e.name);
 return {
   skip_first: focusable !== null && focusable.classList.contains('skip'),
   h1: document.querySelectorAll('h1').length,
@@ -322,9 +324,7 @@ return {
 """
 
 
-def test_every_page_in_chromium_is_accessible_fits_a_phone_and_is_screenshotted(
-    portal: Portal, tmp_path: Path
-) -> None:
+def test_every_page_in_chromium_is_accessible_fits_a_phone_and_is_screenshotted(portal: Portal, tmp_path: Path) -> None:
     """Every page in a real Chromium: the skip link first, one h1, every field labelled, nothing
     from another origin, no sideways scrolling at 390 px; screenshots of each (into
     ``STREAMTOLL_PORTAL_SCREENSHOTS`` when set: ``docs/portal/`` is made this way)."""
