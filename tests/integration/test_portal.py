@@ -19,10 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
+import yaml
 
 from billing.adapters.sink import upsert_episodes, upsert_windows
 from billing.api.app import create_app
 from billing.services.billing_run import run_billing
+from billing.services.catalog import load_accounts, load_plans
 from billing.services.credentials import create_credential, list_credentials
 from billing.services.credit_notes import create_credit_note
 from billing.services.invoices import list_invoices
@@ -37,6 +39,7 @@ from .webdriver import chromium
 
 pytestmark = pytest.mark.integration
 
+SAMPLES = Path(__file__).parents[2] / "streamtoll" / "samples"
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 # what only acme's pages may show: a topic and a client id only acme used this month, its
 # credential's user name, its invoice and credit note numbers, its name, its throttle's reason
@@ -344,6 +347,34 @@ def test_every_page_in_chromium_is_accessible_fits_a_phone_and_is_screenshotted(
                     start = at.strftime("%Y-%m-%dT%H:00:00.000Z")
                     more.append(window(start, "User:acme-" + client[5:], client, topic, direction, n * 700, n))
     upsert_windows(portal.engine, more)
+    # acme on a plan with monthly caps since the 1st (the sample plans have none), so the pages
+    # show caps and included volume: produce bytes under its cap, consume bytes over
+    plans = yaml.safe_load((SAMPLES / "plans.yaml").read_text())
+    growth = next(p for p in plans["plans"] if p["code"] == "growth")
+    plans["plans"].append(
+        {
+            **growth,
+            "code": "growth-capped",
+            "name": "Growth (capped)",
+            "caps": [
+                {
+                    "meter": "produce_bytes",
+                    "included": 1,
+                    "unit": "GB",
+                    "policy": "throttle",
+                    "floor_bytes_per_second": 65536,
+                },
+                {"meter": "consume_bytes", "included": "0.5", "unit": "GB", "policy": "soft"},
+                {"meter": "produce_records", "included": 10, "unit": "million", "policy": "block"},
+            ],
+        }
+    )
+    accounts = yaml.safe_load((SAMPLES / "accounts.yaml").read_text())
+    accounts["accounts"][0]["subscription"] = {"plan": "growth-capped", "starts_on": now.date().replace(day=1)}
+    (tmp_path / "plans.yaml").write_text(yaml.safe_dump(plans))
+    (tmp_path / "accounts.yaml").write_text(yaml.safe_dump(accounts))
+    load_plans(portal.engine, tmp_path / "plans.yaml")
+    load_accounts(portal.engine, tmp_path / "accounts.yaml")
     pages = {
         "overview": "/portal",
         "usage": "/portal/usage?by=topic&quantity=bytes",
@@ -378,6 +409,11 @@ def test_every_page_in_chromium_is_accessible_fits_a_phone_and_is_screenshotted(
             browser.wait("return document.readyState === 'complete' && document.querySelector('h1')", what=name)
             if name.startswith("usage"):
                 browser.wait("return document.getElementById('chart')?.dataset.drawn", what=f"{name}'s chart")
+            if name == "overview":
+                assert browser.js("return document.querySelectorAll('#caps tbody tr').length") == 3
+                assert browser.js("return document.querySelectorAll('#caps tr.reached').length") == 1
+            if name == "usage":
+                assert browser.js("return document.querySelectorAll('p.cap').length") == 2  # the bytes caps
             if name == "credentials":  # the page as it is right after creating one: the password shown once
                 browser.js(
                     "document.getElementById('name').value = 'orders-svc'; document.getElementById('create').click()"
