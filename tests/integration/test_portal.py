@@ -84,6 +84,14 @@ def csrf_of(client: httpx.Client, path: str = "/portal/credentials") -> str:
     return CSRF.findall(client.get(path).text)[0]
 
 
+def form_of(client: httpx.Client, action: str) -> dict[str, str]:
+    """The hidden fields (``csrf``, ``once``) of the credentials page's form posting to ``action``."""
+    page = client.get("/portal/credentials").text
+    found = re.search(f'<form method="post" action="{re.escape(action)}"[^>]*>(.*?)</form>', page, re.S)
+    assert found, action
+    return dict(re.findall(r'name="(csrf|once)" value="([^"]+)"', found.group(1)))
+
+
 @pytest.fixture
 def portal(engine: sa.Engine) -> Iterator[Portal]:
     run_billing(engine, "2026-11", finalize_drafts=True, clock=lambda: DEC1)
@@ -192,14 +200,16 @@ def test_a_bad_key_gets_one_clear_message_and_the_failed_auth_limiter(engine: sa
 def test_posts_without_the_csrf_token_are_refused(portal: Portal) -> None:
     before = len(list_credentials(portal.engine, "acme", include_revoked=True))
     with sign_in(portal.base, portal.keys["acme"]) as client:
-        for data in ({}, {"csrf": "forged"}, {"csrf": csrf_of(client) + "x"}):
+        once = {"once": "a-token-of-the-form-0123"}
+        for data in (once, {**once, "csrf": "forged"}, {**once, "csrf": csrf_of(client) + "x"}):
             r = client.post("/portal/credentials", data={**data, "name": "csrf-victim"})
             assert r.status_code == 403 and "This form expired" in r.text
             r = client.post(f"/portal/credentials/{portal.acme_credential}/revoke", data=data)
             assert r.status_code == 403
         # another session's token is not this one's
         with sign_in(portal.base, portal.keys["acme"]) as other:
-            r = client.post("/portal/credentials", data={"csrf": csrf_of(other), "name": "csrf-victim"})
+            fields = {**form_of(other, "/portal/credentials"), "name": "csrf-victim"}
+            r = client.post("/portal/credentials", data=fields)
             assert r.status_code == 403
         r = client.post("/portal/sign-out", data={})
         assert r.status_code == 403
@@ -259,7 +269,7 @@ def test_pages_show_the_partners_own_account(portal: Portal) -> None:
 
 def test_credentials_create_rotate_revoke_with_the_password_shown_once(portal: Portal) -> None:
     with sign_in(portal.base, portal.keys["acme"]) as client:
-        r = client.post("/portal/credentials", data={"csrf": csrf_of(client), "name": "web-app"})
+        r = client.post("/portal/credentials", data={**form_of(client, "/portal/credentials"), "name": "web-app"})
         assert r.status_code == 200
         page = html.unescape(r.text)
         password = re.findall(r'id="issued-password">([^<]+)<', page)[0]
@@ -269,13 +279,17 @@ def test_credentials_create_rotate_revoke_with_the_password_shown_once(portal: P
         assert "sasl.mechanisms=SCRAM-SHA-512" in page and f"sasl.password={password}" in page  # kcat
         listed = client.get("/portal/credentials").text
         assert password not in listed and "acme/web-app" in listed
-        bad = client.post("/portal/credentials", data={"csrf": csrf_of(client), "name": "Bad Name"})
+        bad = client.post("/portal/credentials", data={**form_of(client, "/portal/credentials"), "name": "Bad Name"})
         assert bad.status_code == 422 and "The name 'Bad Name' must be" in html.unescape(bad.text)
         cid = next(c.id for c in list_credentials(portal.engine, "acme") if c.name == "web-app")
-        rotated = client.post(f"/portal/credentials/{cid}/rotate", data={"csrf": csrf_of(client)})
+        rotated = client.post(
+            f"/portal/credentials/{cid}/rotate", data=form_of(client, f"/portal/credentials/{cid}/rotate")
+        )
         new = re.findall(r'id="issued-password">([^<]+)<', rotated.text)[0]
         assert new != password and "The old password keeps working for 24 hours" in rotated.text
-        revoked = client.post(f"/portal/credentials/{cid}/revoke", data={"csrf": csrf_of(client)})
+        revoked = client.post(
+            f"/portal/credentials/{cid}/revoke", data=form_of(client, f"/portal/credentials/{cid}/revoke")
+        )
         assert revoked.status_code == 200 and 'id="notice"' in revoked.text
     assert {c.name: c.state for c in list_credentials(portal.engine, "acme", include_revoked=True)}["web-app"] == (
         "revoked"
@@ -303,7 +317,8 @@ def test_a_second_partner_never_sees_the_first_ones_data(portal: Portal) -> None
         for url in portal.acme_urls[-2:]:  # acme's invoice and credit note: not found, as if none existed
             assert globex.get(url).status_code == 404
         for action in ("rotate", "revoke"):
-            r = globex.post(f"/portal/credentials/{portal.acme_credential}/{action}", data={"csrf": csrf_of(globex)})
+            fields = {**form_of(globex, "/portal/credentials"), "once": f"a-fresh-{action}-token-of-globex"}
+            r = globex.post(f"/portal/credentials/{portal.acme_credential}/{action}", data=fields)
             assert r.status_code == 404 and "There is no such active credential." in r.text
             assert "acme" not in r.text.lower()
     assert [c.state for c in list_credentials(portal.engine, "acme")] == ["active"]
@@ -430,3 +445,27 @@ def test_every_page_in_chromium_is_accessible_fits_a_phone_and_is_screenshotted(
         browser.wait("return document.getElementById('chart')?.dataset.drawn", what="the chart on a phone")
         (out / "phone-usage.png").write_bytes(browser.screenshot())
     assert all((out / f"{n}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in ["sign-in", *pages])
+
+
+def test_a_credential_form_sent_twice_does_its_work_once(portal: Portal) -> None:
+    with sign_in(portal.base, portal.keys["acme"]) as client:
+        fields = {**form_of(client, "/portal/credentials"), "name": "twice"}
+        first = client.post("/portal/credentials", data=fields)
+        again = client.post("/portal/credentials", data=fields)  # a double click, or a reload
+        assert first.status_code == 200 and 'id="issued-password"' in first.text
+        assert again.status_code == 200 and 'id="issued-password"' not in again.text
+        assert "This form was sent before and was done then" in again.text
+        cid = next(c.id for c in list_credentials(portal.engine, "acme") if c.name == "twice")
+        rotate = form_of(client, f"/portal/credentials/{cid}/rotate")
+        assert 'id="issued-password"' in client.post(f"/portal/credentials/{cid}/rotate", data=rotate).text
+        assert 'id="issued-password"' not in client.post(f"/portal/credentials/{cid}/rotate", data=rotate).text
+        # the same token for another form is refused, not run
+        reused = client.post(f"/portal/credentials/{cid}/revoke", data=rotate)
+        assert reused.status_code == 409 and "This form was used for something else" in reused.text
+        # a form without its token (an old page) does nothing
+        stale = client.post("/portal/credentials", data={"csrf": fields["csrf"], "name": "stale"})
+        assert stale.status_code == 400
+    names = [c.name for c in list_credentials(portal.engine, "acme", include_revoked=True)]
+    assert names.count("twice") == 1 and "stale" not in names
+    twice = next(c for c in list_credentials(portal.engine, "acme") if c.name == "twice")
+    assert twice.state == "active" and twice.rotated_at is not None

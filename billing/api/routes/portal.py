@@ -23,6 +23,7 @@ person of the partner, and the issue asks for it). Pages are not in ``/openapi.j
 from __future__ import annotations
 
 import calendar
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ from billing.errors import (
     CreditNoteError,
     EntitlementNotFound,
     InvoiceError,
+    KeyInUse,
+    KeyReused,
     RunError,
 )
 from billing.services.credentials import (
@@ -60,6 +63,7 @@ from billing.services.credentials import (
 from billing.services.credit_notes import credit_note_pdf, credit_note_view, list_credit_notes
 from billing.services.entitlements import entitlement_view
 from billing.services.episodes import episodes_between
+from billing.services.idempotency import claim, fingerprint
 from billing.services.invoices import invoice_pdf, invoice_view, list_invoices
 from billing.services.keys import Caller, authenticate, caller_by_id
 from billing.services.portal import BY, CHART_QUANTITIES, client_configs, usage_chart
@@ -459,6 +463,7 @@ def _credentials_page(
         "credentials.html",
         status,
         p,
+        once=lambda: secrets.token_urlsafe(18),
         title="Credentials",
         credentials=views,
         issued=issued,
@@ -487,6 +492,35 @@ async def _posted(request: Request, s: Services) -> tuple[Partner | None, dict[s
     return p, form, None
 
 
+def _once(
+    request: Request, s: Services, p: Partner, form: dict[str, str], work: Callable[[Partner], Response]
+) -> Response:
+    """``work(p)`` once per form: each credential form carries a random ``once`` token, held as an
+    idempotency key of the partner's API key (``billing.services.idempotency``), so a form sent
+    twice (a double click, a reload after a lost answer) changes nothing the second time. Only
+    the fact that it ran is kept — never a page with a password."""
+    token = form.get("once", "")
+    if not 16 <= len(token) <= 64:
+        return _credentials_page(request, s, p, error="This form is out of date; reload the page.", status=400)
+    print_ = fingerprint("POST", request.scope["path"], [], b"")
+    try:
+        with claim(s.engine, p.caller.key_id, "portal:" + token, print_) as held:
+            if held.answer is not None:
+                return _credentials_page(request, s, p, action="replayed")
+            response = work(p)
+            if response.status_code < 500:
+                held.complete(response.status_code, [], b"")
+            return response
+    except KeyInUse:
+        return _credentials_page(
+            request, s, p, error="This form is being sent already; reload in a moment.", status=409
+        )
+    except KeyReused:
+        return _credentials_page(
+            request, s, p, error="This form was used for something else; reload the page.", status=409
+        )
+
+
 def _own_active(s: Services, p: Partner, credential_id: str) -> bool:
     return any(v.id == credential_id and v.state == "active" for v in list_credentials(s.engine, p.account))
 
@@ -506,14 +540,14 @@ async def create(request: Request, s: AppServices) -> Response:
         s.published()
         return _credentials_page(request, s, partner, issued, "created")
 
-    return await run_in_threadpool(work, p)
+    return await run_in_threadpool(_once, request, s, p, form, work)
 
 
 @router.post("/portal/credentials/{credential_id}/rotate")
 async def rotate(
     request: Request, s: AppServices, credential_id: Annotated[str, Path(pattern=CREDENTIAL_ID_PATTERN)]
 ) -> Response:
-    p, _, refusal = await _posted(request, s)
+    p, form, refusal = await _posted(request, s)
     if refusal is not None or p is None:
         return refusal or _to_sign_in()
 
@@ -527,14 +561,14 @@ async def rotate(
         s.published()
         return _credentials_page(request, s, partner, issued, "rotated")
 
-    return await run_in_threadpool(work, p)
+    return await run_in_threadpool(_once, request, s, p, form, work)
 
 
 @router.post("/portal/credentials/{credential_id}/revoke")
 async def revoke(
     request: Request, s: AppServices, credential_id: Annotated[str, Path(pattern=CREDENTIAL_ID_PATTERN)]
 ) -> Response:
-    p, _, refusal = await _posted(request, s)
+    p, form, refusal = await _posted(request, s)
     if refusal is not None or p is None:
         return refusal or _to_sign_in()
 
@@ -548,7 +582,7 @@ async def revoke(
         s.published()
         return _credentials_page(request, s, partner, action="revoked")
 
-    return await run_in_threadpool(work, p)
+    return await run_in_threadpool(_once, request, s, p, form, work)
 
 
 @router.get("/portal/billing")
