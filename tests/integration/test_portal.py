@@ -362,6 +362,16 @@ def test_every_page_in_chromium_is_accessible_fits_a_phone_and_is_screenshotted(
                     start = at.strftime("%Y-%m-%dT%H:00:00.000Z")
                     more.append(window(start, "User:acme-" + client[5:], client, topic, direction, n * 700, n))
     upsert_windows(portal.engine, more)
+    started = now - timedelta(days=2, hours=3)
+    upsert_episodes(
+        portal.engine,
+        [
+            Episode("gw-1/acme/cap", "gw-1", "acme", "throttle", "consume", "cap", "consume_bytes cap reached: "
+                    "held to the plan's floor", started, now, None, 41.5, 120, 65536, "consume_bytes"),
+            Episode("gw-2/acme/block", "gw-2", "acme", "block", "produce", "quota", "produce requests over 200/s",
+                    started - timedelta(days=1), started, started - timedelta(days=1) + timedelta(minutes=4), 0, 37),
+        ],
+    )  # fmt: skip
     # acme on a plan with monthly caps since the 1st (the sample plans have none), so the pages
     # show caps and included volume: produce bytes under its cap, consume bytes over
     plans = yaml.safe_load((SAMPLES / "plans.yaml").read_text())

@@ -130,10 +130,20 @@ def _fmt_bytes(n: Any) -> str:
 
 
 def _fmt_time(iso: str | None) -> str:
-    return "—" if not iso else iso.replace("T", " ").replace("Z", " UTC").replace(".000", "")
+    # to the second: 2026-12-07T21:22:47.262Z → 2026-12-07 21:22:47 UTC
+    if not iso:
+        return "—"
+    return iso.split("+")[0].rstrip("Z")[:19].replace("T", " ") + (" UTC" if "T" in iso else "")
 
 
-_env.filters.update(num=_fmt_int, bytes=_fmt_bytes, when=_fmt_time)
+def _fmt_duration(seconds: Any) -> str:
+    total = int(float(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours} h {minutes:02d} min" if hours else (f"{minutes} min {secs:02d} s" if minutes else f"{secs} s")
+
+
+_env.filters.update(num=_fmt_int, bytes=_fmt_bytes, when=_fmt_time, duration=_fmt_duration)
 
 
 def _page(
