@@ -42,7 +42,7 @@ from billing.adapters.render import render_statement_pdf
 from billing.api.deps import AppServices, Services
 from billing.api.limiter import client_address
 from billing.api.params import CREDENTIAL_ID_PATTERN, CREDENTIAL_NAME_PATTERN
-from billing.api.portal_session import Session, Sessions
+from billing.api.portal_session import Session
 from billing.api.quota import TooMany, key_digest
 from billing.errors import (
     CredentialError,
@@ -69,7 +69,7 @@ from billing.services.keys import Caller, authenticate, caller_by_id
 from billing.services.portal import BY, CHART_QUANTITIES, client_configs, usage_chart
 from billing.services.statements import statement_csv
 
-__all__ = ["router", "sessions_for"]
+__all__ = ["router"]
 
 _ROOT = files("billing") / "templates" / "portal"
 _STATIC = {"portal.css": "text/css; charset=utf-8", "chart.js": "text/javascript; charset=utf-8"}
@@ -95,11 +95,6 @@ _OVERLAP = timedelta(hours=24)  # a rotated password stays valid this long (the 
 _FORM_LIMIT = 4096
 
 router = APIRouter(include_in_schema=False)
-
-
-def sessions_for(s: Services) -> Sessions:
-    """The app's session signer (one per app, kept on the services)."""
-    return s.portal
 
 
 @dataclass(frozen=True)
@@ -150,7 +145,7 @@ def _page(
     request: Request, template: str, status: int = 200, partner: Partner | None = None, **ctx: Any
 ) -> HTMLResponse:
     s: Services = request.app.state.services
-    csrf = sessions_for(s).csrf(partner.session) if partner else ""
+    csrf = s.portal.csrf(partner.session) if partner else ""
     html = _env.get_template(template).render(partner=partner, csrf=csrf, path=request.scope["path"], **ctx)
     return HTMLResponse(html, status_code=status, headers=_HEADERS)
 
@@ -171,7 +166,7 @@ def _who(request: Request, s: Services) -> str:
 
 def _signed_in(request: Request, s: Services) -> Partner | None:
     """The partner whose valid session cookie came with the request (its key still active)."""
-    sessions = sessions_for(s)
+    sessions = s.portal
     session = sessions.read(request.cookies.get(sessions.cookie))
     if session is None:
         return None
@@ -259,7 +254,7 @@ def static(name: Annotated[str, Path(pattern=r"^[a-z]+\.(css|js)$")]) -> Respons
 
 
 def _sign_in_page(request: Request, s: Services, status: int = 200, error: str | None = None) -> HTMLResponse:
-    sessions = sessions_for(s)
+    sessions = s.portal
     nonce = sessions.nonce()
     response = _page(request, "sign_in.html", status, None, nonce=nonce, error=error)
     sessions.set(response, sessions.nonce_cookie, nonce, max_age=1800)
@@ -275,7 +270,7 @@ def sign_in_form(request: Request, s: AppServices) -> Response:
 
 @router.post("/portal/sign-in")
 async def sign_in(request: Request, s: AppServices) -> Response:
-    sessions = sessions_for(s)
+    sessions = s.portal
     form = await _form(request)
     if not sessions.nonce_ok(request.cookies.get(sessions.nonce_cookie), form.get("csrf")):
         return _refused(request)
@@ -303,7 +298,7 @@ async def sign_in(request: Request, s: AppServices) -> Response:
 
 @router.post("/portal/sign-out")
 async def sign_out(request: Request, s: AppServices) -> Response:
-    sessions = sessions_for(s)
+    sessions = s.portal
     form = await _form(request)
     session = sessions.read(request.cookies.get(sessions.cookie))
     if session is None:
@@ -497,7 +492,7 @@ async def _posted(request: Request, s: Services) -> tuple[Partner | None, dict[s
     if p is None:
         return None, {}, _to_sign_in()
     form = await _form(request)
-    if not sessions_for(s).csrf_ok(p.session, form.get("csrf")):
+    if not s.portal.csrf_ok(p.session, form.get("csrf")):
         return p, form, _refused(request, p)
     return p, form, None
 
