@@ -106,6 +106,43 @@ class SmtpSettings:
         return cls(**values)  # type: ignore[arg-type]
 
 
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+_BOOTSTRAP = re.compile(r"[A-Za-z0-9._\[\]:-]+:[0-9]{1,5}(,[A-Za-z0-9._\[\]:-]+:[0-9]{1,5})*")
+
+
+def _portal_from_env(env: Mapping[str, str], values: dict[str, object], problems: list[str]) -> None:
+    """The ``PORTAL_*`` settings, each checked (a problem is one sentence in ``problems``)."""
+    if secret := env.get(PREFIX + "PORTAL_SECRET"):
+        if len(secret) < 32:
+            problems.append(f"{PREFIX}PORTAL_SECRET must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+        values["portal_secret"] = secret.encode()
+    if https := env.get(PREFIX + "PORTAL_HTTPS"):
+        if https.lower() not in ("true", "false"):
+            problems.append(f"{PREFIX}PORTAL_HTTPS={https!r} must be true or false")
+        values["portal_https"] = https.lower() == "true"
+    if hours := env.get(PREFIX + "PORTAL_SESSION_HOURS"):
+        try:
+            length = float(hours)
+        except ValueError:
+            length = -1.0
+        if 0.05 <= length <= 168:
+            values["portal_session_hours"] = length
+        else:
+            problems.append(f"{PREFIX}PORTAL_SESSION_HOURS={hours!r} must be a number of hours from 0.05 to 168")
+    bootstrap = env.get(PREFIX + "PORTAL_GATEWAY_BOOTSTRAP", "").strip()
+    if bootstrap:
+        if _BOOTSTRAP.fullmatch(bootstrap):
+            values["portal_gateway_bootstrap"] = bootstrap
+        else:
+            problems.append(f"{PREFIX}PORTAL_GATEWAY_BOOTSTRAP={bootstrap!r} must be host:port[,host:port…]")
+    protocol = env.get(PREFIX + "PORTAL_GATEWAY_SECURITY_PROTOCOL", "").strip().upper()
+    if protocol:
+        if protocol in ("SASL_SSL", "SASL_PLAINTEXT"):
+            values["portal_gateway_security_protocol"] = protocol
+        else:
+            problems.append(f"{PREFIX}PORTAL_GATEWAY_SECURITY_PROTOCOL={protocol!r} must be SASL_SSL or SASL_PLAINTEXT")
+
+
 @dataclass(frozen=True)
 class BillingSettings:
     database_url: str | None = None
@@ -124,6 +161,24 @@ class BillingSettings:
     api_trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # role → the per-key limit on the API's expensive endpoints (billing.api.quota); None: off
     api_limits: Mapping[str, Limit | None] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    # the partner portal (billing.api.routes.portal): the key its session cookies are signed with
+    # (None: a random one per process, so sessions end when the API restarts and several
+    # replicas need a shared one), whether it is served over https (Secure cookies), how long a
+    # session lasts, and the gateway address and security protocol its client configs name
+    portal_secret: bytes | None = field(default=None, repr=False)
+    portal_https: bool = False
+    portal_session_hours: float = 8.0
+    portal_gateway_bootstrap: str = ""
+    portal_gateway_security_protocol: str | None = None  # None: SASL_PLAINTEXT on loopback, else SASL_SSL
+
+    @property
+    def portal_security_protocol(self) -> str:
+        """What the portal's client configs say: as set, else SASL_PLAINTEXT toward a loopback
+        gateway (the only place it allows plaintext by default) and SASL_SSL anywhere else."""
+        if self.portal_gateway_security_protocol:
+            return self.portal_gateway_security_protocol
+        hosts = [part.rsplit(":", 1)[0] for part in self.portal_gateway_bootstrap.split(",") if part]
+        return "SASL_PLAINTEXT" if hosts and all(h in _LOOPBACK_HOSTS for h in hosts) else "SASL_SSL"
 
     @property
     def issuer(self) -> dict[str, object]:
@@ -191,6 +246,7 @@ class BillingSettings:
                 except ValueError as exc:
                     problems.append(f"{name}: {exc}")
         values["api_limits"] = limits
+        _portal_from_env(env, values, problems)
         values["smtp"] = SmtpSettings.from_env(env, problems)
         if problems:
             raise BillingSettingsError(problems)

@@ -1413,7 +1413,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         except OperationalError as exc:
             raise _unreachable(exc) from exc
         engine = _connect(url)
-        key = None
+        key = partner_key = None
         if embedded_db:
             with engine.connect() as conn:
                 empty = conn.execute(text("SELECT count(*) FROM accounts")).scalar_one() == 0
@@ -1423,6 +1423,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 load_products(engine, up.SAMPLES / "products.yaml")
                 print("loaded the sample plans, accounts and products into the embedded database", file=sys.stderr)
             key = create_key(engine, "ops", None)  # a local dev database: a key for the live page
+            partner_key = create_key(engine, "partner", "acme")  # and one to sign in to the portal
         engine.dispose()
         ensure_topics(settings)
         kids, urls = up.children(settings, url, api_bind, Path(".streamtoll") / "logs", embedded_kafka)
@@ -1444,6 +1445,9 @@ def cmd_up(args: argparse.Namespace) -> int:
                 if not key:
                     print("               (create a key: streamtoll keys create --role ops)", flush=True)
                 print(f"  API          {urls['api']}  (OpenAPI: {urls['api']}/openapi.json)", flush=True)
+                print(f"  portal       {urls['portal']}  (partners sign in with a partner key)", flush=True)
+                if partner_key:
+                    print(f"               demo partner key (acme): {partner_key}", flush=True)
                 print(
                     f"  metrics      {urls['api']}/metrics  {urls['worker_metrics']}  {urls['sink_metrics']}  "
                     f"{urls['gateway_metrics']}"

@@ -398,6 +398,40 @@ SETTINGS: list[Setting] = [
         "the same per ops key (the live view)",
         "rate=5/s,burst=30,concurrent=4",
     ),
+    Setting(
+        "PORTAL_SECRET",
+        "",
+        "api",
+        "at least 32 characters: the key the partner portal's session cookies and CSRF tokens are signed "
+        "with; the same on every API replica (unset: a random one per process, so sessions end at restart)",
+        "output-of-openssl-rand-hex-32-never-this-example",
+        secret=True,
+    ),
+    Setting(
+        "PORTAL_HTTPS",
+        "false",
+        "api",
+        "true when partners reach the API over https (a TLS ingress): the portal's cookies are Secure and "
+        "__Host- prefixed",
+        "true",
+    ),
+    Setting("PORTAL_SESSION_HOURS", "8", "api", "how long a portal session lasts (0.05 to 168 hours)", "8"),
+    Setting(
+        "PORTAL_GATEWAY_BOOTSTRAP",
+        "",
+        "api",
+        "the gateway address partners connect to (host:port[,host:port]), named in the portal's client "
+        "configurations (streamtoll up sets its own gateway's)",
+        "gw.example.com:19092",
+    ),
+    Setting(
+        "PORTAL_GATEWAY_SECURITY_PROTOCOL",
+        "",
+        "api",
+        "SASL_SSL or SASL_PLAINTEXT in the portal's client configurations (unset: SASL_PLAINTEXT toward a "
+        "loopback gateway, SASL_SSL otherwise)",
+        "SASL_SSL",
+    ),
     Setting("API_KEY", "", "top", "the ops or finance key `streamtoll top` uses", "", secret=True),
     Setting("ISSUER_NAME", "streamtoll", "billing", "the invoice issuer's name", "Example Streaming GmbH"),
     Setting(

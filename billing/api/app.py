@@ -24,6 +24,8 @@ Ops: ``/live`` is a self-contained page (no data in it, so no key to load it; it
 or finance key and calls ``/v1/live``). ``/v1/live`` needs an ops or finance key: it names every
 account. An ops key reads nothing else but entitlements and credentials (it may issue, rotate and
 revoke credentials, as finance may; a partner key lists and rotates its own account's).
+``/portal`` is the partner portal (server-rendered pages; a session cookie from signing in with
+a partner key, never a bearer header; ``routes.portal``; not in ``/openapi.json``).
 ``/metrics`` (Prometheus) and ``/healthz`` need no key and show no account: counts, latency,
 lag, the process's memory and CPU, and reachability only.
 ``/healthz`` answers 200 when the database and the broker are reachable and 503 (with which one
@@ -52,6 +54,7 @@ from billing.api.routes import (
     invoices,
     live,
     ops,
+    portal,
     products,
     statements,
     usage,
@@ -62,7 +65,20 @@ from billing.settings import BillingSettings
 __all__ = ["create_app"]
 
 # in this order in /openapi.json
-_ROUTERS = (ops, live, usage, statements, invoices, credit_notes, grants, entitlements, credentials, webhooks, products)
+_ROUTERS = (
+    ops,
+    live,
+    usage,
+    statements,
+    invoices,
+    credit_notes,
+    grants,
+    entitlements,
+    credentials,
+    webhooks,
+    products,
+    portal,
+)
 
 
 def create_app(

@@ -30,6 +30,7 @@ from sqlalchemy import Engine
 from billing.adapters.live_feed import LiveFeed
 from billing.adapters.metrics import ApiCollector
 from billing.api.limiter import AuthLimiter, client_address
+from billing.api.portal_session import Sessions
 from billing.api.problems import ProblemError, problem_response
 from billing.api.quota import KeyQuota, Slot, TooMany, admit, key_digest
 from billing.errors import KeyInUse, KeyReused
@@ -80,6 +81,7 @@ class Services:
     statements: StatementStore
     metrics: ApiCollector
     registry: CollectorRegistry  # what /metrics shows: the metrics and the process's
+    portal: Sessions  # the partner portal's session cookies and CSRF tokens
     live: LiveFeed | None = None  # the running live feed (None: /v1/live answers 503)
     # publishes every credential's state to the gateways, True when the cluster took it
     publish_credentials: Callable[[], bool] | None = field(default=None)
@@ -118,6 +120,7 @@ def build_services(
         statements=statements,
         metrics=metrics,
         registry=registry,
+        portal=Sessions(settings.portal_secret, settings.portal_session_hours, settings.portal_https),
         live=live,
         publish_credentials=publish_credentials,
         publish_entitlements=publish_entitlements,

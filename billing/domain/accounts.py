@@ -166,6 +166,10 @@ class Attributor:
         """The rules that can give traffic to ``account`` (its own), in their order."""
         return [rule for code, rule in self._rules if code == account]
 
+    def credential_principals_of(self, account: str) -> list[str]:
+        """The principals of the credentials issued to ``account`` (its own before any rule)."""
+        return sorted(p for p, code in self._credentials.items() if code == account)
+
 
 def _date(v: Any, where: str, problems: list[str]) -> date | None:
     if v is None:

@@ -23,6 +23,7 @@ __all__ = [
     "Caller",
     "KeyView",
     "authenticate",
+    "caller_by_id",
     "caller_of",
     "create_key",
     "issue_key",
@@ -128,3 +129,13 @@ def list_keys(engine: Engine, account: str | None = None, include_revoked: bool 
     """The keys, oldest first (of one account, when given)."""
     with UnitOfWork(engine) as uow:
         return keys_of(uow.keys, account, include_revoked)
+
+
+def caller_by_id(engine: Engine, key_id: str) -> Caller | None:
+    """The caller of a key already authenticated once (the portal's session names its key id),
+    while it is not revoked; None otherwise."""
+    with UnitOfWork(engine) as uow:
+        record = uow.keys.get(key_id)
+    if record is None or record.revoked_at is not None:
+        return None
+    return Caller(record.key_id, record.role, record.account)

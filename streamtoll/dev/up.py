@@ -236,10 +236,17 @@ def children(
         Child("sink", ["sink", "--metrics-bind", f"127.0.0.1:{sink_port}"], base, logs / "sink.log"),
         Child("jobs", ["jobs", "--every", str(JOBS_EVERY_S)], base, logs / "jobs.log"),
         Child("gateway", ["gateway", "--metrics-bind", f"127.0.0.1:{gateway_port}"], gw_env, logs / "gateway.log"),
-        Child("api", ["api", "--bind", api_bind], base, logs / "api.log"),
+        # the portal's client configs name this gateway (unless PORTAL_GATEWAY_BOOTSTRAP is set)
+        Child(
+            "api",
+            ["api", "--bind", api_bind],
+            {"STREAMTOLL_PORTAL_GATEWAY_BOOTSTRAP": gateway, **base},
+            logs / "api.log",
+        ),
     ]
     urls = {
         "api": f"http://{api_bind}",
+        "portal": f"http://{api_bind}/portal",
         "worker_metrics": f"http://127.0.0.1:{worker_port}/metrics",
         "sink_metrics": f"http://127.0.0.1:{sink_port}/metrics",
         "gateway_metrics": f"http://127.0.0.1:{gateway_port}/metrics",

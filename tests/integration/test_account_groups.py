@@ -19,6 +19,10 @@ pytestmark = pytest.mark.integration
 
 # names with LIKE's own wildcards and escape character, and a character class
 PRINCIPALS = ["User:acme-a", "User:acme-b", "User:ac_me", "User:ac%me", "User:acXme", "User:a\\b", "User:g1", "User:g2"]
+# the principals of credentials streamtoll issued: their account's before any rule, matched by
+# none (User:acme/…) or by another account's rule (User:g1/…)
+CREDENTIALS = ["User:acme/orders-svc", "User:g1/x", "User:acme-a"]
+PRINCIPALS += CREDENTIALS[:2]
 CLIENTS = ["app-1", "app_2", "app%3", "batch", "[x]", "x"]
 GLOBS = ["User:acme-*", "User:ac_me", "User:ac%me", "User:ac?me", "User:a\\b", "User:g[12]", "User:*", "*-1", "app_*"]
 
@@ -70,7 +74,8 @@ def test_account_groups_equal_row_by_row_attribution(migrated: str) -> None:
         start, end = datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC)
         compared = 0
         for _ in range(25):
-            attributor = Attributor(_rules(rnd))
+            issued = {p: rnd.choice(["acme", "globex", "initech"]) for p in rnd.sample(CREDENTIALS, rnd.randint(0, 3))}
+            attributor = Attributor(_rules(rnd), issued)
             rows = usage_rows(engine, start, end, attributor=attributor)
             for account in ("acme", "globex", "initech"):
                 mine = [r for r in rows if r["account"] == account]

@@ -67,6 +67,18 @@ def test_up_runs_everything_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
         page = httpx.get(base + "/live", timeout=10)
         assert page.status_code == 200 and "streamtoll" in page.text
         auth = {"Authorization": f"Bearer {key.group(1)}"}
+        # the partner portal, with the printed demo partner key (sent once, in a form)
+        portal = re.search(r"^  portal +(\S+)", out, re.M)
+        partner = re.search(r"demo partner key \(acme\): (stk_\S+)", out)
+        assert portal and partner, out
+        with httpx.Client(timeout=10) as browser:
+            form = browser.get(portal.group(1) + "/sign-in")
+            nonce = re.findall(r'name="csrf" value="([^"]+)"', form.text)[0]
+            signed = browser.post(portal.group(1) + "/sign-in", data={"key": partner.group(1), "csrf": nonce})
+            assert signed.status_code == 303 and signed.headers["location"] == "/portal"
+            creds = browser.get(portal.group(1) + "/credentials")
+            # its client configs name the gateway up started
+            assert creds.status_code == 200 and "PORTAL_GATEWAY_BOOTSTRAP" not in creds.text
 
         def acme_bytes() -> int:
             doc = httpx.get(base + "/v1/live", headers=auth, timeout=10).json()

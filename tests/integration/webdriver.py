@@ -1,6 +1,6 @@
 """A minimal W3C WebDriver client for the real headless Chromium (``chromedriver``), over HTTP.
 
-Five calls are all the page tests need; speaking the protocol directly avoids a browser-driver
+Six calls are all the page tests need; speaking the protocol directly avoids a browser-driver
 package that would try to download drivers on a machine with no internet.
 """
 
@@ -50,6 +50,9 @@ class Browser:
                 return got
             time.sleep(0.25)
         raise AssertionError(f"the page never showed {what or script!r} in {timeout:.0f} s")
+
+    def resize(self, width: int, height: int) -> None:
+        self._call("POST", "/window/rect", {"width": width, "height": height})
 
     def screenshot(self) -> bytes:
         return base64.b64decode(self._call("GET", "/screenshot"))

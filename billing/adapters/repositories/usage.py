@@ -222,10 +222,14 @@ def _account_spans(
         fields += ["sources", "topics", "directions"]
     spans: dict[str, list[Any]] = {k: [] for k in fields}
     rules = attributor.rules_of(account)
-    if not rules or end <= start:
+    # its credentials' principals are its own whatever the rules say (User:acme/orders-svc is
+    # matched by no rule "User:acme-*"): read them too, or a partner's statement would miss them
+    owned = attributor.credential_principals_of(account)
+    if (not rules and not owned) or end <= start:
         return spans
+    found = ([_could_be(rules)] if rules else []) + ([t.principal.in_(owned)] if owned else [])
     columns = [t.principal, t.client_id, t.virtual_cluster] + ([t.source, t.topic, t.direction] if keys else [])
-    identities = conn.execute(select(*columns).where(t.day >= start, t.day < end, _could_be(rules)).distinct()).all()
+    identities = conn.execute(select(*columns).where(t.day >= start, t.day < end, or_(*found)).distinct()).all()
     for principal, client_id, cluster, *key in identities:
         for since, until, code in attributor.spans(principal, client_id, cluster, start, end):
             if code == account:
