@@ -1462,8 +1462,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                     "gateway enforces (throttles and blocks on the live page and in streamtoll top)"
                 )
                 print(
-                    f"  jobs         streamtoll jobs every {up.JOBS_EVERY_S} s: alerts check, webhooks send "
-                    "(streamtoll webhooks deliveries shows what was sent)"
+                    f"  jobs         streamtoll jobs every {up.JOBS_EVERY_S} s: thresholds check, alerts check, "
+                    "webhooks send (streamtoll webhooks deliveries shows what was sent)"
                 )
                 print(f"  PostgreSQL   {'embedded, .streamtoll/pg' if embedded_db else 'STREAMTOLL_DATABASE_URL'}")
                 print(f"  logs         {Path('.streamtoll') / 'logs'}/", flush=True)
@@ -1648,7 +1648,7 @@ OPERATOR_COMMANDS = (
     ("top", "live consumption tables in the terminal (reads the API's /v1/live)"),
     ("settings", "every STREAMTOLL_* setting, its value here and its default"),
     ("caps", "monthly caps: usage minutes → month-to-date per account → decisions the gateways enforce"),
-    ("jobs", "the periodic billing jobs (alerts check, webhooks send) every --every seconds"),
+    ("jobs", "the periodic billing jobs (thresholds check, alerts check, webhooks send) every --every seconds"),
 )
 DEVELOPER_COMMANDS = (
     ("broker", "run the embedded dev broker in the foreground"),

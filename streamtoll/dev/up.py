@@ -4,7 +4,7 @@ The command line starts the embedded broker and PostgreSQL where their settings 
 module migrates the database, loads the sample catalog into an *embedded* database that has no
 accounts yet, and runs six children — ``streamtoll worker``, ``streamtoll caps`` (the monthly
 caps fold: the decisions the gateway enforces), ``streamtoll sink``, ``streamtoll jobs`` (the
-periodic billing jobs of :data:`billing.services.jobs.JOBS` — alerts check, webhooks send —
+periodic billing jobs of :data:`billing.services.jobs.JOBS` — thresholds check, alerts check, webhooks send —
 every :data:`JOBS_EVERY_S` seconds; a new periodic job is one line there, not a new child),
 ``streamtoll gateway`` (in front of the broker: ``GATEWAY_LISTEN`` when set, else free local
 ports) and ``streamtoll api`` (with the live page) — each with its own log under

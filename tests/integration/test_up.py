@@ -133,12 +133,14 @@ def test_up_runs_everything_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
         caps = [pid for pid, cmd in _processes_in(tmp_path).items() if "streamtoll.cli caps" in cmd]
         assert len(caps) == 1, _processes_in(tmp_path)
         assert "caps exited" not in (tmp_path / "up.err").read_text()
-        # and the periodic billing jobs (alerts check, webhooks send) in a child of their own
-        assert re.search(r"^  jobs +streamtoll jobs every 30 s: alerts check, webhooks send", out, re.M), out
+        # and the periodic billing jobs (thresholds check, alerts check, webhooks send) in a child of their own
+        assert re.search(
+            r"^  jobs +streamtoll jobs every 30 s: thresholds check, alerts check, webhooks send", out, re.M
+        ), out
         jobs = [pid for pid, cmd in _processes_in(tmp_path).items() if "streamtoll.cli jobs" in cmd]
         assert len(jobs) == 1, _processes_in(tmp_path)
         jobs_log = tmp_path / ".streamtoll" / "logs" / "jobs.log"
-        assert "running alerts check, webhooks send every 30 s" in jobs_log.read_text()
+        assert "running thresholds check, alerts check, webhooks send every 30 s" in jobs_log.read_text()
         assert "jobs exited" not in (tmp_path / "up.err").read_text()
         assert _processes_in(tmp_path), "the children should be running now"
         proc.send_signal(signal.SIGINT)

@@ -386,6 +386,6 @@ def test_streamtoll_jobs_sends_each_round_and_stops_on_sigterm(
             jobs.wait()
     assert jobs.returncode == 0, err
     lines = out.splitlines()
-    assert lines[0] == "running alerts check, webhooks send every 1 s" and lines[-1] == "stopped", out
+    assert lines[0] == "running thresholds check, alerts check, webhooks send every 1 s" and lines[-1] == "stopped", out
     assert "webhooks send: delivered 1" in out
     assert [e["type"] for e in receiver.accepted()] == ["credential.revoked"] * 2
