@@ -19,6 +19,8 @@ reading messages::
     │   └── InvoiceNotFound (+NotFound)
     ├── CreditNoteError             a credit note cannot be issued as asked (over the cap, not finalized …)
     │   └── CreditNoteNotFound (+NotFound)
+    ├── AmendmentError              usage corrections cannot be imported as asked (``problems``: every row's)
+    │   └── AmendmentNotFound (+NotFound)
     ├── ApiKeyError                 an API key cannot be created or revoked as asked
     │   └── ApiKeyNotFound (+NotFound)
     ├── CredentialError             a Kafka credential cannot be created, rotated or revoked
@@ -41,6 +43,8 @@ from __future__ import annotations
 
 __all__ = [
     "AccountError",
+    "AmendmentError",
+    "AmendmentNotFound",
     "AccountNotFound",
     "ApiKeyError",
     "ApiKeyNotFound",
@@ -140,6 +144,26 @@ class CreditNoteError(BillingError):
 
 class CreditNoteNotFound(CreditNoteError, NotFound):
     """No credit note has that number."""
+
+
+class AmendmentError(_Problems):
+    """Usage corrections cannot be imported as asked; ``problems`` lists every one (each row's
+    with its number), one sentence each."""
+
+    @classmethod
+    def describe(cls, problems: list[str]) -> str:
+        return f"{len(problems)} problem(s): " + "; ".join(problems)
+
+
+class AmendmentNotFound(AmendmentError, NotFound):
+    """No amendment has that id (``AmendmentNotFound("there is no amendment 7")``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__([message])
+
+    @classmethod
+    def describe(cls, problems: list[str]) -> str:
+        return "; ".join(problems)
 
 
 class ApiKeyError(BillingError):
