@@ -43,9 +43,9 @@ from __future__ import annotations
 
 __all__ = [
     "AccountError",
+    "AccountNotFound",
     "AmendmentError",
     "AmendmentNotFound",
-    "AccountNotFound",
     "ApiKeyError",
     "ApiKeyNotFound",
     "BillingError",

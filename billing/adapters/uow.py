@@ -2,7 +2,8 @@
 
 ``with UnitOfWork(engine) as uow:`` begins a transaction; every repository — ``uow.usage``,
 ``uow.catalog``, ``uow.invoices``, ``uow.statements``, ``uow.keys``, ``uow.credentials``,
-``uow.idempotency``, ``uow.outbox``, ``uow.episodes``, ``uow.credit_notes``, ``uow.webhooks`` — works on its
+``uow.idempotency``, ``uow.outbox``, ``uow.episodes``, ``uow.credit_notes``, ``uow.webhooks``,
+``uow.amendments`` — works on its
 connection; it commits when the block ends normally and rolls back on an exception. Services
 take an engine or any factory of units of work (:func:`units_of_work`), so unit tests pass
 in-memory fakes.
@@ -15,6 +16,7 @@ from types import TracebackType
 
 from sqlalchemy import Connection, Engine
 
+from billing.adapters.repositories.amendments import AmendmentRepository
 from billing.adapters.repositories.catalog import CatalogRepository
 from billing.adapters.repositories.credentials import CredentialRepository
 from billing.adapters.repositories.credit_notes import CreditNoteRepository
@@ -46,6 +48,7 @@ class UnitOfWork:
     episodes: EpisodeRepository
     credit_notes: CreditNoteRepository
     webhooks: WebhookRepository
+    amendments: AmendmentRepository
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -65,6 +68,7 @@ class UnitOfWork:
         self.episodes = EpisodeRepository(conn)
         self.credit_notes = CreditNoteRepository(conn)
         self.webhooks = WebhookRepository(conn)
+        self.amendments = AmendmentRepository(conn)
         return self
 
     def __exit__(

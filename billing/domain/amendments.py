@@ -105,7 +105,7 @@ def _quantity(raw: Mapping[str, Any], name: str) -> int:
     value = raw.get(name)
     if value is None or value == "":
         raise ValueError(f"{name} is missing")
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, bool | float):
         raise ValueError(f"{name} {value!r} is not a whole number")
     if isinstance(value, int):
         number = value
