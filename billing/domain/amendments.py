@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from billing.errors import AmendmentError
@@ -49,7 +49,6 @@ __all__ = [
     "Quantities",
     "amendment_deltas",
     "parse_corrections",
-    "periods_of",
 ]
 
 SOURCES = ("proxy", "broker_metrics", "audit_log")
@@ -205,13 +204,3 @@ def amendment_deltas(
             out[slot] = delta
     return out
 
-
-def periods_of(start: datetime, end: datetime) -> list[str]:
-    """The billing periods (``2026-11``) that ``[start, end)`` touches, in order."""
-    start, end = start.astimezone(UTC), end.astimezone(UTC)
-    out: list[str] = []
-    month = date(start.year, start.month, 1)
-    while _utc_midnight(month) < end:
-        out.append(month.strftime("%Y-%m"))
-        month = (month + timedelta(days=32)).replace(day=1)
-    return out
