@@ -203,4 +203,3 @@ def amendment_deltas(
         if delta != ZERO:
             out[slot] = delta
     return out
-

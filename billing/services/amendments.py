@@ -157,7 +157,7 @@ def import_usage(
         amendment = None if dry_run or not rows else uow.amendments.insert(record, rows)
     rerun: list[str] = []
     if amendment is not None:
-        rerun = sorted({e["period"] for e in effects if e["status"] == "draft"})
+        rerun = sorted({m.period for m, e in zip(amounts, effects, strict=True) if e["status"] == "draft"})
         for period in rerun:
             run_billing(uows, period, source_order=source_order, clock=clock)
     return AmendmentResult(amendment, dry_run, record, effects, rerun)
