@@ -42,7 +42,8 @@ def at(day: date, hour: int, gb: int, topic: str = "orders") -> Any:
 
 
 def corrected(hour: str, gb: int, topic: str = "orders") -> dict[str, Any]:
-    """A row as ``streamtoll usage --group-by source,principal,client_id,virtual_cluster,topic,direction,hour -o csv`` writes it."""
+    """A row as ``streamtoll usage -o csv`` writes it, grouped by every key and the hour
+    (``--group-by source,principal,client_id,virtual_cluster,topic,direction,hour``)."""
     return {
         "source": "proxy",
         "principal": "User:acme",
