@@ -1,0 +1,170 @@
+"""Amendments on a real PostgreSQL, through the command line: acme's usage exported with
+``streamtoll usage -o csv``, corrected, imported with a reason. November is finalized, December a
+draft: the draft changes to the hand-computed amount, the finalized invoice stays the same to the
+byte, December carries November's adjustment, ``amendments list`` shows who, when, why and the
+amounts, and the same import again changes nothing."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from billing.adapters.sink import upsert_windows
+from billing.services.billing_run import run_billing
+from billing.services.usage import usage_report
+
+from .seed import DEC1, GB, w
+
+pytestmark = pytest.mark.integration
+
+D = Decimal
+KEY = ["source", "principal", "client_id", "virtual_cluster", "topic", "direction"]
+
+
+def _stored(engine: sa.Engine, invoice_id: int) -> tuple[Any, list[Any]]:
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT * FROM invoices WHERE id = :i"), {"i": invoice_id}).one()
+        lines = conn.execute(
+            sa.text("SELECT * FROM invoice_lines WHERE invoice_id = :i ORDER BY position"), {"i": invoice_id}
+        ).all()
+    return tuple(row), [tuple(r) for r in lines]
+
+
+def _cli(migrated: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMTOLL_")}
+    env["STREAMTOLL_DATABASE_URL"] = migrated
+    return subprocess.run(
+        [sys.executable, "-m", "streamtoll.cli", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_an_import_changes_the_draft_and_adds_an_adjustment_to_the_finalized_period(
+    engine: sa.Engine, migrated: str, tmp_path: Path
+) -> None:
+    # December: acme produces 600 GB → 100 × 0.00 + 500 × 0.08 = 40.00; 49.00 + 40.00 = 89.00,
+    # topped up to the 100.00 minimum: 100.00, tax 19 % 19.00, total 119.00
+    upsert_windows(engine, [w(2, 10, "proxy", "User:acme-orders", "produce", "orders", b=600 * GB, month=12)])
+    november = {r.account: r for r in run_billing(engine, "2026-11", finalize_drafts=True, clock=lambda: DEC1)}
+    assert (november["acme"].number, november["acme"].subtotal) == ("INV-2026-000001", D("168.00"))
+    december = {r.account: r for r in run_billing(engine, "2026-12")}["acme"]
+    assert (december.subtotal, december.total) == (D("100.00"), D("119.00"))
+    finalized = _stored(engine, int(november["acme"].invoice_id or 0))
+
+    # acme's usage of the range as `streamtoll usage` exports it, one row per key and hour
+    exported = _cli(
+        migrated, "usage", "--from", "2026-11-03", "--to", "2026-12-03", "--account", "acme",
+        "--group-by", ",".join([*KEY, "hour"]), "-o", "csv",
+    )  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    rows = list(csv.DictReader(io.StringIO(exported.stdout)))
+    assert len(rows) == 5  # produce 10h and 11h, consume, broker metrics (Nov); produce (Dec)
+    for r in rows:  # the corrections: Nov 3 10h 1000 → 1400 GB, Dec 2 10h 600 → 1600 GB
+        if (r["source"], r["direction"], r["hour"]) == ("proxy", "produce", "2026-11-03T10:00:00Z"):
+            r["bytes"] = str(1400 * GB)
+        if (r["source"], r["direction"], r["hour"]) == ("proxy", "produce", "2026-12-02T10:00:00Z"):
+            r["bytes"] = str(1600 * GB)
+    corrected = tmp_path / "acme.csv"
+    with corrected.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    imported = [
+        "usage", "import", str(corrected), "--from", "2026-11-03", "--to", "2026-12-03",
+        "--reason", "proxy shard s/0 undercounted produce (ticket 812)", "--actor", "finance@example.com",
+    ]  # fmt: skip
+    first = _cli(migrated, *imported)
+    assert first.returncode == 0, first.stderr
+    # November: 1,650 GB produced: 100 × 0.00 + 900 × 0.08 + 650 × 0.05 = 104.50 (was 84.50):
+    # 49.00 + 104.50 + 30.00 + 4.50 = 188.00 (was 168.00)
+    # December: 1,600 GB: 900 × 0.08 + 600 × 0.05 = 102.00; 49.00 + 102.00 = 151.00 (was 100.00)
+    assert "amendment 1: 2 usage difference(s)" in first.stdout
+    assert "acme 2026-11 (INV-2026-000001, finalized): 168.00 → 188.00 EUR (20.00)" in first.stdout
+    assert "proxy produce bytes: 1250000000000 → 1650000000000" in first.stdout
+    assert "billed again: 2026-12" in first.stdout
+
+    # the finalized invoice, row (documents included) and lines, is the same to the byte
+    assert _stored(engine, int(november["acme"].invoice_id or 0)) == finalized
+    # the draft: 151.00 + the adjustment for November 20.00 = 171.00; tax 19 % 32.49; 203.49
+    dec_row, dec_lines = _stored(engine, int(december.invoice_id or 0))
+    with engine.connect() as conn:
+        draft = conn.execute(
+            sa.text("SELECT status, subtotal, tax, total FROM invoices WHERE id = :i"), {"i": december.invoice_id}
+        ).one()
+        adjustment = conn.execute(
+            sa.text("SELECT description, amount FROM invoice_lines WHERE invoice_id = :i AND kind = 'adjustment'"),
+            {"i": december.invoice_id},
+        ).one()
+    assert tuple(draft) == ("draft", D("171.00"), D("32.49"), D("203.49"))
+    assert tuple(adjustment) == ("Adjustment for 2026-11 (usage after invoice INV-2026-000001)", D("20.00"))
+
+    # every read sees the corrected usage: whole days (usage_daily) and hours (the hourly rows)
+    by_day = usage_report(engine, datetime(2026, 11, 3, tzinfo=UTC), datetime(2026, 11, 4, tzinfo=UTC), ["source"])
+    by_hour = usage_report(
+        engine, datetime(2026, 11, 3, 10, tzinfo=UTC), datetime(2026, 11, 3, 11, tzinfo=UTC), ["source", "hour"]
+    )
+    assert [r["bytes"] for r in by_day] == [1650 * GB] and [r["bytes"] for r in by_hour] == [1400 * GB]
+
+    # the audit trail
+    listed = _cli(migrated, "amendments", "list", "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    (amendment,) = json.loads(listed.stdout)
+    assert (amendment["id"], amendment["kind"], amendment["actor"], amendment["reason"]) == (
+        1,
+        "import",
+        "finance@example.com",
+        "proxy shard s/0 undercounted produce (ticket 812)",
+    )
+    assert (amendment["from"], amendment["to"], amendment["rows"]) == (
+        "2026-11-03T00:00:00Z",
+        "2026-12-03T00:00:00Z",
+        2,
+    )
+    created = datetime.fromisoformat(amendment["created_at"].replace("Z", "+00:00"))
+    assert abs(datetime.now(UTC) - created) < timedelta(minutes=5)
+    assert [(m["account"], m["period"], m["amount_before"], m["amount_after"], m["difference"])
+            for m in amendment["amounts"]] == [
+        ("acme", "2026-11", "168.00", "188.00", "20.00"),
+        ("acme", "2026-12", "100.00", "151.00", "51.00"),
+    ]  # fmt: skip
+    shown = _cli(migrated, "amendments", "show", "1")
+    assert "by finance@example.com" in shown.stdout and "ticket 812" in shown.stdout, shown.stderr
+    assert _cli(migrated, "amendments", "show", "2").returncode == 3
+
+    # the same import again changes nothing: no amendment, no row, no invoice touched
+    again = _cli(migrated, *imported)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("nothing to change")
+    assert _stored(engine, int(december.invoice_id or 0)) == (dec_row, dec_lines)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM amendments")).scalar_one() == 1
+        assert conn.execute(sa.text("SELECT count(*) FROM usage_amendment_rows")).scalar_one() == 2
+    # the trail is append-only
+    with pytest.raises(sa.exc.DBAPIError, match="audit trail"), engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM usage_amendment_rows"))
+
+
+def test_a_file_with_mistakes_is_refused_whole(engine: sa.Engine, migrated: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text(
+        "source,principal,client_id,virtual_cluster,topic,direction,hour,bytes,records,requests,denied_requests\n"
+        "proxy,User:acme-orders,cli,,orders,produce,2026-11-03T10:00:00Z,12.5,0,0,0\n"
+        "kafka,User:acme-orders,cli,,orders,produce,2026-11-09T10:00:00Z,1,0,0,0\n"
+    )
+    done = _cli(migrated, "usage", "import", str(bad), "--from", "2026-11-03", "--to", "2026-11-04", "--reason", "x")
+    assert done.returncode == 2
+    assert "row 1: bytes '12.5' is not a whole number of 0 or more" in done.stderr
+    assert "row 2: source 'kafka' is not one of proxy, broker_metrics, audit_log" in done.stderr
+    assert "row 2: hour 2026-11-09T10:00:00Z is outside the range" in done.stderr
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM amendments")).scalar_one() == 0
