@@ -651,9 +651,10 @@ def _amendment_table(doc: dict[str, Any]) -> None:
     for m in doc["amounts"]:
         invoice = f" ({m['invoice']}, {m['status']})" if m.get("invoice") else ""
         effect = f": {m['effect']}" if m.get("effect") else ""
+        sign = "" if m["difference"].startswith("-") else "+"
         print(
             f"  {m['account']} {m['period']}{invoice}: {m['amount_before']} → {m['amount_after']} "
-            f"{m['currency']} ({m['difference']}){effect}"
+            f"{m['currency']} ({sign}{m['difference']}){effect}"
         )
         for u in m["usage"]:
             for q, before in u["before"].items():

@@ -89,7 +89,7 @@ def test_an_import_changes_the_draft_and_adds_an_adjustment_to_the_finalized_per
     # 49.00 + 104.50 + 30.00 + 4.50 = 188.00 (was 168.00)
     # December: 1,600 GB: 900 × 0.08 + 600 × 0.05 = 102.00; 49.00 + 102.00 = 151.00 (was 100.00)
     assert "amendment 1: 2 usage difference(s)" in first.stdout
-    assert "acme 2026-11 (INV-2026-000001, finalized): 168.00 → 188.00 EUR (20.00)" in first.stdout
+    assert "acme 2026-11 (INV-2026-000001, finalized): 168.00 → 188.00 EUR (+20.00)" in first.stdout
     assert "proxy produce bytes: 1250000000000 → 1650000000000" in first.stdout
     assert "billed again: 2026-12" in first.stdout
 
