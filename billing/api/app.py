@@ -44,13 +44,24 @@ from billing.adapters.live_feed import LiveFeed
 from billing.api import errors
 from billing.api.deps import build_services
 from billing.api.problems import Problem
-from billing.api.routes import credentials, credit_notes, entitlements, invoices, live, ops, statements, usage, webhooks
+from billing.api.routes import (
+    amendments,
+    credentials,
+    credit_notes,
+    entitlements,
+    invoices,
+    live,
+    ops,
+    statements,
+    usage,
+    webhooks,
+)
 from billing.settings import BillingSettings
 
 __all__ = ["create_app"]
 
 # in this order in /openapi.json
-_ROUTERS = (ops, live, usage, statements, invoices, credit_notes, entitlements, credentials, webhooks)
+_ROUTERS = (ops, live, usage, statements, invoices, credit_notes, amendments, entitlements, credentials, webhooks)
 
 
 def create_app(

@@ -17,12 +17,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
 from billing.adapters.sink import upsert_windows
+from billing.api import models
+from billing.api.app import create_app
 from billing.services.billing_run import run_billing
+from billing.services.keys import create_key
 from billing.services.usage import usage_report
+from streamtoll.serving import running
 
 from .seed import DEC1, GB, w
 
@@ -140,6 +145,23 @@ def test_an_import_changes_the_draft_and_adds_an_adjustment_to_the_finalized_per
     shown = _cli(migrated, "amendments", "show", "1")
     assert "by finance@example.com" in shown.stdout and "ticket 812" in shown.stdout, shown.stderr
     assert _cli(migrated, "amendments", "show", "2").returncode == 3
+
+    # over HTTP, for finance only; and a partner's statement shows the corrected month
+    keys = {"finance": create_key(engine, "finance", None), "acme": create_key(engine, "partner", "acme")}
+    with running(create_app(engine, auth_limit=1000)) as base:
+
+        def get(path: str, key: str) -> httpx.Response:
+            return httpx.get(base + path, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+        served = get("/v1/amendments", keys["finance"])
+        assert served.status_code == 200 and served.json() == json.loads(listed.stdout)
+        models.Amendment.model_validate(served.json()[0])
+        assert get("/v1/amendments/1", keys["finance"]).json()["actor"] == "finance@example.com"
+        assert get("/v1/amendments/2", keys["finance"]).status_code == 404
+        assert get("/v1/amendments", keys["acme"]).status_code == 403
+        statement = get("/v1/statements/2026-11", keys["acme"]).json()
+        totals = {(r["source"], r["direction"]): r["bytes"] for r in statement["totals"]}
+        assert totals[("proxy", "produce")] == 1650 * GB and statement["rated_so_far"]["subtotal"] == "188.00"
 
     # the same import again changes nothing: no amendment, no row, no invoice touched
     again = _cli(migrated, *imported)

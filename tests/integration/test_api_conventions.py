@@ -107,7 +107,9 @@ def test_openapi_has_the_bearer_scheme_models_errors_and_media_types(api: Api) -
     schemas = doc["components"]["schemas"]
     assert set(schemas["Problem"]["required"]) == {"type", "title", "status", "detail", "instance"}
     operations = [(m, p, op) for p, ops in doc["paths"].items() for m, op in ops.items()]
-    assert len(operations) == 26  # 16 + the credit notes (issue, list, one, its PDF) + the webhooks (6)
+    assert (
+        len(operations) == 28
+    )  # 16 + the credit notes (issue, list, one, its PDF) + the webhooks (6) + amendments (2)
     for method, path, op in operations:
         where = f"{method.upper()} {path}"
         protected = path.startswith("/v1/")
