@@ -682,13 +682,43 @@ def cmd_usage_import(args: argparse.Namespace) -> int:
             )
         except AmendmentError as exc:
             raise UserError(f"{args.file} cannot be imported:\n  " + "\n  ".join(exc.problems)) from None
+    return _print_amendment(result, args)
+
+
+def cmd_usage_remeter(args: argparse.Namespace) -> int:
+    import getpass
+
+    from billing.errors import AmendmentError
+    from billing.services.amendments import remeter_usage
+    from billing.services.usage import read_usage
+
+    billing = _billing_settings()
+    actor = args.actor or os.environ.get("USER") or getpass.getuser()
+    replay = _connect(args.replayed)  # the replay's scratch database, at this code's schema
+    try:
+        replayed = read_usage(replay, args.start, args.end, hourly=True)
+    except OperationalError as exc:
+        raise _unreachable(exc) from exc
+    finally:
+        replay.dispose()
+    with _engine() as engine:
+        try:
+            result = remeter_usage(
+                engine, replayed, args.start, args.end, args.reason, actor, args.dry_run, billing.source_order
+            )
+        except AmendmentError as exc:
+            raise UserError("cannot re-meter:\n  " + "\n  ".join(exc.problems)) from None
+    return _print_amendment(result, args)
+
+
+def _print_amendment(result: Any, args: argparse.Namespace) -> int:
     doc = result.as_dict()
     if args.output == "json":
         print_document(doc, "json")
     elif args.output == "csv":
         print_rows(doc["amounts"], "csv", [*_AMOUNT_COLUMNS, "invoice", "status", "effect"])
     elif not result.changed:
-        print("nothing to change: the usage of the range is already what the file says (no amendment recorded)")
+        print("nothing to change: the usage of the range is already what was given (no amendment recorded)")
     else:
         head = "dry run, nothing written" if args.dry_run else f"amendment {result.amendment}"
         print(f"{head}: {doc['rows']} usage difference(s) for {doc['from']} – {doc['to']}")
@@ -1652,7 +1682,9 @@ def build_parser() -> argparse.ArgumentParser:
     us.add_argument("--group-by", default="source,account,direction", help="comma list of: " + ", ".join(groups))
     _output(us)
     usub = us.add_subparsers(
-        dest="usage_action", metavar="ACTION", help="import: correct a range (without ACTION: the usage report)"
+        dest="usage_action",
+        metavar="ACTION",
+        help="import: correct a range; remeter: take a replay's usage (without ACTION: the usage report)",
     )
     ui = command(
         usub,
@@ -1674,6 +1706,27 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--actor", default=None, help="who corrects it (default: the login name)")
     ui.add_argument("--dry-run", action="store_true", help="check the file and show what would change; write nothing")
     _output(ui)
+
+    ur = command(
+        usub,
+        "remeter",
+        cmd_usage_remeter,
+        "make a range's usage what a replay metered (runbook: Backfill and replay), as an amendment",
+    )
+    ur.add_argument(
+        "--replayed",
+        required=True,
+        metavar="DATABASE_URL",
+        help="the scratch database the replay's sink wrote (every key of the range is taken from it)",
+    )
+    ur.add_argument(
+        "--from", dest="start", type=_day_or_time, required=True, help="start of the range (inclusive), UTC"
+    )
+    ur.add_argument("--to", dest="end", type=_day_or_time, required=True, help="end of the range (exclusive), UTC")
+    ur.add_argument("--reason", required=True, help="why the range is re-metered (kept with the amendment)")
+    ur.add_argument("--actor", default=None, help="who re-meters it (default: the login name)")
+    ur.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
+    _output(ur)
 
     am = group("amendments")
     aml = command(am, "list", cmd_amendments, "every amendment: who, when, why, the range, the amounts moved")

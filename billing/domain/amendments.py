@@ -185,19 +185,21 @@ def parse_corrections(records: Sequence[Mapping[str, Any]], start: datetime, end
 
 
 def amendment_deltas(
-    corrections: Iterable[Correction], current: Mapping[tuple[Key, datetime], Quantities]
+    corrections: Iterable[Correction], current: Mapping[tuple[Key, datetime], Quantities], every_key: bool = False
 ) -> dict[tuple[Key, datetime], Quantities]:
     """What to store so that the usage of every key the corrections name becomes theirs:
     ``corrected − current`` per (key, hour), non-zero ones only. ``current``: the usage now
     (metered + earlier amendments) per key and hour in the import's range — of every key, the
-    ones the corrections do not name are left alone. A key's hours that ``current`` has and the
-    corrections do not become 0 (a daily correction sits in the day's first hour)."""
+    ones the corrections do not name are left alone (with ``every_key``, as for a re-meter, the
+    corrections are the whole range: every key they do not name becomes 0). A key's hours that
+    ``current`` has and the corrections do not become 0 (a daily correction sits in the day's
+    first hour)."""
     corrected: dict[tuple[Key, datetime], Quantities] = {}
     for c in corrections:
         corrected[(c.key, c.hour)] = c.quantities
     named = {key for key, _ in corrected}
     out: dict[tuple[Key, datetime], Quantities] = {}
-    for slot in sorted(set(corrected) | {s for s in current if s[0] in named}):
+    for slot in sorted(set(corrected) | {s for s in current if every_key or s[0] in named}):
         after, before = corrected.get(slot, ZERO), current.get(slot, ZERO)
         delta: Quantities = (after[0] - before[0], after[1] - before[1], after[2] - before[2], after[3] - before[3])
         if delta != ZERO:

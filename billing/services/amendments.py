@@ -35,14 +35,22 @@ from typing import Any
 
 from billing.adapters.uow import Database, units_of_work
 from billing.domain.accounts import UNASSIGNED
-from billing.domain.amendments import Key, Quantities, amendment_deltas, parse_corrections
+from billing.domain.amendments import Correction, Key, Quantities, amendment_deltas, parse_corrections
 from billing.domain.money import format_money
 from billing.domain.usage import UsageRow
 from billing.errors import AmendmentError
 from billing.services.billing_run import parse_period, preview, run_billing
 from billing.services.ports import AmendmentAmount, AmendmentRecord, UnitOfWork
 
-__all__ = ["AmendmentResult", "amendment_doc", "amendment_view", "import_usage", "list_amendments", "moved_summary"]
+__all__ = [
+    "AmendmentResult",
+    "amendment_doc",
+    "amendment_view",
+    "import_usage",
+    "list_amendments",
+    "moved_summary",
+    "remeter_usage",
+]
 
 _QUANTITIES = ("bytes", "records", "requests", "denied_requests")
 
@@ -126,17 +134,78 @@ def import_usage(
     """Import corrected usage rows for ``[start, end)`` (see the module's docstring). Every
     problem of the file and the arguments is reported at once (:class:`AmendmentError`), and
     then nothing is written."""
+    corrections = _checked(records, start, end, reason, actor)
+    return _amend(engine, "import", corrections, False, start, end, reason, actor, dry_run, source_order, clock)
+
+
+def remeter_usage(
+    engine: Database,
+    replayed: Sequence[UsageRow],
+    start: datetime,
+    end: datetime,
+    reason: str,
+    actor: str,
+    dry_run: bool = False,
+    source_order: Mapping[str, tuple[str, ...]] | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> AmendmentResult:
+    """Make the usage of ``[start, end)`` what a replay metered (an amendment of kind
+    ``remeter``): ``replayed`` are the hourly rows the replay's sink wrote for the range (in the
+    scratch database of the runbook's "Backfill and replay"). Unlike an import, the replay is
+    the whole range: every key it did not meter in the range becomes 0. Idempotent as an import."""
+    records = [
+        {**{k: getattr(r, k) for k in (*_KEY, *_QUANTITIES)}, "hour": r.hour.isoformat()}
+        for r in replayed
+        if start <= r.hour < end
+    ]
+    corrections = _checked(records, start, end, reason, actor, empty_ok=True)
+    return _amend(engine, "remeter", corrections, True, start, end, reason, actor, dry_run, source_order, clock)
+
+
+_KEY = ("source", "principal", "client_id", "virtual_cluster", "topic", "direction")
+
+
+def _checked(
+    records: Sequence[Mapping[str, Any]],
+    start: datetime,
+    end: datetime,
+    reason: str,
+    actor: str,
+    empty_ok: bool = False,
+) -> list[Correction]:
     problems = []
     if not reason.strip():
         problems.append("a reason is required: say why the usage is corrected")
     if not actor.strip():
         problems.append("an actor is required: say who corrects the usage")
-    try:
-        corrections = parse_corrections(records, start, end)
-    except AmendmentError as exc:
-        problems.extend(exc.problems)
+    corrections: list[Correction] = []
+    if records or not empty_ok:
+        try:
+            corrections = parse_corrections(records, start, end)
+        except AmendmentError as exc:
+            problems.extend(exc.problems)
+    elif end <= start:
+        problems.append("the range is empty: --to must be after --from")
+    elif (start.minute, start.second, start.microsecond, end.minute, end.second, end.microsecond) != (0,) * 6:
+        problems.append("--from and --to must be on the hour")
     if problems:
         raise AmendmentError(problems)
+    return corrections
+
+
+def _amend(
+    engine: Database,
+    kind: str,
+    corrections: Sequence[Correction],
+    every_key: bool,
+    start: datetime,
+    end: datetime,
+    reason: str,
+    actor: str,
+    dry_run: bool,
+    source_order: Mapping[str, tuple[str, ...]] | None,
+    clock: Callable[[], datetime],
+) -> AmendmentResult:
     start, end = start.astimezone(UTC), end.astimezone(UTC)
     uows = units_of_work(engine)
     with uows() as uow:
@@ -147,13 +216,13 @@ def import_usage(
             slot = ((r.source, r.principal, r.client_id, r.virtual_cluster, r.topic, r.direction), r.hour)
             was = current.get(slot, (0, 0, 0, 0))
             current[slot] = (was[0] + r.bytes, was[1] + r.records, was[2] + r.requests, was[3] + r.denied_requests)
-        deltas = amendment_deltas(corrections, current)
+        deltas = amendment_deltas(corrections, current, every_key)
         rows = [
             _delta_row(key, hour, q, attributor.account_for(key[1], key[2], key[3], hour.date()))
             for (key, hour), q in deltas.items()
         ]
         amounts, effects = _amounts(uows, uow, rows, source_order)
-        record = AmendmentRecord(0, "import", start, end, reason.strip(), actor.strip(), clock(), amounts, len(rows))
+        record = AmendmentRecord(0, kind, start, end, reason.strip(), actor.strip(), clock(), amounts, len(rows))
         amendment = None if dry_run or not rows else uow.amendments.insert(record, rows)
     rerun: list[str] = []
     if amendment is not None:

@@ -190,3 +190,52 @@ def test_a_file_with_mistakes_is_refused_whole(engine: sa.Engine, migrated: str,
     assert "row 2: hour 2026-11-09T10:00:00Z is outside the range" in done.stderr
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM amendments")).scalar_one() == 0
+
+
+def test_remeter_takes_a_replays_usage_for_the_whole_range(engine: sa.Engine, migrated: str, pg_server: str) -> None:
+    from billing.adapters.db import upgrade
+
+    from .conftest import fresh_database
+    from .seed import NOVEMBER
+
+    run_billing(engine, "2026-11")
+    # the replay (runbook: a new metering group into a scratch database) metered acme's produce
+    # on 3 November 10:00 as 1,400 GB, and nothing of globex's produce on 12 November 08:00
+    replay = [
+        w(3, 10, "proxy", "User:acme-orders", "produce", "orders", b=1400 * GB, r=20_000_000, q=10)
+        if (x.principal, x.direction, x.window_start[:13]) == ("User:acme-orders", "produce", "2026-11-03T10")
+        else x
+        for x in NOVEMBER
+        if (x.principal, x.direction, x.topic, x.window_start[:13])
+        != ("User:globex-analytics", "produce", "orders", "2026-11-12T08")
+    ]
+    with fresh_database(pg_server) as scratch:
+        upgrade(scratch)
+        scratch_engine = sa.create_engine(scratch)
+        upsert_windows(scratch_engine, replay)
+        scratch_engine.dispose()
+        args = ["usage", "remeter", "--replayed", scratch, "--from", "2026-11-03", "--to", "2026-11-13"]
+        args += ["--reason", "decoder fix 1.4.2, replayed", "--actor", "ops", "-o", "json"]
+        done = _cli(migrated, *args)
+        assert done.returncode == 0, done.stderr
+        doc = json.loads(done.stdout)
+        again = _cli(migrated, *args[:-2])
+        assert again.returncode == 0 and again.stdout.startswith("nothing to change"), again.stderr
+    assert (doc["id"], doc["kind"], doc["rows"], doc["rerun"]) == (1, "remeter", 2, ["2026-11"])
+    moved = {m["account"]: m for m in doc["amounts"]}
+    # acme: 1,650 GB produced: 168.00 → 188.00, as in the import above
+    assert (moved["acme"]["amount_before"], moved["acme"]["amount_after"]) == ("168.00", "188.00")
+    # globex: its 12 TB produced on the 12th are gone (the rest of the range is as metered)
+    assert moved["globex"]["usage"] == [
+        {
+            "source": "proxy",
+            "direction": "produce",
+            "before": {"bytes": 12 * 10**12, "records": 0, "requests": 0, "denied_requests": 0},
+            "after": {"bytes": 0, "records": 0, "requests": 0, "denied_requests": 0},
+        }
+    ]
+    with engine.connect() as conn:
+        acme = conn.execute(
+            sa.text("SELECT subtotal FROM invoices WHERE account_code = 'acme' AND status = 'draft'")
+        ).scalar_one()
+    assert acme == D("188.00")

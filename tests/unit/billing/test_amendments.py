@@ -210,3 +210,20 @@ def test_daily_rows_need_whole_days_and_one_granularity() -> None:
 def test_an_unknown_amendment_is_not_found(uows: FakeUnitOfWork) -> None:
     with pytest.raises(AmendmentNotFound, match="there is no amendment 9"):
         amendment_view(uows, 9)
+
+
+def test_a_remeter_replaces_every_key_of_the_range(uows: FakeUnitOfWork) -> None:
+    from billing.services.amendments import remeter_usage
+
+    # the replay metered only orders on Dec 2 00h, 30 GB: every other key and hour of the range
+    # becomes 0 — clicks too (an import would have left it, the file not naming it)
+    replayed = [at(date(2026, 12, 2), 0, 30)]
+    result = remeter_usage(uows, replayed, datetime(2026, 12, 1, tzinfo=UTC), TO, "replay", "ops", clock=clock)
+    assert result.record.kind == "remeter" and result.rerun == ["2026-12"]
+    # December: 30 GB → 10.00 + 15.00 = 25.00 (was 45.00)
+    assert [(m.period, m.amount_before, m.amount_after) for m in result.record.amounts] == [
+        ("2026-12", D("45.00"), D("25.00"))
+    ]
+    assert bill(uows, "2026-12")[0] == D("25.00")
+    again = remeter_usage(uows, replayed, datetime(2026, 12, 1, tzinfo=UTC), TO, "replay", "ops", clock=clock)
+    assert again.amendment is None and not again.changed
