@@ -119,6 +119,14 @@ def test_an_import_changes_the_draft_and_adds_an_adjustment_to_the_finalized_per
         engine, datetime(2026, 11, 3, 10, tzinfo=UTC), datetime(2026, 11, 3, 11, tzinfo=UTC), ["source", "hour"]
     )
     assert [r["bytes"] for r in by_day] == [1650 * GB] and [r["bytes"] for r in by_hour] == [1400 * GB]
+    # and a partner's own hourly report (its rows looked up by key, hour by hour)
+    own = usage_report(
+        engine, datetime(2026, 11, 3, tzinfo=UTC), datetime(2026, 11, 4, tzinfo=UTC), ["direction", "hour"], "acme"
+    )
+    assert [(r["hour"], r["bytes"]) for r in own] == [
+        ("2026-11-03T10:00:00Z", 1400 * GB),
+        ("2026-11-03T11:00:00Z", 250 * GB),
+    ]
 
     # the audit trail
     listed = _cli(migrated, "amendments", "list", "-o", "json")
