@@ -39,7 +39,7 @@ from billing.domain.amendments import Correction, Key, Quantities, amendment_del
 from billing.domain.money import format_money
 from billing.domain.usage import UsageRow
 from billing.errors import AmendmentError
-from billing.services.billing_run import parse_period, preview, run_billing
+from billing.services.billing_run import parse_period, preview, preview_accounts, run_billing
 from billing.services.ports import AmendmentAmount, AmendmentRecord, UnitOfWork
 
 __all__ = [
@@ -239,44 +239,52 @@ def _amounts(
     source_order: Mapping[str, tuple[str, ...]] | None,
 ) -> tuple[list[AmendmentAmount], list[dict[str, Any]]]:
     """Per account and period the differences touch: the rated amount before tax and the usage,
-    before → after, and what happens to its invoice."""
-    touched: dict[tuple[str, str], list[UsageRow]] = defaultdict(list)
+    before → after, and what happens to its invoice. Each period's usage is read once, and
+    rated with the catalog read once per period and side (a re-meter can touch every account)."""
+    touched: dict[str, dict[str, list[UsageRow]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r.account != UNASSIGNED:
-            touched[(r.account, _period_of(r.day))].append(r)
+            touched[_period_of(r.day)][r.account].append(r)
     attributor = uow.catalog.attributor()
     terms = uow.catalog.accounts()
     amounts, effects = [], []
-    for (account, period), deltas in sorted(touched.items()):
+    for period, accounts in sorted(touched.items()):
         start, end = parse_period(period)
-        before = uow.usage.rows(_midnight(start), _midnight(end), attributor, account)
-        after = [*before, *deltas]
-        currency = terms[account].currency
-        amounts.append(
-            AmendmentAmount(
-                account,
-                period,
-                currency,
-                preview(uows, account, period, before, source_order).subtotal,
-                preview(uows, account, period, after, source_order).subtotal,
-                _usage_moved(before, after),
+        before: dict[str, list[UsageRow]] = defaultdict(list)
+        for r in uow.usage.rows(_midnight(start), _midnight(end), attributor):
+            if r.account in accounts:
+                before[r.account].append(r)
+        after = {a: [*before[a], *deltas] for a, deltas in accounts.items()}
+        rated = [
+            preview_accounts(uows, period, [r for a in sorted(accounts) for r in side[a]], source_order)
+            for side in (before, after)
+        ]
+        for account in sorted(accounts):
+            was, now = (
+                (side[account] if account in side else preview(uows, account, period, [], source_order)).subtotal
+                for side in rated
             )
-        )
-        invoice = uow.invoices.current(account, start)
-        if invoice is None:
-            effects.append({"status": None, "invoice": None, "effect": "billed with the corrected usage"})
-        elif invoice.status == "finalized":
-            effects.append(
-                {
-                    "status": "finalized",
-                    "invoice": invoice.number,
-                    "effect": f"{invoice.number} stays as it is: the difference is an adjustment line "
-                    "on the account's next invoice",
-                }
+            currency = terms[account].currency
+            amounts.append(
+                AmendmentAmount(account, period, currency, was, now, _usage_moved(before[account], after[account]))
             )
-        else:
-            effects.append({"status": "draft", "invoice": f"draft-{invoice.id}", "effect": "draft billed again"})
+            effects.append(_effect(uow, account, start))
     return amounts, effects
+
+
+def _effect(uow: UnitOfWork, account: str, start: date) -> dict[str, Any]:
+    """What happens to the account's invoice of the period starting ``start``."""
+    invoice = uow.invoices.current(account, start)
+    if invoice is None:
+        return {"status": None, "invoice": None, "effect": "billed with the corrected usage"}
+    if invoice.status == "finalized":
+        return {
+            "status": "finalized",
+            "invoice": invoice.number,
+            "effect": f"{invoice.number} stays as it is: the difference is an adjustment line "
+            "on the account's next invoice",
+        }
+    return {"status": "draft", "invoice": f"draft-{invoice.id}", "effect": "draft billed again"}
 
 
 def amendment_doc(a: AmendmentRecord) -> dict[str, Any]:
