@@ -227,3 +227,23 @@ def test_a_remeter_replaces_every_key_of_the_range(uows: FakeUnitOfWork) -> None
     assert bill(uows, "2026-12")[0] == D("25.00")
     again = remeter_usage(uows, replayed, datetime(2026, 12, 1, tzinfo=UTC), TO, "replay", "ops", clock=clock)
     assert again.amendment is None and not again.changed
+
+
+def test_a_usage_file_reads_as_streamtoll_usage_writes_it(tmp_path: Any) -> None:
+    import json
+
+    from billing.adapters.spreadsheet import csv_text
+    from billing.adapters.usage_files import read_usage_file
+
+    rows = [{**corrected("2026-12-02T00:00:00Z", 1), "principal": "=HYPERLINK(1)"}]
+    columns = list(rows[0])
+    # CSV as -o csv writes it (a cell that would be a formula gets a ' in front), JSON, JSON Lines
+    (tmp_path / "u.csv").write_text(csv_text(columns, [[r[c] for c in columns] for r in rows]))
+    (tmp_path / "u.json").write_text(json.dumps(rows, indent=1))
+    (tmp_path / "u.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    for name in ("u.csv", "u.json", "u.jsonl"):
+        assert read_usage_file(tmp_path / name) == rows, name
+    (tmp_path / "bad.jsonl").write_text('{"a": 1}\n{oops\n[1]\n')
+    with pytest.raises(AmendmentError) as caught:
+        read_usage_file(tmp_path / "bad.jsonl")
+    assert [p.split(" is ")[0].rsplit(" ", 2)[-2:] for p in caught.value.problems] == [["line", "2"], ["line", "3"]]
