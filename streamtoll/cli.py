@@ -662,15 +662,23 @@ def _amendment_table(doc: dict[str, Any]) -> None:
                     print(f"    {u['source']} {u['direction']} {q}: {before} → {u['after'][q]}")
 
 
-def cmd_usage_import(args: argparse.Namespace) -> int:
+def _actor(given: str | None) -> str:
+    """Who makes an amendment: ``--actor``, else the login name."""
     import getpass
 
+    try:
+        return given or getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container without a passwd entry)
+        raise UserError("say who corrects the usage: --actor NAME") from None
+
+
+def cmd_usage_import(args: argparse.Namespace) -> int:
     from billing.adapters.usage_files import read_usage_file
     from billing.errors import AmendmentError
     from billing.services.amendments import import_usage
 
     billing = _billing_settings()
-    actor = args.actor or os.environ.get("USER") or getpass.getuser()
+    actor = _actor(args.actor)
     try:
         records = read_usage_file(args.file)
     except AmendmentError as exc:
@@ -686,14 +694,12 @@ def cmd_usage_import(args: argparse.Namespace) -> int:
 
 
 def cmd_usage_remeter(args: argparse.Namespace) -> int:
-    import getpass
-
     from billing.errors import AmendmentError
     from billing.services.amendments import remeter_usage
     from billing.services.usage import read_usage
 
     billing = _billing_settings()
-    actor = args.actor or os.environ.get("USER") or getpass.getuser()
+    actor = _actor(args.actor)
     replay = _connect(args.replayed)  # the replay's scratch database, at this code's schema
     try:
         replayed = read_usage(replay, args.start, args.end, hourly=True)
