@@ -21,6 +21,8 @@ reading messages::
     │   └── CreditNoteNotFound (+NotFound)
     ├── GrantError                  a grant cannot be added or voided as asked
     │   └── GrantNotFound (+NotFound)
+    ├── AmendmentError              usage corrections cannot be imported as asked (``problems``: every row's)
+    │   └── AmendmentNotFound (+NotFound)
     ├── ApiKeyError                 an API key cannot be created or revoked as asked
     │   └── ApiKeyNotFound (+NotFound)
     ├── CredentialError             a Kafka credential cannot be created, rotated or revoked
@@ -47,6 +49,8 @@ from __future__ import annotations
 __all__ = [
     "AccountError",
     "AccountNotFound",
+    "AmendmentError",
+    "AmendmentNotFound",
     "ApiKeyError",
     "ApiKeyNotFound",
     "BillingError",
@@ -158,6 +162,26 @@ class GrantError(BillingError):
 
 class GrantNotFound(GrantError, NotFound):
     """No grant has that id (or it is not the caller's)."""
+
+
+class AmendmentError(_Problems):
+    """Usage corrections cannot be imported as asked; ``problems`` lists every one (each row's
+    with its number), one sentence each."""
+
+    @classmethod
+    def describe(cls, problems: list[str]) -> str:
+        return f"{len(problems)} problem(s): " + "; ".join(problems)
+
+
+class AmendmentNotFound(AmendmentError, NotFound):
+    """No amendment has that id (``AmendmentNotFound("there is no amendment 7")``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__([message])
+
+    @classmethod
+    def describe(cls, problems: list[str]) -> str:
+        return "; ".join(problems)
 
 
 class ApiKeyError(BillingError):

@@ -658,6 +658,8 @@ def cmd_usage(args: argparse.Namespace) -> int:
     from billing.services.usage import usage_report
 
     group_by = [g.strip() for g in args.group_by.split(",") if g.strip()]
+    if args.start is None or args.end is None:
+        raise UserError("the usage report needs --from and --to")
     if args.end <= args.start:
         raise UserError("--to must be after --from")
     with _engine() as engine:
@@ -666,6 +668,128 @@ def cmd_usage(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UserError(str(exc)) from None
     print_rows(rows, args.output, [*group_by, "bytes", "records", "requests", "denied_requests"])
+    return 0
+
+
+_AMOUNT_COLUMNS = ["account", "period", "currency", "amount_before", "amount_after", "difference"]
+
+
+def _amendment_table(doc: dict[str, Any]) -> None:
+    """An amendment for people: per account and period the amounts and the usage, before → after."""
+    for m in doc["amounts"]:
+        invoice = f" ({m['invoice']}, {m['status']})" if m.get("invoice") else ""
+        effect = f": {m['effect']}" if m.get("effect") else ""
+        sign = "" if m["difference"].startswith("-") else "+"
+        print(
+            f"  {m['account']} {m['period']}{invoice}: {m['amount_before']} → {m['amount_after']} "
+            f"{m['currency']} ({sign}{m['difference']}){effect}"
+        )
+        for u in m["usage"]:
+            for q, before in u["before"].items():
+                if before != u["after"][q]:
+                    print(f"    {u['source']} {u['direction']} {q}: {before} → {u['after'][q]}")
+
+
+def _actor(given: str | None) -> str:
+    """Who makes an amendment: ``--actor``, else the login name."""
+    import getpass
+
+    try:
+        return given or getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container without a passwd entry)
+        raise UserError("say who corrects the usage: --actor NAME") from None
+
+
+def cmd_usage_import(args: argparse.Namespace) -> int:
+    from billing.adapters.usage_files import read_usage_file
+    from billing.errors import AmendmentError
+    from billing.services.amendments import import_usage
+
+    billing = _billing_settings()
+    actor = _actor(args.actor)
+    try:
+        records = read_usage_file(args.file)
+    except AmendmentError as exc:
+        raise UserError(f"{args.file} cannot be imported:\n  " + "\n  ".join(exc.problems)) from None
+    with _engine() as engine:
+        try:
+            result = import_usage(
+                engine, records, args.start, args.end, args.reason, actor, args.dry_run, billing.source_order
+            )
+        except AmendmentError as exc:
+            raise UserError(f"{args.file} cannot be imported:\n  " + "\n  ".join(exc.problems)) from None
+    return _print_amendment(result, args)
+
+
+def cmd_usage_remeter(args: argparse.Namespace) -> int:
+    from billing.errors import AmendmentError
+    from billing.services.amendments import remeter_usage
+    from billing.services.usage import read_usage
+
+    billing = _billing_settings()
+    actor = _actor(args.actor)
+    replay = _connect(args.replayed)  # the replay's scratch database, at this code's schema
+    try:
+        replayed = read_usage(replay, args.start, args.end, hourly=True)
+    except OperationalError as exc:
+        raise _unreachable(exc) from exc
+    finally:
+        replay.dispose()
+    with _engine() as engine:
+        try:
+            result = remeter_usage(
+                engine, replayed, args.start, args.end, args.reason, actor, args.dry_run, billing.source_order
+            )
+        except AmendmentError as exc:
+            raise UserError("cannot re-meter:\n  " + "\n  ".join(exc.problems)) from None
+    return _print_amendment(result, args)
+
+
+def _print_amendment(result: Any, args: argparse.Namespace) -> int:
+    doc = result.as_dict()
+    if args.output == "json":
+        print_document(doc, "json")
+    elif args.output == "csv":
+        print_rows(doc["amounts"], "csv", [*_AMOUNT_COLUMNS, "invoice", "status", "effect"])
+    elif not result.changed:
+        print("nothing to change: the usage of the range is already what was given (no amendment recorded)")
+    else:
+        head = "dry run, nothing written" if args.dry_run else f"amendment {result.amendment}"
+        print(f"{head}: {doc['rows']} usage difference(s) for {doc['from']} – {doc['to']}")
+        _amendment_table(doc)
+        if result.rerun:
+            print(f"billed again: {', '.join(result.rerun)}")
+    return 0
+
+
+def cmd_amendments(args: argparse.Namespace) -> int:
+    from billing.errors import AmendmentError
+    from billing.services.amendments import amendment_doc, amendment_view, list_amendments, moved_summary
+
+    with _engine() as engine:
+        try:
+            if args.action == "list":
+                found = list_amendments(engine)
+                if args.output == "json":
+                    print_rows([amendment_doc(a) for a in found], "json")
+                else:
+                    rows = [{**amendment_doc(a), "moved": moved_summary(a)} for a in found]
+                    print_rows(
+                        rows, args.output, ["id", "kind", "created_at", "actor", "reason", "from", "to", "moved"]
+                    )
+            else:
+                doc = amendment_view(engine, args.amendment_id)
+                if args.output == "table":
+                    print(f"amendment {doc['id']} ({doc['kind']}) by {doc['actor']} at {doc['created_at']}")
+                    print(f"  why: {doc['reason']}")
+                    print(f"  range: {doc['from']} – {doc['to']}, {doc['rows']} usage difference(s)")
+                    _amendment_table(doc)
+                elif args.output == "csv":
+                    print_rows(doc["amounts"], "csv", _AMOUNT_COLUMNS)
+                else:
+                    print_document(doc, "json")
+        except AmendmentError as exc:
+            raise (NotFoundError if isinstance(exc, NotFound) else UserError)(str(exc)) from None
     return 0
 
 
@@ -1636,7 +1760,7 @@ OPERATOR_COMMANDS = (
     ("webhooks", "signed webhooks: endpoints (add, list, remove), send, replay, deliveries, attempts"),
     ("alerts", "amount, usage and balance thresholds per account: add, list, remove, check (a webhook event)"),
     ("entitlements", "what each account may do at the gateway (access, limits, caps): show, publish"),
-    ("usage", "usage as the database holds it (finance view)"),
+    ("usage", "usage as the database holds it (finance view); import: correct a range"),
     ("bill", "billing run for a period: drafts (and --finalize)"),
     ("thresholds", "threshold invoices (progressive billing): check, issuing those due mid-period"),
     ("invoices", "invoice lifecycle: list, show, pdf, finalize, void, send"),
@@ -1644,6 +1768,7 @@ OPERATOR_COMMANDS = (
     ("grants", "prepaid credits and grants (money or a meter's units): add, list, void"),
     ("balance", "an account's prepaid balance: each grant, what is burned, pending and left"),
     ("products", "streaming API products: load, list, show; subscribe, requests, approve, reject, unsubscribe"),
+    ("amendments", "usage corrections (streamtoll usage import): list, show — who, when, why, amounts moved"),
     ("statements", "a partner's usage statement for a period"),
     ("top", "live consumption tables in the terminal (reads the API's /v1/live)"),
     ("settings", "every STREAMTOLL_* setting, its value here and its default"),
@@ -1869,12 +1994,65 @@ def build_parser() -> argparse.ArgumentParser:
     _output(ep)
 
     us = command(sub, "usage", cmd_usage)
-    us.add_argument("--from", dest="start", type=_day_or_time, required=True, help="start (inclusive), UTC")
-    us.add_argument("--to", dest="end", type=_day_or_time, required=True, help="end (exclusive), UTC")
+    us.add_argument("--from", dest="start", type=_day_or_time, help="start (inclusive), UTC (required)")
+    us.add_argument("--to", dest="end", type=_day_or_time, help="end (exclusive), UTC (required)")
     us.add_argument("--account", default=None, help="only this account's usage")
     groups = ("source", "account", "principal", "client_id", "virtual_cluster", "topic", "direction", "hour", "day")
     us.add_argument("--group-by", default="source,account,direction", help="comma list of: " + ", ".join(groups))
     _output(us)
+    usub = us.add_subparsers(
+        dest="usage_action",
+        metavar="ACTION",
+        help="import: correct a range; remeter: take a replay's usage (without ACTION: the usage report)",
+    )
+    ui = command(
+        usub,
+        "import",
+        cmd_usage_import,
+        "replace the usage of a range by corrected rows (an amendment: audited, never over the metered rows)",
+    )
+    ui.add_argument(
+        "file",
+        type=Path,
+        help="CSV or JSON as `streamtoll usage` writes it, grouped by "
+        "source,principal,client_id,virtual_cluster,topic,direction and hour (or day)",
+    )
+    ui.add_argument(
+        "--from", dest="start", type=_day_or_time, required=True, help="start of the range (inclusive), UTC"
+    )
+    ui.add_argument("--to", dest="end", type=_day_or_time, required=True, help="end of the range (exclusive), UTC")
+    ui.add_argument("--reason", required=True, help="why the usage is corrected (kept with the amendment)")
+    ui.add_argument("--actor", default=None, help="who corrects it (default: the login name)")
+    ui.add_argument("--dry-run", action="store_true", help="check the file and show what would change; write nothing")
+    _output(ui)
+
+    ur = command(
+        usub,
+        "remeter",
+        cmd_usage_remeter,
+        "make a range's usage what a replay metered (runbook: Backfill and replay), as an amendment",
+    )
+    ur.add_argument(
+        "--replayed",
+        required=True,
+        metavar="DATABASE_URL",
+        help="the scratch database the replay's sink wrote (every key of the range is taken from it)",
+    )
+    ur.add_argument(
+        "--from", dest="start", type=_day_or_time, required=True, help="start of the range (inclusive), UTC"
+    )
+    ur.add_argument("--to", dest="end", type=_day_or_time, required=True, help="end of the range (exclusive), UTC")
+    ur.add_argument("--reason", required=True, help="why the range is re-metered (kept with the amendment)")
+    ur.add_argument("--actor", default=None, help="who re-meters it (default: the login name)")
+    ur.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
+    _output(ur)
+
+    am = group("amendments")
+    aml = command(am, "list", cmd_amendments, "every amendment: who, when, why, the range, the amounts moved")
+    ams = command(am, "show", cmd_amendments, "one amendment, per account and period the amounts and usage moved")
+    ams.add_argument("amendment_id", type=_positive, help="the amendment's id")
+    for ap2 in (aml, ams):
+        _output(ap2)
 
     bl = command(sub, "bill", cmd_bill)
     bl.add_argument("--period", type=_period, required=True, help="YYYY-MM")

@@ -526,3 +526,51 @@ class ProductSubscriptionRow(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     cancelled_by: Mapped[str | None] = mapped_column(Text)
     cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AmendmentRow(Base):
+    """A correction of metered usage (billing.services.amendments): never changed nor deleted."""
+
+    __tablename__ = "amendments"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(Text, nullable=False)
+    range_from: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    range_to: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    actor: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class UsageAmendmentRow(Base):
+    """What an amendment changes in one usage key's hour: the difference (may be negative).
+    Usage = the shard rows + these rows, per key and hour."""
+
+    __tablename__ = "usage_amendment_rows"
+
+    source: Mapped[str] = mapped_column(String(32), primary_key=True)
+    principal: Mapped[str] = mapped_column(Text, primary_key=True)
+    client_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    virtual_cluster: Mapped[str] = mapped_column(Text, primary_key=True)
+    topic: Mapped[str] = mapped_column(Text, primary_key=True)
+    direction: Mapped[str] = mapped_column(String(8), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    amendment_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("amendments.id"), primary_key=True)
+    bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    records: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    requests: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    denied_requests: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class AmendmentAmountRow(Base):
+    """An amendment's effect on one account's period: rated amount and usage before → after."""
+
+    __tablename__ = "amendment_amounts"
+
+    amendment_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("amendments.id"), primary_key=True)
+    account_code: Mapped[str] = mapped_column(Text, ForeignKey("accounts.code"), primary_key=True)
+    period: Mapped[str] = mapped_column(String(7), primary_key=True)
+    currency: Mapped[str] = mapped_column(CHAR(3), nullable=False)
+    amount_before: Mapped[Decimal] = mapped_column(Numeric(20, 6), nullable=False)
+    amount_after: Mapped[Decimal] = mapped_column(Numeric(20, 6), nullable=False)
+    usage: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, nullable=False)

@@ -3,9 +3,9 @@
 ``with UnitOfWork(engine) as uow:`` begins a transaction; every repository — ``uow.usage``,
 ``uow.catalog``, ``uow.invoices``, ``uow.statements``, ``uow.keys``, ``uow.credentials``,
 ``uow.idempotency``, ``uow.outbox``, ``uow.episodes``, ``uow.credit_notes``, ``uow.grants``,
-``uow.webhooks``, ``uow.products`` — works on its connection; it commits when the block ends normally and rolls
-back on an exception. Services take an engine or any factory of units of work
-(:func:`units_of_work`), so unit tests pass in-memory fakes.
+``uow.webhooks``, ``uow.products``, ``uow.amendments`` — works on its connection; it commits when
+the block ends normally and rolls back on an exception. Services take an engine or any factory
+of units of work (:func:`units_of_work`), so unit tests pass in-memory fakes.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from types import TracebackType
 
 from sqlalchemy import Connection, Engine
 
+from billing.adapters.repositories.amendments import AmendmentRepository
 from billing.adapters.repositories.catalog import CatalogRepository
 from billing.adapters.repositories.credentials import CredentialRepository
 from billing.adapters.repositories.credit_notes import CreditNoteRepository
@@ -50,6 +51,7 @@ class UnitOfWork:
     grants: GrantRepository
     webhooks: WebhookRepository
     products: ProductRepository
+    amendments: AmendmentRepository
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -71,6 +73,7 @@ class UnitOfWork:
         self.grants = GrantRepository(conn)
         self.webhooks = WebhookRepository(conn)
         self.products = ProductRepository(conn)
+        self.amendments = AmendmentRepository(conn)
         return self
 
     def __exit__(

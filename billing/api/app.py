@@ -47,6 +47,7 @@ from billing.api import errors
 from billing.api.deps import build_services
 from billing.api.problems import Problem
 from billing.api.routes import (
+    amendments,
     credentials,
     credit_notes,
     entitlements,
@@ -73,6 +74,7 @@ _ROUTERS = (
     invoices,
     credit_notes,
     grants,
+    amendments,
     entitlements,
     credentials,
     webhooks,

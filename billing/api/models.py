@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "AddedWebhookEndpoint",
+    "Amendment",
+    "AmendmentAmount",
     "BillingRunResult",
     "Credential",
     "Entitlements",
@@ -219,6 +221,34 @@ class Balance(_Model):
     currency: str
     money_available: str = Field(description="the money grants' available, added up")
     grants: list[PrepaidGrant]
+
+
+class AmendmentAmount(_Model):
+    """What an amendment moved in one account's period (amounts before tax, as text)."""
+
+    account: str
+    period: str = Field(description="the billing period, 2026-11")
+    currency: str
+    amount_before: str = Field(description="the period rated before the amendment")
+    amount_after: str = Field(description="the period rated after it")
+    difference: str = Field(description="after − before")
+    usage: list[dict[str, Any]] = Field(
+        description="per source and direction, the period's quantities before → after (those that moved)"
+    )
+
+
+class Amendment(_Model):
+    """A correction of usage (stored beside the metered rows, never over them)."""
+
+    id: int
+    kind: str = Field(description="import (corrected rows) or remeter (the input topics folded again)")
+    from_: str = Field(alias="from", description="start of the range (inclusive), UTC")
+    to: str = Field(description="end of the range (exclusive), UTC")
+    reason: str
+    actor: str = Field(description="who made it")
+    created_at: str
+    rows: int = Field(description="usage differences stored (per key and hour)")
+    amounts: list[AmendmentAmount]
 
 
 class Voided(_Model):

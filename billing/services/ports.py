@@ -38,6 +38,9 @@ __all__ = [
     "AccountState",
     "AccountSummary",
     "AlertThreshold",
+    "AmendmentAmount",
+    "AmendmentRecord",
+    "AmendmentRepository",
     "ApiKeyRecord",
     "ApiKeys",
     "CatalogReads",
@@ -388,6 +391,54 @@ class GrantRepository(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class AmendmentAmount:
+    """What an amendment moved in one account's period: its rated amount before tax, and its
+    usage per source and direction (``[{"source", "direction", "before": {bytes…}, "after": {…}}]``)."""
+
+    account: str
+    period: str
+    currency: str
+    amount_before: Decimal
+    amount_after: Decimal
+    usage: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class AmendmentRecord:
+    """An amendment as stored (``id`` 0 until stored; ``rows``: how many usage differences)."""
+
+    id: int
+    kind: str  # import | remeter
+    range_from: datetime
+    range_to: datetime
+    reason: str
+    actor: str
+    created_at: datetime
+    amounts: list[AmendmentAmount]
+    rows: int = 0
+
+
+class AmendmentRepository(Protocol):
+    def lock(self) -> None:
+        """Hold every amendment until the transaction ends: two imports compute their
+        differences one after the other, never from the same usage."""
+        ...
+
+    def insert(self, record: AmendmentRecord, rows: Sequence[UsageRow]) -> int:
+        """Store the amendment, its amounts and its usage rows (differences per key and hour; a
+        row's ``account`` is not stored); returns its id (``record.id`` is ignored)."""
+        ...
+
+    def find(self, amendment_id: int) -> AmendmentRecord:
+        """The amendment; :class:`~billing.errors.AmendmentNotFound` when there is none."""
+        ...
+
+    def listing(self) -> list[AmendmentRecord]:
+        """Every amendment, oldest first, with its amounts."""
+        ...
+
+
 class WebhookEvents(Protocol):
     def emit(self, event: WebhookEvent) -> int:
         """Store the event and queue one delivery of it per active endpoint of its account that
@@ -418,6 +469,9 @@ class UnitOfWork(Protocol):
 
     @property
     def webhooks(self) -> WebhookEvents: ...
+
+    @property
+    def amendments(self) -> AmendmentRepository: ...
 
     def __enter__(self) -> UnitOfWork: ...
 

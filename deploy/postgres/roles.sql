@@ -13,7 +13,8 @@
 --                    writes the webhook events of what it does, manages webhook endpoints and
 --                    replays deliveries (POST /v1/webhooks …)
 --   the owner        `streamtoll db upgrade`, `accounts load`, `plans load`, `keys create`,
---                    `bill`, `invoices send`, `webhooks send` and `jobs` from an operator's shell
+--                    `bill`, `invoices send`, `webhooks send`, `jobs` and `usage import|remeter`
+--                    (amendments: the API only reads them) from an operator's shell
 --
 -- (tested: tests/integration/test_security.py applies this file and tries what each role must
 -- not do on a real PostgreSQL)

@@ -112,8 +112,8 @@ def test_openapi_has_the_bearer_scheme_models_errors_and_media_types(api: Api) -
     assert set(schemas["Problem"]["required"]) == {"type", "title", "status", "detail", "instance"}
     operations = [(m, p, op) for p, ops in doc["paths"].items() for m, op in ops.items()]
     # 16 + the credit notes (issue, list, one, its PDF) + the webhooks (6) + grants (add, list, balance)
-    # + the products (list, one, subscribe, requests, approve, reject)
-    assert len(operations) == 35
+    # + the products (list, one, subscribe, requests, approve, reject) + amendments (list, one)
+    assert len(operations) == 37
     for method, path, op in operations:
         where = f"{method.upper()} {path}"
         protected = path.startswith("/v1/")

@@ -304,6 +304,10 @@ def test_the_api_role_reads_and_bills_but_cannot_touch_usage_or_finalized_invoic
             "UPDATE api_keys SET revoked_at = NULL",
             "DELETE FROM credential_keys",
             "DELETE FROM credentials",
+            # amendments are imported from an operator's shell (the owner), never by the API
+            "INSERT INTO amendments (kind, range_from, range_to, reason, actor, created_at) "
+            "VALUES ('import', now(), now() + interval '1 hour', 'x', 'x', now())",
+            "INSERT INTO usage_amendment_rows SELECT * FROM usage_amendment_rows LIMIT 1",
         ]
         refused = [sql for sql in attempts if _refused(api_db, sql)]
         assert refused == attempts

@@ -42,7 +42,7 @@ def _commands(
 ) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
     parser = parser or build_parser()
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    if not subs:
+    if not subs or parser.get_default("func") is not None:  # a command, maybe with actions too (usage)
         yield path, parser
     for action in subs:
         for name, child in action.choices.items():
@@ -97,6 +97,18 @@ def _required(path: tuple[str, ...]) -> list[str]:
         ("products", "approve"): ["1"],
         ("products", "reject"): ["1", "--reason", "no"],
         ("usage",): ["--from", "2026-11-01", "--to", "2026-12-01"],
+        ("usage", "import"): ["f.csv", "--from", "2026-11-01", "--to", "2026-12-01", "--reason", "x"],
+        ("usage", "remeter"): [
+            "--replayed",
+            "postgresql://x",
+            "--from",
+            "2026-11-01",
+            "--to",
+            "2026-12-01",
+            "--reason",
+            "x",
+        ],
+        ("amendments", "show"): ["1"],
         ("bill",): ["--period", "2026-11"],
         ("invoices", "show"): ["draft-1"],
         ("invoices", "finalize"): ["draft-1"],

@@ -1,5 +1,11 @@
 """The usage repository: usage rows read from PostgreSQL and attributed to accounts.
 
+Usage is what the sink wrote (``usage_shard_rows``) plus the corrections finance made
+(``usage_amendment_rows``: differences, see :mod:`billing.domain.amendments`), added up per key
+and hour — here, the one place usage is read: ``usage_daily`` includes the amendment rows (the
+same trigger keeps it exact for both tables), and every hourly read goes through
+:func:`_hourly_rows`, the two tables as one.
+
 Every query here is performance- and tenancy-critical (tests/integration/test_partner_usage.py):
 whole UTC days come from ``usage_daily`` (kept exact by a trigger); other bounds and hours from
 ``usage_shard_rows``, shards and hours added up in one pass; one account's reports read only its
@@ -27,14 +33,40 @@ from sqlalchemy import (
     text,
     true,
     tuple_,
+    union_all,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from billing.adapters.models import UsageDailyRow, UsageShardRow
+from billing.adapters.models import UsageAmendmentRow, UsageDailyRow, UsageShardRow
 from billing.domain.accounts import Attributor, ClientRule
 from billing.domain.usage import UsageRow
 
 __all__ = ["UsageRepository"]
+
+
+_HOURLY_COLUMNS = (
+    "source",
+    "principal",
+    "client_id",
+    "virtual_cluster",
+    "topic",
+    "direction",
+    "hour",
+    "bytes",
+    "records",
+    "requests",
+    "denied_requests",
+)
+
+
+def _hourly_rows(name: str) -> Any:
+    """The hourly usage rows as one relation named ``name``: the sink's shard rows and the
+    amendments' rows (differences), to be added up per key and hour. PostgreSQL pushes the
+    readers' conditions into both tables (an append of two index scans)."""
+    return union_all(
+        select(*(UsageShardRow.__table__.c[c] for c in _HOURLY_COLUMNS)),
+        select(*(UsageAmendmentRow.__table__.c[c] for c in _HOURLY_COLUMNS)),
+    ).subquery(name)
 
 
 def _midnight(t: datetime) -> bool:
@@ -55,12 +87,11 @@ class UsageRepository:
         day (or hour), with its account; only ``account``'s when given."""
         # Attribution needs only the day, so unless hours are asked for the database adds the hours
         # of a day up first (24 times fewer rows here); the hour bounds still apply before that.
-        # Shards and hours are summed in one pass over usage_shard_rows (usage_hourly sums shards
-        # alone; going through it would aggregate twice).
+        # Shards, amendments and hours are summed in one pass over the hourly rows (usage_hourly
+        # sums shards alone; going through it would aggregate twice).
         # Whole UTC days come from usage_daily (kept exact by a trigger, 24 × fewer rows and no
-        # aggregation at read time); other bounds from the hourly shard rows.
+        # aggregation at read time); other bounds from the hourly rows.
         whole_days = not hourly and _midnight(start) and _midnight(end)
-        bucket = "hour" if hourly else "date_trunc('day', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
         if whole_days:
             result = self.conn.execute(
                 text(
@@ -72,16 +103,31 @@ class UsageRepository:
                 {"start": start.astimezone(UTC).date(), "end": end.astimezone(UTC).date()},
             )
         else:
+            u = _hourly_rows("u")
+            keys = [u.c[c] for c in _HOURLY_COLUMNS[:6]]
+            # the hour, or the start of its UTC day
+            bucket = (
+                u.c.hour if hourly else func.timezone("UTC", func.date_trunc("day", func.timezone("UTC", u.c.hour)))
+            )
             result = self.conn.execute(
-                text(
-                    f"SELECT source, principal, client_id, virtual_cluster, topic, direction, {bucket} AS hour, "
-                    "sum(bytes) AS bytes, sum(records) AS records, sum(requests) AS requests, "
-                    "sum(denied_requests) AS denied_requests FROM usage_shard_rows "
-                    "WHERE hour >= :start AND hour < :end "
-                    "GROUP BY source, principal, client_id, virtual_cluster, topic, direction, 7 "
-                    "HAVING (sum(bytes), sum(records), sum(requests), sum(denied_requests)) <> (0, 0, 0, 0)"
-                ),
-                {"start": start, "end": end},
+                select(
+                    *keys,
+                    bucket.label("hour"),
+                    func.sum(u.c.bytes).label("bytes"),
+                    func.sum(u.c.records).label("records"),
+                    func.sum(u.c.requests).label("requests"),
+                    func.sum(u.c.denied_requests).label("denied_requests"),
+                )
+                .where(u.c.hour >= start, u.c.hour < end)
+                .group_by(*keys, text("7"))
+                .having(
+                    or_(
+                        func.sum(u.c.bytes) != 0,
+                        func.sum(u.c.records) != 0,
+                        func.sum(u.c.requests) != 0,
+                        func.sum(u.c.denied_requests) != 0,
+                    )
+                )
             )
         out: list[UsageRow] = []
         for row in result:
@@ -313,20 +359,20 @@ def _hourly_sums(spans: dict[str, list[Any]], start: datetime, end: datetime, gr
         .table_valued(*keys, "since", "until")
         .render_derived(name="m")
     )
-    s = UsageShardRow.__table__.alias("s")
+    s = _hourly_rows("s")
+    sums = [func.sum(s.c[q]) for q in ("bytes", "records", "requests", "denied_requests")]
     hourly = (
         select(
             s.c.hour,
-            func.sum(s.c.bytes).label("bytes"),
-            func.sum(s.c.records).label("records"),
-            func.sum(s.c.requests).label("requests"),
-            func.sum(s.c.denied_requests).label("denied_requests"),
+            sums[0].label("bytes"),
+            sums[1].label("records"),
+            sums[2].label("requests"),
+            sums[3].label("denied_requests"),
         )
         .where(*(s.c[k] == m.c[k] for k in keys), s.c.hour >= m.c.since, s.c.hour < m.c.until)
-        # quantities are never negative: a group's sum is non-zero exactly when one of its rows
-        # is, so this keeps the same groups as usage_rows' HAVING
-        .where(or_(s.c.bytes != 0, s.c.records != 0, s.c.requests != 0, s.c.denied_requests != 0))
         .group_by(s.c.hour)
+        # the same groups as usage_rows' HAVING (an amendment's negative row can cancel a shard's)
+        .having(or_(*(q != 0 for q in sums)))
         .lateral("h")
     )
     by = {"hour": hourly.c.hour, "day": cast(func.timezone("UTC", hourly.c.hour), Date), **{k: m.c[k] for k in keys}}

@@ -12,7 +12,7 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any
 
-from billing.domain.accounts import Attributor
+from billing.domain.accounts import Attributor, ClientRule
 from billing.domain.credit_notes import OpenCredit
 from billing.domain.grants import Grant, RecordedBurn
 from billing.domain.invoicing import AccountTerms, PricedLine, Subscription
@@ -20,8 +20,9 @@ from billing.domain.plans import PlanVersion
 from billing.domain.progressive import ThresholdInvoiced
 from billing.domain.usage import UsageRow
 from billing.domain.webhooks import WebhookEvent
-from billing.errors import CreditNoteNotFound, GrantError, GrantNotFound, InvoiceNotFound
+from billing.errors import AmendmentNotFound, CreditNoteNotFound, GrantError, GrantNotFound, InvoiceNotFound
 from billing.services.ports import (
+    AmendmentRecord,
     CreditNoteRecord,
     DraftValues,
     FinalizedPeriod,
@@ -86,6 +87,7 @@ class FakeCatalog:
         self.terms: dict[str, AccountTerms] = {}
         self.plans: dict[tuple[str, int], PlanVersion] = {}
         self.subs: list[Subscription] = []
+        self.rules: list[tuple[str, ClientRule]] = []  # (account, rule): attributor()'s, in order
 
     def add_account(self, code: str, currency: str = "EUR", tax_rate: str = "0") -> None:
         self.terms[code] = AccountTerms(code, currency, Decimal(tax_rate), f"{code} Ltd", f"{code}@example.com")
@@ -108,7 +110,7 @@ class FakeCatalog:
         return list(self.subs)
 
     def attributor(self) -> Attributor:
-        return Attributor([])
+        return Attributor(self.rules)
 
 
 @dataclasses.dataclass
@@ -416,6 +418,33 @@ class FakeGrants:
         ]
 
 
+class FakeAmendments:
+    """Amendments in memory; their rows are added to the fake usage (usage = metered + amendments)."""
+
+    def __init__(self, usage: FakeUsage) -> None:
+        self.usage = usage
+        self.stored: list[AmendmentRecord] = []
+        self.locked = 0
+
+    def lock(self) -> None:
+        self.locked += 1
+
+    def insert(self, record: AmendmentRecord, rows: Sequence[UsageRow]) -> int:
+        stored = dataclasses.replace(record, id=len(self.stored) + 1, rows=len(rows))
+        self.stored.append(stored)
+        self.usage.stored.extend(rows)
+        return stored.id
+
+    def find(self, amendment_id: int) -> AmendmentRecord:
+        for a in self.stored:
+            if a.id == amendment_id:
+                return a
+        raise AmendmentNotFound(f"there is no amendment {amendment_id}")
+
+    def listing(self) -> list[AmendmentRecord]:
+        return list(self.stored)
+
+
 class FakeWebhookEvents:
     """The events emitted, in order (no endpoints: nothing is queued)."""
 
@@ -506,6 +535,7 @@ class FakeUnitOfWork:
         self.statements = FakeStatements()
         self.credit_notes = FakeCreditNotes(self.invoices)
         self.grants = FakeGrants(self.invoices)
+        self.amendments = FakeAmendments(self.usage)
 
         self.webhooks = FakeWebhookEvents()
         self.products = FakeProducts()
