@@ -25,10 +25,12 @@ Decisions where issue 20 is silent:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+
+from sqlalchemy import Engine
 
 from billing.adapters.uow import Database
 from billing.domain.sources import DEFAULT_SOURCES
@@ -170,7 +172,7 @@ _SCHEMA_FILES = {
 }
 
 
-def subscription_state(live: Mapping[str, Any] | None, history: list[Mapping[str, Any]]) -> dict[str, Any]:
+def subscription_state(live: Mapping[str, Any] | None, history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Where an account's subscription to one product stands: ``subscribed`` or ``requested``
     (its live one), else ``rejected`` (its last request, when rejected: with the reason), else
     ``None``; ``subscription`` is the one it is about."""
@@ -189,13 +191,13 @@ def _with_state(doc: dict[str, Any], history: list[dict[str, Any]]) -> dict[str,
     return doc
 
 
-def partner_products(engine: Database, account: str) -> list[dict[str, Any]]:
+def partner_products(engine: Engine, account: str) -> list[dict[str, Any]]:
     """The products of ``account``'s plan (newest versions, catalog order), each with ``state``."""
     history = account_subscriptions(engine, account)
     return [_with_state(doc, history) for doc in list_products(engine, account)]
 
 
-def partner_product(engine: Database, account: str, code: str, version: int | None = None) -> dict[str, Any]:
+def partner_product(engine: Engine, account: str, code: str, version: int | None = None) -> dict[str, Any]:
     """One product as ``account`` sees it (``ProductNotFound`` unless its plan includes it or it
     subscribes to it), with its schemas' text, ``state``, and ``subscribed_version``: the version
     entry (with its deprecation) its subscription is on."""
