@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -78,9 +79,12 @@ class Portal:
     published: list[str]  # one entry per entitlements publication the app asked for
 
 
-def load_products(engine: sa.Engine, tmp: Path, extra_plans: tuple[str, ...] = ()) -> None:
+def load_products(
+    engine: sa.Engine, tmp: Path, extra_plans: tuple[str, ...] = (), more: dict[str, dict[str, Any]] | None = None
+) -> None:
     """The sample products plus ``ledger-sync`` (growth only, approval, an Avro schema); each
-    product also offered on ``extra_plans`` (loading them again makes new versions)."""
+    product also offered on ``extra_plans`` (loading them again makes new versions) and with the
+    fields of ``more[code]`` (deprecation dates)."""
     doc = yaml.safe_load((SAMPLES / "products.yaml").read_text())
     doc["products"].append(
         {
@@ -94,6 +98,7 @@ def load_products(engine: sa.Engine, tmp: Path, extra_plans: tuple[str, ...] = (
     )
     for p in doc["products"]:
         p["plans"] += [{"plan": plan, "self_service": p["code"] == "orders-feed"} for plan in extra_plans]
+        p.update((more or {}).get(p["code"], {}))
     if not (tmp / "schemas").exists():
         shutil.copytree(SAMPLES / "schemas", tmp / "schemas")
     avro = {"type": "record", "name": PRIVATE_SCHEMA, "fields": [{"name": "entry_id", "type": "string"}]}
@@ -576,6 +581,23 @@ def test_every_page_in_chromium_is_accessible_fits_a_phone_and_is_screenshotted(
     (tmp_path / "accounts.yaml").write_text(yaml.safe_dump(accounts))
     load_plans(portal.engine, tmp_path / "plans.yaml")
     load_accounts(portal.engine, tmp_path / "accounts.yaml")
+    # the products offered on that plan too (their v2), orders-feed's v1 deprecated, payments-ingest's
+    # v2 (the newest) too; acme's subscription moved to orders-feed v2 (subscribing again does that)
+    until = (now + timedelta(days=90)).date()
+    deprecations = {"orders-feed": {"deprecated_versions": {1: until}}, "payments-ingest": {"deprecated_until": until}}
+    load_products(portal.engine, tmp_path / "catalog", ("growth-capped",), deprecations)
+    products.subscribe(portal.engine, "acme", "orders-feed", "cli:test")
+    add_grant(
+        portal.engine,
+        "acme",
+        reason="launch offer",
+        created_by="cli:test",
+        units=Decimal(500),
+        meter="consume_bytes",
+        unit="GB",
+        expires_on=until,
+        name="launch offer",
+    )
     pages = {
         "overview": "/portal",
         "usage": "/portal/usage?by=topic&quantity=bytes",
@@ -584,6 +606,7 @@ def test_every_page_in_chromium_is_accessible_fits_a_phone_and_is_screenshotted(
         "credentials": "/portal/credentials",
         "billing": "/portal/billing",
         "products": "/portal/products",
+        "product": "/portal/products/orders-feed",
     }
     with chromium(1280, 900) as browser:
 
@@ -615,6 +638,14 @@ def test_every_page_in_chromium_is_accessible_fits_a_phone_and_is_screenshotted(
                 assert browser.js("return document.querySelectorAll('#caps tr.reached').length") == 1
             if name == "usage":
                 assert browser.js("return document.querySelectorAll('p.cap').length") == 2  # the bytes caps
+            if name == "products":
+                assert browser.js("return document.querySelectorAll('#products > li').length") == 3
+                assert browser.js("return document.querySelectorAll('#products p.deprecated').length") == 1
+            if name == "product":
+                assert browser.js("return document.getElementById('state').dataset.state") == "subscribed"
+                assert browser.js("return document.querySelectorAll('#versions li').length") == 2
+            if name == "billing":
+                assert browser.js("return document.getElementById('money-available').textContent") == "120.00"
             if name == "credentials":  # the page as it is right after creating one: the password shown once
                 browser.js(
                     "document.getElementById('name').value = 'orders-svc'; document.getElementById('create').click()"
