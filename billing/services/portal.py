@@ -17,7 +17,8 @@ Decisions where issue 20 is silent:
   over the whole month, hours over one UTC day (24 points); a bucket without usage is a zero.
 * **Products** show the partner's live subscription (``subscribed`` or ``requested``); without
   one, its last request if finance or ops rejected it (``rejected``, with the reason), so the
-  partner learns why and may ask again; a cancelled one shows as nothing. The plans a product
+  partner learns why and may ask again; a cancelled one shows as nothing. A product its plan no
+  longer includes is listed while it has a live subscription to it (to see and cancel it). The plans a product
   is offered on are never shown (they name other partners' plans).
 * **Schemas** download as ``<product>-v<version>-<topic>.json`` (JSON Schema), ``.avsc`` (Avro)
   or ``.proto`` (Protobuf), the text kept with the version, served by the portal itself.
@@ -194,7 +195,14 @@ def _with_state(doc: dict[str, Any], history: list[dict[str, Any]]) -> dict[str,
 def partner_products(engine: Engine, account: str) -> list[dict[str, Any]]:
     """The products of ``account``'s plan (newest versions, catalog order), each with ``state``."""
     history = account_subscriptions(engine, account)
-    return [_with_state(doc, history) for doc in list_products(engine, account)]
+    listed = [_with_state(doc, history) for doc in list_products(engine, account)]
+    # a live subscription to a product its plan no longer includes (a plan change): shown too,
+    # so the partner sees it and can cancel it
+    offered = {doc["code"] for doc in listed}
+    for code in dict.fromkeys(h["product"] for h in history if h["status"] in ("requested", "active")):
+        if code not in offered:
+            listed.append(_with_state(product_view(engine, code, account), history))
+    return listed
 
 
 def partner_product(engine: Engine, account: str, code: str, version: int | None = None) -> dict[str, Any]:

@@ -686,3 +686,22 @@ def test_a_credential_form_sent_twice_does_its_work_once(portal: Portal) -> None
     assert names.count("twice") == 1 and "stale" not in names
     twice = next(c for c in list_credentials(portal.engine, "acme") if c.name == "twice")
     assert twice.state == "active" and twice.rotated_at is not None
+
+
+def test_a_product_the_plan_no_longer_includes_stays_listed_while_subscribed(portal: Portal, tmp_path: Path) -> None:
+    # acme moves to enterprise today: it includes orders-feed and payments-ingest, not ledger-sync
+    accounts = yaml.safe_load((SAMPLES / "accounts.yaml").read_text())
+    accounts["accounts"][0]["subscription"] = {"plan": "enterprise", "starts_on": datetime.now(UTC).date()}
+    (tmp_path / "accounts.yaml").write_text(yaml.safe_dump(accounts))
+    load_accounts(portal.engine, tmp_path / "accounts.yaml")
+    with sign_in(portal.base, portal.keys["acme"]) as client:
+        listing = html.unescape(client.get("/portal/products").text)
+        states = dict(re.findall(r'id="product-([a-z0-9.-]+)".*?data-state="([a-z]+)"', listing, re.S))
+        assert states == {"orders-feed": "subscribed", "payments-ingest": "rejected", "ledger-sync": "requested"}
+        assert "no longer in your plan: it grants nothing" in listing
+        gone = client.post(
+            "/portal/products/ledger-sync/unsubscribe", data=product_form(client, "ledger-sync", "unsubscribe")
+        )
+        assert gone.status_code == 200 and "Cancelled." in gone.text
+        assert 'id="product-ledger-sync"' not in client.get("/portal/products").text
+        assert client.get("/portal/products/ledger-sync").status_code == 404  # neither offered nor subscribed

@@ -715,18 +715,25 @@ ProductCode = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
 Version = Annotated[int | None, Query(ge=1, le=2**31 - 1)]
 
 
+def _products_page(request: Request, s: Services, p: Partner, action: str = "") -> Response:
+    try:
+        items = partner_products(s.engine, p.account)
+    except ProductNotFound:
+        items = []
+    return _page(
+        request,
+        "products.html",
+        partner=p,
+        title="Products",
+        products=items,
+        group_prefix=p.account + "-",
+        action=action,
+    )
+
+
 @router.get("/portal/products")
 def product_list(request: Request, s: AppServices) -> Response:
-    def work(p: Partner) -> Response:
-        try:
-            items = partner_products(s.engine, p.account)
-        except ProductNotFound:
-            items = []
-        return _page(
-            request, "products.html", partner=p, title="Products", products=items, group_prefix=p.account + "-"
-        )
-
-    return _guarded(request, s, work)
+    return _guarded(request, s, lambda p: _products_page(request, s, p))
 
 
 def _product_page(
@@ -825,6 +832,9 @@ async def unsubscribe(request: Request, s: AppServices, code: ProductCode) -> Re
         except ProductError:
             return _not_found(request, partner, "subscription")
         s.published_entitlements()
-        return again(partner, "cancelled", None, 200)
+        response = again(partner, "cancelled", None, 200)
+        if response.status_code == 404:  # no longer in its plan, now not subscribed either: gone from view
+            return _products_page(request, s, partner, "cancelled")
+        return response
 
     return await run_in_threadpool(_once, request, s, p, form, work, again)
