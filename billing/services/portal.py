@@ -1,5 +1,6 @@
 """What the partner portal's pages show that no other use case already answers: the Kafka client
-configurations for a credential, and usage as chart series.
+configurations for a credential, usage as chart series, and a partner's products with where its
+subscription to each stands.
 
 Everything else the portal shows comes from the use cases the partner API uses (statements,
 entitlements, credentials, invoices, credit notes), called with the signed-in partner's account.
@@ -14,20 +15,40 @@ Decisions where issue 20 is silent:
   (``STREAMTOLL_BILLING_SOURCES``) that has usage of the account in the range — the source the
   statement rates — so two sources that saw the same traffic are never added together. Days run
   over the whole month, hours over one UTC day (24 points); a bucket without usage is a zero.
+* **Products** show the partner's live subscription (``subscribed`` or ``requested``); without
+  one, its last request if finance or ops rejected it (``rejected``, with the reason), so the
+  partner learns why and may ask again; a cancelled one shows as nothing. A product its plan no
+  longer includes is listed while it has a live subscription to it (to see and cancel it). The plans a product
+  is offered on are never shown (they name other partners' plans).
+* **Schemas** download as ``<product>-v<version>-<topic>.json`` (JSON Schema), ``.avsc`` (Avro)
+  or ``.proto`` (Protobuf), the text kept with the version, served by the portal itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import Engine
+
 from billing.adapters.uow import Database
 from billing.domain.sources import DEFAULT_SOURCES
+from billing.services.products import account_subscriptions, list_products, product_view
 from billing.services.usage import account_report
 
-__all__ = ["BY", "CHART_QUANTITIES", "Chart", "client_configs", "usage_chart"]
+__all__ = [
+    "BY",
+    "CHART_QUANTITIES",
+    "Chart",
+    "client_configs",
+    "partner_product",
+    "partner_products",
+    "schema_download",
+    "subscription_state",
+    "usage_chart",
+]
 
 MECHANISM = "SCRAM-SHA-512"
 PASSWORD_PLACEHOLDER = "<your password>"
@@ -141,3 +162,67 @@ def usage_chart(
             values.setdefault(str(r[field] or "(none)"), [0] * len(times))[index[key]] += int(r[quantity])
     series = sorted(values.items(), key=lambda kv: (-sum(kv[1]), kv[0]))
     return Chart(quantity, granularity, source, times, series)
+
+
+# --- products ---------------------------------------------------------------------------------
+
+_SCHEMA_FILES = {
+    "json": (".json", "application/schema+json"),
+    "avro": (".avsc", "application/json"),
+    "protobuf": (".proto", "text/plain; charset=utf-8"),
+}
+
+
+def subscription_state(live: Mapping[str, Any] | None, history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Where an account's subscription to one product stands: ``subscribed`` or ``requested``
+    (its live one), else ``rejected`` (its last request, when rejected: with the reason), else
+    ``None``; ``subscription`` is the one it is about."""
+    if live is not None:
+        return {"state": "subscribed" if live["status"] == "active" else "requested", "subscription": dict(live)}
+    last = history[-1] if history else None
+    if last is not None and last["status"] == "rejected":
+        return {"state": "rejected", "subscription": dict(last)}
+    return {"state": None, "subscription": None}
+
+
+def _with_state(doc: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+    mine = [h for h in history if h["product"] == doc["code"]]
+    doc.update(subscription_state(doc["subscription"], mine))
+    doc.pop("plans", None)  # other partners' plans: never shown
+    return doc
+
+
+def partner_products(engine: Engine, account: str) -> list[dict[str, Any]]:
+    """The products of ``account``'s plan (newest versions, catalog order), each with ``state``."""
+    history = account_subscriptions(engine, account)
+    listed = [_with_state(doc, history) for doc in list_products(engine, account)]
+    # a live subscription to a product its plan no longer includes (a plan change): shown too,
+    # so the partner sees it and can cancel it
+    offered = {doc["code"] for doc in listed}
+    for code in dict.fromkeys(h["product"] for h in history if h["status"] in ("requested", "active")):
+        if code not in offered:
+            listed.append(_with_state(product_view(engine, code, account), history))
+    return listed
+
+
+def partner_product(engine: Engine, account: str, code: str, version: int | None = None) -> dict[str, Any]:
+    """One product as ``account`` sees it (``ProductNotFound`` unless its plan includes it or it
+    subscribes to it), with its schemas' text, ``state``, and ``subscribed_version``: the version
+    entry (with its deprecation) its subscription is on."""
+    doc = _with_state(product_view(engine, code, account, version), account_subscriptions(engine, account))
+    sub = doc["subscription"]
+    on = None if sub is None else next((v for v in doc["versions"] if v["version"] == sub["version"]), None)
+    doc["subscribed_version"] = on
+    return doc
+
+
+def schema_download(doc: Mapping[str, Any], index: int) -> tuple[str, str, str] | None:
+    """``(file name, media type, text)`` of the schema of ``doc``'s topic number ``index`` (None:
+    no such topic, or it has no schema)."""
+    topics = doc["topics"]
+    if not 0 <= index < len(topics) or topics[index]["schema"] is None or topics[index]["schema"].get("text") is None:
+        return None
+    schema = topics[index]["schema"]
+    suffix, media = _SCHEMA_FILES.get(schema["type"], (".txt", "text/plain; charset=utf-8"))
+    stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in topics[index]["pattern"]).strip("._") or "topic"
+    return f"{doc['code']}-v{doc['version']}-{stem}{suffix}", media, str(schema["text"])

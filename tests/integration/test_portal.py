@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import contextlib
 import html
+import json
 import os
 import random
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,10 +26,12 @@ import yaml
 
 from billing.adapters.sink import upsert_episodes, upsert_windows
 from billing.api.app import create_app
+from billing.services import products
 from billing.services.billing_run import run_billing
 from billing.services.catalog import load_accounts, load_plans
 from billing.services.credentials import create_credential, list_credentials
 from billing.services.credit_notes import create_credit_note
+from billing.services.grants import add_grant
 from billing.services.invoices import list_invoices
 from billing.services.keys import create_key, revoke_key
 from billing.settings import BillingSettings
@@ -44,6 +49,10 @@ CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 # what only acme's pages may show: a topic and a client id only acme used this month, its
 # credential's user name, its invoice and credit note numbers, its name, its throttle's reason
 ACME_TOPIC, ACME_CLIENT, ACME_REASON = "acme-private-topic", "acme-private-client", "acme produce over the plan rate"
+# a product only acme's plan (growth) includes, with its own schema, and why finance rejected
+# acme's request for payments-ingest: only acme's product pages may show them
+PRIVATE_PRODUCT, PRIVATE_TOPIC, PRIVATE_SCHEMA = "Ledger sync (private beta)", "ledger.private.v1", "LedgerEntryPrivate"
+REJECTED_REASON = "no data processing agreement on file yet"
 
 
 def _hour(now: datetime, hours_ago: int) -> str:
@@ -67,6 +76,35 @@ class Portal:
     acme_urls: list[str]  # every GET URL of acme's portal
     acme_credential: str
     engine: sa.Engine
+    published: list[str]  # one entry per entitlements publication the app asked for
+
+
+def load_products(
+    engine: sa.Engine, tmp: Path, extra_plans: tuple[str, ...] = (), more: dict[str, dict[str, Any]] | None = None
+) -> None:
+    """The sample products plus ``ledger-sync`` (growth only, approval, an Avro schema); each
+    product also offered on ``extra_plans`` (loading them again makes new versions) and with the
+    fields of ``more[code]`` (deprecation dates)."""
+    doc = yaml.safe_load((SAMPLES / "products.yaml").read_text())
+    doc["products"].append(
+        {
+            "code": "ledger-sync",
+            "name": PRIVATE_PRODUCT,
+            "description": "Ledger entries for reconciliation, both ways.",
+            "direction": "both",
+            "topics": [{"name": PRIVATE_TOPIC, "schema": {"type": "avro", "file": "schemas/ledger.avsc"}}],
+            "plans": [{"plan": "growth"}],
+        }
+    )
+    for p in doc["products"]:
+        p["plans"] += [{"plan": plan, "self_service": p["code"] == "orders-feed"} for plan in extra_plans]
+        p.update((more or {}).get(p["code"], {}))
+    if not (tmp / "schemas").exists():
+        shutil.copytree(SAMPLES / "schemas", tmp / "schemas")
+    avro = {"type": "record", "name": PRIVATE_SCHEMA, "fields": [{"name": "entry_id", "type": "string"}]}
+    (tmp / "schemas" / "ledger.avsc").write_text(json.dumps(avro, indent=2))
+    (tmp / "products.yaml").write_text(yaml.safe_dump(doc))
+    products.load_products(engine, tmp / "products.yaml")
 
 
 @contextlib.contextmanager
@@ -93,7 +131,7 @@ def form_of(client: httpx.Client, action: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def portal(engine: sa.Engine) -> Iterator[Portal]:
+def portal(engine: sa.Engine, tmp_path: Path) -> Iterator[Portal]:
     run_billing(engine, "2026-11", finalize_drafts=True, clock=lambda: DEC1)
     now = datetime.now(UTC)
     upsert_windows(
@@ -117,6 +155,13 @@ def portal(engine: sa.Engine) -> Iterator[Portal]:
     note = create_credit_note(engine, acme_invoice["ref"], reason="goodwill", amount=Decimal("10.00"))
     cred = create_credential(engine, "acme", "secret-svc")
     create_credential(engine, "globex", "globex-svc")
+    # acme: subscribed to orders-feed, ledger-sync requested, payments-ingest rejected; a prepaid grant
+    load_products(engine, tmp_path / "catalog")
+    products.subscribe(engine, "acme", "orders-feed", "cli:test")
+    products.subscribe(engine, "acme", "ledger-sync", "cli:test")
+    asked = products.subscribe(engine, "acme", "payments-ingest", "cli:test")
+    products.reject(engine, asked["id"], "cli:finance", REJECTED_REASON)
+    add_grant(engine, "acme", reason="prepaid by wire", created_by="cli:test", amount=Decimal("120.00"), name="prepaid")
     keys = {
         "acme": create_key(engine, "partner", "acme"),
         "globex": create_key(engine, "partner", "globex"),
@@ -133,6 +178,11 @@ def portal(engine: sa.Engine) -> Iterator[Portal]:
         "/portal/credentials",
         "/portal/billing",
         "/portal/products",
+        "/portal/products/orders-feed",
+        "/portal/products/payments-ingest",
+        "/portal/products/ledger-sync",
+        "/portal/products/ledger-sync/schemas/0",
+        "/portal/products/ledger-sync?version=1",
         f"/portal/statements/{period}.csv",
         f"/portal/statements/{period}.pdf",
         "/portal/statements/2026-11.csv",
@@ -140,9 +190,12 @@ def portal(engine: sa.Engine) -> Iterator[Portal]:
         f"/portal/credit-notes/{note['number']}.pdf",
     ]
     markers = [ACME_TOPIC, ACME_CLIENT, ACME_REASON, cred.username, acme_invoice["number"], note["number"]]
+    markers += [PRIVATE_PRODUCT, PRIVATE_TOPIC, PRIVATE_SCHEMA, REJECTED_REASON]
     settings = replace(BillingSettings(), portal_gateway_bootstrap="127.0.0.1:19092")
-    with running(create_app(engine, settings, auth_limit=1000)) as base:
-        yield Portal(base, keys, markers, urls, cred.id, engine)
+    published: list[str] = []
+    app = create_app(engine, settings, auth_limit=1000, publish_entitlements=lambda: published.append("e") is None)
+    with running(app) as base:
+        yield Portal(base, keys, markers, urls, cred.id, engine, published)
 
 
 def test_without_a_session_every_page_redirects_to_sign_in(portal: Portal) -> None:
@@ -150,10 +203,17 @@ def test_without_a_session_every_page_redirects_to_sign_in(portal: Portal) -> No
         for url in portal.acme_urls:
             r = anon.get(url)
             assert r.status_code == 303 and r.headers["location"] == "/portal/sign-in", url
-        for path in ("/portal/credentials", f"/portal/credentials/{portal.acme_credential}/revoke"):
-            r = anon.post(path, data={"csrf": "x"})
+        for path in (
+            "/portal/credentials",
+            f"/portal/credentials/{portal.acme_credential}/revoke",
+            "/portal/products/orders-feed/unsubscribe",
+            "/portal/products/ledger-sync/unsubscribe",
+            "/portal/products/payments-ingest/subscribe",
+        ):
+            r = anon.post(path, data={"csrf": "x", "once": "a-token-of-nobody-at-all"})
             assert r.status_code == 303 and r.headers["location"] == "/portal/sign-in", path
     assert [c.state for c in list_credentials(portal.engine, "acme")] == ["active"]
+    assert _states(portal.engine) == ACME_STATES and portal.published == []
 
 
 def test_signing_in_sets_an_http_only_strict_cookie_without_the_key(portal: Portal) -> None:
@@ -321,7 +381,128 @@ def test_a_second_partner_never_sees_the_first_ones_data(portal: Portal) -> None
             r = globex.post(f"/portal/credentials/{portal.acme_credential}/{action}", data=fields)
             assert r.status_code == 404 and "There is no such active credential." in r.text
             assert "acme" not in r.text.lower()
+        # acme's products: globex can neither subscribe to acme's plan's product nor cancel acme's
+        for i, (path, answer) in enumerate(
+            (
+                ("/portal/products/ledger-sync/subscribe", "There is no such product."),
+                ("/portal/products/ledger-sync/unsubscribe", "There is no such subscription."),
+                ("/portal/products/orders-feed/unsubscribe", "There is no such subscription."),
+            )
+        ):
+            fields = {"csrf": csrf_of(globex), "once": f"a-fresh-token-of-globex-{i}"}
+            r = globex.post(path, data=fields)
+            assert r.status_code == 404 and answer in r.text, (path, r.status_code)
+            assert "acme" not in r.text.lower() and PRIVATE_PRODUCT not in r.text
+        # globex sees its own state of a product both plans include: not acme's subscription
+        shared = globex.get("/portal/products/orders-feed").text
+        assert 'data-state="none"' in shared and 'id="subscribe"' in shared
+        assert "Prepaid balance" not in globex.get("/portal/billing").text  # globex has no grant
     assert [c.state for c in list_credentials(portal.engine, "acme")] == ["active"]
+    assert _states(portal.engine) == ACME_STATES and portal.published == []
+
+
+ACME_STATES = {"orders-feed": ["active"], "ledger-sync": ["requested"], "payments-ingest": ["rejected"]}
+
+
+def _states(engine: sa.Engine, account: str = "acme") -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for sub in products.account_subscriptions(engine, account):
+        out.setdefault(sub["product"], []).append(sub["status"])
+    return out
+
+
+def product_form(client: httpx.Client, code: str, action: str) -> dict[str, str]:
+    """The hidden fields of the product page's form posting to ``action`` (subscribe, unsubscribe)."""
+    page = client.get(f"/portal/products/{code}").text
+    path = f"/portal/products/{code}/{action}"
+    found = re.search(f'<form method="post" action="{re.escape(path)}"[^>]*>(.*?)</form>', page, re.S)
+    assert found, (code, action)
+    return dict(re.findall(r'name="(csrf|once)" value="([^"]+)"', found.group(1)))
+
+
+def test_products_pages_show_the_plans_products_and_where_each_subscription_stands(portal: Portal) -> None:
+    with sign_in(portal.base, portal.keys["acme"]) as client:
+        listing = html.unescape(client.get("/portal/products").text)
+        states = dict(re.findall(r'id="product-([a-z0-9.-]+)".*?data-state="([a-z]+)"', listing, re.S))
+        assert states == {"orders-feed": "subscribed", "payments-ingest": "rejected", "ledger-sync": "requested"}
+        assert REJECTED_REASON in listing and PRIVATE_PRODUCT in listing
+        assert "self-service: active as soon as you subscribe" in listing and "needs approval" in listing
+        assert "consumer groups named <code>acme-…</code>" in listing
+        assert "growth" not in listing  # the plans a product is offered on are never shown
+
+        page = client.get("/portal/products/orders-feed")
+        assert page.status_code == 200 and "v1" in page.text and 'id="unsubscribe"' in page.text
+        shown = html.unescape(re.findall(r'<code id="schema-0">(.*?)</code>', page.text, re.S)[0])
+        schema = client.get("/portal/products/orders-feed/schemas/0")
+        assert schema.status_code == 200 and schema.text == shown  # the <pre> is the download, verbatim
+        assert schema.text == (SAMPLES / "schemas" / "orders.v1.json").read_text()
+        assert schema.headers["content-disposition"] == 'attachment; filename="orders-feed-v1-orders.v1.json"'
+        assert schema.headers["content-type"].startswith("application/schema+json")
+        # no schema on payments-ingest's topic; no such topic on orders-feed: not found
+        assert client.get("/portal/products/payments-ingest/schemas/0").status_code == 404
+        assert client.get("/portal/products/orders-feed/schemas/1").status_code == 404
+        assert client.get("/portal/products/no-such-product").status_code == 404
+        assert client.get("/portal/products/orders-feed?version=9").status_code == 404
+        ledger = client.get("/portal/products/ledger-sync").text
+        assert "Withdraw the request" in ledger and 'id="subscribe"' not in ledger
+        rejected = client.get("/portal/products/payments-ingest").text
+        assert "Request access again" in rejected and REJECTED_REASON in html.unescape(rejected)
+
+
+def test_subscribing_in_the_portal_publishes_once_and_approval_shows_it_subscribed(portal: Portal) -> None:
+    with sign_in(portal.base, portal.keys["acme"]) as client:
+        # cancel orders-feed, then subscribe again (self-service): active at once, published
+        gone = client.post(
+            "/portal/products/orders-feed/unsubscribe", data=product_form(client, "orders-feed", "unsubscribe")
+        )
+        assert gone.status_code == 200 and "Cancelled." in gone.text and 'data-state="none"' in gone.text
+        assert portal.published == ["e"]
+        fields = product_form(client, "orders-feed", "subscribe")
+        first = client.post("/portal/products/orders-feed/subscribe", data=fields)
+        again = client.post("/portal/products/orders-feed/subscribe", data=fields)  # a double click
+        assert first.status_code == 200 and "Subscribed." in first.text and 'data-state="subscribed"' in first.text
+        assert again.status_code == 200 and "This form was sent before and was done then." in again.text
+        assert portal.published == ["e", "e"]  # the second submit did nothing, published nothing
+        key_id = portal.keys["acme"].split("_")[1]
+        live = [x for x in products.account_subscriptions(portal.engine, "acme") if x["status"] == "active"]
+        assert [(x["product"], x["requested_by"], x["decided_by"]) for x in live] == [
+            ("orders-feed", f"partner:{key_id}", "self-service")
+        ]
+        # a form without its CSRF token: refused, nothing done
+        bad = client.post("/portal/products/payments-ingest/subscribe", data={"once": "x" * 20, "csrf": "forged"})
+        assert bad.status_code == 403
+        # asking again for payments-ingest (rejected before): a request, shown as requested
+        asked = client.post(
+            "/portal/products/payments-ingest/subscribe", data=product_form(client, "payments-ingest", "subscribe")
+        )
+        assert "Access requested." in asked.text and 'data-state="requested"' in asked.text
+        request_id = next(
+            x["id"] for x in products.requests(portal.engine, "requested", "acme") if x["product"] == "payments-ingest"
+        )
+        # finance approves it through the API; the portal then shows it subscribed
+        approved = httpx.post(
+            f"{portal.base}/v1/product-requests/{request_id}/approve",
+            headers={"Authorization": f"Bearer {portal.keys['finance']}"},
+            timeout=30,
+        )
+        assert approved.status_code == 200 and approved.json()["status"] == "active"
+        assert 'data-state="subscribed"' in client.get("/portal/products/payments-ingest").text
+        listing = client.get("/portal/products").text
+        assert re.search(r'id="product-payments-ingest".*?data-state="subscribed"', listing, re.S)
+    assert _states(portal.engine)["payments-ingest"] == ["rejected", "active"]
+
+
+def test_the_billing_page_shows_the_prepaid_balance(portal: Portal) -> None:
+    with sign_in(portal.base, portal.keys["acme"]) as client:
+        page = client.get("/portal/billing").text
+    # 120.00 EUR granted today; November's invoice was finalized before it and December is not
+    # billed yet: burned 0.00, pending 0.00, left 120.00, available 120.00
+    assert 'id="money-available">120.00<' in page
+    row = re.findall(r'<tr id="grant-\d+">(.*?)</tr>', page, re.S)
+    assert len(row) == 1 and "prepaid" in row[0] and "EUR" in row[0]
+    cells = re.findall(r'<td class="num">([^<]*)</td>', row[0])
+    assert cells == ["120.00", "0.00", "0.00", "120.00", "120.00"]
+    assert "no expiry" in row[0] and "active" in row[0]
 
 
 A11Y = """
@@ -400,6 +581,23 @@ def test_every_page_in_chromium_is_accessible_fits_a_phone_and_is_screenshotted(
     (tmp_path / "accounts.yaml").write_text(yaml.safe_dump(accounts))
     load_plans(portal.engine, tmp_path / "plans.yaml")
     load_accounts(portal.engine, tmp_path / "accounts.yaml")
+    # the products offered on that plan too (their v2), orders-feed's v1 deprecated, payments-ingest's
+    # v2 (the newest) too; acme's subscription moved to orders-feed v2 (subscribing again does that)
+    until = (now + timedelta(days=90)).date()
+    deprecations = {"orders-feed": {"deprecated_versions": {1: until}}, "payments-ingest": {"deprecated_until": until}}
+    load_products(portal.engine, tmp_path / "catalog", ("growth-capped",), deprecations)
+    products.subscribe(portal.engine, "acme", "orders-feed", "cli:test")
+    add_grant(
+        portal.engine,
+        "acme",
+        reason="launch offer",
+        created_by="cli:test",
+        units=Decimal(500),
+        meter="consume_bytes",
+        unit="GB",
+        expires_on=until,
+        name="launch offer",
+    )
     pages = {
         "overview": "/portal",
         "usage": "/portal/usage?by=topic&quantity=bytes",
@@ -408,6 +606,7 @@ def test_every_page_in_chromium_is_accessible_fits_a_phone_and_is_screenshotted(
         "credentials": "/portal/credentials",
         "billing": "/portal/billing",
         "products": "/portal/products",
+        "product": "/portal/products/orders-feed",
     }
     with chromium(1280, 900) as browser:
 
@@ -439,6 +638,14 @@ def test_every_page_in_chromium_is_accessible_fits_a_phone_and_is_screenshotted(
                 assert browser.js("return document.querySelectorAll('#caps tr.reached').length") == 1
             if name == "usage":
                 assert browser.js("return document.querySelectorAll('p.cap').length") == 2  # the bytes caps
+            if name == "products":
+                assert browser.js("return document.querySelectorAll('#products > li').length") == 3
+                assert browser.js("return document.querySelectorAll('#products p.deprecated').length") == 1
+            if name == "product":
+                assert browser.js("return document.getElementById('state').dataset.state") == "subscribed"
+                assert browser.js("return document.querySelectorAll('#versions li').length") == 2
+            if name == "billing":
+                assert browser.js("return document.getElementById('money-available').textContent") == "120.00"
             if name == "credentials":  # the page as it is right after creating one: the password shown once
                 browser.js(
                     "document.getElementById('name').value = 'orders-svc'; document.getElementById('create').click()"
@@ -479,3 +686,22 @@ def test_a_credential_form_sent_twice_does_its_work_once(portal: Portal) -> None
     assert names.count("twice") == 1 and "stale" not in names
     twice = next(c for c in list_credentials(portal.engine, "acme") if c.name == "twice")
     assert twice.state == "active" and twice.rotated_at is not None
+
+
+def test_a_product_the_plan_no_longer_includes_stays_listed_while_subscribed(portal: Portal, tmp_path: Path) -> None:
+    # acme moves to enterprise today: it includes orders-feed and payments-ingest, not ledger-sync
+    accounts = yaml.safe_load((SAMPLES / "accounts.yaml").read_text())
+    accounts["accounts"][0]["subscription"] = {"plan": "enterprise", "starts_on": datetime.now(UTC).date()}
+    (tmp_path / "accounts.yaml").write_text(yaml.safe_dump(accounts))
+    load_accounts(portal.engine, tmp_path / "accounts.yaml")
+    with sign_in(portal.base, portal.keys["acme"]) as client:
+        listing = html.unescape(client.get("/portal/products").text)
+        states = dict(re.findall(r'id="product-([a-z0-9.-]+)".*?data-state="([a-z]+)"', listing, re.S))
+        assert states == {"orders-feed": "subscribed", "payments-ingest": "rejected", "ledger-sync": "requested"}
+        assert "no longer in your plan: it grants nothing" in listing
+        gone = client.post(
+            "/portal/products/ledger-sync/unsubscribe", data=product_form(client, "ledger-sync", "unsubscribe")
+        )
+        assert gone.status_code == 200 and "Cancelled." in gone.text
+        assert 'id="product-ledger-sync"' not in client.get("/portal/products").text
+        assert client.get("/portal/products/ledger-sync").status_code == 404  # neither offered nor subscribed

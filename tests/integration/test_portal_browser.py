@@ -1,7 +1,11 @@
 """The partner portal in a real headless Chromium, end to end through the gateway: a partner signs
 in, creates a credential, and the confluent-kafka configuration the page shows — run exactly as
-shown — produces and consumes through ``streamtoll gateway`` (``GATEWAY_AUTH=streamtoll``, a real
-broker, the credential published by the portal); the usage page then shows that traffic.
+shown — is refused on a product's topic (acme's plan restricts access: its ``access`` section
+grants no topic) until the partner subscribes to that self-service product in the portal, then
+produces and consumes through ``streamtoll gateway`` (``GATEWAY_AUTH=streamtoll``, a real broker,
+the credential and the entitlement published by the portal); the usage page then shows that
+traffic. A product needing approval shows "requested" until finance approves it over the API,
+then "subscribed".
 
 Between the gateway and the usage page, this test takes the gateway's own proxy audit events and
 stores them with the sink's upsert (:func:`billing.adapters.sink.upsert_windows`) instead of
@@ -10,21 +14,30 @@ running the metering worker and the sink: that chain is proven exact elsewhere
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
+import yaml
+from confluent_kafka import KafkaError
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from billing.adapters.sink import upsert_windows
 from billing.api.app import create_app
+from billing.services.catalog import load_accounts, load_plans
 from billing.services.credentials import publish_credentials
+from billing.services.entitlements import publish_entitlements
 from billing.services.keys import create_key
+from billing.services.products import load_products
 from billing.settings import BillingSettings
 from metering.contracts import UsageWindow
 from streamtoll.embedded import EmbeddedBroker
@@ -38,6 +51,8 @@ pytestmark = pytest.mark.integration
 
 PRODUCE, FETCH = "io.streamtoll.kafka.produce", "io.streamtoll.kafka.fetch"
 N = 200
+SAMPLES = Path(__file__).parents[2] / "streamtoll" / "samples"
+SCHEMA = {"type": "object", "required": ["n"], "properties": {"n": {"type": "string"}}}
 
 
 @dataclass
@@ -48,6 +63,50 @@ class Stack:
     gateway: GatewayProcess
     audit: AuditLog
     bootstrap: str  # the broker's (for the admin client only: partners reach it through the gateway)
+    topic: str  # the self-service product's topic
+    finance: str  # a finance key
+
+
+def _catalog(tmp: Path, topic: str) -> tuple[Path, Path, Path]:
+    """The sample catalog, a plan whose ``access`` grants no topic (acme on it from today), and
+    two products on it: ``portal-stream`` (produce and consume ``topic``, self-service, a JSON
+    Schema) and ``audit-feed`` (consume, needs approval)."""
+    plans = yaml.safe_load((SAMPLES / "plans.yaml").read_text())
+    plans["plans"].append(
+        {
+            "code": "portal",
+            "name": "Portal",
+            "currency": "EUR",
+            "prices": [{"meter": "produce_bytes", "unit": "GB", "model": "per_unit", "unit_price": "0.10"}],
+            "access": {"topics": [], "groups": []},  # nothing but what the products give
+        }
+    )
+    accounts = yaml.safe_load((SAMPLES / "accounts.yaml").read_text())
+    accounts["accounts"][0]["subscription"] = {"plan": "portal", "starts_on": datetime.now(UTC).date()}
+    (tmp / "schemas").mkdir()
+    (tmp / "schemas" / "stream.json").write_text(json.dumps(SCHEMA))
+    products = {
+        "products": [
+            {
+                "code": "portal-stream",
+                "name": "Portal stream",
+                "description": "Write and read the portal test's records.",
+                "direction": "both",
+                "topics": [{"name": topic, "schema": {"type": "json", "file": "schemas/stream.json"}}],
+                "plans": [{"plan": "portal", "self_service": True}],
+            },
+            {
+                "code": "audit-feed",
+                "name": "Audit feed",
+                "direction": "consume",
+                "topics": [{"prefix": f"{topic}.audit."}],
+                "plans": [{"plan": "portal"}],
+            },
+        ]
+    }
+    for name, doc in (("plans", plans), ("accounts", accounts), ("products", products)):
+        (tmp / f"{name}.yaml").write_text(yaml.safe_dump(doc))
+    return tmp / "plans.yaml", tmp / "accounts.yaml", tmp / "products.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +117,30 @@ def stack(
     _, engine = module_catalog
     env = isolated_env(broker.bootstrap)
     topic = env["STREAMTOLL_TOPIC_CREDENTIALS"]
+    granted = env["STREAMTOLL_TOPIC_ENTITLEMENTS"]
     kafka = {"bootstrap.servers": broker.bootstrap}
+    product_topic = f"portal-{uuid.uuid4().hex[:6]}"
+    admin = AdminClient(kafka)
+    admin.create_topics([NewTopic(product_topic, 2, 1)])[product_topic].result(10)
+    plans, accounts, products = _catalog(tmp, product_topic)
+    load_plans(engine, plans)
+    load_accounts(engine, accounts)
+    load_products(engine, products)
     publish_credentials(engine, kafka, topic)  # the topic exists before the gateway reads it
+    publish_entitlements(engine, kafka, granted)  # acme restricted (no topic) before the gateway starts
     gw = GatewayProcess({**env, "STREAMTOLL_GATEWAY_AUTH": "streamtoll"}, tmp / "gateway.log").start()
     audit = AuditLog(broker.bootstrap, env["STREAMTOLL_TOPIC_PROXY_AUDIT"])
     settings = replace(BillingSettings(), portal_gateway_bootstrap=gw.bootstrap)
-    app = create_app(engine, settings, publish_credentials=lambda: publish_credentials(engine, kafka, topic) >= 0)
+    app = create_app(
+        engine,
+        settings,
+        publish_credentials=lambda: publish_credentials(engine, kafka, topic) >= 0,
+        publish_entitlements=lambda: publish_entitlements(engine, kafka, granted) >= 0,  # as `streamtoll api`
+    )
     try:
         with running(app) as base:
-            yield Stack(base, create_key(engine, "partner", "acme"), engine, gw, audit, broker.bootstrap)
+            partner, finance = create_key(engine, "partner", "acme"), create_key(engine, "finance", None)
+            yield Stack(base, partner, engine, gw, audit, broker.bootstrap, product_topic, finance)
     finally:
         gw.stop()
 
@@ -74,25 +148,42 @@ def stack(
 def _windows(events: list[dict[str, Any]], now: datetime) -> list[UsageWindow]:
     """The gateway's audit events as the current hour's proxy usage windows (one per principal,
     client id, topic and direction), as the worker would sum them."""
-    sums: dict[tuple[str, str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+    sums: dict[tuple[str, str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for e in events:
         d = e["data"]
         direction = "produce" if e["type"] == PRODUCE else "consume"
         acc = sums[(e["subject"], d.get("client_id", ""), d["topic"], direction)]
+        if d.get("outcome") == "denied":  # refused before the subscription: no usage, a denied request
+            acc[3] += d["denied_requests"]
+            continue
         acc[0] += d["bytes"]
         acc[1] += d["records"]
         acc[2] += 1
     hour = now.replace(minute=0, second=0, microsecond=0).strftime("%Y-%m-%dT%H:00:00.000Z")
     return [
-        UsageWindow(hour, "", "proxy", None, p, c, "vc-test", t, d, b, r, q, 0, 1, "s/0")
-        for (p, c, t, d), (b, r, q) in sums.items()
+        UsageWindow(hour, "", "proxy", None, p, c, "vc-test", t, d, b, r, q, n, 1, "s/0")
+        for (p, c, t, d), (b, r, q, n) in sums.items()
     ]
 
 
-def test_sign_in_create_a_credential_and_use_the_config_shown_through_the_gateway(stack: Stack) -> None:
-    topic = f"portal-{uuid.uuid4().hex[:6]}"
-    admin = AdminClient({"bootstrap.servers": stack.bootstrap})  # kept: its futures die with it
-    admin.create_topics([NewTopic(topic, 2, 1)])[topic].result(10)
+def _run(snippet: str) -> dict[str, Any]:
+    """The confluent-kafka snippet the page shows, run exactly as shown (its producer and consumer)."""
+    shown: dict[str, Any] = {}
+    exec(snippet, shown)  # the point of the test: the config as the partner copies it
+    return shown
+
+
+def _produce(producer: Any, topic: str, values: list[bytes]) -> list[int | None]:
+    """Each record's delivery error code (None: delivered)."""
+    results: list[int | None] = []
+    for v in values:
+        producer.produce(topic, v, on_delivery=lambda err, msg: results.append(err.code() if err else None))
+    producer.flush(30)
+    return results
+
+
+def test_sign_in_subscribe_create_a_credential_and_use_the_config_shown_through_the_gateway(stack: Stack) -> None:
+    topic = stack.topic
     with chromium(1280, 900) as browser:
         browser.open(stack.base + "/portal/usage")
         browser.wait("return location.pathname === '/portal/sign-in'", what="the sign-in page")
@@ -107,6 +198,14 @@ def test_sign_in_create_a_credential_and_use_the_config_shown_through_the_gatewa
         assert browser.js("return document.cookie") == ""
         assert browser.js("return localStorage.length + sessionStorage.length") == 0
 
+        browser.open(stack.base + "/portal/products")
+        browser.wait("return document.getElementById('products')", what="the products page")
+        states = (
+            "return Object.fromEntries([...document.querySelectorAll('#products > li')]"
+            ".map(li => [li.id, li.querySelector('.state').dataset.state]))"
+        )
+        assert browser.js(states) == {"product-portal-stream": "none", "product-audit-feed": "none"}
+
         browser.open(stack.base + "/portal/credentials")
         browser.wait("return document.getElementById('create')", what="the create form")
         browser.js("document.getElementById('name').value = 'portal-app'; document.getElementById('create').click()")
@@ -114,14 +213,46 @@ def test_sign_in_create_a_credential_and_use_the_config_shown_through_the_gatewa
         password = browser.js("return document.getElementById('issued-password').textContent")
         assert f'"sasl.password": "{password}"' in snippet and stack.gateway.bootstrap in snippet
 
-        # exactly what the page shows, pasted into Python
-        shown: dict[str, Any] = {}
-        exec(snippet, shown)  # the point of the test: the config as the partner copies it
+        # before the subscription: the plan grants no topic, the gateway refuses the client on it
+        before = _run(snippet)
+        deadline = time.monotonic() + 30
+        while True:  # the credential reaches the gateway within moments (an unknown user cannot log in)
+            refused = _produce(before["producer"], topic, [b"refused"])
+            if refused == [KafkaError.TOPIC_AUTHORIZATION_FAILED] or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert refused == [KafkaError.TOPIC_AUTHORIZATION_FAILED]
+        consumer = before["consumer"]
+        consumer.subscribe([topic])
+        errors: list[int] = []
+        for _ in range(40):
+            errors += [m.error().code() for m in consumer.consume(10, 0.25) if m.error()]
+            if errors:
+                break
+        consumer.close()
+        refusals = {KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError.TOPIC_AUTHORIZATION_FAILED}
+        assert errors and errors[0] in refusals, errors
+
+        # subscribe in the portal (self-service: active at once, the entitlement published)
+        browser.open(stack.base + "/portal/products/portal-stream")
+        browser.wait("return document.getElementById('subscribe')", what="the Subscribe button")
+        assert json.loads(browser.js("return document.getElementById('schema-0').textContent")) == SCHEMA
+        browser.js("document.getElementById('subscribe').click()")
+        browser.wait("return document.getElementById('notice')?.textContent.startsWith('Subscribed.')", what="done")
+        assert browser.js("return document.getElementById('state').dataset.state") == "subscribed"
+
+        # after: exactly what the page showed, pasted into Python again, produces and consumes
+        deadline = time.monotonic() + 30
+        while True:  # the gateway follows the entitlements topic: the grant arrives within moments
+            shown = _run(snippet)
+            first = _produce(shown["producer"], topic, [b"portal-0000"])
+            if first != [KafkaError.TOPIC_AUTHORIZATION_FAILED] or time.monotonic() > deadline:
+                break
+            shown["consumer"].close()
+            time.sleep(0.5)
+        assert first == [None], first
         producer, consumer = shown["producer"], shown["consumer"]
-        delivered: list[Any] = []
-        for i in range(N):
-            producer.produce(topic, b"portal-%04d" % i, on_delivery=lambda err, msg: delivered.append(err))
-        assert producer.flush(30) == 0 and delivered == [None] * N
+        assert _produce(producer, topic, [b"portal-%04d" % i for i in range(1, N)]) == [None] * (N - 1)
         consumer.subscribe([topic])
         got = 0
         for _ in range(100):
@@ -157,3 +288,20 @@ def test_sign_in_create_a_credential_and_use_the_config_shown_through_the_gatewa
         assert browser.js(
             f"return document.querySelector('#usage-table tfoot td[data-series=\"{topic}\"]').textContent"
         )
+
+        # a product needing approval: requested in the portal, approved by finance over the API
+        browser.open(stack.base + "/portal/products/audit-feed")
+        browser.wait("return document.getElementById('subscribe')", what="the Request access button")
+        assert browser.js("return document.getElementById('subscribe').textContent") == "Request access"
+        browser.js("document.getElementById('subscribe').click()")
+        browser.wait("return document.getElementById('notice')?.textContent.startsWith('Access requested.')", what="ok")
+        assert browser.js("return document.getElementById('state').dataset.state") == "requested"
+        finance = {"Authorization": f"Bearer {stack.finance}"}
+        queue = httpx.get(f"{stack.base}/v1/product-requests", params={"status": "requested"}, headers=finance)
+        [request] = queue.json()
+        assert (request["account"], request["product"]) == ("acme", "audit-feed")
+        approved = httpx.post(f"{stack.base}/v1/product-requests/{request['id']}/approve", headers=finance)
+        assert approved.status_code == 200 and approved.json()["status"] == "active"
+        browser.open(stack.base + "/portal/products")
+        browser.wait("return document.getElementById('products')", what="the products page")
+        assert browser.js(states) == {"product-portal-stream": "subscribed", "product-audit-feed": "subscribed"}

@@ -13,7 +13,10 @@ Pages: overview (the amount rated so far this month, caps and included volume, l
 usage (per day or hour, by topic, client or direction, a chart drawn by ``chart.js`` over a data
 table), throttles and blocks, credentials (create, rotate, revoke; the password shown once with
 client configs for confluent-kafka, Java and kcat), billing (statements CSV/PDF, invoice and
-credit note PDFs). Products: a placeholder until the catalog's products land.
+credit note PDFs, the prepaid balance where the account has grants), products (the plan's
+products, where the partner's subscription to each stands, a product's docs and schemas, a
+schema's download; subscribe or request access, cancel — then the entitlements are published,
+as the products API does).
 
 Decision where issue 20 is silent: in the portal a partner creates and revokes its own account's
 credentials (through the API those need a finance or ops key; the portal's session is a signed-in
@@ -45,14 +48,19 @@ from billing.api.params import CREDENTIAL_ID_PATTERN, CREDENTIAL_NAME_PATTERN
 from billing.api.portal_session import Session
 from billing.api.quota import TooMany, key_digest
 from billing.errors import (
+    AccountNotFound,
     CredentialError,
     CreditNoteError,
     EntitlementNotFound,
     InvoiceError,
     KeyInUse,
     KeyReused,
+    ProductError,
+    ProductNotFound,
+    ProductNotOffered,
     RunError,
 )
+from billing.services import products
 from billing.services.credentials import (
     IssuedCredential,
     create_credential,
@@ -63,10 +71,19 @@ from billing.services.credentials import (
 from billing.services.credit_notes import credit_note_pdf, credit_note_view, list_credit_notes
 from billing.services.entitlements import entitlement_view
 from billing.services.episodes import episodes_between
+from billing.services.grants import account_balance
 from billing.services.idempotency import claim, fingerprint
 from billing.services.invoices import invoice_pdf, invoice_view, list_invoices
 from billing.services.keys import Caller, authenticate, caller_by_id
-from billing.services.portal import BY, CHART_QUANTITIES, client_configs, usage_chart
+from billing.services.portal import (
+    BY,
+    CHART_QUANTITIES,
+    client_configs,
+    partner_product,
+    partner_products,
+    schema_download,
+    usage_chart,
+)
 from billing.services.statements import statement_csv
 
 __all__ = ["router"]
@@ -497,33 +514,44 @@ async def _posted(request: Request, s: Services) -> tuple[Partner | None, dict[s
     return p, form, None
 
 
+Again = Callable[[Partner, str, str | None, int], Response]  # (partner, action, error, status) → the page
+
+
 def _once(
-    request: Request, s: Services, p: Partner, form: dict[str, str], work: Callable[[Partner], Response]
+    request: Request,
+    s: Services,
+    p: Partner,
+    form: dict[str, str],
+    work: Callable[[Partner], Response],
+    again: Again | None = None,
 ) -> Response:
-    """``work(p)`` once per form: each credential form carries a random ``once`` token, held as an
-    idempotency key of the partner's API key (``billing.services.idempotency``), so a form sent
-    twice (a double click, a reload after a lost answer) changes nothing the second time. Only
-    the fact that it ran is kept — never a page with a password."""
+    """``work(p)`` once per form: each credential or product form carries a random ``once`` token,
+    held as an idempotency key of the partner's API key (``billing.services.idempotency``), so a
+    form sent twice (a double click, a reload after a lost answer) changes nothing the second
+    time. Only the fact that it ran is kept — never a page with a password. ``again`` draws the
+    form's page when the work is not done (default: the credentials page)."""
+
+    def page(action: str = "", error: str | None = None, status: int = 200) -> Response:
+        if again is not None:
+            return again(p, action, error, status)
+        return _credentials_page(request, s, p, action=action, error=error, status=status)
+
     token = form.get("once", "")
     if not 16 <= len(token) <= 64:
-        return _credentials_page(request, s, p, error="This form is out of date; reload the page.", status=400)
+        return page(error="This form is out of date; reload the page.", status=400)
     print_ = fingerprint("POST", request.scope["path"], [], b"")
     try:
         with claim(s.engine, p.caller.key_id, "portal:" + token, print_) as held:
             if held.answer is not None:
-                return _credentials_page(request, s, p, action="replayed")
+                return page(action="replayed")
             response = work(p)
             if response.status_code < 500:
                 held.complete(response.status_code, [], b"")
             return response
     except KeyInUse:
-        return _credentials_page(
-            request, s, p, error="This form is being sent already; reload in a moment.", status=409
-        )
+        return page(error="This form is being sent already; reload in a moment.", status=409)
     except KeyReused:
-        return _credentials_page(
-            request, s, p, error="This form was used for something else; reload the page.", status=409
-        )
+        return page(error="This form was used for something else; reload the page.", status=409)
 
 
 def _own_active(s: Services, p: Partner, credential_id: str) -> bool:
@@ -596,6 +624,10 @@ def billing(request: Request, s: AppServices) -> Response:
         today = datetime.now(UTC).date()
         invoices = list(reversed(list_invoices(s.engine, None, p.account, drafts=False)))
         notes = list(reversed(list_credit_notes(s.engine, p.account)))
+        try:
+            balance = account_balance(s.engine, p.account, today)
+        except AccountNotFound:
+            balance = None
         return _page(
             request,
             "billing.html",
@@ -604,6 +636,7 @@ def billing(request: Request, s: AppServices) -> Response:
             months=_months(today),
             invoices=invoices,
             credit_notes=notes,
+            balance=balance if balance and balance["grants"] else None,  # no grants: nothing shown
         )
 
     return _guarded(request, s, work)
@@ -676,6 +709,132 @@ def credit_note_file(
     return _guarded(request, s, work, expensive=True)
 
 
+# --- products ---
+
+ProductCode = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
+Version = Annotated[int | None, Query(ge=1, le=2**31 - 1)]
+
+
+def _products_page(request: Request, s: Services, p: Partner, action: str = "") -> Response:
+    try:
+        items = partner_products(s.engine, p.account)
+    except ProductNotFound:
+        items = []
+    return _page(
+        request,
+        "products.html",
+        partner=p,
+        title="Products",
+        products=items,
+        group_prefix=p.account + "-",
+        action=action,
+    )
+
+
 @router.get("/portal/products")
-def products(request: Request, s: AppServices) -> Response:
-    return _guarded(request, s, lambda p: _page(request, "products.html", partner=p, title="Products"))
+def product_list(request: Request, s: AppServices) -> Response:
+    return _guarded(request, s, lambda p: _products_page(request, s, p))
+
+
+def _product_page(
+    request: Request,
+    s: Services,
+    p: Partner,
+    code: str,
+    version: int | None = None,
+    action: str = "",
+    error: str | None = None,
+    status: int = 200,
+) -> Response:
+    try:
+        doc = partner_product(s.engine, p.account, code, version)
+    except ProductNotFound:
+        return _not_found(request, p, "product")
+    return _page(
+        request,
+        "product.html",
+        status,
+        p,
+        once=lambda: secrets.token_urlsafe(18),
+        title=doc["name"],
+        product=doc,
+        action=action,
+        error=error,
+        group_prefix=p.account + "-",
+        query="" if version is None else f"?version={version}",
+    )
+
+
+@router.get("/portal/products/{code}")
+def product_page(request: Request, s: AppServices, code: ProductCode, version: Version = None) -> Response:
+    return _guarded(request, s, lambda p: _product_page(request, s, p, code, version))
+
+
+@router.get("/portal/products/{code}/schemas/{index}")
+def schema_file(
+    request: Request,
+    s: AppServices,
+    code: ProductCode,
+    index: Annotated[int, Path(ge=0, le=999)],
+    version: Version = None,
+) -> Response:
+    def work(p: Partner) -> Response:
+        try:
+            found = schema_download(partner_product(s.engine, p.account, code, version), index)
+        except ProductNotFound:
+            found = None
+        if found is None:
+            return _not_found(request, p, "schema")
+        filename, media, text = found
+        return _download(text.encode(), media, filename)
+
+    return _guarded(request, s, work)
+
+
+def _product_again(request: Request, s: Services, code: str) -> Again:
+    return lambda p, action, error, status: _product_page(request, s, p, code, None, action, error, status)
+
+
+@router.post("/portal/products/{code}/subscribe")
+async def subscribe(request: Request, s: AppServices, code: ProductCode) -> Response:
+    """Subscribe (self-service: active at once) or request access (needs approval), as the
+    partner's key does through ``POST /v1/products/{code}/subscriptions``; the entitlements are
+    then published so the gateways grant the product's topics."""
+    p, form, refusal = await _posted(request, s)
+    if refusal is not None or p is None:
+        return refusal or _to_sign_in()
+    again = _product_again(request, s, code)
+
+    def work(partner: Partner) -> Response:
+        try:
+            sub = products.subscribe(s.engine, partner.account, code, f"partner:{partner.caller.key_id}")
+        except (ProductNotFound, ProductNotOffered):
+            return _not_found(request, partner, "product")  # not offered to it: as absent (as the API)
+        except ProductError as exc:
+            return again(partner, "", str(exc), 409)
+        s.published_entitlements()
+        return again(partner, "subscribed" if sub["status"] == "active" else "requested", None, 200)
+
+    return await run_in_threadpool(_once, request, s, p, form, work, again)
+
+
+@router.post("/portal/products/{code}/unsubscribe")
+async def unsubscribe(request: Request, s: AppServices, code: ProductCode) -> Response:
+    """Cancel the partner's subscription (or withdraw its request); the entitlements are published."""
+    p, form, refusal = await _posted(request, s)
+    if refusal is not None or p is None:
+        return refusal or _to_sign_in()
+    again = _product_again(request, s, code)
+
+    def work(partner: Partner) -> Response:
+        try:
+            products.unsubscribe(s.engine, partner.account, code, f"partner:{partner.caller.key_id}")
+        except ProductError:
+            return _not_found(request, partner, "subscription")
+        s.published_entitlements()
+        response = again(partner, "cancelled", None, 200)
+        if response.status_code == 404:  # no longer in its plan, now not subscribed either: gone from view
+            return _products_page(request, s, partner, "cancelled")
+        return response
+
+    return await run_in_threadpool(_once, request, s, p, form, work, again)

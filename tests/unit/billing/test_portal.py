@@ -12,7 +12,7 @@ import pytest
 
 from billing.api.portal_session import Sessions
 from billing.errors import BillingSettingsError
-from billing.services.portal import client_configs
+from billing.services.portal import client_configs, schema_download, subscription_state
 from billing.settings import BillingSettings
 
 SECRET = b"s" * 32
@@ -130,3 +130,32 @@ def test_portal_settings_are_checked() -> None:
     text = str(err.value)
     for name in ("SECRET", "HTTPS", "SESSION_HOURS", "GATEWAY_BOOTSTRAP", "GATEWAY_SECURITY_PROTOCOL"):
         assert f"STREAMTOLL_PORTAL_{name}" in text, name
+
+
+def test_a_product_shows_the_live_subscription_else_the_last_rejection_with_its_reason() -> None:
+    requested = {"id": 2, "status": "requested", "version": 1}
+    rejected = {"id": 1, "status": "rejected", "version": 1, "reason": "no DPA"}
+    cancelled = {"id": 3, "status": "cancelled", "version": 1}
+    assert subscription_state(requested, [rejected, requested])["state"] == "requested"
+    assert subscription_state({**requested, "status": "active"}, [])["state"] == "subscribed"
+    shown = subscription_state(None, [rejected])
+    assert shown["state"] == "rejected" and shown["subscription"]["reason"] == "no DPA"
+    # cancelled after the rejection (a later request, withdrawn): nothing to show
+    assert subscription_state(None, [rejected, cancelled]) == {"state": None, "subscription": None}
+    assert subscription_state(None, []) == {"state": None, "subscription": None}
+
+
+def test_a_schema_downloads_under_a_name_from_its_product_version_and_topic() -> None:
+    doc = {
+        "code": "orders-feed",
+        "version": 3,
+        "topics": [
+            {"pattern": "orders.v1", "schema": {"type": "json", "file": "s/o.json", "text": "{}"}},
+            {"pattern": "payments.in.", "schema": None},
+            {"pattern": "ledger/../x", "schema": {"type": "protobuf", "file": "l.proto", "text": "syntax"}},
+        ],
+    }
+    assert schema_download(doc, 0) == ("orders-feed-v3-orders.v1.json", "application/schema+json", "{}")
+    assert schema_download(doc, 1) is None and schema_download(doc, 3) is None and schema_download(doc, -1) is None
+    # a topic's characters that do not belong in a file name are replaced
+    assert schema_download(doc, 2) == ("orders-feed-v3-ledger_.._x.proto", "text/plain; charset=utf-8", "syntax")
