@@ -13,8 +13,9 @@ narrowed by role — :func:`caller` (no ops key), :func:`live_reader` (ops or fi
 :func:`staff` (finance or ops), :func:`finance`. The expensive endpoints take their caller
 through a slot of its key's limits (:func:`limited`: :data:`reader`, :data:`live_viewer`,
 :data:`biller`, :data:`anyone`), taken in the event loop before any worker thread is.
-:func:`scope` is the account a request may read; :func:`once` answers a retried POST with its
-first answer (``Idempotency-Key``).
+:func:`scope` is the account a request may read; an idempotent POST takes one parameter,
+:data:`Idempotency` (the request, its print and its ``Idempotency-Key``), whose
+:meth:`Idempotent.run` answers a retried POST with its first answer.
 """
 
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +31,7 @@ from sqlalchemy import Engine
 from billing.adapters.live_feed import LiveFeed
 from billing.adapters.metrics import ApiCollector
 from billing.api.limiter import AuthLimiter, client_address
+from billing.api.params import IdempotencyKey
 from billing.api.portal_session import Sessions
 from billing.api.problems import ProblemError, problem_response
 from billing.api.quota import KeyQuota, Slot, TooMany, admit, key_digest
@@ -40,6 +42,8 @@ from billing.services.statements import StatementStore
 from billing.settings import BillingSettings
 
 __all__ = [
+    "Idempotency",
+    "Idempotent",
     "Services",
     "any_caller",
     "anyone",
@@ -48,12 +52,11 @@ __all__ = [
     "caller",
     "finance",
     "get_services",
+    "idempotent",
     "limited",
     "live_reader",
     "live_viewer",
-    "once",
     "reader",
-    "request_print",
     "scope",
     "services_of",
     "staff",
@@ -269,11 +272,6 @@ anyone = limited(any_caller)
 # --- Idempotency-Key ---
 
 
-async def request_print(request: Request) -> str:
-    """What makes a retried POST the same request (for its Idempotency-Key)."""
-    return fingerprint(request.method, request.scope["path"], request.query_params.multi_items(), await request.body())
-
-
 def _idempotency_key(raw: str) -> str:
     """The key as sent: a plain string or a structured-field string (``"…"``, RFC 8941)."""
     key = raw.strip()
@@ -288,45 +286,64 @@ def _idempotency_key(raw: str) -> str:
     return key
 
 
-def once(
-    request: Request,
-    c: Caller,
-    key: str | None,
-    print_: str,
-    work: Callable[[], Response],
-    kept_as: Callable[[bytes], bytes] | None = None,
-) -> Response:
-    """``work()``'s answer — or, for a retried ``key`` of this caller, the first answer
-    (``kept_as``: what of its body is kept for a retry, e.g. without a password)."""
-    if key is None:
-        return work()
-    key = _idempotency_key(key)
-    try:
-        with claim(services_of(request).engine, c.key_id, key, print_) as held:
-            if held.answer is not None:
-                return Response(
-                    held.answer.body,
-                    status_code=held.answer.status,
-                    headers={**dict(held.answer.headers), "Idempotent-Replayed": "true"},
-                )
-            try:
-                response = work()
-            except ProblemError as exc:
-                response = problem_response(request, exc.kind.slug, exc.detail, headers=exc.headers, errors=exc.errors)
-            if response.status_code < 500:  # a failure the caller should retry is not the answer
-                kept = [(k, v) for k, v in response.headers.items() if k in _REPLAYED_HEADERS]
-                body = bytes(response.body)
-                held.complete(
-                    response.status_code, kept, kept_as(body) if kept_as and response.status_code == 200 else body
-                )
-            return response
-    except KeyInUse:
-        raise ProblemError(
-            "idempotency-key-in-use", "a request with this Idempotency-Key is still running; retry later"
-        ) from None
-    except KeyReused:
-        raise ProblemError(
-            "idempotency-key-reused",
-            "this Idempotency-Key was used for another request; use a new key for a new request",
-            errors=[{"name": "idempotency-key", "in": "header", "reason": "used for another request"}],
-        ) from None
+@dataclass(frozen=True)
+class Idempotent:
+    """A POST answered once per ``Idempotency-Key``: the request, what makes a retry of it the
+    same request (its print) and the key as sent (None: no key, every request does the work)."""
+
+    request: Request
+    print_: str
+    key: str | None
+
+    def run(self, c: Caller, work: Callable[[], Response], kept_as: Callable[[bytes], bytes] | None = None) -> Response:
+        """``work()``'s answer — or, for a retried key of this caller, the first answer
+        (``kept_as``: what of its body is kept for a retry, e.g. without a password)."""
+        if self.key is None:
+            return work()
+        key = _idempotency_key(self.key)
+        try:
+            with claim(services_of(self.request).engine, c.key_id, key, self.print_) as held:
+                if held.answer is not None:
+                    return Response(
+                        held.answer.body,
+                        status_code=held.answer.status,
+                        headers={**dict(held.answer.headers), "Idempotent-Replayed": "true"},
+                    )
+                try:
+                    response = work()
+                except ProblemError as exc:
+                    response = problem_response(
+                        self.request, exc.kind.slug, exc.detail, headers=exc.headers, errors=exc.errors
+                    )
+                if response.status_code < 500:  # a failure the caller should retry is not the answer
+                    kept = [(k, v) for k, v in response.headers.items() if k in _REPLAYED_HEADERS]
+                    body = bytes(response.body)
+                    held.complete(
+                        response.status_code, kept, kept_as(body) if kept_as and response.status_code == 200 else body
+                    )
+                return response
+        except KeyInUse:
+            raise ProblemError(
+                "idempotency-key-in-use", "a request with this Idempotency-Key is still running; retry later"
+            ) from None
+        except KeyReused:
+            raise ProblemError(
+                "idempotency-key-reused",
+                "this Idempotency-Key was used for another request; use a new key for a new request",
+                errors=[{"name": "idempotency-key", "in": "header", "reason": "used for another request"}],
+            ) from None
+
+
+async def idempotent(request: Request, idempotency_key: IdempotencyKey = None) -> Idempotent:
+    """The request, its print (method, path, query and body) and its Idempotency-Key (async: the
+    body is read in the event loop)."""
+    body = await request.body()
+    return Idempotent(
+        request,
+        fingerprint(request.method, request.scope["path"], request.query_params.multi_items(), body),
+        idempotency_key,
+    )
+
+
+# an idempotent POST's one parameter: ``idem: Idempotency`` … ``return idem.run(c, work)``
+Idempotency = Annotated[Idempotent, Depends(idempotent)]

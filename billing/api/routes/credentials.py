@@ -5,17 +5,16 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
 
 from billing.api import models
-from billing.api.deps import AppServices, Services, any_caller, once, request_print, scope, staff
+from billing.api.deps import AppServices, Idempotency, Services, any_caller, scope, staff
 from billing.api.params import (
     CREDENTIAL_ID_PATTERN,
     CREDENTIAL_NAME_PATTERN,
     REPLAYED,
     Account,
-    IdempotencyKey,
     json_response,
     keyed,
     ok,
@@ -87,13 +86,11 @@ def credentials(
     responses={200: ok(models.IssuedCredential, "the credential and its password", headers=REPLAYED), **_POSTED},
 )
 def create_credential_(
-    request: Request,
     c: Annotated[Caller, Depends(staff)],
-    print_: Annotated[str, Depends(request_print)],
+    idem: Idempotency,
     s: AppServices,
     account: Annotated[str, Query(pattern=CODE_PATTERN, description="the account its traffic is billed to")],
     name: Name = None,
-    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     def work() -> Response:
         try:
@@ -106,7 +103,7 @@ def create_credential_(
             ) from None
         return json_response(_issued_doc(s, issued))
 
-    return once(request, c, idempotency_key, print_, work, kept_as=_without_password)
+    return idem.run(c, work, kept_as=_without_password)
 
 
 @router.post(
@@ -114,15 +111,13 @@ def create_credential_(
     responses={200: ok(models.IssuedCredential, "the new password", headers=REPLAYED), **_POSTED},
 )
 def rotate_credential_(
-    request: Request,
     credential_id: CredentialId,
     c: Annotated[Caller, Depends(any_caller)],
-    print_: Annotated[str, Depends(request_print)],
+    idem: Idempotency,
     s: AppServices,
     overlap: Annotated[
         int, Query(ge=0, le=90 * 86400, description="seconds the old password stays valid (default 24 h)")
     ] = 86400,
-    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     def work() -> Response:
         _own_credential(s, c, credential_id)
@@ -132,7 +127,7 @@ def rotate_credential_(
             raise ProblemError("not-found", "no such active credential") from None
         return json_response(_issued_doc(s, issued))
 
-    return once(request, c, idempotency_key, print_, work, kept_as=_without_password)
+    return idem.run(c, work, kept_as=_without_password)
 
 
 @router.post(
@@ -140,12 +135,10 @@ def rotate_credential_(
     responses={200: ok(models.Revoked, "revoked; gateways close its connections", headers=REPLAYED), **_POSTED},
 )
 def revoke_credential_(
-    request: Request,
     credential_id: CredentialId,
     c: Annotated[Caller, Depends(staff)],
-    print_: Annotated[str, Depends(request_print)],
+    idem: Idempotency,
     s: AppServices,
-    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     def work() -> Response:
         try:
@@ -154,4 +147,4 @@ def revoke_credential_(
             raise ProblemError("not-found", "no such active credential") from None
         return json_response({"id": credential_id, "revoked": True, "published": s.published()})
 
-    return once(request, c, idempotency_key, print_, work)
+    return idem.run(c, work)

@@ -4,12 +4,12 @@ their PDFs (a partner: its own account's)."""
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
 
 from billing.api import models
-from billing.api.deps import AppServices, Services, biller, caller, once, reader, request_print, scope
-from billing.api.params import PDF, REPLAYED, Account, IdempotencyKey, json_response, keyed, limited_reads, ok, reads
+from billing.api.deps import AppServices, Idempotency, Services, biller, caller, reader, scope
+from billing.api.params import PDF, REPLAYED, Account, json_response, keyed, limited_reads, ok, reads
 from billing.api.problems import ProblemError, error_responses
 from billing.errors import CreditNoteError, InvoiceError, InvoiceNotFound
 from billing.services.credit_notes import create_credit_note, credit_note_pdf, credit_note_view, list_credit_notes
@@ -40,11 +40,10 @@ router = APIRouter()
     },
 )
 def issue_credit_note(
-    request: Request,
     ref: InvoiceRef,
     reason: Annotated[Literal["duplicate", "error", "goodwill", "order_change", "other"], Query()],
     c: Annotated[Caller, Depends(biller)],
-    print_: Annotated[str, Depends(request_print)],
+    idem: Idempotency,
     s: AppServices,
     amount: Annotated[str | None, Query(pattern=AMOUNT_PATTERN, description="tax included; or full=true")] = None,
     full: Annotated[bool, Query(description="credit everything not yet credited")] = False,
@@ -53,7 +52,6 @@ def issue_credit_note(
         Query(max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$", description="why, in words (required for other)"),
     ] = None,
     settle: Annotated[Literal["credit", "refunded"], Query(description="credit: to the next invoices")] = "credit",
-    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     def work() -> Response:
         if (amount is None) == (not full):
@@ -78,7 +76,7 @@ def issue_credit_note(
             raise ProblemError("invoice-state-conflict", str(exc)) from None
         return json_response(note)
 
-    return once(request, c, idempotency_key, print_, work)
+    return idem.run(c, work)
 
 
 @router.get("/v1/credit-notes", responses={200: ok(list[models.CreditNote], "credit notes in issue order"), **reads})

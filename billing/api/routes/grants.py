@@ -6,12 +6,12 @@ from datetime import date
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
 
 from billing.api import models
-from billing.api.deps import AppServices, caller, finance, once, request_print, scope
-from billing.api.params import REPLAYED, Account, IdempotencyKey, json_response, keyed, ok, reads
+from billing.api.deps import AppServices, Idempotency, caller, finance, scope
+from billing.api.params import REPLAYED, Account, json_response, keyed, ok, reads
 from billing.api.problems import ProblemError, error_responses
 from billing.domain.accounts import CODE_PATTERN
 from billing.domain.units import METERS
@@ -36,11 +36,10 @@ router = APIRouter()
     },
 )
 def add_account_grant(
-    request: Request,
     account: Annotated[str, Path(pattern=CODE_PATTERN, description="the account's code")],
     reason: Annotated[str, Query(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$", description="why")],
     c: Annotated[Caller, Depends(finance)],
-    print_: Annotated[str, Depends(request_print)],
+    idem: Idempotency,
     s: AppServices,
     amount: Annotated[
         str | None, Query(pattern=AMOUNT_PATTERN, description="money in the account's currency; or units")
@@ -54,7 +53,6 @@ def add_account_grant(
     recurring: Annotated[Literal["monthly"] | None, Query(description="the amount anew each period")] = None,
     rollover_limit: Annotated[str | None, Query(pattern=AMOUNT_PATTERN, description="carried at most")] = None,
     name: Annotated[str, Query(max_length=100, pattern=r"^[^\x00-\x1f\x7f]*$", description="shown on invoices")] = "",
-    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     def work() -> Response:
         try:
@@ -80,7 +78,7 @@ def add_account_grant(
             raise ProblemError("invalid-request", str(exc), errors=[_named(str(exc), amount is None)]) from None
         return json_response(added)
 
-    return once(request, c, idempotency_key, print_, work)
+    return idem.run(c, work)
 
 
 _NAMES = (

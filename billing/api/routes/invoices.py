@@ -7,14 +7,13 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from billing.api import models
-from billing.api.deps import AppServices, Services, biller, caller, once, reader, request_print, scope
+from billing.api.deps import AppServices, Idempotency, Services, biller, caller, reader, scope
 from billing.api.pagination import bad_cursor, decode_cursor, encode_cursor, next_link
 from billing.api.params import (
     LINK,
     PDF,
     REPLAYED,
     Account,
-    IdempotencyKey,
     Period,
     json_response,
     keyed,
@@ -121,13 +120,11 @@ def invoice_document(ref: Ref, c: Annotated[Caller, Depends(reader)], s: AppServ
     },
 )
 def billing_run(
-    request: Request,
     c: Annotated[Caller, Depends(biller)],
-    print_: Annotated[str, Depends(request_print)],
+    idem: Idempotency,
     s: AppServices,
     period: Period,
     finalize_drafts: bool = Query(False, alias="finalize"),
-    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     def work() -> Response:
         try:
@@ -148,7 +145,7 @@ def billing_run(
             s.live.refresh_database()
         return json_response([r.as_dict() for r in results])
 
-    return once(request, c, idempotency_key, print_, work)
+    return idem.run(c, work)
 
 
 _CHANGES = error_responses(
@@ -166,12 +163,10 @@ _CHANGES = error_responses(
     responses={200: ok(models.Finalized, "the invoice, numbered and frozen", headers=REPLAYED), **_CHANGES},
 )
 def finalize_invoice(
-    request: Request,
     ref: Ref,
     c: Annotated[Caller, Depends(biller)],
-    print_: Annotated[str, Depends(request_print)],
+    idem: Idempotency,
     s: AppServices,
-    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     def work() -> Response:
         try:
@@ -190,7 +185,7 @@ def finalize_invoice(
             }
         )
 
-    return once(request, c, idempotency_key, print_, work)
+    return idem.run(c, work)
 
 
 @router.post(
@@ -198,13 +193,11 @@ def finalize_invoice(
     responses={200: ok(models.Voided, "the invoice, void", headers=REPLAYED), **_CHANGES},
 )
 def void_invoice(
-    request: Request,
     ref: Ref,
     reason: str,
     c: Annotated[Caller, Depends(biller)],
-    print_: Annotated[str, Depends(request_print)],
+    idem: Idempotency,
     s: AppServices,
-    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     def work() -> Response:
         if not reason.strip():
@@ -221,4 +214,4 @@ def void_invoice(
             raise ProblemError("invoice-state-conflict", str(exc)) from None
         return json_response({"ref": number, "number": number, "status": "void"})
 
-    return once(request, c, idempotency_key, print_, work)
+    return idem.run(c, work)

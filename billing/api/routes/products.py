@@ -5,12 +5,12 @@ published to the gateways (the account's entitlement)."""
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
 
 from billing.api import models
-from billing.api.deps import AppServices, Services, any_caller, once, request_print, scope, staff
-from billing.api.params import REPLAYED, Account, IdempotencyKey, json_response, keyed, ok, reads
+from billing.api.deps import AppServices, Idempotency, Services, any_caller, scope, staff
+from billing.api.params import REPLAYED, Account, json_response, keyed, ok, reads
 from billing.api.problems import ProblemError, error_responses
 from billing.errors import ProductError, ProductNotFound, ProductNotOffered
 from billing.services import products
@@ -76,13 +76,11 @@ def product(
     responses={200: ok(models.ProductSubscription, "active (self-service) or requested", headers=REPLAYED), **_POSTED},
 )
 def subscribe(
-    request: Request,
     code: Code,
     c: Annotated[Caller, Depends(any_caller)],
-    print_: Annotated[str, Depends(request_print)],
+    idem: Idempotency,
     s: AppServices,
     account: Account = None,
-    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     def work() -> Response:
         who = scope(c, account)
@@ -101,7 +99,7 @@ def subscribe(
                 raise ProblemError("not-found", "no such product") from None  # not offered to it: as absent
             raise _problem(exc) from None
 
-    return once(request, c, idempotency_key, print_, work)
+    return idem.run(c, work)
 
 
 @router.get(
@@ -122,12 +120,10 @@ def product_requests(
     responses={200: ok(models.ProductSubscription, "approved: active", headers=REPLAYED), **_POSTED},
 )
 def approve(
-    request: Request,
     request_id: RequestId,
     c: Annotated[Caller, Depends(staff)],
-    print_: Annotated[str, Depends(request_print)],
+    idem: Idempotency,
     s: AppServices,
-    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     def work() -> Response:
         try:
@@ -135,7 +131,7 @@ def approve(
         except ProductError as exc:
             raise _problem(exc) from None
 
-    return once(request, c, idempotency_key, print_, work)
+    return idem.run(c, work)
 
 
 @router.post(
@@ -143,13 +139,11 @@ def approve(
     responses={200: ok(models.ProductSubscription, "rejected, with the reason", headers=REPLAYED), **_POSTED},
 )
 def reject(
-    request: Request,
     request_id: RequestId,
     reason: Annotated[str, Query(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$")],
     c: Annotated[Caller, Depends(staff)],
-    print_: Annotated[str, Depends(request_print)],
+    idem: Idempotency,
     s: AppServices,
-    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     def work() -> Response:
         try:
@@ -157,4 +151,4 @@ def reject(
         except ProductError as exc:
             raise _problem(exc) from None
 
-    return once(request, c, idempotency_key, print_, work)
+    return idem.run(c, work)

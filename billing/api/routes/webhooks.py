@@ -4,12 +4,12 @@ add (the secret shown once), remove; the deliveries, their attempts, replay."""
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
 
 from billing.api import models
-from billing.api.deps import AppServices, finance, once, request_print
-from billing.api.params import REPLAYED, Account, IdempotencyKey, json_response, keyed, ok, reads
+from billing.api.deps import AppServices, Idempotency, finance
+from billing.api.params import REPLAYED, Account, json_response, keyed, ok, reads
 from billing.api.problems import ProblemError, error_responses
 from billing.domain.accounts import CODE_PATTERN
 from billing.domain.webhooks import EVENT_TYPES
@@ -51,9 +51,8 @@ def _without_secret(body: bytes) -> bytes:
     responses={200: ok(models.AddedWebhookEndpoint, "the endpoint and its secret", headers=REPLAYED), **_POSTED},
 )
 def add_webhook_endpoint(
-    request: Request,
     c: Annotated[Caller, Depends(finance)],
-    print_: Annotated[str, Depends(request_print)],
+    idem: Idempotency,
     s: AppServices,
     account: Annotated[str, Query(pattern=CODE_PATTERN, description="the account whose events it takes")],
     url: Annotated[str, Query(min_length=1, max_length=2000, description="the http(s) URL events are POSTed to")],
@@ -61,7 +60,6 @@ def add_webhook_endpoint(
         str | None,
         Query(pattern=rf"^({_TYPE})(,({_TYPE}))*$", description="comma list of event types (default: every type)"),
     ] = None,
-    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     def work() -> Response:
         try:
@@ -74,7 +72,7 @@ def add_webhook_endpoint(
             ) from None
         return json_response({**_endpoint(added.endpoint), "secret": added.secret})
 
-    return once(request, c, idempotency_key, print_, work, kept_as=_without_secret)
+    return idem.run(c, work, kept_as=_without_secret)
 
 
 @router.post(
@@ -85,12 +83,10 @@ def add_webhook_endpoint(
     },
 )
 def remove_webhook_endpoint(
-    request: Request,
     endpoint_id: EndpointId,
     c: Annotated[Caller, Depends(finance)],
-    print_: Annotated[str, Depends(request_print)],
+    idem: Idempotency,
     s: AppServices,
-    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     def work() -> Response:
         found = [e for e in hooks.list_endpoints(s.engine) if e.id == endpoint_id]
@@ -102,7 +98,7 @@ def remove_webhook_endpoint(
             raise ProblemError("not-found", "no such active endpoint") from None
         return json_response({"id": endpoint_id, "removed": True})
 
-    return once(request, c, idempotency_key, print_, work)
+    return idem.run(c, work)
 
 
 @router.get(
@@ -135,12 +131,10 @@ def webhook_attempts(c: Annotated[Caller, Depends(finance)], s: AppServices, del
     responses={200: ok(models.ReplayedDelivery, "queued again (same event id and body)", headers=REPLAYED), **_POSTED},
 )
 def replay_webhook_delivery(
-    request: Request,
     delivery_id: DeliveryId,
     c: Annotated[Caller, Depends(finance)],
-    print_: Annotated[str, Depends(request_print)],
+    idem: Idempotency,
     s: AppServices,
-    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     def work() -> Response:
         try:
@@ -149,4 +143,4 @@ def replay_webhook_delivery(
             raise ProblemError("not-found", "no such delivery to an active endpoint") from None
         return json_response({"id": delivery_id, "queued": True})
 
-    return once(request, c, idempotency_key, print_, work)
+    return idem.run(c, work)
