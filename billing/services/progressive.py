@@ -121,6 +121,9 @@ def check_thresholds(
         accounts = uow.catalog.accounts()
         plans = uow.catalog.plan_versions()
         subscriptions = uow.catalog.subscriptions()
+        # no plan in force sets a threshold (the usual case, every round of `streamtoll jobs`): read no usage
+        if not any(plans[(s.plan_code, s.plan_version)].threshold_invoice is not None for s in subscriptions):
+            return []
         usage = metered_by_source(uow.usage.rows(_midnight(start), _midnight(end), uow.catalog.attributor()))
     issued: list[ThresholdIssued] = []
     stale: list[str] = []  # accounts whose draft of the period predates their new threshold invoice
