@@ -576,46 +576,45 @@ async def create(request: Request, s: AppServices) -> Response:
     return await run_in_threadpool(_once, request, s, p, form, work)
 
 
-@router.post("/portal/credentials/{credential_id}/rotate")
-async def rotate(
-    request: Request, s: AppServices, credential_id: Annotated[str, Path(pattern=CREDENTIAL_ID_PATTERN)]
+async def _on_own_credential(
+    request: Request, s: Services, credential_id: str, act: Callable[[], IssuedCredential | None], action: str
 ) -> Response:
+    """Rotate or revoke one of the partner's own active credentials (``act``), once per form."""
     p, form, refusal = await _posted(request, s)
     if refusal is not None or p is None:
         return refusal or _to_sign_in()
 
     def work(partner: Partner) -> Response:
+        gone = "There is no such active credential."
         if not _own_active(s, partner, credential_id):
-            return _credentials_page(request, s, partner, error="There is no such active credential.", status=404)
+            return _credentials_page(request, s, partner, error=gone, status=404)
         try:
-            issued = rotate_credential(s.engine, credential_id, _OVERLAP)
+            issued = act()
         except CredentialError:
-            return _credentials_page(request, s, partner, error="There is no such active credential.", status=404)
+            return _credentials_page(request, s, partner, error=gone, status=404)
         s.published()
-        return _credentials_page(request, s, partner, issued, "rotated")
+        return _credentials_page(request, s, partner, issued, action)
 
     return await run_in_threadpool(_once, request, s, p, form, work)
+
+
+@router.post("/portal/credentials/{credential_id}/rotate")
+async def rotate(
+    request: Request, s: AppServices, credential_id: Annotated[str, Path(pattern=CREDENTIAL_ID_PATTERN)]
+) -> Response:
+    return await _on_own_credential(
+        request, s, credential_id, lambda: rotate_credential(s.engine, credential_id, _OVERLAP), "rotated"
+    )
 
 
 @router.post("/portal/credentials/{credential_id}/revoke")
 async def revoke(
     request: Request, s: AppServices, credential_id: Annotated[str, Path(pattern=CREDENTIAL_ID_PATTERN)]
 ) -> Response:
-    p, form, refusal = await _posted(request, s)
-    if refusal is not None or p is None:
-        return refusal or _to_sign_in()
+    def act() -> None:
+        revoke_credential(s.engine, credential_id)
 
-    def work(partner: Partner) -> Response:
-        if not _own_active(s, partner, credential_id):
-            return _credentials_page(request, s, partner, error="There is no such active credential.", status=404)
-        try:
-            revoke_credential(s.engine, credential_id)
-        except CredentialError:
-            return _credentials_page(request, s, partner, error="There is no such active credential.", status=404)
-        s.published()
-        return _credentials_page(request, s, partner, action="revoked")
-
-    return await run_in_threadpool(_once, request, s, p, form, work)
+    return await _on_own_credential(request, s, credential_id, act, "revoked")
 
 
 @router.get("/portal/billing")
