@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from metering.contracts import UsageWindow
+
+SAMPLES = Path(__file__).parents[2] / "streamtoll" / "samples"
 
 GB, TB = 10**9, 10**12
 DEC1 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -43,3 +51,30 @@ NOVEMBER = [
     w(20, 1, "broker_metrics", "User:initech-iot", "produce", "telemetry.raw", b=TB),
     w(20, 1, "audit_log", "User:initech-iot", "consume", "telemetry.raw", q=1_234_567),
 ]
+
+
+def restricted_catalog(
+    tmp: Path, products: Sequence[Mapping[str, Any]], schemas: Mapping[str, Any]
+) -> tuple[Path, Path, Path]:
+    """The sample catalog plus a plan ``portal`` whose ``access`` grants no topic (acme on it from
+    today), ``products`` on it and their schema files (``schemas``: a name under ``schemas/`` →
+    its JSON): what the products' tests and the portal's need to see a subscription grant a
+    topic. Returns the plans, accounts and products files."""
+    plans = yaml.safe_load((SAMPLES / "plans.yaml").read_text())
+    plans["plans"].append(
+        {
+            "code": "portal",
+            "name": "Portal",
+            "currency": "EUR",
+            "prices": [{"meter": "produce_bytes", "unit": "GB", "model": "per_unit", "unit_price": "0.10"}],
+            "access": {"topics": [], "groups": []},  # nothing but what the products give
+        }
+    )
+    accounts = yaml.safe_load((SAMPLES / "accounts.yaml").read_text())
+    accounts["accounts"][0]["subscription"] = {"plan": "portal", "starts_on": datetime.now(UTC).date()}
+    (tmp / "schemas").mkdir()
+    for name, schema in schemas.items():
+        (tmp / "schemas" / name).write_text(json.dumps(schema))
+    for name, doc in (("plans", plans), ("accounts", accounts), ("products", {"products": list(products)})):
+        (tmp / f"{name}.yaml").write_text(yaml.safe_dump(doc))
+    return tmp / "plans.yaml", tmp / "accounts.yaml", tmp / "products.yaml"

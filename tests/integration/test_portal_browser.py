@@ -27,7 +27,6 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-import yaml
 from confluent_kafka import KafkaError
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -44,6 +43,7 @@ from streamtoll.embedded import EmbeddedBroker
 from streamtoll.serving import running
 
 from .conftest import isolated_env
+from .seed import restricted_catalog
 from .test_gateway import AuditLog, GatewayProcess
 from .webdriver import chromium
 
@@ -51,7 +51,6 @@ pytestmark = pytest.mark.integration
 
 PRODUCE, FETCH = "io.streamtoll.kafka.produce", "io.streamtoll.kafka.fetch"
 N = 200
-SAMPLES = Path(__file__).parents[2] / "streamtoll" / "samples"
 SCHEMA = {"type": "object", "required": ["n"], "properties": {"n": {"type": "string"}}}
 
 
@@ -68,45 +67,26 @@ class Stack:
 
 
 def _catalog(tmp: Path, topic: str) -> tuple[Path, Path, Path]:
-    """The sample catalog, a plan whose ``access`` grants no topic (acme on it from today), and
-    two products on it: ``portal-stream`` (produce and consume ``topic``, self-service, a JSON
-    Schema) and ``audit-feed`` (consume, needs approval)."""
-    plans = yaml.safe_load((SAMPLES / "plans.yaml").read_text())
-    plans["plans"].append(
+    """``seed.restricted_catalog`` with two products on its plan: ``portal-stream`` (produce and
+    consume ``topic``, self-service, a JSON Schema) and ``audit-feed`` (consume, needs approval)."""
+    products = [
         {
-            "code": "portal",
-            "name": "Portal",
-            "currency": "EUR",
-            "prices": [{"meter": "produce_bytes", "unit": "GB", "model": "per_unit", "unit_price": "0.10"}],
-            "access": {"topics": [], "groups": []},  # nothing but what the products give
-        }
-    )
-    accounts = yaml.safe_load((SAMPLES / "accounts.yaml").read_text())
-    accounts["accounts"][0]["subscription"] = {"plan": "portal", "starts_on": datetime.now(UTC).date()}
-    (tmp / "schemas").mkdir()
-    (tmp / "schemas" / "stream.json").write_text(json.dumps(SCHEMA))
-    products = {
-        "products": [
-            {
-                "code": "portal-stream",
-                "name": "Portal stream",
-                "description": "Write and read the portal test's records.",
-                "direction": "both",
-                "topics": [{"name": topic, "schema": {"type": "json", "file": "schemas/stream.json"}}],
-                "plans": [{"plan": "portal", "self_service": True}],
-            },
-            {
-                "code": "audit-feed",
-                "name": "Audit feed",
-                "direction": "consume",
-                "topics": [{"prefix": f"{topic}.audit."}],
-                "plans": [{"plan": "portal"}],
-            },
-        ]
-    }
-    for name, doc in (("plans", plans), ("accounts", accounts), ("products", products)):
-        (tmp / f"{name}.yaml").write_text(yaml.safe_dump(doc))
-    return tmp / "plans.yaml", tmp / "accounts.yaml", tmp / "products.yaml"
+            "code": "portal-stream",
+            "name": "Portal stream",
+            "description": "Write and read the portal test's records.",
+            "direction": "both",
+            "topics": [{"name": topic, "schema": {"type": "json", "file": "schemas/stream.json"}}],
+            "plans": [{"plan": "portal", "self_service": True}],
+        },
+        {
+            "code": "audit-feed",
+            "name": "Audit feed",
+            "direction": "consume",
+            "topics": [{"prefix": f"{topic}.audit."}],
+            "plans": [{"plan": "portal"}],
+        },
+    ]
+    return restricted_catalog(tmp, products, {"stream.json": SCHEMA})
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,12 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
-import yaml
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -33,12 +31,12 @@ from streamtoll.embedded import EmbeddedBroker
 
 from .conftest import isolated_env
 from .harness import api_server
+from .seed import restricted_catalog
 from .test_gateway import GatewayProcess
 from .test_gateway_credentials import _sasl
 
 pytestmark = pytest.mark.integration
 
-SAMPLES = Path(__file__).parents[2] / "streamtoll" / "samples"
 SCHEMA = {"type": "object", "required": ["order_id"], "properties": {"order_id": {"type": "string"}}}
 
 
@@ -51,43 +49,25 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _catalog(tmp: Path, topics: dict[str, str]) -> tuple[Path, Path, Path]:
-    """The sample catalog plus a plan granting no topic, acme moved onto it today, and two
-    products on it: ``orders`` (produce, self-service) and ``feed`` (consume, approval)."""
-    plans = yaml.safe_load((SAMPLES / "plans.yaml").read_text())
-    plans["plans"].append(
+    """``seed.restricted_catalog`` with two products on its plan: ``orders`` (produce,
+    self-service) and ``feed`` (consume, approval)."""
+    products = [
         {
-            "code": "portal",
-            "name": "Portal",
-            "currency": "EUR",
-            "prices": [{"meter": "produce_bytes", "unit": "GB", "model": "per_unit", "unit_price": "0.10"}],
-            "access": {"topics": [], "groups": []},  # nothing but what the products give
-        }
-    )
-    accounts = yaml.safe_load((SAMPLES / "accounts.yaml").read_text())
-    accounts["accounts"][0]["subscription"] = {"plan": "portal", "starts_on": datetime.now(UTC).date()}
-    (tmp / "schemas").mkdir()
-    (tmp / "schemas" / "orders.json").write_text(json.dumps(SCHEMA))
-    products = {
-        "products": [
-            {
-                "code": "orders-in",
-                "name": "Orders in",
-                "direction": "produce",
-                "topics": [{"name": topics["orders"], "schema": {"type": "json", "file": "schemas/orders.json"}}],
-                "plans": [{"plan": "portal", "self_service": True}],
-            },
-            {
-                "code": "feed",
-                "name": "Feed",
-                "direction": "consume",
-                "topics": [{"name": topics["feed"]}],
-                "plans": [{"plan": "portal"}],
-            },
-        ]
-    }
-    for name, doc in (("plans", plans), ("accounts", accounts), ("products", products)):
-        (tmp / f"{name}.yaml").write_text(yaml.safe_dump(doc))
-    return tmp / "plans.yaml", tmp / "accounts.yaml", tmp / "products.yaml"
+            "code": "orders-in",
+            "name": "Orders in",
+            "direction": "produce",
+            "topics": [{"name": topics["orders"], "schema": {"type": "json", "file": "schemas/orders.json"}}],
+            "plans": [{"plan": "portal", "self_service": True}],
+        },
+        {
+            "code": "feed",
+            "name": "Feed",
+            "direction": "consume",
+            "topics": [{"name": topics["feed"]}],
+            "plans": [{"plan": "portal"}],
+        },
+    ]
+    return restricted_catalog(tmp, products, {"orders.json": SCHEMA})
 
 
 def _deliver(conf: dict[str, Any], topic: str, n: int) -> list[int | None]:
