@@ -207,6 +207,19 @@ def _included(raw: object, unit: str | None, at: str, problems: list[str]) -> in
     return int(base)
 
 
+def _floor(raw: Mapping[Any, Any], policy: object, at: str, what: str, problems: list[str]) -> int | None:
+    """A throttle's ``floor_bytes_per_second`` (required by it, refused elsewhere; ``what``: the
+    cap's or the prepaid policy's, as the message names it)."""
+    if "floor_bytes_per_second" in raw:
+        if policy != "throttle":
+            problems.append(f"{at}.floor_bytes_per_second: only a throttle {what} has a floor; remove it")
+            return None
+        return _positive_int(raw["floor_bytes_per_second"], f"{at}.floor_bytes_per_second", problems)
+    if policy == "throttle":
+        problems.append(f"{at}.floor_bytes_per_second: required by policy throttle (the rate it holds the account to)")
+    return None
+
+
 def _cap(raw: object, at: str, problems: list[str]) -> CapSpec | None:
     if not isinstance(raw, Mapping):
         problems.append(f"{at}: must be a mapping with meter, included and policy")
@@ -239,14 +252,7 @@ def _cap(raw: object, at: str, problems: list[str]) -> CapSpec | None:
     policy = raw.get("policy")
     if policy not in POLICIES:
         problems.append(f"{at}.policy: {policy!r} is not a policy; expected one of {', '.join(POLICIES)}")
-    floor = None
-    if "floor_bytes_per_second" in raw:
-        if policy != "throttle":
-            problems.append(f"{at}.floor_bytes_per_second: only a throttle cap has a floor; remove it")
-        else:
-            floor = _positive_int(raw["floor_bytes_per_second"], f"{at}.floor_bytes_per_second", problems)
-    elif policy == "throttle":
-        problems.append(f"{at}.floor_bytes_per_second: required by policy throttle (the rate it holds the account to)")
+    floor = _floor(raw, policy, at, "cap", problems)
     block_fetch = raw.get("block_fetch", False)
     if not isinstance(block_fetch, bool):
         problems.append(f"{at}.block_fetch: must be true or false, got {block_fetch!r}")
@@ -290,14 +296,7 @@ def parse_prepaid(raw: object, at: str, problems: list[str]) -> PrepaidSpec | No
     policy = raw.get("policy")
     if policy not in _PREPAID_POLICIES:
         problems.append(f"{at}.policy: {policy!r} is not a prepaid policy; expected one of throttle, block")
-    floor = None
-    if "floor_bytes_per_second" in raw:
-        if policy != "throttle":
-            problems.append(f"{at}.floor_bytes_per_second: only a throttle policy has a floor; remove it")
-        else:
-            floor = _positive_int(raw["floor_bytes_per_second"], f"{at}.floor_bytes_per_second", problems)
-    elif policy == "throttle":
-        problems.append(f"{at}.floor_bytes_per_second: required by policy throttle (the rate it holds the account to)")
+    floor = _floor(raw, policy, at, "policy", problems)
     if len(problems) > before:
         return None
     return PrepaidSpec(cast(Literal["throttle", "block"], policy), floor)
